@@ -1,0 +1,126 @@
+//! The command line: `celery-operator run` and `celery-operator crd`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use tokio::sync::watch;
+
+use crate::controller::Scope;
+use crate::leader::LeaseConfig;
+use crate::operator::{self, RunOptions};
+use crate::telemetry::{self, LogFormat};
+
+/// Runs Celery applications on Kubernetes and scales their workers with WebAssembly policies.
+#[derive(Parser, Debug)]
+#[command(name = "celery-operator", version)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the operator in a cluster or against a kubeconfig.
+    Run(RunArgs),
+    /// Print the CustomResourceDefinition of `Celery` (what deploy/crd.yaml holds).
+    Crd,
+}
+
+#[derive(clap::Args, Debug)]
+struct RunArgs {
+    /// Kubeconfig to use; by default KUBECONFIG, ~/.kube/config, or the in-cluster account.
+    #[arg(long, env = "KUBECONFIG_PATH")]
+    kubeconfig: Option<PathBuf>,
+    /// Namespace to watch; repeat for several. All namespaces when absent.
+    #[arg(long = "namespace", short = 'n', env = "WATCH_NAMESPACES", value_delimiter = ',')]
+    namespaces: Vec<String>,
+    /// Address of /healthz, /readyz and /metrics.
+    #[arg(long, default_value = "0.0.0.0:8080", env = "LISTEN_ADDRESS")]
+    listen: SocketAddr,
+    /// Log format.
+    #[arg(long, value_enum, default_value = "text", env = "LOG_FORMAT")]
+    log_format: LogFormat,
+    /// Hold a Lease before reconciling, so only one of several replicas acts.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, env = "LEADER_ELECT")]
+    leader_elect: bool,
+    /// Namespace of the leader Lease (the operator's own namespace in a cluster).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "celery-operator")]
+    lease_namespace: String,
+    /// Name of the leader Lease.
+    #[arg(long, default_value = "celery-operator")]
+    lease_name: String,
+    /// Seconds a leader may go without renewing before another replica takes over.
+    #[arg(long, default_value_t = 15)]
+    lease_seconds: u64,
+}
+
+/// Entry point of the binary.
+pub async fn main() -> anyhow::Result<()> {
+    let Cli { command } = Cli::parse();
+    match command {
+        Command::Crd => {
+            print!("{}", crate::crd::crd_yaml()?);
+            Ok(())
+        }
+        Command::Run(args) => run(args).await,
+    }
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let RunArgs {
+        kubeconfig,
+        namespaces,
+        listen,
+        log_format,
+        leader_elect,
+        lease_namespace,
+        lease_name,
+        lease_seconds,
+    } = args;
+    telemetry::init_logging(log_format);
+    let client = operator::client(kubeconfig.as_deref()).await?;
+    let identity = std::env::var("POD_NAME")
+        .unwrap_or_else(|_| format!("{}-{}", hostname(), std::process::id()));
+    let options = RunOptions {
+        scope: Scope { namespaces },
+        listen: Some(listen),
+        leader_election: leader_elect.then(|| LeaseConfig {
+            namespace: lease_namespace,
+            name: lease_name,
+            identity,
+            duration: Duration::from_secs(lease_seconds.max(3)),
+        }),
+    };
+
+    let (stop, shutdown) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down");
+        let _ = stop.send(true);
+    });
+    operator::run(client, options, shutdown).await?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing a SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "celery-operator".into())
+}

@@ -1,0 +1,31 @@
+//! Condition types and reasons of `Celery.status.conditions`, in one place so that status,
+//! events, tests and the README agree. Reasons are PascalCase, as API conventions ask.
+
+/// The app runs as declared: children exist and their replicas are ready.
+pub const READY: &str = "Ready";
+/// A change is being rolled out to the children.
+pub const PROGRESSING: &str = "Progressing";
+/// Something needs a person: the spec is invalid, the API server refused a child, a rollout
+/// is stuck.
+pub const DEGRADED: &str = "Degraded";
+
+/// Every child exists and all replicas are ready.
+pub const ALL_REPLICAS_READY: &str = "AllReplicasReady";
+/// Fewer worker replicas are ready than desired.
+pub const WORKERS_NOT_READY: &str = "WorkersNotReady";
+/// Fewer Flower replicas are ready than desired.
+pub const FLOWER_NOT_READY: &str = "FlowerNotReady";
+/// A child Deployment is rolling out a new template or scaling.
+pub const ROLLING_OUT: &str = "RollingOut";
+/// The children run the current spec.
+pub const ROLLOUT_COMPLETE: &str = "RolloutComplete";
+/// Nothing is wrong.
+pub const AS_EXPECTED: &str = "AsExpected";
+/// A field of the spec is invalid; the message names it. Fix the resource.
+pub const INVALID_SPEC: &str = "InvalidSpec";
+/// The API server refused a child built from the spec; the message quotes it.
+pub const APPLY_REJECTED: &str = "ApplyRejected";
+/// A child's name is taken by an object another controller owns.
+pub const NAME_CONFLICT: &str = "NameConflict";
+/// A child Deployment exceeded its progress deadline (image pull errors, crash loops, quota).
+pub const ROLLOUT_STUCK: &str = "RolloutStuck";

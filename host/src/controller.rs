@@ -1,0 +1,96 @@
+//! The controller: watches `Celery` objects and the Deployments and Services they own, and
+//! runs [`crate::reconcile::reconcile`] whenever one of them changes.
+//!
+//! Children are watched through the `app.kubernetes.io/managed-by=celery-operator` label, so
+//! the operator caches only its own objects. With a list of namespaces it runs one controller
+//! per namespace (and needs only namespaced permissions there); without, one for the cluster.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Service;
+use kube::api::{Api, ListParams};
+use kube::runtime::{Controller, watcher};
+use kube::Client;
+use tokio::sync::watch;
+use tracing::{debug, error, info, warn};
+
+use crate::crd::Celery;
+use crate::reconcile::build::CHILD_SELECTOR;
+use crate::reconcile::{self, Context};
+use crate::telemetry::{self, Metrics};
+
+/// Where the operator looks for Celery apps.
+#[derive(Clone, Debug, Default)]
+pub struct Scope {
+    /// Namespaces to watch; empty means all.
+    pub namespaces: Vec<String>,
+}
+
+impl Scope {
+    fn apis<K>(&self, client: &Client) -> Vec<Api<K>>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+    {
+        if self.namespaces.is_empty() {
+            vec![Api::all(client.clone())]
+        } else {
+            self.namespaces.iter().map(|ns| Api::namespaced(client.clone(), ns)).collect()
+        }
+    }
+}
+
+/// Waits until the API server serves the `Celery` resource, saying clearly what is missing
+/// meanwhile. Returns when it is there or when `shutdown` fires.
+pub async fn wait_for_crd(client: &Client, scope: &Scope, shutdown: &mut watch::Receiver<bool>) {
+    loop {
+        let mut missing = None;
+        for api in scope.apis::<Celery>(client) {
+            if let Err(e) = api.list_metadata(&ListParams::default().limit(1)).await {
+                missing = Some(e);
+                break;
+            }
+        }
+        match missing {
+            None => return,
+            Some(kube::Error::Api(s)) if s.code == 404 => error!(
+                "the API server does not serve celery.celeryproject.org; install the CRD: kubectl apply -f deploy/crd.yaml"
+            ),
+            Some(e) => warn!(error = %telemetry::chain(&e), "cannot list Celery objects yet"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        }
+    }
+}
+
+/// Runs the controllers until `shutdown` turns true, then lets running reconciles finish.
+pub async fn run(client: Client, scope: Scope, metrics: Arc<Metrics>, shutdown: watch::Receiver<bool>) {
+    let ctx = Arc::new(Context::new(client.clone(), metrics));
+    let children = watcher::Config::default().labels(CHILD_SELECTOR);
+    let celery_apis = scope.apis::<Celery>(&client);
+    let deployment_apis = scope.apis::<Deployment>(&client);
+    let service_apis = scope.apis::<Service>(&client);
+
+    let controllers = celery_apis.into_iter().zip(deployment_apis).zip(service_apis).map(|((celery, deployments), services)| {
+        let mut stop = shutdown.clone();
+        Controller::new(celery, watcher::Config::default())
+            .owns(deployments, children.clone())
+            .owns(services, children.clone())
+            .graceful_shutdown_on(async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })
+            .run(reconcile::reconcile, reconcile::error_policy, ctx.clone())
+            .for_each(|result| async move {
+                match result {
+                    Ok((object, _)) => debug!(app = %object, "reconcile done"),
+                    Err(e) => debug!(error = %telemetry::chain(&e), "controller event"),
+                }
+            })
+    });
+    info!(namespaces = ?scope.namespaces, "watching Celery apps");
+    futures::future::join_all(controllers).await;
+}

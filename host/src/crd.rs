@@ -1,0 +1,544 @@
+//! The `Celery` custom resource (`celeryproject.org/v1alpha1`): the API a user writes.
+//!
+//! The types here are the single source of the CRD: `celery-operator crd` prints the schema
+//! derived from them and `deploy/crd.yaml` is that output. Every field carries a doc comment,
+//! which becomes its description, so `kubectl explain celery.spec...` teaches the API.
+//!
+//! The spec keeps the shape of the Python (Kopf) operator this project replaces (`common`,
+//! `workerSpec`, `flowerSpec`, `scaleTargetRef`) so its resources are accepted verbatim, and
+//! adds optional fields for what production users need. What the schema can check (types,
+//! ranges, cross-field CEL rules) is checked by the API server at admission; the rest is judged
+//! in [`crate::reconcile::validate`]. This module holds plain data: no I/O.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{
+    Affinity, EnvFromSource, EnvVar, LocalObjectReference, PodSecurityContext,
+    ResourceRequirements, SecurityContext, Toleration,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, CustomResourceExt, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Desired state of a Celery application: its workers, its Flower monitor and how the workers
+/// are scaled.
+#[derive(CustomResource, KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "celeryproject.org",
+    version = "v1alpha1",
+    kind = "Celery",
+    plural = "celery",
+    singular = "celery",
+    shortname = "cel",
+    shortname = "capp",
+    namespaced,
+    status = "CeleryStatus",
+    printcolumn = r#"{"name":"Desired","type":"integer","description":"Worker replicas wanted","jsonPath":".status.workers.desired"}"#,
+    printcolumn = r#"{"name":"Ready","type":"integer","description":"Worker replicas ready","jsonPath":".status.workers.ready"}"#,
+    printcolumn = r#"{"name":"Policy","type":"string","description":"Scaling policy in effect","jsonPath":".status.policy"}"#,
+    printcolumn = r#"{"name":"Backlog","type":"integer","description":"Messages waiting in the worker queues at the last sample","jsonPath":".status.queueBacklog"}"#,
+    printcolumn = r#"{"name":"Status","type":"string","description":"Reason of the Ready condition","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct CelerySpec {
+    /// Settings shared by the worker and Flower pods: the application, its image and where it
+    /// runs.
+    pub common: Common,
+
+    /// The Celery worker Deployment, named `<appName>-celery-worker`.
+    #[serde(default)]
+    pub worker_spec: WorkerSpec,
+
+    /// The Flower monitor: a Deployment and a Service, both named `<appName>-flower`.
+    #[serde(default)]
+    pub flower_spec: FlowerSpec,
+
+    /// The broker the application uses, passed to every container as `CELERY_BROKER_URL`
+    /// (the variable Celery reads). Omit it when the image configures the broker itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub broker: Option<Broker>,
+
+    /// The result backend, passed to every container as `CELERY_RESULT_BACKEND`. Optional.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result_backend: Option<Broker>,
+
+    /// Autoscaling of the workers by a scaling policy (a WebAssembly module chosen by name).
+    /// Takes precedence over `scaleTargetRef`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<Autoscaling>,
+
+    /// Autoscaling in the form of the Python operator this project replaces. A `worker` entry
+    /// selects the built-in policy matching its metrics: `message_queue` (target type `length`,
+    /// `averageValue` messages per worker) selects `queue-length`; `cpu` and `memory`
+    /// (`averageUtilization` percent of requests) select `cpu-memory`. Ignored when
+    /// `autoscaling` is set. Flower is not autoscaled: a `flower` entry is accepted and has no
+    /// effect.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 2))]
+    pub scale_target_ref: Vec<ScaleTarget>,
+}
+
+/// Settings shared by the worker and Flower pods.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Common {
+    /// Name prefix of the children: `<appName>-celery-worker` and `<appName>-flower`. A DNS
+    /// label of at most 49 characters, so that every child name stays a valid DNS label.
+    #[schemars(length(min = 1, max = 49), regex(pattern = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"))]
+    pub app_name: String,
+
+    /// The Celery application instance, as given to `celery --app`, e.g. `app:celery_app` or
+    /// `proj.celery`.
+    #[schemars(length(min = 1))]
+    pub celery_app: String,
+
+    /// Container image holding the application code, Celery and (for Flower) `flower`.
+    #[schemars(length(min = 1))]
+    pub image: String,
+
+    /// Image pull policy of the containers: `Always`, `Never` or `IfNotPresent`. Defaults as
+    /// Kubernetes does (`Always` for `:latest`, else `IfNotPresent`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_pull_policy: Option<ImagePullPolicy>,
+
+    /// Secrets used to pull the image.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub image_pull_secrets: Vec<LocalObjectReference>,
+
+    /// Extra environment variables for every container (Celery settings, credentials from
+    /// Secrets, ...).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<EnvVar>,
+
+    /// ConfigMaps and Secrets whose keys become environment variables of every container.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env_from: Vec<EnvFromSource>,
+
+    /// Service account the pods run as. Defaults to the namespace's `default`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account_name: Option<String>,
+
+    /// Node labels a node must carry to run the pods.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+
+    /// Tolerations of the pods.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
+
+    /// Affinity rules of the pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+
+    /// Extra labels on the pods. They cannot replace the labels the operator selects pods by.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub pod_labels: BTreeMap<String, String>,
+
+    /// Extra annotations on the pods.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub pod_annotations: BTreeMap<String, String>,
+
+    /// Pod-level security context (user, group, fsGroup, seccomp profile, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_security_context: Option<PodSecurityContext>,
+
+    /// Container-level security context of every container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security_context: Option<SecurityContext>,
+}
+
+/// Image pull policy of a container.
+#[derive(JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ImagePullPolicy {
+    /// Pull on every start.
+    Always,
+    /// Never pull; the image must be on the node.
+    Never,
+    /// Pull when the node does not have the image.
+    IfNotPresent,
+}
+
+impl ImagePullPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Always => "Always",
+            Self::Never => "Never",
+            Self::IfNotPresent => "IfNotPresent",
+        }
+    }
+}
+
+/// The Celery worker Deployment.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkerSpec {
+    /// Worker replicas when autoscaling is off; the starting count when it is on (kept within
+    /// its bounds).
+    #[serde(default = "default_workers")]
+    #[schemars(range(min = 0))]
+    pub num_of_workers: i32,
+
+    /// Queues the workers consume, comma-separated, passed as `--queues`.
+    #[serde(default = "default_queues")]
+    #[schemars(length(min = 1), regex(pattern = r"^[^,\s]+(,[^,\s]+)*$"))]
+    pub queues: String,
+
+    /// Worker log level, passed as `--loglevel`: debug, info, warning, error or critical.
+    #[serde(default = "default_log_level")]
+    #[schemars(regex(pattern = r"^(?i)(debug|info|warning|warn|error|critical|fatal)$"))]
+    pub log_level: String,
+
+    /// Processes (or threads) per worker pod, passed as `--concurrency`. Scaling policies use
+    /// it as the capacity of one worker.
+    #[serde(default = "default_concurrency")]
+    #[schemars(range(min = 1))]
+    pub concurrency: i32,
+
+    /// Tasks a pool process runs before it is replaced, passed as `--max-tasks-per-child`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_tasks_per_child: Option<i32>,
+
+    /// Compute resources of the worker container (`requests`/`limits` of `cpu`, `memory`, ...).
+    /// CPU-based scaling needs a CPU request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+
+    /// Extra arguments appended to the worker command line, e.g. `["-Ofair", "--prefetch-multiplier=1"]`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extra_args: Vec<String>,
+
+    /// Seconds a worker pod gets to stop. On SIGTERM Celery stops taking tasks and finishes the
+    /// ones it runs (warm shutdown), so this should exceed your longest task.
+    #[serde(default = "default_grace")]
+    #[schemars(range(min = 0))]
+    pub termination_grace_period_seconds: i64,
+}
+
+impl Default for WorkerSpec {
+    fn default() -> Self {
+        Self {
+            num_of_workers: default_workers(),
+            queues: default_queues(),
+            log_level: default_log_level(),
+            concurrency: default_concurrency(),
+            max_tasks_per_child: None,
+            resources: None,
+            extra_args: Vec::new(),
+            termination_grace_period_seconds: default_grace(),
+        }
+    }
+}
+
+fn default_workers() -> i32 {
+    1
+}
+fn default_queues() -> String {
+    "celery".into()
+}
+fn default_log_level() -> String {
+    "info".into()
+}
+fn default_concurrency() -> i32 {
+    1
+}
+fn default_grace() -> i64 {
+    300
+}
+
+/// The Flower monitor.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct FlowerSpec {
+    /// Whether to run Flower. When switched off, its Deployment and Service are removed.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+
+    /// Flower replicas.
+    #[serde(default = "default_one")]
+    #[schemars(range(min = 0))]
+    pub replicas: i32,
+
+    /// Compute resources of the Flower container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+
+    /// The Service in front of Flower.
+    #[serde(default)]
+    pub service: FlowerService,
+
+    /// Protect Flower with HTTP basic auth: the Secret key holds `user:password` (several
+    /// pairs separated by commas), passed to Flower as `FLOWER_BASIC_AUTH`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub basic_auth: Option<SecretKeyRef>,
+
+    /// Extra arguments appended to the Flower command line.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extra_args: Vec<String>,
+}
+
+impl Default for FlowerSpec {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            replicas: 1,
+            resources: None,
+            service: FlowerService::default(),
+            basic_auth: None,
+            extra_args: Vec::new(),
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_one() -> i32 {
+    1
+}
+
+/// The Service exposing Flower.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct FlowerService {
+    /// Service type: `NodePort` (the default, as in the Python operator), `ClusterIP` or
+    /// `LoadBalancer`.
+    #[serde(rename = "type", default = "default_service_type")]
+    pub type_: ServiceType,
+
+    /// Port of the Service. Flower itself listens on 5555.
+    #[serde(default = "default_flower_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+
+    /// Extra annotations on the Service (load balancer settings, ...).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+impl Default for FlowerService {
+    fn default() -> Self {
+        Self {
+            type_: default_service_type(),
+            port: default_flower_port(),
+            annotations: BTreeMap::new(),
+        }
+    }
+}
+
+fn default_service_type() -> ServiceType {
+    ServiceType::NodePort
+}
+fn default_flower_port() -> i32 {
+    FLOWER_PORT
+}
+
+/// The port Flower listens on inside its pod.
+pub const FLOWER_PORT: i32 = 5555;
+
+/// Kubernetes Service type.
+#[derive(JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ServiceType {
+    /// Reachable inside the cluster only.
+    ClusterIP,
+    /// Also reachable on a port of every node.
+    NodePort,
+    /// Also reachable through a cloud load balancer.
+    LoadBalancer,
+}
+
+impl ServiceType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ClusterIP => "ClusterIP",
+            Self::NodePort => "NodePort",
+            Self::LoadBalancer => "LoadBalancer",
+        }
+    }
+}
+
+/// A connection URL, given inline or read from a Secret. Give exactly one of the two.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.url) != has(self.secretRef)").message("give exactly one of url and secretRef"))]
+pub struct Broker {
+    /// The URL, e.g. `redis://redis:6379/0` or `amqp://guest@rabbitmq//`. Prefer `secretRef`
+    /// when it holds a password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+
+    /// A key of a Secret in the resource's namespace holding the URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<SecretKeyRef>,
+}
+
+/// A key of a Secret in the resource's namespace.
+#[derive(JsonSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    /// Name of the Secret.
+    #[schemars(length(min = 1))]
+    pub name: String,
+    /// Key within the Secret.
+    #[schemars(length(min = 1))]
+    pub key: String,
+}
+
+/// Autoscaling of the workers by a scaling policy.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.minReplicas <= self.maxReplicas").message("minReplicas must not exceed maxReplicas"))]
+pub struct Autoscaling {
+    /// Whether the policy drives the worker replicas. When false, `numOfWorkers` does.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+
+    /// Name of the scaling policy module: a built-in (`queue-length`, `cpu-memory`, `load`,
+    /// `drain-time`, `steps`) or a module installed in the operator's policy directory.
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[a-z0-9]([-a-z0-9_.]*[a-z0-9])?(@sha256:[0-9a-f]{64})?$"))]
+    pub policy: String,
+
+    /// Settings handed to the policy as string pairs; their meaning is the policy's.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub settings: BTreeMap<String, String>,
+
+    /// Fewest worker replicas. 0 allows scaling to zero when the queues are empty.
+    #[serde(default = "default_one")]
+    #[schemars(range(min = 0))]
+    pub min_replicas: i32,
+
+    /// Most worker replicas.
+    #[schemars(range(min = 1))]
+    pub max_replicas: i32,
+}
+
+/// One entry of the Python operator's `scaleTargetRef`.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.minReplicas) || self.minReplicas <= self.maxReplicas").message("minReplicas must not exceed maxReplicas"))]
+pub struct ScaleTarget {
+    /// What to scale: `worker` or `flower`.
+    pub kind: ScaleKind,
+
+    /// Fewest replicas. Defaults to 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub min_replicas: Option<i32>,
+
+    /// Most replicas.
+    #[schemars(range(min = 1))]
+    pub max_replicas: i32,
+
+    /// Metrics that drive the replica count; with several, the largest count wins.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 3))]
+    pub metrics: Vec<ScaleMetric>,
+}
+
+/// What a `scaleTargetRef` entry scales.
+#[derive(JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ScaleKind {
+    /// The Celery workers.
+    Worker,
+    /// Flower (accepted for compatibility; Flower is not autoscaled).
+    Flower,
+}
+
+/// A metric of a `scaleTargetRef` entry.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.name != 'message_queue' || has(self.target.averageValue)").message("message_queue needs target.averageValue (messages per worker)"))]
+#[x_kube(validation = Rule::new("self.name == 'message_queue' || has(self.target.averageUtilization)").message("cpu and memory need target.averageUtilization (percent of requests)"))]
+pub struct ScaleMetric {
+    /// `message_queue` (queue backlog), `cpu` or `memory`.
+    pub name: MetricName,
+    /// The value to keep the metric at.
+    pub target: MetricTarget,
+}
+
+/// A metric name of a `scaleTargetRef` entry.
+#[derive(JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MetricName {
+    /// Messages waiting in the worker queues.
+    #[serde(rename = "message_queue")]
+    MessageQueue,
+    /// CPU use of the worker pods against their requests.
+    #[serde(rename = "cpu")]
+    Cpu,
+    /// Memory use of the worker pods against their requests.
+    #[serde(rename = "memory")]
+    Memory,
+}
+
+/// Target of a `scaleTargetRef` metric.
+#[derive(JsonSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct MetricTarget {
+    /// `length` for `message_queue`, `Utilization` for `cpu` and `memory` (informational; the
+    /// metric name decides).
+    #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
+    pub type_: Option<String>,
+
+    /// For `message_queue`: messages per worker to aim for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub average_value: Option<i64>,
+
+    /// For `cpu` and `memory`: percent of the pods' requests to aim for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub average_utilization: Option<i32>,
+}
+
+/// Observed state of a Celery application, written by the operator.
+#[derive(JsonSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CeleryStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+
+    /// `Ready`, `Progressing` and `Degraded`, following Kubernetes API conventions.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+
+    /// Replica counts of the worker Deployment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workers: Option<ReplicaStatus>,
+
+    /// Replica counts of the Flower Deployment (absent when Flower is off).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flower: Option<ReplicaStatus>,
+
+    /// Name of the Service in front of Flower.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flower_service: Option<String>,
+
+    /// The scaling policy in effect, or `none` when the replica count is fixed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
+
+    /// Messages waiting in the worker queues at the last autoscaling sample.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_backlog: Option<i64>,
+}
+
+/// Replica counts of a child Deployment.
+#[derive(JsonSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplicaStatus {
+    /// Replicas the Deployment asks for.
+    pub desired: i32,
+    /// Replicas whose pods are ready.
+    pub ready: i32,
+    /// Replicas running the current pod template.
+    pub updated: i32,
+}
+
+/// The CRD as YAML, exactly as `deploy/crd.yaml` holds it.
+pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
+    serde_yaml::to_string(&Celery::crd())
+}

@@ -1,0 +1,21 @@
+//! celery-operator: runs Celery applications on Kubernetes and scales their workers with
+//! policies compiled to WebAssembly.
+//!
+//! - [`crd`]: the `Celery` API types, the source of `deploy/crd.yaml`.
+//! - [`reconcile`]: one reconcile of one app, as steps: validate → build → apply → status.
+//! - [`controller`]: the watches that trigger reconciles.
+//! - [`operator`]: `celery-operator run`, wiring controller, leader election and endpoints.
+//! - [`leader`], [`server`], [`telemetry`]: Lease election, HTTP endpoints, logs and metrics.
+//! - [`conditions`]: condition types and reasons; [`quantity`]: resource quantities.
+//! - [`cli`]: the command line.
+
+pub mod cli;
+pub mod conditions;
+pub mod controller;
+pub mod crd;
+pub mod leader;
+pub mod operator;
+pub mod quantity;
+pub mod reconcile;
+pub mod server;
+pub mod telemetry;

@@ -1,0 +1,209 @@
+//! Step 4 of a reconcile: write the children with server-side apply.
+//!
+//! Every child is applied with the field manager [`FIELD_MANAGER`] and `force`, so a hand edit
+//! of a field the operator sets is undone on the next reconcile, and fields others set are
+//! left alone. The one exception is the worker `replicas` when a scaling policy decides them:
+//! that field belongs to the manager [`SCALER_MANAGER`], so the reconciler never fights the
+//! autoscaler over it (see [`apply_worker`]). The API server's answers are returned, status
+//! included, so the status step needs no extra reads.
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Service;
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::{Client, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::conditions::{APPLY_REJECTED, NAME_CONFLICT};
+use crate::crd::Celery;
+use crate::reconcile::build::{self, BuildError};
+use crate::reconcile::validate::Scaling;
+
+/// Field manager of everything the reconciler writes.
+pub const FIELD_MANAGER: &str = "celery-operator";
+/// Field manager of the worker `replicas` while a scaling policy decides them.
+pub const SCALER_MANAGER: &str = "celery-operator-autoscaler";
+
+/// The children as the API server holds them after the apply.
+pub struct Applied {
+    pub worker: Deployment,
+    pub flower: Option<Deployment>,
+    pub flower_service: Option<String>,
+}
+
+/// Why applying the children failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// The API server refused what the spec asks for. Retrying cannot help until the spec
+    /// (or the conflicting object) changes. `reason` is a `Degraded` condition reason.
+    #[error("{message}")]
+    Rejected { reason: &'static str, message: String },
+
+    /// A call failed for a reason that may pass (API server down, timeout, conflict).
+    #[error("{action} {kind} {namespace}/{name}")]
+    Api {
+        action: &'static str,
+        kind: String,
+        namespace: String,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+
+    #[error(transparent)]
+    Build(#[from] BuildError),
+}
+
+/// Applies every child of `celery` and removes Flower's when it is switched off.
+pub async fn children(client: &Client, celery: &Celery, scaling: &Scaling) -> Result<Applied, ApplyError> {
+    let ns = celery.namespace().unwrap_or_default();
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    let services: Api<Service> = Api::namespaced(client.clone(), &ns);
+
+    let worker = apply_worker(&deployments, celery, scaling).await?;
+    let flower_name = build::flower_name(celery);
+    let (flower, flower_service) = if celery.spec.flower_spec.enabled {
+        let flower = apply(&deployments, &build::flower_deployment(celery)?, FIELD_MANAGER).await?;
+        let service = apply(&services, &build::flower_service(celery)?, FIELD_MANAGER).await?;
+        (Some(flower), Some(service.name_any()))
+    } else {
+        delete_if_owned(&deployments, &flower_name, celery).await?;
+        delete_if_owned(&services, &flower_name, celery).await?;
+        (None, None)
+    };
+    Ok(Applied { worker, flower, flower_service })
+}
+
+/// Applies the worker Deployment.
+///
+/// With a fixed count the reconciler owns `replicas`. With a scaling policy it leaves the
+/// field out, and [`SCALER_MANAGER`] owns it instead: a new Deployment starts at
+/// `numOfWorkers` clamped to the bounds, an existing one keeps its count unless it is out of
+/// bounds. NB: the scaler must own the field *before* the reconciler's apply drops it, or the
+/// API server would reset it to its default of 1 and kill workers for a moment.
+async fn apply_worker(api: &Api<Deployment>, celery: &Celery, scaling: &Scaling) -> Result<Deployment, ApplyError> {
+    let name = build::worker_name(celery);
+    let Scaling::Policies { min_replicas, max_replicas, .. } = *scaling else {
+        let replicas = scaling.initial_replicas(celery.spec.worker_spec.num_of_workers);
+        return apply(api, &build::worker_deployment(celery, Some(replicas))?, FIELD_MANAGER).await;
+    };
+    let current = api
+        .get_opt(&name)
+        .await
+        .map_err(|source| api_error("read", "Deployment", celery, &name, source))?;
+    match current {
+        None => {
+            let initial = scaling.initial_replicas(celery.spec.worker_spec.num_of_workers);
+            apply(api, &build::worker_deployment(celery, Some(initial))?, FIELD_MANAGER).await?;
+            scale(api, celery, &name, initial).await
+        }
+        Some(existing) => {
+            let replicas = existing.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+            let bounded = replicas.clamp(min_replicas, max_replicas);
+            if bounded != replicas || !manages_replicas(&existing, SCALER_MANAGER) {
+                scale(api, celery, &name, bounded).await?;
+            }
+            apply(api, &build::worker_deployment(celery, None)?, FIELD_MANAGER).await
+        }
+    }
+}
+
+/// Sets the worker replicas as the scaler. The autoscaling loop writes decisions this way too.
+pub async fn scale(api: &Api<Deployment>, celery: &Celery, name: &str, replicas: i32) -> Result<Deployment, ApplyError> {
+    let patch = serde_json::json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": { "name": name },
+        "spec": { "replicas": replicas },
+    });
+    api.patch(name, &PatchParams::apply(SCALER_MANAGER).force(), &Patch::Apply(&patch))
+        .await
+        .map_err(|source| classify("scale", "Deployment", celery, name, source))
+}
+
+/// Whether `manager` holds `spec.replicas` of the Deployment.
+fn manages_replicas(d: &Deployment, manager: &str) -> bool {
+    d.metadata.managed_fields.iter().flatten().any(|entry| {
+        entry.manager.as_deref() == Some(manager)
+            && entry
+                .fields_v1
+                .as_ref()
+                .is_some_and(|f| f.0.get("f:spec").and_then(|s| s.get("f:replicas")).is_some())
+    })
+}
+
+async fn apply<K>(api: &Api<K>, object: &K, manager: &str) -> Result<K, ApplyError>
+where
+    K: Resource<DynamicType = ()> + Clone + Serialize + DeserializeOwned + std::fmt::Debug,
+{
+    let name = object.meta().name.clone().unwrap_or_default();
+    let mut object = object.clone();
+    // Server-side apply needs apiVersion and kind in the body; k8s-openapi types omit them.
+    let mut body = serde_json::to_value(&mut object).unwrap_or_default();
+    body["apiVersion"] = K::api_version(&()).into();
+    body["kind"] = K::kind(&()).into();
+    api.patch(&name, &PatchParams::apply(manager).force(), &Patch::Apply(&body))
+        .await
+        .map_err(|source| {
+            let ns = object.meta().namespace.clone().unwrap_or_default();
+            classify_in("apply", &K::kind(&()), ns, &name, source)
+        })
+}
+
+async fn delete_if_owned<K>(api: &Api<K>, name: &str, celery: &Celery) -> Result<(), ApplyError>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    let existing = api
+        .get_opt(name)
+        .await
+        .map_err(|source| api_error("read", &K::kind(&()), celery, name, source))?;
+    let Some(existing) = existing else { return Ok(()) };
+    let ours = existing
+        .owner_references()
+        .iter()
+        .any(|o| o.controller == Some(true) && Some(&o.uid) == celery.meta().uid.as_ref());
+    if ours {
+        match api.delete(name, &DeleteParams::background()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(status)) if status.code == 404 => {}
+            Err(source) => return Err(api_error("delete", &K::kind(&()), celery, name, source)),
+        }
+    }
+    Ok(())
+}
+
+fn api_error(action: &'static str, kind: &str, celery: &Celery, name: &str, source: kube::Error) -> ApplyError {
+    ApplyError::Api {
+        action,
+        kind: kind.to_string(),
+        namespace: celery.namespace().unwrap_or_default(),
+        name: name.to_string(),
+        source,
+    }
+}
+
+fn classify(action: &'static str, kind: &str, celery: &Celery, name: &str, source: kube::Error) -> ApplyError {
+    classify_in(action, kind, celery.namespace().unwrap_or_default(), name, source)
+}
+
+/// Separates refusals that only a change of the spec can cure (422 Invalid, a name owned by
+/// another controller) from failures worth a retry.
+fn classify_in(action: &'static str, kind: &str, namespace: String, name: &str, source: kube::Error) -> ApplyError {
+    if let kube::Error::Api(status) = &source {
+        if status.code == 422 {
+            let reason = if status.message.contains("Only one reference can have Controller set to true") {
+                NAME_CONFLICT
+            } else {
+                APPLY_REJECTED
+            };
+            let message = if reason == NAME_CONFLICT {
+                format!("{kind} {namespace}/{name} already exists and is controlled by another object; rename spec.common.appName or remove that {kind}")
+            } else {
+                format!("the API server refused {kind} {namespace}/{name}: {}", status.message)
+            };
+            return ApplyError::Rejected { reason, message };
+        }
+    }
+    ApplyError::Api { action, kind: kind.to_string(), namespace, name: name.to_string(), source }
+}

@@ -1,0 +1,482 @@
+//! Step 3 of a reconcile: the children of a Celery app, built as plain values.
+//!
+//! The worker Deployment `<appName>-celery-worker`, the Flower Deployment `<appName>-flower`
+//! and the Flower Service `<appName>-flower`, with the names, selectors and command lines of
+//! the Python operator this project replaces, so a migrating user finds the same objects.
+//! Everything here is a pure function of the `Celery` object: no client, tested from YAML.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment};
+use k8s_openapi::api::core::v1::{
+    Container, ContainerPort, EnvVar, EnvVarSource, PodSpec, PodTemplateSpec, Probe,
+    SecretKeySelector, Service, ServicePort, ServiceSpec, TCPSocketAction,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::{Resource, ResourceExt};
+
+use crate::crd::{Broker, Celery, FLOWER_PORT};
+
+/// Value of `app.kubernetes.io/managed-by` on every child; the operator watches by it.
+pub const MANAGED_BY: &str = "celery-operator";
+/// Label selector matching every child of any Celery app.
+pub const CHILD_SELECTOR: &str = "app.kubernetes.io/managed-by=celery-operator";
+
+/// Pod labels a user may not set: the operator selects pods by them.
+pub const RESERVED_POD_LABELS: &[&str] = &[
+    "app",
+    "run",
+    "app.kubernetes.io/name",
+    "app.kubernetes.io/instance",
+    "app.kubernetes.io/component",
+    "app.kubernetes.io/managed-by",
+];
+
+/// Environment variables the operator sets from the spec.
+pub const BROKER_ENV: &str = "CELERY_BROKER_URL";
+pub const RESULT_BACKEND_ENV: &str = "CELERY_RESULT_BACKEND";
+pub const FLOWER_AUTH_ENV: &str = "FLOWER_BASIC_AUTH";
+
+/// Name of the worker Deployment.
+pub fn worker_name(celery: &Celery) -> String {
+    format!("{}-celery-worker", celery.spec.common.app_name)
+}
+
+/// Name of the Flower Deployment and Service.
+pub fn flower_name(celery: &Celery) -> String {
+    format!("{}-flower", celery.spec.common.app_name)
+}
+
+/// Why a child cannot be built.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("the Celery object has no uid or name yet, so children cannot point at it")]
+    NoOwnerReference,
+}
+
+/// The worker Deployment. `replicas` is `None` when a scaling policy owns the count: leaving
+/// the field out of the applied object is what keeps the reconciler from fighting the
+/// autoscaler over it.
+pub fn worker_deployment(celery: &Celery, replicas: Option<i32>) -> Result<Deployment, BuildError> {
+    let spec = &celery.spec;
+    let w = &spec.worker_spec;
+    // NB: the selector is the Python operator's (`app: <appName>`). A Deployment selector is
+    // immutable, so changing it would break adopting the Deployments that operator made.
+    let selector = BTreeMap::from([("app".to_string(), spec.common.app_name.clone())]);
+    let mut args = vec![
+        format!("--app={}", spec.common.celery_app),
+        "worker".into(),
+        format!("--queues={}", w.queues),
+        format!("--loglevel={}", w.log_level),
+        format!("--concurrency={}", w.concurrency),
+    ];
+    if let Some(n) = w.max_tasks_per_child {
+        args.push(format!("--max-tasks-per-child={n}"));
+    }
+    args.extend(w.extra_args.iter().cloned());
+
+    let container = Container {
+        name: "worker".into(),
+        command: Some(vec!["celery".into()]),
+        args: Some(args),
+        resources: w.resources.clone(),
+        ..app_container(celery, Vec::new())
+    };
+    let mut pod = pod_spec(celery, container);
+    pod.termination_grace_period_seconds = Some(w.termination_grace_period_seconds);
+
+    let mut labels = child_labels(celery, "worker");
+    labels.insert("app".into(), spec.common.app_name.clone());
+    labels.insert("celery".into(), "true".into());
+    Ok(Deployment {
+        metadata: child_meta(celery, worker_name(celery), labels.clone())?,
+        spec: Some(DeploymentSpec {
+            replicas,
+            selector: LabelSelector { match_labels: Some(selector), ..Default::default() },
+            // Surge instead of taking a worker away: running tasks are not cut short by a rollout.
+            strategy: Some(DeploymentStrategy {
+                type_: Some("RollingUpdate".into()),
+                rolling_update: Some(RollingUpdateDeployment {
+                    max_surge: Some(IntOrString::String("25%".into())),
+                    max_unavailable: Some(IntOrString::Int(0)),
+                }),
+            }),
+            template: pod_template(celery, labels, pod),
+            ..Default::default()
+        }),
+        status: None,
+    })
+}
+
+/// The Flower Deployment.
+pub fn flower_deployment(celery: &Celery) -> Result<Deployment, BuildError> {
+    let spec = &celery.spec;
+    let f = &spec.flower_spec;
+    let name = flower_name(celery);
+    let selector = BTreeMap::from([("run".to_string(), name.clone())]);
+    let mut args = vec![
+        format!("--app={}", spec.common.celery_app),
+        "flower".into(),
+        format!("--port={FLOWER_PORT}"),
+    ];
+    args.extend(f.extra_args.iter().cloned());
+    let extra_env = f
+        .basic_auth
+        .iter()
+        .map(|auth| secret_env(FLOWER_AUTH_ENV, &auth.name, &auth.key))
+        .collect();
+
+    let container = Container {
+        name: "flower".into(),
+        // NB: Flower 1.0 dropped its own `flower` executable; `celery flower` is the same
+        // program the Python operator's `flower --app=...` started.
+        command: Some(vec!["celery".into()]),
+        args: Some(args),
+        ports: Some(vec![ContainerPort {
+            name: Some("http".into()),
+            container_port: FLOWER_PORT,
+            protocol: Some("TCP".into()),
+            ..Default::default()
+        }]),
+        resources: f.resources.clone(),
+        // A TCP check: Flower's HTTP endpoints sit behind basic auth when it is on.
+        readiness_probe: Some(Probe {
+            tcp_socket: Some(TCPSocketAction { port: IntOrString::Int(FLOWER_PORT), host: None }),
+            period_seconds: Some(10),
+            ..Default::default()
+        }),
+        ..app_container(celery, extra_env)
+    };
+    let pod = pod_spec(celery, container);
+
+    let mut labels = child_labels(celery, "flower");
+    labels.insert("run".into(), name.clone());
+    let mut meta_labels = labels.clone();
+    meta_labels.insert("app".into(), name.clone());
+    Ok(Deployment {
+        metadata: child_meta(celery, name, meta_labels)?,
+        spec: Some(DeploymentSpec {
+            replicas: Some(f.replicas),
+            selector: LabelSelector { match_labels: Some(selector), ..Default::default() },
+            template: pod_template(celery, labels, pod),
+            ..Default::default()
+        }),
+        status: None,
+    })
+}
+
+/// The Service in front of Flower.
+pub fn flower_service(celery: &Celery) -> Result<Service, BuildError> {
+    let f = &celery.spec.flower_spec;
+    let name = flower_name(celery);
+    let mut labels = child_labels(celery, "flower");
+    labels.insert("app".into(), name.clone());
+    let mut metadata = child_meta(celery, name.clone(), labels)?;
+    if !f.service.annotations.is_empty() {
+        metadata.annotations = Some(f.service.annotations.clone());
+    }
+    Ok(Service {
+        metadata,
+        spec: Some(ServiceSpec {
+            type_: Some(f.service.type_.as_str().into()),
+            selector: Some(BTreeMap::from([("run".to_string(), name)])),
+            ports: Some(vec![ServicePort {
+                name: Some("http".into()),
+                port: f.service.port,
+                target_port: Some(IntOrString::Int(FLOWER_PORT)),
+                protocol: Some("TCP".into()),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        status: None,
+    })
+}
+
+/// Labels on every child and its pods (besides the Python operator's selector labels).
+fn child_labels(celery: &Celery, component: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/name".to_string(), "celery".to_string()),
+        ("app.kubernetes.io/instance".to_string(), celery.name_any()),
+        ("app.kubernetes.io/component".to_string(), component.to_string()),
+        ("app.kubernetes.io/managed-by".to_string(), MANAGED_BY.to_string()),
+    ])
+}
+
+fn child_meta(celery: &Celery, name: String, labels: BTreeMap<String, String>) -> Result<ObjectMeta, BuildError> {
+    Ok(ObjectMeta {
+        name: Some(name),
+        namespace: celery.namespace(),
+        labels: Some(labels),
+        owner_references: Some(vec![owner_reference(celery)?]),
+        ..Default::default()
+    })
+}
+
+/// A controller owner reference: the garbage collector deletes the children with the app.
+fn owner_reference(celery: &Celery) -> Result<OwnerReference, BuildError> {
+    celery.controller_owner_ref(&()).ok_or(BuildError::NoOwnerReference)
+}
+
+fn pod_template(celery: &Celery, mut labels: BTreeMap<String, String>, spec: PodSpec) -> PodTemplateSpec {
+    let common = &celery.spec.common;
+    for (k, v) in &common.pod_labels {
+        labels.entry(k.clone()).or_insert_with(|| v.clone());
+    }
+    PodTemplateSpec {
+        metadata: Some(ObjectMeta {
+            labels: Some(labels),
+            annotations: (!common.pod_annotations.is_empty()).then(|| common.pod_annotations.clone()),
+            ..Default::default()
+        }),
+        spec: Some(spec),
+    }
+}
+
+fn pod_spec(celery: &Celery, container: Container) -> PodSpec {
+    let c = &celery.spec.common;
+    PodSpec {
+        containers: vec![container],
+        service_account_name: c.service_account_name.clone(),
+        node_selector: (!c.node_selector.is_empty()).then(|| c.node_selector.clone()),
+        tolerations: (!c.tolerations.is_empty()).then(|| c.tolerations.clone()),
+        affinity: c.affinity.clone(),
+        image_pull_secrets: (!c.image_pull_secrets.is_empty()).then(|| c.image_pull_secrets.clone()),
+        security_context: c.pod_security_context.clone(),
+        ..Default::default()
+    }
+}
+
+/// The parts of a container the worker and Flower share: image, environment, security.
+fn app_container(celery: &Celery, extra_env: Vec<EnvVar>) -> Container {
+    let spec = &celery.spec;
+    let c = &spec.common;
+    let mut env: Vec<EnvVar> = [(BROKER_ENV, &spec.broker), (RESULT_BACKEND_ENV, &spec.result_backend)]
+        .into_iter()
+        .filter_map(|(name, source)| source.as_ref().map(|b| url_env(name, b)))
+        .collect();
+    env.extend(extra_env);
+    env.extend(c.env.iter().cloned());
+    Container {
+        image: Some(c.image.clone()),
+        image_pull_policy: c.image_pull_policy.map(|p| p.as_str().to_string()),
+        env: (!env.is_empty()).then_some(env),
+        env_from: (!c.env_from.is_empty()).then(|| c.env_from.clone()),
+        security_context: c.security_context.clone(),
+        ..Default::default()
+    }
+}
+
+fn url_env(name: &str, source: &Broker) -> EnvVar {
+    match (&source.url, &source.secret_ref) {
+        (_, Some(secret)) => secret_env(name, &secret.name, &secret.key),
+        (url, None) => EnvVar { name: name.into(), value: url.clone(), value_from: None },
+    }
+}
+
+fn secret_env(name: &str, secret: &str, key: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: None,
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: secret.into(),
+                key: key.into(),
+                optional: None,
+            }),
+            ..Default::default()
+        }),
+    }
+}
+
+/// Names of the environment variables the operator itself adds to the worker and Flower
+/// containers, so validation can refuse a user variable that would collide with one.
+pub fn generated_env_names(celery_spec: &crate::crd::CelerySpec) -> Vec<&'static str> {
+    let mut names = Vec::new();
+    if celery_spec.broker.is_some() {
+        names.push(BROKER_ENV);
+    }
+    if celery_spec.result_backend.is_some() {
+        names.push(RESULT_BACKEND_ENV);
+    }
+    if celery_spec.flower_spec.basic_auth.is_some() {
+        names.push(FLOWER_AUTH_ENV);
+    }
+    names
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn celery(yaml: &str) -> Celery {
+        let mut c: Celery = serde_yaml::from_str(yaml).expect("test YAML parses");
+        c.metadata.uid = Some("0000-uid".into());
+        c
+    }
+
+    /// A resource written for the Python operator, verbatim.
+    const SEED: &str = r#"
+apiVersion: celeryproject.org/v1alpha1
+kind: Celery
+metadata:
+  name: celery-crd-example
+  namespace: default
+spec:
+  common:
+    appName: celery-crd-example
+    celeryApp: app:celery_app
+    image: example-image
+  workerSpec:
+    numOfWorkers: 2
+    queues: celery,priority
+    logLevel: info
+    concurrency: 2
+    maxTasksPerChild: 100
+    resources:
+      requests: {cpu: "100m", memory: "64Mi"}
+      limits: {cpu: "200m", memory: "128Mi"}
+  flowerSpec:
+    replicas: 1
+    resources:
+      requests: {cpu: "100m", memory: "64Mi"}
+      limits: {cpu: "200m", memory: "128Mi"}
+  scaleTargetRef:
+  - kind: worker
+    minReplicas: 2
+    maxReplicas: 5
+    metrics:
+    - name: message_queue
+      target: {type: length, averageValue: 50}
+"#;
+
+    #[test]
+    fn seed_resource_builds_the_python_operators_children() {
+        let c = celery(SEED);
+        let worker = worker_deployment(&c, Some(2)).unwrap();
+        assert_eq!(worker.metadata.name.as_deref(), Some("celery-crd-example-celery-worker"));
+        let spec = worker.spec.as_ref().unwrap();
+        assert_eq!(spec.replicas, Some(2));
+        assert_eq!(spec.selector.match_labels.as_ref().unwrap()["app"], "celery-crd-example");
+        let pod = spec.template.spec.as_ref().unwrap();
+        let container = &pod.containers[0];
+        assert_eq!(container.command.as_deref(), Some(&["celery".to_string()][..]));
+        assert_eq!(
+            container.args.as_deref().unwrap(),
+            [
+                "--app=app:celery_app",
+                "worker",
+                "--queues=celery,priority",
+                "--loglevel=info",
+                "--concurrency=2",
+                "--max-tasks-per-child=100"
+            ]
+        );
+        let requests = container.resources.as_ref().unwrap().requests.as_ref().unwrap();
+        assert_eq!(requests["cpu"].0, "100m");
+        assert_eq!(pod.termination_grace_period_seconds, Some(300));
+        let owner = &worker.metadata.owner_references.as_ref().unwrap()[0];
+        assert_eq!((owner.kind.as_str(), owner.controller), ("Celery", Some(true)));
+
+        let flower = flower_deployment(&c).unwrap();
+        assert_eq!(flower.metadata.name.as_deref(), Some("celery-crd-example-flower"));
+        let fspec = flower.spec.as_ref().unwrap();
+        assert_eq!(fspec.selector.match_labels.as_ref().unwrap()["run"], "celery-crd-example-flower");
+        let fc = &fspec.template.spec.as_ref().unwrap().containers[0];
+        assert_eq!(fc.args.as_deref().unwrap()[..2], ["--app=app:celery_app", "flower"]);
+        assert_eq!(fc.ports.as_ref().unwrap()[0].container_port, 5555);
+
+        let svc = flower_service(&c).unwrap();
+        let sspec = svc.spec.unwrap();
+        assert_eq!(svc.metadata.name.as_deref(), Some("celery-crd-example-flower"));
+        assert_eq!(sspec.type_.as_deref(), Some("NodePort"));
+        assert_eq!(sspec.selector.unwrap()["run"], "celery-crd-example-flower");
+        assert_eq!(sspec.ports.unwrap()[0].port, 5555);
+    }
+
+    #[test]
+    fn full_featured_resource_reaches_the_pods() {
+        let c = celery(
+            r#"
+apiVersion: celeryproject.org/v1alpha1
+kind: Celery
+metadata: {name: shop, namespace: prod}
+spec:
+  common:
+    appName: shop
+    celeryApp: shop.celery
+    image: registry.example/shop:1.2
+    imagePullPolicy: IfNotPresent
+    imagePullSecrets: [{name: regcred}]
+    env: [{name: DJANGO_SETTINGS_MODULE, value: shop.settings}]
+    envFrom: [{configMapRef: {name: shop-config}}]
+    serviceAccountName: shop
+    nodeSelector: {pool: workers}
+    tolerations: [{key: dedicated, operator: Equal, value: celery, effect: NoSchedule}]
+    podLabels: {team: payments}
+    podAnnotations: {prometheus.io/scrape: "true"}
+    podSecurityContext: {runAsNonRoot: true, runAsUser: 1000}
+    securityContext: {readOnlyRootFilesystem: true}
+  broker:
+    secretRef: {name: shop-broker, key: url}
+  resultBackend:
+    url: redis://redis:6379/1
+  workerSpec:
+    extraArgs: ["-Ofair", "--prefetch-multiplier=1"]
+    terminationGracePeriodSeconds: 3600
+  flowerSpec:
+    service: {type: ClusterIP, port: 80, annotations: {a: b}}
+    basicAuth: {name: flower-auth, key: auth}
+  autoscaling:
+    policy: queue-length
+    minReplicas: 0
+    maxReplicas: 10
+"#,
+        );
+        let worker = worker_deployment(&c, None).unwrap();
+        let spec = worker.spec.unwrap();
+        assert_eq!(spec.replicas, None, "the autoscaler owns replicas");
+        let template = spec.template;
+        let labels = template.metadata.as_ref().unwrap().labels.as_ref().unwrap();
+        assert_eq!(labels["team"], "payments");
+        assert_eq!(labels["app"], "shop");
+        let pod = template.spec.unwrap();
+        assert_eq!(pod.service_account_name.as_deref(), Some("shop"));
+        assert_eq!(pod.node_selector.unwrap()["pool"], "workers");
+        assert_eq!(pod.tolerations.unwrap().len(), 1);
+        assert_eq!(pod.image_pull_secrets.unwrap()[0].name, "regcred");
+        assert_eq!(pod.security_context.unwrap().run_as_user, Some(1000));
+        assert_eq!(pod.termination_grace_period_seconds, Some(3600));
+        let container = &pod.containers[0];
+        assert_eq!(container.image_pull_policy.as_deref(), Some("IfNotPresent"));
+        assert!(container.args.as_ref().unwrap().ends_with(&["-Ofair".into(), "--prefetch-multiplier=1".into()]));
+        let env = container.env.as_ref().unwrap();
+        let broker = env.iter().find(|e| e.name == BROKER_ENV).unwrap();
+        let secret = broker.value_from.as_ref().unwrap().secret_key_ref.as_ref().unwrap();
+        assert_eq!((secret.name.as_str(), secret.key.as_str()), ("shop-broker", "url"));
+        assert_eq!(broker.value, None, "no credentials in the spec");
+        let backend = env.iter().find(|e| e.name == RESULT_BACKEND_ENV).unwrap();
+        assert_eq!(backend.value.as_deref(), Some("redis://redis:6379/1"));
+        assert!(env.iter().any(|e| e.name == "DJANGO_SETTINGS_MODULE"));
+        assert!(!env.iter().any(|e| e.name == FLOWER_AUTH_ENV), "flower auth stays in flower");
+        assert_eq!(container.security_context.as_ref().unwrap().read_only_root_filesystem, Some(true));
+
+        let flower = flower_deployment(&c).unwrap();
+        let fc = &flower.spec.unwrap().template.spec.unwrap().containers[0];
+        assert!(fc.env.as_ref().unwrap().iter().any(|e| e.name == FLOWER_AUTH_ENV));
+        let svc = flower_service(&c).unwrap();
+        assert_eq!(svc.metadata.annotations.unwrap()["a"], "b");
+        let sspec = svc.spec.unwrap();
+        assert_eq!(sspec.type_.as_deref(), Some("ClusterIP"));
+        let port = &sspec.ports.unwrap()[0];
+        assert_eq!((port.port, port.target_port.clone()), (80, Some(IntOrString::Int(5555))));
+    }
+
+    #[test]
+    fn a_celery_without_uid_cannot_own_children() {
+        let mut c = celery(SEED);
+        c.metadata.uid = None;
+        assert!(matches!(worker_deployment(&c, Some(1)), Err(BuildError::NoOwnerReference)));
+    }
+}

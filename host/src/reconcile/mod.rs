@@ -1,0 +1,191 @@
+//! Reconciliation of one `Celery` object, as a pipeline of steps, one module each:
+//! read (the object handed in by the controller) → [`validate`] → [`build`] → [`apply`] →
+//! [`status`]. `validate`, `build` and `status` are pure; only `apply` and the status write
+//! here talk to the API server.
+//!
+//! A spec the operator cannot run becomes a `Degraded` condition and one Warning event, and
+//! the object waits for a change; a failure that may pass (API server unreachable) is an
+//! [`Error`], retried with backoff by [`error_policy`].
+
+pub mod apply;
+pub mod build;
+pub mod status;
+pub mod validate;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
+use kube::{Client, Resource, ResourceExt};
+use tracing::{info, warn};
+
+use crate::conditions::{DEGRADED, INVALID_SPEC, READY};
+use crate::crd::{Celery, CeleryStatus};
+use crate::telemetry::Metrics;
+use apply::{ApplyError, FIELD_MANAGER};
+use status::Outcome;
+
+/// How often an app is reconciled without any change, to catch drift no watch reported.
+const RESYNC: Duration = Duration::from_secs(300);
+
+/// What every reconcile shares.
+pub struct Context {
+    pub client: Client,
+    recorder: Recorder,
+    metrics: Arc<Metrics>,
+    /// Consecutive failures per object, for exponential backoff.
+    failures: Mutex<HashMap<ObjectRef<Celery>, u32>>,
+}
+
+impl Context {
+    pub fn new(client: Client, metrics: Arc<Metrics>) -> Self {
+        let reporter = Reporter { controller: FIELD_MANAGER.into(), instance: std::env::var("POD_NAME").ok() };
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            metrics,
+            failures: Mutex::default(),
+        }
+    }
+}
+
+/// A failure worth retrying.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("the Celery object has no namespace")]
+    NotNamespaced,
+
+    #[error("applying the children of Celery {app}")]
+    Apply {
+        app: String,
+        #[source]
+        source: ApplyError,
+    },
+
+    #[error("writing the status of Celery {app}")]
+    Status {
+        app: String,
+        #[source]
+        source: kube::Error,
+    },
+}
+
+/// Brings the children of one Celery app in line with its spec and reports how it went.
+pub async fn reconcile(celery: Arc<Celery>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let ns = celery.namespace().ok_or(Error::NotNamespaced)?;
+    let name = celery.name_any();
+    let app = format!("{ns}/{name}");
+
+    let result = run_pipeline(&celery, &ctx, &app).await;
+    ctx.metrics.observe_reconcile(started.elapsed(), result.as_ref().err());
+    let key = ObjectRef::from_obj(&*celery);
+    if result.is_ok() {
+        ctx.failures.lock().expect("failure map lock").remove(&key);
+    }
+    result
+}
+
+async fn run_pipeline(celery: &Celery, ctx: &Context, app: &str) -> Result<Action, Error> {
+    let scaling = validate::validate(&celery.spec);
+    let applied = match &scaling {
+        Ok(scaling) => Some(apply::children(&ctx.client, celery, scaling).await),
+        Err(_) => None,
+    };
+
+    let failure;
+    let outcome = match (&scaling, &applied) {
+        (Err(invalid), _) => {
+            failure = invalid.to_string();
+            Outcome::Failed { reason: INVALID_SPEC, message: failure.clone() }
+        }
+        (Ok(scaling), Some(Ok(a))) => Outcome::Applied {
+            scaling,
+            worker: &a.worker,
+            flower: a.flower.as_ref(),
+            flower_service: a.flower_service.clone(),
+        },
+        (Ok(_), Some(Err(ApplyError::Rejected { reason, message }))) => {
+            Outcome::Failed { reason, message: message.clone() }
+        }
+        (Ok(_), _) => {
+            let Some(Err(source)) = applied else { unreachable!("handled above") };
+            return Err(Error::Apply { app: app.to_string(), source });
+        }
+    };
+
+    let now = Time(jiff::Timestamp::now());
+    let new_status = status::compute(celery, &outcome, &now);
+    let old_conditions = celery.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
+    publish_transitions(ctx, celery, old_conditions, &new_status.conditions).await;
+    write_status(ctx, celery, &new_status, app).await?;
+
+    match outcome {
+        Outcome::Applied { .. } => {
+            info!(app, policy = new_status.policy.as_deref().unwrap_or("none"), "reconciled");
+            Ok(Action::requeue(RESYNC))
+        }
+        Outcome::Failed { reason, message } => {
+            warn!(app, reason, %message, "cannot run this Celery app as specified");
+            Ok(Action::await_change())
+        }
+    }
+}
+
+/// One event per condition that changed: Warning when something broke, Normal when it healed.
+async fn publish_transitions(ctx: &Context, celery: &Celery, old: &[Condition], new: &[Condition]) {
+    for c in status::transitions(old, new) {
+        let (type_, worth_it) = match (c.type_.as_str(), c.status.as_str()) {
+            (DEGRADED, "True") => (EventType::Warning, true),
+            (READY, "True") => (EventType::Normal, true),
+            _ => (EventType::Normal, false),
+        };
+        if !worth_it {
+            continue;
+        }
+        let event = Event {
+            type_,
+            reason: c.reason.clone(),
+            note: Some(c.message.chars().take(1024).collect()),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        if let Err(error) = ctx.recorder.publish(&event, &celery.object_ref(&())).await {
+            warn!(%error, app = %celery.name_any(), "could not publish event");
+        }
+    }
+}
+
+/// Writes the status with server-side apply, and only when it changed, so a status write does
+/// not wake the controller into another identical write.
+async fn write_status(ctx: &Context, celery: &Celery, status: &CeleryStatus, app: &str) -> Result<(), Error> {
+    if celery.status.as_ref() == Some(status) {
+        return Ok(());
+    }
+    let api: Api<Celery> = Api::namespaced(ctx.client.clone(), &celery.namespace().unwrap_or_default());
+    let patch = serde_json::json!({
+        "apiVersion": Celery::api_version(&()),
+        "kind": Celery::kind(&()),
+        "status": status,
+    });
+    api.patch_status(&celery.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
+        .await
+        .map_err(|source| Error::Status { app: app.to_string(), source })?;
+    Ok(())
+}
+
+/// Retries a failed reconcile with exponential backoff: 1 s, 2 s, 4 s … up to 5 minutes.
+pub fn error_policy(celery: Arc<Celery>, error: &Error, ctx: Arc<Context>) -> Action {
+    let key = ObjectRef::from_obj(&*celery);
+    let mut failures = ctx.failures.lock().expect("failure map lock");
+    let n = failures.entry(key).or_default();
+    *n = n.saturating_add(1);
+    let delay = Duration::from_secs(1u64 << (*n - 1).min(8)).min(RESYNC);
+    warn!(error = %crate::telemetry::chain(error), app = %celery.name_any(), retry_in = ?delay, "reconcile failed");
+    Action::requeue(delay)
+}

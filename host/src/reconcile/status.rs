@@ -1,0 +1,277 @@
+//! Step 5 of a reconcile: the status a user reads, computed from what the apply step saw.
+//!
+//! Pure: given the `Celery` object, the outcome of the reconcile and the time, it returns the
+//! new [`CeleryStatus`] with `Ready`, `Progressing` and `Degraded` conditions. A condition
+//! keeps its `lastTransitionTime` while its status is unchanged, and [`transitions`] tells which
+//! conditions changed, so events are emitted on transitions only.
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+use crate::conditions::*;
+use crate::crd::{Celery, CeleryStatus, ReplicaStatus};
+use crate::reconcile::validate::Scaling;
+
+/// What a reconcile ended with, as far as the status is concerned.
+pub enum Outcome<'a> {
+    /// The children were applied; these are the Deployments as the API server returned them.
+    Applied { scaling: &'a Scaling, worker: &'a Deployment, flower: Option<&'a Deployment>, flower_service: Option<String> },
+    /// The spec failed validation, or the API server refused a child: `reason` is one of the
+    /// `Degraded` reasons and `message` says what to fix.
+    Failed { reason: &'static str, message: String },
+}
+
+/// The new status of `celery` after a reconcile.
+pub fn compute(celery: &Celery, outcome: &Outcome<'_>, now: &Time) -> CeleryStatus {
+    let old = celery.status.clone().unwrap_or_default();
+    let generation = celery.metadata.generation;
+    let conditions_at = |ready: (bool, &str, String), progressing: (bool, &str, String), degraded: (bool, &str, String)| {
+        [(READY, ready), (PROGRESSING, progressing), (DEGRADED, degraded)]
+            .into_iter()
+            .map(|(type_, (status, reason, message))| {
+                condition(&old.conditions, type_, status, reason, message, generation, now)
+            })
+            .collect::<Vec<_>>()
+    };
+
+    match outcome {
+        Outcome::Failed { reason, message } => CeleryStatus {
+            observed_generation: generation,
+            conditions: conditions_at(
+                (false, reason, message.clone()),
+                (false, reason, "the change cannot be rolled out until the problem is fixed".into()),
+                (true, reason, message.clone()),
+            ),
+            ..old
+        },
+        Outcome::Applied { scaling, worker, flower, flower_service } => {
+            let workers = replicas(worker);
+            let flower_replicas = flower.map(replicas);
+            let stuck = [Some(*worker), *flower]
+                .into_iter()
+                .flatten()
+                .find_map(progress_deadline_exceeded);
+
+            let worker_ok = converged(worker);
+            let flower_ok = flower.is_none_or(converged);
+            let ready = if !worker_ok {
+                (false, WORKERS_NOT_READY, format!("{}/{} worker replicas ready", workers.ready, workers.desired))
+            } else if let (false, Some(f)) = (flower_ok, &flower_replicas) {
+                (false, FLOWER_NOT_READY, format!("{}/{} Flower replicas ready", f.ready, f.desired))
+            } else {
+                (true, ALL_REPLICAS_READY, format!("{} worker replicas ready", workers.ready))
+            };
+            let progressing = if worker_ok && flower_ok {
+                (false, ROLLOUT_COMPLETE, "the children run the current spec".to_string())
+            } else {
+                (true, ROLLING_OUT, "waiting for the Deployments to roll out".to_string())
+            };
+            let degraded = match stuck {
+                Some(message) => (true, ROLLOUT_STUCK, message),
+                None => (false, AS_EXPECTED, "no problem found".to_string()),
+            };
+            CeleryStatus {
+                observed_generation: generation,
+                conditions: conditions_at(ready, progressing, degraded),
+                workers: Some(workers),
+                flower: flower_replicas,
+                flower_service: flower_service.clone(),
+                policy: Some(scaling.policy_label()),
+                queue_backlog: old.queue_backlog,
+            }
+        }
+    }
+}
+
+/// The conditions whose status or reason differ from before: the only ones worth an event.
+pub fn transitions<'a>(old: &[Condition], new: &'a [Condition]) -> Vec<&'a Condition> {
+    new.iter()
+        .filter(|c| {
+            !old.iter()
+                .any(|o| o.type_ == c.type_ && o.status == c.status && o.reason == c.reason)
+        })
+        .collect()
+}
+
+fn condition(
+    old: &[Condition],
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+    now: &Time,
+) -> Condition {
+    let status = if status { "True" } else { "False" }.to_string();
+    let last_transition_time = old
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == status)
+        .map_or_else(|| now.clone(), |c| c.last_transition_time.clone());
+    Condition {
+        type_: type_.to_string(),
+        status,
+        reason: reason.to_string(),
+        message,
+        observed_generation: generation,
+        last_transition_time,
+    }
+}
+
+fn replicas(d: &Deployment) -> ReplicaStatus {
+    let status = d.status.as_ref();
+    ReplicaStatus {
+        desired: d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1),
+        ready: status.and_then(|s| s.ready_replicas).unwrap_or(0),
+        updated: status.and_then(|s| s.updated_replicas).unwrap_or(0),
+    }
+}
+
+/// The Deployment controller has seen the current template and every replica runs it, ready.
+fn converged(d: &Deployment) -> bool {
+    let r = replicas(d);
+    let status = d.status.as_ref();
+    let seen = status.and_then(|s| s.observed_generation) >= d.metadata.generation;
+    let total = status.and_then(|s| s.replicas).unwrap_or(0);
+    seen && r.ready >= r.desired && r.updated >= r.desired && total == r.desired
+}
+
+fn progress_deadline_exceeded(d: &Deployment) -> Option<String> {
+    let cond = d
+        .status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == "Progressing" && c.reason.as_deref() == Some("ProgressDeadlineExceeded"))?;
+    Some(format!(
+        "Deployment {}: {}",
+        d.metadata.name.as_deref().unwrap_or("?"),
+        cond.message.as_deref().unwrap_or("progress deadline exceeded")
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reconcile::validate::Scaling;
+
+    fn celery_with_status(conditions: &str) -> Celery {
+        serde_yaml::from_str(&format!(
+            "
+apiVersion: celeryproject.org/v1alpha1
+kind: Celery
+metadata: {{name: demo, namespace: default, generation: 3}}
+spec:
+  common: {{appName: demo, celeryApp: app, image: i}}
+status:
+  conditions: {conditions}
+"
+        ))
+        .unwrap()
+    }
+
+    fn deployment(yaml: &str) -> Deployment {
+        serde_yaml::from_str(yaml).unwrap()
+    }
+
+    fn time(s: &str) -> Time {
+        Time(s.parse().unwrap())
+    }
+
+    const READY_WORKERS: &str = "
+metadata: {name: demo-celery-worker, generation: 2}
+spec: {replicas: 2, selector: {}, template: {}}
+status: {observedGeneration: 2, replicas: 2, readyReplicas: 2, updatedReplicas: 2}
+";
+
+    fn get<'a>(s: &'a CeleryStatus, type_: &str) -> &'a Condition {
+        s.conditions.iter().find(|c| c.type_ == type_).unwrap()
+    }
+
+    #[test]
+    fn ready_when_every_replica_is_ready() {
+        let celery = celery_with_status("[]");
+        let worker = deployment(READY_WORKERS);
+        let scaling = Scaling::Fixed { replicas: 2 };
+        let outcome = Outcome::Applied { scaling: &scaling, worker: &worker, flower: None, flower_service: None };
+        let s = compute(&celery, &outcome, &time("2026-01-01T00:00:00Z"));
+        assert_eq!(s.observed_generation, Some(3));
+        assert_eq!(get(&s, READY).status, "True");
+        assert_eq!(get(&s, PROGRESSING).reason, ROLLOUT_COMPLETE);
+        assert_eq!(get(&s, DEGRADED).status, "False");
+        assert_eq!(s.workers, Some(ReplicaStatus { desired: 2, ready: 2, updated: 2 }));
+        assert_eq!(s.policy.as_deref(), Some("none"));
+    }
+
+    #[test]
+    fn rolling_out_until_the_controller_catches_up() {
+        let celery = celery_with_status("[]");
+        let worker = deployment(
+            "
+metadata: {name: w, generation: 3}
+spec: {replicas: 3, selector: {}, template: {}}
+status: {observedGeneration: 2, replicas: 3, readyReplicas: 3, updatedReplicas: 1}
+",
+        );
+        let flower = deployment(READY_WORKERS);
+        let scaling = Scaling::Fixed { replicas: 3 };
+        let outcome = Outcome::Applied { scaling: &scaling, worker: &worker, flower: Some(&flower), flower_service: Some("f".into()) };
+        let s = compute(&celery, &outcome, &time("2026-01-01T00:00:00Z"));
+        assert_eq!(get(&s, READY).reason, WORKERS_NOT_READY);
+        assert_eq!(get(&s, PROGRESSING).status, "True");
+        assert_eq!(s.flower_service.as_deref(), Some("f"));
+    }
+
+    #[test]
+    fn stuck_rollout_is_degraded() {
+        let celery = celery_with_status("[]");
+        let worker = deployment(
+            "
+metadata: {name: demo-celery-worker, generation: 1}
+spec: {replicas: 1, selector: {}, template: {}}
+status:
+  observedGeneration: 1
+  conditions: [{type: Progressing, status: 'False', reason: ProgressDeadlineExceeded, message: 'ReplicaSet has timed out progressing.'}]
+",
+        );
+        let scaling = Scaling::Fixed { replicas: 1 };
+        let outcome = Outcome::Applied { scaling: &scaling, worker: &worker, flower: None, flower_service: None };
+        let s = compute(&celery, &outcome, &time("2026-01-01T00:00:00Z"));
+        let d = get(&s, DEGRADED);
+        assert_eq!((d.status.as_str(), d.reason.as_str()), ("True", ROLLOUT_STUCK));
+        assert!(d.message.contains("demo-celery-worker"), "{}", d.message);
+    }
+
+    #[test]
+    fn failure_keeps_last_counts_and_names_the_problem() {
+        let mut celery = celery_with_status("[]");
+        celery.status.as_mut().unwrap().workers = Some(ReplicaStatus { desired: 2, ready: 2, updated: 2 });
+        let outcome = Outcome::Failed { reason: INVALID_SPEC, message: "spec.workerSpec.resources.requests.cpu: bad".into() };
+        let s = compute(&celery, &outcome, &time("2026-01-01T00:00:00Z"));
+        assert_eq!(get(&s, DEGRADED).reason, INVALID_SPEC);
+        assert!(get(&s, READY).message.contains("requests.cpu"));
+        assert_eq!(s.workers.unwrap().ready, 2);
+    }
+
+    #[test]
+    fn transition_time_moves_only_on_change_and_events_follow_transitions() {
+        let before = "[{type: Ready, status: 'True', reason: AllReplicasReady, message: m, lastTransitionTime: '2025-01-01T00:00:00Z'},
+                       {type: Degraded, status: 'False', reason: AsExpected, message: m, lastTransitionTime: '2025-01-01T00:00:00Z'}]";
+        let celery = celery_with_status(before);
+        let worker = deployment(READY_WORKERS);
+        let scaling = Scaling::Fixed { replicas: 2 };
+        let now = time("2026-06-01T00:00:00Z");
+        let outcome = Outcome::Applied { scaling: &scaling, worker: &worker, flower: None, flower_service: None };
+        let s = compute(&celery, &outcome, &now);
+        assert_eq!(get(&s, READY).last_transition_time, time("2025-01-01T00:00:00Z"));
+        let old = &celery.status.as_ref().unwrap().conditions;
+        let changed: Vec<_> = transitions(old, &s.conditions).iter().map(|c| c.type_.as_str()).collect();
+        assert_eq!(changed, [PROGRESSING], "only the condition that was absent before");
+
+        let failed = Outcome::Failed { reason: INVALID_SPEC, message: "x".into() };
+        let s2 = compute(&celery, &failed, &now);
+        assert_eq!(get(&s2, READY).last_transition_time, now);
+        let changed: Vec<_> = transitions(old, &s2.conditions).iter().map(|c| c.type_.as_str()).collect();
+        assert_eq!(changed, [READY, PROGRESSING, DEGRADED]);
+    }
+}

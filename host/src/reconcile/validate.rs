@@ -1,0 +1,340 @@
+//! Step 2 of a reconcile: judge what the schema could not, and work out the scaling in effect.
+//!
+//! The API server already enforces types, ranges and the CEL rules of the CRD. This step
+//! checks what needs code (resource quantities, reserved labels, one worker autoscaling entry)
+//! and resolves `autoscaling` / `scaleTargetRef` into one [`Scaling`]. A failure is a
+//! [`SpecError`] naming the field, which becomes a `Degraded` condition and a Warning event;
+//! it never stops the operator. Pure: no client, tested from inline YAML.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::ResourceRequirements;
+
+use crate::crd::{CelerySpec, MetricName, ScaleKind};
+use crate::quantity;
+use crate::reconcile::build::{self, RESERVED_POD_LABELS};
+
+/// A problem with a field of the spec that only the operator can judge.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct SpecError {
+    /// Path of the offending field, e.g. `spec.workerSpec.resources.requests.cpu`.
+    pub field: String,
+    /// What is wrong with it and what is expected.
+    pub message: String,
+}
+
+impl SpecError {
+    fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { field: field.into(), message: message.into() }
+    }
+}
+
+/// How the worker replica count is decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scaling {
+    /// A fixed count (`workerSpec.numOfWorkers`).
+    Fixed { replicas: i32 },
+    /// Scaling policies within bounds; with several policies the largest answer wins.
+    Policies { policies: Vec<PolicyRef>, min_replicas: i32, max_replicas: i32 },
+}
+
+/// A scaling policy module and the settings handed to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyRef {
+    pub name: String,
+    pub settings: BTreeMap<String, String>,
+}
+
+/// Built-in policy names that seed-style `scaleTargetRef` metrics map onto.
+pub const QUEUE_LENGTH_POLICY: &str = "queue-length";
+pub const CPU_MEMORY_POLICY: &str = "cpu-memory";
+
+impl Scaling {
+    /// The name shown in status and `kubectl get`: `none`, a policy, or `a+b`.
+    pub fn policy_label(&self) -> String {
+        match self {
+            Scaling::Fixed { .. } => "none".into(),
+            Scaling::Policies { policies, .. } => {
+                policies.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join("+")
+            }
+        }
+    }
+
+    /// The replica count to start a new worker Deployment with.
+    pub fn initial_replicas(&self, num_of_workers: i32) -> i32 {
+        match *self {
+            Scaling::Fixed { replicas } => replicas,
+            Scaling::Policies { min_replicas, max_replicas, .. } => {
+                num_of_workers.clamp(min_replicas, max_replicas)
+            }
+        }
+    }
+}
+
+/// Checks a spec and resolves its scaling.
+pub fn validate(spec: &CelerySpec) -> Result<Scaling, SpecError> {
+    check_resources("spec.workerSpec.resources", spec.worker_spec.resources.as_ref())?;
+    check_resources("spec.flowerSpec.resources", spec.flower_spec.resources.as_ref())?;
+    for key in spec.common.pod_labels.keys() {
+        if RESERVED_POD_LABELS.contains(&key.as_str()) {
+            return Err(SpecError::new(
+                format!("spec.common.podLabels.{key}"),
+                "this label is set by the operator to select the pods; choose another key",
+            ));
+        }
+    }
+    check_env(spec)?;
+    scaling(spec)
+}
+
+/// Environment names must be unique: the API server merges the list by name, so a duplicate
+/// would silently drop one of the values.
+fn check_env(spec: &CelerySpec) -> Result<(), SpecError> {
+    let generated = build::generated_env_names(spec);
+    let mut seen = std::collections::BTreeSet::new();
+    for (i, var) in spec.common.env.iter().enumerate() {
+        let field = format!("spec.common.env[{i}]");
+        if generated.contains(&var.name.as_str()) {
+            return Err(SpecError::new(
+                field,
+                format!("{} is already set from the spec (broker, resultBackend or flowerSpec.basicAuth); keep one of the two", var.name),
+            ));
+        }
+        if !seen.insert(var.name.as_str()) {
+            return Err(SpecError::new(field, format!("{} is listed twice", var.name)));
+        }
+    }
+    Ok(())
+}
+
+fn check_resources(field: &str, resources: Option<&ResourceRequirements>) -> Result<(), SpecError> {
+    let Some(resources) = resources else { return Ok(()) };
+    let parse_all = |kind: &str, map: Option<&BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>>| {
+        map.into_iter()
+            .flatten()
+            .map(|(name, q)| {
+                quantity::parse(&q.0)
+                    .map(|v| (name.clone(), v))
+                    .map_err(|e| SpecError::new(format!("{field}.{kind}.{name}"), e.to_string()))
+            })
+            .collect::<Result<BTreeMap<_, _>, _>>()
+    };
+    let requests = parse_all("requests", resources.requests.as_ref())?;
+    let limits = parse_all("limits", resources.limits.as_ref())?;
+    for (name, request) in &requests {
+        if let Some(limit) = limits.get(name) {
+            if request > limit {
+                return Err(SpecError::new(
+                    format!("{field}.requests.{name}"),
+                    format!("the request exceeds the limit ({field}.limits.{name}); a pod could never be admitted"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn scaling(spec: &CelerySpec) -> Result<Scaling, SpecError> {
+    if let Some(a) = spec.autoscaling.as_ref().filter(|a| a.enabled) {
+        return Ok(Scaling::Policies {
+            policies: vec![PolicyRef { name: a.policy.clone(), settings: a.settings.clone() }],
+            min_replicas: a.min_replicas,
+            max_replicas: a.max_replicas,
+        });
+    }
+    if spec.autoscaling.is_some() {
+        return Ok(Scaling::Fixed { replicas: spec.worker_spec.num_of_workers });
+    }
+
+    let mut workers = spec
+        .scale_target_ref
+        .iter()
+        .enumerate()
+        .filter(|(_, t)| t.kind == ScaleKind::Worker);
+    let Some((index, target)) = workers.next() else {
+        return Ok(Scaling::Fixed { replicas: spec.worker_spec.num_of_workers });
+    };
+    if let Some((second, _)) = workers.next() {
+        return Err(SpecError::new(
+            format!("spec.scaleTargetRef[{second}]"),
+            format!("a second worker entry; merge it into spec.scaleTargetRef[{index}]"),
+        ));
+    }
+    let field = format!("spec.scaleTargetRef[{index}]");
+    if target.metrics.is_empty() {
+        return Err(SpecError::new(
+            format!("{field}.metrics"),
+            "no metric to scale on; add message_queue, cpu or memory",
+        ));
+    }
+
+    let mut queue = None;
+    let mut resource = BTreeMap::new();
+    for (i, metric) in target.metrics.iter().enumerate() {
+        let metric_field = format!("{field}.metrics[{i}]");
+        let duplicate = || SpecError::new(metric_field.clone(), "this metric is listed twice");
+        match metric.name {
+            MetricName::MessageQueue => {
+                let value = metric.target.average_value.ok_or_else(|| {
+                    SpecError::new(format!("{metric_field}.target.averageValue"), "required for message_queue")
+                })?;
+                if queue.replace(value).is_some() {
+                    return Err(duplicate());
+                }
+            }
+            MetricName::Cpu | MetricName::Memory => {
+                let key = if metric.name == MetricName::Cpu { "cpu" } else { "memory" };
+                let value = metric.target.average_utilization.ok_or_else(|| {
+                    SpecError::new(
+                        format!("{metric_field}.target.averageUtilization"),
+                        format!("required for {key}"),
+                    )
+                })?;
+                if resource.insert(key.to_string(), value.to_string()).is_some() {
+                    return Err(duplicate());
+                }
+            }
+        }
+    }
+
+    let mut policies = Vec::new();
+    if let Some(per_worker) = queue {
+        policies.push(PolicyRef {
+            name: QUEUE_LENGTH_POLICY.into(),
+            settings: BTreeMap::from([("target".to_string(), per_worker.to_string())]),
+        });
+    }
+    if !resource.is_empty() {
+        policies.push(PolicyRef { name: CPU_MEMORY_POLICY.into(), settings: resource });
+    }
+    Ok(Scaling::Policies {
+        policies,
+        min_replicas: target.min_replicas.unwrap_or(1),
+        max_replicas: target.max_replicas,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::Celery;
+
+    fn spec(yaml: &str) -> CelerySpec {
+        let celery: Celery = serde_yaml::from_str(yaml).expect("test YAML parses");
+        celery.spec
+    }
+
+    const BASE: &str = "
+apiVersion: celeryproject.org/v1alpha1
+kind: Celery
+metadata: {name: demo, namespace: default}
+spec:
+  common: {appName: demo, celeryApp: 'app:celery_app', image: example}
+";
+
+    #[test]
+    fn fixed_replicas_by_default() {
+        assert_eq!(validate(&spec(BASE)).unwrap(), Scaling::Fixed { replicas: 1 });
+    }
+
+    #[test]
+    fn seed_scale_target_ref_maps_to_builtin_policies() {
+        let s = spec(&format!(
+            "{BASE}
+  scaleTargetRef:
+  - kind: worker
+    minReplicas: 2
+    maxReplicas: 8
+    metrics:
+    - name: message_queue
+      target: {{type: length, averageValue: 50}}
+    - name: cpu
+      target: {{type: Utilization, averageUtilization: 70}}
+  - kind: flower
+    minReplicas: 1
+    maxReplicas: 1
+"
+        ));
+        let scaling = validate(&s).unwrap();
+        assert_eq!(scaling.policy_label(), "queue-length+cpu-memory");
+        let Scaling::Policies { policies, min_replicas, max_replicas } = scaling else {
+            panic!("expected policies")
+        };
+        assert_eq!((min_replicas, max_replicas), (2, 8));
+        assert_eq!(policies[0].settings["target"], "50");
+        assert_eq!(policies[1].settings["cpu"], "70");
+    }
+
+    #[test]
+    fn autoscaling_section_wins_over_scale_target_ref() {
+        let s = spec(&format!(
+            "{BASE}
+  autoscaling: {{policy: drain-time, minReplicas: 0, maxReplicas: 20, settings: {{seconds: '60'}}}}
+  scaleTargetRef:
+  - kind: worker
+    maxReplicas: 3
+    metrics: [{{name: memory, target: {{averageUtilization: 80}}}}]
+"
+        ));
+        let scaling = validate(&s).unwrap();
+        assert_eq!(scaling.policy_label(), "drain-time");
+        assert_eq!(scaling.initial_replicas(1), 1);
+        assert_eq!(scaling.initial_replicas(50), 20);
+    }
+
+    #[test]
+    fn disabled_autoscaling_is_fixed() {
+        let s = spec(&format!(
+            "{BASE}
+  workerSpec: {{numOfWorkers: 4}}
+  autoscaling: {{enabled: false, policy: queue-length, maxReplicas: 9}}
+"
+        ));
+        assert_eq!(validate(&s).unwrap(), Scaling::Fixed { replicas: 4 });
+    }
+
+    #[rstest::rstest]
+    #[case::bad_cpu(
+        "workerSpec: {resources: {requests: {cpu: lots}}}",
+        "spec.workerSpec.resources.requests.cpu"
+    )]
+    #[case::request_over_limit(
+        "flowerSpec: {resources: {requests: {memory: 2Gi}, limits: {memory: 1Gi}}}",
+        "spec.flowerSpec.resources.requests.memory"
+    )]
+    #[case::reserved_label("common: {appName: demo, celeryApp: a, image: i, podLabels: {app: x}}", "spec.common.podLabels.app")]
+    #[case::two_worker_targets(
+        "scaleTargetRef: [{kind: worker, maxReplicas: 2, metrics: [{name: cpu, target: {averageUtilization: 5}}]}, {kind: worker, maxReplicas: 3}]",
+        "spec.scaleTargetRef[1]"
+    )]
+    #[case::env_collides_with_broker(
+        "broker: {url: 'redis://r'}\n  common: {appName: demo, celeryApp: a, image: i, env: [{name: CELERY_BROKER_URL, value: x}]}",
+        "spec.common.env[0]"
+    )]
+    #[case::env_twice(
+        "common: {appName: demo, celeryApp: a, image: i, env: [{name: A, value: x}, {name: A, value: y}]}",
+        "spec.common.env[1]"
+    )]
+    #[case::no_metrics("scaleTargetRef: [{kind: worker, maxReplicas: 2}]", "spec.scaleTargetRef[0].metrics")]
+    #[case::duplicate_metric(
+        "scaleTargetRef: [{kind: worker, maxReplicas: 2, metrics: [{name: cpu, target: {averageUtilization: 5}}, {name: cpu, target: {averageUtilization: 6}}]}]",
+        "spec.scaleTargetRef[0].metrics[1]"
+    )]
+    #[case::queue_without_value(
+        "scaleTargetRef: [{kind: worker, maxReplicas: 2, metrics: [{name: message_queue, target: {type: length}}]}]",
+        "spec.scaleTargetRef[0].metrics[0].target.averageValue"
+    )]
+    fn names_the_field_at_fault(#[case] extra: &str, #[case] field: &str) {
+        let mut yaml = BASE.to_string();
+        if extra.contains("common:") {
+            yaml = yaml.replace("  common: {appName: demo, celeryApp: 'app:celery_app', image: example}\n", "");
+        }
+        yaml.push_str("  ");
+        yaml.push_str(extra);
+        yaml.push('\n');
+        let err = validate(&spec(&yaml)).unwrap_err();
+        assert_eq!(err.field, field, "{err}");
+        assert!(!err.message.is_empty());
+    }
+}
