@@ -1,0 +1,492 @@
+#!/usr/bin/env bash
+# A real Kubernetes control plane on 127.0.0.1, run as plain processes (no Docker, no kind),
+# for celery-operator's integration tests and its demo.
+#
+#   hack/control-plane.sh start STATE_DIR              start everything, wait until ready, exit 0
+#   hack/control-plane.sh stop STATE_DIR               stop everything (idempotent)
+#   hack/control-plane.sh restart-apiserver STATE_DIR  stop kube-apiserver, start it again on the
+#                                                      same port with the same flags, wait for /readyz
+#   hack/control-plane.sh status STATE_DIR             print which components run (exit 1 if any is down)
+#
+# Components: etcd, kube-apiserver, kube-controller-manager (deployments, replicasets, garbage
+# collection, namespaces, service accounts), kube-scheduler and kwok, which keeps one fake node
+# (kwok-node-0: 32 CPUs, 256Gi, 110 pods) and makes the pods scheduled on it Running and Ready.
+# Binaries come from hack/build-control-plane.sh (cached; the first build takes 10-20 minutes).
+#
+# What start leaves in STATE_DIR:
+#   admin.kubeconfig     token user "admin" in group system:masters
+#   operator.kubeconfig  token user "system:serviceaccount:celery-operator:celery-operator" with
+#                        the groups of that service account and no permissions but what RBAC
+#                        grants, so deploy/rbac.yaml applies to it unmodified
+#   env                  `source`-able: KUBECONFIG (admin), OPERATOR_KUBECONFIG, KUBE_APISERVER_URL,
+#                        KUBE_CA_FILE, CONTROL_PLANE_STATE
+#   pids/<name>.pid, logs/<name>.log, pki/, etcd/, cluster.env (ports and tokens; restart-apiserver
+#   reads it)
+#
+# start wipes what an earlier start left in STATE_DIR (stopping its processes first), so every start
+# is a fresh, empty cluster. If start fails it prints the tail of the failing component's log,
+# stops what it started (logs stay) and exits non-zero.
+#
+# Environment: CONTROL_PLANE_TIMEOUT (seconds for each wait, default 60).
+set -euo pipefail
+
+HACK_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+TIMEOUT=${CONTROL_PLANE_TIMEOUT:-60}
+# Started in this order (each waits for the previous one); stopped all at once.
+COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok)
+NODE_NAME=kwok-node-0
+OPERATOR_USER=system:serviceaccount:celery-operator:celery-operator
+OPERATOR_GROUPS=system:serviceaccounts,system:serviceaccounts:celery-operator,system:authenticated
+
+log() { printf '[control-plane] %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+usage() {
+  sed -n '5,9p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+  exit 2
+}
+
+# ---------------------------------------------------------------------------------------------
+# Processes
+
+pid_of() { cat "$STATE/pids/$1.pid" 2>/dev/null || true; }
+
+# alive PID: the process exists and has not exited. An exited process stays a zombie until
+# init reaps it, which here can take seconds, and kill -0 still succeeds on a zombie.
+alive() {
+  local st
+  st=$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f1) || return 1
+  [ -n "$st" ] && [ "$st" != Z ]
+}
+
+# True when the pid file of component $1 names a live process running that component's binary;
+# checking the binary guards against a recycled pid from an old, stale pid file.
+running() {
+  local pid argv0
+  pid=$(pid_of "$1")
+  [ -n "$pid" ] && alive "$pid" || return 1
+  argv0=$(tr '\0' '\n' <"/proc/$pid/cmdline" 2>/dev/null | head -n1) || return 1
+  [ "$(basename -- "$argv0")" = "$1" ]
+}
+
+# launch NAME ARGS...: run $BIN/NAME in the background, detached into its own session so that it
+# outlives this script and a Ctrl-C or a process-group kill aimed at the caller does not reach it.
+launch() {
+  local name=$1; shift
+  mkdir -p "$STATE/pids" "$STATE/logs"
+  # Appending keeps the log of the previous run across restart-apiserver.
+  echo "=== $(date -u +%FT%TZ) starting $name" >>"$STATE/logs/$name.log"
+  # A background job of a non-interactive shell is not a process-group leader, so setsid does not
+  # fork and $! is the component's own pid.
+  setsid "$BIN/$name" "$@" >>"$STATE/logs/$name.log" 2>&1 </dev/null &
+  local pid=$! deadline=$((SECONDS + 5))
+  echo "$pid" >"$STATE/pids/$name.pid"
+  # Until setsid has exec'd the binary, /proc shows bash or setsid and running() would call the
+  # component dead; let the exec happen (or the process die) first.
+  until running "$name" || ! alive "$pid" || [ "$SECONDS" -ge "$deadline" ]; do sleep 0.05; done
+}
+
+# Print the end of a component's log, for whoever has to find out why it failed.
+show_log() {
+  local f="$STATE/logs/$1.log"
+  [ -f "$f" ] || return 0
+  log "last lines of $f:"
+  tail -n "${2:-40}" "$f" >&2
+}
+
+# wait_for COMPONENT WHAT CMD...: retry CMD until it succeeds; fail early if COMPONENT died,
+# and at the deadline.
+wait_for() {
+  local name=$1 what=$2; shift 2
+  local deadline=$((SECONDS + TIMEOUT))
+  until "$@" >/dev/null 2>&1; do
+    if ! running "$name"; then
+      show_log "$name"
+      die "$name exited while waiting for $what"
+    fi
+    if [ "$SECONDS" -ge "$deadline" ]; then
+      show_log "$name"
+      die "timed out after ${TIMEOUT}s waiting for $what"
+    fi
+    sleep 0.2
+  done
+}
+
+# stop_components NAME...: SIGTERM them all, SIGKILL whatever still runs after 2 s. Nothing here
+# needs a clean shutdown (start wipes the data), and kube-apiserver would otherwise hold its open
+# watches for up to its 60 s request timeout before exiting.
+stop_components() {
+  local name pids=() pid deadline
+  for name in "$@"; do
+    if running "$name"; then
+      pid=$(pid_of "$name")
+      pids+=("$pid")
+      kill -TERM "$pid" 2>/dev/null || true
+    fi
+  done
+  deadline=$((SECONDS + 2))
+  for pid in "${pids[@]}"; do
+    while alive "$pid"; do
+      if [ "$SECONDS" -ge "$deadline" ]; then
+        kill -KILL "$pid" 2>/dev/null || true
+      fi
+      sleep 0.1
+    done
+  done
+  for name in "$@"; do rm -f "$STATE/pids/$name.pid"; done
+}
+
+free_ports() {
+  # All at once, holding each socket until every port is picked, so no two are the same.
+  python3 - "$1" <<'EOF'
+import socket, sys
+socks = []
+for _ in range(int(sys.argv[1])):
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    socks.append(s)
+print(" ".join(str(s.getsockname()[1]) for s in socks))
+EOF
+}
+
+# ---------------------------------------------------------------------------------------------
+# Certificates, tokens and kubeconfigs
+
+# new_ca PREFIX CN
+new_ca() {
+  openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$1.key" 2>/dev/null
+  openssl req -x509 -new -key "$1.key" -subj "/CN=$2" -days 3650 -out "$1.crt" \
+    -addext "basicConstraints=critical,CA:TRUE" \
+    -addext "keyUsage=critical,keyCertSign,cRLSign,digitalSignature"
+}
+
+# new_cert CA_PREFIX PREFIX CN EXTENDED_KEY_USAGE [SUBJECT_ALT_NAMES]
+# rustls (kube-rs) is stricter than Go: it wants v3 extensions, a non-CA leaf and the IP in the SAN.
+new_cert() {
+  local ca=$1 out=$2 cn=$3 eku=$4 san=${5:-}
+  openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$out.key" 2>/dev/null
+  openssl req -new -key "$out.key" -subj "/CN=$cn" -out "$out.csr"
+  {
+    echo "basicConstraints=critical,CA:FALSE"
+    echo "keyUsage=critical,digitalSignature,keyEncipherment"
+    echo "extendedKeyUsage=$eku"
+    [ -z "$san" ] || echo "subjectAltName=$san"
+  } >"$out.ext"
+  openssl x509 -req -in "$out.csr" -CA "$ca.crt" -CAkey "$ca.key" -set_serial "0x$(openssl rand -hex 8)" \
+    -days 3650 -extfile "$out.ext" -out "$out.crt" 2>/dev/null
+  rm -f "$out.csr" "$out.ext"
+}
+
+make_pki() {
+  local d="$STATE/pki"
+  mkdir -p "$d"
+  new_ca "$d/ca" "celery-operator-test-ca"
+  # 10.0.0.1 is the `kubernetes` Service's IP in --service-cluster-ip-range.
+  new_cert "$d/ca" "$d/apiserver" kube-apiserver serverAuth \
+    "IP:127.0.0.1,DNS:localhost,IP:10.0.0.1,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
+  # The aggregation layer proxies to extension API servers (metrics.k8s.io) with this client cert;
+  # they trust it through the extension-apiserver-authentication ConfigMap.
+  new_ca "$d/front-proxy-ca" "celery-operator-test-front-proxy-ca"
+  new_cert "$d/front-proxy-ca" "$d/front-proxy-client" front-proxy-client clientAuth
+  openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$d/sa.key" 2>/dev/null
+  openssl pkey -in "$d/sa.key" -pubout -out "$d/sa.pub" 2>/dev/null
+  chmod 600 "$d"/*.key
+}
+
+# The ports, tokens and binary directory of this cluster; restart-apiserver and status read them.
+write_cluster_env() {
+  local p; read -r -a p <<<"$(free_ports 6)"
+  local t=()
+  for _ in 1 2 3 4 5; do t+=("$(openssl rand -hex 24)"); done
+  cat >"$STATE/cluster.env" <<EOF
+BIN='$BIN'
+ETCD_PORT=${p[0]}
+ETCD_PEER_PORT=${p[1]}
+APISERVER_PORT=${p[2]}
+KCM_PORT=${p[3]}
+SCHEDULER_PORT=${p[4]}
+KWOK_PORT=${p[5]}
+ADMIN_TOKEN=${t[0]}
+OPERATOR_TOKEN=${t[1]}
+KCM_TOKEN=${t[2]}
+SCHEDULER_TOKEN=${t[3]}
+KWOK_TOKEN=${t[4]}
+EOF
+  chmod 600 "$STATE/cluster.env"
+}
+
+load_cluster_env() {
+  [ -f "$STATE/cluster.env" ] || die "$STATE/cluster.env is missing: run '$0 start $STATE' first"
+  # shellcheck disable=SC1091
+  . "$STATE/cluster.env"
+}
+
+# Static tokens keep the kubeconfigs trivial for kube-rs and kubectl alike (no client certs).
+# Each component gets its own user so audit and RBAC errors say who did what; they are all
+# system:masters because the controller manager, without per-controller service account
+# credentials, needs the union of every controller's permissions.
+write_tokens() {
+  cat >"$STATE/pki/tokens.csv" <<EOF
+$ADMIN_TOKEN,admin,admin,"system:masters"
+$OPERATOR_TOKEN,$OPERATOR_USER,celery-operator,"$OPERATOR_GROUPS"
+$KCM_TOKEN,kube-controller-manager,kube-controller-manager,"system:masters"
+$SCHEDULER_TOKEN,kube-scheduler,kube-scheduler,"system:masters"
+$KWOK_TOKEN,kwok,kwok,"system:masters"
+EOF
+  chmod 600 "$STATE/pki/tokens.csv"
+}
+
+# write_kubeconfig FILE USER TOKEN
+write_kubeconfig() {
+  cat >"$1" <<EOF
+apiVersion: v1
+kind: Config
+clusters:
+- name: celery-operator-test
+  cluster:
+    server: https://127.0.0.1:$APISERVER_PORT
+    certificate-authority: $STATE/pki/ca.crt
+users:
+- name: $2
+  user:
+    token: $3
+contexts:
+- name: $2
+  context:
+    cluster: celery-operator-test
+    user: $2
+current-context: $2
+EOF
+  chmod 600 "$1"
+}
+
+write_kubeconfigs() {
+  write_kubeconfig "$STATE/admin.kubeconfig" admin "$ADMIN_TOKEN"
+  write_kubeconfig "$STATE/operator.kubeconfig" "$OPERATOR_USER" "$OPERATOR_TOKEN"
+  write_kubeconfig "$STATE/pki/kube-controller-manager.kubeconfig" kube-controller-manager "$KCM_TOKEN"
+  write_kubeconfig "$STATE/pki/kube-scheduler.kubeconfig" kube-scheduler "$SCHEDULER_TOKEN"
+  write_kubeconfig "$STATE/pki/kwok.kubeconfig" kwok "$KWOK_TOKEN"
+  cat >"$STATE/env" <<EOF
+export CONTROL_PLANE_STATE='$STATE'
+export KUBECONFIG='$STATE/admin.kubeconfig'
+export OPERATOR_KUBECONFIG='$STATE/operator.kubeconfig'
+export KUBE_APISERVER_URL='https://127.0.0.1:$APISERVER_PORT'
+export KUBE_CA_FILE='$STATE/pki/ca.crt'
+EOF
+}
+
+kubectl_admin() { kubectl --kubeconfig "$STATE/admin.kubeconfig" --request-timeout=10s "$@"; }
+
+# ---------------------------------------------------------------------------------------------
+# Components
+
+start_etcd() {
+  local peer="http://127.0.0.1:$ETCD_PEER_PORT" client="http://127.0.0.1:$ETCD_PORT"
+  # No fsync: the data is thrown away with the cluster, and fsync is most of etcd's latency.
+  launch etcd --name=etcd0 --data-dir="$STATE/etcd" \
+    --listen-client-urls="$client" --advertise-client-urls="$client" \
+    --listen-peer-urls="$peer" --initial-advertise-peer-urls="$peer" \
+    --initial-cluster="etcd0=$peer" --initial-cluster-state=new \
+    --unsafe-no-fsync --log-level=warn
+  wait_for etcd "etcd /health" etcd_healthy
+}
+etcd_healthy() { curl -fsS --max-time 2 "http://127.0.0.1:$ETCD_PORT/health" | grep -q '"health":"true"'; }
+
+# --endpoint-reconciler-type=none: the default reconciler refuses a loopback advertise address.
+# --disable-admission-plugins=TaintNodesByCondition: that plugin gives every new node the
+#   node.kubernetes.io/not-ready:NoSchedule taint, which only the node-lifecycle controller removes,
+#   and that controller (which also evicts pods from nodes it deems unhealthy) is not run here.
+# --requestheader-*/--proxy-client-*: the aggregation layer, for metrics.k8s.io later on.
+start_apiserver() {
+  local pki="$STATE/pki"
+  launch kube-apiserver \
+    --etcd-servers="http://127.0.0.1:$ETCD_PORT" \
+    --bind-address=127.0.0.1 --secure-port="$APISERVER_PORT" \
+    --advertise-address=127.0.0.1 --endpoint-reconciler-type=none \
+    --tls-cert-file="$pki/apiserver.crt" --tls-private-key-file="$pki/apiserver.key" \
+    --client-ca-file="$pki/ca.crt" \
+    --token-auth-file="$pki/tokens.csv" \
+    --authorization-mode=RBAC \
+    --service-account-issuer=https://kubernetes.default.svc.cluster.local \
+    --service-account-key-file="$pki/sa.pub" \
+    --service-account-signing-key-file="$pki/sa.key" \
+    --service-cluster-ip-range=10.0.0.0/24 \
+    --allow-privileged=true \
+    --disable-admission-plugins=TaintNodesByCondition \
+    --requestheader-client-ca-file="$pki/front-proxy-ca.crt" \
+    --requestheader-allowed-names=front-proxy-client \
+    --requestheader-username-headers=X-Remote-User \
+    --requestheader-group-headers=X-Remote-Group \
+    --requestheader-extra-headers-prefix=X-Remote-Extra- \
+    --proxy-client-cert-file="$pki/front-proxy-client.crt" \
+    --proxy-client-key-file="$pki/front-proxy-client.key" \
+    --cert-dir="$STATE/kube-apiserver"
+  wait_for kube-apiserver "kube-apiserver /readyz" apiserver_ready
+}
+apiserver_ready() {
+  [ "$(curl -fsS --max-time 5 --cacert "$STATE/pki/ca.crt" -H "Authorization: Bearer $ADMIN_TOKEN" \
+    "https://127.0.0.1:$APISERVER_PORT/readyz")" = ok ]
+}
+
+start_controller_manager() {
+  local kc="$STATE/pki/kube-controller-manager.kubeconfig"
+  launch kube-controller-manager \
+    --kubeconfig="$kc" --authentication-kubeconfig="$kc" --authorization-kubeconfig="$kc" \
+    --bind-address=127.0.0.1 --secure-port="$KCM_PORT" --cert-dir="$STATE/kube-controller-manager" \
+    --leader-elect=false \
+    --controllers=deployment-controller,replicaset-controller,garbage-collector-controller,namespace-controller,serviceaccount-controller,serviceaccount-token-controller \
+    --use-service-account-credentials=false \
+    --service-account-private-key-file="$STATE/pki/sa.key" \
+    --root-ca-file="$STATE/pki/ca.crt"
+  # Its serving cert is self-signed in memory, hence -k; /healthz needs no credentials.
+  wait_for kube-controller-manager "kube-controller-manager /healthz" \
+    curl -fsSk --max-time 2 "https://127.0.0.1:$KCM_PORT/healthz"
+  # Pods are refused in a namespace until its default ServiceAccount exists; waiting for the one
+  # in "default" also shows that the controllers run.
+  wait_for kube-controller-manager "ServiceAccount default/default" \
+    kubectl_admin -n default get serviceaccount default
+}
+
+start_scheduler() {
+  local kc="$STATE/pki/kube-scheduler.kubeconfig"
+  launch kube-scheduler \
+    --kubeconfig="$kc" --authentication-kubeconfig="$kc" --authorization-kubeconfig="$kc" \
+    --bind-address=127.0.0.1 --secure-port="$SCHEDULER_PORT" --leader-elect=false
+  wait_for kube-scheduler "kube-scheduler /readyz" \
+    curl -fsSk --max-time 2 "https://127.0.0.1:$SCHEDULER_PORT/readyz"
+}
+
+start_kwok() {
+  local configs=() f
+  for f in "$BIN"/kwok-stages/*.yaml; do configs+=("--config=$f"); done
+  [ ${#configs[@]} -gt 0 ] || die "no kwok stage files in $BIN/kwok-stages"
+  # Only nodes annotated kwok.x-k8s.io/node=fake are kwok's; its server doubles as the fake
+  # kubelet endpoint, hence node-ip/node-port pointing at it.
+  launch kwok --kubeconfig="$STATE/pki/kwok.kubeconfig" "${configs[@]}" \
+    --manage-all-nodes=false \
+    --manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake \
+    --manage-nodes-with-label-selector= \
+    --disregard-status-with-annotation-selector=kwok.x-k8s.io/status=custom \
+    --disregard-status-with-label-selector= \
+    --server-address="127.0.0.1:$KWOK_PORT" \
+    --node-ip=127.0.0.1 --node-port="$KWOK_PORT" \
+    --cidr=10.244.0.1/16 \
+    --node-lease-duration-seconds=40
+  wait_for kwok "kwok /healthz" curl -fsS --max-time 2 "http://127.0.0.1:$KWOK_PORT/healthz"
+  create_node
+  wait_for kwok "node $NODE_NAME Ready" node_ready
+}
+node_ready() {
+  [ "$(kubectl_admin get node "$NODE_NAME" \
+    -o 'jsonpath={.status.conditions[?(@.type=="Ready")].status}')" = True ]
+}
+
+# The node as kwok's docs describe it, minus their NoSchedule taint: ordinary pods (the operator's
+# workers) must land on it without tolerations.
+create_node() {
+  kubectl_admin apply -f - >/dev/null <<EOF
+apiVersion: v1
+kind: Node
+metadata:
+  name: $NODE_NAME
+  annotations:
+    node.alpha.kubernetes.io/ttl: "0"
+    kwok.x-k8s.io/node: fake
+  labels:
+    beta.kubernetes.io/arch: amd64
+    beta.kubernetes.io/os: linux
+    kubernetes.io/arch: amd64
+    kubernetes.io/hostname: $NODE_NAME
+    kubernetes.io/os: linux
+    kubernetes.io/role: agent
+    node-role.kubernetes.io/agent: ""
+    type: kwok
+status:
+  allocatable:
+    cpu: "32"
+    memory: 256Gi
+    pods: "110"
+  capacity:
+    cpu: "32"
+    memory: 256Gi
+    pods: "110"
+EOF
+}
+
+# ---------------------------------------------------------------------------------------------
+# Commands
+
+cmd_stop() {
+  [ -d "$STATE" ] || return 0
+  stop_components "${COMPONENTS[@]}"
+}
+
+on_failed_start() {
+  local rc=$?
+  [ "$rc" -eq 0 ] && return
+  log "start failed; stopping what was started (logs in $STATE/logs)"
+  cmd_stop
+  exit "$rc"
+}
+
+cmd_start() {
+  local t0=$SECONDS
+  cmd_stop
+  # A fresh cluster every time: stale etcd data or certificates would not match new ports/tokens.
+  rm -rf "$STATE"/{etcd,pki,pids,logs,kube-apiserver,kube-controller-manager} \
+    "$STATE"/{cluster.env,env,admin.kubeconfig,operator.kubeconfig}
+  mkdir -p "$STATE/pids" "$STATE/logs"
+
+  BIN=$("$HACK_DIR/build-control-plane.sh" | tail -n1)
+  local c
+  for c in "${COMPONENTS[@]}"; do [ -x "$BIN/$c" ] || die "$BIN/$c is missing"; done
+
+  # Leave nothing running behind a failed start; the logs stay for the post-mortem.
+  trap on_failed_start EXIT
+
+  write_cluster_env
+  load_cluster_env
+  make_pki
+  write_tokens
+  write_kubeconfigs
+
+  start_etcd
+  start_apiserver
+  start_controller_manager
+  start_scheduler
+  start_kwok
+
+  trap - EXIT
+  log "ready in $((SECONDS - t0))s: https://127.0.0.1:$APISERVER_PORT (source $STATE/env)"
+}
+
+cmd_restart_apiserver() {
+  load_cluster_env
+  running etcd || die "etcd is not running in $STATE"
+  stop_components kube-apiserver
+  start_apiserver
+  log "kube-apiserver restarted on https://127.0.0.1:$APISERVER_PORT"
+}
+
+cmd_status() {
+  local c all=0
+  for c in "${COMPONENTS[@]}"; do
+    if running "$c"; then
+      printf '%-24s running (pid %s)\n' "$c" "$(pid_of "$c")"
+    else
+      printf '%-24s stopped\n' "$c"
+      all=1
+    fi
+  done
+  return $all
+}
+
+[ $# -eq 2 ] || usage
+STATE=$(realpath -m -- "$2")
+case "$1" in
+  start) cmd_start ;;
+  stop) cmd_stop ;;
+  restart-apiserver) cmd_restart_apiserver ;;
+  status) cmd_status ;;
+  *) usage ;;
+esac
