@@ -12,6 +12,7 @@ use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Service;
 use kube::api::{Api, ListParams};
+use kube::runtime::utils::Backoff;
 use kube::runtime::{Controller, watcher};
 use kube::Client;
 use tokio::sync::watch;
@@ -39,6 +40,42 @@ impl Scope {
         } else {
             self.namespaces.iter().map(|ns| Api::namespaced(client.clone(), ns)).collect()
         }
+    }
+}
+
+/// Backoff of the watches after an error. NB: the three watches of a controller share one
+/// backoff, so after an API server restart their errors (refused connections, then 410 Gone
+/// for every stale resourceVersion) compound; kube's default, capped at 30 s plus jitter, left
+/// the operator blind for close to a minute. Capping it at 5 s keeps the reaction fast.
+fn watch_backoff() -> CappedBackoff {
+    CappedBackoff::new(Duration::from_millis(250), Duration::from_secs(5))
+}
+
+/// Doubling delays from `min` up to `max`, starting over after a success.
+struct CappedBackoff {
+    min: Duration,
+    max: Duration,
+    next: Duration,
+}
+
+impl CappedBackoff {
+    fn new(min: Duration, max: Duration) -> Self {
+        Self { min, max, next: min }
+    }
+}
+
+impl Iterator for CappedBackoff {
+    type Item = Duration;
+    fn next(&mut self) -> Option<Duration> {
+        let delay = self.next;
+        self.next = (self.next * 2).min(self.max);
+        Some(delay)
+    }
+}
+
+impl Backoff for CappedBackoff {
+    fn reset(&mut self) {
+        self.next = self.min;
     }
 }
 
@@ -80,6 +117,7 @@ pub async fn run(client: Client, scope: Scope, metrics: Arc<Metrics>, shutdown: 
         Controller::new(celery, watcher::Config::default())
             .owns(deployments, children.clone())
             .owns(services, children.clone())
+            .trigger_backoff(watch_backoff())
             .graceful_shutdown_on(async move {
                 let _ = stop.wait_for(|s| *s).await;
             })

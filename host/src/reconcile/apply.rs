@@ -55,23 +55,70 @@ pub enum ApplyError {
 }
 
 /// Applies every child of `celery` and removes Flower's when it is switched off.
+///
+/// Each child is read first: one whose name is already controlled by another object is left
+/// alone and reported. NB: the API server would not catch this by itself, because every
+/// Celery app applies with the same field manager, so a second app's apply would silently
+/// replace the first app's owner reference and the two would take the object in turns.
 pub async fn children(client: &Client, celery: &Celery, scaling: &Scaling) -> Result<Applied, ApplyError> {
     let ns = celery.namespace().unwrap_or_default();
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
     let services: Api<Service> = Api::namespaced(client.clone(), &ns);
-
-    let worker = apply_worker(&deployments, celery, scaling).await?;
     let flower_name = build::flower_name(celery);
+
+    let worker = read_own(&deployments, &build::worker_name(celery), celery).await?;
+    let worker = apply_worker(&deployments, celery, scaling, worker).await?;
+    let flower = read_own(&deployments, &flower_name, celery).await?;
+    let service = read_own(&services, &flower_name, celery).await?;
     let (flower, flower_service) = if celery.spec.flower_spec.enabled {
         let flower = apply(&deployments, &build::flower_deployment(celery)?, FIELD_MANAGER).await?;
         let service = apply(&services, &build::flower_service(celery)?, FIELD_MANAGER).await?;
         (Some(flower), Some(service.name_any()))
     } else {
-        delete_if_owned(&deployments, &flower_name, celery).await?;
-        delete_if_owned(&services, &flower_name, celery).await?;
+        // Only what this app controls is deleted; an unowned object of that name is the user's.
+        if flower.as_ref().is_some_and(|d| controlled_by(d, celery)) {
+            delete(&deployments, &flower_name, celery).await?;
+        }
+        if service.as_ref().is_some_and(|s| controlled_by(s, celery)) {
+            delete(&services, &flower_name, celery).await?;
+        }
         (None, None)
     };
     Ok(Applied { worker, flower, flower_service })
+}
+
+fn controlled_by<K: Resource>(object: &K, celery: &Celery) -> bool {
+    object
+        .owner_references()
+        .iter()
+        .any(|o| o.controller == Some(true) && Some(&o.uid) == celery.meta().uid.as_ref())
+}
+
+/// Reads a child; fails with `NameConflict` when another object controls that name.
+async fn read_own<K>(api: &Api<K>, name: &str, celery: &Celery) -> Result<Option<K>, ApplyError>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    let existing = api
+        .get_opt(name)
+        .await
+        .map_err(|source| api_error("read", &K::kind(&()), celery, name, source))?;
+    let Some(existing) = existing else { return Ok(None) };
+    let controller = existing.owner_references().iter().find(|o| o.controller == Some(true));
+    match controller {
+        Some(owner) if Some(&owner.uid) != celery.meta().uid.as_ref() => Err(ApplyError::Rejected {
+            reason: NAME_CONFLICT,
+            message: format!(
+                "{} {}/{name} already exists and is controlled by {} {}; rename spec.common.appName or remove that {}",
+                K::kind(&()),
+                celery.namespace().unwrap_or_default(),
+                owner.kind,
+                owner.name,
+                K::kind(&()),
+            ),
+        }),
+        _ => Ok(Some(existing)),
+    }
 }
 
 /// Applies the worker Deployment.
@@ -81,16 +128,17 @@ pub async fn children(client: &Client, celery: &Celery, scaling: &Scaling) -> Re
 /// `numOfWorkers` clamped to the bounds, an existing one keeps its count unless it is out of
 /// bounds. NB: the scaler must own the field *before* the reconciler's apply drops it, or the
 /// API server would reset it to its default of 1 and kill workers for a moment.
-async fn apply_worker(api: &Api<Deployment>, celery: &Celery, scaling: &Scaling) -> Result<Deployment, ApplyError> {
+async fn apply_worker(
+    api: &Api<Deployment>,
+    celery: &Celery,
+    scaling: &Scaling,
+    current: Option<Deployment>,
+) -> Result<Deployment, ApplyError> {
     let name = build::worker_name(celery);
     let Scaling::Policies { min_replicas, max_replicas, .. } = *scaling else {
         let replicas = scaling.initial_replicas(celery.spec.worker_spec.num_of_workers);
         return apply(api, &build::worker_deployment(celery, Some(replicas))?, FIELD_MANAGER).await;
     };
-    let current = api
-        .get_opt(&name)
-        .await
-        .map_err(|source| api_error("read", "Deployment", celery, &name, source))?;
     match current {
         None => {
             let initial = scaling.initial_replicas(celery.spec.worker_spec.num_of_workers);
@@ -150,27 +198,15 @@ where
         })
 }
 
-async fn delete_if_owned<K>(api: &Api<K>, name: &str, celery: &Celery) -> Result<(), ApplyError>
+async fn delete<K>(api: &Api<K>, name: &str, celery: &Celery) -> Result<(), ApplyError>
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
 {
-    let existing = api
-        .get_opt(name)
-        .await
-        .map_err(|source| api_error("read", &K::kind(&()), celery, name, source))?;
-    let Some(existing) = existing else { return Ok(()) };
-    let ours = existing
-        .owner_references()
-        .iter()
-        .any(|o| o.controller == Some(true) && Some(&o.uid) == celery.meta().uid.as_ref());
-    if ours {
-        match api.delete(name, &DeleteParams::background()).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(status)) if status.code == 404 => {}
-            Err(source) => return Err(api_error("delete", &K::kind(&()), celery, name, source)),
-        }
+    match api.delete(name, &DeleteParams::background()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+        Err(source) => Err(api_error("delete", &K::kind(&()), celery, name, source)),
     }
-    Ok(())
 }
 
 fn api_error(action: &'static str, kind: &str, celery: &Celery, name: &str, source: kube::Error) -> ApplyError {
@@ -187,22 +223,15 @@ fn classify(action: &'static str, kind: &str, celery: &Celery, name: &str, sourc
     classify_in(action, kind, celery.namespace().unwrap_or_default(), name, source)
 }
 
-/// Separates refusals that only a change of the spec can cure (422 Invalid, a name owned by
-/// another controller) from failures worth a retry.
+/// Separates refusals that only a change of the spec can cure (422 Invalid) from failures
+/// worth a retry.
 fn classify_in(action: &'static str, kind: &str, namespace: String, name: &str, source: kube::Error) -> ApplyError {
     if let kube::Error::Api(status) = &source {
         if status.code == 422 {
-            let reason = if status.message.contains("Only one reference can have Controller set to true") {
-                NAME_CONFLICT
-            } else {
-                APPLY_REJECTED
+            return ApplyError::Rejected {
+                reason: APPLY_REJECTED,
+                message: format!("the API server refused {kind} {namespace}/{name}: {}", status.message),
             };
-            let message = if reason == NAME_CONFLICT {
-                format!("{kind} {namespace}/{name} already exists and is controlled by another object; rename spec.common.appName or remove that {kind}")
-            } else {
-                format!("the API server refused {kind} {namespace}/{name}: {}", status.message)
-            };
-            return ApplyError::Rejected { reason, message };
         }
     }
     ApplyError::Api { action, kind: kind.to_string(), namespace, name: name.to_string(), source }

@@ -1,1 +1,91 @@
-fn main(){}
+//! Tier 3: the operator against a real Kubernetes control plane on loopback.
+//!
+//! One control plane serves the whole run; each test has its own namespace and its own
+//! operator, which runs in-process with the permissions of `deploy/rbac.yaml` only. A test
+//! that restarts the API server takes an exclusive lock, so the others never see it go away.
+//! Logs of every component are printed when a test fails.
+//!
+//! Run with `cargo test --test cluster` (the first run builds the control plane: 10-20 min).
+
+mod lifecycle;
+mod support;
+
+use std::process::ExitCode;
+use std::sync::{Arc, LazyLock, RwLock};
+
+use libtest_mimic::{Arguments, Failed, Trial};
+use support::{ControlPlane, Env};
+
+/// The async runtime every test runs on.
+static RUNTIME: LazyLock<tokio::runtime::Runtime> =
+    LazyLock::new(|| tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime"));
+
+/// Shared by ordinary tests, exclusive for one that disturbs the control plane.
+static GATE: RwLock<()> = RwLock::new(());
+
+type TestFn = fn(Arc<Harness>) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// What a test gets.
+pub struct Harness {
+    pub env: Env,
+    pub control_plane: ControlPlane,
+}
+
+fn trial(name: &'static str, exclusive: bool, harness: &Option<Arc<Harness>>, f: TestFn) -> Trial {
+    let harness = harness.clone();
+    Trial::test(name, move || {
+        let harness = harness.ok_or_else(|| Failed::from("no control plane"))?;
+        let _shared;
+        let _exclusive;
+        if exclusive {
+            _exclusive = GATE.write().unwrap_or_else(|e| e.into_inner());
+        } else {
+            _shared = GATE.read().unwrap_or_else(|e| e.into_inner());
+        }
+        RUNTIME.block_on(f(harness));
+        Ok(())
+    })
+}
+
+fn main() -> ExitCode {
+    let args = Arguments::from_args();
+    // The operators under test log here; RUST_LOG=info (or debug) shows what they do.
+    if std::env::var_os("RUST_LOG").is_none() {
+        // SAFETY: no other thread runs yet.
+        unsafe { std::env::set_var("RUST_LOG", "warn") };
+    }
+    celery_operator::telemetry::init_logging(celery_operator::telemetry::LogFormat::Text);
+    let listing = args.list;
+
+    let harness = if listing {
+        None
+    } else {
+        let control_plane = match ControlPlane::start() {
+            Ok(cp) => cp,
+            Err(e) => {
+                eprintln!("cannot start the control plane: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let env = RUNTIME.block_on(async {
+            let env = Env::connect(&control_plane).await;
+            lifecycle::install(&env).await;
+            env
+        });
+        Some(Arc::new(Harness { env, control_plane }))
+    };
+
+    let trials = lifecycle::TESTS
+        .iter()
+        .map(|&(name, exclusive, f)| trial(name, exclusive, &harness, f))
+        .collect();
+    let conclusion = libtest_mimic::run(&args, trials);
+    if conclusion.has_failed() {
+        if let Some(h) = &harness {
+            h.control_plane.dump_logs();
+        }
+    }
+    // Stops the control plane (Drop) before exiting.
+    drop(harness);
+    conclusion.exit_code()
+}

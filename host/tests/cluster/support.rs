@@ -1,0 +1,193 @@
+//! The harness of the cluster tests: a real control plane (etcd, kube-apiserver,
+//! kube-controller-manager, kube-scheduler and kwok's simulated node) started on loopback by
+//! `hack/control-plane.sh`, the project's CRD and RBAC installed from `deploy/`, and helpers
+//! to run the operator in-process as the ServiceAccount `deploy/rbac.yaml` binds.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use celery_operator::controller::Scope;
+use celery_operator::leader::LeaseConfig;
+use celery_operator::operator::{self, RunError, RunOptions};
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
+use kube::discovery::{ApiCapabilities, ApiResource, Discovery, Scope as DiscoveryScope};
+use kube::{Client, ResourceExt};
+use serde::Deserialize;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// The repository root (tests run with the crate directory as working directory).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("host/ has a parent").to_path_buf()
+}
+
+/// A running control plane, stopped on drop.
+pub struct ControlPlane {
+    pub state: PathBuf,
+}
+
+impl ControlPlane {
+    /// Starts the control plane (building its binaries on the first run).
+    pub fn start() -> Result<Self, String> {
+        let state = std::env::var_os("CONTROL_PLANE_STATE")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| std::env::temp_dir().join(format!("celery-operator-tests-{}", std::process::id())));
+        let cp = Self { state };
+        cp.script("start")?;
+        Ok(cp)
+    }
+
+    pub fn restart_apiserver(&self) -> Result<(), String> {
+        self.script("restart-apiserver")
+    }
+
+    fn script(&self, verb: &str) -> Result<(), String> {
+        let status = Command::new(repo_root().join("hack/control-plane.sh"))
+            .arg(verb)
+            .arg(&self.state)
+            .status()
+            .map_err(|e| format!("cannot run hack/control-plane.sh: {e}"))?;
+        status.success().then_some(()).ok_or_else(|| format!("hack/control-plane.sh {verb} failed: {status}"))
+    }
+
+    pub fn admin_kubeconfig(&self) -> PathBuf {
+        self.state.join("admin.kubeconfig")
+    }
+
+    pub fn operator_kubeconfig(&self) -> PathBuf {
+        self.state.join("operator.kubeconfig")
+    }
+
+    /// Prints the tail of every component's log, for a failed run.
+    pub fn dump_logs(&self) {
+        let Ok(entries) = std::fs::read_dir(self.state.join("logs")) else { return };
+        for entry in entries.flatten() {
+            let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(40).collect();
+            eprintln!("===== {} (last {} lines) =====", entry.path().display(), tail.len());
+            for line in tail.iter().rev() {
+                eprintln!("{line}");
+            }
+        }
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        if let Err(e) = self.script("stop") {
+            eprintln!("{e}");
+        }
+    }
+}
+
+/// Clients for a test: `admin` plays the user, `operator` has only the operator's RBAC.
+#[derive(Clone)]
+pub struct Env {
+    pub admin: Client,
+    pub operator: Client,
+}
+
+impl Env {
+    pub async fn connect(cp: &ControlPlane) -> Self {
+        let admin = operator::client(Some(&cp.admin_kubeconfig())).await.expect("admin client");
+        let operator = operator::client(Some(&cp.operator_kubeconfig())).await.expect("operator client");
+        Self { admin, operator }
+    }
+
+    /// A fresh namespace for one test.
+    pub async fn namespace(&self, prefix: &str) -> String {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let name = format!("{prefix}-{}", COUNTER.fetch_add(1, Ordering::Relaxed));
+        let ns: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).unwrap();
+        Api::<Namespace>::all(self.admin.clone())
+            .create(&PostParams::default(), &ns)
+            .await
+            .unwrap_or_else(|e| panic!("creating namespace {name}: {e}"));
+        name
+    }
+
+    /// Starts the operator in-process, as the ServiceAccount of `deploy/rbac.yaml`.
+    pub fn start_operator(&self, namespaces: &[&str], lease: Option<LeaseConfig>) -> OperatorHandle {
+        let (stop, shutdown) = watch::channel(false);
+        let options = RunOptions {
+            scope: Scope { namespaces: namespaces.iter().map(|s| s.to_string()).collect() },
+            listen: None,
+            leader_election: lease,
+        };
+        let task = tokio::spawn(operator::run(self.operator.clone(), options, shutdown));
+        OperatorHandle { stop, task }
+    }
+}
+
+/// An operator running inside the test process.
+pub struct OperatorHandle {
+    stop: watch::Sender<bool>,
+    task: JoinHandle<Result<(), RunError>>,
+}
+
+impl OperatorHandle {
+    /// Stops it and waits until it has.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        match tokio::time::timeout(Duration::from_secs(30), self.task).await {
+            Ok(Ok(Ok(()))) => {}
+            other => panic!("the operator did not stop cleanly: {other:?}"),
+        }
+    }
+}
+
+/// Applies every object of a multi-document YAML file with server-side apply, as `client`.
+pub async fn apply_yaml(client: &Client, yaml: &str, namespace: Option<&str>) -> Result<(), String> {
+    let discovery = Discovery::new(client.clone()).run().await.map_err(|e| format!("discovery: {e}"))?;
+    for doc in serde_yaml::Deserializer::from_str(yaml) {
+        let value = serde_yaml::Value::deserialize(doc);
+        let obj: DynamicObject = match value {
+            Ok(serde_yaml::Value::Null) => continue,
+            Ok(v) => serde_yaml::from_value(v).map_err(|e| format!("not a Kubernetes object: {e}"))?,
+            Err(e) => return Err(format!("bad YAML: {e}")),
+        };
+        let gvk = obj.types.as_ref().ok_or("object without apiVersion/kind")?;
+        let gvk = kube::core::GroupVersionKind::try_from(gvk).map_err(|e| e.to_string())?;
+        let (ar, caps) = discovery.resolve_gvk(&gvk).ok_or_else(|| format!("unknown kind {gvk:?}"))?;
+        let api = dynamic_api(client, &ar, &caps, obj.namespace().as_deref().or(namespace));
+        let name = obj.name_any();
+        api.patch(&name, &PatchParams::apply("celery-operator-tests").force(), &Patch::Apply(&obj))
+            .await
+            .map_err(|e| format!("applying {} {name}: {e}", gvk.kind))?;
+    }
+    Ok(())
+}
+
+fn dynamic_api(client: &Client, ar: &ApiResource, caps: &ApiCapabilities, ns: Option<&str>) -> Api<DynamicObject> {
+    match (&caps.scope, ns) {
+        (DiscoveryScope::Namespaced, Some(ns)) => Api::namespaced_with(client.clone(), ns, ar),
+        (DiscoveryScope::Namespaced, None) => Api::default_namespaced_with(client.clone(), ar),
+        (DiscoveryScope::Cluster, _) => Api::all_with(client.clone(), ar),
+    }
+}
+
+/// Waits until `probe` returns `Some`, polling; on timeout panics with the last state seen.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        let last = match probe().await {
+            Ok(value) => return value,
+            Err(state) => state,
+        };
+        if Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting for {what}; last state: {last}");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// The default deadline of a wait: generous, because the machines are shared and slow.
+pub const WAIT: Duration = Duration::from_secs(60);
