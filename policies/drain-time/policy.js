@@ -1,0 +1,142 @@
+// `drain-time`: the fewest workers that empty the backlog within `seconds`.
+//
+// From the history window (oldest first) and the current sample, each interval between two
+// samples gives the net change of the backlog per second with the replicas of that time:
+//     net = arrivals − perWorker × replicas
+// A least-squares fit over the intervals (weighted by their length) gives the arrival rate and
+// the per-worker throughput when the replica count varied; with a constant count, a draining
+// backlog bounds the throughput from below. Then
+//     desired = ceil((backlog / seconds + arrivals) / perWorker)
+// Built with componentize-js with every WASI feature disabled (see ../build.sh): no clock, no
+// randomness, no stdio; the input is all it sees. u64 fields arrive as BigInt.
+
+const DEFAULT_SECONDS = 60;
+const U32_MAX = 4294967295;
+
+class PolicyError extends Error {
+  constructor(message) {
+    super(message);
+    // componentize-js turns a thrown object with `payload` into the `err` case of the result.
+    this.payload = message;
+  }
+}
+
+function parseSettings(settings) {
+  const s = { seconds: DEFAULT_SECONDS, workerRate: null };
+  for (const [key, raw] of settings) {
+    const value = raw.trim();
+    if (key === 'seconds') {
+      if (!/^[0-9]+$/.test(value) || Number(value) < 1) {
+        throw new PolicyError(`setting seconds: must be a whole number of seconds, at least 1, got ${JSON.stringify(raw)}`);
+      }
+      s.seconds = Number(value);
+    } else if (key === 'workerRate') {
+      const n = Number(value);
+      if (value === '' || !Number.isFinite(n) || n <= 0) {
+        throw new PolicyError(`setting workerRate: must be a positive number of messages per second, got ${JSON.stringify(raw)}`);
+      }
+      s.workerRate = n;
+    } else {
+      throw new PolicyError(`setting ${key}: unknown (known: seconds, workerRate)`);
+    }
+  }
+  return s;
+}
+
+function backlogOf(sample) {
+  let total = 0;
+  for (const q of sample.queues) total += Number(q.backlog);
+  return total;
+}
+
+function fmt(x) {
+  return x >= 10 ? x.toFixed(0) : x.toFixed(1);
+}
+
+function plural(n, word) {
+  return `${n} ${word}${n === 1 ? '' : 's'}`;
+}
+
+function workers(n) {
+  return plural(n, 'worker');
+}
+
+// Intervals between consecutive samples, skipping those where the queue stayed empty: an
+// empty queue says the workers kept up, not how fast they could go.
+function intervals(samples) {
+  const out = [];
+  for (let i = 1; i < samples.length; i++) {
+    const a = samples[i - 1];
+    const b = samples[i];
+    const dt = (Number(b.timestampMs) - Number(a.timestampMs)) / 1000;
+    const b0 = backlogOf(a);
+    const b1 = backlogOf(b);
+    if (dt <= 0 || (b0 === 0 && b1 === 0)) continue;
+    out.push({ dt, net: (b1 - b0) / dt, replicas: a.replicas });
+  }
+  return out;
+}
+
+// Returns { arrivals, perWorker, how } or null when the window cannot tell.
+function estimate(iv, workerRate) {
+  const w = iv.reduce((s, x) => s + x.dt, 0);
+  const meanR = iv.reduce((s, x) => s + x.dt * x.replicas, 0) / w;
+  const meanNet = iv.reduce((s, x) => s + x.dt * x.net, 0) / w;
+  const varR = iv.reduce((s, x) => s + x.dt * (x.replicas - meanR) ** 2, 0);
+  if (varR > 0) {
+    const cov = iv.reduce((s, x) => s + x.dt * (x.replicas - meanR) * (x.net - meanNet), 0);
+    const perWorker = -cov / varR;
+    if (perWorker > 0) {
+      return { arrivals: Math.max(0, meanNet + perWorker * meanR), perWorker, how: 'fitted' };
+    }
+  }
+  if (workerRate !== null) {
+    return { arrivals: Math.max(0, meanNet + workerRate * meanR), perWorker: workerRate, how: 'workerRate setting' };
+  }
+  if (meanNet < 0 && meanR > 0) {
+    // Draining with no replica change: assuming nothing arrived gives the lowest throughput
+    // that explains the drop, so the answer errs towards more workers.
+    return { arrivals: 0, perWorker: -meanNet / meanR, how: 'drain rate' };
+  }
+  return null;
+}
+
+function decide(input) {
+  const s = parseSettings(input.settings);
+  const samples = [...input.history, input.current];
+  const backlog = backlogOf(input.current);
+  const current = input.currentReplicas;
+  const iv = intervals(samples);
+
+  if (iv.length === 0) {
+    if (backlog === 0) {
+      return { replicas: 0, reason: `queues empty across ${plural(samples.length, 'sample')} → 0 workers` };
+    }
+    const n = Math.max(current, 1);
+    return { replicas: n, reason: `${backlog} messages but too little history to estimate rates (${plural(samples.length, 'sample')}) → holding ${workers(n)}` };
+  }
+
+  const est = estimate(iv, s.workerRate);
+  if (est === null) {
+    // The backlog grew or held with a constant replica count: more workers are needed, but
+    // the window cannot say how many, so add one at a time.
+    const n = backlog === 0 ? current : Math.min(current + 1, U32_MAX);
+    return { replicas: n, reason: `${backlog} messages, not draining at ${workers(current)}, throughput unknown (no replica change in the window) → ${workers(n)}` };
+  }
+
+  const wanted = Math.ceil((backlog / s.seconds + est.arrivals) / est.perWorker - 1e-9);
+  const n = Math.max(0, Math.min(U32_MAX, wanted));
+  return {
+    replicas: n,
+    reason: `${backlog} messages, ${fmt(est.arrivals)}/s arriving, ${fmt(est.perWorker)}/s per worker (${est.how}, ${plural(iv.length, 'interval')}) → ${workers(n)} to drain in ${s.seconds}s`,
+  };
+}
+
+export const policy = {
+  decide(input) {
+    return decide(input);
+  },
+  validateSettings(settings) {
+    parseSettings(settings);
+  },
+};
