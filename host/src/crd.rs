@@ -542,3 +542,61 @@ pub struct ReplicaStatus {
 pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
     serde_yaml::to_string(&Celery::crd())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `deploy/crd.yaml` is generated; a change of the types must regenerate it (`make crd`).
+    #[test]
+    fn deploy_crd_matches_the_types() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/crd.yaml");
+        let committed = std::fs::read_to_string(path).expect("deploy/crd.yaml exists");
+        assert!(
+            committed == crd_yaml().unwrap(),
+            "deploy/crd.yaml is stale: run `make crd` (celery-operator crd > deploy/crd.yaml) and commit it"
+        );
+    }
+
+    /// `kubectl explain` teaches the API only if every field says what it is.
+    #[test]
+    fn every_field_has_a_description() {
+        fn walk(path: &str, schema: &serde_json::Value, missing: &mut Vec<String>) {
+            if let Some(props) = schema.get("properties").and_then(|p| p.as_object()) {
+                for (name, prop) in props {
+                    let here = format!("{path}.{name}");
+                    if prop.get("description").is_none() {
+                        missing.push(here.clone());
+                    }
+                    walk(&here, prop, missing);
+                }
+            }
+            for key in ["items", "additionalProperties"] {
+                if let Some(inner) = schema.get(key).filter(|v| v.is_object()) {
+                    walk(path, inner, missing);
+                }
+            }
+        }
+        let crd = serde_json::to_value(Celery::crd()).unwrap();
+        let schema = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
+        let mut missing = Vec::new();
+        walk("celery.spec", &schema["properties"]["spec"], &mut missing);
+        walk("celery.status", &schema["properties"]["status"], &mut missing);
+        assert!(missing.is_empty(), "fields without a description: {missing:#?}");
+    }
+
+    #[test]
+    fn names_and_printer_columns() {
+        let crd = Celery::crd();
+        assert_eq!(crd.metadata.name.as_deref(), Some("celery.celeryproject.org"));
+        assert_eq!(crd.spec.names.short_names, Some(vec!["cel".to_string(), "capp".to_string()]));
+        let columns: Vec<_> = crd.spec.versions[0]
+            .additional_printer_columns
+            .iter()
+            .flatten()
+            .map(|c| c.name.as_str())
+            .collect();
+        assert_eq!(columns, ["Desired", "Ready", "Policy", "Backlog", "Status", "Age"]);
+        assert!(crd.spec.versions[0].subresources.as_ref().unwrap().status.is_some());
+    }
+}

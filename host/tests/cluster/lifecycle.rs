@@ -33,6 +33,7 @@ pub const TESTS: &[(&str, bool, fn(Arc<Harness>) -> Test)] = &[
     ("name_conflict_is_reported", false, |h| Box::pin(name_conflict_is_reported(h))),
     ("flower_can_be_switched_off", false, |h| Box::pin(flower_can_be_switched_off(h))),
     ("only_the_lease_holder_reconciles", false, |h| Box::pin(only_the_lease_holder_reconciles(h))),
+    ("the_binary_serves_health_metrics_and_json_logs", false, |h| Box::pin(the_binary_serves_health_metrics_and_json_logs(h))),
     ("operator_survives_an_api_server_restart", true, |h| Box::pin(operator_survives_an_api_server_restart(h))),
 ];
 
@@ -502,4 +503,68 @@ async fn operator_survives_an_api_server_restart(h: Arc<Harness>) {
     })
     .await;
     operator.stop().await;
+}
+
+/// `celery-operator run`, the real binary, as the operator's ServiceAccount.
+async fn the_binary_serves_health_metrics_and_json_logs(h: Arc<Harness>) {
+    let env = &h.env;
+    let ns = env.namespace("binary").await;
+    let port = free_port();
+    let lease = format!("test-{ns}");
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_celery-operator"))
+        .args(["run", "--log-format", "json", "--namespace", &ns, "--lease-name", &lease, "--lease-namespace", "celery-operator"])
+        .arg("--kubeconfig")
+        .arg(h.control_plane.operator_kubeconfig())
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .env("RUST_LOG", "info")
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the binary starts");
+
+    eventually("/healthz and /readyz", WAIT, || async {
+        let health = http_get(port, "/healthz").await?;
+        let ready = http_get(port, "/readyz").await?;
+        (health.starts_with("HTTP/1.1 200") && ready.starts_with("HTTP/1.1 200"))
+            .then_some(())
+            .ok_or(format!("healthz: {health:.40}, readyz: {ready:.40}"))
+    })
+    .await;
+    create(&env.admin, &ns, &minimal_yaml("bin", "bin")).await.expect("created");
+    wait_condition(&env.admin, &ns, "bin", READY, "True", ALL_REPLICAS_READY).await;
+    let metrics = http_get(port, "/metrics").await.expect("/metrics answers");
+    assert!(metrics.contains("celery_operator_reconciliations_total{result=\"ok\"}"), "{metrics}");
+    assert!(metrics.contains("celery_operator_leader 1"), "{metrics}");
+    assert!(metrics.contains("celery_operator_reconcile_duration_seconds_bucket"), "{metrics}");
+
+    // SIGTERM: a clean exit that hands the Lease back.
+    let pid = child.id().expect("running") as i32;
+    std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().expect("kill");
+    let status = tokio::time::timeout(WAIT, child.wait()).await.expect("exits after SIGTERM").expect("wait");
+    assert!(status.success(), "exit status {status}");
+    let mut stderr = String::new();
+    tokio::io::AsyncReadExt::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).await.unwrap();
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert!(!lines.is_empty());
+    for line in &lines {
+        serde_json::from_str::<serde_json::Value>(line).unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}"));
+    }
+    let leases: Api<Lease> = Api::namespaced(env.admin.clone(), "celery-operator");
+    let holder = leases.get(&lease).await.expect("lease").spec.and_then(|s| s.holder_identity);
+    assert_eq!(holder, None, "the Lease is released on shutdown");
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+}
+
+/// A minimal HTTP/1.1 GET, enough for the operator's own endpoints.
+async fn http_get(port: u16, path: &str) -> Result<String, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.map_err(|e| e.to_string())?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.map_err(|e| e.to_string())?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.map_err(|e| e.to_string())?;
+    Ok(response)
 }
