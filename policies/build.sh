@@ -61,9 +61,10 @@ ensure_cargo_tool() {
   cargo install --locked "$crate@$version" "$@"
 }
 
+# ensure_apt_packages PACKAGE…
 ensure_apt_packages() {
   local missing=()
-  for p in "${APT_PACKAGES[@]}"; do
+  for p in "$@"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
   done
   if ((${#missing[@]})); then
@@ -80,6 +81,8 @@ ensure_componentize_py() {
     return
   fi
   log "componentize-py $COMPONENTIZE_PY_VERSION into $venv"
+  # Debian's own python3 ships venv without ensurepip.
+  python3 -c 'import ensurepip' 2>/dev/null || ensure_apt_packages python3-venv
   python3 -m venv "$venv"
   "$venv/bin/pip" install --quiet "componentize-py==$COMPONENTIZE_PY_VERSION"
 }
@@ -108,7 +111,7 @@ ensure_toolchains() {
     --no-default-features --features component,print,validate,parse,metadata,strip
   # Only the C generator: the CLI's other languages double its build time.
   ensure_cargo_tool wit-bindgen wit-bindgen-cli "$WIT_BINDGEN_CLI_VERSION" --no-default-features --features c
-  ensure_apt_packages
+  ensure_apt_packages "${APT_PACKAGES[@]}"
   ensure_componentize_py
   ensure_componentize_js
 }

@@ -9,8 +9,8 @@ wit_bindgen::generate!({
     world: "scaling-policy",
 });
 
-use exports::celery::autoscaler::policy::Guest;
 use celery::autoscaler::types::{Decision, Input};
+use exports::celery::autoscaler::policy::Guest;
 
 /// Settings after parsing; see README.md.
 #[derive(Debug, PartialEq)]
@@ -20,16 +20,24 @@ struct Settings {
 }
 
 fn setting<'a>(settings: &'a [(String, String)], key: &str) -> Option<&'a str> {
-    settings.iter().find(|(k, _)| k == key).map(|(_, v)| v.trim())
+    settings
+        .iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.trim())
 }
 
 fn parse_settings(settings: &[(String, String)]) -> Result<Settings, String> {
     // `averageValue` is the seed-style name of the same number (`type: message_queue`).
-    let (key, raw) = match (setting(settings, "target"), setting(settings, "averageValue")) {
+    let (key, raw) = match (
+        setting(settings, "target"),
+        setting(settings, "averageValue"),
+    ) {
         (Some(v), _) => ("target", v),
         (None, Some(v)) => ("averageValue", v),
         (None, None) => {
-            return Err("setting target: required (messages per worker, a positive integer)".into());
+            return Err(
+                "setting target: required (messages per worker, a positive integer)".into(),
+            );
         }
     };
     let target = match raw.parse::<u64>() {
@@ -41,22 +49,35 @@ fn parse_settings(settings: &[(String, String)]) -> Result<Settings, String> {
         None => false,
         Some(v) if v.eq_ignore_ascii_case("true") => true,
         Some(v) if v.eq_ignore_ascii_case("false") => false,
-        Some(v) => return Err(format!("setting countReserved: expected true or false, got {v:?}")),
+        Some(v) => {
+            return Err(format!(
+                "setting countReserved: expected true or false, got {v:?}"
+            ));
+        }
     };
     for (k, _) in settings {
         if !matches!(k.as_str(), "target" | "averageValue" | "countReserved") {
-            return Err(format!("setting {k}: unknown (known: target, countReserved)"));
+            return Err(format!(
+                "setting {k}: unknown (known: target, countReserved)"
+            ));
         }
     }
-    Ok(Settings { target, count_reserved })
+    Ok(Settings {
+        target,
+        count_reserved,
+    })
 }
 
 fn decide(input: &Input) -> Result<Decision, String> {
     let s = parse_settings(&input.settings)?;
     let queues = &input.current.queues;
-    let ready: u64 = queues.iter().fold(0, |sum, q| sum.saturating_add(q.backlog));
+    let ready: u64 = queues
+        .iter()
+        .fold(0, |sum, q| sum.saturating_add(q.backlog));
     let reserved: u64 = if s.count_reserved {
-        queues.iter().fold(0, |sum, q| sum.saturating_add(q.reserved.unwrap_or(0)))
+        queues
+            .iter()
+            .fold(0, |sum, q| sum.saturating_add(q.reserved.unwrap_or(0)))
     } else {
         0
     };
