@@ -219,7 +219,7 @@ for arg in "$@"; do
   case $arg in
   --force) FORCE=1 ;;
   --test) TEST=1 ;;
-  -h | --help) sed -n '2,14p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+  -h | --help) sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
   -*) die "unknown option $arg" ;;
   *)
     [[ " ${ALL_POLICIES[*]} " == *" $arg "* ]] || die "unknown policy $arg (known: ${ALL_POLICIES[*]})"
