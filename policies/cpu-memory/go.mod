@@ -1,3 +1,3 @@
 module github.com/celery/celery-operator/policies/cpu-memory
 
-go 1.26
+go 1.24
