@@ -1,0 +1,45 @@
+# celery-operator: the commands a newcomer needs. `make help` lists them.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+CARGO ?= cargo
+STATE ?= $(CURDIR)/.state
+
+.PHONY: help demo test test-unit test-cluster build crd policies control-plane stop fmt lint
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+
+demo: ## Local control plane + operator + an example Celery app; Ctrl-C stops everything
+	hack/demo.sh
+
+test: policies ## Every test: unit, CRD drift, policies, and the real control plane
+	$(CARGO) test --workspace --all-targets
+
+test-unit: ## Only the tests that need no cluster
+	$(CARGO) test --workspace --lib
+
+test-cluster: ## Only the tests against the real control plane
+	$(CARGO) test -p celery-operator --test cluster
+
+build: ## Build the operator binary
+	$(CARGO) build -p celery-operator
+
+crd: ## Regenerate deploy/crd.yaml from the Rust types
+	$(CARGO) run -q -p celery-operator -- crd > deploy/crd.yaml
+
+policies: ## Compile the built-in scaling policies to target/policies/*.wasm
+	policies/build.sh
+
+control-plane: ## Build (once) and start the local control plane in .state/cluster
+	hack/control-plane.sh start $(STATE)/cluster
+	@echo "export KUBECONFIG=$(STATE)/cluster/admin.kubeconfig"
+
+stop: ## Stop the local control plane
+	hack/control-plane.sh stop $(STATE)/cluster
+
+fmt: ## Format the Rust code
+	$(CARGO) fmt --all
+
+lint: ## Clippy with warnings as errors
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
