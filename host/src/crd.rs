@@ -17,6 +17,7 @@ use k8s_openapi::api::core::v1::{
     ResourceRequirements, SecurityContext, Toleration,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{CustomResource, CustomResourceExt, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -482,10 +483,9 @@ pub struct MetricTarget {
     #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
     pub type_: Option<String>,
 
-    /// For `message_queue`: messages per worker to aim for.
+    /// For `message_queue`: messages per worker to aim for, a positive number (`50` or `"50"`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1))]
-    pub average_value: Option<i64>,
+    pub average_value: Option<IntOrString>,
 
     /// For `cpu` and `memory`: percent of the pods' requests to aim for.
     #[serde(default, skip_serializing_if = "Option::is_none")]

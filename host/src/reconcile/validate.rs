@@ -9,6 +9,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use crate::crd::{CelerySpec, MetricName, ScaleKind};
 use crate::quantity;
@@ -176,9 +177,18 @@ fn scaling(spec: &CelerySpec) -> Result<Scaling, SpecError> {
         let duplicate = || SpecError::new(metric_field.clone(), "this metric is listed twice");
         match metric.name {
             MetricName::MessageQueue => {
-                let value = metric.target.average_value.ok_or_else(|| {
-                    SpecError::new(format!("{metric_field}.target.averageValue"), "required for message_queue")
-                })?;
+                let value_field = format!("{metric_field}.target.averageValue");
+                let value = match &metric.target.average_value {
+                    None => return Err(SpecError::new(value_field, "required for message_queue")),
+                    Some(IntOrString::Int(n)) => f64::from(*n),
+                    Some(IntOrString::String(s)) => {
+                        quantity::parse(s).map_err(|e| SpecError::new(value_field.clone(), e.to_string()))?
+                    }
+                };
+                if value < 1.0 {
+                    return Err(SpecError::new(value_field, "must be at least 1 message per worker"));
+                }
+                let value = value.ceil() as i64;
                 if queue.replace(value).is_some() {
                     return Err(duplicate());
                 }
@@ -248,7 +258,7 @@ spec:
     maxReplicas: 8
     metrics:
     - name: message_queue
-      target: {{type: length, averageValue: 50}}
+      target: {{type: length, averageValue: \"50\"}}
     - name: cpu
       target: {{type: Utilization, averageUtilization: 70}}
   - kind: flower
@@ -315,6 +325,14 @@ spec:
     #[case::env_twice(
         "common: {appName: demo, celeryApp: a, image: i, env: [{name: A, value: x}, {name: A, value: y}]}",
         "spec.common.env[1]"
+    )]
+    #[case::queue_value_zero(
+        "scaleTargetRef: [{kind: worker, maxReplicas: 2, metrics: [{name: message_queue, target: {averageValue: 0}}]}]",
+        "spec.scaleTargetRef[0].metrics[0].target.averageValue"
+    )]
+    #[case::queue_value_not_a_number(
+        "scaleTargetRef: [{kind: worker, maxReplicas: 2, metrics: [{name: message_queue, target: {averageValue: many}}]}]",
+        "spec.scaleTargetRef[0].metrics[0].target.averageValue"
     )]
     #[case::no_metrics("scaleTargetRef: [{kind: worker, maxReplicas: 2}]", "spec.scaleTargetRef[0].metrics")]
     #[case::duplicate_metric(
