@@ -1,4 +1,4 @@
-//! The command line: `celery-operator run` and `celery-operator crd`.
+//! The command line: `celery-operator run`, `celery-operator crd` and `celery-operator policy …`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -26,6 +26,8 @@ enum Command {
     Run(RunArgs),
     /// Print the CustomResourceDefinition of `Celery` (what deploy/crd.yaml holds).
     Crd,
+    /// Tools for scaling-policy authors: list, check, eval, simulate, bench.
+    Policy(crate::policy::cli::PolicyArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -65,6 +67,7 @@ pub async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Run(args) => run(args).await,
+        Command::Policy(args) => crate::policy::cli::run(args).await,
     }
 }
 

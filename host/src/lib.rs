@@ -7,14 +7,18 @@
 //! - [`operator`]: `celery-operator run`, wiring controller, leader election and endpoints.
 //! - [`leader`], [`server`], [`telemetry`]: Lease election, HTTP endpoints, logs and metrics.
 //! - [`conditions`]: condition types and reasons; [`quantity`]: resource quantities.
+//! - [`policy`]: the WebAssembly policy runtime and registry; [`autoscale`]: bounds and
+//!   stabilisation of policy answers.
 //! - [`cli`]: the command line.
 
+pub mod autoscale;
 pub mod cli;
 pub mod conditions;
 pub mod controller;
 pub mod crd;
 pub mod leader;
 pub mod operator;
+pub mod policy;
 pub mod quantity;
 pub mod reconcile;
 pub mod server;

@@ -1,0 +1,119 @@
+//! Bounds and scale-down stabilisation of policy answers, as pure functions.
+//!
+//! The host, not the policy, enforces `minReplicas`/`maxReplicas` ([`clamp`]). Scaling down is
+//! damped like the Kubernetes HPA: the replica count applied is the highest recommendation
+//! seen within the window, so a brief dip does not kill workers that are needed a minute
+//! later ([`stabilized`], [`Stabilizer`]). Scaling up is immediate.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+/// Which bound a decision was clamped to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Bound {
+    Min,
+    Max,
+}
+
+/// `proposed` within `[min, max]`, and which bound applied if any. Should `min` exceed `max`
+/// (the resource's validation forbids it), `min` wins: never fewer workers than asked for.
+pub fn clamp(proposed: u32, min: u32, max: u32) -> (u32, Option<Bound>) {
+    if proposed < min {
+        (min, Some(Bound::Min))
+    } else if proposed > max.max(min) {
+        (max.max(min), Some(Bound::Max))
+    } else {
+        (proposed, None)
+    }
+}
+
+/// The replica count to apply at `now_ms`, given the recommendations so far (time in
+/// milliseconds, replicas; any order) and the scale-down window: the highest recommendation
+/// made within the window up to and including now. With no recommendation in the window,
+/// `None`.
+pub fn stabilized(recommendations: &[(u64, u32)], now_ms: u64, window: Duration) -> Option<u32> {
+    let since = now_ms.saturating_sub(window.as_millis() as u64);
+    recommendations
+        .iter()
+        .filter(|(at, _)| *at >= since && *at <= now_ms)
+        .map(|(_, replicas)| *replicas)
+        .max()
+}
+
+/// Keeps the recommendations of one app for [`stabilized`], dropping those out of the window.
+#[derive(Clone, Debug)]
+pub struct Stabilizer {
+    window: Duration,
+    recent: VecDeque<(u64, u32)>,
+}
+
+impl Stabilizer {
+    pub fn new(window: Duration) -> Self {
+        Self { window, recent: VecDeque::new() }
+    }
+
+    /// Records `recommendation` at `now_ms` and returns the replica count to apply.
+    pub fn apply(&mut self, now_ms: u64, recommendation: u32) -> u32 {
+        let since = now_ms.saturating_sub(self.window.as_millis() as u64);
+        while self.recent.front().is_some_and(|(at, _)| *at < since) {
+            self.recent.pop_front();
+        }
+        self.recent.push_back((now_ms, recommendation));
+        let (front, back) = self.recent.as_slices();
+        stabilized(front, now_ms, self.window)
+            .into_iter()
+            .chain(stabilized(back, now_ms, self.window))
+            .max()
+            .unwrap_or(recommendation)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rstest::rstest;
+
+    #[rstest]
+    #[case(5, 1, 10, 5, None)]
+    #[case(0, 1, 10, 1, Some(Bound::Min))]
+    #[case(4_000_000_000, 1, 10, 10, Some(Bound::Max))]
+    #[case(3, 4, 4, 4, Some(Bound::Min))]
+    #[case(9, 4, 4, 4, Some(Bound::Max))]
+    #[case(0, 0, 3, 0, None)]
+    #[case(7, 5, 2, 5, Some(Bound::Max))]
+    fn clamps_to_bounds(
+        #[case] proposed: u32,
+        #[case] min: u32,
+        #[case] max: u32,
+        #[case] applied: u32,
+        #[case] bound: Option<Bound>,
+    ) {
+        assert_eq!(clamp(proposed, min, max), (applied, bound));
+    }
+
+    #[test]
+    fn scale_down_waits_for_the_window_and_scale_up_does_not() {
+        let window = Duration::from_secs(60);
+        let mut s = Stabilizer::new(window);
+        assert_eq!(s.apply(0, 8), 8);
+        assert_eq!(s.apply(30_000, 2), 8, "a dip within the window is ignored");
+        assert_eq!(s.apply(45_000, 12), 12, "scale up at once");
+        assert_eq!(s.apply(90_000, 3), 12);
+        assert_eq!(s.apply(106_000, 3), 3, "12 left the window at 105 s");
+    }
+
+    #[test]
+    fn zero_window_follows_the_policy() {
+        let mut s = Stabilizer::new(Duration::ZERO);
+        assert_eq!(s.apply(0, 8), 8);
+        assert_eq!(s.apply(1, 2), 2);
+    }
+
+    #[test]
+    fn stabilized_ignores_the_future_and_the_past() {
+        let recs = [(0, 9), (50_000, 4), (200_000, 20)];
+        assert_eq!(stabilized(&recs, 100_000, Duration::from_secs(60)), Some(4));
+        assert_eq!(stabilized(&recs, 300_000, Duration::from_secs(60)), None);
+    }
+}

@@ -1,0 +1,318 @@
+//! Policies that are core modules speaking the JSON ABI of `wit/CORE-ABI.md` (version 1).
+//!
+//! At load the module's imports and exports are checked by name and type, and one probe
+//! instance reads `celery_policy_abi_version`. Each call then gets a fresh `Store` and
+//! instance: `_initialize` (for WASI reactors such as Go's c-shared output), `alloc`, the
+//! input copied in, the call, and the answer copied out within the output limit. WASI
+//! preview 1 is linked with the empty context of `sandbox`.
+
+use std::collections::BTreeMap;
+
+use wasmtime::{Caller, Extern, ExternType, InstancePre, Linker, Memory, Module, Store, ValType};
+use wasmtime_wasi::p1::WasiP1Ctx;
+
+use super::engine::PolicyEngine;
+use super::runner::CallLimits;
+use super::sandbox::{self, GuestOutput, Limiter, LogLevel};
+use super::{CORE_ABI_VERSION, Decision, PolicyError, PolicyInput, truncate};
+
+const HOST_MODULE: &str = "celery_policy";
+const WASI_MODULE: &str = "wasi_snapshot_preview1";
+const MEMORY: &str = "memory";
+const ABI_VERSION: &str = "celery_policy_abi_version";
+const ALLOC: &str = "celery_policy_alloc";
+const DECIDE: &str = "celery_policy_decide";
+const VALIDATE: &str = "celery_policy_validate_settings";
+
+/// Per-call state of a core module's store.
+pub struct CoreState {
+    wasi: WasiP1Ctx,
+    limiter: Limiter,
+    output: GuestOutput,
+}
+
+/// A loaded, linked core-module policy.
+pub struct CorePolicy {
+    pre: InstancePre<CoreState>,
+}
+
+impl CorePolicy {
+    /// Checks the module against the ABI, links it, and checks its ABI version.
+    pub fn new(
+        engine: &PolicyEngine,
+        policy: &str,
+        module: &Module,
+        limits: &CallLimits,
+    ) -> Result<Self, PolicyError> {
+        check_imports(policy, module)?;
+        check_exports(policy, module)?;
+        let mut linker = Linker::<CoreState>::new(engine.engine());
+        wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |state| &mut state.wasi)
+            .map_err(|e| PolicyError::Engine(format!("linking WASI: {e:#}")))?;
+        linker
+            .func_wrap(HOST_MODULE, "log", host_log)
+            .map_err(|e| PolicyError::Engine(format!("linking {HOST_MODULE}.log: {e:#}")))?;
+        let pre = linker.instantiate_pre(module).map_err(|e| PolicyError::Invalid {
+            policy: policy.to_string(),
+            detail: format!("{e:#}"),
+        })?;
+        let this = Self { pre };
+        let now = jiff::Timestamp::now().as_millisecond().max(0) as u64;
+        let version = this.call(engine, policy, limits, now, |store, instance| abi_version(store, instance))??;
+        if version != CORE_ABI_VERSION {
+            return Err(PolicyError::IncompatibleVersion {
+                policy: policy.to_string(),
+                found: format!("core ABI version {version}"),
+                supported: format!("core ABI version {CORE_ABI_VERSION}"),
+            });
+        }
+        Ok(this)
+    }
+
+    /// One decision in a fresh instance.
+    pub fn decide(
+        &self,
+        engine: &PolicyEngine,
+        policy: &str,
+        limits: &CallLimits,
+        input: &PolicyInput,
+    ) -> Result<Decision, PolicyError> {
+        let json = serde_json::to_vec(input).map_err(|e| PolicyError::Engine(format!("encoding the input: {e}")))?;
+        let answer = self.exchange(engine, policy, limits, input.current.timestamp_ms, DECIDE, &json)?;
+        parse_decision(policy, &answer)
+    }
+
+    /// Asks the policy whether `settings` are acceptable.
+    pub fn validate_settings(
+        &self,
+        engine: &PolicyEngine,
+        policy: &str,
+        limits: &CallLimits,
+        settings: &BTreeMap<String, String>,
+    ) -> Result<(), PolicyError> {
+        let json =
+            serde_json::to_vec(settings).map_err(|e| PolicyError::Engine(format!("encoding settings: {e}")))?;
+        let now = jiff::Timestamp::now().as_millisecond().max(0) as u64;
+        let answer = self.exchange(engine, policy, limits, now, VALIDATE, &json)?;
+        let value = answer_json(policy, &answer)?;
+        if let Some(error) = value.get("error") {
+            return Err(PolicyError::InvalidSettings { policy: policy.to_string(), message: text_of(error) });
+        }
+        match value.get("ok") {
+            Some(serde_json::Value::Bool(true)) => Ok(()),
+            _ => Err(PolicyError::InvalidAnswer {
+                policy: policy.to_string(),
+                detail: format!(
+                    "expected {{\"ok\": true}} or {{\"error\": \"…\"}} from {VALIDATE}, got {}",
+                    truncate(&value.to_string(), 200)
+                ),
+            }),
+        }
+    }
+
+    /// Copies `json` into a fresh instance, calls `export` with it and copies the answer out.
+    fn exchange(
+        &self,
+        engine: &PolicyEngine,
+        policy: &str,
+        limits: &CallLimits,
+        sample_ms: u64,
+        export: &str,
+        json: &[u8],
+    ) -> Result<Vec<u8>, PolicyError> {
+        let output_limit = limits.output_bytes;
+        self.call(engine, policy, limits, sample_ms, |store, instance| {
+            let invalid = |detail: String| Ok(Err(PolicyError::InvalidAnswer { policy: policy.to_string(), detail }));
+            let Some(memory) = instance.get_memory(&mut *store, MEMORY) else {
+                return invalid(format!("export `{MEMORY}` is not a memory"));
+            };
+            let alloc = instance.get_typed_func::<i32, i32>(&mut *store, ALLOC)?;
+            let call = instance.get_typed_func::<(i32, i32), i64>(&mut *store, export)?;
+            let Ok(len) = i32::try_from(json.len()) else {
+                return Ok(Err(PolicyError::Engine(format!("input of {} bytes is too large", json.len()))));
+            };
+            let ptr = alloc.call(&mut *store, len)?;
+            if memory.write(&mut *store, ptr as u32 as usize, json).is_err() {
+                return invalid(format!("{ALLOC}({len}) returned {ptr}, which is outside the module's memory"));
+            }
+            let packed = call.call(&mut *store, (ptr, len))? as u64;
+            let (out_ptr, out_len) = ((packed >> 32) as usize, (packed & 0xffff_ffff) as usize);
+            if out_len > output_limit {
+                return Ok(Err(PolicyError::AnswerTooLarge {
+                    policy: policy.to_string(),
+                    size: out_len as u64,
+                    limit: output_limit as u64,
+                }));
+            }
+            read(store, memory, out_ptr, out_len).map_or_else(
+                || invalid(format!("{export} returned {out_len} bytes at {out_ptr}, outside the module's memory")),
+                |bytes| Ok(Ok(bytes)),
+            )
+        })?
+    }
+
+    /// Runs `body` against a fresh, initialized instance under the call's limits.
+    fn call<R>(
+        &self,
+        engine: &PolicyEngine,
+        policy: &str,
+        limits: &CallLimits,
+        sample_ms: u64,
+        body: impl FnOnce(&mut Store<CoreState>, &wasmtime::Instance) -> wasmtime::Result<R>,
+    ) -> Result<R, PolicyError> {
+        let output = GuestOutput::default();
+        let state = CoreState {
+            wasi: sandbox::empty_wasi(sample_ms, &output).build_p1(),
+            limiter: Limiter::new(limits.memory_bytes),
+            output: output.clone(),
+        };
+        let mut store = Store::new(engine.engine(), state);
+        store.limiter(|state| &mut state.limiter);
+        store.set_epoch_deadline(engine.deadline_ticks(limits.timeout));
+        store.epoch_deadline_trap();
+        let result = self.pre.instantiate(&mut store).and_then(|instance| {
+            if let Ok(init) = instance.get_typed_func::<(), ()>(&mut store, "_initialize") {
+                init.call(&mut store, ())?;
+            }
+            body(&mut store, &instance)
+        });
+        output.emit(policy);
+        result.map_err(|error| {
+            sandbox::classify(
+                policy,
+                error,
+                store.data().limiter.refused(),
+                limits.memory_bytes,
+                limits.timeout,
+                &output,
+            )
+        })
+    }
+}
+
+/// `celery_policy.log(level, ptr, len)`: a bad pointer is reported, never trusted.
+fn host_log(mut caller: Caller<'_, CoreState>, level: i32, ptr: i32, len: i32) {
+    let Some(Extern::Memory(memory)) = caller.get_export(MEMORY) else {
+        return;
+    };
+    let len = (len as u32 as usize).min(sandbox::LOG_LINE_MAX);
+    let mut buffer = vec![0; len];
+    let output = caller.data().output.clone();
+    match memory.read(&caller, ptr as u32 as usize, &mut buffer) {
+        Ok(()) => output.log(LogLevel::from_abi(level), &String::from_utf8_lossy(&buffer)),
+        Err(_) => output.log(LogLevel::Warn, "log called with a pointer outside memory"),
+    }
+}
+
+fn read(store: &mut Store<CoreState>, memory: Memory, ptr: usize, len: usize) -> Option<Vec<u8>> {
+    let mut buffer = vec![0; len];
+    memory.read(&*store, ptr, &mut buffer).ok()?;
+    Some(buffer)
+}
+
+fn abi_version(store: &mut Store<CoreState>, instance: &wasmtime::Instance) -> wasmtime::Result<Result<i32, PolicyError>> {
+    if let Some(global) = instance.get_global(&mut *store, ABI_VERSION) {
+        return Ok(Ok(global.get(&mut *store).i32().unwrap_or(-1)));
+    }
+    let func = instance.get_typed_func::<(), i32>(&mut *store, ABI_VERSION)?;
+    Ok(Ok(func.call(&mut *store, ())?))
+}
+
+fn check_imports(policy: &str, module: &Module) -> Result<(), PolicyError> {
+    for import in module.imports() {
+        let allowed = match (import.module(), import.name()) {
+            (WASI_MODULE, _) => true,
+            (HOST_MODULE, "log") => is_func(&import.ty(), &[ValType::I32, ValType::I32, ValType::I32], &[]),
+            _ => false,
+        };
+        if !allowed {
+            return Err(PolicyError::ForbiddenImport {
+                policy: policy.to_string(),
+                import: format!("{}.{}", import.module(), import.name()),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn check_exports(policy: &str, module: &Module) -> Result<(), PolicyError> {
+    let find = |name: &str| module.exports().find(|e| e.name() == name).map(|e| e.ty());
+    let missing = |export: &str| PolicyError::MissingExport { policy: policy.to_string(), export: export.to_string() };
+    let wrong = |export: &str, expected: &str| PolicyError::WrongExportType {
+        policy: policy.to_string(),
+        export: export.to_string(),
+        expected: expected.to_string(),
+    };
+    match find(MEMORY).ok_or_else(|| missing(MEMORY))? {
+        ExternType::Memory(_) => {}
+        _ => return Err(wrong(MEMORY, "a memory")),
+    }
+    match find(ABI_VERSION).ok_or_else(|| missing(ABI_VERSION))? {
+        ExternType::Global(g) if g.content().is_i32() => {}
+        ty if is_func(&ty, &[], &[ValType::I32]) => {}
+        _ => return Err(wrong(ABI_VERSION, "a global i32 or a function () -> i32")),
+    }
+    let alloc = find(ALLOC).ok_or_else(|| missing(ALLOC))?;
+    if !is_func(&alloc, &[ValType::I32], &[ValType::I32]) {
+        return Err(wrong(ALLOC, "(i32) -> i32"));
+    }
+    for export in [DECIDE, VALIDATE] {
+        let ty = find(export).ok_or_else(|| missing(export))?;
+        if !is_func(&ty, &[ValType::I32, ValType::I32], &[ValType::I64]) {
+            return Err(wrong(export, "(i32, i32) -> i64"));
+        }
+    }
+    Ok(())
+}
+
+fn is_func(ty: &ExternType, params: &[ValType], results: &[ValType]) -> bool {
+    let ExternType::Func(func) = ty else {
+        return false;
+    };
+    let same = |a: &ValType, b: &ValType| ValType::eq(a, b);
+    func.params().len() == params.len()
+        && func.results().len() == results.len()
+        && func.params().zip(params).all(|(a, b)| same(&a, b))
+        && func.results().zip(results).all(|(a, b)| same(&a, b))
+}
+
+fn answer_json(policy: &str, bytes: &[u8]) -> Result<serde_json::Value, PolicyError> {
+    serde_json::from_slice(bytes).map_err(|e| PolicyError::InvalidAnswer {
+        policy: policy.to_string(),
+        detail: format!("not JSON ({e}): {}", truncate(&String::from_utf8_lossy(bytes), 200)),
+    })
+}
+
+fn text_of(value: &serde_json::Value) -> String {
+    match value {
+        serde_json::Value::String(text) => truncate(text, sandbox::LOG_LINE_MAX),
+        other => truncate(&other.to_string(), sandbox::LOG_LINE_MAX),
+    }
+}
+
+/// The answer of `celery_policy_decide`: a decision, or `{"error": …}`.
+pub fn parse_decision(policy: &str, bytes: &[u8]) -> Result<Decision, PolicyError> {
+    let value = answer_json(policy, bytes)?;
+    if let Some(error) = value.get("error") {
+        return Err(PolicyError::Rejected { policy: policy.to_string(), message: text_of(error) });
+    }
+    serde_json::from_value(value).map_err(|e| PolicyError::InvalidAnswer {
+        policy: policy.to_string(),
+        detail: format!("expected {{\"replicas\": <0 to 4294967295>, \"reason\": \"…\"}}: {e}"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_are_parsed_strictly() {
+        let ok = parse_decision("p", br#"{"replicas": 3, "reason": "because"}"#).expect("valid");
+        assert_eq!(ok, Decision { replicas: 3, reason: "because".into() });
+        assert!(matches!(parse_decision("p", br#"{"error": "no metrics"}"#), Err(PolicyError::Rejected { message, .. }) if message == "no metrics"));
+        assert!(matches!(parse_decision("p", br#"{"replicas": -1, "reason": ""}"#), Err(PolicyError::InvalidAnswer { .. })));
+        assert!(matches!(parse_decision("p", br#"{"replicas": 99999999999, "reason": ""}"#), Err(PolicyError::InvalidAnswer { .. })));
+        assert!(matches!(parse_decision("p", b"\xff\x00"), Err(PolicyError::InvalidAnswer { .. })));
+    }
+}

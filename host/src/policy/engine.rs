@@ -1,0 +1,124 @@
+//! The one wasmtime `Engine` of the process and the limits every guest runs under.
+//!
+//! Time is bounded by epoch interruption: a ticker thread advances the engine's epoch every
+//! [`EngineSettings::tick`], and each store gets a deadline in ticks. Memory is bounded twice:
+//! the pooling allocator's slots cannot exceed the operator-wide maximum, and each store's
+//! limiter (see `sandbox`) enforces the per-call cap below it. Fuel is not used: epochs cost
+//! far less and a deadline is what we need.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+use super::PolicyError;
+
+/// Operator-wide limits of the policy runtime.
+#[derive(Clone, Debug)]
+pub struct EngineSettings {
+    /// The most memory any one call may be given, whatever a resource asks for.
+    pub max_memory_bytes: u64,
+    /// Epoch tick: the granularity of time limits.
+    pub tick: Duration,
+    /// Instances the pooling allocator keeps slots for (bounded calls in flight use them).
+    pub pool_instances: u32,
+}
+
+impl Default for EngineSettings {
+    fn default() -> Self {
+        Self { max_memory_bytes: 256 << 20, tick: Duration::from_millis(5), pool_instances: 64 }
+    }
+}
+
+/// A cheap handle on the process's engine.
+#[derive(Clone)]
+pub struct PolicyEngine {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    engine: Engine,
+    settings: EngineSettings,
+    pooling: bool,
+}
+
+impl PolicyEngine {
+    /// Builds the engine and starts its epoch ticker. The ticker stops when the last handle
+    /// is dropped.
+    pub fn new(settings: EngineSettings) -> Result<Self, PolicyError> {
+        let (engine, pooling) = match Engine::new(&config(&settings, true)) {
+            Ok(engine) => (engine, true),
+            Err(error) => {
+                // NB: the pool reserves address space up front; where that is refused (a low
+                // `ulimit -v`, some sandboxes) on-demand allocation still works, only slower.
+                tracing::warn!(%error, "pooling allocator unavailable; allocating instances on demand");
+                let engine = Engine::new(&config(&settings, false))
+                    .map_err(|e| PolicyError::Engine(format!("cannot build the wasm engine: {e:#}")))?;
+                (engine, false)
+            }
+        };
+        let weak = engine.weak();
+        let tick = settings.tick;
+        std::thread::Builder::new()
+            .name("policy-epoch".into())
+            .spawn(move || {
+                while let Some(engine) = weak.upgrade() {
+                    engine.increment_epoch();
+                    drop(engine);
+                    std::thread::sleep(tick);
+                }
+            })
+            .map_err(|e| PolicyError::Engine(format!("cannot start the epoch ticker: {e}")))?;
+        Ok(Self { inner: Arc::new(Inner { engine, settings, pooling }) })
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.inner.engine
+    }
+
+    pub fn settings(&self) -> &EngineSettings {
+        &self.inner.settings
+    }
+
+    /// Whether instances come from the pooling allocator.
+    pub fn pooling(&self) -> bool {
+        self.inner.pooling
+    }
+
+    /// Epoch ticks that cover `limit`, plus one for the tick already under way.
+    pub fn deadline_ticks(&self, limit: Duration) -> u64 {
+        let tick = self.inner.settings.tick.as_nanos().max(1);
+        (limit.as_nanos().div_ceil(tick) as u64).saturating_add(1)
+    }
+}
+
+fn config(settings: &EngineSettings, pooling: bool) -> Config {
+    let mut config = Config::new();
+    config.epoch_interruption(true);
+    // Go 1.26 emits typed function references.
+    config.wasm_function_references(true);
+    config.wasm_component_model(true);
+    config.parallel_compilation(true);
+    // Deep recursion ends as a clean trap well before the host's own stack is at risk.
+    config.max_wasm_stack(1 << 20);
+    if pooling {
+        let total = settings.pool_instances.max(1);
+        let mut pool = PoolingAllocationConfig::new();
+        pool.max_memory_size(settings.max_memory_bytes as usize)
+            .total_component_instances(total)
+            // Python and JavaScript components carry dozens of core instances, several memories
+            // and tables of tens of thousands of functions.
+            .max_core_instances_per_component(64)
+            .max_memories_per_component(8)
+            .max_tables_per_component(16)
+            .total_core_instances(total * 16)
+            .total_memories(total * 4)
+            .total_tables(total * 8)
+            .table_elements(100_000)
+            .max_core_instance_size(4 << 20)
+            .max_component_instance_size(4 << 20)
+            .max_unused_warm_slots(total);
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    }
+    config
+}

@@ -1,0 +1,240 @@
+//! Bytes → a checked, compiled, linked policy ready for calls.
+//!
+//! The kind (component or core module) is read from the binary's header; WAT text is accepted
+//! too, for fixtures and authors. Anything else is `NotWasm`, which also covers precompiled
+//! native artifacts: a user can never get one deserialized (see `cache`).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+
+use super::cache::{self, ArtifactCache, Compiled, Kind, Origin};
+use super::component::ComponentPolicy;
+use super::core_module::CorePolicy;
+use super::engine::PolicyEngine;
+use super::runner::CallLimits;
+use super::{Decision, PolicyError, PolicyInput};
+
+/// How a policy talks to the host.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Interface {
+    /// A component of the `scaling-policy` world.
+    Component,
+    /// A core module speaking the JSON ABI.
+    Core,
+}
+
+impl fmt::Display for Interface {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Interface::Component => "component",
+            Interface::Core => "core",
+        })
+    }
+}
+
+/// Where a policy came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// Shipped with the operator.
+    BuiltIn(PathBuf),
+    /// Installed by a user in the watched directory.
+    User(PathBuf),
+    /// Named on the command line.
+    File(PathBuf),
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::BuiltIn(p) => write!(f, "built-in ({})", p.display()),
+            Source::User(p) => write!(f, "user ({})", p.display()),
+            Source::File(p) => write!(f, "file ({})", p.display()),
+        }
+    }
+}
+
+/// What loading cost.
+#[derive(Clone, Copy, Debug)]
+pub struct LoadStats {
+    /// Compiled now, or deserialized from the cache.
+    pub from_cache: bool,
+    /// Time to compile or to deserialize.
+    pub artifact: Duration,
+    /// Time for everything: digest, artifact, checks, linking and the probe instance.
+    pub total: Duration,
+}
+
+enum Runnable {
+    Component(ComponentPolicy),
+    Core(CorePolicy),
+}
+
+/// A policy ready for calls. Cheap to share behind an `Arc`; every call gets its own store.
+pub struct LoadedPolicy {
+    name: String,
+    digest: String,
+    interface: Interface,
+    source: Source,
+    language: Option<String>,
+    stats: LoadStats,
+    engine: PolicyEngine,
+    runnable: Runnable,
+}
+
+impl fmt::Debug for LoadedPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LoadedPolicy")
+            .field("name", &self.name)
+            .field("digest", &self.digest)
+            .field("interface", &self.interface)
+            .field("source", &self.source)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The hex sha256 of a module's bytes: what `name@sha256:<hex>` pins.
+pub fn digest(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// Reads the kind from a binary header or the first form of WAT text.
+fn kind_of(bytes: &[u8]) -> Option<Kind> {
+    if let Some(header) = bytes.strip_prefix(b"\0asm") {
+        // Core modules are version 1 (layer 0); components have layer 1 in bytes 6..8.
+        return Some(if header.get(2..4) == Some(&[1, 0]) { Kind::Component } else { Kind::Module });
+    }
+    let text = std::str::from_utf8(bytes).ok()?;
+    let code = text
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !line.starts_with(";;"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    if code.starts_with("(component") {
+        Some(Kind::Component)
+    } else if code.starts_with("(module") {
+        Some(Kind::Module)
+    } else {
+        None
+    }
+}
+
+impl LoadedPolicy {
+    /// Loads `bytes` as the policy `name`, through `cache` when given.
+    pub fn load(
+        engine: &PolicyEngine,
+        cache: Option<&ArtifactCache>,
+        name: &str,
+        bytes: &[u8],
+        source: Source,
+        language: Option<String>,
+    ) -> Result<Self, PolicyError> {
+        let start = Instant::now();
+        let kind = kind_of(bytes).ok_or_else(|| PolicyError::NotWasm { policy: name.to_string() })?;
+        let invalid = |e: wasmtime::Error| PolicyError::Invalid { policy: name.to_string(), detail: format!("{e:#}") };
+        let (compiled, origin, artifact) = match cache {
+            Some(cache) => cache.load_or_compile(engine.engine(), kind, bytes).map_err(invalid)?,
+            None => {
+                let start = Instant::now();
+                let compiled = cache::compile(engine.engine(), kind, bytes).map_err(invalid)?;
+                (compiled, Origin::Compiled, start.elapsed())
+            }
+        };
+        let probe_limits = CallLimits::default().within(engine);
+        let (runnable, interface) = match compiled {
+            Compiled::Component(c) => (Runnable::Component(ComponentPolicy::new(engine, name, &c)?), Interface::Component),
+            Compiled::Module(m) => (Runnable::Core(CorePolicy::new(engine, name, &m, &probe_limits)?), Interface::Core),
+        };
+        Ok(Self {
+            name: name.to_string(),
+            digest: digest(bytes),
+            interface,
+            source,
+            language,
+            stats: LoadStats { from_cache: origin == Origin::Cache, artifact, total: start.elapsed() },
+            engine: engine.clone(),
+            runnable,
+        })
+    }
+
+    /// Loads a file; the policy is named after the file without its extension.
+    pub fn load_file(
+        engine: &PolicyEngine,
+        cache: Option<&ArtifactCache>,
+        path: &Path,
+        source: Source,
+        language: Option<String>,
+    ) -> Result<Self, PolicyError> {
+        let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        let bytes = std::fs::read(path).map_err(|source| PolicyError::Io {
+            policy: name.clone(),
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::load(engine, cache, &name, &bytes, source, language)
+    }
+
+    /// One decision in a fresh instance, on the calling thread. Not clamped: see `runner`.
+    pub fn decide(&self, limits: &CallLimits, input: &PolicyInput) -> Result<Decision, PolicyError> {
+        let limits = limits.within(&self.engine);
+        match &self.runnable {
+            Runnable::Component(c) => c.decide(&self.engine, &self.name, &limits, input),
+            Runnable::Core(c) => c.decide(&self.engine, &self.name, &limits, input),
+        }
+    }
+
+    /// Asks the policy whether `settings` are acceptable, on the calling thread.
+    pub fn validate_settings(&self, limits: &CallLimits, settings: &BTreeMap<String, String>) -> Result<(), PolicyError> {
+        let limits = limits.within(&self.engine);
+        match &self.runnable {
+            Runnable::Component(c) => c.validate_settings(&self.engine, &self.name, &limits, settings),
+            Runnable::Core(c) => c.validate_settings(&self.engine, &self.name, &limits, settings),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Hex sha256 of the module's bytes.
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+
+    pub fn interface(&self) -> Interface {
+        self.interface
+    }
+
+    pub fn source(&self) -> &Source {
+        &self.source
+    }
+
+    /// The source language, where the module's metadata says.
+    pub fn language(&self) -> Option<&str> {
+        self.language.as_deref()
+    }
+
+    pub fn stats(&self) -> LoadStats {
+        self.stats
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_are_read_from_headers_and_text() {
+        assert_eq!(kind_of(b"\0asm\x01\0\0\0"), Some(Kind::Module));
+        assert_eq!(kind_of(b"\0asm\x0d\0\x01\0"), Some(Kind::Component));
+        assert_eq!(kind_of(b";; a comment\n(module)"), Some(Kind::Module));
+        assert_eq!(kind_of(b"(component)"), Some(Kind::Component));
+        assert_eq!(kind_of(b"\x7fELF\x02\x01"), None);
+        assert_eq!(kind_of(b"hello"), None);
+    }
+}

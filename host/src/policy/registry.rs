@@ -1,0 +1,333 @@
+//! Policy names → loaded policies: the built-ins, plus user modules in a watched directory.
+//!
+//! A module is a `NAME.wasm` file; an optional `NAME.json` beside it tells its language.
+//! The user directory is usually a mounted ConfigMap, which Kubernetes updates by swapping a
+//! `..data` symlink rather than writing files, so changes are found by polling: every
+//! [`Registry::refresh`] compares each file's resolved path, size and mtime, and only a change
+//! costs a read, a digest and (for new bytes) a compile. A module that fails to load keeps the
+//! last good version of its name, and the failure is listed until it is fixed. Every version
+//! loaded stays reachable by digest, so `name@sha256:<hex>` keeps working across an update.
+//! Built-in names cannot be taken over by user modules.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{Duration, SystemTime};
+
+use super::cache::ArtifactCache;
+use super::engine::PolicyEngine;
+use super::loader::{Interface, LoadedPolicy, Source, digest};
+use super::PolicyError;
+
+/// Where the registry looks.
+#[derive(Clone, Debug, Default)]
+pub struct RegistrySettings {
+    /// Directory of the built-in policies.
+    pub builtin_dir: Option<PathBuf>,
+    /// Watched directory of user policies.
+    pub user_dir: Option<PathBuf>,
+    /// Directory of compiled artifacts; `None` compiles every time.
+    pub cache_dir: Option<PathBuf>,
+}
+
+/// Where the built-ins are installed in the operator's image.
+pub const INSTALLED_BUILTINS: &str = "/usr/lib/celery-operator/policies";
+/// Where `policies/build.sh` puts them in a checkout.
+pub const DEV_BUILTINS: &str = "target/policies";
+
+impl RegistrySettings {
+    /// The installed built-ins, else those of a development checkout, if either exists.
+    pub fn default_builtin_dir() -> Option<PathBuf> {
+        [INSTALLED_BUILTINS, DEV_BUILTINS].into_iter().map(PathBuf::from).find(|p| p.is_dir())
+    }
+
+    /// `$XDG_CACHE_HOME/celery-operator/policies`, else `~/.cache/…`, else the temp dir.
+    pub fn default_cache_dir() -> PathBuf {
+        std::env::var_os("XDG_CACHE_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+            .unwrap_or_else(std::env::temp_dir)
+            .join("celery-operator")
+            .join("policies")
+    }
+}
+
+/// One line of `celery-operator policy list`.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct PolicyInfo {
+    pub name: String,
+    pub language: Option<String>,
+    pub interface: Option<Interface>,
+    pub digest: Option<String>,
+    pub source: String,
+    /// Why the newest file of this name is not in use, if it is not.
+    pub problem: Option<String>,
+}
+
+/// A file as last seen: enough to notice a change without reading it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Fingerprint {
+    resolved: PathBuf,
+    len: u64,
+    modified: Option<SystemTime>,
+}
+
+struct Entry {
+    builtin: bool,
+    path: PathBuf,
+    current: Option<Arc<LoadedPolicy>>,
+    seen: Option<Fingerprint>,
+    seen_digest: Option<String>,
+    problem: Option<String>,
+}
+
+#[derive(Default)]
+struct State {
+    entries: BTreeMap<String, Entry>,
+    by_digest: HashMap<String, Arc<LoadedPolicy>>,
+}
+
+/// The policy registry of the operator.
+pub struct Registry {
+    engine: PolicyEngine,
+    cache: Option<ArtifactCache>,
+    settings: RegistrySettings,
+    state: RwLock<State>,
+}
+
+impl Registry {
+    /// A registry with nothing loaded yet: call [`Registry::refresh`].
+    pub fn new(engine: PolicyEngine, settings: RegistrySettings) -> Self {
+        let cache = settings.cache_dir.as_ref().and_then(|dir| match ArtifactCache::open(dir) {
+            Ok(cache) => Some(cache),
+            Err(error) => {
+                tracing::warn!(%error, "compiling policies without a cache");
+                None
+            }
+        });
+        Self { engine, cache, settings, state: RwLock::new(State::default()) }
+    }
+
+    pub fn engine(&self) -> &PolicyEngine {
+        &self.engine
+    }
+
+    pub fn cache(&self) -> Option<&ArtifactCache> {
+        self.cache.as_ref()
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, State> {
+        self.state.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, State> {
+        self.state.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Rescans both directories, loading what changed. Blocking: compiling takes time.
+    /// Returns the names whose module or problem changed.
+    pub fn refresh(&self) -> Vec<String> {
+        let mut found: Vec<(String, PathBuf, bool)> = Vec::new();
+        if let Some(dir) = &self.settings.builtin_dir {
+            found.extend(scan(dir).into_iter().map(|(name, path)| (name, path, true)));
+        }
+        if let Some(dir) = &self.settings.user_dir {
+            found.extend(scan(dir).into_iter().map(|(name, path)| (name, path, false)));
+        }
+        let mut changed = Vec::new();
+        let mut present = Vec::new();
+        for (name, path, builtin) in found {
+            if !builtin && self.read().entries.get(&name).is_some_and(|e| e.builtin) {
+                tracing::warn!(policy = %name, path = %path.display(), "a user policy cannot replace the built-in of the same name");
+                continue;
+            }
+            present.push(name.clone());
+            if self.refresh_one(&name, &path, builtin) {
+                changed.push(name);
+            }
+        }
+        let mut state = self.write();
+        let gone: Vec<String> = state.entries.keys().filter(|n| !present.contains(n)).cloned().collect();
+        for name in gone {
+            tracing::info!(policy = %name, "policy module removed");
+            state.entries.remove(&name);
+            changed.push(name);
+        }
+        changed
+    }
+
+    /// Loads `path` as `name` if it changed; true when the entry changed.
+    fn refresh_one(&self, name: &str, path: &Path, builtin: bool) -> bool {
+        let seen = fingerprint(path);
+        let previous = self.read().entries.get(name).map(|e| (e.seen.clone(), e.seen_digest.clone()));
+        if let (Some(seen), Some((Some(before), _))) = (&seen, &previous)
+            && seen == before
+        {
+            return false;
+        }
+        let bytes = match std::fs::read(path) {
+            Ok(bytes) => bytes,
+            Err(error) => {
+                return self.record_problem(name, path, builtin, seen, None, format!("cannot read {}: {error}", path.display()));
+            }
+        };
+        let new_digest = digest(&bytes);
+        if previous.as_ref().and_then(|(_, d)| d.as_deref()) == Some(new_digest.as_str()) {
+            if let Some(entry) = self.write().entries.get_mut(name) {
+                entry.seen = seen;
+            }
+            return false;
+        }
+        let source = if builtin { Source::BuiltIn(path.to_path_buf()) } else { Source::User(path.to_path_buf()) };
+        match LoadedPolicy::load(&self.engine, self.cache.as_ref(), name, &bytes, source, language_of(path)) {
+            Ok(policy) => {
+                let policy = Arc::new(policy);
+                tracing::info!(policy = %name, digest = %policy.digest(), interface = %policy.interface(), "policy loaded");
+                let mut state = self.write();
+                state.by_digest.insert(policy.digest().to_string(), Arc::clone(&policy));
+                state.entries.insert(
+                    name.to_string(),
+                    Entry {
+                        builtin,
+                        path: path.to_path_buf(),
+                        current: Some(policy),
+                        seen,
+                        seen_digest: Some(new_digest),
+                        problem: None,
+                    },
+                );
+                true
+            }
+            Err(error) => self.record_problem(name, path, builtin, seen, Some(new_digest), error.to_string()),
+        }
+    }
+
+    fn record_problem(
+        &self,
+        name: &str,
+        path: &Path,
+        builtin: bool,
+        seen: Option<Fingerprint>,
+        seen_digest: Option<String>,
+        problem: String,
+    ) -> bool {
+        tracing::warn!(policy = %name, %problem, "policy module not loaded; keeping the last good version, if any");
+        let mut state = self.write();
+        let entry = state.entries.entry(name.to_string()).or_insert_with(|| Entry {
+            builtin,
+            path: path.to_path_buf(),
+            current: None,
+            seen: None,
+            seen_digest: None,
+            problem: None,
+        });
+        entry.seen = seen;
+        entry.seen_digest = seen_digest;
+        entry.problem = Some(problem);
+        true
+    }
+
+    /// Resolves `name` or `name@sha256:<hex>`.
+    pub fn resolve(&self, reference: &str) -> Result<Arc<LoadedPolicy>, PolicyError> {
+        let (name, pin) = match reference.split_once("@sha256:") {
+            Some((name, hex)) => (name, Some(hex.to_ascii_lowercase())),
+            None => (reference, None),
+        };
+        let state = self.read();
+        let Some(entry) = state.entries.get(name) else {
+            let known: Vec<&str> = state.entries.keys().map(String::as_str).collect();
+            return Err(PolicyError::UnknownPolicy {
+                name: name.to_string(),
+                known: if known.is_empty() { "none".into() } else { known.join(", ") },
+            });
+        };
+        let Some(current) = &entry.current else {
+            return Err(PolicyError::Unavailable {
+                policy: name.to_string(),
+                problem: entry.problem.clone().unwrap_or_else(|| "never loaded".into()),
+            });
+        };
+        match pin {
+            None => Ok(Arc::clone(current)),
+            Some(wanted) if wanted == current.digest() => Ok(Arc::clone(current)),
+            Some(wanted) => state
+                .by_digest
+                .get(&wanted)
+                .filter(|p| p.name() == name)
+                .cloned()
+                .ok_or_else(|| PolicyError::DigestMismatch {
+                    name: name.to_string(),
+                    wanted,
+                    found: current.digest().to_string(),
+                }),
+        }
+    }
+
+    /// Every name the registry knows, with its state.
+    pub fn list(&self) -> Vec<PolicyInfo> {
+        self.read()
+            .entries
+            .iter()
+            .map(|(name, entry)| PolicyInfo {
+                name: name.clone(),
+                language: entry.current.as_ref().and_then(|p| p.language().map(str::to_string)),
+                interface: entry.current.as_ref().map(|p| p.interface()),
+                digest: entry.current.as_ref().map(|p| p.digest().to_string()),
+                source: if entry.builtin {
+                    format!("built-in ({})", entry.path.display())
+                } else {
+                    format!("user ({})", entry.path.display())
+                },
+                problem: entry.problem.clone(),
+            })
+            .collect()
+    }
+
+    /// Polls the directories every `interval` until the task is dropped or aborted.
+    pub fn spawn_watch(self: Arc<Self>, interval: Duration) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(interval);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticker.tick().await;
+                let registry = Arc::clone(&self);
+                if let Err(error) = tokio::task::spawn_blocking(move || registry.refresh()).await {
+                    tracing::error!(%error, "policy directory scan failed");
+                }
+            }
+        })
+    }
+}
+
+/// `NAME.wasm` files of `dir`, following symlinks (ConfigMap keys are symlinks), skipping the
+/// hidden `..data` machinery.
+fn scan(dir: &Path) -> Vec<(String, PathBuf)> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        tracing::debug!(dir = %dir.display(), "policy directory not readable");
+        return Vec::new();
+    };
+    let mut found: Vec<(String, PathBuf)> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "wasm"))
+        .filter_map(|p| {
+            let name = p.file_stem()?.to_str()?.to_string();
+            (!name.starts_with('.') && p.is_file()).then_some((name, p))
+        })
+        .collect();
+    found.sort();
+    found
+}
+
+fn fingerprint(path: &Path) -> Option<Fingerprint> {
+    let resolved = std::fs::canonicalize(path).ok()?;
+    let meta = std::fs::metadata(&resolved).ok()?;
+    Some(Fingerprint { resolved, len: meta.len(), modified: meta.modified().ok() })
+}
+
+/// The `language` of `NAME.json` beside `NAME.wasm`, if any.
+fn language_of(path: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(path.with_extension("json")).ok()?;
+    let value: serde_json::Value = serde_json::from_str(&text).ok()?;
+    value.get("language")?.as_str().map(str::to_string)
+}

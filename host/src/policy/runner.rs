@@ -1,0 +1,149 @@
+//! Bounded policy calls from async code, and the host's clamping of their answers.
+//!
+//! A guest call is CPU work of up to its time limit, so it runs on tokio's blocking pool, and
+//! a semaphore bounds how many run at once: a slow or hostile policy can occupy its permit
+//! until its epoch deadline, never the reconcile workers.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::Semaphore;
+
+use super::engine::PolicyEngine;
+use super::loader::LoadedPolicy;
+use super::{Decision, PolicyError, PolicyInput};
+use crate::autoscale::stabilize::{Bound, clamp};
+
+/// Bounds of one call.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CallLimits {
+    /// Linear memory the instance may use, summed over its memories.
+    pub memory_bytes: u64,
+    /// Wall time for instantiation and the call together.
+    pub timeout: Duration,
+    /// Largest answer accepted (the JSON of a core module, the reason of a component).
+    pub output_bytes: usize,
+}
+
+impl Default for CallLimits {
+    fn default() -> Self {
+        Self { memory_bytes: 64 << 20, timeout: Duration::from_millis(100), output_bytes: 64 << 10 }
+    }
+}
+
+impl CallLimits {
+    /// These limits with memory capped at the operator-wide maximum.
+    pub fn within(&self, engine: &PolicyEngine) -> Self {
+        Self { memory_bytes: self.memory_bytes.min(engine.settings().max_memory_bytes), ..self.clone() }
+    }
+}
+
+/// A decision after the host's bounds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Verdict {
+    /// The decision to act on: replicas within bounds; the reason says when it was clamped.
+    pub decision: Decision,
+    /// What the policy asked for.
+    pub proposed: u32,
+    /// The bound that applied, if any.
+    pub clamped: Option<Bound>,
+}
+
+impl Verdict {
+    /// Applies `[min, max]` to a policy's decision.
+    pub fn bounded(decision: Decision, min: u32, max: u32) -> Self {
+        let proposed = decision.replicas;
+        let (replicas, clamped) = clamp(proposed, min, max);
+        let reason = match clamped {
+            None => decision.reason,
+            Some(Bound::Min) => format!("{} (policy asked for {proposed}, raised to minReplicas {replicas})", decision.reason),
+            Some(Bound::Max) => format!("{} (policy asked for {proposed}, capped at maxReplicas {replicas})", decision.reason),
+        };
+        Self { decision: Decision { replicas, reason }, proposed, clamped }
+    }
+}
+
+/// Runs policy calls off the async runtime, at most `concurrency` at a time.
+#[derive(Clone)]
+pub struct PolicyRunner {
+    permits: Arc<Semaphore>,
+    limits: CallLimits,
+}
+
+impl PolicyRunner {
+    pub fn new(concurrency: usize, limits: CallLimits) -> Self {
+        Self { permits: Arc::new(Semaphore::new(concurrency.max(1))), limits }
+    }
+
+    /// The default limits of calls made through this runner.
+    pub fn limits(&self) -> &CallLimits {
+        &self.limits
+    }
+
+    /// One decision, bounded by the resource's min and max. `limits` overrides the runner's
+    /// defaults (a resource's memory setting, say), capped by the engine.
+    pub async fn decide(
+        &self,
+        policy: Arc<LoadedPolicy>,
+        input: PolicyInput,
+        limits: Option<CallLimits>,
+    ) -> Result<(Verdict, Duration), PolicyError> {
+        let (min, max) = (input.min_replicas, input.max_replicas);
+        let limits = limits.unwrap_or_else(|| self.limits.clone());
+        let (decision, elapsed) = self
+            .blocking(&policy, move |p| {
+                let start = Instant::now();
+                p.decide(&limits, &input).map(|d| (d, start.elapsed()))
+            })
+            .await?;
+        Ok((Verdict::bounded(decision, min, max), elapsed))
+    }
+
+    /// Checks settings when a resource selects a policy.
+    pub async fn validate_settings(
+        &self,
+        policy: Arc<LoadedPolicy>,
+        settings: BTreeMap<String, String>,
+    ) -> Result<(), PolicyError> {
+        let limits = self.limits.clone();
+        self.blocking(&policy, move |p| p.validate_settings(&limits, &settings)).await
+    }
+
+    async fn blocking<R: Send + 'static>(
+        &self,
+        policy: &Arc<LoadedPolicy>,
+        call: impl FnOnce(&LoadedPolicy) -> Result<R, PolicyError> + Send + 'static,
+    ) -> Result<R, PolicyError> {
+        let name = policy.name().to_string();
+        let permit = Arc::clone(&self.permits)
+            .acquire_owned()
+            .await
+            .map_err(|_| PolicyError::Host { policy: name.clone(), detail: "the policy runner is closed".into() })?;
+        let policy = Arc::clone(policy);
+        let joined = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            call(&policy)
+        })
+        .await;
+        joined.map_err(|e| PolicyError::Host { policy: name, detail: format!("the call panicked or was cancelled: {e}") })?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verdict_reports_clamping() {
+        let d = |replicas| Decision { replicas, reason: "r".into() };
+        let v = Verdict::bounded(d(4_000_000_000), 1, 10);
+        assert_eq!((v.decision.replicas, v.proposed, v.clamped), (10, 4_000_000_000, Some(Bound::Max)));
+        assert!(v.decision.reason.contains("capped at maxReplicas 10"));
+        let v = Verdict::bounded(d(0), 2, 10);
+        assert_eq!((v.decision.replicas, v.clamped), (2, Some(Bound::Min)));
+        let v = Verdict::bounded(d(5), 2, 10);
+        assert_eq!(v.decision, d(5));
+        assert_eq!(v.clamped, None);
+    }
+}

@@ -1,0 +1,346 @@
+//! What a guest may touch, and how its failures are named.
+//!
+//! - [`Limiter`]: the per-call memory cap, across every memory and table of an instance, which
+//!   remembers that it refused growth so a trap that follows is reported as a memory limit.
+//! - [`empty_wasi`]: WASI with nothing in it: no preopened directories, environment, arguments
+//!   or network; clocks frozen at the sample's time; random bytes from a fixed sequence; stdout
+//!   and stderr captured into a bounded [`GuestOutput`].
+//! - [`classify`]: a wasmtime error from a guest call → the [`PolicyError`] a user can act on.
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use wasmtime::{ResourceLimiter, Trap};
+use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
+use wasmtime_wasi::{Deterministic, HostMonotonicClock, HostWallClock, I32Exit, WasiCtxBuilder};
+
+use super::{PolicyError, truncate};
+
+/// Longest log line kept from a guest.
+pub const LOG_LINE_MAX: usize = 1024;
+/// Most bytes of stdout, stderr and log lines kept from one call.
+pub const OUTPUT_MAX: usize = 16 * 1024;
+/// Table elements one instance may grow to.
+const TABLE_ELEMENTS_MAX: usize = 200_000;
+
+/// Caps the linear memory of one store, summed over all its memories.
+pub struct Limiter {
+    limit: usize,
+    used: usize,
+    refused: bool,
+}
+
+impl Limiter {
+    pub fn new(limit: u64) -> Self {
+        Self { limit: usize::try_from(limit).unwrap_or(usize::MAX), used: 0, refused: false }
+    }
+
+    /// Whether the guest asked for more memory than allowed.
+    pub fn refused(&self) -> bool {
+        self.refused
+    }
+}
+
+impl ResourceLimiter for Limiter {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let total = self.used.saturating_add(desired.saturating_sub(current));
+        if total > self.limit {
+            self.refused = true;
+            return Ok(false);
+        }
+        self.used = total;
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= TABLE_ELEMENTS_MAX)
+    }
+}
+
+/// Severity of a guest's log line, as in the WIT `level` enum and the core ABI's numbers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogLevel {
+    Debug,
+    Info,
+    Warn,
+    Error,
+}
+
+impl LogLevel {
+    /// The core ABI's number; anything unknown counts as info.
+    pub fn from_abi(level: i32) -> Self {
+        match level {
+            0 => LogLevel::Debug,
+            2 => LogLevel::Warn,
+            3 => LogLevel::Error,
+            _ => LogLevel::Info,
+        }
+    }
+}
+
+/// What a guest wrote during one call: log lines, stdout and stderr, bounded.
+#[derive(Clone, Default)]
+pub struct GuestOutput(Arc<Mutex<OutputState>>);
+
+#[derive(Default)]
+struct OutputState {
+    kept: usize,
+    dropped: usize,
+    lines: Vec<(LogLevel, String)>,
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+}
+
+impl GuestOutput {
+    fn state(&self) -> MutexGuard<'_, OutputState> {
+        // A poisoned lock only means another writer panicked; the bytes are still usable.
+        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Records a log line from the guest.
+    pub fn log(&self, level: LogLevel, message: &str) {
+        let line = truncate(message, LOG_LINE_MAX);
+        let mut state = self.state();
+        if state.kept + line.len() > OUTPUT_MAX {
+            state.dropped += line.len();
+            return;
+        }
+        state.kept += line.len();
+        state.lines.push((level, line));
+    }
+
+    fn write(&self, stderr: bool, bytes: &[u8]) {
+        let mut state = self.state();
+        let room = OUTPUT_MAX.saturating_sub(state.kept);
+        let take = bytes.len().min(room);
+        state.kept += take;
+        state.dropped += bytes.len() - take;
+        let buffer = if stderr { &mut state.stderr } else { &mut state.stdout };
+        buffer.extend_from_slice(&bytes[..take]);
+    }
+
+    /// The guest's last words: its last error line, else the last line of stderr (where a
+    /// Rust or Go panic message lands), else its last log line.
+    pub fn last_words(&self) -> Option<String> {
+        let state = self.state();
+        let stderr = String::from_utf8_lossy(&state.stderr);
+        state
+            .lines
+            .iter()
+            .rev()
+            .find(|(level, _)| *level == LogLevel::Error)
+            .map(|(_, line)| line.clone())
+            .or_else(|| {
+                stderr.lines().rev().find(|l| !l.trim().is_empty()).map(|l| truncate(l.trim(), LOG_LINE_MAX))
+            })
+            .or_else(|| state.lines.last().map(|(_, line)| line.clone()))
+    }
+
+    /// The guest's log lines so far.
+    pub fn lines(&self) -> Vec<(LogLevel, String)> {
+        self.state().lines.clone()
+    }
+
+    /// Sends everything captured to the operator's log, tagged with the policy.
+    pub fn emit(&self, policy: &str) {
+        let state = self.state();
+        for (level, line) in &state.lines {
+            match level {
+                LogLevel::Debug => tracing::debug!(policy, "{line}"),
+                LogLevel::Info => tracing::info!(policy, "{line}"),
+                LogLevel::Warn => tracing::warn!(policy, "{line}"),
+                LogLevel::Error => tracing::error!(policy, "{line}"),
+            }
+        }
+        for line in String::from_utf8_lossy(&state.stdout).lines().filter(|l| !l.is_empty()) {
+            tracing::info!(policy, stream = "stdout", "{line}");
+        }
+        for line in String::from_utf8_lossy(&state.stderr).lines().filter(|l| !l.is_empty()) {
+            tracing::warn!(policy, stream = "stderr", "{line}");
+        }
+        if state.dropped > 0 {
+            tracing::warn!(policy, dropped_bytes = state.dropped, "policy output cut");
+        }
+    }
+}
+
+/// A guest's stdout or stderr, captured into its [`GuestOutput`].
+#[derive(Clone)]
+struct Captured {
+    output: GuestOutput,
+    stderr: bool,
+}
+
+impl IsTerminal for Captured {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl StdoutStream for Captured {
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
+        Box::new(self.clone())
+    }
+
+    // NB: the default adapter spawns a task on a tokio runtime per stream; writing straight
+    // into the buffer needs neither.
+    fn p2_stream(&self) -> Box<dyn OutputStream> {
+        Box::new(self.clone())
+    }
+}
+
+#[wasmtime_wasi::async_trait]
+impl Pollable for Captured {
+    async fn ready(&mut self) {}
+}
+
+impl OutputStream for Captured {
+    fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
+        self.output.write(self.stderr, &bytes);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> StreamResult<()> {
+        Ok(())
+    }
+
+    fn check_write(&mut self) -> StreamResult<usize> {
+        Ok(4096)
+    }
+}
+
+impl tokio::io::AsyncWrite for Captured {
+    fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        self.output.write(self.stderr, buf);
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// The wall clock stopped at the sample's time.
+struct FrozenWall(Duration);
+
+impl HostWallClock for FrozenWall {
+    fn resolution(&self) -> Duration {
+        Duration::from_millis(1)
+    }
+    fn now(&self) -> Duration {
+        self.0
+    }
+}
+
+/// A monotonic clock that never moves.
+struct FrozenMonotonic(u64);
+
+impl HostMonotonicClock for FrozenMonotonic {
+    fn resolution(&self) -> u64 {
+        1_000_000
+    }
+    fn now(&self) -> u64 {
+        self.0
+    }
+}
+
+/// A WASI context that grants nothing: see the module documentation.
+pub fn empty_wasi(sample_time_ms: u64, output: &GuestOutput) -> WasiCtxBuilder {
+    let mut builder = WasiCtxBuilder::new();
+    builder
+        .stdout(Captured { output: output.clone(), stderr: false })
+        .stderr(Captured { output: output.clone(), stderr: true })
+        .wall_clock(FrozenWall(Duration::from_millis(sample_time_ms)))
+        .monotonic_clock(FrozenMonotonic(sample_time_ms.saturating_mul(1_000_000)))
+        .secure_random(Deterministic::new(vec![0x5e, 0xed, 0xc0, 0xde]))
+        .insecure_random(Deterministic::new(vec![0xc0, 0xde, 0x5e, 0xed]))
+        .insecure_random_seed(0)
+        .allow_tcp(false)
+        .allow_udp(false)
+        .allow_ip_name_lookup(false);
+    builder
+}
+
+/// Names a failure of a guest call (or of the instantiation before it).
+pub fn classify(
+    policy: &str,
+    error: wasmtime::Error,
+    memory_refused: bool,
+    memory_limit: u64,
+    time_limit: Duration,
+    output: &GuestOutput,
+) -> PolicyError {
+    let policy = policy.to_string();
+    if let Some(trap) = error.downcast_ref::<Trap>() {
+        return match trap {
+            Trap::Interrupt => PolicyError::Timeout { policy, limit: time_limit },
+            _ if memory_refused => PolicyError::MemoryLimit { policy, limit: memory_limit },
+            Trap::StackOverflow => PolicyError::Trap {
+                policy,
+                message: "call stack exhausted (recursion too deep)".into(),
+            },
+            other => PolicyError::Trap { policy, message: with_last_words(other.to_string(), output) },
+        };
+    }
+    if memory_refused {
+        return PolicyError::MemoryLimit { policy, limit: memory_limit };
+    }
+    if let Some(exit) = error.downcast_ref::<I32Exit>() {
+        return PolicyError::Trap {
+            policy,
+            message: with_last_words(format!("exited with status {}", exit.0), output),
+        };
+    }
+    PolicyError::Host { policy, detail: truncate(&format!("{error:#}"), LOG_LINE_MAX) }
+}
+
+fn with_last_words(message: String, output: &GuestOutput) -> String {
+    match output.last_words() {
+        Some(words) => format!("{message}; the policy said: {words}"),
+        None => message,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limiter_caps_the_sum_of_memories() {
+        let mut limiter = Limiter::new(3 << 16);
+        assert!(limiter.memory_growing(0, 2 << 16, None).expect("no error"));
+        assert!(!limiter.memory_growing(0, 2 << 16, None).expect("no error"));
+        assert!(limiter.refused());
+    }
+
+    #[test]
+    fn output_is_bounded_and_last_words_prefer_errors() {
+        let output = GuestOutput::default();
+        output.log(LogLevel::Info, "starting");
+        output.write(true, b"panicked at lib.rs: boom\n");
+        assert_eq!(output.last_words().as_deref(), Some("panicked at lib.rs: boom"));
+        output.log(LogLevel::Error, "bad setting");
+        assert_eq!(output.last_words().as_deref(), Some("bad setting"));
+        output.write(false, &vec![b'x'; OUTPUT_MAX * 2]);
+        assert!(output.state().kept <= OUTPUT_MAX);
+        assert!(output.state().dropped > 0);
+    }
+}
