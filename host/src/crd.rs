@@ -599,4 +599,40 @@ mod tests {
         assert_eq!(columns, ["Desired", "Ready", "Policy", "Backlog", "Status", "Age"]);
         assert!(crd.spec.versions[0].subresources.as_ref().unwrap().status.is_some());
     }
+
+    /// The README's field reference covers every field of the spec the operator defines
+    /// (fields of Kubernetes types, like `resources`, are documented by Kubernetes).
+    #[test]
+    fn readme_reference_covers_every_spec_field() {
+        const KUBERNETES_TYPES: &[&str] = &[
+            "resources", "env", "envFrom", "imagePullSecrets", "tolerations", "affinity",
+            "podSecurityContext", "securityContext",
+        ];
+        fn walk(path: &str, schema: &serde_json::Value, out: &mut Vec<String>) {
+            let Some(props) = schema.get("properties").and_then(|p| p.as_object()) else { return };
+            for (name, prop) in props {
+                let is_array = prop.get("type").and_then(|t| t.as_str()) == Some("array");
+                let inner = if is_array { &prop["items"] } else { prop };
+                let leaf = inner.get("properties").is_none() || KUBERNETES_TYPES.contains(&name.as_str());
+                if leaf {
+                    out.push(format!("{path}.{name}"));
+                } else {
+                    walk(&format!("{path}.{name}{}", if is_array { "[]" } else { "" }), inner, out);
+                }
+            }
+        }
+        let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+        let crd = serde_json::to_value(Celery::crd()).unwrap();
+        let mut fields = Vec::new();
+        walk("spec", &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"], &mut fields);
+        assert!(fields.len() > 40, "walked {fields:?}");
+        let documented = |field: &String| {
+            readme.contains(&format!("`{field}`"))
+                || field.rsplit_once('.').is_some_and(|(parent, leaf)| {
+                    readme.lines().any(|l| l.contains(&format!("`{parent}`")) && l.contains(&format!("`{leaf}`")))
+                })
+        };
+        let missing: Vec<_> = fields.iter().filter(|f| !documented(f)).collect();
+        assert!(missing.is_empty(), "README.md's reference lacks: {missing:#?}");
+    }
 }
