@@ -1,0 +1,29 @@
+# celery-operator image: the operator binary and the built-in scaling policies.
+#   docker build -t celery-operator .
+#
+# Stage 1 builds the operator in release mode; stage 2 compiles the policies from source with
+# the same script CI runs (policies/build.sh installs its own toolchains); the final image
+# holds only the binary and the .wasm files, runs as a non-root user and has no shell.
+
+FROM rust:1.95-bookworm AS operator
+WORKDIR /src
+COPY Cargo.toml Cargo.lock ./
+COPY host host
+COPY wit wit
+COPY deploy deploy
+RUN cargo build --release -p celery-operator --locked
+
+FROM rust:1.95-bookworm AS policies
+RUN apt-get update && apt-get install -y --no-install-recommends golang-go nodejs npm python3-venv \
+    && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+COPY wit wit
+COPY policies policies
+RUN policies/build.sh
+
+FROM gcr.io/distroless/cc-debian12:nonroot
+COPY --from=operator /src/target/release/celery-operator /usr/bin/celery-operator
+COPY --from=policies /src/target/policies/ /usr/lib/celery-operator/policies/
+USER 65532:65532
+ENTRYPOINT ["/usr/bin/celery-operator"]
+CMD ["run"]

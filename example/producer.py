@@ -1,0 +1,30 @@
+"""Fills a queue of the example app: `python producer.py --rate 20 --seconds 60 --task sleep`."""
+import argparse
+import time
+
+from app import burn, sleep
+
+TASKS = {"sleep": sleep, "burn": burn}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rate", type=float, default=10.0, help="tasks per second")
+    parser.add_argument("--seconds", type=float, default=60.0, help="how long to produce")
+    parser.add_argument("--task", choices=TASKS, default="sleep")
+    parser.add_argument("--duration", type=float, default=1.0, help="seconds each task takes")
+    parser.add_argument("--queue", default="celery")
+    args = parser.parse_args()
+
+    task = TASKS[args.task]
+    sent = 0
+    start = time.monotonic()
+    while time.monotonic() - start < args.seconds:
+        task.apply_async(args=[args.duration], queue=args.queue)
+        sent += 1
+        time.sleep(1.0 / args.rate)
+    print(f"sent {sent} {args.task} tasks to {args.queue}")
+
+
+if __name__ == "__main__":
+    main()
