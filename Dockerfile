@@ -14,8 +14,14 @@ COPY deploy deploy
 RUN cargo build --release -p celery-operator --locked
 
 FROM rust:1.95-bookworm AS policies
-RUN apt-get update && apt-get install -y --no-install-recommends golang-go nodejs npm python3-venv \
+# Go >= 1.24 (wasmexport) and Node 20 (componentize-js): newer than Debian 12 ships.
+COPY --from=golang:1.26-bookworm /usr/local/go /usr/local/go
+COPY --from=node:20-bookworm-slim /usr/local/bin/node /usr/local/bin/node
+COPY --from=node:20-bookworm-slim /usr/local/lib/node_modules /usr/local/lib/node_modules
+RUN ln -s ../lib/node_modules/npm/bin/npm-cli.js /usr/local/bin/npm \
+    && apt-get update && apt-get install -y --no-install-recommends python3-venv \
     && rm -rf /var/lib/apt/lists/*
+ENV PATH=/usr/local/go/bin:$PATH
 WORKDIR /src
 COPY wit wit
 COPY policies policies
