@@ -17,7 +17,7 @@ use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 
-use crate::support::{Env, WAIT, apply_yaml, eventually, repo_root};
+use crate::support::{Env, WAIT, apply_yaml, apply_yaml_with, eventually, repo_root};
 use crate::Harness;
 
 type Test = Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -34,6 +34,7 @@ pub const TESTS: &[(&str, bool, fn(Arc<Harness>) -> Test)] = &[
     ("flower_can_be_switched_off", false, |h| Box::pin(flower_can_be_switched_off(h))),
     ("only_the_lease_holder_reconciles", false, |h| Box::pin(only_the_lease_holder_reconciles(h))),
     ("the_binary_serves_health_metrics_and_json_logs", false, |h| Box::pin(the_binary_serves_health_metrics_and_json_logs(h))),
+    ("deploy_manifests_are_accepted_by_the_api_server", false, |h| Box::pin(deploy_manifests_are_accepted_by_the_api_server(h))),
     ("operator_survives_an_api_server_restart", true, |h| Box::pin(operator_survives_an_api_server_restart(h))),
 ];
 
@@ -567,4 +568,27 @@ async fn http_get(port: u16, path: &str) -> Result<String, String> {
     let mut response = String::new();
     stream.read_to_string(&mut response).await.map_err(|e| e.to_string())?;
     Ok(response)
+}
+
+/// What `kubectl apply -k deploy/` installs, and the example and Redis manifests, pass the real
+/// API server's validation and admission (a server-side dry run, so nothing is created).
+async fn deploy_manifests_are_accepted_by_the_api_server(h: Arc<Harness>) {
+    let env = &h.env;
+    let rendered = std::process::Command::new("kubectl")
+        .arg("kustomize")
+        .arg(repo_root().join("deploy"))
+        .output()
+        .expect("kubectl runs (the README's quick start uses it)");
+    assert!(rendered.status.success(), "kubectl kustomize deploy/: {}", String::from_utf8_lossy(&rendered.stderr));
+    let rendered = String::from_utf8(rendered.stdout).unwrap();
+    for kind in ["CustomResourceDefinition", "ClusterRole", "ServiceAccount", "Deployment", "Namespace", "RoleBinding"] {
+        assert!(rendered.contains(&format!("kind: {kind}")), "kustomization lacks a {kind}");
+    }
+    apply_yaml_with(&env.admin, &rendered, None, true).await.expect("deploy/ kustomization");
+
+    let ns = env.namespace("manifests").await;
+    for file in ["redis.yaml", "example-celery.yaml"] {
+        let yaml = std::fs::read_to_string(repo_root().join("deploy").join(file)).unwrap();
+        apply_yaml_with(&env.admin, &yaml, Some(&ns), true).await.unwrap_or_else(|e| panic!("deploy/{file}: {e}"));
+    }
 }

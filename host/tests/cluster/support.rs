@@ -142,7 +142,14 @@ impl OperatorHandle {
 
 /// Applies every object of a multi-document YAML file with server-side apply, as `client`.
 pub async fn apply_yaml(client: &Client, yaml: &str, namespace: Option<&str>) -> Result<(), String> {
+    apply_yaml_with(client, yaml, namespace, false).await
+}
+
+/// Like [`apply_yaml`]; with `dry_run` the API server validates and admits without storing.
+pub async fn apply_yaml_with(client: &Client, yaml: &str, namespace: Option<&str>, dry_run: bool) -> Result<(), String> {
     let discovery = Discovery::new(client.clone()).run().await.map_err(|e| format!("discovery: {e}"))?;
+    // Parsed up front: the YAML deserializer must not live across an await (it is not Send).
+    let mut objects = Vec::new();
     for doc in serde_yaml::Deserializer::from_str(yaml) {
         let value = serde_yaml::Value::deserialize(doc);
         let obj: DynamicObject = match value {
@@ -150,12 +157,17 @@ pub async fn apply_yaml(client: &Client, yaml: &str, namespace: Option<&str>) ->
             Ok(v) => serde_yaml::from_value(v).map_err(|e| format!("not a Kubernetes object: {e}"))?,
             Err(e) => return Err(format!("bad YAML: {e}")),
         };
+        objects.push(obj);
+    }
+    for obj in objects {
         let gvk = obj.types.as_ref().ok_or("object without apiVersion/kind")?;
         let gvk = kube::core::GroupVersionKind::try_from(gvk).map_err(|e| e.to_string())?;
         let (ar, caps) = discovery.resolve_gvk(&gvk).ok_or_else(|| format!("unknown kind {gvk:?}"))?;
         let api = dynamic_api(client, &ar, &caps, obj.namespace().as_deref().or(namespace));
         let name = obj.name_any();
-        api.patch(&name, &PatchParams::apply("celery-operator-tests").force(), &Patch::Apply(&obj))
+        let mut params = PatchParams::apply("celery-operator-tests").force();
+        params.dry_run = dry_run;
+        api.patch(&name, &params, &Patch::Apply(&obj))
             .await
             .map_err(|e| format!("applying {} {name}: {e}", gvk.kind))?;
     }
