@@ -125,6 +125,9 @@ impl ArtifactCache {
         Ok((compiled, Origin::Compiled, elapsed))
     }
 
+    // NB: artifacts are mapped, not read, so loading is fast; a mapped file must never be
+    // rewritten in place (a truncation under a live mapping is a SIGBUS). `store` therefore
+    // only ever renames a new file over an old one.
     fn load(&self, engine: &Engine, kind: Kind, path: &Path) -> Option<Compiled> {
         let meta = std::fs::symlink_metadata(path).ok()?;
         if !meta.file_type().is_file() {
