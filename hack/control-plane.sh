@@ -9,9 +9,24 @@
 #   hack/control-plane.sh status STATE_DIR             print which components run (exit 1 if any is down)
 #
 # Components: etcd, kube-apiserver, kube-controller-manager (deployments, replicasets, garbage
-# collection, namespaces, service accounts), kube-scheduler and kwok, which keeps one fake node
-# (kwok-node-0: 32 CPUs, 256Gi, 110 pods) and makes the pods scheduled on it Running and Ready.
+# collection, namespaces, service accounts), kube-scheduler, kwok, which keeps one fake node
+# (kwok-node-0: 32 CPUs, 256Gi, 110 pods) and makes the pods scheduled on it Running and Ready,
+# and metrics-server, which serves the real metrics.k8s.io/v1beta1 API (`kubectl top`).
 # Binaries come from hack/build-control-plane.sh (cached; the first build takes 10-20 minutes).
+#
+# Simulated CPU and memory (metrics.k8s.io, `kubectl top pods`): kwok plays each pod's usage from
+# the pod's annotations (kwok's own usage-from-annotation config), for each of its containers:
+#     kwok.x-k8s.io/usage-cpu: 250m       kwok.x-k8s.io/usage-memory: 100Mi
+# A container without them uses 1m CPU and 1Mi memory; a pod with N containers reports N times the
+# annotated figures. Memory comes back exact; CPU is a rate measured between two scrapes and comes
+# back within a fraction of a percent (250m may read 249999874n; kubectl top rounds it up, to 250m
+# or 251m): compare with a tolerance. The annotations can be changed on a running pod (kubectl
+# annotate --overwrite); a template change rolls out new pods instead. metrics-server scrapes every
+# 10 s (its minimum), so a new pod has metrics 10-20 s after it runs (two scrapes), and a changed
+# annotation shows in the next scrape, within about 10 s. start waits for no scrape: it returns
+# once the APIService v1beta1.metrics.k8s.io is Available and GET /apis/metrics.k8s.io/v1beta1/nodes
+# answers (about 1 s more than before metrics-server). Reading pod metrics needs RBAC for
+# pods.metrics.k8s.io (get, list); admin has it, operator.kubeconfig only what deploy/rbac.yaml grants.
 #
 # What start leaves in STATE_DIR:
 #   admin.kubeconfig     token user "admin" in group system:masters
@@ -33,7 +48,7 @@ set -euo pipefail
 HACK_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 TIMEOUT=${CONTROL_PLANE_TIMEOUT:-60}
 # Started in this order (each waits for the previous one); stopped all at once.
-COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok)
+COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok metrics-server)
 NODE_NAME=kwok-node-0
 OPERATOR_USER=system:serviceaccount:celery-operator:celery-operator
 OPERATOR_GROUPS=system:serviceaccounts,system:serviceaccounts:celery-operator,system:authenticated
@@ -188,6 +203,12 @@ make_pki() {
   # they trust it through the extension-apiserver-authentication ConfigMap.
   new_ca "$d/front-proxy-ca" "celery-operator-test-front-proxy-ca"
   new_cert "$d/front-proxy-ca" "$d/front-proxy-client" front-proxy-client clientAuth
+  # kwok serves the fake kubelet endpoints over TLS with this (and plain HTTP on the same port);
+  # metrics-server verifies it against ca.crt.
+  new_cert "$d/ca" "$d/kwok" kwok serverAuth "IP:127.0.0.1,DNS:localhost"
+  # The aggregator checks the name <service>.<namespace>.svc of the APIService's Service.
+  new_cert "$d/ca" "$d/metrics-server" metrics-server serverAuth \
+    "IP:127.0.0.1,DNS:localhost,DNS:metrics-server.kube-system.svc"
   openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$d/sa.key" 2>/dev/null
   openssl pkey -in "$d/sa.key" -pubout -out "$d/sa.pub" 2>/dev/null
   chmod 600 "$d"/*.key
@@ -195,9 +216,9 @@ make_pki() {
 
 # The ports, tokens and binary directory of this cluster; restart-apiserver and status read them.
 write_cluster_env() {
-  local p; read -r -a p <<<"$(free_ports 6)"
+  local p; read -r -a p <<<"$(free_ports 7)"
   local t=()
-  for _ in 1 2 3 4 5; do t+=("$(openssl rand -hex 24)"); done
+  for _ in 1 2 3 4 5 6; do t+=("$(openssl rand -hex 24)"); done
   cat >"$STATE/cluster.env" <<EOF
 BIN='$BIN'
 ETCD_PORT=${p[0]}
@@ -206,11 +227,13 @@ APISERVER_PORT=${p[2]}
 KCM_PORT=${p[3]}
 SCHEDULER_PORT=${p[4]}
 KWOK_PORT=${p[5]}
+METRICS_SERVER_PORT=${p[6]}
 ADMIN_TOKEN=${t[0]}
 OPERATOR_TOKEN=${t[1]}
 KCM_TOKEN=${t[2]}
 SCHEDULER_TOKEN=${t[3]}
 KWOK_TOKEN=${t[4]}
+METRICS_SERVER_TOKEN=${t[5]}
 EOF
   chmod 600 "$STATE/cluster.env"
 }
@@ -232,6 +255,7 @@ $OPERATOR_TOKEN,$OPERATOR_USER,celery-operator,"$OPERATOR_GROUPS"
 $KCM_TOKEN,kube-controller-manager,kube-controller-manager,"system:masters"
 $SCHEDULER_TOKEN,kube-scheduler,kube-scheduler,"system:masters"
 $KWOK_TOKEN,kwok,kwok,"system:masters"
+$METRICS_SERVER_TOKEN,metrics-server,metrics-server,"system:masters"
 EOF
   chmod 600 "$STATE/pki/tokens.csv"
 }
@@ -266,6 +290,7 @@ write_kubeconfigs() {
   write_kubeconfig "$STATE/pki/kube-controller-manager.kubeconfig" kube-controller-manager "$KCM_TOKEN"
   write_kubeconfig "$STATE/pki/kube-scheduler.kubeconfig" kube-scheduler "$SCHEDULER_TOKEN"
   write_kubeconfig "$STATE/pki/kwok.kubeconfig" kwok "$KWOK_TOKEN"
+  write_kubeconfig "$STATE/pki/metrics-server.kubeconfig" metrics-server "$METRICS_SERVER_TOKEN"
   cat >"$STATE/env" <<EOF
 export CONTROL_PLANE_STATE='$STATE'
 export KUBECONFIG='$STATE/admin.kubeconfig'
@@ -360,9 +385,16 @@ start_kwok() {
   local configs=() f
   for f in "$BIN"/kwok-stages/*.yaml; do configs+=("--config=$f"); done
   [ ${#configs[@]} -gt 0 ] || die "no kwok stage files in $BIN/kwok-stages"
+  # The ClusterResourceUsage from pod annotations and the Metric serving resource metrics.
+  for f in usage-from-annotation metrics-resource; do
+    [ -f "$BIN/kwok-metrics/$f.yaml" ] || die "$BIN/kwok-metrics/$f.yaml is missing"
+    configs+=("--config=$BIN/kwok-metrics/$f.yaml")
+  done
   # Only nodes annotated kwok.x-k8s.io/node=fake are kwok's; its server doubles as the fake
-  # kubelet endpoint, hence node-ip/node-port pointing at it.
+  # kubelet endpoint (HTTPS for metrics-server, plain HTTP for /healthz, on the same port), hence
+  # node-ip/node-port pointing at it: they become the node's InternalIP and kubelet port.
   launch kwok --kubeconfig="$STATE/pki/kwok.kubeconfig" "${configs[@]}" \
+    --tls-cert-file="$STATE/pki/kwok.crt" --tls-private-key-file="$STATE/pki/kwok.key" \
     --manage-all-nodes=false \
     --manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake \
     --manage-nodes-with-label-selector= \
@@ -392,6 +424,9 @@ metadata:
   annotations:
     node.alpha.kubernetes.io/ttl: "0"
     kwok.x-k8s.io/node: fake
+    # Where metrics-server finds this node's resource metrics on kwok's server (kwok serves them
+    # per node under /metrics/nodes/NODE/; a kubelet would serve /metrics/resource).
+    metrics.k8s.io/resource-metrics-path: /metrics/nodes/$NODE_NAME/metrics/resource
   labels:
     beta.kubernetes.io/arch: amd64
     beta.kubernetes.io/os: linux
@@ -410,6 +445,94 @@ status:
     cpu: "32"
     memory: 256Gi
     pods: "110"
+EOF
+}
+
+# metrics-server scrapes the node's InternalIP (127.0.0.1) on the port in its status (kwok's), over
+# TLS checked against our CA, with the bearer token of its kubeconfig (kwok asks for none).
+# --metric-resolution=10s is the least it accepts, and it must be over 10/9 of the kubelet request
+# timeout (default 10s), hence --kubelet-request-timeout=5s. The aggregation layer reaches it through
+# the APIService v1beta1.metrics.k8s.io -> Service kube-system/metrics-server of type ExternalName
+# 127.0.0.1 -> https://127.0.0.1:METRICS_SERVER_PORT, authenticating with the front-proxy client
+# certificate that the --requestheader-* flags here (the apiserver's own) let it trust.
+start_metrics_server() {
+  local pki="$STATE/pki" kc="$STATE/pki/metrics-server.kubeconfig"
+  launch metrics-server \
+    --kubeconfig="$kc" --authentication-kubeconfig="$kc" --authorization-kubeconfig="$kc" \
+    --bind-address=127.0.0.1 --secure-port="$METRICS_SERVER_PORT" \
+    --tls-cert-file="$pki/metrics-server.crt" --tls-private-key-file="$pki/metrics-server.key" \
+    --requestheader-client-ca-file="$pki/front-proxy-ca.crt" \
+    --requestheader-allowed-names=front-proxy-client \
+    --requestheader-username-headers=X-Remote-User \
+    --requestheader-group-headers=X-Remote-Group \
+    --requestheader-extra-headers-prefix=X-Remote-Extra- \
+    --kubelet-preferred-address-types=InternalIP \
+    --kubelet-use-node-status-port \
+    --kubelet-certificate-authority="$pki/ca.crt" \
+    --kubelet-request-timeout=5s \
+    --metric-resolution=10s
+  warm_kwok_pod_cache
+  wait_for metrics-server "metrics-server /livez" \
+    curl -fsS --max-time 2 --cacert "$pki/ca.crt" "https://127.0.0.1:$METRICS_SERVER_PORT/livez"
+  register_metrics_api
+  wait_for metrics-server "APIService v1beta1.metrics.k8s.io Available" metrics_api_available
+  wait_for metrics-server "GET /apis/metrics.k8s.io/v1beta1/nodes" \
+    kubectl_admin get --raw /apis/metrics.k8s.io/v1beta1/nodes
+}
+metrics_api_available() {
+  [ "$(kubectl_admin get apiservice v1beta1.metrics.k8s.io \
+    -o 'jsonpath={.status.conditions[?(@.type=="Available")].status}')" = True ]
+}
+
+# kwok's pod cache for metrics is lazy: it starts (listing all pods) when a scrape first finds a
+# pod on the node, and that scrape still misses the pod, so the first pod of a cluster would need a
+# third scrape (10 s more) before it had metrics. A throwaway pod, scraped once, starts it now.
+warm_kwok_pod_cache() {
+  kubectl_admin -n default apply -f - >/dev/null <<EOF
+apiVersion: v1
+kind: Pod
+metadata:
+  name: kwok-pod-cache-warmup
+spec:
+  nodeName: $NODE_NAME
+  automountServiceAccountToken: false
+  containers:
+  - name: warmup
+    image: none
+EOF
+  wait_for kwok "kwok's metrics of pod default/kwok-pod-cache-warmup" kwok_has_warmup_pod
+  kubectl_admin -n default delete pod kwok-pod-cache-warmup --wait=true --timeout="${TIMEOUT}s" >/dev/null
+}
+kwok_has_warmup_pod() {
+  curl -fsS --max-time 2 "http://127.0.0.1:$KWOK_PORT/metrics/nodes/$NODE_NAME/metrics/resource" |
+    grep -q '^container_memory_working_set_bytes{.*pod="kwok-pod-cache-warmup"'
+}
+
+register_metrics_api() {
+  kubectl_admin apply -f - >/dev/null <<EOF
+apiVersion: v1
+kind: Service
+metadata:
+  name: metrics-server
+  namespace: kube-system
+spec:
+  type: ExternalName
+  externalName: 127.0.0.1
+---
+apiVersion: apiregistration.k8s.io/v1
+kind: APIService
+metadata:
+  name: v1beta1.metrics.k8s.io
+spec:
+  group: metrics.k8s.io
+  version: v1beta1
+  groupPriorityMinimum: 100
+  versionPriority: 100
+  service:
+    namespace: kube-system
+    name: metrics-server
+    port: $METRICS_SERVER_PORT
+  caBundle: $(base64 -w0 <"$STATE/pki/ca.crt")
 EOF
 }
 
@@ -455,6 +578,7 @@ cmd_start() {
   start_controller_manager
   start_scheduler
   start_kwok
+  start_metrics_server
 
   trap - EXIT
   log "ready in $((SECONDS - t0))s: https://127.0.0.1:$APISERVER_PORT (source $STATE/env)"
