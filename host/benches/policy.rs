@@ -1,2 +1,213 @@
-//! Policy benchmark: see `celery-operator policy bench` until the full table lands here.
-fn main() {}
+//! The cost of policies, printed as one table: per built-in policy (`target/policies`, built
+//! by `policies/build.sh`), compiling versus loading from the cache, the latency of one
+//! decision with a fresh instance, and the same decision by a plain Rust function.
+//!
+//! `cargo bench -p celery-operator --bench policy` (ITERATIONS=… to change the sample size).
+//! A benchmark, never a test: nothing here passes or fails on a timing.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use celery_operator::policy::cache::ArtifactCache;
+use celery_operator::policy::cli::percentiles;
+use celery_operator::policy::{CallLimits, EngineSettings, LoadedPolicy, PolicyEngine, PolicyInput, Source};
+
+fn main() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let dir = root.join("target/policies");
+    let mut modules: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .map(|entries| entries.filter_map(Result::ok).map(|e| e.path()).collect())
+        .unwrap_or_default();
+    modules.retain(|p| p.extension().is_some_and(|e| e == "wasm"));
+    modules.sort();
+    if modules.is_empty() {
+        println!("no built policies in {}: run policies/build.sh first", dir.display());
+        return;
+    }
+    let iterations: usize = std::env::var("ITERATIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(2000);
+    let base: PolicyInput = serde_json::from_str(
+        &std::fs::read_to_string(root.join("policies/test/base-input.json")).expect("policies/test/base-input.json"),
+    )
+    .expect("base input");
+    let cases: Vec<serde_json::Value> = serde_json::from_str(
+        &std::fs::read_to_string(root.join("policies/test/cases.json")).expect("policies/test/cases.json"),
+    )
+    .expect("cases");
+
+    let engine = PolicyEngine::new(EngineSettings::default()).expect("engine");
+    let cache_dir = tempfile::tempdir().expect("tempdir");
+    let cache = ArtifactCache::open(cache_dir.path()).expect("cache");
+    let limits = CallLimits { timeout: Duration::from_secs(5), ..CallLimits::default() };
+    println!(
+        "policy benchmark: {iterations} decisions each, fresh instance per decision, pooling allocator {}",
+        if engine.pooling() { "on" } else { "off (unavailable)" }
+    );
+    println!();
+    println!(
+        "{:<13} {:<10} {:<9} {:>9} {:>11} {:>10} {:>10} {:>10} {:>11} {:>10}",
+        "policy", "language", "interface", "size", "compile", "cache load", "p50", "p99", "decisions/s", "native"
+    );
+    let mut cache_total = Duration::ZERO;
+    for path in modules {
+        let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        let bytes = std::fs::read(&path).expect("module");
+        let language = std::fs::read_to_string(path.with_extension("json"))
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .and_then(|v| v.get("language").and_then(|l| l.as_str()).map(str::to_string))
+            .unwrap_or_else(|| "-".into());
+        let load = |cache: Option<&ArtifactCache>| {
+            LoadedPolicy::load(&engine, cache, &name, &bytes, Source::BuiltIn(path.clone()), None)
+                .unwrap_or_else(|e| panic!("{e}"))
+        };
+        let compiled = load(None);
+        load(Some(&cache));
+        let cached = load(Some(&cache));
+        assert!(cached.stats().from_cache, "second load comes from the cache");
+        cache_total += cached.stats().total;
+
+        let mut input = base.clone();
+        input.settings = valid_settings(&cases, &name);
+        let decision = cached.decide(&limits, &input).unwrap_or_else(|e| panic!("{e}"));
+        for _ in 0..(iterations / 10).max(1) {
+            cached.decide(&limits, &input).expect("decides");
+        }
+        let mut times = Vec::with_capacity(iterations);
+        let start = Instant::now();
+        for _ in 0..iterations {
+            let t = Instant::now();
+            std::hint::black_box(cached.decide(&limits, std::hint::black_box(&input)).expect("decides"));
+            times.push(t.elapsed());
+        }
+        let rate = iterations as f64 / start.elapsed().as_secs_f64();
+        let (p50, p99) = percentiles(&mut times);
+        let native = native_latency(&name, &input, decision.replicas);
+        println!(
+            "{:<13} {:<10} {:<9} {:>9} {:>11} {:>10} {:>10} {:>10} {:>11.0} {:>10}",
+            name,
+            language,
+            cached.interface().to_string(),
+            format!("{} KiB", bytes.len() / 1024),
+            show(compiled.stats().artifact),
+            show(cached.stats().total),
+            show(p50),
+            show(p99),
+            rate,
+            native.map_or("-".to_string(), show),
+        );
+    }
+    println!();
+    println!("all built-ins loaded from the cache in {} (deserialize, link, checks)", show(cache_total));
+    println!("compile: cranelift from wasm bytes; cache load: LoadedPolicy::load with a warm artifact cache;");
+    println!("p50/p99: one decision, new store and instance each time; native: the same rule in plain Rust.");
+}
+
+/// Settings from the first case of `policy` that validates cleanly.
+fn valid_settings(cases: &[serde_json::Value], policy: &str) -> BTreeMap<String, String> {
+    cases
+        .iter()
+        .filter(|c| c["policy"] == policy && c.get("error").is_none())
+        .find_map(|c| c.get("validate"))
+        .and_then(|v| serde_json::from_value(v.clone()).ok())
+        .unwrap_or_default()
+}
+
+fn show(d: Duration) -> String {
+    let us = d.as_secs_f64() * 1e6;
+    if us < 1000.0 { format!("{us:.1} µs") } else if us < 1e6 { format!("{:.1} ms", us / 1e3) } else { format!("{:.2} s", us / 1e6) }
+}
+
+/// p50 of the plain-Rust version of a built-in's rule, settings parsed from strings as the
+/// guest does; checked against the policy's own answer so the baseline does the same work.
+fn native_latency(policy: &str, input: &PolicyInput, expected: u32) -> Option<Duration> {
+    let rule: fn(&PolicyInput) -> u32 = match policy {
+        "queue-length" => native::queue_length,
+        "steps" => native::steps,
+        "load" => native::load,
+        "cpu-memory" => native::cpu_memory,
+        "drain-time" => native::drain_time,
+        _ => return None,
+    };
+    if rule(input) != expected {
+        eprintln!("note: native {policy} says {} where the policy says {expected}", rule(input));
+    }
+    let mut times = Vec::with_capacity(10_000);
+    for _ in 0..10_000 {
+        let t = Instant::now();
+        std::hint::black_box(rule(std::hint::black_box(input)));
+        times.push(t.elapsed());
+    }
+    Some(percentiles(&mut times).0)
+}
+
+mod native {
+    use celery_operator::policy::PolicyInput;
+
+    fn setting(input: &PolicyInput, key: &str) -> Option<f64> {
+        input.settings.get(key).and_then(|v| v.trim().trim_end_matches('%').parse().ok())
+    }
+
+    fn backlog(input: &PolicyInput) -> u64 {
+        input.current.queues.iter().map(|q| q.backlog).sum()
+    }
+
+    pub fn queue_length(input: &PolicyInput) -> u32 {
+        let target = setting(input, "target").unwrap_or(1.0).max(1.0);
+        let backlog = backlog(input) as f64;
+        let wanted = (backlog / target).ceil();
+        if backlog > 0.0 && wanted < 1.0 { 1 } else { wanted.min(f64::from(u32::MAX)) as u32 }
+    }
+
+    pub fn steps(input: &PolicyInput) -> u32 {
+        let backlog = backlog(input);
+        let table = input.settings.get("steps").map(String::as_str).unwrap_or("");
+        let mut replicas = 0;
+        for entry in table.split(',') {
+            let Some((threshold, count)) = entry.split_once(':') else { continue };
+            if let (Ok(threshold), Ok(count)) = (threshold.trim().parse::<u64>(), count.trim().parse::<u32>())
+                && backlog >= threshold
+            {
+                replicas = count;
+            }
+        }
+        replicas
+    }
+
+    pub fn load(input: &PolicyInput) -> u32 {
+        let target = setting(input, "targetUtilization").unwrap_or(0.8);
+        let active: u64 = input.current.pods.iter().filter_map(|p| p.active_tasks).map(u64::from).sum();
+        let work = (active + backlog(input)) as f64;
+        let per_worker = f64::from(input.concurrency.max(1)) * target;
+        (work / per_worker).ceil() as u32
+    }
+
+    pub fn cpu_memory(input: &PolicyInput) -> u32 {
+        let target = setting(input, "cpu").unwrap_or(80.0) / 100.0;
+        let (used, requested) = input
+            .current
+            .pods
+            .iter()
+            .filter(|p| p.ready)
+            .filter_map(|p| Some((p.cpu_millis?, p.cpu_request_millis?)))
+            .fold((0u64, 0u64), |(u, r), (pu, pr)| (u + pu, r + pr));
+        if requested == 0 {
+            return input.current_replicas;
+        }
+        let ratio = used as f64 / requested as f64 / target;
+        if (ratio - 1.0).abs() <= 0.1 {
+            return input.current_replicas;
+        }
+        (f64::from(input.current_replicas) * ratio).ceil() as u32
+    }
+
+    pub fn drain_time(input: &PolicyInput) -> u32 {
+        let seconds = setting(input, "seconds").unwrap_or(60.0);
+        let rate = setting(input, "workerRate").unwrap_or(1.0).max(f64::MIN_POSITIVE);
+        let backlog = backlog(input) as f64;
+        if input.history.is_empty() {
+            return if backlog > 0.0 { input.current_replicas.max(1) } else { 0 };
+        }
+        (backlog / (seconds * rate)).ceil() as u32
+    }
+}

@@ -112,7 +112,8 @@ enum PolicyCommand {
 /// Runs a `policy` subcommand.
 pub async fn run(args: PolicyArgs) -> anyhow::Result<()> {
     let PolicyArgs { command, builtin_dir, user_dir, cache_dir, no_cache, timeout_ms, memory_mib } = args;
-    let quiet = matches!(command, PolicyCommand::Simulate { .. } | PolicyCommand::Bench { .. });
+    // Guest log lines matter when evaluating or checking one module; elsewhere they are noise.
+    let quiet = !matches!(command, PolicyCommand::Eval { .. } | PolicyCommand::Check { .. });
     init_logging(if quiet { "warn" } else { "info" });
     let limits = CallLimits {
         memory_bytes: memory_mib.saturating_mul(1 << 20),

@@ -151,7 +151,16 @@ pub fn simulate(policy: &LoadedPolicy, limits: &CallLimits, rows: &[TraceRow], o
             Ok(decision) => {
                 let verdict = Verdict::bounded(decision, options.min_replicas, options.max_replicas);
                 replicas = stabilizer.apply(current.timestamp_ms, verdict.decision.replicas);
-                (Some(verdict.proposed), verdict.decision.reason)
+                let reason = if replicas > verdict.decision.replicas {
+                    format!(
+                        "{}; held at {replicas} by the {} s scale-down window",
+                        verdict.decision.reason,
+                        options.stabilization.as_secs()
+                    )
+                } else {
+                    verdict.decision.reason
+                };
+                (Some(verdict.proposed), reason)
             }
             Err(error) => (None, format!("held: {error}")),
         };
@@ -187,7 +196,7 @@ pub fn plot_svg(steps: &[Step], title: &str) -> String {
     const H: f64 = 400.0;
     const L: f64 = 70.0;
     const R: f64 = 60.0;
-    const T: f64 = 40.0;
+    const T: f64 = 56.0;
     const B: f64 = 50.0;
     let t_min = steps.iter().map(|s| s.t_seconds).fold(f64::INFINITY, f64::min);
     let t_max = steps.iter().map(|s| s.t_seconds).fold(f64::NEG_INFINITY, f64::max);
@@ -251,9 +260,9 @@ pub fn plot_svg(steps: &[Step], title: &str) -> String {
     let _ = writeln!(
         svg,
         r##"<g><rect x="{}" y="{}" width="12" height="3" fill="#1f77b4"/><text x="{}" y="{}">backlog (left)</text><rect x="{}" y="{}" width="12" height="3" fill="#d62728"/><text x="{}" y="{}">replicas (right)</text><rect x="{}" y="{}" width="12" height="3" fill="#999999"/><text x="{}" y="{}">recorded replicas</text></g>"##,
-        L + 10.0, T + 4.0, L + 26.0, T + 9.0,
-        L + 130.0, T + 4.0, L + 146.0, T + 9.0,
-        L + 260.0, T + 4.0, L + 276.0, T + 9.0
+        L + 10.0, T - 22.0, L + 26.0, T - 17.0,
+        L + 130.0, T - 22.0, L + 146.0, T - 17.0,
+        L + 260.0, T - 22.0, L + 276.0, T - 17.0
     );
     svg.push_str("</svg>\n");
     svg
