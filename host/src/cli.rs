@@ -10,6 +10,8 @@ use tokio::sync::watch;
 use crate::controller::Scope;
 use crate::leader::LeaseConfig;
 use crate::operator::{self, RunOptions};
+use crate::policy::registry::RegistrySettings;
+use crate::reconcile::policies::PolicyCheck;
 use crate::telemetry::{self, LogFormat};
 
 /// Runs Celery applications on Kubernetes and scales their workers with WebAssembly policies.
@@ -56,6 +58,16 @@ struct RunArgs {
     /// Seconds a leader may go without renewing before another replica takes over.
     #[arg(long, default_value_t = 15)]
     lease_seconds: u64,
+    /// Directory of the built-in policies (default: /usr/lib/celery-operator/policies, else
+    /// target/policies in a checkout).
+    #[arg(long, env = "POLICY_DIR")]
+    policy_dir: Option<PathBuf>,
+    /// Watched directory of your own policy modules (`<name>.wasm`), e.g. a mounted ConfigMap.
+    #[arg(long, env = "EXTRA_POLICY_DIR")]
+    extra_policy_dir: Option<PathBuf>,
+    /// Where compiled policies are cached across restarts.
+    #[arg(long, env = "POLICY_CACHE_DIR")]
+    policy_cache_dir: Option<PathBuf>,
 }
 
 /// Entry point of the binary.
@@ -81,13 +93,23 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         lease_namespace,
         lease_name,
         lease_seconds,
+        policy_dir,
+        extra_policy_dir,
+        policy_cache_dir,
     } = args;
     telemetry::init_logging(log_format);
     let client = operator::client(kubeconfig.as_deref()).await?;
     let identity = std::env::var("POD_NAME")
         .unwrap_or_else(|_| format!("{}-{}", hostname(), std::process::id()));
+    let registry = RegistrySettings {
+        builtin_dir: policy_dir.or_else(RegistrySettings::default_builtin_dir),
+        user_dir: extra_policy_dir,
+        cache_dir: Some(policy_cache_dir.unwrap_or_else(RegistrySettings::default_cache_dir)),
+    };
+    let policies = PolicyCheck::start(registry, Duration::from_secs(5)).await?;
     let options = RunOptions {
         scope: Scope { namespaces },
+        policies: Some(policies),
         listen: Some(listen),
         leader_election: leader_elect.then(|| LeaseConfig {
             namespace: lease_namespace,

@@ -29,3 +29,7 @@ pub const APPLY_REJECTED: &str = "ApplyRejected";
 pub const NAME_CONFLICT: &str = "NameConflict";
 /// A child Deployment exceeded its progress deadline (image pull errors, crash loops, quota).
 pub const ROLLOUT_STUCK: &str = "RolloutStuck";
+/// The selected scaling policy is unknown, does not load, or is built for another contract.
+pub const INVALID_POLICY: &str = "InvalidPolicy";
+/// The selected scaling policy rejected its settings; the message quotes it.
+pub const INVALID_SETTINGS: &str = "InvalidSettings";

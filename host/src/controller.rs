@@ -20,6 +20,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::crd::Celery;
 use crate::reconcile::build::CHILD_SELECTOR;
+use crate::reconcile::policies::PolicyCheck;
 use crate::reconcile::{self, Context};
 use crate::telemetry::{self, Metrics};
 
@@ -105,8 +106,14 @@ pub async fn wait_for_crd(client: &Client, scope: &Scope, shutdown: &mut watch::
 }
 
 /// Runs the controllers until `shutdown` turns true, then lets running reconciles finish.
-pub async fn run(client: Client, scope: Scope, metrics: Arc<Metrics>, shutdown: watch::Receiver<bool>) {
-    let ctx = Arc::new(Context::new(client.clone(), metrics));
+pub async fn run(
+    client: Client,
+    scope: Scope,
+    metrics: Arc<Metrics>,
+    policies: Option<Arc<PolicyCheck>>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let ctx = Arc::new(Context::new(client.clone(), metrics, policies));
     let children = watcher::Config::default().labels(CHILD_SELECTOR);
     let celery_apis = scope.apis::<Celery>(&client);
     let deployment_apis = scope.apis::<Deployment>(&client);

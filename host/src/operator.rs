@@ -15,17 +15,20 @@ use tracing::info;
 
 use crate::controller::{self, Scope};
 use crate::leader::{Elector, LeaderError, LeaseConfig};
+use crate::reconcile::policies::PolicyCheck;
 use crate::server::{self, Health};
 use crate::telemetry::Metrics;
 
 /// How to run the operator.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct RunOptions {
     pub scope: Scope,
     /// Address of `/healthz`, `/readyz` and `/metrics`; `None` serves nothing.
     pub listen: Option<SocketAddr>,
     /// The Lease to hold before reconciling; `None` reconciles at once (a single replica).
     pub leader_election: Option<LeaseConfig>,
+    /// The scaling-policy runtime; `None` runs without one (policies are then not checked).
+    pub policies: Option<Arc<PolicyCheck>>,
 }
 
 /// Why the operator stopped on its own.
@@ -68,7 +71,7 @@ pub async fn run(client: Client, options: RunOptions, shutdown: watch::Receiver<
     let result = match options.leader_election {
         None => {
             metrics.set_leader(true);
-            controller::run(client, options.scope, metrics.clone(), shutdown).await;
+            controller::run(client, options.scope, metrics.clone(), options.policies, shutdown).await;
             Ok(())
         }
         Some(lease) => {
@@ -79,7 +82,7 @@ pub async fn run(client: Client, options: RunOptions, shutdown: watch::Receiver<
             }
             metrics.set_leader(true);
             let outcome = tokio::select! {
-                _ = controller::run(client, options.scope, metrics.clone(), shutdown) => Ok(()),
+                _ = controller::run(client, options.scope, metrics.clone(), options.policies, shutdown) => Ok(()),
                 lost = elector.keep() => Err(RunError::Leadership(lost)),
             };
             metrics.set_leader(false);

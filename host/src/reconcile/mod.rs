@@ -9,6 +9,7 @@
 
 pub mod apply;
 pub mod build;
+pub mod policies;
 pub mod status;
 pub mod validate;
 
@@ -28,6 +29,7 @@ use crate::conditions::{DEGRADED, INVALID_SPEC, READY};
 use crate::crd::{Celery, CeleryStatus};
 use crate::telemetry::Metrics;
 use apply::{ApplyError, FIELD_MANAGER};
+use policies::PolicyCheck;
 use status::Outcome;
 
 /// How often an app is reconciled without any change, to catch drift no watch reported.
@@ -38,17 +40,20 @@ pub struct Context {
     pub client: Client,
     recorder: Recorder,
     metrics: Arc<Metrics>,
+    /// Checks the selected scaling policies; `None` runs without a policy runtime.
+    policies: Option<Arc<PolicyCheck>>,
     /// Consecutive failures per object, for exponential backoff.
     failures: Mutex<HashMap<ObjectRef<Celery>, u32>>,
 }
 
 impl Context {
-    pub fn new(client: Client, metrics: Arc<Metrics>) -> Self {
+    pub fn new(client: Client, metrics: Arc<Metrics>, policies: Option<Arc<PolicyCheck>>) -> Self {
         let reporter = Reporter { controller: FIELD_MANAGER.into(), instance: std::env::var("POD_NAME").ok() };
         Self {
             recorder: Recorder::new(client.clone(), reporter),
             client,
             metrics,
+            policies,
             failures: Mutex::default(),
         }
     }
@@ -92,30 +97,33 @@ pub async fn reconcile(celery: Arc<Celery>, ctx: Arc<Context>) -> Result<Action,
 }
 
 async fn run_pipeline(celery: &Celery, ctx: &Context, app: &str) -> Result<Action, Error> {
-    let scaling = validate::validate(&celery.spec);
-    let applied = match &scaling {
-        Ok(scaling) => Some(apply::children(&ctx.client, celery, scaling).await),
-        Err(_) => None,
-    };
-
-    let failure;
-    let outcome = match (&scaling, &applied) {
-        (Err(invalid), _) => {
-            failure = invalid.to_string();
-            Outcome::Failed { reason: INVALID_SPEC, message: failure.clone() }
-        }
-        (Ok(scaling), Some(Ok(a))) => Outcome::Applied {
-            scaling,
-            worker: &a.worker,
-            flower: a.flower.as_ref(),
-            flower_service: a.flower_service.clone(),
-        },
-        (Ok(_), Some(Err(ApplyError::Rejected { reason, message }))) => {
-            Outcome::Failed { reason, message: message.clone() }
-        }
-        (Ok(_), _) => {
-            let Some(Err(source)) = applied else { unreachable!("handled above") };
-            return Err(Error::Apply { app: app.to_string(), source });
+    // Kept alive here because the outcome borrows from them.
+    let scaling;
+    let applied;
+    let outcome = match validate::validate(&celery.spec) {
+        Err(invalid) => Outcome::Failed { reason: INVALID_SPEC, message: invalid.to_string() },
+        Ok(s) => {
+            scaling = s;
+            // A policy that cannot be used does not hold back the rest of the spec: the
+            // children are still applied, and the scaler keeps the current count.
+            let problem = match &ctx.policies {
+                Some(check) => check.check(&scaling).await.err().map(|p| (p.reason, p.message)),
+                None => None,
+            };
+            match apply::children(&ctx.client, celery, &scaling).await {
+                Ok(a) => {
+                    applied = a;
+                    Outcome::Applied {
+                        scaling: &scaling,
+                        worker: &applied.worker,
+                        flower: applied.flower.as_ref(),
+                        flower_service: applied.flower_service.clone(),
+                        problem,
+                    }
+                }
+                Err(ApplyError::Rejected { reason, message }) => Outcome::Failed { reason, message },
+                Err(source) => return Err(Error::Apply { app: app.to_string(), source }),
+            }
         }
     };
 
@@ -126,8 +134,12 @@ async fn run_pipeline(celery: &Celery, ctx: &Context, app: &str) -> Result<Actio
     write_status(ctx, celery, &new_status, app).await?;
 
     match outcome {
-        Outcome::Applied { .. } => {
+        Outcome::Applied { problem: None, .. } => {
             info!(app, policy = new_status.policy.as_deref().unwrap_or("none"), "reconciled");
+            Ok(Action::requeue(RESYNC))
+        }
+        Outcome::Applied { problem: Some((reason, message)), .. } => {
+            warn!(app, reason, %message, "children applied, but the scaling policy cannot be used");
             Ok(Action::requeue(RESYNC))
         }
         Outcome::Failed { reason, message } => {

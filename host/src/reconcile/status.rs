@@ -15,7 +15,15 @@ use crate::reconcile::validate::Scaling;
 /// What a reconcile ended with, as far as the status is concerned.
 pub enum Outcome<'a> {
     /// The children were applied; these are the Deployments as the API server returned them.
-    Applied { scaling: &'a Scaling, worker: &'a Deployment, flower: Option<&'a Deployment>, flower_service: Option<String> },
+    Applied {
+        scaling: &'a Scaling,
+        worker: &'a Deployment,
+        flower: Option<&'a Deployment>,
+        flower_service: Option<String>,
+        /// A problem that did not stop the children from being applied (a policy that cannot
+        /// be used): a `Degraded` reason and its message.
+        problem: Option<(&'static str, String)>,
+    },
     /// The spec failed validation, or the API server refused a child: `reason` is one of the
     /// `Degraded` reasons and `message` says what to fix.
     Failed { reason: &'static str, message: String },
@@ -44,7 +52,7 @@ pub fn compute(celery: &Celery, outcome: &Outcome<'_>, now: &Time) -> CeleryStat
             ),
             ..old
         },
-        Outcome::Applied { scaling, worker, flower, flower_service } => {
+        Outcome::Applied { scaling, worker, flower, flower_service, problem } => {
             let workers = replicas(worker);
             let flower_replicas = flower.map(replicas);
             let stuck = [Some(*worker), *flower]
@@ -66,9 +74,10 @@ pub fn compute(celery: &Celery, outcome: &Outcome<'_>, now: &Time) -> CeleryStat
             } else {
                 (true, ROLLING_OUT, "waiting for the Deployments to roll out".to_string())
             };
-            let degraded = match stuck {
-                Some(message) => (true, ROLLOUT_STUCK, message),
-                None => (false, AS_EXPECTED, "no problem found".to_string()),
+            let degraded = match (problem, stuck) {
+                (Some((reason, message)), _) => (true, *reason, message.clone()),
+                (None, Some(message)) => (true, ROLLOUT_STUCK, message),
+                (None, None) => (false, AS_EXPECTED, "no problem found".to_string()),
             };
             CeleryStatus {
                 observed_generation: generation,
@@ -193,7 +202,7 @@ status: {observedGeneration: 2, replicas: 2, readyReplicas: 2, updatedReplicas: 
         let celery = celery_with_status("[]");
         let worker = deployment(READY_WORKERS);
         let scaling = Scaling::Fixed { replicas: 2 };
-        let outcome = Outcome::Applied { scaling: &scaling, worker: &worker, flower: None, flower_service: None };
+        let outcome = Outcome::Applied { scaling: &scaling, worker: &worker, flower: None, flower_service: None, problem: None };
         let s = compute(&celery, &outcome, &time("2026-01-01T00:00:00Z"));
         assert_eq!(s.observed_generation, Some(3));
         assert_eq!(get(&s, READY).status, "True");
@@ -215,7 +224,7 @@ status: {observedGeneration: 2, replicas: 3, readyReplicas: 3, updatedReplicas: 
         );
         let flower = deployment(READY_WORKERS);
         let scaling = Scaling::Fixed { replicas: 3 };
-        let outcome = Outcome::Applied { scaling: &scaling, worker: &worker, flower: Some(&flower), flower_service: Some("f".into()) };
+        let outcome = Outcome::Applied { scaling: &scaling, worker: &worker, flower: Some(&flower), flower_service: Some("f".into()), problem: None };
         let s = compute(&celery, &outcome, &time("2026-01-01T00:00:00Z"));
         assert_eq!(get(&s, READY).reason, WORKERS_NOT_READY);
         assert_eq!(get(&s, PROGRESSING).status, "True");
@@ -235,7 +244,7 @@ status:
 ",
         );
         let scaling = Scaling::Fixed { replicas: 1 };
-        let outcome = Outcome::Applied { scaling: &scaling, worker: &worker, flower: None, flower_service: None };
+        let outcome = Outcome::Applied { scaling: &scaling, worker: &worker, flower: None, flower_service: None, problem: None };
         let s = compute(&celery, &outcome, &time("2026-01-01T00:00:00Z"));
         let d = get(&s, DEGRADED);
         assert_eq!((d.status.as_str(), d.reason.as_str()), ("True", ROLLOUT_STUCK));
@@ -261,7 +270,7 @@ status:
         let worker = deployment(READY_WORKERS);
         let scaling = Scaling::Fixed { replicas: 2 };
         let now = time("2026-06-01T00:00:00Z");
-        let outcome = Outcome::Applied { scaling: &scaling, worker: &worker, flower: None, flower_service: None };
+        let outcome = Outcome::Applied { scaling: &scaling, worker: &worker, flower: None, flower_service: None, problem: None };
         let s = compute(&celery, &outcome, &now);
         assert_eq!(get(&s, READY).last_transition_time, time("2025-01-01T00:00:00Z"));
         let old = &celery.status.as_ref().unwrap().conditions;

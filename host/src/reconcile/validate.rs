@@ -45,6 +45,8 @@ pub enum Scaling {
 pub struct PolicyRef {
     pub name: String,
     pub settings: BTreeMap<String, String>,
+    /// The spec field the policy and its settings come from, for messages.
+    pub field: String,
 }
 
 /// Built-in policy names that seed-style `scaleTargetRef` metrics map onto.
@@ -139,7 +141,11 @@ fn check_resources(field: &str, resources: Option<&ResourceRequirements>) -> Res
 fn scaling(spec: &CelerySpec) -> Result<Scaling, SpecError> {
     if let Some(a) = spec.autoscaling.as_ref().filter(|a| a.enabled) {
         return Ok(Scaling::Policies {
-            policies: vec![PolicyRef { name: a.policy.clone(), settings: a.settings.clone() }],
+            policies: vec![PolicyRef {
+                name: a.policy.clone(),
+                settings: a.settings.clone(),
+                field: "spec.autoscaling".into(),
+            }],
             min_replicas: a.min_replicas,
             max_replicas: a.max_replicas,
         });
@@ -213,10 +219,11 @@ fn scaling(spec: &CelerySpec) -> Result<Scaling, SpecError> {
         policies.push(PolicyRef {
             name: QUEUE_LENGTH_POLICY.into(),
             settings: BTreeMap::from([("target".to_string(), per_worker.to_string())]),
+            field: format!("{field}.metrics"),
         });
     }
     if !resource.is_empty() {
-        policies.push(PolicyRef { name: CPU_MEMORY_POLICY.into(), settings: resource });
+        policies.push(PolicyRef { name: CPU_MEMORY_POLICY.into(), settings: resource, field: format!("{field}.metrics") });
     }
     Ok(Scaling::Policies {
         policies,

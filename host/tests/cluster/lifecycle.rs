@@ -30,6 +30,7 @@ pub const TESTS: &[(&str, bool, fn(Arc<Harness>) -> Test)] = &[
     ("deleting_the_celery_removes_its_children", false, |h| Box::pin(deleting_the_celery_removes_its_children(h))),
     ("schema_rejects_what_it_can", false, |h| Box::pin(schema_rejects_what_it_can(h))),
     ("invalid_spec_is_reported_in_status_and_events", false, |h| Box::pin(invalid_spec_is_reported_in_status_and_events(h))),
+    ("a_policy_that_cannot_be_used_is_reported", false, |h| Box::pin(a_policy_that_cannot_be_used_is_reported(h))),
     ("name_conflict_is_reported", false, |h| Box::pin(name_conflict_is_reported(h))),
     ("flower_can_be_switched_off", false, |h| Box::pin(flower_can_be_switched_off(h))),
     ("only_the_lease_holder_reconciles", false, |h| Box::pin(only_the_lease_holder_reconciles(h))),
@@ -591,4 +592,33 @@ async fn deploy_manifests_are_accepted_by_the_api_server(h: Arc<Harness>) {
         let yaml = std::fs::read_to_string(repo_root().join("deploy").join(file)).unwrap();
         apply_yaml_with(&env.admin, &yaml, Some(&ns), true).await.unwrap_or_else(|e| panic!("deploy/{file}: {e}"));
     }
+}
+
+/// An unknown policy or settings a policy rejects are reported, naming the field; the rest of
+/// the spec is still rolled out, and a fix clears the condition.
+async fn a_policy_that_cannot_be_used_is_reported(h: Arc<Harness>) {
+    let env = &h.env;
+    let ns = env.namespace("policy").await;
+    let operator = env.start_operator(&[&ns], None);
+    let yaml = |name: &str, autoscaling: &str| minimal_yaml(name, name) + &format!("  autoscaling: {autoscaling}\n");
+
+    create(&env.admin, &ns, &yaml("typo", "{policy: queue-length, maxReplicas: 5, settings: {trget: '10'}}")).await.expect("created");
+    let c = wait_condition(&env.admin, &ns, "typo", DEGRADED, "True", INVALID_SETTINGS).await;
+    let (_, _, message) = condition(&c, DEGRADED).unwrap();
+    assert!(message.contains("spec.autoscaling") && message.contains("setting target"), "{message}");
+    eventually("the workers despite the bad setting", WAIT, || deployment(&env.admin, &ns, "typo-celery-worker")).await;
+    events_of(&env.admin, &ns, "typo", INVALID_SETTINGS).await.expect("a Warning event");
+
+    create(&env.admin, &ns, &yaml("nosuch", "{policy: no-such-policy, maxReplicas: 5}")).await.expect("created");
+    let c = wait_condition(&env.admin, &ns, "nosuch", DEGRADED, "True", INVALID_POLICY).await;
+    let (_, _, message) = condition(&c, DEGRADED).unwrap();
+    assert!(message.contains("no-such-policy") && message.contains("queue-length"), "lists the known ones: {message}");
+
+    let fix = serde_json::json!({"spec": {"autoscaling": {"settings": {"trget": null, "target": "10"}}}});
+    Api::<Celery>::namespaced(env.admin.clone(), &ns)
+        .patch("typo", &PatchParams::default(), &Patch::Merge(&fix))
+        .await
+        .expect("fixed");
+    wait_condition(&env.admin, &ns, "typo", DEGRADED, "False", AS_EXPECTED).await;
+    operator.stop().await;
 }

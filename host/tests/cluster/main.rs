@@ -60,6 +60,12 @@ fn main() -> ExitCode {
     let harness = if listing {
         None
     } else {
+        // The built-in policies the operator checks resources against (quick when built).
+        let built = std::process::Command::new(support::repo_root().join("policies/build.sh")).status();
+        if !built.as_ref().is_ok_and(|s| s.success()) {
+            eprintln!("policies/build.sh failed: {built:?}");
+            return ExitCode::FAILURE;
+        }
         let control_plane = match ControlPlane::start() {
             Ok(cp) => cp,
             Err(e) => {

@@ -6,12 +6,15 @@
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use celery_operator::controller::Scope;
 use celery_operator::leader::LeaseConfig;
 use celery_operator::operator::{self, RunError, RunOptions};
+use celery_operator::policy::registry::RegistrySettings;
+use celery_operator::reconcile::policies::PolicyCheck;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
 use kube::discovery::{ApiCapabilities, ApiResource, Discovery, Scope as DiscoveryScope};
@@ -89,13 +92,21 @@ impl Drop for ControlPlane {
 pub struct Env {
     pub admin: Client,
     pub operator: Client,
+    /// One policy runtime shared by every in-process operator, as a process has one.
+    pub policies: Arc<PolicyCheck>,
 }
 
 impl Env {
     pub async fn connect(cp: &ControlPlane) -> Self {
         let admin = operator::client(Some(&cp.admin_kubeconfig())).await.expect("admin client");
         let operator = operator::client(Some(&cp.operator_kubeconfig())).await.expect("operator client");
-        Self { admin, operator }
+        let settings = RegistrySettings {
+            builtin_dir: Some(repo_root().join("target/policies")),
+            user_dir: None,
+            cache_dir: Some(RegistrySettings::default_cache_dir()),
+        };
+        let policies = PolicyCheck::start(settings, Duration::from_secs(5)).await.expect("policy runtime");
+        Self { admin, operator, policies }
     }
 
     /// A fresh namespace for one test.
@@ -117,6 +128,7 @@ impl Env {
             scope: Scope { namespaces: namespaces.iter().map(|s| s.to_string()).collect() },
             listen: None,
             leader_election: lease,
+            policies: Some(self.policies.clone()),
         };
         let task = tokio::spawn(operator::run(self.operator.clone(), options, shutdown));
         OperatorHandle { stop, task }

@@ -1,0 +1,100 @@
+//! Step 2b of a reconcile: the scaling policies a resource selects exist, load, and accept
+//! their settings, before anything is scaled.
+//!
+//! Each policy is resolved in the [`Registry`] (built-ins and the watched user directory) and
+//! asked `validate-settings`. A failure becomes a `Degraded` condition naming the field it
+//! comes from. Verdicts are remembered per module digest and settings, so a policy runs once
+//! per change, not once per reconcile; a changed module (new digest) is asked again.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::conditions::{INVALID_POLICY, INVALID_SETTINGS};
+use crate::policy::engine::{EngineSettings, PolicyEngine};
+use crate::policy::registry::{Registry, RegistrySettings};
+use crate::policy::runner::{CallLimits, PolicyRunner};
+use crate::policy::PolicyError;
+use crate::reconcile::validate::Scaling;
+
+/// Why the selected policies cannot be used: a `Degraded` reason and a message for the user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyProblem {
+    pub reason: &'static str,
+    pub message: String,
+}
+
+/// The registry and runner the reconciler checks policies with.
+pub struct PolicyCheck {
+    registry: Arc<Registry>,
+    runner: PolicyRunner,
+    /// (module digest, settings) → the policy's verdict on those settings.
+    verdicts: Mutex<HashMap<(String, BTreeMap<String, String>), Result<(), String>>>,
+}
+
+impl PolicyCheck {
+    pub fn new(registry: Arc<Registry>, runner: PolicyRunner) -> Self {
+        Self { registry, runner, verdicts: Mutex::default() }
+    }
+
+    /// The process's policy runtime: one engine, the registry loaded (compiling what the disk
+    /// cache lacks) and its directories watched every `rescan`.
+    pub async fn start(settings: RegistrySettings, rescan: Duration) -> Result<Arc<Self>, PolicyError> {
+        let engine = PolicyEngine::new(EngineSettings::default())?;
+        let registry = Arc::new(Registry::new(engine, settings));
+        let loading = Arc::clone(&registry);
+        let changed = tokio::task::spawn_blocking(move || loading.refresh())
+            .await
+            .map_err(|e| PolicyError::Engine(format!("loading the policies failed: {e}")))?;
+        for info in registry.list() {
+            match &info.problem {
+                None => tracing::info!(policy = %info.name, "scaling policy loaded"),
+                Some(problem) => tracing::warn!(policy = %info.name, %problem, "scaling policy not usable"),
+            }
+        }
+        tracing::debug!(?changed, "policy registry loaded");
+        Arc::clone(&registry).spawn_watch(rescan);
+        let runner = PolicyRunner::new(num_cpus(), CallLimits::default());
+        Ok(Arc::new(Self::new(registry, runner)))
+    }
+
+    /// Checks every policy of `scaling`; `Ok` when there is none.
+    pub async fn check(&self, scaling: &Scaling) -> Result<(), PolicyProblem> {
+        let Scaling::Policies { policies, .. } = scaling else { return Ok(()) };
+        for policy in policies {
+            let loaded = self.registry.resolve(&policy.name).map_err(|e| PolicyProblem {
+                reason: INVALID_POLICY,
+                message: format!("{}: {e}", policy.field),
+            })?;
+            let key = (loaded.digest().to_string(), policy.settings.clone());
+            let known = self.verdicts.lock().expect("verdict cache lock").get(&key).cloned();
+            let verdict = match known {
+                Some(v) => v,
+                None => {
+                    let v = match self.runner.validate_settings(loaded, policy.settings.clone()).await {
+                        Ok(()) => Ok(()),
+                        // Transient host trouble is not the user's fault: do not remember it.
+                        Err(e) if !e.is_permanent() => return Err(problem(&policy.field, &e)),
+                        Err(e) => Err(problem(&policy.field, &e).message),
+                    };
+                    self.verdicts.lock().expect("verdict cache lock").insert(key, v.clone());
+                    v
+                }
+            };
+            verdict.map_err(|message| PolicyProblem { reason: INVALID_SETTINGS, message })?;
+        }
+        Ok(())
+    }
+}
+
+fn num_cpus() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
+}
+
+fn problem(field: &str, error: &PolicyError) -> PolicyProblem {
+    let reason = match error {
+        PolicyError::InvalidSettings { .. } | PolicyError::Rejected { .. } => INVALID_SETTINGS,
+        _ => INVALID_POLICY,
+    };
+    PolicyProblem { reason, message: format!("{field}: {error}") }
+}
