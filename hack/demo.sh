@@ -29,8 +29,9 @@ trap 'exit 130' INT TERM
 
 command -v kubectl >/dev/null || { echo "the demo needs kubectl on PATH" >&2; exit 1; }
 
-say "Building the operator"
+say "Building the operator and the built-in scaling policies"
 cargo build -q -p celery-operator
+policies/build.sh
 
 say "Starting the local control plane (the first run builds Kubernetes from source: 10-20 minutes)"
 hack/build-control-plane.sh >/dev/null &
@@ -50,6 +51,7 @@ kubectl wait --for condition=established --timeout=60s crd/celery.celeryproject.
 
 say "Running celery-operator as system:serviceaccount:celery-operator:celery-operator"
 "$BIN" run --kubeconfig "$STATE/operator.kubeconfig" --listen 127.0.0.1:0 --leader-elect=false \
+  --policy-dir "$ROOT/target/policies" \
   >"$STATE/logs/celery-operator.log" 2>&1 &
 operator_pid=$!
 echo "    logs: $STATE/logs/celery-operator.log"
