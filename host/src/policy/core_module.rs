@@ -58,7 +58,7 @@ impl CorePolicy {
         })?;
         let this = Self { pre };
         let now = jiff::Timestamp::now().as_millisecond().max(0) as u64;
-        let version = this.call(engine, policy, limits, now, |store, instance| abi_version(store, instance))??;
+        let version = this.call(engine, policy, limits, now, abi_version)??;
         if version != CORE_ABI_VERSION {
             return Err(PolicyError::IncompatibleVersion {
                 policy: policy.to_string(),
