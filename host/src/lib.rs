@@ -17,6 +17,7 @@ pub mod conditions;
 pub mod controller;
 pub mod crd;
 pub mod leader;
+pub mod metrics;
 pub mod operator;
 pub mod policy;
 pub mod quantity;

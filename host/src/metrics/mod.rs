@@ -1,0 +1,218 @@
+//! Metrics of a Celery app: how much work waits in its queues, read from the broker the way
+//! Celery and kombu actually store it.
+//!
+//! - [`redis`]: the Redis layout of kombu (lists per queue and priority, the `unacked` hash).
+//! - [`rabbitmq`]: the RabbitMQ management HTTP API.
+//! - [`observe`]: `celery-operator observe`, what the host would hand a policy.
+//!
+//! This module talks to brokers only, never to the Kubernetes API. A value that could not be
+//! measured is `None` ("unknown"), never 0: the autoscaling loop holds the replica count on
+//! unknown data, whereas a 0 would scale an app down because its broker is unreachable.
+
+pub mod observe;
+pub mod rabbitmq;
+pub mod redis;
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::policy::QueueSample;
+
+/// One Celery queue as measured on its broker.
+#[derive(Serialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct QueueStats {
+    pub name: String,
+    /// Messages waiting to be delivered to a worker; `None` when unknown.
+    pub backlog: Option<u64>,
+    /// Messages delivered to a worker and not acknowledged yet (prefetched or running).
+    pub reserved: Option<u64>,
+    /// Consumers attached to the queue; Redis has no such notion, so always `None` there.
+    pub consumers: Option<u32>,
+}
+
+impl QueueStats {
+    /// Every figure unknown: what a queue reads as when its broker could not answer.
+    pub fn unknown(name: impl Into<String>) -> Self {
+        Self { name: name.into(), backlog: None, reserved: None, consumers: None }
+    }
+
+    /// The queue as a policy sees it, or `None` when the backlog is unknown: the loop does not
+    /// call a policy then, it holds the current replica count.
+    pub fn to_sample(&self) -> Option<QueueSample> {
+        Some(QueueSample {
+            name: self.name.clone(),
+            backlog: self.backlog?,
+            reserved: self.reserved,
+            consumers: self.consumers,
+        })
+    }
+}
+
+/// How kombu lays out a queue in Redis: its transport options `sep`, `priority_steps`,
+/// `global_keyprefix` and `unacked_key`, which an app sets in `broker_transport_options`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RedisLayout {
+    pub sep: String,
+    pub priority_steps: Vec<u32>,
+    pub global_keyprefix: String,
+    pub unacked_key: String,
+}
+
+impl Default for RedisLayout {
+    /// kombu's defaults (`kombu/transport/redis.py`).
+    fn default() -> Self {
+        Self {
+            sep: "\x06\x16".into(),
+            priority_steps: vec![0, 3, 6, 9],
+            global_keyprefix: String::new(),
+            unacked_key: "unacked".into(),
+        }
+    }
+}
+
+/// How to reach and read a broker.
+#[derive(Clone, Debug)]
+pub struct BrokerOptions {
+    /// Limit for one whole read (connecting included); past it the figures are unknown.
+    pub timeout: Duration,
+    pub redis: RedisLayout,
+    /// The RabbitMQ management API, e.g. `http://guest:guest@rabbitmq:15672`. Without it,
+    /// the AMQP URL's host and credentials on port 15672 (15671 with TLS for `amqps://`).
+    pub management_url: Option<String>,
+}
+
+impl Default for BrokerOptions {
+    fn default() -> Self {
+        Self { timeout: Duration::from_secs(2), redis: RedisLayout::default(), management_url: None }
+    }
+}
+
+/// Everything that can go wrong reading a broker. `broker` is the URL without its password.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("broker URL {broker}: {reason}")]
+    InvalidUrl { broker: String, reason: String },
+    #[error("broker {broker}: the scheme `{scheme}` is not supported (use redis://, rediss://, redis+socket://, amqp:// or amqps://)")]
+    UnsupportedScheme { broker: String, scheme: String },
+    #[error("broker {broker}: no answer within {limit:?} while {what}")]
+    Timeout { broker: String, what: &'static str, limit: Duration },
+    #[error("broker {broker}: refused the credentials (wrong password or user): {detail}")]
+    Unauthorized { broker: String, detail: String },
+    #[error("broker {broker}: {what}: {source}")]
+    Redis {
+        broker: String,
+        what: &'static str,
+        #[source]
+        source: ::redis::RedisError,
+    },
+    #[error("broker {broker}: {what}: {source}")]
+    Http {
+        broker: String,
+        what: &'static str,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("broker {broker}: {detail}")]
+    Unexpected { broker: String, detail: String },
+}
+
+/// A broker of one app, ready to be read repeatedly (connections are kept between reads).
+pub enum Broker {
+    Redis(redis::RedisBroker),
+    RabbitMq(rabbitmq::RabbitMqBroker),
+}
+
+impl Broker {
+    /// The figures of the named queues, in the order given, in one round trip where the
+    /// broker allows it.
+    pub async fn queues(&self, names: &[String]) -> Result<Vec<QueueStats>, BrokerError> {
+        match self {
+            Broker::Redis(b) => b.queues(names).await,
+            Broker::RabbitMq(b) => b.queues(names).await,
+        }
+    }
+
+    /// The broker's URL without its password, for logs and errors.
+    pub fn display_url(&self) -> &str {
+        match self {
+            Broker::Redis(b) => b.display_url(),
+            Broker::RabbitMq(b) => b.display_url(),
+        }
+    }
+}
+
+/// Picks the broker from the URL's scheme. Connects lazily: a broker that is down fails the
+/// first read, not this call, so an app can be set up before its broker is reachable.
+pub fn connect(url: &str, options: &BrokerOptions) -> Result<Broker, BrokerError> {
+    let parsed = url::Url::parse(url)
+        .map_err(|e| BrokerError::InvalidUrl { broker: redact_unparsed(url), reason: e.to_string() })?;
+    match parsed.scheme() {
+        "redis" | "rediss" | "redis+socket" | "socket" | "unix" => {
+            redis::RedisBroker::new(&parsed, options).map(Broker::Redis)
+        }
+        "amqp" | "amqps" | "pyamqp" => rabbitmq::RabbitMqBroker::new(&parsed, options).map(Broker::RabbitMq),
+        scheme => Err(BrokerError::UnsupportedScheme { broker: redact(&parsed), scheme: scheme.into() }),
+    }
+}
+
+/// The URL with its password replaced by `***`, fit for a log line or an error.
+pub fn redact(url: &url::Url) -> String {
+    let mut shown = url.clone();
+    if shown.password().is_some() {
+        // NB: set_password fails only for URLs that cannot have credentials, which have none.
+        let _ = shown.set_password(Some("***"));
+    }
+    shown.to_string()
+}
+
+/// A URL that did not parse is shown only up to its host: whatever came before an `@` may be
+/// a password.
+fn redact_unparsed(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => format!("{}://***{}", &url[..scheme_end], &url[at..]),
+        _ => url.to_string(),
+    }
+}
+
+/// rustls needs a process-wide crypto provider before any TLS client is built; the operator
+/// uses ring (as kube does). Installing it twice is harmless, so every client builder calls this.
+pub(crate) fn ensure_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redaction_hides_passwords_only() {
+        let url = url::Url::parse("redis://user:s3cret@redis:6379/2").expect("valid");
+        assert_eq!(redact(&url), "redis://user:***@redis:6379/2");
+        let url = url::Url::parse("redis://:s3cret@redis/0").expect("valid");
+        assert_eq!(redact(&url), "redis://:***@redis/0");
+        let url = url::Url::parse("amqp://guest@rabbitmq//").expect("valid");
+        assert_eq!(redact(&url), "amqp://guest@rabbitmq//");
+        assert_eq!(redact_unparsed("redis://u:p@ss@host:x/0"), "redis://***@host:x/0");
+    }
+
+    #[test]
+    fn connect_picks_the_broker_by_scheme() {
+        let options = BrokerOptions::default();
+        assert!(matches!(connect("redis://localhost/0", &options), Ok(Broker::Redis(_))));
+        assert!(matches!(connect("amqp://guest:guest@localhost//", &options), Ok(Broker::RabbitMq(_))));
+        let error = connect("sqs://key:secret@sqs.example/", &options).err().expect("unsupported");
+        assert!(matches!(error, BrokerError::UnsupportedScheme { .. }), "{error}");
+        assert!(!error.to_string().contains("secret"), "{error}");
+        let error = connect("redis://:pw@host:notaport/0", &options).err().expect("invalid");
+        assert!(!error.to_string().contains("pw"), "{error}");
+    }
+
+    #[test]
+    fn unknown_backlog_is_not_a_sample() {
+        assert_eq!(QueueStats::unknown("q").to_sample(), None);
+        let known = QueueStats { name: "q".into(), backlog: Some(3), reserved: None, consumers: Some(1) };
+        assert_eq!(known.to_sample().map(|s| s.backlog), Some(3));
+    }
+}
