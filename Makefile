@@ -5,7 +5,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 STATE ?= $(CURDIR)/.state
 
-.PHONY: help demo test test-unit test-cluster build crd policies control-plane stop fmt lint
+.PHONY: help demo test test-deps test-unit test-cluster build crd policies control-plane stop fmt lint
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -13,8 +13,11 @@ help: ## List the targets
 demo: ## Local control plane + operator + an example Celery app; Ctrl-C stops everything
 	hack/demo.sh
 
-test: policies ## Every test: unit, CRD drift, policies, and the real control plane
-	$(CARGO) test --workspace --all-targets
+test: test-deps policies ## Every test: unit, CRD drift, policies, real brokers and the real control plane
+	$(CARGO) test --workspace
+
+test-deps: ## Install Redis, RabbitMQ and a Celery venv for the broker tests
+	hack/install-test-deps.sh
 
 test-unit: ## Only the tests that need no cluster
 	$(CARGO) test --workspace --lib

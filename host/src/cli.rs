@@ -30,6 +30,8 @@ enum Command {
     Crd,
     /// Tools for scaling-policy authors: list, check, eval, simulate, bench.
     Policy(crate::policy::cli::PolicyArgs),
+    /// Print, as JSON, what the broker reports for some queues: what a policy would be handed.
+    Observe(crate::metrics::observe::ObserveArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -80,6 +82,7 @@ pub async fn main() -> anyhow::Result<()> {
         }
         Command::Run(args) => run(args).await,
         Command::Policy(args) => crate::policy::cli::run(args).await,
+        Command::Observe(args) => crate::metrics::observe::run(args).await,
     }
 }
 
