@@ -120,7 +120,8 @@ pub enum BrokerError {
 
 /// A broker of one app, ready to be read repeatedly (connections are kept between reads).
 pub enum Broker {
-    Redis(redis::RedisBroker),
+    /// Boxed: a Redis client is several times the size of an HTTP one.
+    Redis(Box<redis::RedisBroker>),
     RabbitMq(rabbitmq::RabbitMqBroker),
 }
 
@@ -150,7 +151,7 @@ pub fn connect(url: &str, options: &BrokerOptions) -> Result<Broker, BrokerError
         .map_err(|e| BrokerError::InvalidUrl { broker: redact_unparsed(url), reason: e.to_string() })?;
     match parsed.scheme() {
         "redis" | "rediss" | "redis+socket" | "socket" | "unix" => {
-            redis::RedisBroker::new(&parsed, options).map(Broker::Redis)
+            redis::RedisBroker::new(&parsed, options).map(|b| Broker::Redis(Box::new(b)))
         }
         "amqp" | "amqps" | "pyamqp" => rabbitmq::RabbitMqBroker::new(&parsed, options).map(Broker::RabbitMq),
         scheme => Err(BrokerError::UnsupportedScheme { broker: redact(&parsed), scheme: scheme.into() }),
