@@ -2,13 +2,15 @@
 //! policies compiled to WebAssembly.
 //!
 //! - [`crd`]: the `Celery` API types, the source of `deploy/crd.yaml`.
-//! - [`reconcile`]: one reconcile of one app, as steps: validate → build → apply → status.
+//! - [`reconcile`]: one reconcile of one app, as steps: validate → check policies → build →
+//!   apply → status.
 //! - [`controller`]: the watches that trigger reconciles.
 //! - [`operator`]: `celery-operator run`, wiring controller, leader election and endpoints.
 //! - [`leader`], [`server`], [`telemetry`]: Lease election, HTTP endpoints, logs and metrics.
 //! - [`conditions`]: condition types and reasons; [`quantity`]: resource quantities.
 //! - [`policy`]: the WebAssembly policy runtime and registry; [`autoscale`]: bounds and
 //!   stabilisation of policy answers.
+//! - [`metrics`]: what the brokers report about the queues (Redis, RabbitMQ).
 //! - [`cli`]: the command line.
 
 pub mod autoscale;
