@@ -62,13 +62,13 @@ struct RunArgs {
     lease_seconds: u64,
     /// Directory of the built-in policies (default: /usr/lib/celery-operator/policies, else
     /// target/policies in a checkout).
-    #[arg(long, env = "POLICY_DIR")]
+    #[arg(long, env = "CELERY_OPERATOR_POLICY_DIR")]
     policy_dir: Option<PathBuf>,
     /// Watched directory of your own policy modules (`<name>.wasm`), e.g. a mounted ConfigMap.
-    #[arg(long, env = "EXTRA_POLICY_DIR")]
+    #[arg(long, env = "CELERY_OPERATOR_USER_POLICY_DIR")]
     extra_policy_dir: Option<PathBuf>,
     /// Where compiled policies are cached across restarts.
-    #[arg(long, env = "POLICY_CACHE_DIR")]
+    #[arg(long, env = "CELERY_OPERATOR_POLICY_CACHE")]
     policy_cache_dir: Option<PathBuf>,
 }
 
