@@ -109,7 +109,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         user_dir: extra_policy_dir,
         cache_dir: Some(policy_cache_dir.unwrap_or_else(RegistrySettings::default_cache_dir)),
     };
-    let policies = PolicyCheck::start(registry, Duration::from_secs(5)).await?;
+    let policies = PolicyCheck::start(registry, Duration::from_secs(5))?;
     let options = RunOptions {
         scope: Scope { namespaces },
         policies: Some(policies),

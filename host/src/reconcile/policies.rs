@@ -10,6 +10,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tokio::sync::watch;
+
 use crate::conditions::{INVALID_POLICY, INVALID_SETTINGS};
 use crate::policy::engine::{EngineSettings, PolicyEngine};
 use crate::policy::registry::{Registry, RegistrySettings};
@@ -28,39 +30,45 @@ pub struct PolicyProblem {
 pub struct PolicyCheck {
     registry: Arc<Registry>,
     runner: PolicyRunner,
+    /// Turns true once the registry's first load is done.
+    ready: watch::Receiver<bool>,
     /// (module digest, settings) → the policy's verdict on those settings.
     verdicts: Mutex<HashMap<(String, BTreeMap<String, String>), Result<(), String>>>,
 }
 
 impl PolicyCheck {
-    pub fn new(registry: Arc<Registry>, runner: PolicyRunner) -> Self {
-        Self { registry, runner, verdicts: Mutex::default() }
-    }
-
-    /// The process's policy runtime: one engine, the registry loaded (compiling what the disk
-    /// cache lacks) and its directories watched every `rescan`.
-    pub async fn start(settings: RegistrySettings, rescan: Duration) -> Result<Arc<Self>, PolicyError> {
+    /// The process's policy runtime: one engine and the registry, whose directories are then
+    /// watched every `rescan`. NB: the first load compiles what the disk cache lacks (tens of
+    /// seconds for the Python and JavaScript built-ins on a cold cache), so it runs in the
+    /// background: the health endpoints answer meanwhile, and [`check`](Self::check) waits for it.
+    pub fn start(settings: RegistrySettings, rescan: Duration) -> Result<Arc<Self>, PolicyError> {
         let engine = PolicyEngine::new(EngineSettings::default())?;
         let registry = Arc::new(Registry::new(engine, settings));
+        let (loaded, ready) = watch::channel(false);
         let loading = Arc::clone(&registry);
-        let changed = tokio::task::spawn_blocking(move || loading.refresh())
-            .await
-            .map_err(|e| PolicyError::Engine(format!("loading the policies failed: {e}")))?;
-        for info in registry.list() {
-            match &info.problem {
-                None => tracing::info!(policy = %info.name, "scaling policy loaded"),
-                Some(problem) => tracing::warn!(policy = %info.name, %problem, "scaling policy not usable"),
+        tokio::spawn(async move {
+            let scanned = Arc::clone(&loading);
+            if let Err(error) = tokio::task::spawn_blocking(move || scanned.refresh()).await {
+                tracing::error!(%error, "loading the scaling policies failed");
             }
-        }
-        tracing::debug!(?changed, "policy registry loaded");
-        Arc::clone(&registry).spawn_watch(rescan);
+            for info in loading.list() {
+                match &info.problem {
+                    None => tracing::info!(policy = %info.name, "scaling policy loaded"),
+                    Some(problem) => tracing::warn!(policy = %info.name, %problem, "scaling policy not usable"),
+                }
+            }
+            let _ = loaded.send(true);
+            loading.spawn_watch(rescan);
+        });
         let runner = PolicyRunner::new(num_cpus(), CallLimits::default());
-        Ok(Arc::new(Self::new(registry, runner)))
+        Ok(Arc::new(Self { registry, runner, ready, verdicts: Mutex::default() }))
     }
 
     /// Checks every policy of `scaling`; `Ok` when there is none.
     pub async fn check(&self, scaling: &Scaling) -> Result<(), PolicyProblem> {
         let Scaling::Policies { policies, .. } = scaling else { return Ok(()) };
+        // Until the first load is done every name would look unknown.
+        let _ = self.ready.clone().wait_for(|loaded| *loaded).await;
         for policy in policies {
             let loaded = self.registry.resolve(&policy.name).map_err(|e| PolicyProblem {
                 reason: INVALID_POLICY,

@@ -105,7 +105,7 @@ impl Env {
             user_dir: None,
             cache_dir: Some(RegistrySettings::default_cache_dir()),
         };
-        let policies = PolicyCheck::start(settings, Duration::from_secs(5)).await.expect("policy runtime");
+        let policies = PolicyCheck::start(settings, Duration::from_secs(5)).expect("policy runtime");
         Self { admin, operator, policies }
     }
 
