@@ -41,6 +41,15 @@ pub struct ComponentState {
     output: GuestOutput,
 }
 
+impl sandbox::Limited for ComponentState {
+    fn limiter(&mut self) -> &mut Limiter {
+        &mut self.limiter
+    }
+    fn limiter_ref(&self) -> &Limiter {
+        &self.limiter
+    }
+}
+
 impl WasiView for ComponentState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
@@ -151,24 +160,9 @@ impl ComponentPolicy {
             limiter: Limiter::new(limits.memory_bytes),
             output: output.clone(),
         };
-        let mut store = Store::new(engine.engine(), state);
-        store.limiter(|state| &mut state.limiter);
-        store.set_epoch_deadline(engine.deadline_ticks(limits.timeout));
-        store.epoch_deadline_trap();
-        let result = self
-            .pre
-            .instantiate(&mut store)
-            .and_then(|instance| body(&mut store, &instance));
-        output.emit(policy);
-        result.map_err(|error| {
-            sandbox::classify(
-                policy,
-                error,
-                store.data().limiter.refused(),
-                limits.memory_bytes,
-                limits.timeout,
-                &output,
-            )
+        sandbox::run_bounded(engine, policy, limits, &output, state, |store| {
+            let instance = self.pre.instantiate(&mut *store)?;
+            body(store, &instance)
         })
     }
 }

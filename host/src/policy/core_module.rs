@@ -31,6 +31,15 @@ pub struct CoreState {
     output: GuestOutput,
 }
 
+impl sandbox::Limited for CoreState {
+    fn limiter(&mut self) -> &mut Limiter {
+        &mut self.limiter
+    }
+    fn limiter_ref(&self) -> &Limiter {
+        &self.limiter
+    }
+}
+
 /// A loaded, linked core-module policy.
 pub struct CorePolicy {
     pre: InstancePre<CoreState>,
@@ -166,26 +175,12 @@ impl CorePolicy {
             limiter: Limiter::new(limits.memory_bytes),
             output: output.clone(),
         };
-        let mut store = Store::new(engine.engine(), state);
-        store.limiter(|state| &mut state.limiter);
-        store.set_epoch_deadline(engine.deadline_ticks(limits.timeout));
-        store.epoch_deadline_trap();
-        let result = self.pre.instantiate(&mut store).and_then(|instance| {
-            if let Ok(init) = instance.get_typed_func::<(), ()>(&mut store, "_initialize") {
-                init.call(&mut store, ())?;
+        sandbox::run_bounded(engine, policy, limits, &output, state, |store| {
+            let instance = self.pre.instantiate(&mut *store)?;
+            if let Ok(init) = instance.get_typed_func::<(), ()>(&mut *store, "_initialize") {
+                init.call(&mut *store, ())?;
             }
-            body(&mut store, &instance)
-        });
-        output.emit(policy);
-        result.map_err(|error| {
-            sandbox::classify(
-                policy,
-                error,
-                store.data().limiter.refused(),
-                limits.memory_bytes,
-                limits.timeout,
-                &output,
-            )
+            body(store, &instance)
         })
     }
 }

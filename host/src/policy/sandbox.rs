@@ -13,11 +13,13 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use wasmtime::{ResourceLimiter, Trap};
+use wasmtime::{ResourceLimiter, Store, Trap};
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 use wasmtime_wasi::{Deterministic, HostMonotonicClock, HostWallClock, I32Exit, WasiCtxBuilder};
 
+use super::engine::PolicyEngine;
+use super::runner::CallLimits;
 use super::{PolicyError, truncate};
 
 /// Longest log line kept from a guest.
@@ -277,6 +279,34 @@ pub fn empty_wasi(sample_time_ms: u64, output: &GuestOutput) -> WasiCtxBuilder {
         .allow_udp(false)
         .allow_ip_name_lookup(false);
     builder
+}
+
+/// Store state that carries the call's memory [`Limiter`].
+pub trait Limited: 'static {
+    fn limiter(&mut self) -> &mut Limiter;
+    fn limiter_ref(&self) -> &Limiter;
+}
+
+/// Runs `body` in a fresh store holding `state`, under the call's memory and time limits;
+/// forwards what the guest printed to the log and names a failure with [`classify`]. Both
+/// kinds of module (components and core modules) run their calls through here.
+pub fn run_bounded<T: Limited, R>(
+    engine: &PolicyEngine,
+    policy: &str,
+    limits: &CallLimits,
+    output: &GuestOutput,
+    state: T,
+    body: impl FnOnce(&mut Store<T>) -> wasmtime::Result<R>,
+) -> Result<R, PolicyError> {
+    let mut store = Store::new(engine.engine(), state);
+    store.limiter(|state| state.limiter());
+    store.set_epoch_deadline(engine.deadline_ticks(limits.timeout));
+    store.epoch_deadline_trap();
+    let result = body(&mut store);
+    output.emit(policy);
+    result.map_err(|error| {
+        classify(policy, error, store.data().limiter_ref().refused(), limits.memory_bytes, limits.timeout, output)
+    })
 }
 
 /// Names a failure of a guest call (or of the instantiation before it).
