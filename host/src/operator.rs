@@ -92,10 +92,10 @@ pub async fn run(client: Client, options: RunOptions, shutdown: watch::Receiver<
             outcome
         }
     };
-    if let Some(server) = server {
-        if let Ok(Err(e)) = server.await {
-            return Err(RunError::Serve(e));
-        }
+    if let Some(server) = server
+        && let Ok(Err(e)) = server.await
+    {
+        return Err(RunError::Serve(e));
     }
     info!("operator stopped");
     result

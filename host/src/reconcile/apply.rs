@@ -226,13 +226,13 @@ fn classify(action: &'static str, kind: &str, celery: &Celery, name: &str, sourc
 /// Separates refusals that only a change of the spec can cure (422 Invalid) from failures
 /// worth a retry.
 fn classify_in(action: &'static str, kind: &str, namespace: String, name: &str, source: kube::Error) -> ApplyError {
-    if let kube::Error::Api(status) = &source {
-        if status.code == 422 {
-            return ApplyError::Rejected {
-                reason: APPLY_REJECTED,
-                message: format!("the API server refused {kind} {namespace}/{name}: {}", status.message),
-            };
-        }
+    if let kube::Error::Api(status) = &source
+        && status.code == 422
+    {
+        return ApplyError::Rejected {
+            reason: APPLY_REJECTED,
+            message: format!("the API server refused {kind} {namespace}/{name}: {}", status.message),
+        };
     }
     ApplyError::Api { action, kind: kind.to_string(), namespace, name: name.to_string(), source }
 }

@@ -26,6 +26,9 @@ pub struct PolicyProblem {
     pub message: String,
 }
 
+/// A module digest and the settings it was asked about.
+type VerdictKey = (String, BTreeMap<String, String>);
+
 /// The registry and runner the reconciler checks policies with.
 pub struct PolicyCheck {
     registry: Arc<Registry>,
@@ -33,7 +36,7 @@ pub struct PolicyCheck {
     /// Turns true once the registry's first load is done.
     ready: watch::Receiver<bool>,
     /// (module digest, settings) → the policy's verdict on those settings.
-    verdicts: Mutex<HashMap<(String, BTreeMap<String, String>), Result<(), String>>>,
+    verdicts: Mutex<HashMap<VerdictKey, Result<(), String>>>,
 }
 
 impl PolicyCheck {

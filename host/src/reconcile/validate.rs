@@ -126,13 +126,13 @@ fn check_resources(field: &str, resources: Option<&ResourceRequirements>) -> Res
     let requests = parse_all("requests", resources.requests.as_ref())?;
     let limits = parse_all("limits", resources.limits.as_ref())?;
     for (name, request) in &requests {
-        if let Some(limit) = limits.get(name) {
-            if request > limit {
-                return Err(SpecError::new(
-                    format!("{field}.requests.{name}"),
-                    format!("the request exceeds the limit ({field}.limits.{name}); a pod could never be admitted"),
-                ));
-            }
+        if let Some(limit) = limits.get(name)
+            && request > limit
+        {
+            return Err(SpecError::new(
+                format!("{field}.requests.{name}"),
+                format!("the request exceeds the limit ({field}.limits.{name}); a pod could never be admitted"),
+            ));
         }
     }
     Ok(())
