@@ -40,7 +40,12 @@ struct RunArgs {
     #[arg(long, env = "KUBECONFIG_PATH")]
     kubeconfig: Option<PathBuf>,
     /// Namespace to watch; repeat for several. All namespaces when absent.
-    #[arg(long = "namespace", short = 'n', env = "WATCH_NAMESPACES", value_delimiter = ',')]
+    #[arg(
+        long = "namespace",
+        short = 'n',
+        env = "WATCH_NAMESPACES",
+        value_delimiter = ','
+    )]
     namespaces: Vec<String>,
     /// Address of /healthz, /readyz and /metrics.
     #[arg(long, default_value = "0.0.0.0:8080", env = "LISTEN_ADDRESS")]

@@ -5,6 +5,8 @@
 pub const READY: &str = "Ready";
 /// A change is being rolled out to the children.
 pub const PROGRESSING: &str = "Progressing";
+/// A scaling policy decides the worker replicas from fresh metrics. Written by the autoscaler.
+pub const SCALING_ACTIVE: &str = "ScalingActive";
 /// Something needs a person: the spec is invalid, the API server refused a child, a rollout
 /// is stuck.
 pub const DEGRADED: &str = "Degraded";
@@ -33,3 +35,17 @@ pub const ROLLOUT_STUCK: &str = "RolloutStuck";
 pub const INVALID_POLICY: &str = "InvalidPolicy";
 /// The selected scaling policy rejected its settings; the message quotes it.
 pub const INVALID_SETTINGS: &str = "InvalidSettings";
+
+/// The autoscaler sampled the app and the policy answered.
+pub const POLICY_DECIDING: &str = "PolicyDeciding";
+/// A figure the policy needs could not be measured (broker down, wrong credentials, timeout);
+/// the replica count is held.
+pub const METRICS_UNAVAILABLE: &str = "MetricsUnavailable";
+/// The policy failed (trap, timeout, memory limit, invalid answer); the replica count is held.
+pub const POLICY_FAILED: &str = "PolicyFailed";
+/// The worker Deployment does not exist yet, or the replica count could not be written.
+pub const SCALE_FAILED: &str = "ScaleFailed";
+
+/// Event reasons of the autoscaler.
+pub const SCALED_UP: &str = "ScaledUp";
+pub const SCALED_DOWN: &str = "ScaledDown";

@@ -11,13 +11,15 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Service;
+use kube::Client;
 use kube::api::{Api, ListParams};
 use kube::runtime::utils::Backoff;
 use kube::runtime::{Controller, watcher};
-use kube::Client;
 use tokio::sync::watch;
 use tracing::{debug, error, info, warn};
 
+use crate::autoscale::cluster::ClusterView;
+use crate::autoscale::scaler::Autoscaler;
 use crate::crd::Celery;
 use crate::reconcile::build::CHILD_SELECTOR;
 use crate::reconcile::policies::PolicyCheck;
@@ -32,14 +34,17 @@ pub struct Scope {
 }
 
 impl Scope {
-    fn apis<K>(&self, client: &Client) -> Vec<Api<K>>
+    pub(crate) fn apis<K>(&self, client: &Client) -> Vec<Api<K>>
     where
         K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
     {
         if self.namespaces.is_empty() {
             vec![Api::all(client.clone())]
         } else {
-            self.namespaces.iter().map(|ns| Api::namespaced(client.clone(), ns)).collect()
+            self.namespaces
+                .iter()
+                .map(|ns| Api::namespaced(client.clone(), ns))
+                .collect()
         }
     }
 }
@@ -61,7 +66,11 @@ struct CappedBackoff {
 
 impl CappedBackoff {
     fn new(min: Duration, max: Duration) -> Self {
-        Self { min, max, next: min }
+        Self {
+            min,
+            max,
+            next: min,
+        }
     }
 }
 
@@ -106,6 +115,8 @@ pub async fn wait_for_crd(client: &Client, scope: &Scope, shutdown: &mut watch::
 }
 
 /// Runs the controllers until `shutdown` turns true, then lets running reconciles finish.
+/// With a policy runtime, the autoscaling loops and the cluster view they read run alongside,
+/// and end with the controllers (when this future completes or is dropped on lost leadership).
 pub async fn run(
     client: Client,
     scope: Scope,
@@ -113,18 +124,40 @@ pub async fn run(
     policies: Option<Arc<PolicyCheck>>,
     shutdown: watch::Receiver<bool>,
 ) {
-    let ctx = Arc::new(Context::new(client.clone(), metrics, policies));
     let children = watcher::Config::default().labels(CHILD_SELECTOR);
     let celery_apis = scope.apis::<Celery>(&client);
     let deployment_apis = scope.apis::<Deployment>(&client);
     let service_apis = scope.apis::<Service>(&client);
 
-    let controllers = celery_apis.into_iter().zip(deployment_apis).zip(service_apis).map(|((celery, deployments), services)| {
+    let controllers: Vec<_> = celery_apis
+        .into_iter()
+        .zip(deployment_apis)
+        .zip(service_apis)
+        .map(|((celery, deployments), services)| {
+            Controller::new(celery, watcher::Config::default())
+                .owns(deployments, children.clone())
+                .owns(services, children.clone())
+                .trigger_backoff(watch_backoff())
+        })
+        .collect();
+
+    let cluster = ClusterView::new();
+    let autoscaler = policies.clone().map(|policies| {
+        let stores = controllers.iter().map(Controller::store).collect();
+        Autoscaler::new(
+            client.clone(),
+            metrics.clone(),
+            policies,
+            cluster.clone(),
+            stores,
+        )
+    });
+    let watch_cluster = autoscaler.is_some();
+    let ctx = Arc::new(Context::new(client.clone(), metrics, policies, autoscaler));
+
+    let running = controllers.into_iter().map(|controller| {
         let mut stop = shutdown.clone();
-        Controller::new(celery, watcher::Config::default())
-            .owns(deployments, children.clone())
-            .owns(services, children.clone())
-            .trigger_backoff(watch_backoff())
+        controller
             .graceful_shutdown_on(async move {
                 let _ = stop.wait_for(|s| *s).await;
             })
@@ -137,5 +170,14 @@ pub async fn run(
             })
     });
     info!(namespaces = ?scope.namespaces, "watching Celery apps");
-    futures::future::join_all(controllers).await;
+    let controllers = futures::future::join_all(running);
+    if watch_cluster {
+        // The view never ends by itself: it stops with the controllers.
+        tokio::select! {
+            _ = controllers => {}
+            _ = cluster.watch(client, scope) => {}
+        }
+    } else {
+        controllers.await;
+    }
 }

@@ -16,7 +16,7 @@ use k8s_openapi::api::core::v1::{
     Affinity, EnvFromSource, EnvVar, LocalObjectReference, PodSecurityContext,
     ResourceRequirements, SecurityContext, Toleration,
 };
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{CustomResource, CustomResourceExt, KubeSchema};
 use schemars::JsonSchema;
@@ -87,7 +87,10 @@ pub struct CelerySpec {
 pub struct Common {
     /// Name prefix of the children: `<appName>-celery-worker` and `<appName>-flower`. A DNS
     /// label of at most 49 characters, so that every child name stays a valid DNS label.
-    #[schemars(length(min = 1, max = 49), regex(pattern = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"))]
+    #[schemars(
+        length(min = 1, max = 49),
+        regex(pattern = r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+    )]
     pub app_name: String,
 
     /// The Celery application instance, as given to `celery --app`, e.g. `app:celery_app` or
@@ -398,7 +401,10 @@ pub struct Autoscaling {
 
     /// Name of the scaling policy module: a built-in (`queue-length`, `cpu-memory`, `load`,
     /// `drain-time`, `steps`) or a module installed in the operator's policy directory.
-    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[a-z0-9]([-a-z0-9_.]*[a-z0-9])?(@sha256:[0-9a-f]{64})?$"))]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9_.]*[a-z0-9])?(@sha256:[0-9a-f]{64})?$")
+    )]
     pub policy: String,
 
     /// Settings handed to the policy as string pairs; their meaning is the policy's.
@@ -413,6 +419,74 @@ pub struct Autoscaling {
     /// Most worker replicas.
     #[schemars(range(min = 1))]
     pub max_replicas: i32,
+
+    /// Seconds between two samples of the broker (and two policy decisions). CPU and memory
+    /// are refreshed as often as the metrics API refreshes them, whatever this says.
+    #[serde(default = "default_interval")]
+    #[schemars(range(min = 1, max = 3600))]
+    pub interval_seconds: i32,
+
+    /// How scaling down is damped. Scaling up is never delayed.
+    #[serde(default)]
+    pub scale_down: ScaleDown,
+
+    /// Worker replicas to run while the metrics are unknown or the policy fails. The count is
+    /// only ever raised to it, never lowered: missing data never scales an app down. Without
+    /// it the current count is held.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub fallback_replicas: Option<i32>,
+
+    /// Memory one policy call may use, as a quantity (`16Mi`, `64Mi`). Defaults to 64Mi; the
+    /// operator caps it at 256Mi.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy_memory: Option<String>,
+}
+
+fn default_interval() -> i32 {
+    1
+}
+
+/// Damping of scale-down decisions, as the Kubernetes HPA does it.
+#[derive(JsonSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ScaleDown {
+    /// Seconds a lower replica count must be recommended before it is applied: the count
+    /// applied is the highest the policy recommended within this window.
+    #[serde(default = "default_stabilization")]
+    #[schemars(range(min = 0, max = 3600))]
+    pub stabilization_window_seconds: i32,
+
+    /// At most this percentage of the current workers (and at least one) is removed in one
+    /// step.
+    #[serde(default = "default_step_percent")]
+    #[schemars(range(min = 1, max = 100))]
+    pub max_step_percent: i32,
+
+    /// Seconds between two scale-down steps.
+    #[serde(default = "default_step_period")]
+    #[schemars(range(min = 0, max = 3600))]
+    pub period_seconds: i32,
+}
+
+impl Default for ScaleDown {
+    fn default() -> Self {
+        Self {
+            stabilization_window_seconds: default_stabilization(),
+            max_step_percent: default_step_percent(),
+            period_seconds: default_step_period(),
+        }
+    }
+}
+
+fn default_stabilization() -> i32 {
+    60
+}
+fn default_step_percent() -> i32 {
+    50
+}
+fn default_step_period() -> i32 {
+    15
 }
 
 /// One entry of the Python operator's `scaleTargetRef`.
@@ -501,8 +575,10 @@ pub struct CeleryStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
 
-    /// `Ready`, `Progressing` and `Degraded`, following Kubernetes API conventions.
+    /// `Ready`, `Progressing` and `Degraded`, following Kubernetes API conventions, and
+    /// `ScalingActive` while a scaling policy drives the workers.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
 
     /// Replica counts of the worker Deployment.
@@ -524,6 +600,77 @@ pub struct CeleryStatus {
     /// Messages waiting in the worker queues at the last autoscaling sample.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue_backlog: Option<i64>,
+
+    /// What the autoscaler measured and decided last (absent while the count is fixed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaler: Option<AutoscalerStatus>,
+}
+
+/// What the autoscaler measured and decided last.
+#[derive(JsonSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AutoscalerStatus {
+    /// When the last sample was taken.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sample_time: Option<Time>,
+
+    /// The worker queues at the last sample; a figure the broker could not give is absent.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub queues: Vec<QueueStatus>,
+
+    /// CPU used by the worker pods together, in millicores, as the metrics API reports it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_millis: Option<i64>,
+
+    /// Memory used by the worker pods together, in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_bytes: Option<i64>,
+
+    /// Worker pods that had CPU and memory figures, out of `pods`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pods_with_metrics: Option<i32>,
+
+    /// Worker pods at the last sample.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pods: Option<i32>,
+
+    /// The last answer of the scaling policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_decision: Option<DecisionStatus>,
+
+    /// When the autoscaler last changed the worker replicas.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_scale_time: Option<Time>,
+}
+
+/// One worker queue at the last sample.
+#[derive(JsonSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct QueueStatus {
+    /// Queue name.
+    pub name: String,
+    /// Messages waiting for a worker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backlog: Option<i64>,
+    /// Messages delivered to a worker and not yet acknowledged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reserved: Option<i64>,
+}
+
+/// A decision of the scaling policy and what the host made of it.
+#[derive(JsonSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct DecisionStatus {
+    /// When it was made.
+    pub time: Time,
+    /// The policy that decided (with several, the one that asked for the most workers).
+    pub policy: String,
+    /// Replicas the policy asked for.
+    pub proposed: i32,
+    /// Replicas after `minReplicas`/`maxReplicas` and scale-down damping.
+    pub replicas: i32,
+    /// The policy's reason, and what the host changed.
+    pub reason: String,
 }
 
 /// Replica counts of a child Deployment.
@@ -581,23 +728,46 @@ mod tests {
         let schema = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
         let mut missing = Vec::new();
         walk("celery.spec", &schema["properties"]["spec"], &mut missing);
-        walk("celery.status", &schema["properties"]["status"], &mut missing);
-        assert!(missing.is_empty(), "fields without a description: {missing:#?}");
+        walk(
+            "celery.status",
+            &schema["properties"]["status"],
+            &mut missing,
+        );
+        assert!(
+            missing.is_empty(),
+            "fields without a description: {missing:#?}"
+        );
     }
 
     #[test]
     fn names_and_printer_columns() {
         let crd = Celery::crd();
-        assert_eq!(crd.metadata.name.as_deref(), Some("celery.celeryproject.org"));
-        assert_eq!(crd.spec.names.short_names, Some(vec!["cel".to_string(), "capp".to_string()]));
+        assert_eq!(
+            crd.metadata.name.as_deref(),
+            Some("celery.celeryproject.org")
+        );
+        assert_eq!(
+            crd.spec.names.short_names,
+            Some(vec!["cel".to_string(), "capp".to_string()])
+        );
         let columns: Vec<_> = crd.spec.versions[0]
             .additional_printer_columns
             .iter()
             .flatten()
             .map(|c| c.name.as_str())
             .collect();
-        assert_eq!(columns, ["Desired", "Ready", "Policy", "Backlog", "Status", "Age"]);
-        assert!(crd.spec.versions[0].subresources.as_ref().unwrap().status.is_some());
+        assert_eq!(
+            columns,
+            ["Desired", "Ready", "Policy", "Backlog", "Status", "Age"]
+        );
+        assert!(
+            crd.spec.versions[0]
+                .subresources
+                .as_ref()
+                .unwrap()
+                .status
+                .is_some()
+        );
     }
 
     /// The README's field reference covers every field of the spec the operator defines
@@ -605,34 +775,57 @@ mod tests {
     #[test]
     fn readme_reference_covers_every_spec_field() {
         const KUBERNETES_TYPES: &[&str] = &[
-            "resources", "env", "envFrom", "imagePullSecrets", "tolerations", "affinity",
-            "podSecurityContext", "securityContext",
+            "resources",
+            "env",
+            "envFrom",
+            "imagePullSecrets",
+            "tolerations",
+            "affinity",
+            "podSecurityContext",
+            "securityContext",
         ];
         fn walk(path: &str, schema: &serde_json::Value, out: &mut Vec<String>) {
-            let Some(props) = schema.get("properties").and_then(|p| p.as_object()) else { return };
+            let Some(props) = schema.get("properties").and_then(|p| p.as_object()) else {
+                return;
+            };
             for (name, prop) in props {
                 let is_array = prop.get("type").and_then(|t| t.as_str()) == Some("array");
                 let inner = if is_array { &prop["items"] } else { prop };
-                let leaf = inner.get("properties").is_none() || KUBERNETES_TYPES.contains(&name.as_str());
+                let leaf =
+                    inner.get("properties").is_none() || KUBERNETES_TYPES.contains(&name.as_str());
                 if leaf {
                     out.push(format!("{path}.{name}"));
                 } else {
-                    walk(&format!("{path}.{name}{}", if is_array { "[]" } else { "" }), inner, out);
+                    walk(
+                        &format!("{path}.{name}{}", if is_array { "[]" } else { "" }),
+                        inner,
+                        out,
+                    );
                 }
             }
         }
-        let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+        let readme =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
         let crd = serde_json::to_value(Celery::crd()).unwrap();
         let mut fields = Vec::new();
-        walk("spec", &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"], &mut fields);
+        walk(
+            "spec",
+            &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"],
+            &mut fields,
+        );
         assert!(fields.len() > 40, "walked {fields:?}");
         let documented = |field: &String| {
             readme.contains(&format!("`{field}`"))
                 || field.rsplit_once('.').is_some_and(|(parent, leaf)| {
-                    readme.lines().any(|l| l.contains(&format!("`{parent}`")) && l.contains(&format!("`{leaf}`")))
+                    readme.lines().any(|l| {
+                        l.contains(&format!("`{parent}`")) && l.contains(&format!("`{leaf}`"))
+                    })
                 })
         };
         let missing: Vec<_> = fields.iter().filter(|f| !documented(f)).collect();
-        assert!(missing.is_empty(), "README.md's reference lacks: {missing:#?}");
+        assert!(
+            missing.is_empty(),
+            "README.md's reference lacks: {missing:#?}"
+        );
     }
 }

@@ -29,7 +29,9 @@ pub enum LogFormat {
 /// Installs the global `tracing` subscriber.
 pub fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     // A second init (tests start several operators in one process) keeps the first subscriber.
     let _ = match format {
         LogFormat::Json => builder.json().try_init(),
@@ -53,24 +55,119 @@ struct ResultLabel {
     result: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AppLabel {
+    app: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct QueueLabel {
+    app: String,
+    queue: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DecisionLabel {
+    app: String,
+    direction: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FailureLabel {
+    app: String,
+    cause: &'static str,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn policy_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.000_005, 4.0, 10))
+}
+
 /// The operator's Prometheus metrics.
 pub struct Metrics {
     registry: Registry,
     reconciliations: Family<ResultLabel, Counter>,
     reconcile_seconds: Histogram,
     leader: Gauge<i64, AtomicI64>,
+    queue_backlog: Family<QueueLabel, Gauge<i64, AtomicI64>>,
+    desired_workers: Family<AppLabel, Gauge<i64, AtomicI64>>,
+    decisions: Family<DecisionLabel, Counter>,
+    failures: Family<FailureLabel, Counter>,
+    policy_seconds: HistogramFamily<AppLabel>,
+}
+
+/// Why an autoscaling sample ended without a decision, for `autoscaler_failures_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailureCause {
+    Metrics,
+    Policy,
+    Scale,
 }
 
 impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("celery_operator");
         let reconciliations = Family::<ResultLabel, Counter>::default();
-        registry.register("reconciliations", "Reconciliations of Celery apps, by result", reconciliations.clone());
+        registry.register(
+            "reconciliations",
+            "Reconciliations of Celery apps, by result",
+            reconciliations.clone(),
+        );
         let reconcile_seconds = Histogram::new(exponential_buckets(0.005, 2.0, 12));
-        registry.register("reconcile_duration_seconds", "Time one reconciliation took", reconcile_seconds.clone());
+        registry.register(
+            "reconcile_duration_seconds",
+            "Time one reconciliation took",
+            reconcile_seconds.clone(),
+        );
         let leader = Gauge::default();
-        registry.register("leader", "1 while this replica holds the leader Lease and reconciles", leader.clone());
-        Self { registry, reconciliations, reconcile_seconds, leader }
+        registry.register(
+            "leader",
+            "1 while this replica holds the leader Lease and reconciles",
+            leader.clone(),
+        );
+        let queue_backlog = Family::default();
+        registry.register(
+            "queue_backlog",
+            "Messages waiting in a worker queue at the last sample",
+            queue_backlog.clone(),
+        );
+        let desired_workers = Family::default();
+        registry.register(
+            "desired_workers",
+            "Worker replicas the autoscaler set last",
+            desired_workers.clone(),
+        );
+        let decisions = Family::default();
+        registry.register(
+            "scaling_decisions",
+            "Autoscaling decisions, by direction (up, down, hold)",
+            decisions.clone(),
+        );
+        let failures = Family::default();
+        registry.register(
+            "autoscaler_failures",
+            "Samples that ended without a decision, by cause (metrics, policy, scale)",
+            failures.clone(),
+        );
+        let policy_seconds: HistogramFamily<AppLabel> =
+            Family::new_with_constructor(policy_histogram);
+        registry.register(
+            "policy_duration_seconds",
+            "Time one policy decision took, instantiation included",
+            policy_seconds.clone(),
+        );
+        Self {
+            registry,
+            reconciliations,
+            reconcile_seconds,
+            leader,
+            queue_backlog,
+            desired_workers,
+            decisions,
+            failures,
+            policy_seconds,
+        }
     }
 }
 
@@ -81,12 +178,90 @@ impl Metrics {
 
     pub fn observe_reconcile(&self, took: Duration, error: Option<&Error>) {
         let result = if error.is_some() { "error" } else { "ok" };
-        self.reconciliations.get_or_create(&ResultLabel { result }).inc();
+        self.reconciliations
+            .get_or_create(&ResultLabel { result })
+            .inc();
         self.reconcile_seconds.observe(took.as_secs_f64());
     }
 
     pub fn set_leader(&self, leading: bool) {
         self.leader.set(i64::from(leading));
+    }
+
+    pub fn observe_queue(&self, app: &str, queue: &str, backlog: Option<u64>) {
+        let label = QueueLabel {
+            app: app.to_string(),
+            queue: queue.to_string(),
+        };
+        match backlog {
+            Some(n) => {
+                self.queue_backlog
+                    .get_or_create(&label)
+                    .set(i64::try_from(n).unwrap_or(i64::MAX));
+            }
+            // Unknown is no figure at all, not a stale one.
+            None => {
+                self.queue_backlog.remove(&label);
+            }
+        }
+    }
+
+    pub fn observe_policy(&self, app: &str, took: Duration) {
+        self.policy_seconds
+            .get_or_create(&AppLabel {
+                app: app.to_string(),
+            })
+            .observe(took.as_secs_f64());
+    }
+
+    /// A decision: `from` workers before, `to` after.
+    pub fn observe_decision(&self, app: &str, from: u32, to: u32) {
+        let direction = match to.cmp(&from) {
+            std::cmp::Ordering::Greater => "up",
+            std::cmp::Ordering::Less => "down",
+            std::cmp::Ordering::Equal => "hold",
+        };
+        self.decisions
+            .get_or_create(&DecisionLabel {
+                app: app.to_string(),
+                direction,
+            })
+            .inc();
+        self.desired_workers
+            .get_or_create(&AppLabel {
+                app: app.to_string(),
+            })
+            .set(i64::from(to));
+    }
+
+    pub fn observe_failure(&self, app: &str, cause: FailureCause) {
+        let cause = match cause {
+            FailureCause::Metrics => "metrics",
+            FailureCause::Policy => "policy",
+            FailureCause::Scale => "scale",
+        };
+        self.failures
+            .get_or_create(&FailureLabel {
+                app: app.to_string(),
+                cause,
+            })
+            .inc();
+    }
+
+    /// Drops the series of an app that is no longer autoscaled.
+    pub fn forget_app(&self, app: &str, queues: &[String]) {
+        for queue in queues {
+            self.queue_backlog.remove(&QueueLabel {
+                app: app.to_string(),
+                queue: queue.clone(),
+            });
+        }
+        self.desired_workers.remove(&AppLabel {
+            app: app.to_string(),
+        });
+        self.policy_seconds.remove(&AppLabel {
+            app: app.to_string(),
+        });
     }
 
     /// The metrics in the Prometheus text format.

@@ -50,7 +50,10 @@ pub struct Stabilizer {
 
 impl Stabilizer {
     pub fn new(window: Duration) -> Self {
-        Self { window, recent: VecDeque::new() }
+        Self {
+            window,
+            recent: VecDeque::new(),
+        }
     }
 
     /// Records `recommendation` at `now_ms` and returns the replica count to apply.
@@ -66,6 +69,51 @@ impl Stabilizer {
             .chain(stabilized(back, now_ms, self.window))
             .max()
             .unwrap_or(recommendation)
+    }
+}
+
+/// Scale-down damping of one app: the [`Stabilizer`] window, then steps of at most
+/// `step_percent` of the current workers (at least one) no closer than `step_period`.
+/// Scaling up is applied at once and never delayed by an earlier step down.
+#[derive(Clone, Debug)]
+pub struct Damper {
+    stabilizer: Stabilizer,
+    step_percent: u32,
+    step_period: Duration,
+    last_step_ms: Option<u64>,
+}
+
+impl Damper {
+    pub fn new(window: Duration, step_percent: u32, step_period: Duration) -> Self {
+        Self {
+            stabilizer: Stabilizer::new(window),
+            step_percent: step_percent.clamp(1, 100),
+            step_period,
+            last_step_ms: None,
+        }
+    }
+
+    /// The replica count to run at `now_ms`, from `current` and the (bounded) recommendation.
+    pub fn next(&mut self, now_ms: u64, current: u32, recommendation: u32) -> u32 {
+        let stable = self.stabilizer.apply(now_ms, recommendation);
+        if stable >= current {
+            return stable;
+        }
+        let period = self.step_period.as_millis() as u64;
+        if self
+            .last_step_ms
+            .is_some_and(|at| now_ms.saturating_sub(at) < period)
+        {
+            return current;
+        }
+        let step = (u64::from(current) * u64::from(self.step_percent))
+            .div_ceil(100)
+            .max(1);
+        let next = u64::from(current)
+            .saturating_sub(step)
+            .max(u64::from(stable)) as u32;
+        self.last_step_ms = Some(now_ms);
+        next
     }
 }
 
@@ -115,5 +163,30 @@ mod tests {
         let recs = [(0, 9), (50_000, 4), (200_000, 20)];
         assert_eq!(stabilized(&recs, 100_000, Duration::from_secs(60)), Some(4));
         assert_eq!(stabilized(&recs, 300_000, Duration::from_secs(60)), None);
+    }
+
+    #[test]
+    fn damper_steps_down_gradually_after_the_window() {
+        let mut d = Damper::new(Duration::from_secs(10), 50, Duration::from_secs(5));
+        assert_eq!(d.next(0, 10, 10), 10);
+        assert_eq!(d.next(1_000, 10, 0), 10, "within the window");
+        assert_eq!(d.next(9_500, 10, 0), 10, "10 still in the window");
+        assert_eq!(d.next(11_000, 10, 0), 5, "half of 10 goes");
+        assert_eq!(d.next(12_000, 5, 0), 5, "the step period holds");
+        assert_eq!(d.next(16_000, 5, 0), 2, "ceil(50% of 5) = 3 go");
+        assert_eq!(d.next(21_000, 2, 0), 1);
+        assert_eq!(d.next(26_000, 1, 0), 0, "to zero, one at a time at the end");
+        assert_eq!(
+            d.next(26_500, 0, 4),
+            4,
+            "scale up at once, whatever the step period"
+        );
+    }
+
+    #[test]
+    fn damper_never_steps_below_the_recommendation() {
+        let mut d = Damper::new(Duration::ZERO, 100, Duration::ZERO);
+        assert_eq!(d.next(0, 10, 7), 7);
+        assert_eq!(d.next(1, 7, 7), 7);
     }
 }

@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 use wasmtime::Engine;
-use wasmtime::component::Component;
 use wasmtime::Module;
+use wasmtime::component::Component;
 
 /// A compiled policy, either kind.
 #[derive(Clone)]
@@ -62,13 +62,19 @@ impl ArtifactCache {
     /// Opens (creating, mode 0700) the cache directory and checks that only we can write it.
     pub fn open(dir: impl Into<PathBuf>) -> Result<Self, CacheError> {
         let dir = dir.into();
-        let io = |source| CacheError::Io { dir: dir.clone(), source };
+        let io = |source| CacheError::Io {
+            dir: dir.clone(),
+            source,
+        };
         std::fs::create_dir_all(&dir).map_err(io)?;
         #[cfg(unix)]
         {
             use std::os::unix::fs::{MetadataExt, PermissionsExt};
             let meta = std::fs::symlink_metadata(&dir).map_err(io)?;
-            let untrusted = |reason: String| CacheError::Untrusted { dir: dir.clone(), reason };
+            let untrusted = |reason: String| CacheError::Untrusted {
+                dir: dir.clone(),
+                reason,
+            };
             if !meta.is_dir() {
                 return Err(untrusted("it is not a directory".into()));
             }
@@ -76,10 +82,14 @@ impl ArtifactCache {
             let probe = tempfile::NamedTempFile::new_in(&dir).map_err(io)?;
             let uid = probe.as_file().metadata().map_err(io)?.uid();
             if meta.uid() != uid {
-                return Err(untrusted(format!("it belongs to uid {}, not {uid}", meta.uid())));
+                return Err(untrusted(format!(
+                    "it belongs to uid {}, not {uid}",
+                    meta.uid()
+                )));
             }
             if meta.mode() & 0o022 != 0 {
-                std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).map_err(io)?;
+                std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+                    .map_err(io)?;
             }
         }
         Ok(Self { dir })
@@ -92,7 +102,9 @@ impl ArtifactCache {
     /// The artifact path of `bytes` compiled as `kind` by `engine`.
     pub fn path_for(&self, engine: &Engine, kind: Kind, bytes: &[u8]) -> PathBuf {
         let mut engine_hash = ShaHasher(Sha256::new());
-        engine.precompile_compatibility_hash().hash(&mut engine_hash);
+        engine
+            .precompile_compatibility_hash()
+            .hash(&mut engine_hash);
         let mut key = Sha256::new();
         key.update(Sha256::digest(bytes));
         key.update(engine_hash.0.finalize());
@@ -100,7 +112,8 @@ impl ArtifactCache {
             Kind::Component => "component",
             Kind::Module => "module",
         };
-        self.dir.join(format!("{}.{suffix}.cwasm", hex::encode(key.finalize())))
+        self.dir
+            .join(format!("{}.{suffix}.cwasm", hex::encode(key.finalize())))
     }
 
     /// Loads the artifact of `bytes` if this cache has it, otherwise compiles `bytes` and
@@ -138,7 +151,9 @@ impl ArtifactCache {
         // only, atomically. wasmtime additionally checks the artifact's header and engine.
         let loaded = unsafe {
             match kind {
-                Kind::Component => Component::deserialize_file(engine, path).map(Compiled::Component),
+                Kind::Component => {
+                    Component::deserialize_file(engine, path).map(Compiled::Component)
+                }
                 Kind::Module => Module::deserialize_file(engine, path).map(Compiled::Module),
             }
         };

@@ -31,18 +31,33 @@ pub struct TraceRow {
 
 /// Parses a trace; errors name the line and column.
 pub fn parse_trace(text: &str) -> Result<Vec<TraceRow>, String> {
-    let mut lines = text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty() && !l.starts_with('#'));
+    let mut lines = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty() && !l.starts_with('#'));
     let (_, header) = lines.next().ok_or("the trace is empty")?;
-    let columns: Vec<String> = header.split(',').map(|c| c.trim().to_ascii_lowercase()).collect();
+    let columns: Vec<String> = header
+        .split(',')
+        .map(|c| c.trim().to_ascii_lowercase())
+        .collect();
     let index = |name: &str| columns.iter().position(|c| c == name);
     let t = index("t_seconds").ok_or("the header needs a t_seconds column")?;
     let backlog = index("backlog").ok_or("the header needs a backlog column")?;
-    let optional = ["replicas", "reserved", "active_tasks", "cpu_millis", "cpu_request_millis"].map(index);
+    let optional = [
+        "replicas",
+        "reserved",
+        "active_tasks",
+        "cpu_millis",
+        "cpu_request_millis",
+    ]
+    .map(index);
     let mut rows = Vec::new();
     for (number, line) in lines {
         let cells: Vec<&str> = line.split(',').map(str::trim).collect();
         let cell = |i: usize| cells.get(i).copied().filter(|c| !c.is_empty());
-        let bad = |column: &str, value: &str| format!("line {}: {column} `{value}` is not a number", number + 1);
+        let bad = |column: &str, value: &str| {
+            format!("line {}: {column} `{value}` is not a number", number + 1)
+        };
         let num = |i: Option<usize>, column: &str| -> Result<Option<u64>, String> {
             match i.and_then(cell) {
                 None => Ok(None),
@@ -50,10 +65,17 @@ pub fn parse_trace(text: &str) -> Result<Vec<TraceRow>, String> {
             }
         };
         let t_value = cell(t).ok_or(format!("line {}: no t_seconds", number + 1))?;
-        let t_seconds = t_value.parse::<f64>().map_err(|_| bad("t_seconds", t_value))?;
-        let backlog = num(Some(backlog), "backlog")?.ok_or(format!("line {}: no backlog", number + 1))?;
+        let t_seconds = t_value
+            .parse::<f64>()
+            .map_err(|_| bad("t_seconds", t_value))?;
+        let backlog =
+            num(Some(backlog), "backlog")?.ok_or(format!("line {}: no backlog", number + 1))?;
         let small = |v: Option<u64>, column: &str| -> Result<Option<u32>, String> {
-            v.map(|v| u32::try_from(v).map_err(|_| format!("line {}: {column} {v} is too large", number + 1))).transpose()
+            v.map(|v| {
+                u32::try_from(v)
+                    .map_err(|_| format!("line {}: {column} {v} is too large", number + 1))
+            })
+            .transpose()
         };
         rows.push(TraceRow {
             t_seconds,
@@ -127,7 +149,12 @@ fn sample_of(row: &TraceRow, replicas: u32, epoch_ms: u64) -> Sample {
 }
 
 /// Replays `rows` through `policy`.
-pub fn simulate(policy: &LoadedPolicy, limits: &CallLimits, rows: &[TraceRow], options: &SimulateOptions) -> Vec<Step> {
+pub fn simulate(
+    policy: &LoadedPolicy,
+    limits: &CallLimits,
+    rows: &[TraceRow],
+    options: &SimulateOptions,
+) -> Vec<Step> {
     let mut replicas = options
         .initial_replicas
         .or_else(|| rows.first().and_then(|r| r.replicas))
@@ -149,7 +176,8 @@ pub fn simulate(policy: &LoadedPolicy, limits: &CallLimits, rows: &[TraceRow], o
         };
         let (proposed, reason) = match policy.decide(limits, &input) {
             Ok(decision) => {
-                let verdict = Verdict::bounded(decision, options.min_replicas, options.max_replicas);
+                let verdict =
+                    Verdict::bounded(decision, options.min_replicas, options.max_replicas);
                 replicas = stabilizer.apply(current.timestamp_ms, verdict.decision.replicas);
                 let reason = if replicas > verdict.decision.replicas {
                     format!(
@@ -185,7 +213,11 @@ pub fn timeline(steps: &[Step]) -> String {
     let mut out = String::from("   t(s)    backlog  proposed  replicas  reason\n");
     for s in steps {
         let proposed = s.proposed.map_or("-".to_string(), |p| p.to_string());
-        let _ = writeln!(out, "{:>7.1} {:>10} {:>9} {:>9}  {}", s.t_seconds, s.backlog, proposed, s.replicas, s.reason);
+        let _ = writeln!(
+            out,
+            "{:>7.1} {:>10} {:>9} {:>9}  {}",
+            s.t_seconds, s.backlog, proposed, s.replicas, s.reason
+        );
     }
     out
 }
@@ -198,8 +230,14 @@ pub fn plot_svg(steps: &[Step], title: &str) -> String {
     const R: f64 = 60.0;
     const T: f64 = 56.0;
     const B: f64 = 50.0;
-    let t_min = steps.iter().map(|s| s.t_seconds).fold(f64::INFINITY, f64::min);
-    let t_max = steps.iter().map(|s| s.t_seconds).fold(f64::NEG_INFINITY, f64::max);
+    let t_min = steps
+        .iter()
+        .map(|s| s.t_seconds)
+        .fold(f64::INFINITY, f64::min);
+    let t_max = steps
+        .iter()
+        .map(|s| s.t_seconds)
+        .fold(f64::NEG_INFINITY, f64::max);
     let t_span = if t_max > t_min { t_max - t_min } else { 1.0 };
     let backlog_max = steps.iter().map(|s| s.backlog).max().unwrap_or(0).max(1) as f64;
     let replicas_max = steps
@@ -235,41 +273,116 @@ pub fn plot_svg(steps: &[Step], title: &str) -> String {
         r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" font-family="sans-serif" font-size="12">"#
     );
     let _ = writeln!(svg, r#"<rect width="{W}" height="{H}" fill="white"/>"#);
-    let _ = writeln!(svg, r#"<text x="{}" y="22" text-anchor="middle" font-size="15">{}</text>"#, W / 2.0, escape(title));
+    let _ = writeln!(
+        svg,
+        r#"<text x="{}" y="22" text-anchor="middle" font-size="15">{}</text>"#,
+        W / 2.0,
+        escape(title)
+    );
     let _ = writeln!(
         svg,
         r##"<g stroke="#999"><line x1="{L}" y1="{}" x2="{}" y2="{}"/><line x1="{L}" y1="{T}" x2="{L}" y2="{}"/><line x1="{}" y1="{T}" x2="{}" y2="{}"/></g>"##,
-        H - B, W - R, H - B, H - B, W - R, W - R, H - B
+        H - B,
+        W - R,
+        H - B,
+        H - B,
+        W - R,
+        W - R,
+        H - B
     );
     for i in 0..=4 {
         let f = f64::from(i) / 4.0;
-        let _ = writeln!(svg, r##"<text x="{}" y="{:.1}" text-anchor="end" fill="#1f77b4">{:.0}</text>"##, L - 6.0, y(f * backlog_max, backlog_max) + 4.0, f * backlog_max);
-        let _ = writeln!(svg, r##"<text x="{}" y="{:.1}" fill="#d62728">{:.1}</text>"##, W - R + 6.0, y(f * replicas_max, replicas_max) + 4.0, f * replicas_max);
-        let _ = writeln!(svg, r#"<text x="{:.1}" y="{}" text-anchor="middle">{:.0}</text>"#, x(t_min + f * t_span), H - B + 18.0, t_min + f * t_span);
+        let _ = writeln!(
+            svg,
+            r##"<text x="{}" y="{:.1}" text-anchor="end" fill="#1f77b4">{:.0}</text>"##,
+            L - 6.0,
+            y(f * backlog_max, backlog_max) + 4.0,
+            f * backlog_max
+        );
+        let _ = writeln!(
+            svg,
+            r##"<text x="{}" y="{:.1}" fill="#d62728">{:.1}</text>"##,
+            W - R + 6.0,
+            y(f * replicas_max, replicas_max) + 4.0,
+            f * replicas_max
+        );
+        let _ = writeln!(
+            svg,
+            r#"<text x="{:.1}" y="{}" text-anchor="middle">{:.0}</text>"#,
+            x(t_min + f * t_span),
+            H - B + 18.0,
+            t_min + f * t_span
+        );
     }
-    let _ = writeln!(svg, r#"<text x="{}" y="{}" text-anchor="middle">time (s)</text>"#, (L + W - R) / 2.0, H - 12.0);
-    let _ = writeln!(svg, "{}", line(steps.iter().map(|s| (x(s.t_seconds), y(s.backlog as f64, backlog_max))).collect(), "#1f77b4", false));
+    let _ = writeln!(
+        svg,
+        r#"<text x="{}" y="{}" text-anchor="middle">time (s)</text>"#,
+        (L + W - R) / 2.0,
+        H - 12.0
+    );
+    let _ = writeln!(
+        svg,
+        "{}",
+        line(
+            steps
+                .iter()
+                .map(|s| (x(s.t_seconds), y(s.backlog as f64, backlog_max)))
+                .collect(),
+            "#1f77b4",
+            false
+        )
+    );
     if steps.iter().any(|s| s.recorded_replicas.is_some()) {
         let recorded = steps
             .iter()
-            .filter_map(|s| s.recorded_replicas.map(|r| (x(s.t_seconds), y(f64::from(r), replicas_max))))
+            .filter_map(|s| {
+                s.recorded_replicas
+                    .map(|r| (x(s.t_seconds), y(f64::from(r), replicas_max)))
+            })
             .collect();
-        let _ = writeln!(svg, r#"<g stroke-dasharray="4 3">{}</g>"#, line(recorded, "#999999", true));
+        let _ = writeln!(
+            svg,
+            r#"<g stroke-dasharray="4 3">{}</g>"#,
+            line(recorded, "#999999", true)
+        );
     }
-    let _ = writeln!(svg, "{}", line(steps.iter().map(|s| (x(s.t_seconds), y(f64::from(s.replicas), replicas_max))).collect(), "#d62728", true));
+    let _ = writeln!(
+        svg,
+        "{}",
+        line(
+            steps
+                .iter()
+                .map(|s| (x(s.t_seconds), y(f64::from(s.replicas), replicas_max)))
+                .collect(),
+            "#d62728",
+            true
+        )
+    );
     let _ = writeln!(
         svg,
         r##"<g><rect x="{}" y="{}" width="12" height="3" fill="#1f77b4"/><text x="{}" y="{}">backlog (left)</text><rect x="{}" y="{}" width="12" height="3" fill="#d62728"/><text x="{}" y="{}">replicas (right)</text><rect x="{}" y="{}" width="12" height="3" fill="#999999"/><text x="{}" y="{}">recorded replicas</text></g>"##,
-        L + 10.0, T - 22.0, L + 26.0, T - 17.0,
-        L + 130.0, T - 22.0, L + 146.0, T - 17.0,
-        L + 260.0, T - 22.0, L + 276.0, T - 17.0
+        L + 10.0,
+        T - 22.0,
+        L + 26.0,
+        T - 17.0,
+        L + 130.0,
+        T - 22.0,
+        L + 146.0,
+        T - 17.0,
+        L + 260.0,
+        T - 22.0,
+        L + 276.0,
+        T - 17.0
     );
     svg.push_str("</svg>\n");
     svg
 }
 
 fn escape(text: &str) -> String {
-    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }
 
 #[cfg(test)]
@@ -278,7 +391,8 @@ mod tests {
 
     #[test]
     fn traces_parse_with_optional_columns() {
-        let rows = parse_trace("t_seconds,backlog,replicas\n0,10,1\n15,200,\n# comment\n30,0,2\n").expect("parses");
+        let rows = parse_trace("t_seconds,backlog,replicas\n0,10,1\n15,200,\n# comment\n30,0,2\n")
+            .expect("parses");
         assert_eq!(rows.len(), 3);
         assert_eq!(rows[1].replicas, None);
         assert_eq!(rows[2].replicas, Some(2));
@@ -288,7 +402,10 @@ mod tests {
     #[test]
     fn trace_errors_name_the_line() {
         let error = parse_trace("t_seconds,backlog\n0,ten\n").expect_err("bad number");
-        assert!(error.contains("line 2") && error.contains("backlog"), "{error}");
+        assert!(
+            error.contains("line 2") && error.contains("backlog"),
+            "{error}"
+        );
         assert!(parse_trace("time,backlog\n0,1\n").is_err());
         assert!(parse_trace("t_seconds,backlog\n").is_err());
     }
@@ -296,8 +413,22 @@ mod tests {
     #[test]
     fn plot_is_svg_with_both_series() {
         let steps = vec![
-            Step { t_seconds: 0.0, backlog: 10, recorded_replicas: Some(1), proposed: Some(1), replicas: 1, reason: String::new() },
-            Step { t_seconds: 10.0, backlog: 100, recorded_replicas: Some(1), proposed: Some(4), replicas: 4, reason: String::new() },
+            Step {
+                t_seconds: 0.0,
+                backlog: 10,
+                recorded_replicas: Some(1),
+                proposed: Some(1),
+                replicas: 1,
+                reason: String::new(),
+            },
+            Step {
+                t_seconds: 10.0,
+                backlog: 100,
+                recorded_replicas: Some(1),
+                proposed: Some(4),
+                replicas: 4,
+                reason: String::new(),
+            },
         ];
         let svg = plot_svg(&steps, "a <b>");
         assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));

@@ -13,10 +13,10 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::conditions::{INVALID_POLICY, INVALID_SETTINGS};
+use crate::policy::PolicyError;
 use crate::policy::engine::{EngineSettings, PolicyEngine};
 use crate::policy::registry::{Registry, RegistrySettings};
 use crate::policy::runner::{CallLimits, PolicyRunner};
-use crate::policy::PolicyError;
 use crate::reconcile::validate::Scaling;
 
 /// Why the selected policies cannot be used: a `Degraded` reason and a message for the user.
@@ -57,42 +57,84 @@ impl PolicyCheck {
             for info in loading.list() {
                 match &info.problem {
                     None => tracing::info!(policy = %info.name, "scaling policy loaded"),
-                    Some(problem) => tracing::warn!(policy = %info.name, %problem, "scaling policy not usable"),
+                    Some(problem) => {
+                        tracing::warn!(policy = %info.name, %problem, "scaling policy not usable")
+                    }
                 }
             }
             let _ = loaded.send(true);
             loading.spawn_watch(rescan);
         });
         let runner = PolicyRunner::new(num_cpus(), CallLimits::default());
-        Ok(Arc::new(Self { registry, runner, ready, verdicts: Mutex::default() }))
+        Ok(Arc::new(Self {
+            registry,
+            runner,
+            ready,
+            verdicts: Mutex::default(),
+        }))
+    }
+
+    /// The registry the policies are resolved in.
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    /// The runner policy calls go through.
+    pub fn runner(&self) -> &PolicyRunner {
+        &self.runner
+    }
+
+    /// Returns once the registry's first load is done.
+    pub async fn loaded(&self) {
+        let _ = self.ready.clone().wait_for(|loaded| *loaded).await;
     }
 
     /// Checks every policy of `scaling`; `Ok` when there is none.
     pub async fn check(&self, scaling: &Scaling) -> Result<(), PolicyProblem> {
-        let Scaling::Policies { policies, .. } = scaling else { return Ok(()) };
+        let Scaling::Policies { policies, .. } = scaling else {
+            return Ok(());
+        };
         // Until the first load is done every name would look unknown.
-        let _ = self.ready.clone().wait_for(|loaded| *loaded).await;
+        self.loaded().await;
         for policy in policies {
-            let loaded = self.registry.resolve(&policy.name).map_err(|e| PolicyProblem {
-                reason: INVALID_POLICY,
-                message: format!("{}: {e}", policy.field),
-            })?;
+            let loaded = self
+                .registry
+                .resolve(&policy.name)
+                .map_err(|e| PolicyProblem {
+                    reason: INVALID_POLICY,
+                    message: format!("{}: {e}", policy.field),
+                })?;
             let key = (loaded.digest().to_string(), policy.settings.clone());
-            let known = self.verdicts.lock().expect("verdict cache lock").get(&key).cloned();
+            let known = self
+                .verdicts
+                .lock()
+                .expect("verdict cache lock")
+                .get(&key)
+                .cloned();
             let verdict = match known {
                 Some(v) => v,
                 None => {
-                    let v = match self.runner.validate_settings(loaded, policy.settings.clone()).await {
+                    let v = match self
+                        .runner
+                        .validate_settings(loaded, policy.settings.clone())
+                        .await
+                    {
                         Ok(()) => Ok(()),
                         // Transient host trouble is not the user's fault: do not remember it.
                         Err(e) if !e.is_permanent() => return Err(problem(&policy.field, &e)),
                         Err(e) => Err(problem(&policy.field, &e).message),
                     };
-                    self.verdicts.lock().expect("verdict cache lock").insert(key, v.clone());
+                    self.verdicts
+                        .lock()
+                        .expect("verdict cache lock")
+                        .insert(key, v.clone());
                     v
                 }
             };
-            verdict.map_err(|message| PolicyProblem { reason: INVALID_SETTINGS, message })?;
+            verdict.map_err(|message| PolicyProblem {
+                reason: INVALID_SETTINGS,
+                message,
+            })?;
         }
         Ok(())
     }
@@ -107,5 +149,8 @@ fn problem(field: &str, error: &PolicyError) -> PolicyProblem {
         PolicyError::InvalidSettings { .. } | PolicyError::Rejected { .. } => INVALID_SETTINGS,
         _ => INVALID_POLICY,
     };
-    PolicyProblem { reason, message: format!("{field}: {error}") }
+    PolicyProblem {
+        reason,
+        message: format!("{field}: {error}"),
+    }
 }

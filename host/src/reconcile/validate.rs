@@ -11,7 +11,8 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::ResourceRequirements;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use crate::crd::{CelerySpec, MetricName, ScaleKind};
+use crate::autoscale::Tuning;
+use crate::crd::{Autoscaling, CelerySpec, MetricName, ScaleKind};
 use crate::quantity;
 use crate::reconcile::build::{self, RESERVED_POD_LABELS};
 
@@ -27,7 +28,10 @@ pub struct SpecError {
 
 impl SpecError {
     fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { field: field.into(), message: message.into() }
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
     }
 }
 
@@ -37,7 +41,12 @@ pub enum Scaling {
     /// A fixed count (`workerSpec.numOfWorkers`).
     Fixed { replicas: i32 },
     /// Scaling policies within bounds; with several policies the largest answer wins.
-    Policies { policies: Vec<PolicyRef>, min_replicas: i32, max_replicas: i32 },
+    Policies {
+        policies: Vec<PolicyRef>,
+        min_replicas: i32,
+        max_replicas: i32,
+        tuning: Tuning,
+    },
 }
 
 /// A scaling policy module and the settings handed to it.
@@ -58,9 +67,11 @@ impl Scaling {
     pub fn policy_label(&self) -> String {
         match self {
             Scaling::Fixed { .. } => "none".into(),
-            Scaling::Policies { policies, .. } => {
-                policies.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join("+")
-            }
+            Scaling::Policies { policies, .. } => policies
+                .iter()
+                .map(|p| p.name.as_str())
+                .collect::<Vec<_>>()
+                .join("+"),
         }
     }
 
@@ -68,17 +79,25 @@ impl Scaling {
     pub fn initial_replicas(&self, num_of_workers: i32) -> i32 {
         match *self {
             Scaling::Fixed { replicas } => replicas,
-            Scaling::Policies { min_replicas, max_replicas, .. } => {
-                num_of_workers.clamp(min_replicas, max_replicas)
-            }
+            Scaling::Policies {
+                min_replicas,
+                max_replicas,
+                ..
+            } => num_of_workers.clamp(min_replicas, max_replicas),
         }
     }
 }
 
 /// Checks a spec and resolves its scaling.
 pub fn validate(spec: &CelerySpec) -> Result<Scaling, SpecError> {
-    check_resources("spec.workerSpec.resources", spec.worker_spec.resources.as_ref())?;
-    check_resources("spec.flowerSpec.resources", spec.flower_spec.resources.as_ref())?;
+    check_resources(
+        "spec.workerSpec.resources",
+        spec.worker_spec.resources.as_ref(),
+    )?;
+    check_resources(
+        "spec.flowerSpec.resources",
+        spec.flower_spec.resources.as_ref(),
+    )?;
     for key in spec.common.pod_labels.keys() {
         if RESERVED_POD_LABELS.contains(&key.as_str()) {
             return Err(SpecError::new(
@@ -101,19 +120,30 @@ fn check_env(spec: &CelerySpec) -> Result<(), SpecError> {
         if generated.contains(&var.name.as_str()) {
             return Err(SpecError::new(
                 field,
-                format!("{} is already set from the spec (broker, resultBackend or flowerSpec.basicAuth); keep one of the two", var.name),
+                format!(
+                    "{} is already set from the spec (broker, resultBackend or flowerSpec.basicAuth); keep one of the two",
+                    var.name
+                ),
             ));
         }
         if !seen.insert(var.name.as_str()) {
-            return Err(SpecError::new(field, format!("{} is listed twice", var.name)));
+            return Err(SpecError::new(
+                field,
+                format!("{} is listed twice", var.name),
+            ));
         }
     }
     Ok(())
 }
 
 fn check_resources(field: &str, resources: Option<&ResourceRequirements>) -> Result<(), SpecError> {
-    let Some(resources) = resources else { return Ok(()) };
-    let parse_all = |kind: &str, map: Option<&BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>>| {
+    let Some(resources) = resources else {
+        return Ok(());
+    };
+    let parse_all = |kind: &str,
+                     map: Option<
+        &BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>,
+    >| {
         map.into_iter()
             .flatten()
             .map(|(name, q)| {
@@ -131,7 +161,9 @@ fn check_resources(field: &str, resources: Option<&ResourceRequirements>) -> Res
         {
             return Err(SpecError::new(
                 format!("{field}.requests.{name}"),
-                format!("the request exceeds the limit ({field}.limits.{name}); a pod could never be admitted"),
+                format!(
+                    "the request exceeds the limit ({field}.limits.{name}); a pod could never be admitted"
+                ),
             ));
         }
     }
@@ -148,10 +180,13 @@ fn scaling(spec: &CelerySpec) -> Result<Scaling, SpecError> {
             }],
             min_replicas: a.min_replicas,
             max_replicas: a.max_replicas,
+            tuning: tuning(a)?,
         });
     }
     if spec.autoscaling.is_some() {
-        return Ok(Scaling::Fixed { replicas: spec.worker_spec.num_of_workers });
+        return Ok(Scaling::Fixed {
+            replicas: spec.worker_spec.num_of_workers,
+        });
     }
 
     let mut workers = spec
@@ -160,7 +195,9 @@ fn scaling(spec: &CelerySpec) -> Result<Scaling, SpecError> {
         .enumerate()
         .filter(|(_, t)| t.kind == ScaleKind::Worker);
     let Some((index, target)) = workers.next() else {
-        return Ok(Scaling::Fixed { replicas: spec.worker_spec.num_of_workers });
+        return Ok(Scaling::Fixed {
+            replicas: spec.worker_spec.num_of_workers,
+        });
     };
     if let Some((second, _)) = workers.next() {
         return Err(SpecError::new(
@@ -187,12 +224,14 @@ fn scaling(spec: &CelerySpec) -> Result<Scaling, SpecError> {
                 let value = match &metric.target.average_value {
                     None => return Err(SpecError::new(value_field, "required for message_queue")),
                     Some(IntOrString::Int(n)) => f64::from(*n),
-                    Some(IntOrString::String(s)) => {
-                        quantity::parse(s).map_err(|e| SpecError::new(value_field.clone(), e.to_string()))?
-                    }
+                    Some(IntOrString::String(s)) => quantity::parse(s)
+                        .map_err(|e| SpecError::new(value_field.clone(), e.to_string()))?,
                 };
                 if value < 1.0 {
-                    return Err(SpecError::new(value_field, "must be at least 1 message per worker"));
+                    return Err(SpecError::new(
+                        value_field,
+                        "must be at least 1 message per worker",
+                    ));
                 }
                 let value = value.ceil() as i64;
                 if queue.replace(value).is_some() {
@@ -200,14 +239,21 @@ fn scaling(spec: &CelerySpec) -> Result<Scaling, SpecError> {
                 }
             }
             MetricName::Cpu | MetricName::Memory => {
-                let key = if metric.name == MetricName::Cpu { "cpu" } else { "memory" };
+                let key = if metric.name == MetricName::Cpu {
+                    "cpu"
+                } else {
+                    "memory"
+                };
                 let value = metric.target.average_utilization.ok_or_else(|| {
                     SpecError::new(
                         format!("{metric_field}.target.averageUtilization"),
                         format!("required for {key}"),
                     )
                 })?;
-                if resource.insert(key.to_string(), value.to_string()).is_some() {
+                if resource
+                    .insert(key.to_string(), value.to_string())
+                    .is_some()
+                {
                     return Err(duplicate());
                 }
             }
@@ -223,12 +269,42 @@ fn scaling(spec: &CelerySpec) -> Result<Scaling, SpecError> {
         });
     }
     if !resource.is_empty() {
-        policies.push(PolicyRef { name: CPU_MEMORY_POLICY.into(), settings: resource, field: format!("{field}.metrics") });
+        policies.push(PolicyRef {
+            name: CPU_MEMORY_POLICY.into(),
+            settings: resource,
+            field: format!("{field}.metrics"),
+        });
     }
     Ok(Scaling::Policies {
         policies,
         min_replicas: target.min_replicas.unwrap_or(1),
         max_replicas: target.max_replicas,
+        tuning: Tuning::default(),
+    })
+}
+
+/// The loop's timing and damping from `spec.autoscaling`. The schema bounds the numbers; what
+/// is left is the memory quantity.
+fn tuning(a: &Autoscaling) -> Result<Tuning, SpecError> {
+    let policy_memory = match &a.policy_memory {
+        None => None,
+        Some(text) => {
+            let field = "spec.autoscaling.policyMemory";
+            let bytes = quantity::parse(text).map_err(|e| SpecError::new(field, e.to_string()))?;
+            if bytes < f64::from(1u32 << 20) {
+                return Err(SpecError::new(field, "a policy needs at least 1Mi"));
+            }
+            Some(bytes as u64)
+        }
+    };
+    let secs = |n: i32| std::time::Duration::from_secs(u64::try_from(n).unwrap_or(0));
+    Ok(Tuning {
+        interval: secs(a.interval_seconds.max(1)),
+        stabilization: secs(a.scale_down.stabilization_window_seconds),
+        step_percent: u32::try_from(a.scale_down.max_step_percent.clamp(1, 100)).unwrap_or(100),
+        step_period: secs(a.scale_down.period_seconds),
+        fallback: a.fallback_replicas.and_then(|n| u32::try_from(n).ok()),
+        policy_memory,
     })
 }
 
@@ -252,7 +328,10 @@ spec:
 
     #[test]
     fn fixed_replicas_by_default() {
-        assert_eq!(validate(&spec(BASE)).unwrap(), Scaling::Fixed { replicas: 1 });
+        assert_eq!(
+            validate(&spec(BASE)).unwrap(),
+            Scaling::Fixed { replicas: 1 }
+        );
     }
 
     #[test]
@@ -275,12 +354,51 @@ spec:
         ));
         let scaling = validate(&s).unwrap();
         assert_eq!(scaling.policy_label(), "queue-length+cpu-memory");
-        let Scaling::Policies { policies, min_replicas, max_replicas } = scaling else {
+        let Scaling::Policies {
+            policies,
+            min_replicas,
+            max_replicas,
+            ..
+        } = scaling
+        else {
             panic!("expected policies")
         };
         assert_eq!((min_replicas, max_replicas), (2, 8));
         assert_eq!(policies[0].settings["target"], "50");
         assert_eq!(policies[1].settings["cpu"], "70");
+    }
+
+    #[test]
+    fn autoscaling_tuning_defaults_match_the_loop_and_can_be_set() {
+        let tuning_of = |yaml: &str| match validate(&spec(&format!("{BASE}{yaml}"))) {
+            Ok(Scaling::Policies { tuning, .. }) => Ok(tuning),
+            Ok(other) => panic!("expected policies, got {other:?}"),
+            Err(e) => Err(e),
+        };
+        let defaults = tuning_of("\n  autoscaling: {policy: steps, maxReplicas: 3}\n").unwrap();
+        assert_eq!(
+            defaults,
+            Tuning::default(),
+            "the CRD defaults and Tuning::default agree"
+        );
+        let set = tuning_of(
+            "\n  autoscaling: {policy: steps, maxReplicas: 3, intervalSeconds: 5, fallbackReplicas: 2, policyMemory: 16Mi,\n    scaleDown: {stabilizationWindowSeconds: 0, maxStepPercent: 100, periodSeconds: 0}}\n",
+        )
+        .unwrap();
+        assert_eq!(set.interval, std::time::Duration::from_secs(5));
+        assert_eq!(
+            (set.fallback, set.policy_memory, set.step_percent),
+            (Some(2), Some(16 << 20), 100)
+        );
+        assert_eq!(set.stabilization, std::time::Duration::ZERO);
+        let error =
+            tuning_of("\n  autoscaling: {policy: steps, maxReplicas: 3, policyMemory: 12k}\n")
+                .unwrap_err();
+        assert_eq!(error.field, "spec.autoscaling.policyMemory");
+        let error =
+            tuning_of("\n  autoscaling: {policy: steps, maxReplicas: 3, policyMemory: lots}\n")
+                .unwrap_err();
+        assert_eq!(error.field, "spec.autoscaling.policyMemory");
     }
 
     #[test]
@@ -320,7 +438,10 @@ spec:
         "flowerSpec: {resources: {requests: {memory: 2Gi}, limits: {memory: 1Gi}}}",
         "spec.flowerSpec.resources.requests.memory"
     )]
-    #[case::reserved_label("common: {appName: demo, celeryApp: a, image: i, podLabels: {app: x}}", "spec.common.podLabels.app")]
+    #[case::reserved_label(
+        "common: {appName: demo, celeryApp: a, image: i, podLabels: {app: x}}",
+        "spec.common.podLabels.app"
+    )]
     #[case::two_worker_targets(
         "scaleTargetRef: [{kind: worker, maxReplicas: 2, metrics: [{name: cpu, target: {averageUtilization: 5}}]}, {kind: worker, maxReplicas: 3}]",
         "spec.scaleTargetRef[1]"
@@ -341,7 +462,10 @@ spec:
         "scaleTargetRef: [{kind: worker, maxReplicas: 2, metrics: [{name: message_queue, target: {averageValue: many}}]}]",
         "spec.scaleTargetRef[0].metrics[0].target.averageValue"
     )]
-    #[case::no_metrics("scaleTargetRef: [{kind: worker, maxReplicas: 2}]", "spec.scaleTargetRef[0].metrics")]
+    #[case::no_metrics(
+        "scaleTargetRef: [{kind: worker, maxReplicas: 2}]",
+        "spec.scaleTargetRef[0].metrics"
+    )]
     #[case::duplicate_metric(
         "scaleTargetRef: [{kind: worker, maxReplicas: 2, metrics: [{name: cpu, target: {averageUtilization: 5}}, {name: cpu, target: {averageUtilization: 6}}]}]",
         "spec.scaleTargetRef[0].metrics[1]"
@@ -353,7 +477,10 @@ spec:
     fn names_the_field_at_fault(#[case] extra: &str, #[case] field: &str) {
         let mut yaml = BASE.to_string();
         if extra.contains("common:") {
-            yaml = yaml.replace("  common: {appName: demo, celeryApp: 'app:celery_app', image: example}\n", "");
+            yaml = yaml.replace(
+                "  common: {appName: demo, celeryApp: 'app:celery_app', image: example}\n",
+                "",
+            );
         }
         yaml.push_str("  ");
         yaml.push_str(extra);

@@ -1,0 +1,471 @@
+//! What the autoscaler knows from the API server: the worker pods (readiness, requests) and
+//! worker Deployments (`replicas`) of every app, kept current by two watches, and the pods'
+//! CPU and memory from `metrics.k8s.io`, listed once per refresh for all apps together.
+//!
+//! Nothing here is read per app from the API server: an app's loop looks its pods and its
+//! Deployment up in memory, indexed by app, so a sample costs the same with 1 or 1,000 apps.
+//! A figure that is not known (no metrics API, a pod not scraped yet, a failed list) is
+//! `None`, never 0.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use futures::{FutureExt, TryStreamExt};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, DynamicObject, ListParams};
+use kube::core::ApiResource;
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event};
+use kube::{Client, ResourceExt};
+use tracing::{info, warn};
+
+use crate::controller::Scope;
+use crate::policy::PodSample;
+use crate::quantity;
+
+/// Pods and Deployments of workers: the children's labels plus the worker component.
+pub const WORKER_SELECTOR: &str =
+    "app.kubernetes.io/managed-by=celery-operator,app.kubernetes.io/component=worker";
+/// The label naming the Celery object a child belongs to.
+const INSTANCE_LABEL: &str = "app.kubernetes.io/instance";
+
+/// `(namespace, name)`.
+type Key = (String, String);
+
+/// A worker pod as far as scaling is concerned.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodState {
+    pub name: String,
+    pub ready: bool,
+    pub cpu_request_millis: Option<u64>,
+    pub memory_request_bytes: Option<u64>,
+}
+
+/// CPU and memory of one pod, summed over its containers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Usage {
+    pub cpu_millis: u64,
+    pub memory_bytes: u64,
+}
+
+/// The in-memory view, shared by every app's loop.
+#[derive(Default)]
+pub struct ClusterView {
+    /// (namespace, Celery name) → pod name → state.
+    pods: RwLock<HashMap<Key, BTreeMap<String, PodState>>>,
+    /// (namespace, pod) → the app it was indexed under, so a delete finds it.
+    pod_apps: RwLock<HashMap<Key, Key>>,
+    /// (namespace, Deployment name) → `spec.replicas`.
+    replicas: RwLock<HashMap<Key, u32>>,
+    /// (namespace, pod) → usage at the last refresh; empty while the metrics API is unknown.
+    usage: RwLock<HashMap<Key, Usage>>,
+}
+
+impl ClusterView {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// `spec.replicas` of a worker Deployment, or `None` when it does not exist (yet).
+    pub fn worker_replicas(&self, namespace: &str, deployment: &str) -> Option<u32> {
+        let replicas = self.replicas.read().expect("replicas lock");
+        replicas
+            .get(&(namespace.to_string(), deployment.to_string()))
+            .copied()
+    }
+
+    /// Records the count the autoscaler just wrote, before the watch reports it, so the next
+    /// sample does not act on the old one.
+    pub fn set_worker_replicas(&self, namespace: &str, deployment: &str, replicas: u32) {
+        let mut map = self.replicas.write().expect("replicas lock");
+        map.insert((namespace.to_string(), deployment.to_string()), replicas);
+    }
+
+    /// The worker pods of one app, with their CPU and memory where known, sorted by name.
+    pub fn pods(&self, namespace: &str, app: &str) -> Vec<PodSample> {
+        let pods = self.pods.read().expect("pods lock");
+        let Some(own) = pods.get(&(namespace.to_string(), app.to_string())) else {
+            return Vec::new();
+        };
+        let usage = self.usage.read().expect("usage lock");
+        own.values()
+            .map(|p| {
+                let used = usage.get(&(namespace.to_string(), p.name.clone()));
+                PodSample {
+                    name: p.name.clone(),
+                    ready: p.ready,
+                    cpu_millis: used.map(|u| u.cpu_millis),
+                    cpu_request_millis: p.cpu_request_millis,
+                    memory_bytes: used.map(|u| u.memory_bytes),
+                    memory_request_bytes: p.memory_request_bytes,
+                    active_tasks: None,
+                }
+            })
+            .collect()
+    }
+
+    fn apply_pod(&self, pod: &Pod) {
+        let (Some(ns), Some(app)) = (pod.namespace(), pod.labels().get(INSTANCE_LABEL).cloned())
+        else {
+            return;
+        };
+        let state = pod_state(pod);
+        let pod_key = (ns.clone(), state.name.clone());
+        let app_key = (ns, app);
+        let mut pods = self.pods.write().expect("pods lock");
+        let mut pod_apps = self.pod_apps.write().expect("pod index lock");
+        if let Some(old) = pod_apps.insert(pod_key.clone(), app_key.clone())
+            && old != app_key
+        {
+            remove_pod(&mut pods, &old, &pod_key.1);
+        }
+        pods.entry(app_key)
+            .or_default()
+            .insert(state.name.clone(), state);
+    }
+
+    fn delete_pod(&self, pod: &Pod) {
+        let pod_key = (pod.namespace().unwrap_or_default(), pod.name_any());
+        let mut pods = self.pods.write().expect("pods lock");
+        if let Some(app) = self
+            .pod_apps
+            .write()
+            .expect("pod index lock")
+            .remove(&pod_key)
+        {
+            remove_pod(&mut pods, &app, &pod_key.1);
+        }
+    }
+
+    fn replace_pods(&self, all: Vec<Pod>) {
+        let mut pods = HashMap::<Key, BTreeMap<String, PodState>>::new();
+        let mut pod_apps = HashMap::new();
+        for pod in &all {
+            let (Some(ns), Some(app)) =
+                (pod.namespace(), pod.labels().get(INSTANCE_LABEL).cloned())
+            else {
+                continue;
+            };
+            let state = pod_state(pod);
+            pod_apps.insert((ns.clone(), state.name.clone()), (ns.clone(), app.clone()));
+            pods.entry((ns, app))
+                .or_default()
+                .insert(state.name.clone(), state);
+        }
+        *self.pods.write().expect("pods lock") = pods;
+        *self.pod_apps.write().expect("pod index lock") = pod_apps;
+    }
+
+    fn apply_deployment(&self, d: &Deployment) {
+        let key = (d.namespace().unwrap_or_default(), d.name_any());
+        self.replicas
+            .write()
+            .expect("replicas lock")
+            .insert(key, deployment_replicas(d));
+    }
+
+    fn delete_deployment(&self, d: &Deployment) {
+        let key = (d.namespace().unwrap_or_default(), d.name_any());
+        self.replicas.write().expect("replicas lock").remove(&key);
+    }
+
+    fn replace_deployments(&self, all: Vec<Deployment>) {
+        let map = all
+            .iter()
+            .map(|d| {
+                (
+                    (d.namespace().unwrap_or_default(), d.name_any()),
+                    deployment_replicas(d),
+                )
+            })
+            .collect();
+        *self.replicas.write().expect("replicas lock") = map;
+    }
+
+    /// Keeps the pods and Deployments of `scope` current until the returned future is dropped.
+    pub async fn watch(self: Arc<Self>, client: Client, scope: Scope) {
+        let config = watcher::Config::default().labels(WORKER_SELECTOR);
+        let mut streams = Vec::new();
+        for api in scope.apis::<Pod>(&client) {
+            let view = Arc::clone(&self);
+            let stream = watcher::watcher(api, config.clone());
+            streams.push(
+                async move {
+                    let mut buffer = Vec::new();
+                    follow(stream, |event| match event {
+                        Event::Apply(p) => view.apply_pod(&p),
+                        Event::Delete(p) => view.delete_pod(&p),
+                        Event::Init => buffer.clear(),
+                        Event::InitApply(p) => buffer.push(p),
+                        Event::InitDone => view.replace_pods(std::mem::take(&mut buffer)),
+                    })
+                    .await
+                }
+                .boxed(),
+            );
+        }
+        for api in scope.apis::<Deployment>(&client) {
+            let view = Arc::clone(&self);
+            let stream = watcher::watcher(api, config.clone());
+            streams.push(
+                async move {
+                    let mut buffer = Vec::new();
+                    follow(stream, |event| match event {
+                        Event::Apply(d) => view.apply_deployment(&d),
+                        Event::Delete(d) => view.delete_deployment(&d),
+                        Event::Init => buffer.clear(),
+                        Event::InitApply(d) => buffer.push(d),
+                        Event::InitDone => view.replace_deployments(std::mem::take(&mut buffer)),
+                    })
+                    .await
+                }
+                .boxed(),
+            );
+        }
+        streams.push(Arc::clone(&self).poll_usage(client, scope).boxed());
+        futures::future::join_all(streams).await;
+    }
+
+    /// Lists the worker pods' metrics every `USAGE_REFRESH`. NB: metrics-server refreshes its
+    /// figures every 10-60 s (its `--metric-resolution`); listing more often than that only
+    /// re-reads the same figures, listing less often adds delay, so the refresh is kept below
+    /// the smallest resolution. A failed list empties the figures: stale CPU is not evidence.
+    async fn poll_usage(self: Arc<Self>, client: Client, scope: Scope) {
+        let resource = ApiResource {
+            group: "metrics.k8s.io".into(),
+            version: "v1beta1".into(),
+            api_version: "metrics.k8s.io/v1beta1".into(),
+            kind: "PodMetrics".into(),
+            plural: "pods".into(),
+        };
+        let apis: Vec<Api<DynamicObject>> = if scope.namespaces.is_empty() {
+            vec![Api::all_with(client.clone(), &resource)]
+        } else {
+            scope
+                .namespaces
+                .iter()
+                .map(|ns| Api::namespaced_with(client.clone(), ns, &resource))
+                .collect()
+        };
+        let mut failing = false;
+        let mut tick = tokio::time::interval(USAGE_REFRESH);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let mut usage = HashMap::new();
+            let mut error = None;
+            for api in &apis {
+                match api
+                    .list(&ListParams::default().labels(WORKER_SELECTOR))
+                    .await
+                {
+                    Ok(list) => {
+                        for item in &list.items {
+                            if let Some(u) = pod_usage(item) {
+                                usage.insert(
+                                    (item.namespace().unwrap_or_default(), item.name_any()),
+                                    u,
+                                );
+                            }
+                        }
+                    }
+                    Err(e) => error = Some(e),
+                }
+            }
+            match (&error, failing) {
+                (Some(e), false) => warn!(
+                    error = %crate::telemetry::chain(e),
+                    "cannot read pod CPU and memory from metrics.k8s.io (is metrics-server installed?); CPU and memory are unknown until it answers"
+                ),
+                (None, true) => info!("pod CPU and memory are read from metrics.k8s.io again"),
+                _ => {}
+            }
+            failing = error.is_some();
+            *self.usage.write().expect("usage lock") = if failing { HashMap::new() } else { usage };
+        }
+    }
+}
+
+/// How often pod metrics are listed.
+pub const USAGE_REFRESH: Duration = Duration::from_secs(5);
+
+/// Feeds a watch into `handle` forever, backing off on errors (the watcher resumes by itself).
+async fn follow<K, S>(stream: S, mut handle: impl FnMut(Event<K>))
+where
+    S: futures::Stream<Item = Result<Event<K>, watcher::Error>> + Send,
+{
+    let stream = stream.default_backoff();
+    futures::pin_mut!(stream);
+    loop {
+        match stream.try_next().await {
+            Ok(Some(event)) => handle(event),
+            Ok(None) => return,
+            Err(error) => {
+                warn!(error = %crate::telemetry::chain(&error), "watch of worker pods or Deployments failed; retrying")
+            }
+        }
+    }
+}
+
+fn remove_pod(pods: &mut HashMap<Key, BTreeMap<String, PodState>>, app: &Key, pod: &str) {
+    if let Some(own) = pods.get_mut(app) {
+        own.remove(pod);
+        if own.is_empty() {
+            pods.remove(app);
+        }
+    }
+}
+
+fn deployment_replicas(d: &Deployment) -> u32 {
+    // The API server defaults an absent `replicas` to 1.
+    let n = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+    u32::try_from(n).unwrap_or(0)
+}
+
+/// Readiness and summed requests of a pod. A pod being deleted is not ready: it is draining.
+pub fn pod_state(pod: &Pod) -> PodState {
+    let ready = pod.metadata.deletion_timestamp.is_none()
+        && pod
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+    let containers = pod
+        .spec
+        .as_ref()
+        .map(|s| s.containers.as_slice())
+        .unwrap_or_default();
+    let request = |resource: &str, scale: f64| -> Option<u64> {
+        let mut total = 0.0;
+        for c in containers {
+            let q = c.resources.as_ref()?.requests.as_ref()?.get(resource)?;
+            total += quantity::parse(&q.0).ok()?;
+        }
+        (!containers.is_empty()).then(|| (total * scale).round() as u64)
+    };
+    PodState {
+        name: pod.name_any(),
+        ready,
+        cpu_request_millis: request("cpu", 1000.0),
+        memory_request_bytes: request("memory", 1.0),
+    }
+}
+
+/// CPU (millicores) and memory (bytes) of a `PodMetrics` object, summed over its containers.
+pub fn pod_usage(metrics: &DynamicObject) -> Option<Usage> {
+    let containers = metrics.data.get("containers")?.as_array()?;
+    let mut cpu = 0.0;
+    let mut memory = 0.0;
+    for c in containers {
+        let usage = c.get("usage")?;
+        cpu += quantity::parse(usage.get("cpu")?.as_str()?).ok()?;
+        memory += quantity::parse(usage.get("memory")?.as_str()?).ok()?;
+    }
+    Some(Usage {
+        cpu_millis: (cpu * 1000.0).round() as u64,
+        memory_bytes: memory.round() as u64,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(yaml: &str) -> Pod {
+        serde_yaml::from_str(yaml).expect("test pod parses")
+    }
+
+    const POD: &str = "
+metadata:
+  name: shop-celery-worker-abc
+  namespace: shop
+  labels: {app.kubernetes.io/instance: shop}
+spec:
+  containers:
+  - name: worker
+    resources: {requests: {cpu: 250m, memory: 128Mi}}
+  - name: sidecar
+    resources: {requests: {cpu: '1', memory: 1Gi}}
+status:
+  conditions: [{type: Ready, status: 'True'}]
+";
+
+    #[test]
+    fn pod_state_sums_requests_and_reads_readiness() {
+        let state = pod_state(&pod(POD));
+        assert_eq!(state.cpu_request_millis, Some(1250));
+        assert_eq!(state.memory_request_bytes, Some((128 << 20) + (1 << 30)));
+        assert!(state.ready);
+        let unready = pod(&POD.replace("status: 'True'", "status: 'False'"));
+        assert!(!pod_state(&unready).ready);
+    }
+
+    #[test]
+    fn a_container_without_a_request_makes_the_request_unknown() {
+        let p = pod(&POD.replace(
+            "resources: {requests: {cpu: '1', memory: 1Gi}}",
+            "resources: {}",
+        ));
+        assert_eq!(pod_state(&p).cpu_request_millis, None);
+    }
+
+    #[test]
+    fn pod_usage_sums_containers() {
+        let m: DynamicObject = serde_json::from_value(serde_json::json!({
+            "apiVersion": "metrics.k8s.io/v1beta1", "kind": "PodMetrics",
+            "metadata": {"name": "p", "namespace": "n"},
+            "timestamp": "2026-11-30T00:00:00Z", "window": "10s",
+            "containers": [
+                {"name": "a", "usage": {"cpu": "249999874n", "memory": "100Mi"}},
+                {"name": "b", "usage": {"cpu": "1m", "memory": "1Mi"}}
+            ]
+        }))
+        .unwrap();
+        assert_eq!(
+            pod_usage(&m),
+            Some(Usage {
+                cpu_millis: 251,
+                memory_bytes: 101 << 20
+            })
+        );
+    }
+
+    #[test]
+    fn the_view_indexes_pods_by_app_and_forgets_deleted_ones() {
+        let view = ClusterView::default();
+        let p = pod(POD);
+        view.apply_pod(&p);
+        let mut other = pod(POD);
+        other.metadata.name = Some("other-celery-worker-x".into());
+        other.metadata.labels = Some(BTreeMap::from([(
+            INSTANCE_LABEL.to_string(),
+            "other".to_string(),
+        )]));
+        view.apply_pod(&other);
+        let pods = view.pods("shop", "shop");
+        assert_eq!(
+            pods.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(),
+            ["shop-celery-worker-abc"]
+        );
+        assert_eq!(pods[0].cpu_millis, None, "no metrics yet: unknown, not 0");
+        view.usage.write().unwrap().insert(
+            ("shop".into(), "shop-celery-worker-abc".into()),
+            Usage {
+                cpu_millis: 5,
+                memory_bytes: 6,
+            },
+        );
+        assert_eq!(view.pods("shop", "shop")[0].cpu_millis, Some(5));
+        view.delete_pod(&p);
+        assert!(view.pods("shop", "shop").is_empty());
+        assert_eq!(view.pods("shop", "other").len(), 1);
+        view.replace_pods(vec![p]);
+        assert_eq!(view.pods("shop", "shop").len(), 1);
+        assert!(
+            view.pods("shop", "other").is_empty(),
+            "a relist drops what it does not list"
+        );
+    }
+}

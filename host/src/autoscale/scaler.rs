@@ -1,0 +1,804 @@
+//! The autoscaling loop: one task per autoscaled app, every `intervalSeconds`:
+//! sample (broker, pods) → policy → bounds → scale-down damping → write `replicas` when it
+//! changes → status, events and metrics.
+//!
+//! The reconciler starts an app's loop ([`Autoscaler::ensure`]); the loop reads the app from
+//! the controller's cache on every tick and ends when the app is deleted or stops being
+//! autoscaled. Loops are independent tasks: a slow broker or a hanging policy delays only its
+//! own app (broker reads have a timeout, policy calls a deadline). The loops end with the
+//! [`Autoscaler`], which the controller drops when it stops or loses leadership.
+//!
+//! Fail safe: when a figure is unknown or the policy fails, the replica count is held (or
+//! raised to `fallbackReplicas`), `ScalingActive` turns False with the cause, and one Warning
+//! event says so. Missing data never scales an app down.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Client, Resource, ResourceExt};
+use tokio::task::AbortHandle;
+use tracing::{debug, info, warn};
+
+use super::Tuning;
+use super::cluster::ClusterView;
+use super::sampler::{self, HISTORY};
+use super::stabilize::Damper;
+use crate::conditions::*;
+use crate::crd::{AutoscalerStatus, Broker as BrokerSpec, Celery, DecisionStatus};
+use crate::metrics::{self, Broker, BrokerError, BrokerOptions, QueueStats};
+use crate::policy::{CallLimits, PolicyInput, Sample};
+use crate::reconcile::apply::{self, SCALER_MANAGER};
+use crate::reconcile::build;
+use crate::reconcile::policies::PolicyCheck;
+use crate::reconcile::validate::{self, CPU_MEMORY_POLICY, PolicyRef, Scaling};
+use crate::telemetry::{FailureCause, Metrics};
+
+/// The status is written at once when a decision, a scale or the condition changes, and
+/// otherwise at most this often, so 1,000 apps sampled every second do not write 1,000
+/// statuses a second.
+const STATUS_REFRESH: Duration = Duration::from_secs(10);
+/// A Secret holding the broker URL is read again at most this often after a failed read.
+const SECRET_RETRY: Duration = Duration::from_secs(10);
+
+/// The loops of every autoscaled app.
+pub struct Autoscaler {
+    shared: Arc<Shared>,
+    loops: Mutex<HashMap<ObjectRef<Celery>, AbortHandle>>,
+}
+
+/// What every loop uses.
+struct Shared {
+    client: Client,
+    recorder: Recorder,
+    metrics: Arc<Metrics>,
+    policies: Arc<PolicyCheck>,
+    cluster: Arc<ClusterView>,
+    /// The controllers' caches of Celery objects (one per watched namespace, or one in all).
+    apps: Vec<Store<Celery>>,
+    broker: BrokerOptions,
+}
+
+impl Autoscaler {
+    pub fn new(
+        client: Client,
+        metrics: Arc<Metrics>,
+        policies: Arc<PolicyCheck>,
+        cluster: Arc<ClusterView>,
+        apps: Vec<Store<Celery>>,
+    ) -> Self {
+        let reporter = Reporter {
+            controller: SCALER_MANAGER.into(),
+            instance: std::env::var("POD_NAME").ok(),
+        };
+        let shared = Shared {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            metrics,
+            policies,
+            cluster,
+            apps,
+            broker: BrokerOptions::default(),
+        };
+        Self {
+            shared: Arc::new(shared),
+            loops: Mutex::default(),
+        }
+    }
+
+    /// Makes sure the loop of `celery` runs. Called by every reconcile of an autoscaled app;
+    /// the loop itself notices spec changes, so a running loop is left alone.
+    pub fn ensure(&self, celery: &Celery) {
+        let key = ObjectRef::from_obj(celery);
+        let mut loops = self.loops.lock().expect("autoscaler loops lock");
+        if loops
+            .get(&key)
+            .is_some_and(|running| !running.is_finished())
+        {
+            return;
+        }
+        let task = tokio::spawn(run(Arc::clone(&self.shared), key.clone()));
+        loops.insert(key, task.abort_handle());
+    }
+
+    /// Apps whose loop runs now.
+    pub fn running(&self) -> usize {
+        self.loops
+            .lock()
+            .expect("autoscaler loops lock")
+            .values()
+            .filter(|t| !t.is_finished())
+            .count()
+    }
+}
+
+impl Drop for Autoscaler {
+    fn drop(&mut self) {
+        for task in self
+            .loops
+            .get_mut()
+            .map(|l| l.values())
+            .into_iter()
+            .flatten()
+        {
+            task.abort();
+        }
+    }
+}
+
+impl Shared {
+    fn find(&self, key: &ObjectRef<Celery>) -> Option<Arc<Celery>> {
+        self.apps.iter().find_map(|store| store.get(key))
+    }
+}
+
+/// The loop of one app.
+async fn run(shared: Arc<Shared>, key: ObjectRef<Celery>) {
+    shared.policies.loaded().await;
+    let mut app: Option<AppLoop> = None;
+    let mut ticker = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        ticker.tick().await;
+        let Some(celery) = shared.find(&key) else {
+            debug!(app = %key, "the app is gone; its autoscaler stops");
+            if let Some(app) = app {
+                app.forget_metrics(&shared);
+            }
+            return;
+        };
+        if app.as_ref().map(|a| a.generation) != Some(celery.metadata.generation) {
+            let Ok(Scaling::Policies {
+                policies,
+                min_replicas,
+                max_replicas,
+                tuning,
+            }) = validate::validate(&celery.spec)
+            else {
+                // A fixed count or an invalid spec (which the reconciler reports): stop here.
+                if let Some(app) = app {
+                    app.retire(&shared, &celery).await;
+                }
+                return;
+            };
+            let interval = tuning.interval;
+            let reconfigured = match app.take() {
+                Some(mut a) => {
+                    let restart = a.tuning.interval != interval;
+                    a.reconfigure(&celery, policies, min_replicas, max_replicas, tuning);
+                    (a, restart)
+                }
+                None => (
+                    AppLoop::new(&celery, policies, min_replicas, max_replicas, tuning),
+                    true,
+                ),
+            };
+            app = Some(reconfigured.0);
+            if reconfigured.1 {
+                ticker = tokio::time::interval(interval);
+                ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                ticker.tick().await;
+            }
+        }
+        if let Some(app) = app.as_mut() {
+            app.tick(&shared, &celery).await;
+        }
+    }
+}
+
+/// Whether the last sample led to a decision, and if not why: the `ScalingActive` condition.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Health {
+    reason: &'static str,
+    message: String,
+}
+
+impl Health {
+    fn ok(&self) -> bool {
+        self.reason == POLICY_DECIDING
+    }
+}
+
+/// The state of one app's loop.
+struct AppLoop {
+    generation: Option<i64>,
+    /// `namespace/name`, for logs, metrics and the policy input.
+    label: String,
+    namespace: String,
+    name: String,
+    worker: String,
+    queues: Vec<String>,
+    policies: Vec<PolicyRef>,
+    min: u32,
+    max: u32,
+    concurrency: u32,
+    tuning: Tuning,
+    damper: Damper,
+    /// Whether any policy needs the queues (all but the CPU/memory one).
+    needs_broker: bool,
+    broker: Option<Broker>,
+    broker_spec: Option<BrokerSpec>,
+    last_secret_read: Option<Instant>,
+    /// The input lent to every policy call, history included.
+    input: Option<PolicyInput>,
+    health: Option<Health>,
+    last_decision: Option<DecisionStatus>,
+    last_scale_time: Option<Time>,
+    last_status: Option<Instant>,
+}
+
+impl AppLoop {
+    fn new(celery: &Celery, policies: Vec<PolicyRef>, min: i32, max: i32, tuning: Tuning) -> Self {
+        let namespace = celery.namespace().unwrap_or_default();
+        let name = celery.name_any();
+        let mut app = Self {
+            generation: None,
+            label: format!("{namespace}/{name}"),
+            namespace,
+            name,
+            worker: String::new(),
+            queues: Vec::new(),
+            policies: Vec::new(),
+            min: 0,
+            max: 0,
+            concurrency: 1,
+            damper: Damper::new(
+                tuning.stabilization,
+                tuning.step_percent,
+                tuning.step_period,
+            ),
+            tuning: tuning.clone(),
+            needs_broker: true,
+            broker: None,
+            broker_spec: None,
+            last_secret_read: None,
+            input: None,
+            health: None,
+            last_decision: None,
+            last_scale_time: celery
+                .status
+                .as_ref()
+                .and_then(|s| s.autoscaler.as_ref())
+                .and_then(|a| a.last_scale_time.clone()),
+            last_status: None,
+        };
+        app.reconfigure(celery, policies, min, max, tuning);
+        info!(app = %app.label, policy = %app.policy_label(), "autoscaling starts");
+        app
+    }
+
+    fn reconfigure(
+        &mut self,
+        celery: &Celery,
+        policies: Vec<PolicyRef>,
+        min: i32,
+        max: i32,
+        tuning: Tuning,
+    ) {
+        let spec = &celery.spec;
+        self.generation = celery.metadata.generation;
+        self.worker = build::worker_name(celery);
+        self.queues = spec
+            .worker_spec
+            .queues
+            .split(',')
+            .map(str::trim)
+            .filter(|q| !q.is_empty())
+            .map(String::from)
+            .collect();
+        self.needs_broker = policies.iter().any(|p| p.name != CPU_MEMORY_POLICY);
+        self.policies = policies;
+        self.min = u32::try_from(min).unwrap_or(0);
+        self.max = u32::try_from(max).unwrap_or(0);
+        self.concurrency = u32::try_from(spec.worker_spec.concurrency).unwrap_or(1);
+        if self.tuning != tuning {
+            self.damper = Damper::new(
+                tuning.stabilization,
+                tuning.step_percent,
+                tuning.step_period,
+            );
+            self.tuning = tuning;
+        }
+        if self.broker_spec != spec.broker {
+            self.broker_spec = spec.broker.clone();
+            self.broker = None;
+            self.last_secret_read = None;
+        }
+    }
+
+    fn policy_label(&self) -> String {
+        self.policies
+            .iter()
+            .map(|p| p.name.as_str())
+            .collect::<Vec<_>>()
+            .join("+")
+    }
+
+    /// One sample, decision and (maybe) scale.
+    async fn tick(&mut self, shared: &Shared, celery: &Celery) {
+        let now = jiff::Timestamp::now();
+        let now_ms = u64::try_from(now.as_millisecond()).unwrap_or(0);
+        let Some(current) = shared
+            .cluster
+            .worker_replicas(&self.namespace, &self.worker)
+        else {
+            let message = format!("the worker Deployment {} does not exist yet", self.worker);
+            self.conclude(
+                shared,
+                celery,
+                Health {
+                    reason: SCALE_FAILED,
+                    message,
+                },
+                false,
+            )
+            .await;
+            return;
+        };
+
+        let queues = if self.needs_broker {
+            Some(self.read_broker(shared).await)
+        } else {
+            None
+        };
+        let pods = shared.cluster.pods(&self.namespace, &self.name);
+        let measured: Vec<QueueStats> = match &queues {
+            Some(Ok(stats)) => stats.clone(),
+            Some(Err(_)) => self.queues.iter().map(QueueStats::unknown).collect(),
+            None => Vec::new(),
+        };
+        for q in &measured {
+            shared
+                .metrics
+                .observe_queue(&self.label, &q.name, q.backlog);
+        }
+        let mut status = sampler::measured_status(Time(now), &measured, &pods);
+        let sample = match queues {
+            Some(Err(message)) => Err(message),
+            Some(Ok(stats)) => sampler::sample(now_ms, current, Some(&stats), pods),
+            None => sampler::sample(now_ms, current, None, pods),
+        };
+
+        let decided = match sample {
+            Err(message) => Err(Health {
+                reason: METRICS_UNAVAILABLE,
+                message,
+            }),
+            Ok(sample) => self.decide(shared, current, sample).await,
+        };
+        let (target, health, reason, proposed, policy) = match decided {
+            Ok(Choice {
+                bounded,
+                proposed,
+                reason,
+                policy,
+            }) => {
+                let target = self.damper.next(now_ms, current, bounded);
+                let health = Health {
+                    reason: POLICY_DECIDING,
+                    message: format!("{policy}: {reason}"),
+                };
+                (target, health, reason, Some(proposed), policy)
+            }
+            Err(health) => {
+                let cause = if health.reason == POLICY_FAILED {
+                    FailureCause::Policy
+                } else {
+                    FailureCause::Metrics
+                };
+                shared.metrics.observe_failure(&self.label, cause);
+                // Hold, or raise to the fallback; never lower on missing data.
+                let target = self.tuning.fallback.map_or(current, |f| {
+                    f.clamp(self.min, self.max.max(self.min)).max(current)
+                });
+                let reason = format!("holding {current} workers: {}", health.message);
+                (target, health, reason, None, self.policy_label())
+            }
+        };
+        shared
+            .metrics
+            .observe_decision(&self.label, current, target);
+
+        let mut changed = self.last_decision.as_ref().map(|d| d.replicas) != Some(target as i32);
+        if target != current {
+            match self.scale(shared, celery, current, target, &reason).await {
+                Ok(()) => {
+                    self.last_scale_time = Some(Time(now));
+                    changed = true;
+                }
+                Err(message) => {
+                    shared
+                        .metrics
+                        .observe_failure(&self.label, FailureCause::Scale);
+                    self.conclude_with(
+                        shared,
+                        celery,
+                        &mut status,
+                        Health {
+                            reason: SCALE_FAILED,
+                            message,
+                        },
+                        true,
+                    )
+                    .await;
+                    return;
+                }
+            }
+        }
+        self.last_decision = Some(DecisionStatus {
+            time: Time(now),
+            policy,
+            proposed: proposed.map_or(target as i32, |p| i32::try_from(p).unwrap_or(i32::MAX)),
+            replicas: target as i32,
+            reason: crate::policy::truncate(&reason, 512),
+        });
+        self.conclude_with(shared, celery, &mut status, health, changed)
+            .await;
+    }
+
+    /// Asks every policy; the largest answer (within bounds) wins.
+    async fn decide(
+        &mut self,
+        shared: &Shared,
+        current: u32,
+        sample: Sample,
+    ) -> Result<Choice, Health> {
+        let mut input = self.input.take().unwrap_or_else(|| PolicyInput {
+            app: String::new(),
+            current_replicas: 0,
+            min_replicas: 0,
+            max_replicas: 0,
+            concurrency: 1,
+            current: sample_placeholder(),
+            history: Vec::with_capacity(HISTORY + 1),
+            settings: BTreeMap::new(),
+        });
+        if input.app != self.label {
+            input.app.clone_from(&self.label);
+        }
+        input.current_replicas = current;
+        input.min_replicas = self.min;
+        input.max_replicas = self.max;
+        input.concurrency = self.concurrency;
+        input.current = sample;
+
+        let runner = shared.policies.runner();
+        let limits = CallLimits {
+            memory_bytes: self
+                .tuning
+                .policy_memory
+                .unwrap_or(runner.limits().memory_bytes),
+            ..runner.limits().clone()
+        }
+        .within(shared.policies.registry().engine());
+        let mut best: Option<Choice> = None;
+        let mut failure = None;
+        for policy in &mut self.policies {
+            let loaded = match shared.policies.registry().resolve(&policy.name) {
+                Ok(loaded) => loaded,
+                Err(e) => {
+                    failure = Some(format!("{}: {e}", policy.field));
+                    break;
+                }
+            };
+            // Lent, not copied: the settings go in and come back out with the input.
+            std::mem::swap(&mut input.settings, &mut policy.settings);
+            let (back, outcome) = runner
+                .decide_lending(loaded, input, Some(limits.clone()))
+                .await;
+            let Some(mut back) = back else {
+                failure = Some(
+                    outcome
+                        .err()
+                        .map_or_else(|| "the policy call was lost".into(), |e| e.to_string()),
+                );
+                // The input went down with the call; the history starts over.
+                return Err(Health {
+                    reason: POLICY_FAILED,
+                    message: failure.unwrap_or_default(),
+                });
+            };
+            std::mem::swap(&mut back.settings, &mut policy.settings);
+            input = back;
+            match outcome {
+                Ok((verdict, took)) => {
+                    shared.metrics.observe_policy(&self.label, took);
+                    if best.as_ref().is_none_or(|b| verdict.proposed > b.proposed) {
+                        best = Some(Choice {
+                            bounded: verdict.decision.replicas,
+                            proposed: verdict.proposed,
+                            reason: verdict.decision.reason,
+                            policy: policy.name.clone(),
+                        });
+                    }
+                }
+                Err(e) => {
+                    failure = Some(e.to_string());
+                    break;
+                }
+            }
+        }
+        let finished = std::mem::replace(&mut input.current, sample_placeholder());
+        sampler::remember(&mut input.history, finished);
+        self.input = Some(input);
+        match (failure, best) {
+            (Some(message), _) => Err(Health {
+                reason: POLICY_FAILED,
+                message,
+            }),
+            (None, Some(best)) => Ok(best),
+            (None, None) => Err(Health {
+                reason: POLICY_FAILED,
+                message: "no scaling policy is selected".into(),
+            }),
+        }
+    }
+
+    /// The queues as the broker reports them, or why not.
+    async fn read_broker(&mut self, shared: &Shared) -> Result<Vec<QueueStats>, String> {
+        if self.broker.is_none() {
+            self.broker = Some(self.connect(shared).await?);
+        }
+        let broker = self.broker.as_ref().expect("connected above");
+        match broker.queues(&self.queues).await {
+            Ok(stats) => Ok(stats),
+            Err(error) => {
+                // New credentials may have been put in the Secret: read it again next time.
+                if matches!(error, BrokerError::Unauthorized { .. }) && self.broker_from_secret() {
+                    self.broker = None;
+                }
+                Err(format!("spec.broker: {}", crate::telemetry::chain(&error)))
+            }
+        }
+    }
+
+    fn broker_from_secret(&self) -> bool {
+        self.broker_spec
+            .as_ref()
+            .is_some_and(|b| b.secret_ref.is_some())
+    }
+
+    async fn connect(&mut self, shared: &Shared) -> Result<Broker, String> {
+        let Some(spec) = &self.broker_spec else {
+            return Err("spec.broker is not set, so the queue backlog cannot be measured; set spec.broker.url or spec.broker.secretRef".into());
+        };
+        let url = match (&spec.url, &spec.secret_ref) {
+            (Some(url), _) => url.clone(),
+            (None, Some(secret)) => {
+                if self
+                    .last_secret_read
+                    .is_some_and(|at| at.elapsed() < SECRET_RETRY)
+                {
+                    return Err(format!(
+                        "spec.broker.secretRef: Secret {} not readable yet; retrying",
+                        secret.name
+                    ));
+                }
+                self.last_secret_read = Some(Instant::now());
+                let api: Api<Secret> = Api::namespaced(shared.client.clone(), &self.namespace);
+                let found = api.get_opt(&secret.name).await.map_err(|e| {
+                    format!(
+                        "spec.broker.secretRef: cannot read Secret {}: {}",
+                        secret.name,
+                        crate::telemetry::chain(&e)
+                    )
+                })?;
+                let data = found
+                    .and_then(|s| s.data)
+                    .and_then(|mut d| d.remove(&secret.key))
+                    .ok_or_else(|| {
+                        format!(
+                            "spec.broker.secretRef: Secret {} has no key {}",
+                            secret.name, secret.key
+                        )
+                    })?;
+                String::from_utf8(data.0)
+                    .map_err(|_| {
+                        format!(
+                            "spec.broker.secretRef: key {} of Secret {} is not UTF-8",
+                            secret.key, secret.name
+                        )
+                    })?
+                    .trim()
+                    .to_string()
+            }
+            (None, None) => return Err("spec.broker: give url or secretRef".into()),
+        };
+        let url = metrics::in_namespace(&url, &self.namespace);
+        metrics::connect(&url, &shared.broker).map_err(|e| format!("spec.broker: {e}"))
+    }
+
+    /// Writes the replica count as the scaler, and records why.
+    async fn scale(
+        &self,
+        shared: &Shared,
+        celery: &Celery,
+        from: u32,
+        to: u32,
+        reason: &str,
+    ) -> Result<(), String> {
+        let api: Api<Deployment> = Api::namespaced(shared.client.clone(), &self.namespace);
+        let replicas = i32::try_from(to).unwrap_or(i32::MAX);
+        apply::scale(&api, celery, &self.worker, replicas)
+            .await
+            .map_err(|e| crate::telemetry::chain(&e))?;
+        shared
+            .cluster
+            .set_worker_replicas(&self.namespace, &self.worker, to);
+        let event_reason = if to > from { SCALED_UP } else { SCALED_DOWN };
+        info!(app = %self.label, from, to, %reason, "scaled the workers");
+        let note = format!("{from} → {to} workers: {reason}");
+        publish(shared, celery, EventType::Normal, event_reason, note).await;
+        Ok(())
+    }
+
+    async fn conclude(&mut self, shared: &Shared, celery: &Celery, health: Health, changed: bool) {
+        let mut status = AutoscalerStatus::default();
+        self.conclude_with(shared, celery, &mut status, health, changed)
+            .await;
+    }
+
+    /// Publishes a change of health as one event, and writes the status when something
+    /// changed or the last write is old.
+    async fn conclude_with(
+        &mut self,
+        shared: &Shared,
+        celery: &Celery,
+        status: &mut AutoscalerStatus,
+        health: Health,
+        changed: bool,
+    ) {
+        let transition = self
+            .health
+            .as_ref()
+            .is_none_or(|h| h.reason != health.reason);
+        if transition {
+            if health.ok() {
+                if self.health.is_some() {
+                    publish(
+                        shared,
+                        celery,
+                        EventType::Normal,
+                        POLICY_DECIDING,
+                        health.message.clone(),
+                    )
+                    .await;
+                }
+            } else {
+                warn!(app = %self.label, reason = health.reason, message = %health.message, "autoscaling holds the replica count");
+                publish(
+                    shared,
+                    celery,
+                    EventType::Warning,
+                    health.reason,
+                    health.message.clone(),
+                )
+                .await;
+            }
+        }
+        let due = self
+            .last_status
+            .is_none_or(|at| at.elapsed() >= STATUS_REFRESH);
+        self.health = Some(health.clone());
+        if !(changed || transition || due) {
+            return;
+        }
+        status.last_decision = self.last_decision.clone();
+        status.last_scale_time = self.last_scale_time.clone();
+        let backlog = sampler::total_backlog(status);
+        let condition = scaling_condition(celery, &health);
+        let patch = serde_json::json!({
+            "apiVersion": Celery::api_version(&()),
+            "kind": Celery::kind(&()),
+            "status": {
+                "queueBacklog": backlog,
+                "autoscaler": status,
+                "conditions": [condition],
+            },
+        });
+        let api: Api<Celery> = Api::namespaced(shared.client.clone(), &self.namespace);
+        match api
+            .patch_status(
+                &self.name,
+                &PatchParams::apply(SCALER_MANAGER).force(),
+                &Patch::Apply(&patch),
+            )
+            .await
+        {
+            Ok(_) => self.last_status = Some(Instant::now()),
+            Err(error) => {
+                warn!(app = %self.label, error = %crate::telemetry::chain(&error), "cannot write the autoscaler status")
+            }
+        }
+    }
+
+    /// The app is no longer autoscaled: remove what the autoscaler wrote in its status.
+    async fn retire(self, shared: &Shared, celery: &Celery) {
+        info!(app = %self.label, "autoscaling stops");
+        self.forget_metrics(shared);
+        let patch = serde_json::json!({
+            "apiVersion": Celery::api_version(&()),
+            "kind": Celery::kind(&()),
+            "status": {},
+        });
+        let api: Api<Celery> = Api::namespaced(shared.client.clone(), &self.namespace);
+        if let Err(error) = api
+            .patch_status(
+                &celery.name_any(),
+                &PatchParams::apply(SCALER_MANAGER).force(),
+                &Patch::Apply(&patch),
+            )
+            .await
+        {
+            warn!(app = %self.label, error = %crate::telemetry::chain(&error), "cannot clear the autoscaler status");
+        }
+    }
+
+    fn forget_metrics(&self, shared: &Shared) {
+        shared.metrics.forget_app(&self.label, &self.queues);
+    }
+}
+
+/// An empty sample, standing in for the current one between two ticks (allocates nothing).
+fn sample_placeholder() -> Sample {
+    Sample {
+        timestamp_ms: 0,
+        replicas: 0,
+        queues: Vec::new(),
+        pods: Vec::new(),
+    }
+}
+
+/// The policy answer a sample led to.
+struct Choice {
+    /// Replicas within `minReplicas`/`maxReplicas`.
+    bounded: u32,
+    /// Replicas the policy asked for.
+    proposed: u32,
+    /// The policy's reason, with a note when the bounds changed it.
+    reason: String,
+    policy: String,
+}
+
+/// `ScalingActive`, keeping its transition time while its status holds.
+fn scaling_condition(celery: &Celery, health: &Health) -> Condition {
+    let status = if health.ok() { "True" } else { "False" };
+    let previous = celery.status.as_ref().and_then(|s| {
+        s.conditions
+            .iter()
+            .find(|c| c.type_ == SCALING_ACTIVE && c.status == status)
+    });
+    Condition {
+        type_: SCALING_ACTIVE.into(),
+        status: status.into(),
+        reason: health.reason.into(),
+        message: crate::policy::truncate(&health.message, 1024),
+        observed_generation: celery.metadata.generation,
+        last_transition_time: previous.map_or_else(
+            || Time(jiff::Timestamp::now()),
+            |c| c.last_transition_time.clone(),
+        ),
+    }
+}
+
+async fn publish(shared: &Shared, celery: &Celery, type_: EventType, reason: &str, note: String) {
+    let event = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note.chars().take(1024).collect()),
+        action: "Autoscale".into(),
+        secondary: None,
+    };
+    if let Err(error) = shared
+        .recorder
+        .publish(&event, &celery.object_ref(&()))
+        .await
+    {
+        warn!(%error, app = %celery.name_any(), "could not publish event");
+    }
+}
