@@ -11,110 +11,63 @@ use std::time::{Duration, Instant};
 
 use celery_operator::policy::cache::ArtifactCache;
 use celery_operator::policy::cli::percentiles;
-use celery_operator::policy::{
-    CallLimits, EngineSettings, LoadedPolicy, PolicyEngine, PolicyInput, Source,
-};
+use celery_operator::policy::{CallLimits, EngineSettings, LoadedPolicy, PolicyEngine, PolicyInput, Source};
 
 fn main() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let dir = root.join("target/policies");
-    let mut modules: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .map(|entries| entries.filter_map(Result::ok).map(|e| e.path()).collect())
-        .unwrap_or_default();
+    let mut modules: Vec<PathBuf> =
+        std::fs::read_dir(&dir).map(|entries| entries.filter_map(Result::ok).map(|e| e.path()).collect()).unwrap_or_default();
     modules.retain(|p| p.extension().is_some_and(|e| e == "wasm"));
     modules.sort();
     if modules.is_empty() {
-        println!(
-            "no built policies in {}: run policies/build.sh first",
-            dir.display()
-        );
+        println!("no built policies in {}: run policies/build.sh first", dir.display());
         return;
     }
-    let iterations: usize = std::env::var("ITERATIONS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(2000);
+    let iterations: usize = std::env::var("ITERATIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(2000);
     let base: PolicyInput = serde_json::from_str(
-        &std::fs::read_to_string(root.join("policies/test/base-input.json"))
-            .expect("policies/test/base-input.json"),
+        &std::fs::read_to_string(root.join("policies/test/base-input.json")).expect("policies/test/base-input.json"),
     )
     .expect("base input");
-    let cases: Vec<serde_json::Value> = serde_json::from_str(
-        &std::fs::read_to_string(root.join("policies/test/cases.json"))
-            .expect("policies/test/cases.json"),
-    )
-    .expect("cases");
+    let cases: Vec<serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(root.join("policies/test/cases.json")).expect("policies/test/cases.json"))
+            .expect("cases");
 
     let engine = PolicyEngine::new(EngineSettings::default()).expect("engine");
     let cache_dir = tempfile::tempdir().expect("tempdir");
     let cache = ArtifactCache::open(cache_dir.path()).expect("cache");
-    let limits = CallLimits {
-        timeout: Duration::from_secs(5),
-        ..CallLimits::default()
-    };
+    let limits = CallLimits { timeout: Duration::from_secs(5), ..CallLimits::default() };
     println!(
         "policy benchmark: {iterations} decisions each, fresh instance per decision, pooling allocator {}",
-        if engine.pooling() {
-            "on"
-        } else {
-            "off (unavailable)"
-        }
+        if engine.pooling() { "on" } else { "off (unavailable)" }
     );
     println!();
     println!(
         "{:<13} {:<10} {:<9} {:>9} {:>11} {:>10} {:>10} {:>10} {:>11} {:>10}",
-        "policy",
-        "language",
-        "interface",
-        "size",
-        "compile",
-        "cache load",
-        "p50",
-        "p99",
-        "decisions/s",
-        "native"
+        "policy", "language", "interface", "size", "compile", "cache load", "p50", "p99", "decisions/s", "native"
     );
     let mut cache_total = Duration::ZERO;
     for path in modules {
-        let name = path
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_default();
+        let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
         let bytes = std::fs::read(&path).expect("module");
         let language = std::fs::read_to_string(path.with_extension("json"))
             .ok()
             .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-            .and_then(|v| {
-                v.get("language")
-                    .and_then(|l| l.as_str())
-                    .map(str::to_string)
-            })
+            .and_then(|v| v.get("language").and_then(|l| l.as_str()).map(str::to_string))
             .unwrap_or_else(|| "-".into());
         let load = |cache: Option<&ArtifactCache>| {
-            LoadedPolicy::load(
-                &engine,
-                cache,
-                &name,
-                &bytes,
-                Source::BuiltIn(path.clone()),
-                None,
-            )
-            .unwrap_or_else(|e| panic!("{e}"))
+            LoadedPolicy::load(&engine, cache, &name, &bytes, Source::BuiltIn(path.clone()), None)
+                .unwrap_or_else(|e| panic!("{e}"))
         };
         let compiled = load(None);
         load(Some(&cache));
         let cached = load(Some(&cache));
-        assert!(
-            cached.stats().from_cache,
-            "second load comes from the cache"
-        );
+        assert!(cached.stats().from_cache, "second load comes from the cache");
         cache_total += cached.stats().total;
 
         let mut input = base.clone();
         input.settings = valid_settings(&cases, &name);
-        let decision = cached
-            .decide(&limits, &input)
-            .unwrap_or_else(|e| panic!("{e}"));
+        let decision = cached.decide(&limits, &input).unwrap_or_else(|e| panic!("{e}"));
         for _ in 0..(iterations / 10).max(1) {
             cached.decide(&limits, &input).expect("decides");
         }
@@ -122,11 +75,7 @@ fn main() {
         let start = Instant::now();
         for _ in 0..iterations {
             let t = Instant::now();
-            std::hint::black_box(
-                cached
-                    .decide(&limits, std::hint::black_box(&input))
-                    .expect("decides"),
-            );
+            std::hint::black_box(cached.decide(&limits, std::hint::black_box(&input)).expect("decides"));
             times.push(t.elapsed());
         }
         let rate = iterations as f64 / start.elapsed().as_secs_f64();
@@ -147,16 +96,9 @@ fn main() {
         );
     }
     println!();
-    println!(
-        "all built-ins loaded from the cache in {} (deserialize, link, checks)",
-        show(cache_total)
-    );
-    println!(
-        "compile: cranelift from wasm bytes; cache load: LoadedPolicy::load with a warm artifact cache;"
-    );
-    println!(
-        "p50/p99: one decision, new store and instance each time; native: the same rule in plain Rust."
-    );
+    println!("all built-ins loaded from the cache in {} (deserialize, link, checks)", show(cache_total));
+    println!("compile: cranelift from wasm bytes; cache load: LoadedPolicy::load with a warm artifact cache;");
+    println!("p50/p99: one decision, new store and instance each time; native: the same rule in plain Rust.");
 }
 
 /// Settings from the first case of `policy` that validates cleanly.
@@ -192,10 +134,7 @@ fn native_latency(policy: &str, input: &PolicyInput, expected: u32) -> Option<Du
         _ => return None,
     };
     if rule(input) != expected {
-        eprintln!(
-            "note: native {policy} says {} where the policy says {expected}",
-            rule(input)
-        );
+        eprintln!("note: native {policy} says {} where the policy says {expected}", rule(input));
     }
     let mut times = Vec::with_capacity(10_000);
     for _ in 0..10_000 {
@@ -210,10 +149,7 @@ mod native {
     use celery_operator::policy::PolicyInput;
 
     fn setting(input: &PolicyInput, key: &str) -> Option<f64> {
-        input
-            .settings
-            .get(key)
-            .and_then(|v| v.trim().trim_end_matches('%').parse().ok())
+        input.settings.get(key).and_then(|v| v.trim().trim_end_matches('%').parse().ok())
     }
 
     fn backlog(input: &PolicyInput) -> u64 {
@@ -224,27 +160,18 @@ mod native {
         let target = setting(input, "target").unwrap_or(1.0).max(1.0);
         let backlog = backlog(input) as f64;
         let wanted = (backlog / target).ceil();
-        if backlog > 0.0 && wanted < 1.0 {
-            1
-        } else {
-            wanted.min(f64::from(u32::MAX)) as u32
-        }
+        if backlog > 0.0 && wanted < 1.0 { 1 } else { wanted.min(f64::from(u32::MAX)) as u32 }
     }
 
     pub fn steps(input: &PolicyInput) -> u32 {
         let backlog = backlog(input);
-        let table = input
-            .settings
-            .get("steps")
-            .map(String::as_str)
-            .unwrap_or("");
+        let table = input.settings.get("steps").map(String::as_str).unwrap_or("");
         let mut replicas = 0;
         for entry in table.split(',') {
             let Some((threshold, count)) = entry.split_once(':') else {
                 continue;
             };
-            if let (Ok(threshold), Ok(count)) =
-                (threshold.trim().parse::<u64>(), count.trim().parse::<u32>())
+            if let (Ok(threshold), Ok(count)) = (threshold.trim().parse::<u64>(), count.trim().parse::<u32>())
                 && backlog >= threshold
             {
                 replicas = count;
@@ -255,13 +182,7 @@ mod native {
 
     pub fn load(input: &PolicyInput) -> u32 {
         let target = setting(input, "targetUtilization").unwrap_or(0.8);
-        let active: u64 = input
-            .current
-            .pods
-            .iter()
-            .filter_map(|p| p.active_tasks)
-            .map(u64::from)
-            .sum();
+        let active: u64 = input.current.pods.iter().filter_map(|p| p.active_tasks).map(u64::from).sum();
         let work = (active + backlog(input)) as f64;
         let per_worker = f64::from(input.concurrency.max(1)) * target;
         (work / per_worker).ceil() as u32
@@ -288,16 +209,10 @@ mod native {
 
     pub fn drain_time(input: &PolicyInput) -> u32 {
         let seconds = setting(input, "seconds").unwrap_or(60.0);
-        let rate = setting(input, "workerRate")
-            .unwrap_or(1.0)
-            .max(f64::MIN_POSITIVE);
+        let rate = setting(input, "workerRate").unwrap_or(1.0).max(f64::MIN_POSITIVE);
         let backlog = backlog(input) as f64;
         if input.history.is_empty() {
-            return if backlog > 0.0 {
-                input.current_replicas.max(1)
-            } else {
-                0
-            };
+            return if backlog > 0.0 { input.current_replicas.max(1) } else { 0 };
         }
         (backlog / (seconds * rate)).ceil() as u32
     }

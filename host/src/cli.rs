@@ -40,12 +40,7 @@ struct RunArgs {
     #[arg(long, env = "KUBECONFIG_PATH")]
     kubeconfig: Option<PathBuf>,
     /// Namespace to watch; repeat for several. All namespaces when absent.
-    #[arg(
-        long = "namespace",
-        short = 'n',
-        env = "WATCH_NAMESPACES",
-        value_delimiter = ','
-    )]
+    #[arg(long = "namespace", short = 'n', env = "WATCH_NAMESPACES", value_delimiter = ',')]
     namespaces: Vec<String>,
     /// Address of /healthz, /readyz and /metrics.
     #[arg(long, default_value = "0.0.0.0:8080", env = "LISTEN_ADDRESS")]
@@ -107,8 +102,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     } = args;
     telemetry::init_logging(log_format);
     let client = operator::client(kubeconfig.as_deref()).await?;
-    let identity = std::env::var("POD_NAME")
-        .unwrap_or_else(|_| format!("{}-{}", hostname(), std::process::id()));
+    let identity = std::env::var("POD_NAME").unwrap_or_else(|_| format!("{}-{}", hostname(), std::process::id()));
     let registry = RegistrySettings {
         builtin_dir: policy_dir.or_else(RegistrySettings::default_builtin_dir),
         user_dir: extra_policy_dir,
@@ -141,8 +135,8 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("installing a SIGTERM handler");
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("installing a SIGTERM handler");
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}

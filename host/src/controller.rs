@@ -41,10 +41,7 @@ impl Scope {
         if self.namespaces.is_empty() {
             vec![Api::all(client.clone())]
         } else {
-            self.namespaces
-                .iter()
-                .map(|ns| Api::namespaced(client.clone(), ns))
-                .collect()
+            self.namespaces.iter().map(|ns| Api::namespaced(client.clone(), ns)).collect()
         }
     }
 }
@@ -66,11 +63,7 @@ struct CappedBackoff {
 
 impl CappedBackoff {
     fn new(min: Duration, max: Duration) -> Self {
-        Self {
-            min,
-            max,
-            next: min,
-        }
+        Self { min, max, next: min }
     }
 }
 
@@ -144,13 +137,7 @@ pub async fn run(
     let cluster = ClusterView::new();
     let autoscaler = policies.clone().map(|policies| {
         let stores = controllers.iter().map(Controller::store).collect();
-        Autoscaler::new(
-            client.clone(),
-            metrics.clone(),
-            policies,
-            cluster.clone(),
-            stores,
-        )
+        Autoscaler::new(client.clone(), metrics.clone(), policies, cluster.clone(), stores)
     });
     let watch_cluster = autoscaler.is_some();
     let ctx = Arc::new(Context::new(client.clone(), metrics, policies, autoscaler));

@@ -13,8 +13,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    Affinity, EnvFromSource, EnvVar, LocalObjectReference, PodSecurityContext,
-    ResourceRequirements, SecurityContext, Toleration,
+    Affinity, EnvFromSource, EnvVar, LocalObjectReference, PodSecurityContext, ResourceRequirements, SecurityContext, Toleration,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -87,10 +86,7 @@ pub struct CelerySpec {
 pub struct Common {
     /// Name prefix of the children: `<appName>-celery-worker` and `<appName>-flower`. A DNS
     /// label of at most 49 characters, so that every child name stays a valid DNS label.
-    #[schemars(
-        length(min = 1, max = 49),
-        regex(pattern = r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
-    )]
+    #[schemars(length(min = 1, max = 49), regex(pattern = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"))]
     pub app_name: String,
 
     /// The Celery application instance, as given to `celery --app`, e.g. `app:celery_app` or
@@ -324,11 +320,7 @@ pub struct FlowerService {
 
 impl Default for FlowerService {
     fn default() -> Self {
-        Self {
-            type_: default_service_type(),
-            port: default_flower_port(),
-            annotations: BTreeMap::new(),
-        }
+        Self { type_: default_service_type(), port: default_flower_port(), annotations: BTreeMap::new() }
     }
 }
 
@@ -401,10 +393,7 @@ pub struct Autoscaling {
 
     /// Name of the scaling policy module: a built-in (`queue-length`, `cpu-memory`, `load`,
     /// `drain-time`, `steps`) or a module installed in the operator's policy directory.
-    #[schemars(
-        length(min = 1, max = 253),
-        regex(pattern = r"^[a-z0-9]([-a-z0-9_.]*[a-z0-9])?(@sha256:[0-9a-f]{64})?$")
-    )]
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[a-z0-9]([-a-z0-9_.]*[a-z0-9])?(@sha256:[0-9a-f]{64})?$"))]
     pub policy: String,
 
     /// Settings handed to the policy as string pairs; their meaning is the policy's.
@@ -728,46 +717,18 @@ mod tests {
         let schema = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
         let mut missing = Vec::new();
         walk("celery.spec", &schema["properties"]["spec"], &mut missing);
-        walk(
-            "celery.status",
-            &schema["properties"]["status"],
-            &mut missing,
-        );
-        assert!(
-            missing.is_empty(),
-            "fields without a description: {missing:#?}"
-        );
+        walk("celery.status", &schema["properties"]["status"], &mut missing);
+        assert!(missing.is_empty(), "fields without a description: {missing:#?}");
     }
 
     #[test]
     fn names_and_printer_columns() {
         let crd = Celery::crd();
-        assert_eq!(
-            crd.metadata.name.as_deref(),
-            Some("celery.celeryproject.org")
-        );
-        assert_eq!(
-            crd.spec.names.short_names,
-            Some(vec!["cel".to_string(), "capp".to_string()])
-        );
-        let columns: Vec<_> = crd.spec.versions[0]
-            .additional_printer_columns
-            .iter()
-            .flatten()
-            .map(|c| c.name.as_str())
-            .collect();
-        assert_eq!(
-            columns,
-            ["Desired", "Ready", "Policy", "Backlog", "Status", "Age"]
-        );
-        assert!(
-            crd.spec.versions[0]
-                .subresources
-                .as_ref()
-                .unwrap()
-                .status
-                .is_some()
-        );
+        assert_eq!(crd.metadata.name.as_deref(), Some("celery.celeryproject.org"));
+        assert_eq!(crd.spec.names.short_names, Some(vec!["cel".to_string(), "capp".to_string()]));
+        let columns: Vec<_> = crd.spec.versions[0].additional_printer_columns.iter().flatten().map(|c| c.name.as_str()).collect();
+        assert_eq!(columns, ["Desired", "Ready", "Policy", "Backlog", "Status", "Age"]);
+        assert!(crd.spec.versions[0].subresources.as_ref().unwrap().status.is_some());
     }
 
     /// The README's field reference covers every field of the spec the operator defines
@@ -791,41 +752,26 @@ mod tests {
             for (name, prop) in props {
                 let is_array = prop.get("type").and_then(|t| t.as_str()) == Some("array");
                 let inner = if is_array { &prop["items"] } else { prop };
-                let leaf =
-                    inner.get("properties").is_none() || KUBERNETES_TYPES.contains(&name.as_str());
+                let leaf = inner.get("properties").is_none() || KUBERNETES_TYPES.contains(&name.as_str());
                 if leaf {
                     out.push(format!("{path}.{name}"));
                 } else {
-                    walk(
-                        &format!("{path}.{name}{}", if is_array { "[]" } else { "" }),
-                        inner,
-                        out,
-                    );
+                    walk(&format!("{path}.{name}{}", if is_array { "[]" } else { "" }), inner, out);
                 }
             }
         }
-        let readme =
-            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+        let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
         let crd = serde_json::to_value(Celery::crd()).unwrap();
         let mut fields = Vec::new();
-        walk(
-            "spec",
-            &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"],
-            &mut fields,
-        );
+        walk("spec", &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"], &mut fields);
         assert!(fields.len() > 40, "walked {fields:?}");
         let documented = |field: &String| {
             readme.contains(&format!("`{field}`"))
                 || field.rsplit_once('.').is_some_and(|(parent, leaf)| {
-                    readme.lines().any(|l| {
-                        l.contains(&format!("`{parent}`")) && l.contains(&format!("`{leaf}`"))
-                    })
+                    readme.lines().any(|l| l.contains(&format!("`{parent}`")) && l.contains(&format!("`{leaf}`")))
                 })
         };
         let missing: Vec<_> = fields.iter().filter(|f| !documented(f)).collect();
-        assert!(
-            missing.is_empty(),
-            "README.md's reference lacks: {missing:#?}"
-        );
+        assert!(missing.is_empty(), "README.md's reference lacks: {missing:#?}");
     }
 }

@@ -27,15 +27,8 @@ pub struct LeaseConfig {
 /// Why leadership could not be kept.
 #[derive(Debug, thiserror::Error)]
 pub enum LeaderError {
-    #[error(
-        "lost the leader Lease {namespace}/{name}: not renewed for {elapsed:?} (limit {limit:?})"
-    )]
-    Lost {
-        namespace: String,
-        name: String,
-        elapsed: Duration,
-        limit: Duration,
-    },
+    #[error("lost the leader Lease {namespace}/{name}: not renewed for {elapsed:?} (limit {limit:?})")]
+    Lost { namespace: String, name: String, elapsed: Duration, limit: Duration },
 }
 
 /// A candidate for the Lease.
@@ -48,11 +41,7 @@ pub struct Elector {
 
 impl Elector {
     pub fn new(client: Client, config: LeaseConfig) -> Self {
-        Self {
-            api: Api::namespaced(client, &config.namespace),
-            config,
-            observed: None,
-        }
+        Self { api: Api::namespaced(client, &config.namespace), config, observed: None }
     }
 
     /// Blocks until this candidate holds the Lease.
@@ -99,10 +88,7 @@ impl Elector {
             if spec.holder_identity.as_deref() == Some(&self.config.identity) {
                 spec.holder_identity = None;
                 spec.renew_time = None;
-                let _ = self
-                    .api
-                    .replace(&self.config.name, &PostParams::default(), &lease)
-                    .await;
+                let _ = self.api.replace(&self.config.name, &PostParams::default(), &lease).await;
                 info!(lease = %self.config.name, "released leadership");
             }
         }
@@ -123,10 +109,7 @@ impl Elector {
         let duration_secs = i32::try_from(self.config.duration.as_secs()).unwrap_or(i32::MAX);
         let Some(mut lease) = self.api.get_opt(&self.config.name).await? else {
             let lease = Lease {
-                metadata: ObjectMeta {
-                    name: Some(self.config.name.clone()),
-                    ..Default::default()
-                },
+                metadata: ObjectMeta { name: Some(self.config.name.clone()), ..Default::default() },
                 spec: Some(LeaseSpec {
                     holder_identity: Some(self.config.identity.clone()),
                     lease_duration_seconds: Some(duration_secs),
@@ -165,11 +148,7 @@ impl Elector {
         spec.holder_identity = Some(self.config.identity.clone());
         spec.lease_duration_seconds = Some(duration_secs);
         spec.renew_time = Some(now);
-        match self
-            .api
-            .replace(&self.config.name, &PostParams::default(), &lease)
-            .await
-        {
+        match self.api.replace(&self.config.name, &PostParams::default(), &lease).await {
             Ok(_) => Ok(true),
             // Someone else wrote first; they hold it for now.
             Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),

@@ -47,33 +47,18 @@ pub async fn client(kubeconfig: Option<&Path>) -> Result<Client, RunError> {
     let config = match kubeconfig {
         Some(path) => {
             let kc = Kubeconfig::read_from(path).map_err(|e| RunError::Config(e.into()))?;
-            Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
-                .await
-                .map_err(|e| RunError::Config(e.into()))?
+            Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await.map_err(|e| RunError::Config(e.into()))?
         }
-        None => Config::infer()
-            .await
-            .map_err(|e| RunError::Config(e.into()))?,
+        None => Config::infer().await.map_err(|e| RunError::Config(e.into()))?,
     };
     Client::try_from(config).map_err(|e| RunError::Config(e.into()))
 }
 
 /// Runs the operator until `shutdown` turns true (Ok) or leadership is lost (Err).
-pub async fn run(
-    client: Client,
-    options: RunOptions,
-    shutdown: watch::Receiver<bool>,
-) -> Result<(), RunError> {
+pub async fn run(client: Client, options: RunOptions, shutdown: watch::Receiver<bool>) -> Result<(), RunError> {
     let metrics = Metrics::new();
     let health = Arc::new(Health::default());
-    let server = options.listen.map(|addr| {
-        tokio::spawn(server::serve(
-            addr,
-            health.clone(),
-            metrics.clone(),
-            shutdown.clone(),
-        ))
-    });
+    let server = options.listen.map(|addr| tokio::spawn(server::serve(addr, health.clone(), metrics.clone(), shutdown.clone())));
 
     let mut stop = shutdown.clone();
     controller::wait_for_crd(&client, &options.scope, &mut stop).await;
@@ -82,14 +67,7 @@ pub async fn run(
     let result = match options.leader_election {
         None => {
             metrics.set_leader(true);
-            controller::run(
-                client,
-                options.scope,
-                metrics.clone(),
-                options.policies,
-                shutdown,
-            )
-            .await;
+            controller::run(client, options.scope, metrics.clone(), options.policies, shutdown).await;
             Ok(())
         }
         Some(lease) => {

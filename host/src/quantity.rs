@@ -14,10 +14,7 @@ pub struct QuantityError {
 
 /// Parses a quantity into its value in base units (cores, bytes, ...).
 pub fn parse(text: &str) -> Result<f64, QuantityError> {
-    let err = |reason| QuantityError {
-        value: text.to_owned(),
-        reason,
-    };
+    let err = |reason| QuantityError { value: text.to_owned(), reason };
     let s = text.trim();
     if s.is_empty() {
         return Err(err("it is empty"));
@@ -49,9 +46,7 @@ pub fn parse(text: &str) -> Result<f64, QuantityError> {
         "Pi" => 1024f64.powi(5),
         "Ei" => 1024f64.powi(6),
         exp if exp.starts_with(['e', 'E']) => {
-            let e: i32 = exp[1..]
-                .parse()
-                .map_err(|_| err("the exponent is malformed"))?;
+            let e: i32 = exp[1..].parse().map_err(|_| err("the exponent is malformed"))?;
             10f64.powi(e)
         }
         _ => return Err(err("the unit suffix is unknown")),

@@ -56,19 +56,10 @@ async fn readyz(State(s): State<Shared>) -> (StatusCode, &'static str) {
     if s.health.ready.load(Ordering::Relaxed) {
         (StatusCode::OK, "ok")
     } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "waiting for the API server and the Celery CRD",
-        )
+        (StatusCode::SERVICE_UNAVAILABLE, "waiting for the API server and the Celery CRD")
     }
 }
 
 async fn metrics_text(State(s): State<Shared>) -> ([(&'static str, &'static str); 1], String) {
-    (
-        [(
-            "content-type",
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        s.metrics.encode(),
-    )
+    ([("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")], s.metrics.encode())
 }

@@ -29,9 +29,7 @@ pub enum LogFormat {
 /// Installs the global `tracing` subscriber.
 pub fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     // A second init (tests start several operators in one process) keeps the first subscriber.
     let _ = match format {
         LogFormat::Json => builder.json().try_init(),
@@ -109,49 +107,24 @@ impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("celery_operator");
         let reconciliations = Family::<ResultLabel, Counter>::default();
-        registry.register(
-            "reconciliations",
-            "Reconciliations of Celery apps, by result",
-            reconciliations.clone(),
-        );
+        registry.register("reconciliations", "Reconciliations of Celery apps, by result", reconciliations.clone());
         let reconcile_seconds = Histogram::new(exponential_buckets(0.005, 2.0, 12));
-        registry.register(
-            "reconcile_duration_seconds",
-            "Time one reconciliation took",
-            reconcile_seconds.clone(),
-        );
+        registry.register("reconcile_duration_seconds", "Time one reconciliation took", reconcile_seconds.clone());
         let leader = Gauge::default();
-        registry.register(
-            "leader",
-            "1 while this replica holds the leader Lease and reconciles",
-            leader.clone(),
-        );
+        registry.register("leader", "1 while this replica holds the leader Lease and reconciles", leader.clone());
         let queue_backlog = Family::default();
-        registry.register(
-            "queue_backlog",
-            "Messages waiting in a worker queue at the last sample",
-            queue_backlog.clone(),
-        );
+        registry.register("queue_backlog", "Messages waiting in a worker queue at the last sample", queue_backlog.clone());
         let desired_workers = Family::default();
-        registry.register(
-            "desired_workers",
-            "Worker replicas the autoscaler set last",
-            desired_workers.clone(),
-        );
+        registry.register("desired_workers", "Worker replicas the autoscaler set last", desired_workers.clone());
         let decisions = Family::default();
-        registry.register(
-            "scaling_decisions",
-            "Autoscaling decisions, by direction (up, down, hold)",
-            decisions.clone(),
-        );
+        registry.register("scaling_decisions", "Autoscaling decisions, by direction (up, down, hold)", decisions.clone());
         let failures = Family::default();
         registry.register(
             "autoscaler_failures",
             "Samples that ended without a decision, by cause (metrics, policy, scale)",
             failures.clone(),
         );
-        let policy_seconds: HistogramFamily<AppLabel> =
-            Family::new_with_constructor(policy_histogram);
+        let policy_seconds: HistogramFamily<AppLabel> = Family::new_with_constructor(policy_histogram);
         registry.register(
             "policy_duration_seconds",
             "Time one policy decision took, instantiation included",
@@ -178,9 +151,7 @@ impl Metrics {
 
     pub fn observe_reconcile(&self, took: Duration, error: Option<&Error>) {
         let result = if error.is_some() { "error" } else { "ok" };
-        self.reconciliations
-            .get_or_create(&ResultLabel { result })
-            .inc();
+        self.reconciliations.get_or_create(&ResultLabel { result }).inc();
         self.reconcile_seconds.observe(took.as_secs_f64());
     }
 
@@ -189,15 +160,10 @@ impl Metrics {
     }
 
     pub fn observe_queue(&self, app: &str, queue: &str, backlog: Option<u64>) {
-        let label = QueueLabel {
-            app: app.to_string(),
-            queue: queue.to_string(),
-        };
+        let label = QueueLabel { app: app.to_string(), queue: queue.to_string() };
         match backlog {
             Some(n) => {
-                self.queue_backlog
-                    .get_or_create(&label)
-                    .set(i64::try_from(n).unwrap_or(i64::MAX));
+                self.queue_backlog.get_or_create(&label).set(i64::try_from(n).unwrap_or(i64::MAX));
             }
             // Unknown is no figure at all, not a stale one.
             None => {
@@ -207,11 +173,7 @@ impl Metrics {
     }
 
     pub fn observe_policy(&self, app: &str, took: Duration) {
-        self.policy_seconds
-            .get_or_create(&AppLabel {
-                app: app.to_string(),
-            })
-            .observe(took.as_secs_f64());
+        self.policy_seconds.get_or_create(&AppLabel { app: app.to_string() }).observe(took.as_secs_f64());
     }
 
     /// A decision: `from` workers before, `to` after.
@@ -221,17 +183,8 @@ impl Metrics {
             std::cmp::Ordering::Less => "down",
             std::cmp::Ordering::Equal => "hold",
         };
-        self.decisions
-            .get_or_create(&DecisionLabel {
-                app: app.to_string(),
-                direction,
-            })
-            .inc();
-        self.desired_workers
-            .get_or_create(&AppLabel {
-                app: app.to_string(),
-            })
-            .set(i64::from(to));
+        self.decisions.get_or_create(&DecisionLabel { app: app.to_string(), direction }).inc();
+        self.desired_workers.get_or_create(&AppLabel { app: app.to_string() }).set(i64::from(to));
     }
 
     pub fn observe_failure(&self, app: &str, cause: FailureCause) {
@@ -240,28 +193,16 @@ impl Metrics {
             FailureCause::Policy => "policy",
             FailureCause::Scale => "scale",
         };
-        self.failures
-            .get_or_create(&FailureLabel {
-                app: app.to_string(),
-                cause,
-            })
-            .inc();
+        self.failures.get_or_create(&FailureLabel { app: app.to_string(), cause }).inc();
     }
 
     /// Drops the series of an app that is no longer autoscaled.
     pub fn forget_app(&self, app: &str, queues: &[String]) {
         for queue in queues {
-            self.queue_backlog.remove(&QueueLabel {
-                app: app.to_string(),
-                queue: queue.clone(),
-            });
+            self.queue_backlog.remove(&QueueLabel { app: app.to_string(), queue: queue.clone() });
         }
-        self.desired_workers.remove(&AppLabel {
-            app: app.to_string(),
-        });
-        self.policy_seconds.remove(&AppLabel {
-            app: app.to_string(),
-        });
+        self.desired_workers.remove(&AppLabel { app: app.to_string() });
+        self.policy_seconds.remove(&AppLabel { app: app.to_string() });
     }
 
     /// The metrics in the Prometheus text format.

@@ -33,15 +33,11 @@ spec:
 
 /// The worker Deployment as the API server would hold it.
 fn existing_worker(replicas: i32, scaler_owns_replicas: bool) -> Value {
-    let mut managed = vec![
-        json!({"manager": FIELD_MANAGER, "operation": "Apply", "fieldsType": "FieldsV1",
-        "fieldsV1": {"f:spec": {"f:template": {}}}}),
-    ];
+    let mut managed = vec![json!({"manager": FIELD_MANAGER, "operation": "Apply", "fieldsType": "FieldsV1",
+        "fieldsV1": {"f:spec": {"f:template": {}}}})];
     if scaler_owns_replicas {
-        managed.push(
-            json!({"manager": SCALER_MANAGER, "operation": "Apply", "fieldsType": "FieldsV1",
-            "fieldsV1": {"f:spec": {"f:replicas": {}}}}),
-        );
+        managed.push(json!({"manager": SCALER_MANAGER, "operation": "Apply", "fieldsType": "FieldsV1",
+            "fieldsV1": {"f:spec": {"f:replicas": {}}}}));
     }
     json!({
         "apiVersion": "apps/v1", "kind": "Deployment",
@@ -53,16 +49,11 @@ fn existing_worker(replicas: i32, scaler_owns_replicas: bool) -> Value {
 
 fn not_found() -> Response<Body> {
     let status = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": "not found"});
-    Response::builder()
-        .status(StatusCode::NOT_FOUND)
-        .body(Body::from(serde_json::to_vec(&status).unwrap()))
-        .unwrap()
+    Response::builder().status(StatusCode::NOT_FOUND).body(Body::from(serde_json::to_vec(&status).unwrap())).unwrap()
 }
 
 fn ok(body: &Value) -> Response<Body> {
-    Response::builder()
-        .body(Body::from(serde_json::to_vec(body).unwrap()))
-        .unwrap()
+    Response::builder().body(Body::from(serde_json::to_vec(body).unwrap())).unwrap()
 }
 
 /// One call as the mock saw it: method, path with query, and JSON body.
@@ -94,9 +85,7 @@ fn api_server(worker: Option<Value>) -> impl Fn(&Call) -> Response<Body> {
     move |call| match (&call.method, &worker) {
         (&Method::GET, Some(w)) if call.uri.contains("/deployments/shop-celery-worker") => ok(w),
         (&Method::GET, _) => not_found(),
-        (&Method::PATCH, Some(w))
-            if call.body.get("kind").is_some() && call.body["metadata"].get("labels").is_none() =>
-        {
+        (&Method::PATCH, Some(w)) if call.body.get("kind").is_some() && call.body["metadata"].get("labels").is_none() => {
             let mut w = w.clone();
             w["spec"]["replicas"] = call.body["spec"]["replicas"].clone();
             ok(&w)
@@ -110,9 +99,7 @@ async fn run(celery: Celery, worker: Option<Value>) -> Vec<Call> {
     let client = Client::new(service, "default");
     let server = tokio::spawn(serve(handle, api_server(worker)));
     let scaling = validate::validate(&celery.spec).unwrap();
-    apply::children(&client, &celery, &scaling)
-        .await
-        .expect("apply succeeds");
+    apply::children(&client, &celery, &scaling).await.expect("apply succeeds");
     drop(client);
     server.await.unwrap()
 }
@@ -121,26 +108,9 @@ fn summary(calls: &[Call]) -> Vec<String> {
     calls
         .iter()
         .map(|c| {
-            let path = c
-                .uri
-                .split('?')
-                .next()
-                .unwrap_or_default()
-                .rsplit('/')
-                .take(2)
-                .collect::<Vec<_>>();
-            let manager = c
-                .uri
-                .split("fieldManager=")
-                .nth(1)
-                .map(|m| m.split('&').next().unwrap_or(m));
-            format!(
-                "{} {}/{} {}",
-                c.method,
-                path[1],
-                path[0],
-                manager.unwrap_or("-")
-            )
+            let path = c.uri.split('?').next().unwrap_or_default().rsplit('/').take(2).collect::<Vec<_>>();
+            let manager = c.uri.split("fieldManager=").nth(1).map(|m| m.split('&').next().unwrap_or(m));
+            format!("{} {}/{} {}", c.method, path[1], path[0], manager.unwrap_or("-"))
         })
         .collect()
 }
@@ -161,30 +131,17 @@ async fn the_scaler_takes_replicas_before_the_reconciler_lets_go() {
             "PATCH services/shop-flower celery-operator",
         ]
     );
-    assert_eq!(
-        calls[1].body["spec"],
-        json!({"replicas": 6}),
-        "9 clamped to the new maximum"
-    );
+    assert_eq!(calls[1].body["spec"], json!({"replicas": 6}), "9 clamped to the new maximum");
     assert!(calls[1].uri.contains("force=true"));
-    assert!(
-        calls[2].body["spec"].get("replicas").is_none(),
-        "the reconciler leaves replicas to the scaler"
-    );
-    assert_eq!(
-        calls[2].body["spec"]["template"]["spec"]["containers"][0]["image"],
-        "shop:1"
-    );
+    assert!(calls[2].body["spec"].get("replicas").is_none(), "the reconciler leaves replicas to the scaler");
+    assert_eq!(calls[2].body["spec"]["template"]["spec"]["containers"][0]["image"], "shop:1");
 }
 
 #[tokio::test]
 async fn a_scaled_count_within_bounds_is_left_alone() {
     let c = celery("autoscaling: {policy: queue-length, minReplicas: 1, maxReplicas: 6}");
     let calls = run(c, Some(existing_worker(4, true))).await;
-    let managers: Vec<_> = summary(&calls)
-        .into_iter()
-        .filter(|s| s.contains("autoscaler"))
-        .collect();
+    let managers: Vec<_> = summary(&calls).into_iter().filter(|s| s.contains("autoscaler")).collect();
     assert!(managers.is_empty(), "no scale write: {managers:?}");
 }
 
@@ -195,18 +152,9 @@ async fn a_new_app_starts_at_num_of_workers_within_bounds() {
     let s = summary(&calls);
     assert_eq!(s[0], "GET deployments/shop-celery-worker -");
     assert_eq!(s[1], "PATCH deployments/shop-celery-worker celery-operator");
-    assert_eq!(
-        s[2],
-        "PATCH deployments/shop-celery-worker celery-operator-autoscaler"
-    );
-    assert_eq!(
-        calls[1].body["spec"]["replicas"], 3,
-        "numOfWorkers 2 raised to minReplicas 3"
-    );
-    assert_eq!(
-        calls[2].body["spec"]["replicas"], 3,
-        "the scaler co-owns the count from the start"
-    );
+    assert_eq!(s[2], "PATCH deployments/shop-celery-worker celery-operator-autoscaler");
+    assert_eq!(calls[1].body["spec"]["replicas"], 3, "numOfWorkers 2 raised to minReplicas 3");
+    assert_eq!(calls[2].body["spec"]["replicas"], 3, "the scaler co-owns the count from the start");
 }
 
 #[tokio::test]

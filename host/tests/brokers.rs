@@ -20,19 +20,13 @@ use celery_operator::metrics::{BrokerError, BrokerOptions, QueueStats, RedisLayo
 const STARTUP: Duration = Duration::from_secs(120);
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
 }
 
 fn wait_for(what: &str, mut ready: impl FnMut() -> bool) {
     let deadline = Instant::now() + STARTUP;
     while !ready() {
-        assert!(
-            Instant::now() < deadline,
-            "{what} did not come up within {STARTUP:?}"
-        );
+        assert!(Instant::now() < deadline, "{what} did not come up within {STARTUP:?}");
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -56,14 +50,8 @@ impl Server {
             .stdout(out)
             .stderr(err)
             .spawn()
-            .unwrap_or_else(|e| {
-                panic!("cannot start {command:?} ({e}); run hack/install-test-deps.sh")
-            });
-        Server {
-            child,
-            _dir: dir,
-            log,
-        }
+            .unwrap_or_else(|e| panic!("cannot start {command:?} ({e}); run hack/install-test-deps.sh"));
+        Server { child, _dir: dir, log }
     }
 
     fn log(&self) -> String {
@@ -85,42 +73,20 @@ fn redis_server(extra: &[&str]) -> (Server, u16) {
     let port = free_port();
     let dir = tempfile::tempdir().expect("temp dir");
     let mut command = Command::new("redis-server");
-    command.args([
-        "--port",
-        &port.to_string(),
-        "--bind",
-        "127.0.0.1",
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-    ]);
-    command
-        .args(["--daemonize", "no", "--dir"])
-        .arg(dir.path())
-        .args(extra);
+    command.args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]);
+    command.args(["--daemonize", "no", "--dir"]).arg(dir.path()).args(extra);
     let server = Server::spawn(command, dir);
-    wait_for("redis-server", || {
-        TcpStream::connect(("127.0.0.1", port)).is_ok()
-    });
+    wait_for("redis-server", || TcpStream::connect(("127.0.0.1", port)).is_ok());
     (server, port)
 }
 
 /// The venv's Python with Celery, made by `hack/install-test-deps.sh`.
 fn python() -> PathBuf {
-    let path = std::env::var_os("CELERY_OPERATOR_TEST_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            let home = std::env::var_os("HOME")
-                .map(PathBuf::from)
-                .unwrap_or_default();
-            home.join(".cache/celery-operator/venv/bin/python")
-        });
-    assert!(
-        path.exists(),
-        "{} is missing: run hack/install-test-deps.sh",
-        path.display()
-    );
+    let path = std::env::var_os("CELERY_OPERATOR_TEST_PYTHON").map(PathBuf::from).unwrap_or_else(|| {
+        let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default();
+        home.join(".cache/celery-operator/venv/bin/python")
+    });
+    assert!(path.exists(), "{} is missing: run hack/install-test-deps.sh", path.display());
     path
 }
 
@@ -170,14 +136,8 @@ fn client(url: &str, options: &str, args: &[&str]) -> Command {
 }
 
 fn publish(url: &str, options: &str, args: &[&str]) {
-    let out = client(url, options, &[&["publish"], args].concat())
-        .output()
-        .expect("python runs");
-    assert!(
-        out.status.success(),
-        "publishing failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = client(url, options, &[&["publish"], args].concat()).output().expect("python runs");
+    assert!(out.status.success(), "publishing failed: {}", String::from_utf8_lossy(&out.stderr));
 }
 
 /// A kombu client holding messages unacknowledged; they stay so until this is dropped.
@@ -195,18 +155,9 @@ impl Holder {
             .expect("python runs");
         let stdin = child.stdin.take().expect("stdin");
         let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut line)
-            .expect("reads");
-        assert_eq!(
-            line.trim(),
-            format!("held {count}"),
-            "the holder did not get its messages"
-        );
-        Holder {
-            child,
-            _stdin: stdin,
-        }
+        BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("reads");
+        assert_eq!(line.trim(), format!("held {count}"), "the holder did not get its messages");
+        Holder { child, _stdin: stdin }
     }
 }
 
@@ -222,19 +173,11 @@ fn names(list: &[&str]) -> Vec<String> {
 }
 
 fn stats(name: &str, backlog: u64, reserved: u64, consumers: Option<u32>) -> QueueStats {
-    QueueStats {
-        name: name.into(),
-        backlog: Some(backlog),
-        reserved: Some(reserved),
-        consumers,
-    }
+    QueueStats { name: name.into(), backlog: Some(backlog), reserved: Some(reserved), consumers }
 }
 
 fn options() -> BrokerOptions {
-    BrokerOptions {
-        timeout: Duration::from_secs(5),
-        ..BrokerOptions::default()
-    }
+    BrokerOptions { timeout: Duration::from_secs(5), ..BrokerOptions::default() }
 }
 
 #[tokio::test]
@@ -242,70 +185,31 @@ async fn redis_priorities_and_unacked_as_celery_writes_them() {
     let (_server, port) = redis_server(&[]);
     let url = format!("redis://127.0.0.1:{port}/3");
     // Priorities 0..9 land on kombu's steps [0, 3, 6, 9]: 0 → `q`, 3 and 5 → `q\x06\x163`, 9 → `q\x06\x169`.
-    publish(
-        &url,
-        "{}",
-        &[
-            "work", "0", "2", "work", "3", "1", "work", "5", "3", "work", "9", "4", "mail", "0",
-            "2",
-        ],
-    );
+    publish(&url, "{}", &["work", "0", "2", "work", "3", "1", "work", "5", "3", "work", "9", "4", "mail", "0", "2"]);
 
     let client = redis::Client::open(url.as_str()).expect("client");
-    let mut raw = client
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connects");
+    let mut raw = client.get_multiplexed_async_connection().await.expect("connects");
     for key in ["work", "work\x06\x163", "work\x06\x169"] {
-        let exists: bool = redis::cmd("EXISTS")
-            .arg(key)
-            .query_async(&mut raw)
-            .await
-            .expect("EXISTS");
-        assert!(
-            exists,
-            "Celery wrote no list {key:?}: the layout assumed here is wrong"
-        );
+        let exists: bool = redis::cmd("EXISTS").arg(key).query_async(&mut raw).await.expect("EXISTS");
+        assert!(exists, "Celery wrote no list {key:?}: the layout assumed here is wrong");
     }
 
     let broker = connect(&url, &options()).expect("connects");
-    let read = broker
-        .queues(&names(&["work", "mail", "absent"]))
-        .await
-        .expect("reads");
-    assert_eq!(
-        read,
-        [
-            stats("work", 10, 0, None),
-            stats("mail", 2, 0, None),
-            stats("absent", 0, 0, None)
-        ]
-    );
+    let read = broker.queues(&names(&["work", "mail", "absent"])).await.expect("reads");
+    assert_eq!(read, [stats("work", 10, 0, None), stats("mail", 2, 0, None), stats("absent", 0, 0, None)]);
 
     // kombu takes from the highest priority list first: 2 from `work`, then 1 from `work\x06\x163`.
     let _held_work = Holder::start(&url, "{}", "work", 3);
     let _held_mail = Holder::start(&url, "{}", "mail", 1);
-    let unacked: u64 = redis::cmd("HLEN")
-        .arg("unacked")
-        .query_async(&mut raw)
-        .await
-        .expect("HLEN");
+    let unacked: u64 = redis::cmd("HLEN").arg("unacked").query_async(&mut raw).await.expect("HLEN");
     assert_eq!(unacked, 4, "kombu keeps held messages in the unacked hash");
-    let read = broker
-        .queues(&names(&["work", "mail"]))
-        .await
-        .expect("reads");
+    let read = broker.queues(&names(&["work", "mail"])).await.expect("reads");
     assert_eq!(read, [stats("work", 7, 3, None), stats("mail", 1, 1, None)]);
 
     // The same through `observe`, the JSON a user sees.
-    let observed = observe(&url, &names(&["work"]), &options())
-        .await
-        .expect("observes");
+    let observed = observe(&url, &names(&["work"]), &options()).await.expect("observes");
     let json = serde_json::to_value(&observed).expect("serialises");
-    assert_eq!(
-        json["queues"][0],
-        serde_json::json!({"name": "work", "backlog": 7, "reserved": 3, "consumers": null})
-    );
+    assert_eq!(json["queues"][0], serde_json::json!({"name": "work", "backlog": 7, "reserved": 3, "consumers": null}));
     assert_eq!(json["broker"], format!("redis://127.0.0.1:{port}/3"));
 }
 
@@ -314,11 +218,7 @@ async fn redis_transport_options_prefix_separator_and_steps() {
     let (_server, port) = redis_server(&[]);
     let url = format!("redis://127.0.0.1:{port}/0");
     let transport = r#"{"global_keyprefix": "app1:", "sep": ":", "priority_steps": [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]}"#;
-    publish(
-        &url,
-        transport,
-        &["q", "0", "1", "q", "4", "2", "q", "7", "3"],
-    );
+    publish(&url, transport, &["q", "0", "1", "q", "4", "2", "q", "7", "3"]);
     let _held = Holder::start(&url, transport, "q", 2);
 
     let layout = RedisLayout {
@@ -327,93 +227,35 @@ async fn redis_transport_options_prefix_separator_and_steps() {
         global_keyprefix: "app1:".into(),
         unacked_key: "unacked".into(),
     };
-    let broker = connect(
-        &url,
-        &BrokerOptions {
-            redis: layout,
-            ..options()
-        },
-    )
-    .expect("connects");
-    assert_eq!(
-        broker.queues(&names(&["q"])).await.expect("reads"),
-        [stats("q", 4, 2, None)]
-    );
+    let broker = connect(&url, &BrokerOptions { redis: layout, ..options() }).expect("connects");
+    assert_eq!(broker.queues(&names(&["q"])).await.expect("reads"), [stats("q", 4, 2, None)]);
 
     // Without the prefix the app's keys are invisible: its queue reads as empty, as it would
     // for a missing key.
     let plain = connect(&url, &options()).expect("connects");
-    assert_eq!(
-        plain.queues(&names(&["q"])).await.expect("reads"),
-        [stats("q", 0, 0, None)]
-    );
+    assert_eq!(plain.queues(&names(&["q"])).await.expect("reads"), [stats("q", 0, 0, None)]);
 }
 
 #[tokio::test]
 async fn redis_password_and_acl_user() {
-    let (_server, port) = redis_server(&[
-        "--requirepass",
-        "s3cret",
-        "--user",
-        "celery",
-        "on",
-        ">pw-celery",
-        "~*",
-        "&*",
-        "+@all",
-    ]);
-    let read = |url: String| async move {
-        connect(&url, &options())
-            .expect("connects")
-            .queues(&names(&["celery"]))
-            .await
-    };
+    let (_server, port) = redis_server(&["--requirepass", "s3cret", "--user", "celery", "on", ">pw-celery", "~*", "&*", "+@all"]);
+    let read = |url: String| async move { connect(&url, &options()).expect("connects").queues(&names(&["celery"])).await };
 
-    assert_eq!(
-        read(format!("redis://:s3cret@127.0.0.1:{port}/0"))
-            .await
-            .expect("reads"),
-        [stats("celery", 0, 0, None)]
-    );
-    assert_eq!(
-        read(format!("redis://celery:pw-celery@127.0.0.1:{port}/1"))
-            .await
-            .expect("reads"),
-        [stats("celery", 0, 0, None)]
-    );
+    assert_eq!(read(format!("redis://:s3cret@127.0.0.1:{port}/0")).await.expect("reads"), [stats("celery", 0, 0, None)]);
+    assert_eq!(read(format!("redis://celery:pw-celery@127.0.0.1:{port}/1")).await.expect("reads"), [stats("celery", 0, 0, None)]);
 
     for (url, password) in [
-        (
-            format!("redis://:wrong-pass@127.0.0.1:{port}/0"),
-            "wrong-pass",
-        ),
-        (
-            format!("redis://celery:bad-pw@127.0.0.1:{port}/0"),
-            "bad-pw",
-        ),
-        (
-            format!("redis://nobody:pw-celery@127.0.0.1:{port}/0"),
-            "pw-celery",
-        ),
+        (format!("redis://:wrong-pass@127.0.0.1:{port}/0"), "wrong-pass"),
+        (format!("redis://celery:bad-pw@127.0.0.1:{port}/0"), "bad-pw"),
+        (format!("redis://nobody:pw-celery@127.0.0.1:{port}/0"), "pw-celery"),
     ] {
         let error = read(url).await.expect_err("refused");
         let message = error.to_string();
-        assert!(
-            matches!(error, BrokerError::Unauthorized { .. }),
-            "{message}"
-        );
-        assert!(
-            message.contains(&format!("127.0.0.1:{port}")),
-            "names the broker: {message}"
-        );
-        assert!(
-            !message.contains(password),
-            "never shows the password: {message}"
-        );
+        assert!(matches!(error, BrokerError::Unauthorized { .. }), "{message}");
+        assert!(message.contains(&format!("127.0.0.1:{port}")), "names the broker: {message}");
+        assert!(!message.contains(password), "never shows the password: {message}");
     }
-    let error = read(format!("redis://127.0.0.1:{port}/0"))
-        .await
-        .expect_err("no password");
+    let error = read(format!("redis://127.0.0.1:{port}/0")).await.expect_err("no password");
     assert!(matches!(error, BrokerError::Unauthorized { .. }), "{error}");
 }
 
@@ -421,28 +263,18 @@ async fn redis_password_and_acl_user() {
 async fn redis_down_or_silent_is_an_error_not_zero() {
     // Nothing listens on this port: refused at once.
     let port = free_port();
-    let broker =
-        connect(&format!("redis://:pw@127.0.0.1:{port}/0"), &options()).expect("connects lazily");
+    let broker = connect(&format!("redis://:pw@127.0.0.1:{port}/0"), &options()).expect("connects lazily");
     let error = broker.queues(&names(&["celery"])).await.expect_err("down");
     let message = error.to_string();
-    assert!(
-        message.contains(&format!("127.0.0.1:{port}")) && message.contains("connecting"),
-        "{message}"
-    );
+    assert!(message.contains(&format!("127.0.0.1:{port}")) && message.contains("connecting"), "{message}");
     assert!(!message.contains(":pw@"), "{message}");
 
     // A listener that accepts and never answers: the timeout turns it into an error.
     let silent = TcpListener::bind("127.0.0.1:0").expect("binds");
     let port = silent.local_addr().expect("addr").port();
-    let short = BrokerOptions {
-        timeout: Duration::from_millis(300),
-        ..BrokerOptions::default()
-    };
+    let short = BrokerOptions { timeout: Duration::from_millis(300), ..BrokerOptions::default() };
     let broker = connect(&format!("redis://127.0.0.1:{port}/0"), &short).expect("connects lazily");
-    let error = broker
-        .queues(&names(&["celery"]))
-        .await
-        .expect_err("silent");
+    let error = broker.queues(&names(&["celery"])).await.expect_err("silent");
     assert!(matches!(error, BrokerError::Timeout { .. }), "{error}");
 
     // A server that goes away between two reads: the second read fails.
@@ -450,10 +282,7 @@ async fn redis_down_or_silent_is_an_error_not_zero() {
     let broker = connect(&format!("redis://127.0.0.1:{port}/0"), &options()).expect("connects");
     broker.queues(&names(&["celery"])).await.expect("reads");
     drop(server);
-    broker
-        .queues(&names(&["celery"]))
-        .await
-        .expect_err("the server is gone");
+    broker.queues(&names(&["celery"])).await.expect_err("the server is gone");
 }
 
 /// A RabbitMQ node with the management plugin, on free ports, in its own directories.
@@ -478,10 +307,7 @@ fn rabbitmq_server() -> (Server, u16, u16) {
         // NB: without this the script keeps the Erlang VM as a child of its own; with it, the
         // script execs the VM, so killing the process stops the node (its helpers exit with it).
         .env("RUNNING_UNDER_SYSTEMD", "true")
-        .env(
-            "RABBITMQ_NODENAME",
-            format!("celery-operator-test-{amqp}@localhost"),
-        )
+        .env("RABBITMQ_NODENAME", format!("celery-operator-test-{amqp}@localhost"))
         .env("RABBITMQ_NODE_IP_ADDRESS", "127.0.0.1")
         .env("RABBITMQ_NODE_PORT", amqp.to_string())
         .env("RABBITMQ_DIST_PORT", dist.to_string())
@@ -492,9 +318,7 @@ fn rabbitmq_server() -> (Server, u16, u16) {
         .env("RABBITMQ_CONFIG_FILE", path("rabbitmq.conf"))
         .env("RABBITMQ_PID_FILE", path("pid"));
     let server = Server::spawn(command, dir);
-    wait_for("rabbitmq-server", || {
-        management_api(management, "GET", "/api/overview", "").is_some_and(|(s, _)| s == 200)
-    });
+    wait_for("rabbitmq-server", || management_api(management, "GET", "/api/overview", "").is_some_and(|(s, _)| s == 200));
     (server, amqp, management)
 }
 
@@ -503,9 +327,7 @@ fn management_api(port: u16, method: &str, path: &str, body: &str) -> Option<(u1
     let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
     // NB: while the node boots, its listener may accept and stay silent; never block on it.
     stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    stream
-        .set_write_timeout(Some(Duration::from_secs(5)))
-        .ok()?;
+    stream.set_write_timeout(Some(Duration::from_secs(5))).ok()?;
     // guest:guest
     let request = format!(
         "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Basic Z3Vlc3Q6Z3Vlc3Q=\r\n\
@@ -520,27 +342,19 @@ fn management_api(port: u16, method: &str, path: &str, body: &str) -> Option<(u1
 }
 
 fn must(port: u16, method: &str, path: &str, body: &str) {
-    let (status, response) =
-        management_api(port, method, path, body).expect("management API answers");
+    let (status, response) = management_api(port, method, path, body).expect("management API answers");
     assert!((200..300).contains(&status), "{method} {path}: {response}");
 }
 
 /// Reads until the figures match: the management API refreshes statistics periodically.
-async fn eventually(
-    broker: &celery_operator::metrics::Broker,
-    queues: &[String],
-    expected: &[QueueStats],
-) {
+async fn eventually(broker: &celery_operator::metrics::Broker, queues: &[String], expected: &[QueueStats]) {
     let deadline = Instant::now() + STARTUP;
     loop {
         let read = broker.queues(queues).await.expect("reads");
         if read == expected {
             return;
         }
-        assert!(
-            Instant::now() < deadline,
-            "the management API still reports {read:?}, expected {expected:?}"
-        );
+        assert!(Instant::now() < deadline, "the management API still reports {read:?}, expected {expected:?}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -554,97 +368,43 @@ async fn rabbitmq_management_api() {
     // consumer holding two messages with prefetch 2.
     let url = format!("amqp://guest:guest@127.0.0.1:{amqp}//");
     publish(&url, "{}", &["work", "0", "5"]);
-    let broker = connect(
-        &url,
-        &BrokerOptions {
-            management_url: Some(format!("http://127.0.0.1:{management}")),
-            ..options()
-        },
-    )
-    .expect("connects");
+    let broker = connect(&url, &BrokerOptions { management_url: Some(format!("http://127.0.0.1:{management}")), ..options() })
+        .expect("connects");
     let queues = names(&["work", "absent"]);
-    eventually(
-        &broker,
-        &queues,
-        &[stats("work", 5, 0, Some(0)), stats("absent", 0, 0, Some(0))],
-    )
-    .await;
+    eventually(&broker, &queues, &[stats("work", 5, 0, Some(0)), stats("absent", 0, 0, Some(0))]).await;
     let held = Holder::start(&url, "{}", "work", 2);
-    eventually(
-        &broker,
-        &queues,
-        &[stats("work", 3, 2, Some(1)), stats("absent", 0, 0, Some(0))],
-    )
-    .await;
+    eventually(&broker, &queues, &[stats("work", 3, 2, Some(1)), stats("absent", 0, 0, Some(0))]).await;
     drop(held);
 
     // A vhost whose name needs encoding, set up through the API; the URL's path names it.
     must(management, "PUT", "/api/vhosts/team%2Fa", "");
-    must(
-        management,
-        "PUT",
-        "/api/permissions/team%2Fa/guest",
-        r#"{"configure":".*","write":".*","read":".*"}"#,
-    );
-    must(
-        management,
-        "PUT",
-        "/api/queues/team%2Fa/jobs",
-        r#"{"durable":true}"#,
-    );
+    must(management, "PUT", "/api/permissions/team%2Fa/guest", r#"{"configure":".*","write":".*","read":".*"}"#);
+    must(management, "PUT", "/api/queues/team%2Fa/jobs", r#"{"durable":true}"#);
     for _ in 0..4 {
-        let publish =
-            r#"{"properties":{},"routing_key":"jobs","payload":"x","payload_encoding":"string"}"#;
-        must(
-            management,
-            "POST",
-            "/api/exchanges/team%2Fa/amq.default/publish",
-            publish,
-        );
+        let publish = r#"{"properties":{},"routing_key":"jobs","payload":"x","payload_encoding":"string"}"#;
+        must(management, "POST", "/api/exchanges/team%2Fa/amq.default/publish", publish);
     }
     let vhost_url = format!("amqp://guest:guest@127.0.0.1:{amqp}/team%2Fa");
-    let in_vhost = connect(
-        &vhost_url,
-        &BrokerOptions {
-            management_url: Some(format!("http://127.0.0.1:{management}")),
-            ..options()
-        },
-    )
-    .expect("connects");
-    eventually(
-        &in_vhost,
-        &names(&["jobs"]),
-        &[stats("jobs", 4, 0, Some(0))],
-    )
-    .await;
+    let in_vhost =
+        connect(&vhost_url, &BrokerOptions { management_url: Some(format!("http://127.0.0.1:{management}")), ..options() })
+            .expect("connects");
+    eventually(&in_vhost, &names(&["jobs"]), &[stats("jobs", 4, 0, Some(0))]).await;
     // Same queue name on `/` does not exist: 0 there, not the vhost's 4.
     eventually(&broker, &names(&["jobs"]), &[stats("jobs", 0, 0, Some(0))]).await;
 
     // A vhost that does not exist is an error, not empty queues.
     let missing = connect(
         &format!("amqp://guest:guest@127.0.0.1:{amqp}/nope"),
-        &BrokerOptions {
-            management_url: Some(format!("http://127.0.0.1:{management}")),
-            ..options()
-        },
+        &BrokerOptions { management_url: Some(format!("http://127.0.0.1:{management}")), ..options() },
     )
     .expect("connects");
-    let error = missing
-        .queues(&names(&["work"]))
-        .await
-        .expect_err("no such vhost");
-    assert!(
-        error.to_string().contains("vhost `nope` does not exist"),
-        "{error}"
-    );
+    let error = missing.queues(&names(&["work"])).await.expect_err("no such vhost");
+    assert!(error.to_string().contains("vhost `nope` does not exist"), "{error}");
 
     // Wrong credentials: from the AMQP URL (the default) or the management URL.
     let wrong = connect(
         &format!("amqp://guest:not-it@127.0.0.1:{amqp}//"),
-        &BrokerOptions {
-            management_url: Some(format!("http://127.0.0.1:{management}")),
-            ..options()
-        },
+        &BrokerOptions { management_url: Some(format!("http://127.0.0.1:{management}")), ..options() },
     )
     .expect("connects");
     let error = wrong.queues(&names(&["work"])).await.expect_err("refused");
@@ -652,25 +412,14 @@ async fn rabbitmq_management_api() {
     assert!(!error.to_string().contains("not-it"), "{error}");
     let wrong = connect(
         &url,
-        &BrokerOptions {
-            management_url: Some(format!("http://admin:hunter2@127.0.0.1:{management}")),
-            ..options()
-        },
+        &BrokerOptions { management_url: Some(format!("http://admin:hunter2@127.0.0.1:{management}")), ..options() },
     )
     .expect("connects");
     let error = wrong.queues(&names(&["work"])).await.expect_err("refused");
-    assert!(
-        matches!(error, BrokerError::Unauthorized { .. }) && !error.to_string().contains("hunter2"),
-        "{error}"
-    );
+    assert!(matches!(error, BrokerError::Unauthorized { .. }) && !error.to_string().contains("hunter2"), "{error}");
 
     // The broker goes down: an error naming it, never zeros.
     drop(server);
     let error = broker.queues(&names(&["work"])).await.expect_err("down");
-    assert!(
-        error
-            .to_string()
-            .contains(&format!("127.0.0.1:{management}")),
-        "{error}"
-    );
+    assert!(error.to_string().contains(&format!("127.0.0.1:{management}")), "{error}");
 }

@@ -12,22 +12,18 @@ use celery_operator::autoscale::stabilize::Bound;
 use celery_operator::policy::cache::{ArtifactCache, Kind};
 use celery_operator::policy::cli::sample_input;
 use celery_operator::policy::{
-    CallLimits, EngineSettings, Interface, LoadedPolicy, PolicyEngine, PolicyError, PolicyInput,
-    PolicyRunner, Registry, RegistrySettings, Source,
+    CallLimits, EngineSettings, Interface, LoadedPolicy, PolicyEngine, PolicyError, PolicyInput, PolicyRunner, Registry,
+    RegistrySettings, Source,
 };
 use rstest::rstest;
 
 fn engine() -> PolicyEngine {
     static ENGINE: OnceLock<PolicyEngine> = OnceLock::new();
-    ENGINE
-        .get_or_init(|| PolicyEngine::new(EngineSettings::default()).expect("engine"))
-        .clone()
+    ENGINE.get_or_init(|| PolicyEngine::new(EngineSettings::default()).expect("engine")).clone()
 }
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(format!("{name}.wat"))
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(format!("{name}.wat"))
 }
 
 fn load(name: &str) -> Result<LoadedPolicy, PolicyError> {
@@ -47,9 +43,7 @@ fn input_with(current: u32) -> PolicyInput {
 
 /// The good policy still answers correctly after whatever ran before it.
 fn good_still_decides() {
-    let decision = loaded("good")
-        .decide(&CallLimits::default(), &input_with(7))
-        .expect("good policy decides");
+    let decision = loaded("good").decide(&CallLimits::default(), &input_with(7)).expect("good policy decides");
     assert_eq!(decision.replicas, 7);
 }
 
@@ -59,18 +53,12 @@ fn good_policy_reads_the_input_and_validates_settings() {
     assert_eq!(policy.interface(), Interface::Core);
     let limits = CallLimits::default();
     for current in [0, 3, 4_000_000] {
-        let decision = policy
-            .decide(&limits, &input_with(current))
-            .expect("decides");
+        let decision = policy.decide(&limits, &input_with(current)).expect("decides");
         assert_eq!(decision.replicas, current);
         assert_eq!(decision.reason, "holds the current replica count");
     }
-    policy
-        .validate_settings(&limits, &BTreeMap::from([("target".into(), "3".into())]))
-        .expect("valid settings");
-    let error = policy
-        .validate_settings(&limits, &BTreeMap::from([("bad".into(), "x".into())]))
-        .expect_err("refused settings");
+    policy.validate_settings(&limits, &BTreeMap::from([("target".into(), "3".into())])).expect("valid settings");
+    let error = policy.validate_settings(&limits, &BTreeMap::from([("bad".into(), "x".into())])).expect_err("refused settings");
     assert!(
         matches!(&error, PolicyError::InvalidSettings { policy, message } if policy == "good" && message == "setting bad: not allowed"),
         "{error}"
@@ -106,15 +94,9 @@ fn variant(error: &PolicyError) -> &'static str {
 fn assert_error(name: &str, error: &PolicyError, expected: &str, details: &[&str]) {
     let message = error.to_string();
     assert_eq!(variant(error), expected, "{name}: {message}");
-    assert!(
-        message.contains(&format!("policy {name}")),
-        "the message names the policy: {message}"
-    );
+    assert!(message.contains(&format!("policy {name}")), "the message names the policy: {message}");
     for detail in details {
-        assert!(
-            message.contains(detail),
-            "{name}: `{message}` should say `{detail}`"
-        );
+        assert!(message.contains(detail), "{name}: `{message}` should say `{detail}`");
     }
 }
 
@@ -127,20 +109,12 @@ fn assert_error(name: &str, error: &PolicyError, expected: &str, details: &[&str
 #[case::not_json("bad_json", "InvalidAnswer", &["not JSON", "four, maybe five"])]
 #[case::answer_outside_memory("out_of_bounds", "InvalidAnswer", &["outside the module's memory"])]
 #[case::policy_error("rejects", "Rejected", &["no metrics for any pod"])]
-fn hostile_calls_are_contained(
-    #[case] name: &str,
-    #[case] expected: &str,
-    #[case] details: &[&str],
-) {
+fn hostile_calls_are_contained(#[case] name: &str, #[case] expected: &str, #[case] details: &[&str]) {
     let policy = loaded(name);
-    let error = policy
-        .decide(&CallLimits::default(), &sample_input())
-        .expect_err("hostile call fails");
+    let error = policy.decide(&CallLimits::default(), &sample_input()).expect_err("hostile call fails");
     assert_error(name, &error, expected, details);
     good_still_decides();
-    let again = policy
-        .decide(&CallLimits::default(), &sample_input())
-        .expect_err("fails again the same way");
+    let again = policy.decide(&CallLimits::default(), &sample_input()).expect_err("fails again the same way");
     assert_error(name, &again, expected, details);
 }
 
@@ -151,11 +125,7 @@ fn hostile_calls_are_contained(
 #[case::component_wrong_version("component_wrong_version", "IncompatibleVersion", &["celery:autoscaler@0.2.0", "supports celery:autoscaler@0.1.x"])]
 #[case::component_missing_export("component_missing_export", "MissingExport", &["celery:autoscaler/policy@0.1.x"])]
 #[case::component_forbidden_import("component_forbidden_import", "ForbiddenImport", &["`wasi:sockets/tcp@0.2.0`"])]
-fn bad_modules_are_refused_at_load(
-    #[case] name: &str,
-    #[case] expected: &str,
-    #[case] details: &[&str],
-) {
+fn bad_modules_are_refused_at_load(#[case] name: &str, #[case] expected: &str, #[case] details: &[&str]) {
     let error = load(name).expect_err("refused");
     assert_error(name, &error, expected, details);
     good_still_decides();
@@ -164,38 +134,16 @@ fn bad_modules_are_refused_at_load(
 #[test]
 fn garbage_and_precompiled_code_are_not_wasm() {
     let engine = engine();
-    let garbage: Vec<u8> = (0..4096u32)
-        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
-        .collect();
-    let error = LoadedPolicy::load(
-        &engine,
-        None,
-        "garbage",
-        &garbage,
-        Source::File("garbage".into()),
-        None,
-    )
-    .expect_err("garbage refused");
-    assert!(
-        matches!(&error, PolicyError::NotWasm { policy } if policy == "garbage"),
-        "{error:?}"
-    );
+    let garbage: Vec<u8> = (0..4096u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let error = LoadedPolicy::load(&engine, None, "garbage", &garbage, Source::File("garbage".into()), None)
+        .expect_err("garbage refused");
+    assert!(matches!(&error, PolicyError::NotWasm { policy } if policy == "garbage"), "{error:?}");
 
     // A native artifact a user hands in is refused too: only the cache deserializes.
     let wat = std::fs::read(fixture("good")).expect("fixture");
-    let native = engine
-        .engine()
-        .precompile_module(&wat)
-        .expect("precompiles");
-    let error = LoadedPolicy::load(
-        &engine,
-        None,
-        "native",
-        &native,
-        Source::File("native".into()),
-        None,
-    )
-    .expect_err("precompiled refused");
+    let native = engine.engine().precompile_module(&wat).expect("precompiles");
+    let error = LoadedPolicy::load(&engine, None, "native", &native, Source::File("native".into()), None)
+        .expect_err("precompiled refused");
     assert!(matches!(error, PolicyError::NotWasm { .. }), "{error:?}");
 }
 
@@ -203,42 +151,24 @@ fn garbage_and_precompiled_code_are_not_wasm() {
 fn the_host_clamps_answers_and_says_so() {
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let runner = PolicyRunner::new(2, CallLimits::default());
-    let (verdict, _) = runtime
-        .block_on(runner.decide(loaded("far_above_max"), sample_input(), None))
-        .expect("decides");
+    let (verdict, _) = runtime.block_on(runner.decide(loaded("far_above_max"), sample_input(), None)).expect("decides");
     assert_eq!(verdict.decision.replicas, sample_input().max_replicas);
     assert_eq!(verdict.proposed, 4_000_000_000);
     assert_eq!(verdict.clamped, Some(Bound::Max));
-    assert!(
-        verdict
-            .decision
-            .reason
-            .starts_with("more workers than anyone has")
-    );
+    assert!(verdict.decision.reason.starts_with("more workers than anyone has"));
     assert!(verdict.decision.reason.contains("capped at maxReplicas 10"));
 
     let mut input = input_with(0);
     input.min_replicas = 2;
-    let (verdict, _) = runtime
-        .block_on(runner.decide(loaded("good"), input, None))
-        .expect("decides");
-    assert_eq!(
-        (verdict.decision.replicas, verdict.clamped),
-        (2, Some(Bound::Min))
-    );
+    let (verdict, _) = runtime.block_on(runner.decide(loaded("good"), input, None)).expect("decides");
+    assert_eq!((verdict.decision.replicas, verdict.clamped), (2, Some(Bound::Min)));
 }
 
 #[test]
 fn every_decision_gets_a_fresh_instance() {
     let policy = loaded("counter");
     for _ in 0..3 {
-        assert_eq!(
-            policy
-                .decide(&CallLimits::default(), &sample_input())
-                .expect("decides")
-                .replicas,
-            1
-        );
+        assert_eq!(policy.decide(&CallLimits::default(), &sample_input()).expect("decides").replicas, 1);
     }
 }
 
@@ -248,54 +178,29 @@ fn wasi_is_empty_and_the_clock_is_the_sample_time() {
     for timestamp_ms in [1_764_000_000_000u64, 1_800_000_000_123] {
         let mut input = sample_input();
         input.current.timestamp_ms = timestamp_ms;
-        let decision = policy
-            .decide(&CallLimits::default(), &input)
-            .expect("decides inside an empty WASI");
-        assert_eq!(
-            decision.reason,
-            (u128::from(timestamp_ms) * 1_000_000).to_string()
-        );
+        let decision = policy.decide(&CallLimits::default(), &input).expect("decides inside an empty WASI");
+        assert_eq!(decision.reason, (u128::from(timestamp_ms) * 1_000_000).to_string());
     }
 }
 
 #[test]
 fn a_hostile_policy_does_not_hold_up_others() {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     runtime.block_on(async {
         let runner = PolicyRunner::new(2, CallLimits::default());
         let good = loaded("good");
-        let slow = CallLimits {
-            timeout: Duration::from_secs(5),
-            ..CallLimits::default()
-        };
+        let slow = CallLimits { timeout: Duration::from_secs(5), ..CallLimits::default() };
         let hostile = tokio::spawn({
             let runner = runner.clone();
-            async move {
-                runner
-                    .decide(loaded("endless_loop"), sample_input(), Some(slow))
-                    .await
-            }
+            async move { runner.decide(loaded("endless_loop"), sample_input(), Some(slow)).await }
         });
         tokio::task::yield_now().await;
         for current in 1..=5 {
-            let (verdict, _) = runner
-                .decide(Arc::clone(&good), input_with(current), None)
-                .await
-                .expect("good decides");
+            let (verdict, _) = runner.decide(Arc::clone(&good), input_with(current), None).await.expect("good decides");
             assert_eq!(verdict.decision.replicas, current);
         }
-        assert!(
-            !hostile.is_finished(),
-            "the good decisions finished while the endless loop still ran"
-        );
-        let error = hostile
-            .await
-            .expect("joined")
-            .expect_err("the endless loop times out");
+        assert!(!hostile.is_finished(), "the good decisions finished while the endless loop still ran");
+        let error = hostile.await.expect("joined").expect_err("the endless loop times out");
         assert_error("endless_loop", &error, "Timeout", &["5s"]);
     });
 }
@@ -306,28 +211,12 @@ fn the_cache_serves_a_second_load_and_survives_junk() {
     let cache = ArtifactCache::open(dir.path().join("cache")).expect("cache");
     let engine = engine();
     let bytes = std::fs::read(fixture("good")).expect("fixture");
-    let load = || {
-        LoadedPolicy::load(
-            &engine,
-            Some(&cache),
-            "good",
-            &bytes,
-            Source::File("good".into()),
-            None,
-        )
-        .expect("loads")
-    };
+    let load = || LoadedPolicy::load(&engine, Some(&cache), "good", &bytes, Source::File("good".into()), None).expect("loads");
     let first = load();
     assert!(!first.stats().from_cache);
     let second = load();
     assert!(second.stats().from_cache);
-    assert_eq!(
-        second
-            .decide(&CallLimits::default(), &input_with(5))
-            .expect("decides")
-            .replicas,
-        5
-    );
+    assert_eq!(second.decide(&CallLimits::default(), &input_with(5)).expect("decides").replicas, 5);
 
     // A damaged artifact is discarded and the module compiled again. (Replaced, never
     // rewritten in place: the loaded policies map the old file, as the cache's own writes do.)
@@ -337,13 +226,7 @@ fn the_cache_serves_a_second_load_and_survives_junk() {
     std::fs::rename(&damaged, &artifact).expect("replace");
     let third = load();
     assert!(!third.stats().from_cache);
-    assert_eq!(
-        third
-            .decide(&CallLimits::default(), &input_with(6))
-            .expect("decides")
-            .replicas,
-        6
-    );
+    assert_eq!(third.decide(&CallLimits::default(), &input_with(6)).expect("decides").replicas, 6);
     assert!(load().stats().from_cache);
 }
 
@@ -371,11 +254,7 @@ fn the_registry_follows_a_configmap_directory() {
     let above = std::fs::read(fixture("far_above_max")).expect("fixture");
     let registry = Registry::new(
         engine(),
-        RegistrySettings {
-            builtin_dir: None,
-            user_dir: Some(users.clone()),
-            cache_dir: Some(dir.path().join("cache")),
-        },
+        RegistrySettings { builtin_dir: None, user_dir: Some(users.clone()), cache_dir: Some(dir.path().join("cache")) },
     );
     let limits = CallLimits::default();
 
@@ -383,58 +262,27 @@ fn the_registry_follows_a_configmap_directory() {
     assert_eq!(registry.refresh(), vec!["mine".to_string()]);
     assert!(registry.refresh().is_empty(), "nothing changed");
     let v1 = registry.resolve("mine").expect("resolves");
-    assert_eq!(
-        v1.decide(&limits, &input_with(4))
-            .expect("decides")
-            .replicas,
-        4
-    );
+    assert_eq!(v1.decide(&limits, &input_with(4)).expect("decides").replicas, 4);
     let pinned = format!("mine@sha256:{}", v1.digest());
-    assert_eq!(
-        registry.resolve(&pinned).expect("pinned").digest(),
-        v1.digest()
-    );
+    assert_eq!(registry.resolve(&pinned).expect("pinned").digest(), v1.digest());
 
     // A broken update keeps the last good version and says why.
     publish("v2", &[("mine.wasm", b"\0asm garbage".to_vec())]);
     assert_eq!(registry.refresh(), vec!["mine".to_string()]);
-    assert_eq!(
-        registry.resolve("mine").expect("still resolves").digest(),
-        v1.digest()
-    );
-    let info = registry
-        .list()
-        .into_iter()
-        .find(|i| i.name == "mine")
-        .expect("listed");
-    assert!(
-        info.problem.as_deref().is_some_and(|p| p.contains("mine")),
-        "{info:?}"
-    );
+    assert_eq!(registry.resolve("mine").expect("still resolves").digest(), v1.digest());
+    let info = registry.list().into_iter().find(|i| i.name == "mine").expect("listed");
+    assert!(info.problem.as_deref().is_some_and(|p| p.contains("mine")), "{info:?}");
 
     // A good update replaces it; the old digest stays pinnable.
     publish("v3", &[("mine.wasm", above)]);
     registry.refresh();
     let v3 = registry.resolve("mine").expect("resolves");
     assert_ne!(v3.digest(), v1.digest());
-    assert_eq!(
-        v3.decide(&limits, &sample_input())
-            .expect("decides")
-            .replicas,
-        4_000_000_000
-    );
+    assert_eq!(v3.decide(&limits, &sample_input()).expect("decides").replicas, 4_000_000_000);
     assert!(registry.list().iter().all(|i| i.problem.is_none()));
-    assert_eq!(
-        registry.resolve(&pinned).expect("old pin").digest(),
-        v1.digest()
-    );
-    let error = registry
-        .resolve(&format!("mine@sha256:{}", "0".repeat(64)))
-        .expect_err("unknown digest");
-    assert!(
-        matches!(error, PolicyError::DigestMismatch { .. }),
-        "{error:?}"
-    );
+    assert_eq!(registry.resolve(&pinned).expect("old pin").digest(), v1.digest());
+    let error = registry.resolve(&format!("mine@sha256:{}", "0".repeat(64))).expect_err("unknown digest");
+    assert!(matches!(error, PolicyError::DigestMismatch { .. }), "{error:?}");
 
     let error = registry.resolve("nope").expect_err("unknown");
     assert!(
@@ -444,19 +292,13 @@ fn the_registry_follows_a_configmap_directory() {
 
     std::fs::remove_file(users.join("mine.wasm")).expect("remove");
     registry.refresh();
-    assert!(matches!(
-        registry.resolve("mine"),
-        Err(PolicyError::UnknownPolicy { .. })
-    ));
+    assert!(matches!(registry.resolve("mine"), Err(PolicyError::UnknownPolicy { .. })));
 }
 
 /// The built-in policies, where `policies/build.sh` has built them.
 fn builtins_dir() -> Option<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/policies");
-    let has_any = std::fs::read_dir(&dir)
-        .ok()?
-        .filter_map(Result::ok)
-        .any(|e| e.path().extension().is_some_and(|x| x == "wasm"));
+    let has_any = std::fs::read_dir(&dir).ok()?.filter_map(Result::ok).any(|e| e.path().extension().is_some_and(|x| x == "wasm"));
     has_any.then_some(dir)
 }
 
@@ -485,30 +327,15 @@ fn builtins_pass_the_shared_table_through_the_host() {
         return;
     };
     let table = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies/test");
-    let read = |name: &str| {
-        std::fs::read_to_string(table.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
-    };
+    let read = |name: &str| std::fs::read_to_string(table.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
     let cases: Vec<Case> = serde_json::from_str(&read("cases.json")).expect("cases.json");
-    let base: serde_json::Value =
-        serde_json::from_str(&read("base-input.json")).expect("base-input.json");
+    let base: serde_json::Value = serde_json::from_str(&read("base-input.json")).expect("base-input.json");
     // The Python and JavaScript components take long to compile: keep them across test runs.
     let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("policy-cache");
-    let registry = Registry::new(
-        engine(),
-        RegistrySettings {
-            builtin_dir: Some(dir),
-            user_dir: None,
-            cache_dir: Some(cache),
-        },
-    );
+    let registry = Registry::new(engine(), RegistrySettings { builtin_dir: Some(dir), user_dir: None, cache_dir: Some(cache) });
     registry.refresh();
     for info in registry.list() {
-        assert!(
-            info.problem.is_none(),
-            "built-in {} does not load: {:?}",
-            info.name,
-            info.problem
-        );
+        assert!(info.problem.is_none(), "built-in {} does not load: {:?}", info.name, info.problem);
     }
     let limits = CallLimits::default();
     let mut failures = Vec::new();
@@ -525,33 +352,19 @@ fn builtins_pass_the_shared_table_through_the_host() {
         let outcome = match &case.validate {
             Some(settings) => match (policy.validate_settings(&limits, settings), &case.error) {
                 (Ok(()), None) => Ok(()),
-                (Err(PolicyError::InvalidSettings { message, .. }), Some(e))
-                    if message.contains(e.as_str()) =>
-                {
-                    Ok(())
-                }
-                (got, _) => Err(format!(
-                    "validate: got {got:?}, expected error {:?}",
-                    case.error
-                )),
+                (Err(PolicyError::InvalidSettings { message, .. }), Some(e)) if message.contains(e.as_str()) => Ok(()),
+                (got, _) => Err(format!("validate: got {got:?}, expected error {:?}", case.error)),
             },
             None => {
                 let mut input = base.clone();
                 for (key, value) in &case.input {
                     input[key] = value.clone();
                 }
-                let input: PolicyInput =
-                    serde_json::from_value(input).expect("case input is a PolicyInput");
+                let input: PolicyInput = serde_json::from_value(input).expect("case input is a PolicyInput");
                 match (policy.decide(&limits, &input), &case.error, case.replicas) {
                     (Ok(decision), None, Some(want)) if decision.replicas == want => Ok(()),
-                    (Err(PolicyError::Rejected { message, .. }), Some(e), _)
-                        if message.contains(e.as_str()) =>
-                    {
-                        Ok(())
-                    }
-                    (got, error, replicas) => Err(format!(
-                        "got {got:?}, expected replicas {replicas:?} / error {error:?}"
-                    )),
+                    (Err(PolicyError::Rejected { message, .. }), Some(e), _) if message.contains(e.as_str()) => Ok(()),
+                    (got, error, replicas) => Err(format!("got {got:?}, expected replicas {replicas:?} / error {error:?}")),
                 }
             }
         };
@@ -559,13 +372,7 @@ fn builtins_pass_the_shared_table_through_the_host() {
             failures.push(format!("{} / {}: {problem}", case.policy, case.name));
         }
     }
-    assert!(
-        failures.is_empty(),
-        "{} of {} cases failed:\n{}",
-        failures.len(),
-        cases.len(),
-        failures.join("\n")
-    );
+    assert!(failures.is_empty(), "{} of {} cases failed:\n{}", failures.len(), cases.len(), failures.join("\n"));
     assert_eq!(
         interfaces.into_iter().collect::<Vec<_>>(),
         vec!["component".to_string(), "core".to_string()],
@@ -603,11 +410,7 @@ mod cli {
         let bad = fixture("forbidden_import");
         let out = policy_command(&["check", bad.to_str().expect("utf-8 path")]);
         assert!(!out.status.success());
-        assert!(
-            text(&out.stderr).contains("imports `env.open_socket`"),
-            "{}",
-            text(&out.stderr)
-        );
+        assert!(text(&out.stderr).contains("imports `env.open_socket`"), "{}", text(&out.stderr));
     }
 
     #[test]
@@ -618,32 +421,17 @@ mod cli {
         sample.max_replicas = 6;
         std::fs::write(&input, serde_json::to_vec(&sample).expect("json")).expect("write");
         let policy = fixture("far_above_max");
-        let out = policy_command(&[
-            "eval",
-            policy.to_str().expect("utf-8"),
-            "--input",
-            input.to_str().expect("utf-8"),
-        ]);
+        let out = policy_command(&["eval", policy.to_str().expect("utf-8"), "--input", input.to_str().expect("utf-8")]);
         assert!(out.status.success(), "{}", text(&out.stderr));
-        let decision: serde_json::Value =
-            serde_json::from_slice(&out.stdout).expect("JSON on stdout");
+        let decision: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
         assert_eq!(decision["replicas"], 6);
         assert_eq!(decision["proposed"], 4_000_000_000u64);
         assert_eq!(decision["clamped"], "max");
 
         let policy = fixture("endless_loop");
-        let out = policy_command(&[
-            "eval",
-            policy.to_str().expect("utf-8"),
-            "--input",
-            input.to_str().expect("utf-8"),
-        ]);
+        let out = policy_command(&["eval", policy.to_str().expect("utf-8"), "--input", input.to_str().expect("utf-8")]);
         assert!(!out.status.success());
-        assert!(
-            text(&out.stderr).contains("policy endless_loop: no answer within 100ms"),
-            "{}",
-            text(&out.stderr)
-        );
+        assert!(text(&out.stderr).contains("policy endless_loop: no answer within 100ms"), "{}", text(&out.stderr));
 
         let policy = fixture("good");
         let out = policy_command(&[
@@ -655,11 +443,7 @@ mod cli {
             "bad=1",
         ]);
         assert!(!out.status.success());
-        assert!(
-            text(&out.stderr).contains("setting bad: not allowed"),
-            "{}",
-            text(&out.stderr)
-        );
+        assert!(text(&out.stderr).contains("setting bad: not allowed"), "{}", text(&out.stderr));
     }
 
     #[test]
@@ -682,13 +466,7 @@ mod cli {
         let stdout = text(&out.stdout);
         // The trace starts at 1 replica; the host raises the policy's "hold at 1" to min 2.
         assert!(stdout.contains("raised to minReplicas 2"), "{stdout}");
-        assert_eq!(
-            stdout
-                .lines()
-                .filter(|l| l.trim_start().starts_with(|c: char| c.is_ascii_digit()))
-                .count(),
-            17
-        );
+        assert_eq!(stdout.lines().filter(|l| l.trim_start().starts_with(|c: char| c.is_ascii_digit())).count(), 17);
         let svg = std::fs::read_to_string(&plot).expect("plot written");
         assert!(svg.starts_with("<svg") && svg.contains("<path"));
     }

@@ -26,8 +26,7 @@ use crate::policy::PodSample;
 use crate::quantity;
 
 /// Pods and Deployments of workers: the children's labels plus the worker component.
-pub const WORKER_SELECTOR: &str =
-    "app.kubernetes.io/managed-by=celery-operator,app.kubernetes.io/component=worker";
+pub const WORKER_SELECTOR: &str = "app.kubernetes.io/managed-by=celery-operator,app.kubernetes.io/component=worker";
 /// The label naming the Celery object a child belongs to.
 const INSTANCE_LABEL: &str = "app.kubernetes.io/instance";
 
@@ -71,9 +70,7 @@ impl ClusterView {
     /// `spec.replicas` of a worker Deployment, or `None` when it does not exist (yet).
     pub fn worker_replicas(&self, namespace: &str, deployment: &str) -> Option<u32> {
         let replicas = self.replicas.read().expect("replicas lock");
-        replicas
-            .get(&(namespace.to_string(), deployment.to_string()))
-            .copied()
+        replicas.get(&(namespace.to_string(), deployment.to_string())).copied()
     }
 
     /// Records the count the autoscaler just wrote, before the watch reports it, so the next
@@ -107,8 +104,7 @@ impl ClusterView {
     }
 
     fn apply_pod(&self, pod: &Pod) {
-        let (Some(ns), Some(app)) = (pod.namespace(), pod.labels().get(INSTANCE_LABEL).cloned())
-        else {
+        let (Some(ns), Some(app)) = (pod.namespace(), pod.labels().get(INSTANCE_LABEL).cloned()) else {
             return;
         };
         let state = pod_state(pod);
@@ -121,20 +117,13 @@ impl ClusterView {
         {
             remove_pod(&mut pods, &old, &pod_key.1);
         }
-        pods.entry(app_key)
-            .or_default()
-            .insert(state.name.clone(), state);
+        pods.entry(app_key).or_default().insert(state.name.clone(), state);
     }
 
     fn delete_pod(&self, pod: &Pod) {
         let pod_key = (pod.namespace().unwrap_or_default(), pod.name_any());
         let mut pods = self.pods.write().expect("pods lock");
-        if let Some(app) = self
-            .pod_apps
-            .write()
-            .expect("pod index lock")
-            .remove(&pod_key)
-        {
+        if let Some(app) = self.pod_apps.write().expect("pod index lock").remove(&pod_key) {
             remove_pod(&mut pods, &app, &pod_key.1);
         }
     }
@@ -143,16 +132,12 @@ impl ClusterView {
         let mut pods = HashMap::<Key, BTreeMap<String, PodState>>::new();
         let mut pod_apps = HashMap::new();
         for pod in &all {
-            let (Some(ns), Some(app)) =
-                (pod.namespace(), pod.labels().get(INSTANCE_LABEL).cloned())
-            else {
+            let (Some(ns), Some(app)) = (pod.namespace(), pod.labels().get(INSTANCE_LABEL).cloned()) else {
                 continue;
             };
             let state = pod_state(pod);
             pod_apps.insert((ns.clone(), state.name.clone()), (ns.clone(), app.clone()));
-            pods.entry((ns, app))
-                .or_default()
-                .insert(state.name.clone(), state);
+            pods.entry((ns, app)).or_default().insert(state.name.clone(), state);
         }
         *self.pods.write().expect("pods lock") = pods;
         *self.pod_apps.write().expect("pod index lock") = pod_apps;
@@ -160,10 +145,7 @@ impl ClusterView {
 
     fn apply_deployment(&self, d: &Deployment) {
         let key = (d.namespace().unwrap_or_default(), d.name_any());
-        self.replicas
-            .write()
-            .expect("replicas lock")
-            .insert(key, deployment_replicas(d));
+        self.replicas.write().expect("replicas lock").insert(key, deployment_replicas(d));
     }
 
     fn delete_deployment(&self, d: &Deployment) {
@@ -172,15 +154,7 @@ impl ClusterView {
     }
 
     fn replace_deployments(&self, all: Vec<Deployment>) {
-        let map = all
-            .iter()
-            .map(|d| {
-                (
-                    (d.namespace().unwrap_or_default(), d.name_any()),
-                    deployment_replicas(d),
-                )
-            })
-            .collect();
+        let map = all.iter().map(|d| ((d.namespace().unwrap_or_default(), d.name_any()), deployment_replicas(d))).collect();
         *self.replicas.write().expect("replicas lock") = map;
     }
 
@@ -243,11 +217,7 @@ impl ClusterView {
         let apis: Vec<Api<DynamicObject>> = if scope.namespaces.is_empty() {
             vec![Api::all_with(client.clone(), &resource)]
         } else {
-            scope
-                .namespaces
-                .iter()
-                .map(|ns| Api::namespaced_with(client.clone(), ns, &resource))
-                .collect()
+            scope.namespaces.iter().map(|ns| Api::namespaced_with(client.clone(), ns, &resource)).collect()
         };
         let mut failing = false;
         let mut tick = tokio::time::interval(USAGE_REFRESH);
@@ -257,17 +227,11 @@ impl ClusterView {
             let mut usage = HashMap::new();
             let mut error = None;
             for api in &apis {
-                match api
-                    .list(&ListParams::default().labels(WORKER_SELECTOR))
-                    .await
-                {
+                match api.list(&ListParams::default().labels(WORKER_SELECTOR)).await {
                     Ok(list) => {
                         for item in &list.items {
                             if let Some(u) = pod_usage(item) {
-                                usage.insert(
-                                    (item.namespace().unwrap_or_default(), item.name_any()),
-                                    u,
-                                );
+                                usage.insert((item.namespace().unwrap_or_default(), item.name_any()), u);
                             }
                         }
                     }
@@ -332,11 +296,7 @@ pub fn pod_state(pod: &Pod) -> PodState {
             .as_ref()
             .and_then(|s| s.conditions.as_ref())
             .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
-    let containers = pod
-        .spec
-        .as_ref()
-        .map(|s| s.containers.as_slice())
-        .unwrap_or_default();
+    let containers = pod.spec.as_ref().map(|s| s.containers.as_slice()).unwrap_or_default();
     let request = |resource: &str, scale: f64| -> Option<u64> {
         let mut total = 0.0;
         for c in containers {
@@ -363,10 +323,7 @@ pub fn pod_usage(metrics: &DynamicObject) -> Option<Usage> {
         cpu += quantity::parse(usage.get("cpu")?.as_str()?).ok()?;
         memory += quantity::parse(usage.get("memory")?.as_str()?).ok()?;
     }
-    Some(Usage {
-        cpu_millis: (cpu * 1000.0).round() as u64,
-        memory_bytes: memory.round() as u64,
-    })
+    Some(Usage { cpu_millis: (cpu * 1000.0).round() as u64, memory_bytes: memory.round() as u64 })
 }
 
 #[cfg(test)]
@@ -404,10 +361,7 @@ status:
 
     #[test]
     fn a_container_without_a_request_makes_the_request_unknown() {
-        let p = pod(&POD.replace(
-            "resources: {requests: {cpu: '1', memory: 1Gi}}",
-            "resources: {}",
-        ));
+        let p = pod(&POD.replace("resources: {requests: {cpu: '1', memory: 1Gi}}", "resources: {}"));
         assert_eq!(pod_state(&p).cpu_request_millis, None);
     }
 
@@ -423,13 +377,7 @@ status:
             ]
         }))
         .unwrap();
-        assert_eq!(
-            pod_usage(&m),
-            Some(Usage {
-                cpu_millis: 251,
-                memory_bytes: 101 << 20
-            })
-        );
+        assert_eq!(pod_usage(&m), Some(Usage { cpu_millis: 251, memory_bytes: 101 << 20 }));
     }
 
     #[test]
@@ -439,33 +387,21 @@ status:
         view.apply_pod(&p);
         let mut other = pod(POD);
         other.metadata.name = Some("other-celery-worker-x".into());
-        other.metadata.labels = Some(BTreeMap::from([(
-            INSTANCE_LABEL.to_string(),
-            "other".to_string(),
-        )]));
+        other.metadata.labels = Some(BTreeMap::from([(INSTANCE_LABEL.to_string(), "other".to_string())]));
         view.apply_pod(&other);
         let pods = view.pods("shop", "shop");
-        assert_eq!(
-            pods.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(),
-            ["shop-celery-worker-abc"]
-        );
+        assert_eq!(pods.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), ["shop-celery-worker-abc"]);
         assert_eq!(pods[0].cpu_millis, None, "no metrics yet: unknown, not 0");
-        view.usage.write().unwrap().insert(
-            ("shop".into(), "shop-celery-worker-abc".into()),
-            Usage {
-                cpu_millis: 5,
-                memory_bytes: 6,
-            },
-        );
+        view.usage
+            .write()
+            .unwrap()
+            .insert(("shop".into(), "shop-celery-worker-abc".into()), Usage { cpu_millis: 5, memory_bytes: 6 });
         assert_eq!(view.pods("shop", "shop")[0].cpu_millis, Some(5));
         view.delete_pod(&p);
         assert!(view.pods("shop", "shop").is_empty());
         assert_eq!(view.pods("shop", "other").len(), 1);
         view.replace_pods(vec![p]);
         assert_eq!(view.pods("shop", "shop").len(), 1);
-        assert!(
-            view.pods("shop", "other").is_empty(),
-            "a relist drops what it does not list"
-        );
+        assert!(view.pods("shop", "other").is_empty(), "a relist drops what it does not list");
     }
 }

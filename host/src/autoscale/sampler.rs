@@ -17,28 +17,15 @@ pub const HISTORY: usize = 60;
 
 /// The sample handed to a policy. `queues` is `None` when no policy of the app needs the
 /// broker (CPU and memory only).
-pub fn sample(
-    timestamp_ms: u64,
-    replicas: u32,
-    queues: Option<&[QueueStats]>,
-    pods: Vec<PodSample>,
-) -> Result<Sample, String> {
+pub fn sample(timestamp_ms: u64, replicas: u32, queues: Option<&[QueueStats]>, pods: Vec<PodSample>) -> Result<Sample, String> {
     let queues = match queues {
         None => Vec::new(),
         Some(stats) => stats
             .iter()
-            .map(|q| {
-                q.to_sample()
-                    .ok_or_else(|| format!("the backlog of queue {} is unknown", q.name))
-            })
+            .map(|q| q.to_sample().ok_or_else(|| format!("the backlog of queue {} is unknown", q.name)))
             .collect::<Result<_, _>>()?,
     };
-    Ok(Sample {
-        timestamp_ms,
-        replicas,
-        queues,
-        pods,
-    })
+    Ok(Sample { timestamp_ms, replicas, queues, pods })
 }
 
 /// Appends `sample` to `history`, dropping the oldest beyond [`HISTORY`]. The vector's
@@ -59,31 +46,20 @@ pub fn total_backlog(status: &AutoscalerStatus) -> Option<i64> {
     if status.queues.is_empty() {
         return None;
     }
-    status
-        .queues
-        .iter()
-        .try_fold(0i64, |sum, q| q.backlog.map(|b| sum.saturating_add(b)))
+    status.queues.iter().try_fold(0i64, |sum, q| q.backlog.map(|b| sum.saturating_add(b)))
 }
 
 /// The measured part of the status: queues, CPU and memory of the pods.
 pub fn measured_status(time: Time, queues: &[QueueStats], pods: &[PodSample]) -> AutoscalerStatus {
-    let with_metrics: Vec<_> = pods
-        .iter()
-        .filter(|p| p.cpu_millis.is_some() && p.memory_bytes.is_some())
-        .collect();
+    let with_metrics: Vec<_> = pods.iter().filter(|p| p.cpu_millis.is_some() && p.memory_bytes.is_some()).collect();
     let sum = |f: fn(&PodSample) -> Option<u64>| -> Option<i64> {
-        (!with_metrics.is_empty())
-            .then(|| with_metrics.iter().filter_map(|p| f(p)).map(to_i64).sum())
+        (!with_metrics.is_empty()).then(|| with_metrics.iter().filter_map(|p| f(p)).map(to_i64).sum())
     };
     AutoscalerStatus {
         sample_time: Some(time),
         queues: queues
             .iter()
-            .map(|q| QueueStatus {
-                name: q.name.clone(),
-                backlog: q.backlog.map(to_i64),
-                reserved: q.reserved.map(to_i64),
-            })
+            .map(|q| QueueStatus { name: q.name.clone(), backlog: q.backlog.map(to_i64), reserved: q.reserved.map(to_i64) })
             .collect(),
         cpu_millis: sum(|p| p.cpu_millis),
         memory_bytes: sum(|p| p.memory_bytes),
@@ -103,12 +79,7 @@ mod tests {
     use super::*;
 
     fn queue(name: &str, backlog: Option<u64>) -> QueueStats {
-        QueueStats {
-            name: name.into(),
-            backlog,
-            reserved: Some(1),
-            consumers: None,
-        }
+        QueueStats { name: name.into(), backlog, reserved: Some(1), consumers: None }
     }
 
     fn pod(name: &str, cpu: Option<u64>) -> PodSample {
@@ -130,10 +101,7 @@ mod tests {
         assert!(error.contains("queue b"), "{error}");
         let s = sample(1, 2, Some(&queues[..1]), vec![pod("p", None)]).unwrap();
         assert_eq!((s.queues[0].backlog, s.pods.len()), (3, 1));
-        assert!(
-            sample(1, 2, None, Vec::new()).unwrap().queues.is_empty(),
-            "queues not needed"
-        );
+        assert!(sample(1, 2, None, Vec::new()).unwrap().queues.is_empty(), "queues not needed");
     }
 
     #[test]
@@ -141,11 +109,7 @@ mod tests {
         let mut history = Vec::new();
         for t in 0..(HISTORY as u64 * 3) {
             remember(&mut history, sample(t, 1, None, Vec::new()).unwrap());
-            assert!(
-                history.capacity() <= HISTORY + 1,
-                "capacity {}",
-                history.capacity()
-            );
+            assert!(history.capacity() <= HISTORY + 1, "capacity {}", history.capacity());
         }
         assert_eq!(history.len(), HISTORY);
         assert_eq!(history[0].timestamp_ms, HISTORY as u64 * 2);
@@ -155,35 +119,16 @@ mod tests {
     #[test]
     fn totals_and_status() {
         let time = Time("2026-11-30T00:00:00Z".parse().unwrap());
-        let both = measured_status(
-            time.clone(),
-            &[queue("a", Some(3)), queue("b", Some(4))],
-            &[],
-        );
+        let both = measured_status(time.clone(), &[queue("a", Some(3)), queue("b", Some(4))], &[]);
         assert_eq!(total_backlog(&both), Some(7));
-        let one_unknown =
-            measured_status(time.clone(), &[queue("a", Some(3)), queue("b", None)], &[]);
+        let one_unknown = measured_status(time.clone(), &[queue("a", Some(3)), queue("b", None)], &[]);
         assert_eq!(total_backlog(&one_unknown), None);
-        assert_eq!(
-            total_backlog(&measured_status(time.clone(), &[], &[])),
-            None
-        );
-        let status = measured_status(
-            time,
-            &[queue("a", Some(3))],
-            &[pod("p", Some(250)), pod("q", None)],
-        );
-        assert_eq!(
-            (status.cpu_millis, status.memory_bytes),
-            (Some(250), Some(250_000))
-        );
+        assert_eq!(total_backlog(&measured_status(time.clone(), &[], &[])), None);
+        let status = measured_status(time, &[queue("a", Some(3))], &[pod("p", Some(250)), pod("q", None)]);
+        assert_eq!((status.cpu_millis, status.memory_bytes), (Some(250), Some(250_000)));
         assert_eq!((status.pods_with_metrics, status.pods), (Some(1), Some(2)));
         assert_eq!(status.queues[0].backlog, Some(3));
-        let none = measured_status(
-            Time("2026-11-30T00:00:00Z".parse().unwrap()),
-            &[],
-            &[pod("q", None)],
-        );
+        let none = measured_status(Time("2026-11-30T00:00:00Z".parse().unwrap()), &[], &[pod("q", None)]);
         assert_eq!(none.cpu_millis, None, "no pod with metrics: unknown, not 0");
     }
 }

@@ -73,10 +73,7 @@ impl Autoscaler {
         cluster: Arc<ClusterView>,
         apps: Vec<Store<Celery>>,
     ) -> Self {
-        let reporter = Reporter {
-            controller: SCALER_MANAGER.into(),
-            instance: std::env::var("POD_NAME").ok(),
-        };
+        let reporter = Reporter { controller: SCALER_MANAGER.into(), instance: std::env::var("POD_NAME").ok() };
         let shared = Shared {
             recorder: Recorder::new(client.clone(), reporter),
             client,
@@ -86,10 +83,7 @@ impl Autoscaler {
             apps,
             broker: BrokerOptions::default(),
         };
-        Self {
-            shared: Arc::new(shared),
-            loops: Mutex::default(),
-        }
+        Self { shared: Arc::new(shared), loops: Mutex::default() }
     }
 
     /// Makes sure the loop of `celery` runs. Called by every reconcile of an autoscaled app;
@@ -97,10 +91,7 @@ impl Autoscaler {
     pub fn ensure(&self, celery: &Celery) {
         let key = ObjectRef::from_obj(celery);
         let mut loops = self.loops.lock().expect("autoscaler loops lock");
-        if loops
-            .get(&key)
-            .is_some_and(|running| !running.is_finished())
-        {
+        if loops.get(&key).is_some_and(|running| !running.is_finished()) {
             return;
         }
         let task = tokio::spawn(run(Arc::clone(&self.shared), key.clone()));
@@ -109,24 +100,13 @@ impl Autoscaler {
 
     /// Apps whose loop runs now.
     pub fn running(&self) -> usize {
-        self.loops
-            .lock()
-            .expect("autoscaler loops lock")
-            .values()
-            .filter(|t| !t.is_finished())
-            .count()
+        self.loops.lock().expect("autoscaler loops lock").values().filter(|t| !t.is_finished()).count()
     }
 }
 
 impl Drop for Autoscaler {
     fn drop(&mut self) {
-        for task in self
-            .loops
-            .get_mut()
-            .map(|l| l.values())
-            .into_iter()
-            .flatten()
-        {
+        for task in self.loops.get_mut().map(|l| l.values()).into_iter().flatten() {
             task.abort();
         }
     }
@@ -153,13 +133,7 @@ async fn run(shared: Arc<Shared>, key: ObjectRef<Celery>) {
             return;
         };
         if app.as_ref().map(|a| a.generation) != Some(celery.metadata.generation) {
-            let Ok(Scaling::Policies {
-                policies,
-                min_replicas,
-                max_replicas,
-                tuning,
-            }) = validate::validate(&celery.spec)
-            else {
+            let Ok(Scaling::Policies { policies, min_replicas, max_replicas, tuning }) = validate::validate(&celery.spec) else {
                 // A fixed count or an invalid spec (which the reconciler reports): stop here.
                 if let Some(app) = app {
                     app.retire(&shared, &celery).await;
@@ -173,10 +147,7 @@ async fn run(shared: Arc<Shared>, key: ObjectRef<Celery>) {
                     a.reconfigure(&celery, policies, min_replicas, max_replicas, tuning);
                     (a, restart)
                 }
-                None => (
-                    AppLoop::new(&celery, policies, min_replicas, max_replicas, tuning),
-                    true,
-                ),
+                None => (AppLoop::new(&celery, policies, min_replicas, max_replicas, tuning), true),
             };
             app = Some(reconfigured.0);
             if reconfigured.1 {
@@ -247,11 +218,7 @@ impl AppLoop {
             min: 0,
             max: 0,
             concurrency: 1,
-            damper: Damper::new(
-                tuning.stabilization,
-                tuning.step_percent,
-                tuning.step_period,
-            ),
+            damper: Damper::new(tuning.stabilization, tuning.step_percent, tuning.step_period),
             tuning: tuning.clone(),
             needs_broker: true,
             broker: None,
@@ -260,11 +227,7 @@ impl AppLoop {
             input: None,
             health: None,
             last_decision: None,
-            last_scale_time: celery
-                .status
-                .as_ref()
-                .and_then(|s| s.autoscaler.as_ref())
-                .and_then(|a| a.last_scale_time.clone()),
+            last_scale_time: celery.status.as_ref().and_then(|s| s.autoscaler.as_ref()).and_then(|a| a.last_scale_time.clone()),
             last_status: None,
         };
         app.reconfigure(celery, policies, min, max, tuning);
@@ -272,36 +235,18 @@ impl AppLoop {
         app
     }
 
-    fn reconfigure(
-        &mut self,
-        celery: &Celery,
-        policies: Vec<PolicyRef>,
-        min: i32,
-        max: i32,
-        tuning: Tuning,
-    ) {
+    fn reconfigure(&mut self, celery: &Celery, policies: Vec<PolicyRef>, min: i32, max: i32, tuning: Tuning) {
         let spec = &celery.spec;
         self.generation = celery.metadata.generation;
         self.worker = build::worker_name(celery);
-        self.queues = spec
-            .worker_spec
-            .queues
-            .split(',')
-            .map(str::trim)
-            .filter(|q| !q.is_empty())
-            .map(String::from)
-            .collect();
+        self.queues = spec.worker_spec.queues.split(',').map(str::trim).filter(|q| !q.is_empty()).map(String::from).collect();
         self.needs_broker = policies.iter().any(|p| p.name != CPU_MEMORY_POLICY);
         self.policies = policies;
         self.min = u32::try_from(min).unwrap_or(0);
         self.max = u32::try_from(max).unwrap_or(0);
         self.concurrency = u32::try_from(spec.worker_spec.concurrency).unwrap_or(1);
         if self.tuning != tuning {
-            self.damper = Damper::new(
-                tuning.stabilization,
-                tuning.step_percent,
-                tuning.step_period,
-            );
+            self.damper = Damper::new(tuning.stabilization, tuning.step_percent, tuning.step_period);
             self.tuning = tuning;
         }
         if self.broker_spec != spec.broker {
@@ -312,40 +257,20 @@ impl AppLoop {
     }
 
     fn policy_label(&self) -> String {
-        self.policies
-            .iter()
-            .map(|p| p.name.as_str())
-            .collect::<Vec<_>>()
-            .join("+")
+        self.policies.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join("+")
     }
 
     /// One sample, decision and (maybe) scale.
     async fn tick(&mut self, shared: &Shared, celery: &Celery) {
         let now = jiff::Timestamp::now();
         let now_ms = u64::try_from(now.as_millisecond()).unwrap_or(0);
-        let Some(current) = shared
-            .cluster
-            .worker_replicas(&self.namespace, &self.worker)
-        else {
+        let Some(current) = shared.cluster.worker_replicas(&self.namespace, &self.worker) else {
             let message = format!("the worker Deployment {} does not exist yet", self.worker);
-            self.conclude(
-                shared,
-                celery,
-                Health {
-                    reason: SCALE_FAILED,
-                    message,
-                },
-                false,
-            )
-            .await;
+            self.conclude(shared, celery, Health { reason: SCALE_FAILED, message }, false).await;
             return;
         };
 
-        let queues = if self.needs_broker {
-            Some(self.read_broker(shared).await)
-        } else {
-            None
-        };
+        let queues = if self.needs_broker { Some(self.read_broker(shared).await) } else { None };
         let pods = shared.cluster.pods(&self.namespace, &self.name);
         let measured: Vec<QueueStats> = match &queues {
             Some(Ok(stats)) => stats.clone(),
@@ -353,9 +278,7 @@ impl AppLoop {
             None => Vec::new(),
         };
         for q in &measured {
-            shared
-                .metrics
-                .observe_queue(&self.label, &q.name, q.backlog);
+            shared.metrics.observe_queue(&self.label, &q.name, q.backlog);
         }
         let mut status = sampler::measured_status(Time(now), &measured, &pods);
         let sample = match queues {
@@ -365,44 +288,25 @@ impl AppLoop {
         };
 
         let decided = match sample {
-            Err(message) => Err(Health {
-                reason: METRICS_UNAVAILABLE,
-                message,
-            }),
+            Err(message) => Err(Health { reason: METRICS_UNAVAILABLE, message }),
             Ok(sample) => self.decide(shared, current, sample).await,
         };
         let (target, health, reason, proposed, policy) = match decided {
-            Ok(Choice {
-                bounded,
-                proposed,
-                reason,
-                policy,
-            }) => {
+            Ok(Choice { bounded, proposed, reason, policy }) => {
                 let target = self.damper.next(now_ms, current, bounded);
-                let health = Health {
-                    reason: POLICY_DECIDING,
-                    message: format!("{policy}: {reason}"),
-                };
+                let health = Health { reason: POLICY_DECIDING, message: format!("{policy}: {reason}") };
                 (target, health, reason, Some(proposed), policy)
             }
             Err(health) => {
-                let cause = if health.reason == POLICY_FAILED {
-                    FailureCause::Policy
-                } else {
-                    FailureCause::Metrics
-                };
+                let cause = if health.reason == POLICY_FAILED { FailureCause::Policy } else { FailureCause::Metrics };
                 shared.metrics.observe_failure(&self.label, cause);
                 // Hold, or raise to the fallback; never lower on missing data.
-                let target = self.tuning.fallback.map_or(current, |f| {
-                    f.clamp(self.min, self.max.max(self.min)).max(current)
-                });
+                let target = self.tuning.fallback.map_or(current, |f| f.clamp(self.min, self.max.max(self.min)).max(current));
                 let reason = format!("holding {current} workers: {}", health.message);
                 (target, health, reason, None, self.policy_label())
             }
         };
-        shared
-            .metrics
-            .observe_decision(&self.label, current, target);
+        shared.metrics.observe_decision(&self.label, current, target);
 
         let mut changed = self.last_decision.as_ref().map(|d| d.replicas) != Some(target as i32);
         if target != current {
@@ -412,20 +316,8 @@ impl AppLoop {
                     changed = true;
                 }
                 Err(message) => {
-                    shared
-                        .metrics
-                        .observe_failure(&self.label, FailureCause::Scale);
-                    self.conclude_with(
-                        shared,
-                        celery,
-                        &mut status,
-                        Health {
-                            reason: SCALE_FAILED,
-                            message,
-                        },
-                        true,
-                    )
-                    .await;
+                    shared.metrics.observe_failure(&self.label, FailureCause::Scale);
+                    self.conclude_with(shared, celery, &mut status, Health { reason: SCALE_FAILED, message }, true).await;
                     return;
                 }
             }
@@ -437,17 +329,11 @@ impl AppLoop {
             replicas: target as i32,
             reason: crate::policy::truncate(&reason, 512),
         });
-        self.conclude_with(shared, celery, &mut status, health, changed)
-            .await;
+        self.conclude_with(shared, celery, &mut status, health, changed).await;
     }
 
     /// Asks every policy; the largest answer (within bounds) wins.
-    async fn decide(
-        &mut self,
-        shared: &Shared,
-        current: u32,
-        sample: Sample,
-    ) -> Result<Choice, Health> {
+    async fn decide(&mut self, shared: &Shared, current: u32, sample: Sample) -> Result<Choice, Health> {
         let mut input = self.input.take().unwrap_or_else(|| PolicyInput {
             app: String::new(),
             current_replicas: 0,
@@ -469,10 +355,7 @@ impl AppLoop {
 
         let runner = shared.policies.runner();
         let limits = CallLimits {
-            memory_bytes: self
-                .tuning
-                .policy_memory
-                .unwrap_or(runner.limits().memory_bytes),
+            memory_bytes: self.tuning.policy_memory.unwrap_or(runner.limits().memory_bytes),
             ..runner.limits().clone()
         }
         .within(shared.policies.registry().engine());
@@ -488,20 +371,11 @@ impl AppLoop {
             };
             // Lent, not copied: the settings go in and come back out with the input.
             std::mem::swap(&mut input.settings, &mut policy.settings);
-            let (back, outcome) = runner
-                .decide_lending(loaded, input, Some(limits.clone()))
-                .await;
+            let (back, outcome) = runner.decide_lending(loaded, input, Some(limits.clone())).await;
             let Some(mut back) = back else {
-                failure = Some(
-                    outcome
-                        .err()
-                        .map_or_else(|| "the policy call was lost".into(), |e| e.to_string()),
-                );
+                failure = Some(outcome.err().map_or_else(|| "the policy call was lost".into(), |e| e.to_string()));
                 // The input went down with the call; the history starts over.
-                return Err(Health {
-                    reason: POLICY_FAILED,
-                    message: failure.unwrap_or_default(),
-                });
+                return Err(Health { reason: POLICY_FAILED, message: failure.unwrap_or_default() });
             };
             std::mem::swap(&mut back.settings, &mut policy.settings);
             input = back;
@@ -527,15 +401,9 @@ impl AppLoop {
         sampler::remember(&mut input.history, finished);
         self.input = Some(input);
         match (failure, best) {
-            (Some(message), _) => Err(Health {
-                reason: POLICY_FAILED,
-                message,
-            }),
+            (Some(message), _) => Err(Health { reason: POLICY_FAILED, message }),
             (None, Some(best)) => Ok(best),
-            (None, None) => Err(Health {
-                reason: POLICY_FAILED,
-                message: "no scaling policy is selected".into(),
-            }),
+            (None, None) => Err(Health { reason: POLICY_FAILED, message: "no scaling policy is selected".into() }),
         }
     }
 
@@ -558,52 +426,33 @@ impl AppLoop {
     }
 
     fn broker_from_secret(&self) -> bool {
-        self.broker_spec
-            .as_ref()
-            .is_some_and(|b| b.secret_ref.is_some())
+        self.broker_spec.as_ref().is_some_and(|b| b.secret_ref.is_some())
     }
 
     async fn connect(&mut self, shared: &Shared) -> Result<Broker, String> {
         let Some(spec) = &self.broker_spec else {
-            return Err("spec.broker is not set, so the queue backlog cannot be measured; set spec.broker.url or spec.broker.secretRef".into());
+            return Err(
+                "spec.broker is not set, so the queue backlog cannot be measured; set spec.broker.url or spec.broker.secretRef"
+                    .into(),
+            );
         };
         let url = match (&spec.url, &spec.secret_ref) {
             (Some(url), _) => url.clone(),
             (None, Some(secret)) => {
-                if self
-                    .last_secret_read
-                    .is_some_and(|at| at.elapsed() < SECRET_RETRY)
-                {
-                    return Err(format!(
-                        "spec.broker.secretRef: Secret {} not readable yet; retrying",
-                        secret.name
-                    ));
+                if self.last_secret_read.is_some_and(|at| at.elapsed() < SECRET_RETRY) {
+                    return Err(format!("spec.broker.secretRef: Secret {} not readable yet; retrying", secret.name));
                 }
                 self.last_secret_read = Some(Instant::now());
                 let api: Api<Secret> = Api::namespaced(shared.client.clone(), &self.namespace);
                 let found = api.get_opt(&secret.name).await.map_err(|e| {
-                    format!(
-                        "spec.broker.secretRef: cannot read Secret {}: {}",
-                        secret.name,
-                        crate::telemetry::chain(&e)
-                    )
+                    format!("spec.broker.secretRef: cannot read Secret {}: {}", secret.name, crate::telemetry::chain(&e))
                 })?;
                 let data = found
                     .and_then(|s| s.data)
                     .and_then(|mut d| d.remove(&secret.key))
-                    .ok_or_else(|| {
-                        format!(
-                            "spec.broker.secretRef: Secret {} has no key {}",
-                            secret.name, secret.key
-                        )
-                    })?;
+                    .ok_or_else(|| format!("spec.broker.secretRef: Secret {} has no key {}", secret.name, secret.key))?;
                 String::from_utf8(data.0)
-                    .map_err(|_| {
-                        format!(
-                            "spec.broker.secretRef: key {} of Secret {} is not UTF-8",
-                            secret.key, secret.name
-                        )
-                    })?
+                    .map_err(|_| format!("spec.broker.secretRef: key {} of Secret {} is not UTF-8", secret.key, secret.name))?
                     .trim()
                     .to_string()
             }
@@ -614,22 +463,11 @@ impl AppLoop {
     }
 
     /// Writes the replica count as the scaler, and records why.
-    async fn scale(
-        &self,
-        shared: &Shared,
-        celery: &Celery,
-        from: u32,
-        to: u32,
-        reason: &str,
-    ) -> Result<(), String> {
+    async fn scale(&self, shared: &Shared, celery: &Celery, from: u32, to: u32, reason: &str) -> Result<(), String> {
         let api: Api<Deployment> = Api::namespaced(shared.client.clone(), &self.namespace);
         let replicas = i32::try_from(to).unwrap_or(i32::MAX);
-        apply::scale(&api, celery, &self.worker, replicas)
-            .await
-            .map_err(|e| crate::telemetry::chain(&e))?;
-        shared
-            .cluster
-            .set_worker_replicas(&self.namespace, &self.worker, to);
+        apply::scale(&api, celery, &self.worker, replicas).await.map_err(|e| crate::telemetry::chain(&e))?;
+        shared.cluster.set_worker_replicas(&self.namespace, &self.worker, to);
         let event_reason = if to > from { SCALED_UP } else { SCALED_DOWN };
         info!(app = %self.label, from, to, %reason, "scaled the workers");
         let note = format!("{from} → {to} workers: {reason}");
@@ -639,8 +477,7 @@ impl AppLoop {
 
     async fn conclude(&mut self, shared: &Shared, celery: &Celery, health: Health, changed: bool) {
         let mut status = AutoscalerStatus::default();
-        self.conclude_with(shared, celery, &mut status, health, changed)
-            .await;
+        self.conclude_with(shared, celery, &mut status, health, changed).await;
     }
 
     /// Publishes a change of health as one event, and writes the status when something
@@ -653,37 +490,18 @@ impl AppLoop {
         health: Health,
         changed: bool,
     ) {
-        let transition = self
-            .health
-            .as_ref()
-            .is_none_or(|h| h.reason != health.reason);
+        let transition = self.health.as_ref().is_none_or(|h| h.reason != health.reason);
         if transition {
             if health.ok() {
                 if self.health.is_some() {
-                    publish(
-                        shared,
-                        celery,
-                        EventType::Normal,
-                        POLICY_DECIDING,
-                        health.message.clone(),
-                    )
-                    .await;
+                    publish(shared, celery, EventType::Normal, POLICY_DECIDING, health.message.clone()).await;
                 }
             } else {
                 warn!(app = %self.label, reason = health.reason, message = %health.message, "autoscaling holds the replica count");
-                publish(
-                    shared,
-                    celery,
-                    EventType::Warning,
-                    health.reason,
-                    health.message.clone(),
-                )
-                .await;
+                publish(shared, celery, EventType::Warning, health.reason, health.message.clone()).await;
             }
         }
-        let due = self
-            .last_status
-            .is_none_or(|at| at.elapsed() >= STATUS_REFRESH);
+        let due = self.last_status.is_none_or(|at| at.elapsed() >= STATUS_REFRESH);
         self.health = Some(health.clone());
         if !(changed || transition || due) {
             return;
@@ -702,14 +520,7 @@ impl AppLoop {
             },
         });
         let api: Api<Celery> = Api::namespaced(shared.client.clone(), &self.namespace);
-        match api
-            .patch_status(
-                &self.name,
-                &PatchParams::apply(SCALER_MANAGER).force(),
-                &Patch::Apply(&patch),
-            )
-            .await
-        {
+        match api.patch_status(&self.name, &PatchParams::apply(SCALER_MANAGER).force(), &Patch::Apply(&patch)).await {
             Ok(_) => self.last_status = Some(Instant::now()),
             Err(error) => {
                 warn!(app = %self.label, error = %crate::telemetry::chain(&error), "cannot write the autoscaler status")
@@ -727,13 +538,8 @@ impl AppLoop {
             "status": {},
         });
         let api: Api<Celery> = Api::namespaced(shared.client.clone(), &self.namespace);
-        if let Err(error) = api
-            .patch_status(
-                &celery.name_any(),
-                &PatchParams::apply(SCALER_MANAGER).force(),
-                &Patch::Apply(&patch),
-            )
-            .await
+        if let Err(error) =
+            api.patch_status(&celery.name_any(), &PatchParams::apply(SCALER_MANAGER).force(), &Patch::Apply(&patch)).await
         {
             warn!(app = %self.label, error = %crate::telemetry::chain(&error), "cannot clear the autoscaler status");
         }
@@ -746,12 +552,7 @@ impl AppLoop {
 
 /// An empty sample, standing in for the current one between two ticks (allocates nothing).
 fn sample_placeholder() -> Sample {
-    Sample {
-        timestamp_ms: 0,
-        replicas: 0,
-        queues: Vec::new(),
-        pods: Vec::new(),
-    }
+    Sample { timestamp_ms: 0, replicas: 0, queues: Vec::new(), pods: Vec::new() }
 }
 
 /// The policy answer a sample led to.
@@ -768,21 +569,15 @@ struct Choice {
 /// `ScalingActive`, keeping its transition time while its status holds.
 fn scaling_condition(celery: &Celery, health: &Health) -> Condition {
     let status = if health.ok() { "True" } else { "False" };
-    let previous = celery.status.as_ref().and_then(|s| {
-        s.conditions
-            .iter()
-            .find(|c| c.type_ == SCALING_ACTIVE && c.status == status)
-    });
+    let previous =
+        celery.status.as_ref().and_then(|s| s.conditions.iter().find(|c| c.type_ == SCALING_ACTIVE && c.status == status));
     Condition {
         type_: SCALING_ACTIVE.into(),
         status: status.into(),
         reason: health.reason.into(),
         message: crate::policy::truncate(&health.message, 1024),
         observed_generation: celery.metadata.generation,
-        last_transition_time: previous.map_or_else(
-            || Time(jiff::Timestamp::now()),
-            |c| c.last_transition_time.clone(),
-        ),
+        last_transition_time: previous.map_or_else(|| Time(jiff::Timestamp::now()), |c| c.last_transition_time.clone()),
     }
 }
 
@@ -794,11 +589,7 @@ async fn publish(shared: &Shared, celery: &Celery, type_: EventType, reason: &st
         action: "Autoscale".into(),
         secondary: None,
     };
-    if let Err(error) = shared
-        .recorder
-        .publish(&event, &celery.object_ref(&()))
-        .await
-    {
+    if let Err(error) = shared.recorder.publish(&event, &celery.object_ref(&())).await {
         warn!(%error, app = %celery.name_any(), "could not publish event");
     }
 }

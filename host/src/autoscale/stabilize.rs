@@ -34,11 +34,7 @@ pub fn clamp(proposed: u32, min: u32, max: u32) -> (u32, Option<Bound>) {
 /// `None`.
 pub fn stabilized(recommendations: &[(u64, u32)], now_ms: u64, window: Duration) -> Option<u32> {
     let since = now_ms.saturating_sub(window.as_millis() as u64);
-    recommendations
-        .iter()
-        .filter(|(at, _)| *at >= since && *at <= now_ms)
-        .map(|(_, replicas)| *replicas)
-        .max()
+    recommendations.iter().filter(|(at, _)| *at >= since && *at <= now_ms).map(|(_, replicas)| *replicas).max()
 }
 
 /// Keeps the recommendations of one app for [`stabilized`], dropping those out of the window.
@@ -50,10 +46,7 @@ pub struct Stabilizer {
 
 impl Stabilizer {
     pub fn new(window: Duration) -> Self {
-        Self {
-            window,
-            recent: VecDeque::new(),
-        }
+        Self { window, recent: VecDeque::new() }
     }
 
     /// Records `recommendation` at `now_ms` and returns the replica count to apply.
@@ -85,12 +78,7 @@ pub struct Damper {
 
 impl Damper {
     pub fn new(window: Duration, step_percent: u32, step_period: Duration) -> Self {
-        Self {
-            stabilizer: Stabilizer::new(window),
-            step_percent: step_percent.clamp(1, 100),
-            step_period,
-            last_step_ms: None,
-        }
+        Self { stabilizer: Stabilizer::new(window), step_percent: step_percent.clamp(1, 100), step_period, last_step_ms: None }
     }
 
     /// The replica count to run at `now_ms`, from `current` and the (bounded) recommendation.
@@ -100,18 +88,11 @@ impl Damper {
             return stable;
         }
         let period = self.step_period.as_millis() as u64;
-        if self
-            .last_step_ms
-            .is_some_and(|at| now_ms.saturating_sub(at) < period)
-        {
+        if self.last_step_ms.is_some_and(|at| now_ms.saturating_sub(at) < period) {
             return current;
         }
-        let step = (u64::from(current) * u64::from(self.step_percent))
-            .div_ceil(100)
-            .max(1);
-        let next = u64::from(current)
-            .saturating_sub(step)
-            .max(u64::from(stable)) as u32;
+        let step = (u64::from(current) * u64::from(self.step_percent)).div_ceil(100).max(1);
+        let next = u64::from(current).saturating_sub(step).max(u64::from(stable)) as u32;
         self.last_step_ms = Some(now_ms);
         next
     }
@@ -176,11 +157,7 @@ mod tests {
         assert_eq!(d.next(16_000, 5, 0), 2, "ceil(50% of 5) = 3 go");
         assert_eq!(d.next(21_000, 2, 0), 1);
         assert_eq!(d.next(26_000, 1, 0), 0, "to zero, one at a time at the end");
-        assert_eq!(
-            d.next(26_500, 0, 4),
-            4,
-            "scale up at once, whatever the step period"
-        );
+        assert_eq!(d.next(26_500, 0, 4), 4, "scale up at once, whatever the step period");
     }
 
     #[test]

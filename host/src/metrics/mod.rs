@@ -35,23 +35,13 @@ pub struct QueueStats {
 impl QueueStats {
     /// Every figure unknown: what a queue reads as when its broker could not answer.
     pub fn unknown(name: impl Into<String>) -> Self {
-        Self {
-            name: name.into(),
-            backlog: None,
-            reserved: None,
-            consumers: None,
-        }
+        Self { name: name.into(), backlog: None, reserved: None, consumers: None }
     }
 
     /// The queue as a policy sees it, or `None` when the backlog is unknown: the loop does not
     /// call a policy then, it holds the current replica count.
     pub fn to_sample(&self) -> Option<QueueSample> {
-        Some(QueueSample {
-            name: self.name.clone(),
-            backlog: self.backlog?,
-            reserved: self.reserved,
-            consumers: self.consumers,
-        })
+        Some(QueueSample { name: self.name.clone(), backlog: self.backlog?, reserved: self.reserved, consumers: self.consumers })
     }
 }
 
@@ -90,11 +80,7 @@ pub struct BrokerOptions {
 
 impl Default for BrokerOptions {
     fn default() -> Self {
-        Self {
-            timeout: Duration::from_secs(2),
-            redis: RedisLayout::default(),
-            management_url: None,
-        }
+        Self { timeout: Duration::from_secs(2), redis: RedisLayout::default(), management_url: None }
     }
 }
 
@@ -108,11 +94,7 @@ pub enum BrokerError {
     )]
     UnsupportedScheme { broker: String, scheme: String },
     #[error("broker {broker}: no answer within {limit:?} while {what}")]
-    Timeout {
-        broker: String,
-        what: &'static str,
-        limit: Duration,
-    },
+    Timeout { broker: String, what: &'static str, limit: Duration },
     #[error("broker {broker}: refused the credentials (wrong password or user): {detail}")]
     Unauthorized { broker: String, detail: String },
     #[error("broker {broker}: {what}: {source}")]
@@ -162,21 +144,14 @@ impl Broker {
 /// Picks the broker from the URL's scheme. Connects lazily: a broker that is down fails the
 /// first read, not this call, so an app can be set up before its broker is reachable.
 pub fn connect(url: &str, options: &BrokerOptions) -> Result<Broker, BrokerError> {
-    let parsed = url::Url::parse(url).map_err(|e| BrokerError::InvalidUrl {
-        broker: redact_unparsed(url),
-        reason: e.to_string(),
-    })?;
+    let parsed =
+        url::Url::parse(url).map_err(|e| BrokerError::InvalidUrl { broker: redact_unparsed(url), reason: e.to_string() })?;
     match parsed.scheme() {
         "redis" | "rediss" | "redis+socket" | "socket" | "unix" => {
             redis::RedisBroker::new(&parsed, options).map(|b| Broker::Redis(Box::new(b)))
         }
-        "amqp" | "amqps" | "pyamqp" => {
-            rabbitmq::RabbitMqBroker::new(&parsed, options).map(Broker::RabbitMq)
-        }
-        scheme => Err(BrokerError::UnsupportedScheme {
-            broker: redact(&parsed),
-            scheme: scheme.into(),
-        }),
+        "amqp" | "amqps" | "pyamqp" => rabbitmq::RabbitMqBroker::new(&parsed, options).map(Broker::RabbitMq),
+        scheme => Err(BrokerError::UnsupportedScheme { broker: redact(&parsed), scheme: scheme.into() }),
     }
 }
 
@@ -240,28 +215,16 @@ mod tests {
         assert_eq!(redact(&url), "redis://:***@redis/0");
         let url = url::Url::parse("amqp://guest@rabbitmq//").expect("valid");
         assert_eq!(redact(&url), "amqp://guest@rabbitmq//");
-        assert_eq!(
-            redact_unparsed("redis://u:p@ss@host:x/0"),
-            "redis://***@host:x/0"
-        );
+        assert_eq!(redact_unparsed("redis://u:p@ss@host:x/0"), "redis://***@host:x/0");
     }
 
     #[test]
     fn single_label_hosts_are_services_of_the_apps_namespace() {
-        assert_eq!(
-            in_namespace("redis://:pw@redis:6379/0", "shop"),
-            "redis://:pw@redis.shop.svc:6379/0"
-        );
-        assert_eq!(
-            in_namespace("amqp://guest@rabbitmq//", "shop"),
-            "amqp://guest@rabbitmq.shop.svc//"
-        );
-        for kept in [
-            "redis://redis.other.svc:6379/0",
-            "redis://127.0.0.1:6379",
-            "redis://localhost/1",
-            "redis+socket:///run/redis.sock",
-        ] {
+        assert_eq!(in_namespace("redis://:pw@redis:6379/0", "shop"), "redis://:pw@redis.shop.svc:6379/0");
+        assert_eq!(in_namespace("amqp://guest@rabbitmq//", "shop"), "amqp://guest@rabbitmq.shop.svc//");
+        for kept in
+            ["redis://redis.other.svc:6379/0", "redis://127.0.0.1:6379", "redis://localhost/1", "redis+socket:///run/redis.sock"]
+        {
             assert_eq!(in_namespace(kept, "shop"), kept);
         }
     }
@@ -269,37 +232,19 @@ mod tests {
     #[test]
     fn connect_picks_the_broker_by_scheme() {
         let options = BrokerOptions::default();
-        assert!(matches!(
-            connect("redis://localhost/0", &options),
-            Ok(Broker::Redis(_))
-        ));
-        assert!(matches!(
-            connect("amqp://guest:guest@localhost//", &options),
-            Ok(Broker::RabbitMq(_))
-        ));
-        let error = connect("sqs://key:secret@sqs.example/", &options)
-            .err()
-            .expect("unsupported");
-        assert!(
-            matches!(error, BrokerError::UnsupportedScheme { .. }),
-            "{error}"
-        );
+        assert!(matches!(connect("redis://localhost/0", &options), Ok(Broker::Redis(_))));
+        assert!(matches!(connect("amqp://guest:guest@localhost//", &options), Ok(Broker::RabbitMq(_))));
+        let error = connect("sqs://key:secret@sqs.example/", &options).err().expect("unsupported");
+        assert!(matches!(error, BrokerError::UnsupportedScheme { .. }), "{error}");
         assert!(!error.to_string().contains("secret"), "{error}");
-        let error = connect("redis://:pw@host:notaport/0", &options)
-            .err()
-            .expect("invalid");
+        let error = connect("redis://:pw@host:notaport/0", &options).err().expect("invalid");
         assert!(!error.to_string().contains("pw"), "{error}");
     }
 
     #[test]
     fn unknown_backlog_is_not_a_sample() {
         assert_eq!(QueueStats::unknown("q").to_sample(), None);
-        let known = QueueStats {
-            name: "q".into(),
-            backlog: Some(3),
-            reserved: None,
-            consumers: Some(1),
-        };
+        let known = QueueStats { name: "q".into(), backlog: Some(3), reserved: None, consumers: Some(1) };
         assert_eq!(known.to_sample().map(|s| s.backlog), Some(3));
     }
 }

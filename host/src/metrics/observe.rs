@@ -29,17 +29,10 @@ impl Observation {
 }
 
 /// Reads the named queues of one broker once.
-pub async fn observe(
-    broker_url: &str,
-    queues: &[String],
-    options: &BrokerOptions,
-) -> Result<Observation, BrokerError> {
+pub async fn observe(broker_url: &str, queues: &[String], options: &BrokerOptions) -> Result<Observation, BrokerError> {
     let broker = connect(broker_url, options)?;
     let stats = broker.queues(queues).await?;
-    Ok(Observation {
-        broker: broker.display_url().to_string(),
-        queues: stats,
-    })
+    Ok(Observation { broker: broker.display_url().to_string(), queues: stats })
 }
 
 /// Arguments of `celery-operator observe`.
@@ -74,27 +67,13 @@ pub struct ObserveArgs {
 
 /// Runs `celery-operator observe`: one reading, printed as JSON on stdout.
 pub async fn run(args: ObserveArgs) -> anyhow::Result<()> {
-    let ObserveArgs {
-        broker,
-        queues,
-        management_url,
-        timeout,
-        sep,
-        priority_steps,
-        global_keyprefix,
-        unacked_key,
-    } = args;
+    let ObserveArgs { broker, queues, management_url, timeout, sep, priority_steps, global_keyprefix, unacked_key } = args;
     if !(timeout.is_finite() && timeout > 0.0) {
         anyhow::bail!("--timeout must be a positive number of seconds, not {timeout}");
     }
     let options = BrokerOptions {
         timeout: Duration::from_secs_f64(timeout),
-        redis: RedisLayout {
-            sep,
-            priority_steps,
-            global_keyprefix,
-            unacked_key,
-        },
+        redis: RedisLayout { sep, priority_steps, global_keyprefix, unacked_key },
         management_url,
     };
     let observation = observe(&broker, &queues, &options).await?;
@@ -120,17 +99,8 @@ mod tests {
         assert_eq!(cli.args.queues, ["celery"]);
         assert_eq!(cli.args.sep, "\x06\x16");
         assert_eq!(cli.args.priority_steps, [0, 3, 6, 9]);
-        let cli = Cli::try_parse_from([
-            "observe",
-            "--broker",
-            "redis://r/0",
-            "--queue",
-            "a",
-            "b",
-            "--priority-steps",
-            "0,1,2",
-        ])
-        .expect("parses");
+        let cli = Cli::try_parse_from(["observe", "--broker", "redis://r/0", "--queue", "a", "b", "--priority-steps", "0,1,2"])
+            .expect("parses");
         assert_eq!(cli.args.queues, ["a", "b"]);
         assert_eq!(cli.args.priority_steps, [0, 1, 2]);
     }
@@ -139,18 +109,10 @@ mod tests {
     fn policy_queues_need_every_backlog() {
         let mut observation = Observation {
             broker: "redis://r/0".into(),
-            queues: vec![QueueStats {
-                name: "a".into(),
-                backlog: Some(2),
-                reserved: Some(1),
-                consumers: None,
-            }],
+            queues: vec![QueueStats { name: "a".into(), backlog: Some(2), reserved: Some(1), consumers: None }],
         };
         let json = serde_json::to_value(&observation).expect("serialises");
-        assert_eq!(
-            json["queues"][0],
-            serde_json::json!({"name": "a", "backlog": 2, "reserved": 1, "consumers": null})
-        );
+        assert_eq!(json["queues"][0], serde_json::json!({"name": "a", "backlog": 2, "reserved": 1, "consumers": null}));
         assert_eq!(observation.policy_queues().map(|q| q.len()), Some(1));
         observation.queues.push(QueueStats::unknown("b"));
         assert_eq!(observation.policy_queues(), None);

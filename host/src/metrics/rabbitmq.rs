@@ -44,38 +44,22 @@ pub fn vhost(url: &Url) -> String {
     if path.is_empty() {
         return "/".into();
     }
-    percent_encoding::percent_decode_str(path)
-        .decode_utf8_lossy()
-        .into_owned()
+    percent_encoding::percent_decode_str(path).decode_utf8_lossy().into_owned()
 }
 
 /// The management API for an AMQP URL, optionally given explicitly. Credentials come from the
 /// management URL if it has them, else from the AMQP URL, else kombu's default `guest:guest`.
 pub fn parse_urls(amqp: &Url, management: Option<&Url>) -> Result<Target, String> {
-    let decode = |s: &str| {
-        percent_encoding::percent_decode_str(s)
-            .decode_utf8_lossy()
-            .into_owned()
-    };
+    let decode = |s: &str| percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned();
     let credentials = |url: &Url| {
-        (!url.username().is_empty()).then(|| {
-            (
-                decode(url.username()),
-                url.password().map(decode).unwrap_or_default(),
-            )
-        })
+        (!url.username().is_empty()).then(|| (decode(url.username()), url.password().map(decode).unwrap_or_default()))
     };
-    let (username, password) = management
-        .and_then(credentials)
-        .or_else(|| credentials(amqp))
-        .unwrap_or_else(|| ("guest".into(), "guest".into()));
+    let (username, password) =
+        management.and_then(credentials).or_else(|| credentials(amqp)).unwrap_or_else(|| ("guest".into(), "guest".into()));
     let api = match management {
         Some(m) => {
             if !matches!(m.scheme(), "http" | "https") {
-                return Err(format!(
-                    "the management URL must be http:// or https://, not {}://",
-                    m.scheme()
-                ));
+                return Err(format!("the management URL must be http:// or https://, not {}://", m.scheme()));
             }
             let host = m.host_str().ok_or("the management URL has no host")?;
             let port = m.port().map(|p| format!(":{p}")).unwrap_or_default();
@@ -83,33 +67,17 @@ pub fn parse_urls(amqp: &Url, management: Option<&Url>) -> Result<Target, String
             format!("{}://{host}{port}{path}", m.scheme())
         }
         None => {
-            let host = amqp
-                .host_str()
-                .filter(|h| !h.is_empty())
-                .unwrap_or("localhost");
-            let (scheme, port) = if amqp.scheme() == "amqps" {
-                ("https", 15671)
-            } else {
-                ("http", 15672)
-            };
+            let host = amqp.host_str().filter(|h| !h.is_empty()).unwrap_or("localhost");
+            let (scheme, port) = if amqp.scheme() == "amqps" { ("https", 15671) } else { ("http", 15672) };
             format!("{scheme}://{host}:{port}")
         }
     };
-    Ok(Target {
-        api,
-        vhost: vhost(amqp),
-        username,
-        password,
-    })
+    Ok(Target { api, vhost: vhost(amqp), username, password })
 }
 
 /// The path of one queue in the API, every reserved character percent-encoded.
 pub fn queue_path(vhost: &str, queue: &str) -> String {
-    format!(
-        "/api/queues/{}/{}",
-        utf8_percent_encode(vhost, NON_ALPHANUMERIC),
-        utf8_percent_encode(queue, NON_ALPHANUMERIC)
-    )
+    format!("/api/queues/{}/{}", utf8_percent_encode(vhost, NON_ALPHANUMERIC), utf8_percent_encode(queue, NON_ALPHANUMERIC))
 }
 
 /// The figures of a queue object of the API. They are absent until the broker has computed
@@ -137,10 +105,7 @@ impl RabbitMqBroker {
     pub(crate) fn new(url: &Url, options: &BrokerOptions) -> Result<Self, BrokerError> {
         super::ensure_crypto_provider();
         let display = redact(url);
-        let invalid = |reason: String| BrokerError::InvalidUrl {
-            broker: display.clone(),
-            reason,
-        };
+        let invalid = |reason: String| BrokerError::InvalidUrl { broker: display.clone(), reason };
         let management = match options.management_url.as_deref() {
             Some(m) => Some(Url::parse(m).map_err(|e| invalid(format!("management URL: {e}")))?),
             None => None,
@@ -150,15 +115,8 @@ impl RabbitMqBroker {
             .timeout(options.timeout)
             .connect_timeout(options.timeout)
             .build()
-            .map_err(|source| BrokerError::Http {
-                broker: display.clone(),
-                what: "building the HTTP client",
-                source,
-            })?;
-        let display = format!(
-            "{display} (management API {})",
-            redact_api(management.as_ref(), &target)
-        );
+            .map_err(|source| BrokerError::Http { broker: display.clone(), what: "building the HTTP client", source })?;
+        let display = format!("{display} (management API {})", redact_api(management.as_ref(), &target));
         Ok(Self {
             http,
             api: target.api,
@@ -187,12 +145,7 @@ impl RabbitMqBroker {
                     missing = true;
                     // Celery declares a queue when a worker starts or the first task is sent
                     // to it; until then nothing can wait in it, so its backlog is truly 0.
-                    stats.push(QueueStats {
-                        name: name.clone(),
-                        backlog: Some(0),
-                        reserved: Some(0),
-                        consumers: Some(0),
-                    });
+                    stats.push(QueueStats { name: name.clone(), backlog: Some(0), reserved: Some(0), consumers: Some(0) });
                 }
             }
         }
@@ -217,21 +170,15 @@ impl RabbitMqBroker {
     }
 
     async fn queue(&self, name: &str) -> Result<Outcome, BrokerError> {
-        let path = format!(
-            "{}?columns=messages_ready,messages_unacknowledged,consumers",
-            queue_path(&self.vhost, name)
-        );
+        let path = format!("{}?columns=messages_ready,messages_unacknowledged,consumers", queue_path(&self.vhost, name));
         let response = self.get(&path).await?;
         match response.status() {
             status if status.is_success() => {
-                let body: serde_json::Value =
-                    response.json().await.map_err(|e| self.transport_error(e))?;
+                let body: serde_json::Value = response.json().await.map_err(|e| self.transport_error(e))?;
                 Ok(Outcome::Found(queue_stats(name, &body)))
             }
             StatusCode::NOT_FOUND => Ok(Outcome::Missing),
-            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
-                Err(self.unauthorized(response).await)
-            }
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => Err(self.unauthorized(response).await),
             status => {
                 tracing::warn!(broker = %self.display, queue = name, %status, "the management API could not report the queue");
                 Ok(Outcome::QueueFailed(QueueStats::unknown(name)))
@@ -240,17 +187,12 @@ impl RabbitMqBroker {
     }
 
     async fn vhost_exists(&self) -> Result<bool, BrokerError> {
-        let path = format!(
-            "/api/vhosts/{}",
-            utf8_percent_encode(&self.vhost, NON_ALPHANUMERIC)
-        );
+        let path = format!("/api/vhosts/{}", utf8_percent_encode(&self.vhost, NON_ALPHANUMERIC));
         let response = self.get(&path).await?;
         match response.status() {
             status if status.is_success() => Ok(true),
             StatusCode::NOT_FOUND => Ok(false),
-            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
-                Err(self.unauthorized(response).await)
-            }
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => Err(self.unauthorized(response).await),
             status => Err(BrokerError::Unexpected {
                 broker: self.display.clone(),
                 detail: format!("checking the vhost `{}`: HTTP {status}", self.vhost),
@@ -268,29 +210,16 @@ impl RabbitMqBroker {
             .unwrap_or_default();
         BrokerError::Unauthorized {
             broker: self.display.clone(),
-            detail: format!(
-                "HTTP {status} for user `{}` on vhost `{}` {reason}",
-                self.username, self.vhost
-            )
-            .trim_end()
-            .into(),
+            detail: format!("HTTP {status} for user `{}` on vhost `{}` {reason}", self.username, self.vhost).trim_end().into(),
         }
     }
 
     fn transport_error(&self, source: reqwest::Error) -> BrokerError {
         let broker = self.display.clone();
         if source.is_timeout() {
-            BrokerError::Timeout {
-                broker,
-                what: "asking the management API",
-                limit: self.timeout,
-            }
+            BrokerError::Timeout { broker, what: "asking the management API", limit: self.timeout }
         } else {
-            BrokerError::Http {
-                broker,
-                what: "asking the management API",
-                source: source.without_url(),
-            }
+            BrokerError::Http { broker, what: "asking the management API", source: source.without_url() }
         }
     }
 }
@@ -324,10 +253,7 @@ mod tests {
     #[test]
     fn paths_encode_vhost_and_queue() {
         assert_eq!(queue_path("/", "celery"), "/api/queues/%2F/celery");
-        assert_eq!(
-            queue_path("team/a", "high prio"),
-            "/api/queues/team%2Fa/high%20prio"
-        );
+        assert_eq!(queue_path("team/a", "high prio"), "/api/queues/team%2Fa/high%20prio");
     }
 
     #[test]
@@ -343,10 +269,7 @@ mod tests {
             }
         );
         let t = parse_urls(&url("amqps://rabbit//"), None).expect("parses");
-        assert_eq!(
-            (t.api.as_str(), t.username.as_str(), t.password.as_str()),
-            ("https://rabbit:15671", "guest", "guest")
-        );
+        assert_eq!((t.api.as_str(), t.username.as_str(), t.password.as_str()), ("https://rabbit:15671", "guest", "guest"));
         let m = url("https://admin:pw@mgmt.example:8443/rabbit/");
         let t = parse_urls(&url("amqp://celery:x@rabbit//"), Some(&m)).expect("parses");
         assert_eq!(
@@ -358,24 +281,12 @@ mod tests {
 
     #[test]
     fn queue_objects_without_statistics_are_unknown() {
-        let body =
-            serde_json::json!({"messages_ready": 4, "messages_unacknowledged": 2, "consumers": 1});
+        let body = serde_json::json!({"messages_ready": 4, "messages_unacknowledged": 2, "consumers": 1});
         assert_eq!(
             queue_stats("q", &body),
-            QueueStats {
-                name: "q".into(),
-                backlog: Some(4),
-                reserved: Some(2),
-                consumers: Some(1)
-            }
+            QueueStats { name: "q".into(), backlog: Some(4), reserved: Some(2), consumers: Some(1) }
         );
-        assert_eq!(
-            queue_stats("q", &serde_json::json!([])),
-            QueueStats::unknown("q")
-        );
-        assert_eq!(
-            queue_stats("q", &serde_json::json!({"name": "q"})),
-            QueueStats::unknown("q")
-        );
+        assert_eq!(queue_stats("q", &serde_json::json!([])), QueueStats::unknown("q"));
+        assert_eq!(queue_stats("q", &serde_json::json!({"name": "q"})), QueueStats::unknown("q"));
     }
 }

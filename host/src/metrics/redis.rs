@@ -22,10 +22,7 @@ use std::borrow::Cow;
 use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
-use redis::{
-    AsyncConnectionConfig, ConnectionAddr, ConnectionInfo, IntoConnectionInfo, RedisConnectionInfo,
-    Value,
-};
+use redis::{AsyncConnectionConfig, ConnectionAddr, ConnectionInfo, IntoConnectionInfo, RedisConnectionInfo, Value};
 use serde::Deserialize;
 use serde::de::IgnoredAny;
 use tokio::sync::Mutex;
@@ -55,57 +52,30 @@ pub struct Target {
 /// Parses `redis://[user][:password]@host[:port][/db]`, `rediss://…` (TLS; `ssl_cert_reqs=none`
 /// skips certificate checks, as in Celery) and `redis+socket:///path?virtual_host=db`.
 pub fn parse_url(url: &Url) -> Result<Target, String> {
-    let decode = |s: &str| {
-        percent_encoding::percent_decode_str(s)
-            .decode_utf8_lossy()
-            .into_owned()
-    };
-    let query = |name: &str| {
-        url.query_pairs()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.into_owned())
-    };
+    let decode = |s: &str| percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned();
+    let query = |name: &str| url.query_pairs().find(|(k, _)| k == name).map(|(_, v)| v.into_owned());
     let username = Some(decode(url.username())).filter(|u| !u.is_empty());
     let password = url.password().map(decode);
     let default_port = 6379;
     let (addr, db_text) = match url.scheme() {
         "redis" | "rediss" => {
-            let host = url
-                .host_str()
-                .filter(|h| !h.is_empty())
-                .ok_or("the URL has no host")?;
-            let host = host
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .to_string();
+            let host = url.host_str().filter(|h| !h.is_empty()).ok_or("the URL has no host")?;
+            let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
             let port = url.port().unwrap_or(default_port);
             let addr = if url.scheme() == "rediss" {
                 let insecure = match query("ssl_cert_reqs").as_deref() {
-                    None | Some("required" | "CERT_REQUIRED" | "optional" | "CERT_OPTIONAL") => {
-                        false
-                    }
+                    None | Some("required" | "CERT_REQUIRED" | "optional" | "CERT_OPTIONAL") => false,
                     Some("none" | "CERT_NONE") => true,
                     Some(other) => {
-                        return Err(format!(
-                            "ssl_cert_reqs={other} is not one of required, optional, none"
-                        ));
+                        return Err(format!("ssl_cert_reqs={other} is not one of required, optional, none"));
                     }
                 };
-                ConnectionAddr::TcpTls {
-                    host,
-                    port,
-                    insecure,
-                    tls_params: None,
-                }
+                ConnectionAddr::TcpTls { host, port, insecure, tls_params: None }
             } else {
                 ConnectionAddr::Tcp(host, port)
             };
             let path = url.path().trim_matches('/');
-            let db = if path.is_empty() {
-                query("db").or_else(|| query("virtual_host"))
-            } else {
-                Some(path.to_string())
-            };
+            let db = if path.is_empty() { query("db").or_else(|| query("virtual_host")) } else { Some(path.to_string()) };
             (addr, db)
         }
         _ => {
@@ -118,48 +88,26 @@ pub fn parse_url(url: &Url) -> Result<Target, String> {
     };
     let db = match db_text.as_deref().map(|d| d.trim_start_matches('/')) {
         None | Some("") => 0,
-        Some(text) => text
-            .parse::<i64>()
-            .map_err(|_| format!("the database `{text}` is not a number"))?,
+        Some(text) => text.parse::<i64>().map_err(|_| format!("the database `{text}` is not a number"))?,
     };
-    Ok(Target {
-        addr,
-        db,
-        username,
-        password,
-    })
+    Ok(Target { addr, db, username, password })
 }
 
 /// The lists holding one queue, in kombu's order of priority steps, each key once.
-pub fn queue_keys<'a>(
-    layout: &'a RedisLayout,
-    queue: &'a str,
-) -> impl Iterator<Item = String> + 'a {
+pub fn queue_keys<'a>(layout: &'a RedisLayout, queue: &'a str) -> impl Iterator<Item = String> + 'a {
     let prefix = &layout.global_keyprefix;
-    layout
-        .priority_steps
-        .iter()
-        .enumerate()
-        .filter_map(move |(i, &step)| {
-            if layout.priority_steps[..i].contains(&step) {
-                return None;
-            }
-            Some(if step == 0 {
-                format!("{prefix}{queue}")
-            } else {
-                format!("{prefix}{queue}{}{step}", layout.sep)
-            })
-        })
+    layout.priority_steps.iter().enumerate().filter_map(move |(i, &step)| {
+        if layout.priority_steps[..i].contains(&step) {
+            return None;
+        }
+        Some(if step == 0 { format!("{prefix}{queue}") } else { format!("{prefix}{queue}{}{step}", layout.sep) })
+    })
 }
 
 /// Number of distinct keys [`queue_keys`] yields per queue.
 fn keys_per_queue(layout: &RedisLayout) -> usize {
     let steps = &layout.priority_steps;
-    steps
-        .iter()
-        .enumerate()
-        .filter(|&(i, step)| !steps[..i].contains(step))
-        .count()
+    steps.iter().enumerate().filter(|&(i, step)| !steps[..i].contains(step)).count()
 }
 
 /// The key of the unacked hash.
@@ -173,17 +121,12 @@ struct UnackedEntry<'a>(IgnoredAny, IgnoredAny, #[serde(borrow)] Cow<'a, str>);
 
 /// The routing key of one entry of the unacked hash, or `None` if it is not kombu's format.
 pub fn routing_key(entry: &[u8]) -> Option<Cow<'_, str>> {
-    serde_json::from_slice::<UnackedEntry<'_>>(entry)
-        .ok()
-        .map(|e| e.2)
+    serde_json::from_slice::<UnackedEntry<'_>>(entry).ok().map(|e| e.2)
 }
 
 /// Reserved messages per queue (in the order of `names`) from the values of the unacked hash.
 /// `None` if an entry cannot be read: it could belong to any queue, so no count is certain.
-pub fn count_reserved<'e>(
-    names: &[String],
-    entries: impl IntoIterator<Item = &'e [u8]>,
-) -> Option<Vec<u64>> {
+pub fn count_reserved<'e>(names: &[String], entries: impl IntoIterator<Item = &'e [u8]>) -> Option<Vec<u64>> {
     let mut counts = vec![0u64; names.len()];
     for entry in entries {
         let key = routing_key(entry)?;
@@ -195,19 +138,11 @@ pub fn count_reserved<'e>(
 }
 
 /// Turns the pipeline's replies (every `LLEN`, queue by queue, then the `HVALS`) into figures.
-pub fn tally(
-    layout: &RedisLayout,
-    names: &[String],
-    replies: &[Value],
-) -> Result<Vec<QueueStats>, String> {
+pub fn tally(layout: &RedisLayout, names: &[String], replies: &[Value]) -> Result<Vec<QueueStats>, String> {
     let per_queue = keys_per_queue(layout);
     let lists = names.len() * per_queue;
     if replies.len() != lists + 1 {
-        return Err(format!(
-            "expected {} replies to the pipeline, got {}",
-            lists + 1,
-            replies.len()
-        ));
+        return Err(format!("expected {} replies to the pipeline, got {}", lists + 1, replies.len()));
     }
     let (lengths, unacked) = replies.split_at(lists);
     let reserved = match unacked.first() {
@@ -228,9 +163,7 @@ pub fn tally(
         let mut backlog = 0u64;
         for reply in &lengths[i * per_queue..(i + 1) * per_queue] {
             match reply {
-                Value::Int(n) => {
-                    backlog += u64::try_from(*n).map_err(|_| format!("LLEN returned {n}"))?
-                }
+                Value::Int(n) => backlog += u64::try_from(*n).map_err(|_| format!("LLEN returned {n}"))?,
                 other => return Err(format!("LLEN returned {other:?} instead of a number")),
             }
         }
@@ -248,10 +181,7 @@ impl RedisBroker {
     pub(crate) fn new(url: &Url, options: &BrokerOptions) -> Result<Self, BrokerError> {
         super::ensure_crypto_provider();
         let display = redact(url);
-        let target = parse_url(url).map_err(|reason| BrokerError::InvalidUrl {
-            broker: display.clone(),
-            reason,
-        })?;
+        let target = parse_url(url).map_err(|reason| BrokerError::InvalidUrl { broker: display.clone(), reason })?;
         let mut settings = RedisConnectionInfo::default().set_db(target.db);
         if let Some(user) = &target.username {
             settings = settings.set_username(user);
@@ -262,22 +192,11 @@ impl RedisBroker {
         let info: ConnectionInfo = target
             .addr
             .into_connection_info()
-            .map_err(|e| BrokerError::InvalidUrl {
-                broker: display.clone(),
-                reason: e.to_string(),
-            })?
+            .map_err(|e| BrokerError::InvalidUrl { broker: display.clone(), reason: e.to_string() })?
             .set_redis_settings(settings);
-        let client = redis::Client::open(info).map_err(|e| BrokerError::InvalidUrl {
-            broker: display.clone(),
-            reason: e.to_string(),
-        })?;
-        Ok(Self {
-            client,
-            display,
-            layout: options.redis.clone(),
-            timeout: options.timeout,
-            connection: Mutex::new(None),
-        })
+        let client =
+            redis::Client::open(info).map_err(|e| BrokerError::InvalidUrl { broker: display.clone(), reason: e.to_string() })?;
+        Ok(Self { client, display, layout: options.redis.clone(), timeout: options.timeout, connection: Mutex::new(None) })
     }
 
     pub fn display_url(&self) -> &str {
@@ -297,11 +216,7 @@ impl RedisBroker {
             }
             Err(_) => {
                 *self.connection.lock().await = None;
-                Err(BrokerError::Timeout {
-                    broker: self.display.clone(),
-                    what: "reading the queues",
-                    limit: self.timeout,
-                })
+                Err(BrokerError::Timeout { broker: self.display.clone(), what: "reading the queues", limit: self.timeout })
             }
         }
     }
@@ -315,14 +230,8 @@ impl RedisBroker {
             }
         }
         pipe.cmd("HVALS").arg(unacked_key(&self.layout));
-        let replies: Vec<Value> = pipe
-            .query_async(&mut connection)
-            .await
-            .map_err(|e| self.error("reading the queues", e))?;
-        tally(&self.layout, names, &replies).map_err(|detail| BrokerError::Unexpected {
-            broker: self.display.clone(),
-            detail,
-        })
+        let replies: Vec<Value> = pipe.query_async(&mut connection).await.map_err(|e| self.error("reading the queues", e))?;
+        tally(&self.layout, names, &replies).map_err(|detail| BrokerError::Unexpected { broker: self.display.clone(), detail })
     }
 
     async fn connection(&self) -> Result<MultiplexedConnection, BrokerError> {
@@ -330,14 +239,10 @@ impl RedisBroker {
         if let Some(connection) = slot.as_ref() {
             return Ok(connection.clone());
         }
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(self.timeout))
-            .set_response_timeout(Some(self.timeout));
-        let connection = self
-            .client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await
-            .map_err(|e| self.error("connecting", e))?;
+        let config =
+            AsyncConnectionConfig::new().set_connection_timeout(Some(self.timeout)).set_response_timeout(Some(self.timeout));
+        let connection =
+            self.client.get_multiplexed_async_connection_with_config(&config).await.map_err(|e| self.error("connecting", e))?;
         *slot = Some(connection.clone());
         Ok(connection)
     }
@@ -350,25 +255,12 @@ impl RedisBroker {
         if text.contains("NOAUTH") {
             let detail = "the broker requires a password and the URL gives none (NOAUTH)".into();
             BrokerError::Unauthorized { broker, detail }
-        } else if source.kind() == redis::ErrorKind::AuthenticationFailed
-            || text.contains("WRONGPASS")
-        {
-            BrokerError::Unauthorized {
-                broker,
-                detail: text,
-            }
+        } else if source.kind() == redis::ErrorKind::AuthenticationFailed || text.contains("WRONGPASS") {
+            BrokerError::Unauthorized { broker, detail: text }
         } else if source.is_timeout() {
-            BrokerError::Timeout {
-                broker,
-                what,
-                limit: self.timeout,
-            }
+            BrokerError::Timeout { broker, what, limit: self.timeout }
         } else {
-            BrokerError::Redis {
-                broker,
-                what,
-                source,
-            }
+            BrokerError::Redis { broker, what, source }
         }
     }
 }
@@ -384,48 +276,17 @@ mod tests {
     #[test]
     fn urls_give_host_db_and_credentials() {
         let t = parse_url(&url("redis://redis:6380/3")).expect("parses");
-        assert_eq!(
-            t,
-            Target {
-                addr: ConnectionAddr::Tcp("redis".into(), 6380),
-                db: 3,
-                username: None,
-                password: None
-            }
-        );
+        assert_eq!(t, Target { addr: ConnectionAddr::Tcp("redis".into(), 6380), db: 3, username: None, password: None });
         let t = parse_url(&url("redis://:p%40ss@redis")).expect("parses");
-        assert_eq!(
-            (t.db, t.username, t.password.as_deref()),
-            (0, None, Some("p@ss"))
-        );
+        assert_eq!((t.db, t.username, t.password.as_deref()), (0, None, Some("p@ss")));
         let t = parse_url(&url("redis://celery:pw@redis/1")).expect("parses");
-        assert_eq!(
-            (t.username.as_deref(), t.password.as_deref(), t.db),
-            (Some("celery"), Some("pw"), 1)
-        );
+        assert_eq!((t.username.as_deref(), t.password.as_deref(), t.db), (Some("celery"), Some("pw"), 1));
         let t = parse_url(&url("rediss://redis:6390/0?ssl_cert_reqs=CERT_NONE")).expect("parses");
-        assert_eq!(
-            t.addr,
-            ConnectionAddr::TcpTls {
-                host: "redis".into(),
-                port: 6390,
-                insecure: true,
-                tls_params: None
-            }
-        );
+        assert_eq!(t.addr, ConnectionAddr::TcpTls { host: "redis".into(), port: 6390, insecure: true, tls_params: None });
         let t = parse_url(&url("rediss://redis/0")).expect("parses");
-        assert!(matches!(
-            t.addr,
-            ConnectionAddr::TcpTls {
-                insecure: false,
-                ..
-            }
-        ));
+        assert!(matches!(t.addr, ConnectionAddr::TcpTls { insecure: false, .. }));
         let t = parse_url(&url("redis+socket:///run/redis.sock?virtual_host=2")).expect("parses");
-        assert_eq!(
-            (t.addr, t.db),
-            (ConnectionAddr::Unix("/run/redis.sock".into()), 2)
-        );
+        assert_eq!((t.addr, t.db), (ConnectionAddr::Unix("/run/redis.sock".into()), 2));
         assert!(parse_url(&url("redis://redis/zero")).is_err());
         assert!(parse_url(&url("rediss://redis/0?ssl_cert_reqs=maybe")).is_err());
     }
@@ -434,15 +295,7 @@ mod tests {
     fn keys_follow_kombu_priority_layout() {
         let layout = RedisLayout::default();
         let keys: Vec<_> = queue_keys(&layout, "celery").collect();
-        assert_eq!(
-            keys,
-            [
-                "celery",
-                "celery\x06\x163",
-                "celery\x06\x166",
-                "celery\x06\x169"
-            ]
-        );
+        assert_eq!(keys, ["celery", "celery\x06\x163", "celery\x06\x166", "celery\x06\x169"]);
         let layout = RedisLayout {
             sep: ":".into(),
             priority_steps: vec![0, 1, 1, 2],
@@ -465,10 +318,7 @@ mod tests {
             br#"[{"body": ""}, "other", "other"]"#,
         ];
         assert_eq!(count_reserved(&names, entries), Some(vec![2, 1]));
-        assert_eq!(
-            routing_key(br#"[{}, "", "ma\"il"]"#).as_deref(),
-            Some("ma\"il")
-        );
+        assert_eq!(routing_key(br#"[{}, "", "ma\"il"]"#).as_deref(), Some("ma\"il"));
         assert_eq!(count_reserved(&names, [b"not json".as_slice()]), None);
         assert_eq!(count_reserved(&names, [br#"[{}, "x"]"#.as_slice()]), None);
     }
@@ -477,45 +327,17 @@ mod tests {
     fn replies_sum_over_priority_lists() {
         let layout = RedisLayout::default();
         let names = vec!["a".to_string(), "b".to_string()];
-        let mut replies: Vec<Value> = [1, 2, 0, 3, 0, 0, 0, 5]
-            .into_iter()
-            .map(Value::Int)
-            .collect();
-        replies.push(Value::Array(vec![Value::BulkString(
-            br#"[{}, "", "b"]"#.to_vec(),
-        )]));
+        let mut replies: Vec<Value> = [1, 2, 0, 3, 0, 0, 0, 5].into_iter().map(Value::Int).collect();
+        replies.push(Value::Array(vec![Value::BulkString(br#"[{}, "", "b"]"#.to_vec())]));
         let stats = tally(&layout, &names, &replies).expect("tallies");
-        assert_eq!(
-            stats[0],
-            QueueStats {
-                name: "a".into(),
-                backlog: Some(6),
-                reserved: Some(0),
-                consumers: None
-            }
-        );
-        assert_eq!(
-            stats[1],
-            QueueStats {
-                name: "b".into(),
-                backlog: Some(5),
-                reserved: Some(1),
-                consumers: None
-            }
-        );
+        assert_eq!(stats[0], QueueStats { name: "a".into(), backlog: Some(6), reserved: Some(0), consumers: None });
+        assert_eq!(stats[1], QueueStats { name: "b".into(), backlog: Some(5), reserved: Some(1), consumers: None });
 
         replies.pop();
-        assert!(
-            tally(&layout, &names, &replies).is_err(),
-            "a missing HVALS reply is an error"
-        );
+        assert!(tally(&layout, &names, &replies).is_err(), "a missing HVALS reply is an error");
         replies.push(Value::Array(vec![Value::BulkString(b"garbage".to_vec())]));
         let stats = tally(&layout, &names, &replies).expect("tallies");
-        assert_eq!(
-            (stats[0].backlog, stats[0].reserved),
-            (Some(6), None),
-            "unreadable unacked → unknown"
-        );
+        assert_eq!((stats[0].backlog, stats[0].reserved), (Some(6), None), "unreadable unacked → unknown");
         replies[0] = Value::Nil;
         assert!(tally(&layout, &names, &replies).is_err());
     }

@@ -62,19 +62,13 @@ impl ArtifactCache {
     /// Opens (creating, mode 0700) the cache directory and checks that only we can write it.
     pub fn open(dir: impl Into<PathBuf>) -> Result<Self, CacheError> {
         let dir = dir.into();
-        let io = |source| CacheError::Io {
-            dir: dir.clone(),
-            source,
-        };
+        let io = |source| CacheError::Io { dir: dir.clone(), source };
         std::fs::create_dir_all(&dir).map_err(io)?;
         #[cfg(unix)]
         {
             use std::os::unix::fs::{MetadataExt, PermissionsExt};
             let meta = std::fs::symlink_metadata(&dir).map_err(io)?;
-            let untrusted = |reason: String| CacheError::Untrusted {
-                dir: dir.clone(),
-                reason,
-            };
+            let untrusted = |reason: String| CacheError::Untrusted { dir: dir.clone(), reason };
             if !meta.is_dir() {
                 return Err(untrusted("it is not a directory".into()));
             }
@@ -82,14 +76,10 @@ impl ArtifactCache {
             let probe = tempfile::NamedTempFile::new_in(&dir).map_err(io)?;
             let uid = probe.as_file().metadata().map_err(io)?.uid();
             if meta.uid() != uid {
-                return Err(untrusted(format!(
-                    "it belongs to uid {}, not {uid}",
-                    meta.uid()
-                )));
+                return Err(untrusted(format!("it belongs to uid {}, not {uid}", meta.uid())));
             }
             if meta.mode() & 0o022 != 0 {
-                std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
-                    .map_err(io)?;
+                std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).map_err(io)?;
             }
         }
         Ok(Self { dir })
@@ -102,9 +92,7 @@ impl ArtifactCache {
     /// The artifact path of `bytes` compiled as `kind` by `engine`.
     pub fn path_for(&self, engine: &Engine, kind: Kind, bytes: &[u8]) -> PathBuf {
         let mut engine_hash = ShaHasher(Sha256::new());
-        engine
-            .precompile_compatibility_hash()
-            .hash(&mut engine_hash);
+        engine.precompile_compatibility_hash().hash(&mut engine_hash);
         let mut key = Sha256::new();
         key.update(Sha256::digest(bytes));
         key.update(engine_hash.0.finalize());
@@ -112,18 +100,12 @@ impl ArtifactCache {
             Kind::Component => "component",
             Kind::Module => "module",
         };
-        self.dir
-            .join(format!("{}.{suffix}.cwasm", hex::encode(key.finalize())))
+        self.dir.join(format!("{}.{suffix}.cwasm", hex::encode(key.finalize())))
     }
 
     /// Loads the artifact of `bytes` if this cache has it, otherwise compiles `bytes` and
     /// stores the result. Returns what it did and how long it took.
-    pub fn load_or_compile(
-        &self,
-        engine: &Engine,
-        kind: Kind,
-        bytes: &[u8],
-    ) -> wasmtime::Result<(Compiled, Origin, Duration)> {
+    pub fn load_or_compile(&self, engine: &Engine, kind: Kind, bytes: &[u8]) -> wasmtime::Result<(Compiled, Origin, Duration)> {
         let path = self.path_for(engine, kind, bytes);
         let start = Instant::now();
         if let Some(compiled) = self.load(engine, kind, &path) {
@@ -151,9 +133,7 @@ impl ArtifactCache {
         // only, atomically. wasmtime additionally checks the artifact's header and engine.
         let loaded = unsafe {
             match kind {
-                Kind::Component => {
-                    Component::deserialize_file(engine, path).map(Compiled::Component)
-                }
+                Kind::Component => Component::deserialize_file(engine, path).map(Compiled::Component),
                 Kind::Module => Module::deserialize_file(engine, path).map(Compiled::Module),
             }
         };
@@ -196,9 +176,7 @@ struct ShaHasher(Sha256);
 impl Hasher for ShaHasher {
     fn finish(&self) -> u64 {
         let digest = self.0.clone().finalize();
-        u64::from_le_bytes([
-            digest[0], digest[1], digest[2], digest[3], digest[4], digest[5], digest[6], digest[7],
-        ])
+        u64::from_le_bytes([digest[0], digest[1], digest[2], digest[3], digest[4], digest[5], digest[6], digest[7]])
     }
 
     fn write(&mut self, bytes: &[u8]) {

@@ -109,20 +109,9 @@ enum PolicyCommand {
 
 /// Runs a `policy` subcommand.
 pub async fn run(args: PolicyArgs) -> anyhow::Result<()> {
-    let PolicyArgs {
-        command,
-        builtin_dir,
-        user_dir,
-        cache_dir,
-        no_cache,
-        timeout_ms,
-        memory_mib,
-    } = args;
+    let PolicyArgs { command, builtin_dir, user_dir, cache_dir, no_cache, timeout_ms, memory_mib } = args;
     // Guest log lines matter when evaluating or checking one module; elsewhere they are noise.
-    let quiet = !matches!(
-        command,
-        PolicyCommand::Eval { .. } | PolicyCommand::Check { .. }
-    );
+    let quiet = !matches!(command, PolicyCommand::Eval { .. } | PolicyCommand::Check { .. });
     init_logging(if quiet { "warn" } else { "info" });
     let limits = CallLimits {
         memory_bytes: memory_mib.saturating_mul(1 << 20),
@@ -130,33 +119,23 @@ pub async fn run(args: PolicyArgs) -> anyhow::Result<()> {
         ..CallLimits::default()
     };
     let engine = PolicyEngine::new(EngineSettings {
-        max_memory_bytes: limits
-            .memory_bytes
-            .max(EngineSettings::default().max_memory_bytes),
+        max_memory_bytes: limits.memory_bytes.max(EngineSettings::default().max_memory_bytes),
         ..EngineSettings::default()
     })?;
     let settings = RegistrySettings {
         builtin_dir: builtin_dir.or_else(RegistrySettings::default_builtin_dir),
         user_dir,
-        cache_dir: (!no_cache)
-            .then(|| cache_dir.unwrap_or_else(RegistrySettings::default_cache_dir)),
+        cache_dir: (!no_cache).then(|| cache_dir.unwrap_or_else(RegistrySettings::default_cache_dir)),
     };
-    let tools = Tools {
-        engine,
-        settings,
-        limits,
-    };
+    let tools = Tools { engine, settings, limits };
     // Guest calls block; keep them off the runtime's workers like the operator does.
     tokio::task::spawn_blocking(move || tools.run(command)).await?
 }
 
 fn init_logging(default: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
 }
 
 struct Tools {
@@ -170,11 +149,7 @@ impl Tools {
         match command {
             PolicyCommand::List { json } => self.list(json),
             PolicyCommand::Check { file } => self.check(&file),
-            PolicyCommand::Eval {
-                policy,
-                input,
-                settings,
-            } => self.eval(&policy, &input, &settings),
+            PolicyCommand::Eval { policy, input, settings } => self.eval(&policy, &input, &settings),
             PolicyCommand::Simulate {
                 policy,
                 trace,
@@ -200,20 +175,15 @@ impl Tools {
                 };
                 self.simulate(&policy, &trace, plot.as_deref(), &options)
             }
-            PolicyCommand::Bench {
-                policy,
-                iterations,
-                input,
-                settings,
-            } => self.bench(&policy, iterations, input.as_deref(), &settings),
+            PolicyCommand::Bench { policy, iterations, input, settings } => {
+                self.bench(&policy, iterations, input.as_deref(), &settings)
+            }
         }
     }
 
     fn cache(&self) -> Option<ArtifactCache> {
         let dir = self.settings.cache_dir.as_ref()?;
-        ArtifactCache::open(dir)
-            .map_err(|e| tracing::warn!(error = %e, "compiling without a cache"))
-            .ok()
+        ArtifactCache::open(dir).map_err(|e| tracing::warn!(error = %e, "compiling without a cache")).ok()
     }
 
     fn registry(&self) -> Registry {
@@ -225,17 +195,10 @@ impl Tools {
     /// A file when `policy` names one, else a registry name.
     fn resolve(&self, policy: &str) -> anyhow::Result<Arc<LoadedPolicy>> {
         let path = Path::new(policy);
-        let looks_like_file = path.is_file()
-            || policy.contains('/')
-            || path.extension().is_some_and(|e| e == "wasm" || e == "wat");
+        let looks_like_file =
+            path.is_file() || policy.contains('/') || path.extension().is_some_and(|e| e == "wasm" || e == "wat");
         if looks_like_file {
-            let loaded = LoadedPolicy::load_file(
-                &self.engine,
-                self.cache().as_ref(),
-                path,
-                Source::File(path.into()),
-                None,
-            )?;
+            let loaded = LoadedPolicy::load_file(&self.engine, self.cache().as_ref(), path, Source::File(path.into()), None)?;
             return Ok(Arc::new(loaded));
         }
         Ok(self.registry().resolve(policy)?)
@@ -248,20 +211,12 @@ impl Tools {
             return Ok(());
         }
         if infos.is_empty() {
-            println!(
-                "no policies found (built-in dir: {:?}, user dir: {:?})",
-                self.settings.builtin_dir, self.settings.user_dir
-            );
+            println!("no policies found (built-in dir: {:?}, user dir: {:?})", self.settings.builtin_dir, self.settings.user_dir);
             return Ok(());
         }
-        println!(
-            "{:<16} {:<11} {:<10} {:<20} SOURCE",
-            "NAME", "LANGUAGE", "INTERFACE", "DIGEST"
-        );
+        println!("{:<16} {:<11} {:<10} {:<20} SOURCE", "NAME", "LANGUAGE", "INTERFACE", "DIGEST");
         for info in infos {
-            let digest = info.digest.as_deref().map_or("-".to_string(), |d| {
-                format!("sha256:{}", &d[..d.len().min(12)])
-            });
+            let digest = info.digest.as_deref().map_or("-".to_string(), |d| format!("sha256:{}", &d[..d.len().min(12)]));
             println!(
                 "{:<16} {:<11} {:<10} {:<20} {}",
                 info.name,
@@ -278,16 +233,14 @@ impl Tools {
     }
 
     fn check(&self, file: &Path) -> anyhow::Result<()> {
-        let policy =
-            LoadedPolicy::load_file(&self.engine, None, file, Source::File(file.into()), None)?;
+        let policy = LoadedPolicy::load_file(&self.engine, None, file, Source::File(file.into()), None)?;
         let stats = policy.stats();
         println!("{}: ok", file.display());
         println!("  interface: {}", policy.interface());
         println!(
             "  version:   {}",
             match policy.interface() {
-                super::Interface::Component =>
-                    format!("celery:autoscaler@{} compatible", super::WIT_VERSION),
+                super::Interface::Component => format!("celery:autoscaler@{} compatible", super::WIT_VERSION),
                 super::Interface::Core => format!("core ABI version {}", super::CORE_ABI_VERSION),
             }
         );
@@ -315,37 +268,22 @@ impl Tools {
         Ok(())
     }
 
-    fn simulate(
-        &self,
-        policy: &str,
-        trace: &Path,
-        plot: Option<&Path>,
-        options: &SimulateOptions,
-    ) -> anyhow::Result<()> {
+    fn simulate(&self, policy: &str, trace: &Path, plot: Option<&Path>, options: &SimulateOptions) -> anyhow::Result<()> {
         let loaded = self.resolve(policy)?;
         loaded.validate_settings(&self.limits, &options.settings)?;
-        let text = std::fs::read_to_string(trace)
-            .with_context(|| format!("reading {}", trace.display()))?;
-        let rows = simulate::parse_trace(&text)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", trace.display()))?;
+        let text = std::fs::read_to_string(trace).with_context(|| format!("reading {}", trace.display()))?;
+        let rows = simulate::parse_trace(&text).map_err(|e| anyhow::anyhow!("{}: {e}", trace.display()))?;
         let steps = simulate::simulate(&loaded, &self.limits, &rows, options);
         print!("{}", simulate::timeline(&steps));
         if let Some(plot) = plot {
             let title = format!("{} on {}", loaded.name(), trace.display());
-            std::fs::write(plot, simulate::plot_svg(&steps, &title))
-                .with_context(|| format!("writing {}", plot.display()))?;
+            std::fs::write(plot, simulate::plot_svg(&steps, &title)).with_context(|| format!("writing {}", plot.display()))?;
             println!("plot written to {}", plot.display());
         }
         Ok(())
     }
 
-    fn bench(
-        &self,
-        policy: &str,
-        iterations: usize,
-        input: Option<&Path>,
-        settings: &[String],
-    ) -> anyhow::Result<()> {
+    fn bench(&self, policy: &str, iterations: usize, input: Option<&Path>, settings: &[String]) -> anyhow::Result<()> {
         let loaded = self.resolve(policy)?;
         let mut input = match input {
             Some(path) => read_input(path)?,
@@ -391,14 +329,8 @@ pub fn percentiles(times: &mut [Duration]) -> (Duration, Duration) {
 }
 
 fn read_input(path: &Path) -> anyhow::Result<PolicyInput> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    serde_json::from_str(&text).with_context(|| {
-        format!(
-            "{} is not a policy input (see wit/CORE-ABI.md)",
-            path.display()
-        )
-    })
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{} is not a policy input (see wit/CORE-ABI.md)", path.display()))
 }
 
 /// `key=value` pairs; a pair without `=` is an error naming it.
@@ -418,12 +350,7 @@ pub fn sample_input() -> PolicyInput {
     let sample = |t: u64, backlog: u64, active: u32| Sample {
         timestamp_ms: 1_764_000_000_000 + t * 15_000,
         replicas: 2,
-        queues: vec![QueueSample {
-            name: "celery".into(),
-            backlog,
-            reserved: Some(8),
-            consumers: Some(2),
-        }],
+        queues: vec![QueueSample { name: "celery".into(), backlog, reserved: Some(8), consumers: Some(2) }],
         pods: (0..2)
             .map(|i| PodSample {
                 name: format!("orders-celery-worker-{i}"),
@@ -463,9 +390,6 @@ mod tests {
     #[test]
     fn percentiles_pick_ranks() {
         let mut times: Vec<Duration> = (1..=100).rev().map(Duration::from_micros).collect();
-        assert_eq!(
-            percentiles(&mut times),
-            (Duration::from_micros(51), Duration::from_micros(99))
-        );
+        assert_eq!(percentiles(&mut times), (Duration::from_micros(51), Duration::from_micros(99)));
     }
 }

@@ -31,13 +31,7 @@ use bindings::{ScalingPolicy, ScalingPolicyPre};
 const POLICY_EXPORT: &str = "celery:autoscaler/policy";
 const PACKAGE: &str = "celery:autoscaler";
 /// Interfaces of WASI a component may import; sockets and HTTP are not among them.
-const ALLOWED_WASI: &[&str] = &[
-    "wasi:cli/",
-    "wasi:io/",
-    "wasi:clocks/",
-    "wasi:random/",
-    "wasi:filesystem/",
-];
+const ALLOWED_WASI: &[&str] = &["wasi:cli/", "wasi:io/", "wasi:clocks/", "wasi:random/", "wasi:filesystem/"];
 
 /// Per-call state of a component's store.
 pub struct ComponentState {
@@ -58,10 +52,7 @@ impl sandbox::Limited for ComponentState {
 
 impl WasiView for ComponentState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
-        }
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
     }
 }
 
@@ -86,26 +77,15 @@ pub struct ComponentPolicy {
 
 impl ComponentPolicy {
     /// Checks the component's interface and links it.
-    pub fn new(
-        engine: &PolicyEngine,
-        policy: &str,
-        component: &Component,
-    ) -> Result<Self, PolicyError> {
+    pub fn new(engine: &PolicyEngine, policy: &str, component: &Component) -> Result<Self, PolicyError> {
         check_interface(engine, policy, component)?;
         let mut linker = Linker::<ComponentState>::new(engine.engine());
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
-            .map_err(|e| PolicyError::Engine(format!("linking WASI: {e:#}")))?;
-        ScalingPolicy::add_to_linker::<ComponentState, HasSelf<ComponentState>>(
-            &mut linker,
-            |state| state,
-        )
-        .map_err(|e| PolicyError::Engine(format!("linking the host interface: {e:#}")))?;
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| PolicyError::Engine(format!("linking WASI: {e:#}")))?;
+        ScalingPolicy::add_to_linker::<ComponentState, HasSelf<ComponentState>>(&mut linker, |state| state)
+            .map_err(|e| PolicyError::Engine(format!("linking the host interface: {e:#}")))?;
         let pre = linker
             .instantiate_pre(component)
-            .map_err(|e| PolicyError::Invalid {
-                policy: policy.to_string(),
-                detail: format!("{e:#}"),
-            })?;
+            .map_err(|e| PolicyError::Invalid { policy: policy.to_string(), detail: format!("{e:#}") })?;
         let pre = ScalingPolicyPre::new(pre).map_err(|e| PolicyError::MissingExport {
             policy: policy.to_string(),
             export: format!("{POLICY_EXPORT}@0.1.x ({e:#})"),
@@ -122,17 +102,9 @@ impl ComponentPolicy {
         input: &PolicyInput,
     ) -> Result<Decision, PolicyError> {
         let wit_input = to_wit(input);
-        let answer = self.call(
-            engine,
-            policy,
-            limits,
-            input.current.timestamp_ms,
-            |store, instance| {
-                instance
-                    .celery_autoscaler_policy()
-                    .call_decide(store, &wit_input)
-            },
-        )?;
+        let answer = self.call(engine, policy, limits, input.current.timestamp_ms, |store, instance| {
+            instance.celery_autoscaler_policy().call_decide(store, &wit_input)
+        })?;
         match answer {
             Ok(decision) => {
                 let size = decision.reason.len();
@@ -143,15 +115,11 @@ impl ComponentPolicy {
                         limit: limits.output_bytes as u64,
                     });
                 }
-                Ok(Decision {
-                    replicas: decision.replicas,
-                    reason: decision.reason,
-                })
+                Ok(Decision { replicas: decision.replicas, reason: decision.reason })
             }
-            Err(message) => Err(PolicyError::Rejected {
-                policy: policy.to_string(),
-                message: truncate(&message, sandbox::LOG_LINE_MAX),
-            }),
+            Err(message) => {
+                Err(PolicyError::Rejected { policy: policy.to_string(), message: truncate(&message, sandbox::LOG_LINE_MAX) })
+            }
         }
     }
 
@@ -163,15 +131,10 @@ impl ComponentPolicy {
         limits: &CallLimits,
         settings: &BTreeMap<String, String>,
     ) -> Result<(), PolicyError> {
-        let pairs: Vec<(String, String)> = settings
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
+        let pairs: Vec<(String, String)> = settings.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         let now = jiff::Timestamp::now().as_millisecond().max(0) as u64;
         let answer = self.call(engine, policy, limits, now, |store, instance| {
-            instance
-                .celery_autoscaler_policy()
-                .call_validate_settings(store, &pairs)
+            instance.celery_autoscaler_policy().call_validate_settings(store, &pairs)
         })?;
         answer.map_err(|message| PolicyError::InvalidSettings {
             policy: policy.to_string(),
@@ -202,11 +165,7 @@ impl ComponentPolicy {
 }
 
 /// Refuses a component that does not speak this host's version or imports too much.
-fn check_interface(
-    engine: &PolicyEngine,
-    policy: &str,
-    component: &Component,
-) -> Result<(), PolicyError> {
+fn check_interface(engine: &PolicyEngine, policy: &str, component: &Component) -> Result<(), PolicyError> {
     let ty = component.component_type();
     let supported = format!("{PACKAGE}@0.1.x");
     let mut found_export = None;
@@ -217,27 +176,20 @@ fn check_interface(
     }
     match found_export {
         None => {
-            return Err(PolicyError::MissingExport {
-                policy: policy.to_string(),
-                export: format!("{POLICY_EXPORT}@0.1.x"),
-            });
+            return Err(PolicyError::MissingExport { policy: policy.to_string(), export: format!("{POLICY_EXPORT}@0.1.x") });
         }
         Some(version) if !compatible(version.as_deref()) => {
             return Err(PolicyError::IncompatibleVersion {
                 policy: policy.to_string(),
-                found: format!(
-                    "{PACKAGE}@{}",
-                    version.as_deref().unwrap_or("(unversioned)")
-                ),
+                found: format!("{PACKAGE}@{}", version.as_deref().unwrap_or("(unversioned)")),
                 supported,
             });
         }
         Some(_) => {}
     }
     for (name, _) in ty.imports(engine.engine()) {
-        if let Some(version) = ["celery:autoscaler/host", "celery:autoscaler/types"]
-            .iter()
-            .find_map(|interface| versioned(name, interface))
+        if let Some(version) =
+            ["celery:autoscaler/host", "celery:autoscaler/types"].iter().find_map(|interface| versioned(name, interface))
         {
             if !compatible(version) {
                 return Err(PolicyError::IncompatibleVersion {
@@ -251,10 +203,7 @@ fn check_interface(
         if ALLOWED_WASI.iter().any(|prefix| name.starts_with(prefix)) {
             continue;
         }
-        return Err(PolicyError::ForbiddenImport {
-            policy: policy.to_string(),
-            import: name.to_string(),
-        });
+        return Err(PolicyError::ForbiddenImport { policy: policy.to_string(), import: name.to_string() });
     }
     Ok(())
 }
@@ -281,11 +230,7 @@ fn to_wit(input: &PolicyInput) -> wit::Input {
         concurrency: input.concurrency,
         current: sample(&input.current),
         history: input.history.iter().map(sample).collect(),
-        settings: input
-            .settings
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect(),
+        settings: input.settings.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
     }
 }
 
@@ -296,12 +241,7 @@ fn sample(sample: &super::Sample) -> wit::Sample {
         queues: sample
             .queues
             .iter()
-            .map(|q| wit::QueueSample {
-                name: q.name.clone(),
-                backlog: q.backlog,
-                reserved: q.reserved,
-                consumers: q.consumers,
-            })
+            .map(|q| wit::QueueSample { name: q.name.clone(), backlog: q.backlog, reserved: q.reserved, consumers: q.consumers })
             .collect(),
         pods: sample
             .pods
@@ -325,18 +265,9 @@ mod tests {
 
     #[test]
     fn versions_compare_by_minor() {
-        assert_eq!(
-            versioned("celery:autoscaler/policy@0.1.3", POLICY_EXPORT),
-            Some(Some("0.1.3"))
-        );
-        assert_eq!(
-            versioned("celery:autoscaler/policy", POLICY_EXPORT),
-            Some(None)
-        );
-        assert_eq!(
-            versioned("celery:autoscaler/policyx@0.1.0", POLICY_EXPORT),
-            None
-        );
+        assert_eq!(versioned("celery:autoscaler/policy@0.1.3", POLICY_EXPORT), Some(Some("0.1.3")));
+        assert_eq!(versioned("celery:autoscaler/policy", POLICY_EXPORT), Some(None));
+        assert_eq!(versioned("celery:autoscaler/policyx@0.1.0", POLICY_EXPORT), None);
         assert!(compatible(Some("0.1.9")));
         assert!(!compatible(Some("0.2.0")));
         assert!(!compatible(None));

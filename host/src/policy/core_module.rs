@@ -47,12 +47,7 @@ pub struct CorePolicy {
 
 impl CorePolicy {
     /// Checks the module against the ABI, links it, and checks its ABI version.
-    pub fn new(
-        engine: &PolicyEngine,
-        policy: &str,
-        module: &Module,
-        limits: &CallLimits,
-    ) -> Result<Self, PolicyError> {
+    pub fn new(engine: &PolicyEngine, policy: &str, module: &Module, limits: &CallLimits) -> Result<Self, PolicyError> {
         check_imports(policy, module)?;
         check_exports(policy, module)?;
         let mut linker = Linker::<CoreState>::new(engine.engine());
@@ -63,10 +58,7 @@ impl CorePolicy {
             .map_err(|e| PolicyError::Engine(format!("linking {HOST_MODULE}.log: {e:#}")))?;
         let pre = linker
             .instantiate_pre(module)
-            .map_err(|e| PolicyError::Invalid {
-                policy: policy.to_string(),
-                detail: format!("{e:#}"),
-            })?;
+            .map_err(|e| PolicyError::Invalid { policy: policy.to_string(), detail: format!("{e:#}") })?;
         let this = Self { pre };
         let now = jiff::Timestamp::now().as_millisecond().max(0) as u64;
         let version = this.call(engine, policy, limits, now, abi_version)??;
@@ -88,16 +80,8 @@ impl CorePolicy {
         limits: &CallLimits,
         input: &PolicyInput,
     ) -> Result<Decision, PolicyError> {
-        let json = serde_json::to_vec(input)
-            .map_err(|e| PolicyError::Engine(format!("encoding the input: {e}")))?;
-        let answer = self.exchange(
-            engine,
-            policy,
-            limits,
-            input.current.timestamp_ms,
-            DECIDE,
-            &json,
-        )?;
+        let json = serde_json::to_vec(input).map_err(|e| PolicyError::Engine(format!("encoding the input: {e}")))?;
+        let answer = self.exchange(engine, policy, limits, input.current.timestamp_ms, DECIDE, &json)?;
         parse_decision(policy, &answer)
     }
 
@@ -109,16 +93,12 @@ impl CorePolicy {
         limits: &CallLimits,
         settings: &BTreeMap<String, String>,
     ) -> Result<(), PolicyError> {
-        let json = serde_json::to_vec(settings)
-            .map_err(|e| PolicyError::Engine(format!("encoding settings: {e}")))?;
+        let json = serde_json::to_vec(settings).map_err(|e| PolicyError::Engine(format!("encoding settings: {e}")))?;
         let now = jiff::Timestamp::now().as_millisecond().max(0) as u64;
         let answer = self.exchange(engine, policy, limits, now, VALIDATE, &json)?;
         let value = answer_json(policy, &answer)?;
         if let Some(error) = value.get("error") {
-            return Err(PolicyError::InvalidSettings {
-                policy: policy.to_string(),
-                message: text_of(error),
-            });
+            return Err(PolicyError::InvalidSettings { policy: policy.to_string(), message: text_of(error) });
         }
         match value.get("ok") {
             Some(serde_json::Value::Bool(true)) => Ok(()),
@@ -218,10 +198,7 @@ fn read(store: &mut Store<CoreState>, memory: Memory, ptr: usize, len: usize) ->
     Some(buffer)
 }
 
-fn abi_version(
-    store: &mut Store<CoreState>,
-    instance: &wasmtime::Instance,
-) -> wasmtime::Result<Result<i32, PolicyError>> {
+fn abi_version(store: &mut Store<CoreState>, instance: &wasmtime::Instance) -> wasmtime::Result<Result<i32, PolicyError>> {
     if let Some(global) = instance.get_global(&mut *store, ABI_VERSION) {
         return Ok(Ok(global.get(&mut *store).i32().unwrap_or(-1)));
     }
@@ -233,11 +210,7 @@ fn check_imports(policy: &str, module: &Module) -> Result<(), PolicyError> {
     for import in module.imports() {
         let allowed = match (import.module(), import.name()) {
             (WASI_MODULE, _) => true,
-            (HOST_MODULE, "log") => is_func(
-                &import.ty(),
-                &[ValType::I32, ValType::I32, ValType::I32],
-                &[],
-            ),
+            (HOST_MODULE, "log") => is_func(&import.ty(), &[ValType::I32, ValType::I32, ValType::I32], &[]),
             _ => false,
         };
         if !allowed {
@@ -252,10 +225,7 @@ fn check_imports(policy: &str, module: &Module) -> Result<(), PolicyError> {
 
 fn check_exports(policy: &str, module: &Module) -> Result<(), PolicyError> {
     let find = |name: &str| module.exports().find(|e| e.name() == name).map(|e| e.ty());
-    let missing = |export: &str| PolicyError::MissingExport {
-        policy: policy.to_string(),
-        export: export.to_string(),
-    };
+    let missing = |export: &str| PolicyError::MissingExport { policy: policy.to_string(), export: export.to_string() };
     let wrong = |export: &str, expected: &str| PolicyError::WrongExportType {
         policy: policy.to_string(),
         export: export.to_string(),
@@ -297,10 +267,7 @@ fn is_func(ty: &ExternType, params: &[ValType], results: &[ValType]) -> bool {
 fn answer_json(policy: &str, bytes: &[u8]) -> Result<serde_json::Value, PolicyError> {
     serde_json::from_slice(bytes).map_err(|e| PolicyError::InvalidAnswer {
         policy: policy.to_string(),
-        detail: format!(
-            "not JSON ({e}): {}",
-            truncate(&String::from_utf8_lossy(bytes), 200)
-        ),
+        detail: format!("not JSON ({e}): {}", truncate(&String::from_utf8_lossy(bytes), 200)),
     })
 }
 
@@ -315,10 +282,7 @@ fn text_of(value: &serde_json::Value) -> String {
 pub fn parse_decision(policy: &str, bytes: &[u8]) -> Result<Decision, PolicyError> {
     let value = answer_json(policy, bytes)?;
     if let Some(error) = value.get("error") {
-        return Err(PolicyError::Rejected {
-            policy: policy.to_string(),
-            message: text_of(error),
-        });
+        return Err(PolicyError::Rejected { policy: policy.to_string(), message: text_of(error) });
     }
     serde_json::from_value(value).map_err(|e| PolicyError::InvalidAnswer {
         policy: policy.to_string(),
@@ -333,27 +297,15 @@ mod tests {
     #[test]
     fn answers_are_parsed_strictly() {
         let ok = parse_decision("p", br#"{"replicas": 3, "reason": "because"}"#).expect("valid");
-        assert_eq!(
-            ok,
-            Decision {
-                replicas: 3,
-                reason: "because".into()
-            }
-        );
+        assert_eq!(ok, Decision { replicas: 3, reason: "because".into() });
         assert!(
             matches!(parse_decision("p", br#"{"error": "no metrics"}"#), Err(PolicyError::Rejected { message, .. }) if message == "no metrics")
         );
-        assert!(matches!(
-            parse_decision("p", br#"{"replicas": -1, "reason": ""}"#),
-            Err(PolicyError::InvalidAnswer { .. })
-        ));
+        assert!(matches!(parse_decision("p", br#"{"replicas": -1, "reason": ""}"#), Err(PolicyError::InvalidAnswer { .. })));
         assert!(matches!(
             parse_decision("p", br#"{"replicas": 99999999999, "reason": ""}"#),
             Err(PolicyError::InvalidAnswer { .. })
         ));
-        assert!(matches!(
-            parse_decision("p", b"\xff\x00"),
-            Err(PolicyError::InvalidAnswer { .. })
-        ));
+        assert!(matches!(parse_decision("p", b"\xff\x00"), Err(PolicyError::InvalidAnswer { .. })));
     }
 }

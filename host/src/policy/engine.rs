@@ -26,11 +26,7 @@ pub struct EngineSettings {
 
 impl Default for EngineSettings {
     fn default() -> Self {
-        Self {
-            max_memory_bytes: 256 << 20,
-            tick: Duration::from_millis(5),
-            pool_instances: 64,
-        }
+        Self { max_memory_bytes: 256 << 20, tick: Duration::from_millis(5), pool_instances: 64 }
     }
 }
 
@@ -56,9 +52,8 @@ impl PolicyEngine {
                 // NB: the pool reserves address space up front; where that is refused (a low
                 // `ulimit -v`, some sandboxes) on-demand allocation still works, only slower.
                 tracing::warn!(%error, "pooling allocator unavailable; allocating instances on demand");
-                let engine = Engine::new(&config(&settings, false)).map_err(|e| {
-                    PolicyError::Engine(format!("cannot build the wasm engine: {e:#}"))
-                })?;
+                let engine = Engine::new(&config(&settings, false))
+                    .map_err(|e| PolicyError::Engine(format!("cannot build the wasm engine: {e:#}")))?;
                 (engine, false)
             }
         };
@@ -74,13 +69,7 @@ impl PolicyEngine {
                 }
             })
             .map_err(|e| PolicyError::Engine(format!("cannot start the epoch ticker: {e}")))?;
-        Ok(Self {
-            inner: Arc::new(Inner {
-                engine,
-                settings,
-                pooling,
-            }),
-        })
+        Ok(Self { inner: Arc::new(Inner { engine, settings, pooling }) })
     }
 
     pub fn engine(&self) -> &Engine {

@@ -106,19 +106,11 @@ pub fn digest(bytes: &[u8]) -> String {
 fn kind_of(bytes: &[u8]) -> Option<Kind> {
     if let Some(header) = bytes.strip_prefix(b"\0asm") {
         // Core modules are version 1 (layer 0); components have layer 1 in bytes 6..8.
-        return Some(if header.get(2..4) == Some(&[1, 0]) {
-            Kind::Component
-        } else {
-            Kind::Module
-        });
+        return Some(if header.get(2..4) == Some(&[1, 0]) { Kind::Component } else { Kind::Module });
     }
     let text = std::str::from_utf8(bytes).ok()?;
-    let code = text
-        .lines()
-        .map(str::trim)
-        .filter(|line| !line.is_empty() && !line.starts_with(";;"))
-        .collect::<Vec<_>>()
-        .join(" ");
+    let code =
+        text.lines().map(str::trim).filter(|line| !line.is_empty() && !line.starts_with(";;")).collect::<Vec<_>>().join(" ");
     if code.starts_with("(component") {
         Some(Kind::Component)
     } else if code.starts_with("(module") {
@@ -139,17 +131,10 @@ impl LoadedPolicy {
         language: Option<String>,
     ) -> Result<Self, PolicyError> {
         let start = Instant::now();
-        let kind = kind_of(bytes).ok_or_else(|| PolicyError::NotWasm {
-            policy: name.to_string(),
-        })?;
-        let invalid = |e: wasmtime::Error| PolicyError::Invalid {
-            policy: name.to_string(),
-            detail: format!("{e:#}"),
-        };
+        let kind = kind_of(bytes).ok_or_else(|| PolicyError::NotWasm { policy: name.to_string() })?;
+        let invalid = |e: wasmtime::Error| PolicyError::Invalid { policy: name.to_string(), detail: format!("{e:#}") };
         let (compiled, origin, artifact) = match cache {
-            Some(cache) => cache
-                .load_or_compile(engine.engine(), kind, bytes)
-                .map_err(invalid)?,
+            Some(cache) => cache.load_or_compile(engine.engine(), kind, bytes).map_err(invalid)?,
             None => {
                 let start = Instant::now();
                 let compiled = cache::compile(engine.engine(), kind, bytes).map_err(invalid)?;
@@ -158,14 +143,8 @@ impl LoadedPolicy {
         };
         let probe_limits = CallLimits::default().within(engine);
         let (runnable, interface) = match compiled {
-            Compiled::Component(c) => (
-                Runnable::Component(ComponentPolicy::new(engine, name, &c)?),
-                Interface::Component,
-            ),
-            Compiled::Module(m) => (
-                Runnable::Core(CorePolicy::new(engine, name, &m, &probe_limits)?),
-                Interface::Core,
-            ),
+            Compiled::Component(c) => (Runnable::Component(ComponentPolicy::new(engine, name, &c)?), Interface::Component),
+            Compiled::Module(m) => (Runnable::Core(CorePolicy::new(engine, name, &m, &probe_limits)?), Interface::Core),
         };
         Ok(Self {
             name: name.to_string(),
@@ -173,11 +152,7 @@ impl LoadedPolicy {
             interface,
             source,
             language,
-            stats: LoadStats {
-                from_cache: origin == Origin::Cache,
-                artifact,
-                total: start.elapsed(),
-            },
+            stats: LoadStats { from_cache: origin == Origin::Cache, artifact, total: start.elapsed() },
             engine: engine.clone(),
             runnable,
         })
@@ -191,24 +166,14 @@ impl LoadedPolicy {
         source: Source,
         language: Option<String>,
     ) -> Result<Self, PolicyError> {
-        let name = path
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let bytes = std::fs::read(path).map_err(|source| PolicyError::Io {
-            policy: name.clone(),
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        let bytes =
+            std::fs::read(path).map_err(|source| PolicyError::Io { policy: name.clone(), path: path.to_path_buf(), source })?;
         Self::load(engine, cache, &name, &bytes, source, language)
     }
 
     /// One decision in a fresh instance, on the calling thread. Not clamped: see `runner`.
-    pub fn decide(
-        &self,
-        limits: &CallLimits,
-        input: &PolicyInput,
-    ) -> Result<Decision, PolicyError> {
+    pub fn decide(&self, limits: &CallLimits, input: &PolicyInput) -> Result<Decision, PolicyError> {
         let limits = limits.within(&self.engine);
         match &self.runnable {
             Runnable::Component(c) => c.decide(&self.engine, &self.name, &limits, input),
@@ -217,16 +182,10 @@ impl LoadedPolicy {
     }
 
     /// Asks the policy whether `settings` are acceptable, on the calling thread.
-    pub fn validate_settings(
-        &self,
-        limits: &CallLimits,
-        settings: &BTreeMap<String, String>,
-    ) -> Result<(), PolicyError> {
+    pub fn validate_settings(&self, limits: &CallLimits, settings: &BTreeMap<String, String>) -> Result<(), PolicyError> {
         let limits = limits.within(&self.engine);
         match &self.runnable {
-            Runnable::Component(c) => {
-                c.validate_settings(&self.engine, &self.name, &limits, settings)
-            }
+            Runnable::Component(c) => c.validate_settings(&self.engine, &self.name, &limits, settings),
             Runnable::Core(c) => c.validate_settings(&self.engine, &self.name, &limits, settings),
         }
     }

@@ -128,25 +128,13 @@ pub enum PolicyError {
     #[error("policy {policy}: invalid answer: {detail}")]
     InvalidAnswer { policy: String, detail: String },
     #[error("policy {policy}: its answer of {size} bytes exceeds the limit of {limit} bytes")]
-    AnswerTooLarge {
-        policy: String,
-        size: u64,
-        limit: u64,
-    },
+    AnswerTooLarge { policy: String, size: u64, limit: u64 },
     #[error("policy {policy}: missing export `{export}`")]
     MissingExport { policy: String, export: String },
     #[error("policy {policy}: export `{export}` has the wrong type: expected {expected}")]
-    WrongExportType {
-        policy: String,
-        export: String,
-        expected: String,
-    },
+    WrongExportType { policy: String, export: String, expected: String },
     #[error("policy {policy}: built for {found}, but this operator supports {supported}")]
-    IncompatibleVersion {
-        policy: String,
-        found: String,
-        supported: String,
-    },
+    IncompatibleVersion { policy: String, found: String, supported: String },
     #[error(
         "policy {policy}: imports `{import}`, which policies may not use \
          (allowed: the celery-operator host interface and WASI with an empty context)"
@@ -165,11 +153,7 @@ pub enum PolicyError {
     #[error("policy {policy}: settings rejected: {message}")]
     InvalidSettings { policy: String, message: String },
     #[error("policy {name}: pinned to sha256:{wanted}, but the module has sha256:{found}")]
-    DigestMismatch {
-        name: String,
-        wanted: String,
-        found: String,
-    },
+    DigestMismatch { name: String, wanted: String, found: String },
     #[error("policy {policy}: cannot read {}: {source}", path.display())]
     Io {
         policy: String,
@@ -234,12 +218,7 @@ mod tests {
 
     #[test]
     fn absent_numbers_are_null() {
-        let q = QueueSample {
-            name: "q".into(),
-            backlog: 1,
-            reserved: None,
-            consumers: None,
-        };
+        let q = QueueSample { name: "q".into(), backlog: 1, reserved: None, consumers: None };
         let v = serde_json::to_value(&q).expect("serializes");
         assert!(v["reserved"].is_null());
     }

@@ -38,10 +38,7 @@ pub const DEV_BUILTINS: &str = "target/policies";
 impl RegistrySettings {
     /// The installed built-ins, else those of a development checkout, if either exists.
     pub fn default_builtin_dir() -> Option<PathBuf> {
-        [INSTALLED_BUILTINS, DEV_BUILTINS]
-            .into_iter()
-            .map(PathBuf::from)
-            .find(|p| p.is_dir())
+        [INSTALLED_BUILTINS, DEV_BUILTINS].into_iter().map(PathBuf::from).find(|p| p.is_dir())
     }
 
     /// `$XDG_CACHE_HOME/celery-operator/policies`, else `~/.cache/…`, else the temp dir.
@@ -101,22 +98,14 @@ pub struct Registry {
 impl Registry {
     /// A registry with nothing loaded yet: call [`Registry::refresh`].
     pub fn new(engine: PolicyEngine, settings: RegistrySettings) -> Self {
-        let cache = settings
-            .cache_dir
-            .as_ref()
-            .and_then(|dir| match ArtifactCache::open(dir) {
-                Ok(cache) => Some(cache),
-                Err(error) => {
-                    tracing::warn!(%error, "compiling policies without a cache");
-                    None
-                }
-            });
-        Self {
-            engine,
-            cache,
-            settings,
-            state: RwLock::new(State::default()),
-        }
+        let cache = settings.cache_dir.as_ref().and_then(|dir| match ArtifactCache::open(dir) {
+            Ok(cache) => Some(cache),
+            Err(error) => {
+                tracing::warn!(%error, "compiling policies without a cache");
+                None
+            }
+        });
+        Self { engine, cache, settings, state: RwLock::new(State::default()) }
     }
 
     pub fn engine(&self) -> &PolicyEngine {
@@ -128,15 +117,11 @@ impl Registry {
     }
 
     fn read(&self) -> RwLockReadGuard<'_, State> {
-        self.state
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state.read().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn write(&self) -> RwLockWriteGuard<'_, State> {
-        self.state
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state.write().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Rescans both directories, loading what changed. Blocking: compiling takes time.
@@ -147,11 +132,7 @@ impl Registry {
             found.extend(scan(dir).into_iter().map(|(name, path)| (name, path, true)));
         }
         if let Some(dir) = &self.settings.user_dir {
-            found.extend(
-                scan(dir)
-                    .into_iter()
-                    .map(|(name, path)| (name, path, false)),
-            );
+            found.extend(scan(dir).into_iter().map(|(name, path)| (name, path, false)));
         }
         let mut changed = Vec::new();
         let mut present = Vec::new();
@@ -166,12 +147,7 @@ impl Registry {
             }
         }
         let mut state = self.write();
-        let gone: Vec<String> = state
-            .entries
-            .keys()
-            .filter(|n| !present.contains(n))
-            .cloned()
-            .collect();
+        let gone: Vec<String> = state.entries.keys().filter(|n| !present.contains(n)).cloned().collect();
         for name in gone {
             tracing::info!(policy = %name, "policy module removed");
             state.entries.remove(&name);
@@ -183,11 +159,7 @@ impl Registry {
     /// Loads `path` as `name` if it changed; true when the entry changed.
     fn refresh_one(&self, name: &str, path: &Path, builtin: bool) -> bool {
         let seen = fingerprint(path);
-        let previous = self
-            .read()
-            .entries
-            .get(name)
-            .map(|e| (e.seen.clone(), e.seen_digest.clone()));
+        let previous = self.read().entries.get(name).map(|e| (e.seen.clone(), e.seen_digest.clone()));
         if let (Some(seen), Some((Some(before), _))) = (&seen, &previous)
             && seen == before
         {
@@ -196,14 +168,7 @@ impl Registry {
         let bytes = match std::fs::read(path) {
             Ok(bytes) => bytes,
             Err(error) => {
-                return self.record_problem(
-                    name,
-                    path,
-                    builtin,
-                    seen,
-                    None,
-                    format!("cannot read {}: {error}", path.display()),
-                );
+                return self.record_problem(name, path, builtin, seen, None, format!("cannot read {}: {error}", path.display()));
             }
         };
         let new_digest = digest(&bytes);
@@ -213,26 +178,13 @@ impl Registry {
             }
             return false;
         }
-        let source = if builtin {
-            Source::BuiltIn(path.to_path_buf())
-        } else {
-            Source::User(path.to_path_buf())
-        };
-        match LoadedPolicy::load(
-            &self.engine,
-            self.cache.as_ref(),
-            name,
-            &bytes,
-            source,
-            language_of(path),
-        ) {
+        let source = if builtin { Source::BuiltIn(path.to_path_buf()) } else { Source::User(path.to_path_buf()) };
+        match LoadedPolicy::load(&self.engine, self.cache.as_ref(), name, &bytes, source, language_of(path)) {
             Ok(policy) => {
                 let policy = Arc::new(policy);
                 tracing::info!(policy = %name, digest = %policy.digest(), interface = %policy.interface(), "policy loaded");
                 let mut state = self.write();
-                state
-                    .by_digest
-                    .insert(policy.digest().to_string(), Arc::clone(&policy));
+                state.by_digest.insert(policy.digest().to_string(), Arc::clone(&policy));
                 state.entries.insert(
                     name.to_string(),
                     Entry {
@@ -246,14 +198,7 @@ impl Registry {
                 );
                 true
             }
-            Err(error) => self.record_problem(
-                name,
-                path,
-                builtin,
-                seen,
-                Some(new_digest),
-                error.to_string(),
-            ),
+            Err(error) => self.record_problem(name, path, builtin, seen, Some(new_digest), error.to_string()),
         }
     }
 
@@ -268,17 +213,14 @@ impl Registry {
     ) -> bool {
         tracing::warn!(policy = %name, %problem, "policy module not loaded; keeping the last good version, if any");
         let mut state = self.write();
-        let entry = state
-            .entries
-            .entry(name.to_string())
-            .or_insert_with(|| Entry {
-                builtin,
-                path: path.to_path_buf(),
-                current: None,
-                seen: None,
-                seen_digest: None,
-                problem: None,
-            });
+        let entry = state.entries.entry(name.to_string()).or_insert_with(|| Entry {
+            builtin,
+            path: path.to_path_buf(),
+            current: None,
+            seen: None,
+            seen_digest: None,
+            problem: None,
+        });
         entry.seen = seen;
         entry.seen_digest = seen_digest;
         entry.problem = Some(problem);
@@ -296,35 +238,21 @@ impl Registry {
             let known: Vec<&str> = state.entries.keys().map(String::as_str).collect();
             return Err(PolicyError::UnknownPolicy {
                 name: name.to_string(),
-                known: if known.is_empty() {
-                    "none".into()
-                } else {
-                    known.join(", ")
-                },
+                known: if known.is_empty() { "none".into() } else { known.join(", ") },
             });
         };
         let Some(current) = &entry.current else {
             return Err(PolicyError::Unavailable {
                 policy: name.to_string(),
-                problem: entry
-                    .problem
-                    .clone()
-                    .unwrap_or_else(|| "never loaded".into()),
+                problem: entry.problem.clone().unwrap_or_else(|| "never loaded".into()),
             });
         };
         match pin {
             None => Ok(Arc::clone(current)),
             Some(wanted) if wanted == current.digest() => Ok(Arc::clone(current)),
-            Some(wanted) => state
-                .by_digest
-                .get(&wanted)
-                .filter(|p| p.name() == name)
-                .cloned()
-                .ok_or_else(|| PolicyError::DigestMismatch {
-                    name: name.to_string(),
-                    wanted,
-                    found: current.digest().to_string(),
-                }),
+            Some(wanted) => state.by_digest.get(&wanted).filter(|p| p.name() == name).cloned().ok_or_else(|| {
+                PolicyError::DigestMismatch { name: name.to_string(), wanted, found: current.digest().to_string() }
+            }),
         }
     }
 
@@ -335,10 +263,7 @@ impl Registry {
             .iter()
             .map(|(name, entry)| PolicyInfo {
                 name: name.clone(),
-                language: entry
-                    .current
-                    .as_ref()
-                    .and_then(|p| p.language().map(str::to_string)),
+                language: entry.current.as_ref().and_then(|p| p.language().map(str::to_string)),
                 interface: entry.current.as_ref().map(|p| p.interface()),
                 digest: entry.current.as_ref().map(|p| p.digest().to_string()),
                 source: if entry.builtin {
@@ -390,11 +315,7 @@ fn scan(dir: &Path) -> Vec<(String, PathBuf)> {
 fn fingerprint(path: &Path) -> Option<Fingerprint> {
     let resolved = std::fs::canonicalize(path).ok()?;
     let meta = std::fs::metadata(&resolved).ok()?;
-    Some(Fingerprint {
-        resolved,
-        len: meta.len(),
-        modified: meta.modified().ok(),
-    })
+    Some(Fingerprint { resolved, len: meta.len(), modified: meta.modified().ok() })
 }
 
 /// The `language` of `NAME.json` beside `NAME.wasm`, if any.

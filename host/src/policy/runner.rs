@@ -28,21 +28,14 @@ pub struct CallLimits {
 
 impl Default for CallLimits {
     fn default() -> Self {
-        Self {
-            memory_bytes: 64 << 20,
-            timeout: Duration::from_millis(100),
-            output_bytes: 64 << 10,
-        }
+        Self { memory_bytes: 64 << 20, timeout: Duration::from_millis(100), output_bytes: 64 << 10 }
     }
 }
 
 impl CallLimits {
     /// These limits with memory capped at the operator-wide maximum.
     pub fn within(&self, engine: &PolicyEngine) -> Self {
-        Self {
-            memory_bytes: self.memory_bytes.min(engine.settings().max_memory_bytes),
-            ..self.clone()
-        }
+        Self { memory_bytes: self.memory_bytes.min(engine.settings().max_memory_bytes), ..self.clone() }
     }
 }
 
@@ -64,20 +57,14 @@ impl Verdict {
         let (replicas, clamped) = clamp(proposed, min, max);
         let reason = match clamped {
             None => decision.reason,
-            Some(Bound::Min) => format!(
-                "{} (policy asked for {proposed}, raised to minReplicas {replicas})",
-                decision.reason
-            ),
-            Some(Bound::Max) => format!(
-                "{} (policy asked for {proposed}, capped at maxReplicas {replicas})",
-                decision.reason
-            ),
+            Some(Bound::Min) => {
+                format!("{} (policy asked for {proposed}, raised to minReplicas {replicas})", decision.reason)
+            }
+            Some(Bound::Max) => {
+                format!("{} (policy asked for {proposed}, capped at maxReplicas {replicas})", decision.reason)
+            }
         };
-        Self {
-            decision: Decision { replicas, reason },
-            proposed,
-            clamped,
-        }
+        Self { decision: Decision { replicas, reason }, proposed, clamped }
     }
 }
 
@@ -90,10 +77,7 @@ pub struct PolicyRunner {
 
 impl PolicyRunner {
     pub fn new(concurrency: usize, limits: CallLimits) -> Self {
-        Self {
-            permits: Arc::new(Semaphore::new(concurrency.max(1))),
-            limits,
-        }
+        Self { permits: Arc::new(Semaphore::new(concurrency.max(1))), limits }
     }
 
     /// The default limits of calls made through this runner.
@@ -119,10 +103,7 @@ impl PolicyRunner {
         policy: Arc<LoadedPolicy>,
         input: PolicyInput,
         limits: Option<CallLimits>,
-    ) -> (
-        Option<PolicyInput>,
-        Result<(Verdict, Duration), PolicyError>,
-    ) {
+    ) -> (Option<PolicyInput>, Result<(Verdict, Duration), PolicyError>) {
         let (min, max) = (input.min_replicas, input.max_replicas);
         let limits = limits.unwrap_or_else(|| self.limits.clone());
         let outcome = self
@@ -133,10 +114,7 @@ impl PolicyRunner {
             })
             .await;
         match outcome {
-            Ok((input, decided)) => (
-                Some(input),
-                decided.map(|(d, took)| (Verdict::bounded(d, min, max), took)),
-            ),
+            Ok((input, decided)) => (Some(input), decided.map(|(d, took)| (Verdict::bounded(d, min, max), took))),
             Err(host) => (None, Err(host)),
         }
     }
@@ -148,8 +126,7 @@ impl PolicyRunner {
         settings: BTreeMap<String, String>,
     ) -> Result<(), PolicyError> {
         let limits = self.limits.clone();
-        self.blocking(&policy, move |p| p.validate_settings(&limits, &settings))
-            .await
+        self.blocking(&policy, move |p| p.validate_settings(&limits, &settings)).await
     }
 
     async fn blocking<R: Send + 'static>(
@@ -161,20 +138,14 @@ impl PolicyRunner {
         let permit = Arc::clone(&self.permits)
             .acquire_owned()
             .await
-            .map_err(|_| PolicyError::Host {
-                policy: name.clone(),
-                detail: "the policy runner is closed".into(),
-            })?;
+            .map_err(|_| PolicyError::Host { policy: name.clone(), detail: "the policy runner is closed".into() })?;
         let policy = Arc::clone(policy);
         let joined = tokio::task::spawn_blocking(move || {
             let _permit = permit;
             call(&policy)
         })
         .await;
-        joined.map_err(|e| PolicyError::Host {
-            policy: name,
-            detail: format!("the call panicked or was cancelled: {e}"),
-        })?
+        joined.map_err(|e| PolicyError::Host { policy: name, detail: format!("the call panicked or was cancelled: {e}") })?
     }
 }
 
@@ -184,15 +155,9 @@ mod tests {
 
     #[test]
     fn verdict_reports_clamping() {
-        let d = |replicas| Decision {
-            replicas,
-            reason: "r".into(),
-        };
+        let d = |replicas| Decision { replicas, reason: "r".into() };
         let v = Verdict::bounded(d(4_000_000_000), 1, 10);
-        assert_eq!(
-            (v.decision.replicas, v.proposed, v.clamped),
-            (10, 4_000_000_000, Some(Bound::Max))
-        );
+        assert_eq!((v.decision.replicas, v.proposed, v.clamped), (10, 4_000_000_000, Some(Bound::Max)));
         assert!(v.decision.reason.contains("capped at maxReplicas 10"));
         let v = Verdict::bounded(d(0), 2, 10);
         assert_eq!((v.decision.replicas, v.clamped), (2, Some(Bound::Min)));

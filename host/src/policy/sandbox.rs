@@ -38,11 +38,7 @@ pub struct Limiter {
 
 impl Limiter {
     pub fn new(limit: u64) -> Self {
-        Self {
-            limit: usize::try_from(limit).unwrap_or(usize::MAX),
-            used: 0,
-            refused: false,
-        }
+        Self { limit: usize::try_from(limit).unwrap_or(usize::MAX), used: 0, refused: false }
     }
 
     /// Whether the guest asked for more memory than allowed.
@@ -52,12 +48,7 @@ impl Limiter {
 }
 
 impl ResourceLimiter for Limiter {
-    fn memory_growing(
-        &mut self,
-        current: usize,
-        desired: usize,
-        _maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
+    fn memory_growing(&mut self, current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
         let total = self.used.saturating_add(desired.saturating_sub(current));
         if total > self.limit {
             self.refused = true;
@@ -67,12 +58,7 @@ impl ResourceLimiter for Limiter {
         Ok(true)
     }
 
-    fn table_growing(
-        &mut self,
-        _current: usize,
-        desired: usize,
-        _maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
+    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
         Ok(desired <= TABLE_ELEMENTS_MAX)
     }
 }
@@ -114,9 +100,7 @@ struct OutputState {
 impl GuestOutput {
     fn state(&self) -> MutexGuard<'_, OutputState> {
         // A poisoned lock only means another writer panicked; the bytes are still usable.
-        self.0
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Records a log line from the guest.
@@ -137,11 +121,7 @@ impl GuestOutput {
         let take = bytes.len().min(room);
         state.kept += take;
         state.dropped += bytes.len() - take;
-        let buffer = if stderr {
-            &mut state.stderr
-        } else {
-            &mut state.stdout
-        };
+        let buffer = if stderr { &mut state.stderr } else { &mut state.stdout };
         buffer.extend_from_slice(&bytes[..take]);
     }
 
@@ -156,13 +136,7 @@ impl GuestOutput {
             .rev()
             .find(|(level, _)| *level == LogLevel::Error)
             .map(|(_, line)| line.clone())
-            .or_else(|| {
-                stderr
-                    .lines()
-                    .rev()
-                    .find(|l| !l.trim().is_empty())
-                    .map(|l| truncate(l.trim(), LOG_LINE_MAX))
-            })
+            .or_else(|| stderr.lines().rev().find(|l| !l.trim().is_empty()).map(|l| truncate(l.trim(), LOG_LINE_MAX)))
             .or_else(|| state.lines.last().map(|(_, line)| line.clone()))
     }
 
@@ -182,16 +156,10 @@ impl GuestOutput {
                 LogLevel::Error => tracing::error!(policy, "{line}"),
             }
         }
-        for line in String::from_utf8_lossy(&state.stdout)
-            .lines()
-            .filter(|l| !l.is_empty())
-        {
+        for line in String::from_utf8_lossy(&state.stdout).lines().filter(|l| !l.is_empty()) {
             tracing::info!(policy, stream = "stdout", "{line}");
         }
-        for line in String::from_utf8_lossy(&state.stderr)
-            .lines()
-            .filter(|l| !l.is_empty())
-        {
+        for line in String::from_utf8_lossy(&state.stderr).lines().filter(|l| !l.is_empty()) {
             tracing::warn!(policy, stream = "stderr", "{line}");
         }
         if state.dropped > 0 {
@@ -246,11 +214,7 @@ impl OutputStream for Captured {
 }
 
 impl tokio::io::AsyncWrite for Captured {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        _: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
+    fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
         self.output.write(self.stderr, buf);
         Poll::Ready(Ok(buf.len()))
     }
@@ -292,14 +256,8 @@ impl HostMonotonicClock for FrozenMonotonic {
 pub fn empty_wasi(sample_time_ms: u64, output: &GuestOutput) -> WasiCtxBuilder {
     let mut builder = WasiCtxBuilder::new();
     builder
-        .stdout(Captured {
-            output: output.clone(),
-            stderr: false,
-        })
-        .stderr(Captured {
-            output: output.clone(),
-            stderr: true,
-        })
+        .stdout(Captured { output: output.clone(), stderr: false })
+        .stderr(Captured { output: output.clone(), stderr: true })
         .wall_clock(FrozenWall(Duration::from_millis(sample_time_ms)))
         .monotonic_clock(FrozenMonotonic(sample_time_ms.saturating_mul(1_000_000)))
         .secure_random(Deterministic::new(vec![0x5e, 0xed, 0xc0, 0xde]))
@@ -335,14 +293,7 @@ pub fn run_bounded<T: Limited, R>(
     let result = body(&mut store);
     output.emit(policy);
     result.map_err(|error| {
-        classify(
-            policy,
-            error,
-            store.data().limiter_ref().refused(),
-            limits.memory_bytes,
-            limits.timeout,
-            output,
-        )
+        classify(policy, error, store.data().limiter_ref().refused(), limits.memory_bytes, limits.timeout, output)
     })
 }
 
@@ -358,40 +309,19 @@ pub fn classify(
     let policy = policy.to_string();
     if let Some(trap) = error.downcast_ref::<Trap>() {
         return match trap {
-            Trap::Interrupt => PolicyError::Timeout {
-                policy,
-                limit: time_limit,
-            },
-            _ if memory_refused => PolicyError::MemoryLimit {
-                policy,
-                limit: memory_limit,
-            },
-            Trap::StackOverflow => PolicyError::Trap {
-                policy,
-                message: "call stack exhausted (recursion too deep)".into(),
-            },
-            other => PolicyError::Trap {
-                policy,
-                message: with_last_words(other.to_string(), output),
-            },
+            Trap::Interrupt => PolicyError::Timeout { policy, limit: time_limit },
+            _ if memory_refused => PolicyError::MemoryLimit { policy, limit: memory_limit },
+            Trap::StackOverflow => PolicyError::Trap { policy, message: "call stack exhausted (recursion too deep)".into() },
+            other => PolicyError::Trap { policy, message: with_last_words(other.to_string(), output) },
         };
     }
     if memory_refused {
-        return PolicyError::MemoryLimit {
-            policy,
-            limit: memory_limit,
-        };
+        return PolicyError::MemoryLimit { policy, limit: memory_limit };
     }
     if let Some(exit) = error.downcast_ref::<I32Exit>() {
-        return PolicyError::Trap {
-            policy,
-            message: with_last_words(format!("exited with status {}", exit.0), output),
-        };
+        return PolicyError::Trap { policy, message: with_last_words(format!("exited with status {}", exit.0), output) };
     }
-    PolicyError::Host {
-        policy,
-        detail: truncate(&format!("{error:#}"), LOG_LINE_MAX),
-    }
+    PolicyError::Host { policy, detail: truncate(&format!("{error:#}"), LOG_LINE_MAX) }
 }
 
 fn with_last_words(message: String, output: &GuestOutput) -> String {
@@ -418,10 +348,7 @@ mod tests {
         let output = GuestOutput::default();
         output.log(LogLevel::Info, "starting");
         output.write(true, b"panicked at lib.rs: boom\n");
-        assert_eq!(
-            output.last_words().as_deref(),
-            Some("panicked at lib.rs: boom")
-        );
+        assert_eq!(output.last_words().as_deref(), Some("panicked at lib.rs: boom"));
         output.log(LogLevel::Error, "bad setting");
         assert_eq!(output.last_words().as_deref(), Some("bad setting"));
         output.write(false, &vec![b'x'; OUTPUT_MAX * 2]);

@@ -31,33 +31,18 @@ pub struct TraceRow {
 
 /// Parses a trace; errors name the line and column.
 pub fn parse_trace(text: &str) -> Result<Vec<TraceRow>, String> {
-    let mut lines = text
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty() && !l.starts_with('#'));
+    let mut lines = text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty() && !l.starts_with('#'));
     let (_, header) = lines.next().ok_or("the trace is empty")?;
-    let columns: Vec<String> = header
-        .split(',')
-        .map(|c| c.trim().to_ascii_lowercase())
-        .collect();
+    let columns: Vec<String> = header.split(',').map(|c| c.trim().to_ascii_lowercase()).collect();
     let index = |name: &str| columns.iter().position(|c| c == name);
     let t = index("t_seconds").ok_or("the header needs a t_seconds column")?;
     let backlog = index("backlog").ok_or("the header needs a backlog column")?;
-    let optional = [
-        "replicas",
-        "reserved",
-        "active_tasks",
-        "cpu_millis",
-        "cpu_request_millis",
-    ]
-    .map(index);
+    let optional = ["replicas", "reserved", "active_tasks", "cpu_millis", "cpu_request_millis"].map(index);
     let mut rows = Vec::new();
     for (number, line) in lines {
         let cells: Vec<&str> = line.split(',').map(str::trim).collect();
         let cell = |i: usize| cells.get(i).copied().filter(|c| !c.is_empty());
-        let bad = |column: &str, value: &str| {
-            format!("line {}: {column} `{value}` is not a number", number + 1)
-        };
+        let bad = |column: &str, value: &str| format!("line {}: {column} `{value}` is not a number", number + 1);
         let num = |i: Option<usize>, column: &str| -> Result<Option<u64>, String> {
             match i.and_then(cell) {
                 None => Ok(None),
@@ -65,17 +50,10 @@ pub fn parse_trace(text: &str) -> Result<Vec<TraceRow>, String> {
             }
         };
         let t_value = cell(t).ok_or(format!("line {}: no t_seconds", number + 1))?;
-        let t_seconds = t_value
-            .parse::<f64>()
-            .map_err(|_| bad("t_seconds", t_value))?;
-        let backlog =
-            num(Some(backlog), "backlog")?.ok_or(format!("line {}: no backlog", number + 1))?;
+        let t_seconds = t_value.parse::<f64>().map_err(|_| bad("t_seconds", t_value))?;
+        let backlog = num(Some(backlog), "backlog")?.ok_or(format!("line {}: no backlog", number + 1))?;
         let small = |v: Option<u64>, column: &str| -> Result<Option<u32>, String> {
-            v.map(|v| {
-                u32::try_from(v)
-                    .map_err(|_| format!("line {}: {column} {v} is too large", number + 1))
-            })
-            .transpose()
+            v.map(|v| u32::try_from(v).map_err(|_| format!("line {}: {column} {v} is too large", number + 1))).transpose()
         };
         rows.push(TraceRow {
             t_seconds,
@@ -149,16 +127,8 @@ fn sample_of(row: &TraceRow, replicas: u32, epoch_ms: u64) -> Sample {
 }
 
 /// Replays `rows` through `policy`.
-pub fn simulate(
-    policy: &LoadedPolicy,
-    limits: &CallLimits,
-    rows: &[TraceRow],
-    options: &SimulateOptions,
-) -> Vec<Step> {
-    let mut replicas = options
-        .initial_replicas
-        .or_else(|| rows.first().and_then(|r| r.replicas))
-        .unwrap_or(options.min_replicas);
+pub fn simulate(policy: &LoadedPolicy, limits: &CallLimits, rows: &[TraceRow], options: &SimulateOptions) -> Vec<Step> {
+    let mut replicas = options.initial_replicas.or_else(|| rows.first().and_then(|r| r.replicas)).unwrap_or(options.min_replicas);
     let mut stabilizer = Stabilizer::new(options.stabilization);
     let mut history: Vec<Sample> = Vec::new();
     let mut steps = Vec::with_capacity(rows.len());
@@ -176,8 +146,7 @@ pub fn simulate(
         };
         let (proposed, reason) = match policy.decide(limits, &input) {
             Ok(decision) => {
-                let verdict =
-                    Verdict::bounded(decision, options.min_replicas, options.max_replicas);
+                let verdict = Verdict::bounded(decision, options.min_replicas, options.max_replicas);
                 replicas = stabilizer.apply(current.timestamp_ms, verdict.decision.replicas);
                 let reason = if replicas > verdict.decision.replicas {
                     format!(
@@ -213,11 +182,7 @@ pub fn timeline(steps: &[Step]) -> String {
     let mut out = String::from("   t(s)    backlog  proposed  replicas  reason\n");
     for s in steps {
         let proposed = s.proposed.map_or("-".to_string(), |p| p.to_string());
-        let _ = writeln!(
-            out,
-            "{:>7.1} {:>10} {:>9} {:>9}  {}",
-            s.t_seconds, s.backlog, proposed, s.replicas, s.reason
-        );
+        let _ = writeln!(out, "{:>7.1} {:>10} {:>9} {:>9}  {}", s.t_seconds, s.backlog, proposed, s.replicas, s.reason);
     }
     out
 }
@@ -230,22 +195,11 @@ pub fn plot_svg(steps: &[Step], title: &str) -> String {
     const R: f64 = 60.0;
     const T: f64 = 56.0;
     const B: f64 = 50.0;
-    let t_min = steps
-        .iter()
-        .map(|s| s.t_seconds)
-        .fold(f64::INFINITY, f64::min);
-    let t_max = steps
-        .iter()
-        .map(|s| s.t_seconds)
-        .fold(f64::NEG_INFINITY, f64::max);
+    let t_min = steps.iter().map(|s| s.t_seconds).fold(f64::INFINITY, f64::min);
+    let t_max = steps.iter().map(|s| s.t_seconds).fold(f64::NEG_INFINITY, f64::max);
     let t_span = if t_max > t_min { t_max - t_min } else { 1.0 };
     let backlog_max = steps.iter().map(|s| s.backlog).max().unwrap_or(0).max(1) as f64;
-    let replicas_max = steps
-        .iter()
-        .map(|s| s.replicas.max(s.recorded_replicas.unwrap_or(0)))
-        .max()
-        .unwrap_or(0)
-        .max(1) as f64;
+    let replicas_max = steps.iter().map(|s| s.replicas.max(s.recorded_replicas.unwrap_or(0))).max().unwrap_or(0).max(1) as f64;
     let x = |t: f64| L + (t - t_min) / t_span * (W - L - R);
     let y = |v: f64, max: f64| H - B - v / max * (H - T - B);
     let line = |points: Vec<(f64, f64)>, color: &str, step: bool| {
@@ -273,12 +227,7 @@ pub fn plot_svg(steps: &[Step], title: &str) -> String {
         r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" font-family="sans-serif" font-size="12">"#
     );
     let _ = writeln!(svg, r#"<rect width="{W}" height="{H}" fill="white"/>"#);
-    let _ = writeln!(
-        svg,
-        r#"<text x="{}" y="22" text-anchor="middle" font-size="15">{}</text>"#,
-        W / 2.0,
-        escape(title)
-    );
+    let _ = writeln!(svg, r#"<text x="{}" y="22" text-anchor="middle" font-size="15">{}</text>"#, W / 2.0, escape(title));
     let _ = writeln!(
         svg,
         r##"<g stroke="#999"><line x1="{L}" y1="{}" x2="{}" y2="{}"/><line x1="{L}" y1="{T}" x2="{L}" y2="{}"/><line x1="{}" y1="{T}" x2="{}" y2="{}"/></g>"##,
@@ -314,49 +263,21 @@ pub fn plot_svg(steps: &[Step], title: &str) -> String {
             t_min + f * t_span
         );
     }
-    let _ = writeln!(
-        svg,
-        r#"<text x="{}" y="{}" text-anchor="middle">time (s)</text>"#,
-        (L + W - R) / 2.0,
-        H - 12.0
-    );
+    let _ = writeln!(svg, r#"<text x="{}" y="{}" text-anchor="middle">time (s)</text>"#, (L + W - R) / 2.0, H - 12.0);
     let _ = writeln!(
         svg,
         "{}",
-        line(
-            steps
-                .iter()
-                .map(|s| (x(s.t_seconds), y(s.backlog as f64, backlog_max)))
-                .collect(),
-            "#1f77b4",
-            false
-        )
+        line(steps.iter().map(|s| (x(s.t_seconds), y(s.backlog as f64, backlog_max))).collect(), "#1f77b4", false)
     );
     if steps.iter().any(|s| s.recorded_replicas.is_some()) {
-        let recorded = steps
-            .iter()
-            .filter_map(|s| {
-                s.recorded_replicas
-                    .map(|r| (x(s.t_seconds), y(f64::from(r), replicas_max)))
-            })
-            .collect();
-        let _ = writeln!(
-            svg,
-            r#"<g stroke-dasharray="4 3">{}</g>"#,
-            line(recorded, "#999999", true)
-        );
+        let recorded =
+            steps.iter().filter_map(|s| s.recorded_replicas.map(|r| (x(s.t_seconds), y(f64::from(r), replicas_max)))).collect();
+        let _ = writeln!(svg, r#"<g stroke-dasharray="4 3">{}</g>"#, line(recorded, "#999999", true));
     }
     let _ = writeln!(
         svg,
         "{}",
-        line(
-            steps
-                .iter()
-                .map(|s| (x(s.t_seconds), y(f64::from(s.replicas), replicas_max)))
-                .collect(),
-            "#d62728",
-            true
-        )
+        line(steps.iter().map(|s| (x(s.t_seconds), y(f64::from(s.replicas), replicas_max))).collect(), "#d62728", true)
     );
     let _ = writeln!(
         svg,
@@ -379,10 +300,7 @@ pub fn plot_svg(steps: &[Step], title: &str) -> String {
 }
 
 fn escape(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
+    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
 
 #[cfg(test)]
@@ -391,8 +309,7 @@ mod tests {
 
     #[test]
     fn traces_parse_with_optional_columns() {
-        let rows = parse_trace("t_seconds,backlog,replicas\n0,10,1\n15,200,\n# comment\n30,0,2\n")
-            .expect("parses");
+        let rows = parse_trace("t_seconds,backlog,replicas\n0,10,1\n15,200,\n# comment\n30,0,2\n").expect("parses");
         assert_eq!(rows.len(), 3);
         assert_eq!(rows[1].replicas, None);
         assert_eq!(rows[2].replicas, Some(2));
@@ -402,10 +319,7 @@ mod tests {
     #[test]
     fn trace_errors_name_the_line() {
         let error = parse_trace("t_seconds,backlog\n0,ten\n").expect_err("bad number");
-        assert!(
-            error.contains("line 2") && error.contains("backlog"),
-            "{error}"
-        );
+        assert!(error.contains("line 2") && error.contains("backlog"), "{error}");
         assert!(parse_trace("time,backlog\n0,1\n").is_err());
         assert!(parse_trace("t_seconds,backlog\n").is_err());
     }

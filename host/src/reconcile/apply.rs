@@ -37,10 +37,7 @@ pub enum ApplyError {
     /// The API server refused what the spec asks for. Retrying cannot help until the spec
     /// (or the conflicting object) changes. `reason` is a `Degraded` condition reason.
     #[error("{message}")]
-    Rejected {
-        reason: &'static str,
-        message: String,
-    },
+    Rejected { reason: &'static str, message: String },
 
     /// A call failed for a reason that may pass (API server down, timeout, conflict).
     #[error("{action} {kind} {namespace}/{name}")]
@@ -63,11 +60,7 @@ pub enum ApplyError {
 /// alone and reported. NB: the API server would not catch this by itself, because every
 /// Celery app applies with the same field manager, so a second app's apply would silently
 /// replace the first app's owner reference and the two would take the object in turns.
-pub async fn children(
-    client: &Client,
-    celery: &Celery,
-    scaling: &Scaling,
-) -> Result<Applied, ApplyError> {
+pub async fn children(client: &Client, celery: &Celery, scaling: &Scaling) -> Result<Applied, ApplyError> {
     let ns = celery.namespace().unwrap_or_default();
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
     let services: Api<Service> = Api::namespaced(client.clone(), &ns);
@@ -78,12 +71,7 @@ pub async fn children(
     let flower = read_own(&deployments, &flower_name, celery).await?;
     let service = read_own(&services, &flower_name, celery).await?;
     let (flower, flower_service) = if celery.spec.flower_spec.enabled {
-        let flower = apply(
-            &deployments,
-            &build::flower_deployment(celery)?,
-            FIELD_MANAGER,
-        )
-        .await?;
+        let flower = apply(&deployments, &build::flower_deployment(celery)?, FIELD_MANAGER).await?;
         let service = apply(&services, &build::flower_service(celery)?, FIELD_MANAGER).await?;
         (Some(flower), Some(service.name_any()))
     } else {
@@ -96,18 +84,11 @@ pub async fn children(
         }
         (None, None)
     };
-    Ok(Applied {
-        worker,
-        flower,
-        flower_service,
-    })
+    Ok(Applied { worker, flower, flower_service })
 }
 
 fn controlled_by<K: Resource>(object: &K, celery: &Celery) -> bool {
-    object
-        .owner_references()
-        .iter()
-        .any(|o| o.controller == Some(true) && Some(&o.uid) == celery.meta().uid.as_ref())
+    object.owner_references().iter().any(|o| o.controller == Some(true) && Some(&o.uid) == celery.meta().uid.as_ref())
 }
 
 /// Reads a child; fails with `NameConflict` when another object controls that name.
@@ -115,31 +96,23 @@ async fn read_own<K>(api: &Api<K>, name: &str, celery: &Celery) -> Result<Option
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
 {
-    let existing = api
-        .get_opt(name)
-        .await
-        .map_err(|source| api_error("read", &K::kind(&()), celery, name, source))?;
+    let existing = api.get_opt(name).await.map_err(|source| api_error("read", &K::kind(&()), celery, name, source))?;
     let Some(existing) = existing else {
         return Ok(None);
     };
-    let controller = existing
-        .owner_references()
-        .iter()
-        .find(|o| o.controller == Some(true));
+    let controller = existing.owner_references().iter().find(|o| o.controller == Some(true));
     match controller {
-        Some(owner) if Some(&owner.uid) != celery.meta().uid.as_ref() => {
-            Err(ApplyError::Rejected {
-                reason: NAME_CONFLICT,
-                message: format!(
-                    "{} {}/{name} already exists and is controlled by {} {}; rename spec.common.appName or remove that {}",
-                    K::kind(&()),
-                    celery.namespace().unwrap_or_default(),
-                    owner.kind,
-                    owner.name,
-                    K::kind(&()),
-                ),
-            })
-        }
+        Some(owner) if Some(&owner.uid) != celery.meta().uid.as_ref() => Err(ApplyError::Rejected {
+            reason: NAME_CONFLICT,
+            message: format!(
+                "{} {}/{name} already exists and is controlled by {} {}; rename spec.common.appName or remove that {}",
+                K::kind(&()),
+                celery.namespace().unwrap_or_default(),
+                owner.kind,
+                owner.name,
+                K::kind(&()),
+            ),
+        }),
         _ => Ok(Some(existing)),
     }
 }
@@ -158,29 +131,14 @@ async fn apply_worker(
     current: Option<Deployment>,
 ) -> Result<Deployment, ApplyError> {
     let name = build::worker_name(celery);
-    let Scaling::Policies {
-        min_replicas,
-        max_replicas,
-        ..
-    } = *scaling
-    else {
+    let Scaling::Policies { min_replicas, max_replicas, .. } = *scaling else {
         let replicas = scaling.initial_replicas(celery.spec.worker_spec.num_of_workers);
-        return apply(
-            api,
-            &build::worker_deployment(celery, Some(replicas))?,
-            FIELD_MANAGER,
-        )
-        .await;
+        return apply(api, &build::worker_deployment(celery, Some(replicas))?, FIELD_MANAGER).await;
     };
     match current {
         None => {
             let initial = scaling.initial_replicas(celery.spec.worker_spec.num_of_workers);
-            apply(
-                api,
-                &build::worker_deployment(celery, Some(initial))?,
-                FIELD_MANAGER,
-            )
-            .await?;
+            apply(api, &build::worker_deployment(celery, Some(initial))?, FIELD_MANAGER).await?;
             scale(api, celery, &name, initial).await
         }
         Some(existing) => {
@@ -195,36 +153,23 @@ async fn apply_worker(
 }
 
 /// Sets the worker replicas as the scaler. The autoscaling loop writes decisions this way too.
-pub async fn scale(
-    api: &Api<Deployment>,
-    celery: &Celery,
-    name: &str,
-    replicas: i32,
-) -> Result<Deployment, ApplyError> {
+pub async fn scale(api: &Api<Deployment>, celery: &Celery, name: &str, replicas: i32) -> Result<Deployment, ApplyError> {
     let patch = serde_json::json!({
         "apiVersion": "apps/v1",
         "kind": "Deployment",
         "metadata": { "name": name },
         "spec": { "replicas": replicas },
     });
-    api.patch(
-        name,
-        &PatchParams::apply(SCALER_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await
-    .map_err(|source| classify("scale", "Deployment", celery, name, source))
+    api.patch(name, &PatchParams::apply(SCALER_MANAGER).force(), &Patch::Apply(&patch))
+        .await
+        .map_err(|source| classify("scale", "Deployment", celery, name, source))
 }
 
 /// Whether `manager` holds `spec.replicas` of the Deployment.
 fn manages_replicas(d: &Deployment, manager: &str) -> bool {
     d.metadata.managed_fields.iter().flatten().any(|entry| {
         entry.manager.as_deref() == Some(manager)
-            && entry.fields_v1.as_ref().is_some_and(|f| {
-                f.0.get("f:spec")
-                    .and_then(|s| s.get("f:replicas"))
-                    .is_some()
-            })
+            && entry.fields_v1.as_ref().is_some_and(|f| f.0.get("f:spec").and_then(|s| s.get("f:replicas")).is_some())
     })
 }
 
@@ -238,13 +183,7 @@ where
     let mut body = serde_json::to_value(&mut object).unwrap_or_default();
     body["apiVersion"] = K::api_version(&()).into();
     body["kind"] = K::kind(&()).into();
-    api.patch(
-        &name,
-        &PatchParams::apply(manager).force(),
-        &Patch::Apply(&body),
-    )
-    .await
-    .map_err(|source| {
+    api.patch(&name, &PatchParams::apply(manager).force(), &Patch::Apply(&body)).await.map_err(|source| {
         let ns = object.meta().namespace.clone().unwrap_or_default();
         classify_in("apply", &K::kind(&()), ns, &name, source)
     })
@@ -261,13 +200,7 @@ where
     }
 }
 
-fn api_error(
-    action: &'static str,
-    kind: &str,
-    celery: &Celery,
-    name: &str,
-    source: kube::Error,
-) -> ApplyError {
+fn api_error(action: &'static str, kind: &str, celery: &Celery, name: &str, source: kube::Error) -> ApplyError {
     ApplyError::Api {
         action,
         kind: kind.to_string(),
@@ -277,47 +210,20 @@ fn api_error(
     }
 }
 
-fn classify(
-    action: &'static str,
-    kind: &str,
-    celery: &Celery,
-    name: &str,
-    source: kube::Error,
-) -> ApplyError {
-    classify_in(
-        action,
-        kind,
-        celery.namespace().unwrap_or_default(),
-        name,
-        source,
-    )
+fn classify(action: &'static str, kind: &str, celery: &Celery, name: &str, source: kube::Error) -> ApplyError {
+    classify_in(action, kind, celery.namespace().unwrap_or_default(), name, source)
 }
 
 /// Separates refusals that only a change of the spec can cure (422 Invalid) from failures
 /// worth a retry.
-fn classify_in(
-    action: &'static str,
-    kind: &str,
-    namespace: String,
-    name: &str,
-    source: kube::Error,
-) -> ApplyError {
+fn classify_in(action: &'static str, kind: &str, namespace: String, name: &str, source: kube::Error) -> ApplyError {
     if let kube::Error::Api(status) = &source
         && status.code == 422
     {
         return ApplyError::Rejected {
             reason: APPLY_REJECTED,
-            message: format!(
-                "the API server refused {kind} {namespace}/{name}: {}",
-                status.message
-            ),
+            message: format!("the API server refused {kind} {namespace}/{name}: {}", status.message),
         };
     }
-    ApplyError::Api {
-        action,
-        kind: kind.to_string(),
-        namespace,
-        name: name.to_string(),
-        source,
-    }
+    ApplyError::Api { action, kind: kind.to_string(), namespace, name: name.to_string(), source }
 }

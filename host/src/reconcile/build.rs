@@ -7,12 +7,10 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::apps::v1::{
-    Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
-};
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment};
 use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, EnvVar, EnvVarSource, PodSpec, PodTemplateSpec, Probe,
-    SecretKeySelector, Service, ServicePort, ServiceSpec, TCPSocketAction,
+    Container, ContainerPort, EnvVar, EnvVarSource, PodSpec, PodTemplateSpec, Probe, SecretKeySelector, Service, ServicePort,
+    ServiceSpec, TCPSocketAction,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -95,10 +93,7 @@ pub fn worker_deployment(celery: &Celery, replicas: Option<i32>) -> Result<Deplo
         metadata: child_meta(celery, worker_name(celery), labels.clone())?,
         spec: Some(DeploymentSpec {
             replicas,
-            selector: LabelSelector {
-                match_labels: Some(selector),
-                ..Default::default()
-            },
+            selector: LabelSelector { match_labels: Some(selector), ..Default::default() },
             // Surge instead of taking a worker away: running tasks are not cut short by a rollout.
             strategy: Some(DeploymentStrategy {
                 type_: Some("RollingUpdate".into()),
@@ -120,17 +115,9 @@ pub fn flower_deployment(celery: &Celery) -> Result<Deployment, BuildError> {
     let f = &spec.flower_spec;
     let name = flower_name(celery);
     let selector = BTreeMap::from([("run".to_string(), name.clone())]);
-    let mut args = vec![
-        format!("--app={}", spec.common.celery_app),
-        "flower".into(),
-        format!("--port={FLOWER_PORT}"),
-    ];
+    let mut args = vec![format!("--app={}", spec.common.celery_app), "flower".into(), format!("--port={FLOWER_PORT}")];
     args.extend(f.extra_args.iter().cloned());
-    let extra_env = f
-        .basic_auth
-        .iter()
-        .map(|auth| secret_env(FLOWER_AUTH_ENV, &auth.name, &auth.key))
-        .collect();
+    let extra_env = f.basic_auth.iter().map(|auth| secret_env(FLOWER_AUTH_ENV, &auth.name, &auth.key)).collect();
 
     let container = Container {
         name: "flower".into(),
@@ -147,10 +134,7 @@ pub fn flower_deployment(celery: &Celery) -> Result<Deployment, BuildError> {
         resources: f.resources.clone(),
         // A TCP check: Flower's HTTP endpoints sit behind basic auth when it is on.
         readiness_probe: Some(Probe {
-            tcp_socket: Some(TCPSocketAction {
-                port: IntOrString::Int(FLOWER_PORT),
-                host: None,
-            }),
+            tcp_socket: Some(TCPSocketAction { port: IntOrString::Int(FLOWER_PORT), host: None }),
             period_seconds: Some(10),
             ..Default::default()
         }),
@@ -166,10 +150,7 @@ pub fn flower_deployment(celery: &Celery) -> Result<Deployment, BuildError> {
         metadata: child_meta(celery, name, meta_labels)?,
         spec: Some(DeploymentSpec {
             replicas: Some(f.replicas),
-            selector: LabelSelector {
-                match_labels: Some(selector),
-                ..Default::default()
-            },
+            selector: LabelSelector { match_labels: Some(selector), ..Default::default() },
             template: pod_template(celery, labels, pod),
             ..Default::default()
         }),
@@ -210,22 +191,12 @@ fn child_labels(celery: &Celery, component: &str) -> BTreeMap<String, String> {
     BTreeMap::from([
         ("app.kubernetes.io/name".to_string(), "celery".to_string()),
         ("app.kubernetes.io/instance".to_string(), celery.name_any()),
-        (
-            "app.kubernetes.io/component".to_string(),
-            component.to_string(),
-        ),
-        (
-            "app.kubernetes.io/managed-by".to_string(),
-            MANAGED_BY.to_string(),
-        ),
+        ("app.kubernetes.io/component".to_string(), component.to_string()),
+        ("app.kubernetes.io/managed-by".to_string(), MANAGED_BY.to_string()),
     ])
 }
 
-fn child_meta(
-    celery: &Celery,
-    name: String,
-    labels: BTreeMap<String, String>,
-) -> Result<ObjectMeta, BuildError> {
+fn child_meta(celery: &Celery, name: String, labels: BTreeMap<String, String>) -> Result<ObjectMeta, BuildError> {
     Ok(ObjectMeta {
         name: Some(name),
         namespace: celery.namespace(),
@@ -237,16 +208,10 @@ fn child_meta(
 
 /// A controller owner reference: the garbage collector deletes the children with the app.
 fn owner_reference(celery: &Celery) -> Result<OwnerReference, BuildError> {
-    celery
-        .controller_owner_ref(&())
-        .ok_or(BuildError::NoOwnerReference)
+    celery.controller_owner_ref(&()).ok_or(BuildError::NoOwnerReference)
 }
 
-fn pod_template(
-    celery: &Celery,
-    mut labels: BTreeMap<String, String>,
-    spec: PodSpec,
-) -> PodTemplateSpec {
+fn pod_template(celery: &Celery, mut labels: BTreeMap<String, String>, spec: PodSpec) -> PodTemplateSpec {
     let common = &celery.spec.common;
     for (k, v) in &common.pod_labels {
         labels.entry(k.clone()).or_insert_with(|| v.clone());
@@ -254,8 +219,7 @@ fn pod_template(
     PodTemplateSpec {
         metadata: Some(ObjectMeta {
             labels: Some(labels),
-            annotations: (!common.pod_annotations.is_empty())
-                .then(|| common.pod_annotations.clone()),
+            annotations: (!common.pod_annotations.is_empty()).then(|| common.pod_annotations.clone()),
             ..Default::default()
         }),
         spec: Some(spec),
@@ -270,8 +234,7 @@ fn pod_spec(celery: &Celery, container: Container) -> PodSpec {
         node_selector: (!c.node_selector.is_empty()).then(|| c.node_selector.clone()),
         tolerations: (!c.tolerations.is_empty()).then(|| c.tolerations.clone()),
         affinity: c.affinity.clone(),
-        image_pull_secrets: (!c.image_pull_secrets.is_empty())
-            .then(|| c.image_pull_secrets.clone()),
+        image_pull_secrets: (!c.image_pull_secrets.is_empty()).then(|| c.image_pull_secrets.clone()),
         security_context: c.pod_security_context.clone(),
         ..Default::default()
     }
@@ -281,13 +244,10 @@ fn pod_spec(celery: &Celery, container: Container) -> PodSpec {
 fn app_container(celery: &Celery, extra_env: Vec<EnvVar>) -> Container {
     let spec = &celery.spec;
     let c = &spec.common;
-    let mut env: Vec<EnvVar> = [
-        (BROKER_ENV, &spec.broker),
-        (RESULT_BACKEND_ENV, &spec.result_backend),
-    ]
-    .into_iter()
-    .filter_map(|(name, source)| source.as_ref().map(|b| url_env(name, b)))
-    .collect();
+    let mut env: Vec<EnvVar> = [(BROKER_ENV, &spec.broker), (RESULT_BACKEND_ENV, &spec.result_backend)]
+        .into_iter()
+        .filter_map(|(name, source)| source.as_ref().map(|b| url_env(name, b)))
+        .collect();
     env.extend(extra_env);
     env.extend(c.env.iter().cloned());
     Container {
@@ -303,11 +263,7 @@ fn app_container(celery: &Celery, extra_env: Vec<EnvVar>) -> Container {
 fn url_env(name: &str, source: &Broker) -> EnvVar {
     match (&source.url, &source.secret_ref) {
         (_, Some(secret)) => secret_env(name, &secret.name, &secret.key),
-        (url, None) => EnvVar {
-            name: name.into(),
-            value: url.clone(),
-            value_from: None,
-        },
+        (url, None) => EnvVar { name: name.into(), value: url.clone(), value_from: None },
     }
 }
 
@@ -316,11 +272,7 @@ fn secret_env(name: &str, secret: &str, key: &str) -> EnvVar {
         name: name.into(),
         value: None,
         value_from: Some(EnvVarSource {
-            secret_key_ref: Some(SecretKeySelector {
-                name: secret.into(),
-                key: key.into(),
-                optional: None,
-            }),
+            secret_key_ref: Some(SecretKeySelector { name: secret.into(), key: key.into(), optional: None }),
             ..Default::default()
         }),
     }
@@ -391,22 +343,13 @@ spec:
     fn seed_resource_builds_the_python_operators_children() {
         let c = celery(SEED);
         let worker = worker_deployment(&c, Some(2)).unwrap();
-        assert_eq!(
-            worker.metadata.name.as_deref(),
-            Some("celery-crd-example-celery-worker")
-        );
+        assert_eq!(worker.metadata.name.as_deref(), Some("celery-crd-example-celery-worker"));
         let spec = worker.spec.as_ref().unwrap();
         assert_eq!(spec.replicas, Some(2));
-        assert_eq!(
-            spec.selector.match_labels.as_ref().unwrap()["app"],
-            "celery-crd-example"
-        );
+        assert_eq!(spec.selector.match_labels.as_ref().unwrap()["app"], "celery-crd-example");
         let pod = spec.template.spec.as_ref().unwrap();
         let container = &pod.containers[0];
-        assert_eq!(
-            container.command.as_deref(),
-            Some(&["celery".to_string()][..])
-        );
+        assert_eq!(container.command.as_deref(), Some(&["celery".to_string()][..]));
         assert_eq!(
             container.args.as_deref().unwrap(),
             [
@@ -418,44 +361,23 @@ spec:
                 "--max-tasks-per-child=100"
             ]
         );
-        let requests = container
-            .resources
-            .as_ref()
-            .unwrap()
-            .requests
-            .as_ref()
-            .unwrap();
+        let requests = container.resources.as_ref().unwrap().requests.as_ref().unwrap();
         assert_eq!(requests["cpu"].0, "100m");
         assert_eq!(pod.termination_grace_period_seconds, Some(300));
         let owner = &worker.metadata.owner_references.as_ref().unwrap()[0];
-        assert_eq!(
-            (owner.kind.as_str(), owner.controller),
-            ("Celery", Some(true))
-        );
+        assert_eq!((owner.kind.as_str(), owner.controller), ("Celery", Some(true)));
 
         let flower = flower_deployment(&c).unwrap();
-        assert_eq!(
-            flower.metadata.name.as_deref(),
-            Some("celery-crd-example-flower")
-        );
+        assert_eq!(flower.metadata.name.as_deref(), Some("celery-crd-example-flower"));
         let fspec = flower.spec.as_ref().unwrap();
-        assert_eq!(
-            fspec.selector.match_labels.as_ref().unwrap()["run"],
-            "celery-crd-example-flower"
-        );
+        assert_eq!(fspec.selector.match_labels.as_ref().unwrap()["run"], "celery-crd-example-flower");
         let fc = &fspec.template.spec.as_ref().unwrap().containers[0];
-        assert_eq!(
-            fc.args.as_deref().unwrap()[..2],
-            ["--app=app:celery_app", "flower"]
-        );
+        assert_eq!(fc.args.as_deref().unwrap()[..2], ["--app=app:celery_app", "flower"]);
         assert_eq!(fc.ports.as_ref().unwrap()[0].container_port, 5555);
 
         let svc = flower_service(&c).unwrap();
         let sspec = svc.spec.unwrap();
-        assert_eq!(
-            svc.metadata.name.as_deref(),
-            Some("celery-crd-example-flower")
-        );
+        assert_eq!(svc.metadata.name.as_deref(), Some("celery-crd-example-flower"));
         assert_eq!(sspec.type_.as_deref(), Some("NodePort"));
         assert_eq!(sspec.selector.unwrap()["run"], "celery-crd-example-flower");
         assert_eq!(sspec.ports.unwrap()[0].port, 5555);
@@ -516,70 +438,33 @@ spec:
         assert_eq!(pod.termination_grace_period_seconds, Some(3600));
         let container = &pod.containers[0];
         assert_eq!(container.image_pull_policy.as_deref(), Some("IfNotPresent"));
-        assert!(
-            container
-                .args
-                .as_ref()
-                .unwrap()
-                .ends_with(&["-Ofair".into(), "--prefetch-multiplier=1".into()])
-        );
+        assert!(container.args.as_ref().unwrap().ends_with(&["-Ofair".into(), "--prefetch-multiplier=1".into()]));
         let env = container.env.as_ref().unwrap();
         let broker = env.iter().find(|e| e.name == BROKER_ENV).unwrap();
-        let secret = broker
-            .value_from
-            .as_ref()
-            .unwrap()
-            .secret_key_ref
-            .as_ref()
-            .unwrap();
-        assert_eq!(
-            (secret.name.as_str(), secret.key.as_str()),
-            ("shop-broker", "url")
-        );
+        let secret = broker.value_from.as_ref().unwrap().secret_key_ref.as_ref().unwrap();
+        assert_eq!((secret.name.as_str(), secret.key.as_str()), ("shop-broker", "url"));
         assert_eq!(broker.value, None, "no credentials in the spec");
         let backend = env.iter().find(|e| e.name == RESULT_BACKEND_ENV).unwrap();
         assert_eq!(backend.value.as_deref(), Some("redis://redis:6379/1"));
         assert!(env.iter().any(|e| e.name == "DJANGO_SETTINGS_MODULE"));
-        assert!(
-            !env.iter().any(|e| e.name == FLOWER_AUTH_ENV),
-            "flower auth stays in flower"
-        );
-        assert_eq!(
-            container
-                .security_context
-                .as_ref()
-                .unwrap()
-                .read_only_root_filesystem,
-            Some(true)
-        );
+        assert!(!env.iter().any(|e| e.name == FLOWER_AUTH_ENV), "flower auth stays in flower");
+        assert_eq!(container.security_context.as_ref().unwrap().read_only_root_filesystem, Some(true));
 
         let flower = flower_deployment(&c).unwrap();
         let fc = &flower.spec.unwrap().template.spec.unwrap().containers[0];
-        assert!(
-            fc.env
-                .as_ref()
-                .unwrap()
-                .iter()
-                .any(|e| e.name == FLOWER_AUTH_ENV)
-        );
+        assert!(fc.env.as_ref().unwrap().iter().any(|e| e.name == FLOWER_AUTH_ENV));
         let svc = flower_service(&c).unwrap();
         assert_eq!(svc.metadata.annotations.unwrap()["a"], "b");
         let sspec = svc.spec.unwrap();
         assert_eq!(sspec.type_.as_deref(), Some("ClusterIP"));
         let port = &sspec.ports.unwrap()[0];
-        assert_eq!(
-            (port.port, port.target_port.clone()),
-            (80, Some(IntOrString::Int(5555)))
-        );
+        assert_eq!((port.port, port.target_port.clone()), (80, Some(IntOrString::Int(5555))));
     }
 
     #[test]
     fn a_celery_without_uid_cannot_own_children() {
         let mut c = celery(SEED);
         c.metadata.uid = None;
-        assert!(matches!(
-            worker_deployment(&c, Some(1)),
-            Err(BuildError::NoOwnerReference)
-        ));
+        assert!(matches!(worker_deployment(&c, Some(1)), Err(BuildError::NoOwnerReference)));
     }
 }

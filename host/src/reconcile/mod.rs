@@ -57,10 +57,7 @@ impl Context {
         policies: Option<Arc<PolicyCheck>>,
         autoscaler: Option<Autoscaler>,
     ) -> Self {
-        let reporter = Reporter {
-            controller: FIELD_MANAGER.into(),
-            instance: std::env::var("POD_NAME").ok(),
-        };
+        let reporter = Reporter { controller: FIELD_MANAGER.into(), instance: std::env::var("POD_NAME").ok() };
         Self {
             recorder: Recorder::new(client.clone(), reporter),
             client,
@@ -101,8 +98,7 @@ pub async fn reconcile(celery: Arc<Celery>, ctx: Arc<Context>) -> Result<Action,
     let app = format!("{ns}/{name}");
 
     let result = run_pipeline(&celery, &ctx, &app).await;
-    ctx.metrics
-        .observe_reconcile(started.elapsed(), result.as_ref().err());
+    ctx.metrics.observe_reconcile(started.elapsed(), result.as_ref().err());
     let key = ObjectRef::from_obj(&*celery);
     if result.is_ok() {
         ctx.failures.lock().expect("failure map lock").remove(&key);
@@ -115,28 +111,19 @@ async fn run_pipeline(celery: &Celery, ctx: &Context, app: &str) -> Result<Actio
     let scaling;
     let applied;
     let outcome = match validate::validate(&celery.spec) {
-        Err(invalid) => Outcome::Failed {
-            reason: INVALID_SPEC,
-            message: invalid.to_string(),
-        },
+        Err(invalid) => Outcome::Failed { reason: INVALID_SPEC, message: invalid.to_string() },
         Ok(s) => {
             scaling = s;
             // A policy that cannot be used does not hold back the rest of the spec: the
             // children are still applied, and the scaler keeps the current count.
             let problem = match &ctx.policies {
-                Some(check) => check
-                    .check(&scaling)
-                    .await
-                    .err()
-                    .map(|p| (p.reason, p.message)),
+                Some(check) => check.check(&scaling).await.err().map(|p| (p.reason, p.message)),
                 None => None,
             };
             match apply::children(&ctx.client, celery, &scaling).await {
                 Ok(a) => {
                     applied = a;
-                    if let (Scaling::Policies { .. }, Some(autoscaler)) =
-                        (&scaling, &ctx.autoscaler)
-                    {
+                    if let (Scaling::Policies { .. }, Some(autoscaler)) = (&scaling, &ctx.autoscaler) {
                         autoscaler.ensure(celery);
                     }
                     Outcome::Applied {
@@ -147,14 +134,9 @@ async fn run_pipeline(celery: &Celery, ctx: &Context, app: &str) -> Result<Actio
                         problem,
                     }
                 }
-                Err(ApplyError::Rejected { reason, message }) => {
-                    Outcome::Failed { reason, message }
-                }
+                Err(ApplyError::Rejected { reason, message }) => Outcome::Failed { reason, message },
                 Err(source) => {
-                    return Err(Error::Apply {
-                        app: app.to_string(),
-                        source,
-                    });
+                    return Err(Error::Apply { app: app.to_string(), source });
                 }
             }
         }
@@ -162,27 +144,16 @@ async fn run_pipeline(celery: &Celery, ctx: &Context, app: &str) -> Result<Actio
 
     let now = Time(jiff::Timestamp::now());
     let new_status = status::compute(celery, &outcome, &now);
-    let old_conditions = celery
-        .status
-        .as_ref()
-        .map(|s| s.conditions.as_slice())
-        .unwrap_or_default();
+    let old_conditions = celery.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
     publish_transitions(ctx, celery, old_conditions, &new_status.conditions).await;
     write_status(ctx, celery, &new_status, app).await?;
 
     match outcome {
         Outcome::Applied { problem: None, .. } => {
-            info!(
-                app,
-                policy = new_status.policy.as_deref().unwrap_or("none"),
-                "reconciled"
-            );
+            info!(app, policy = new_status.policy.as_deref().unwrap_or("none"), "reconciled");
             Ok(Action::requeue(RESYNC))
         }
-        Outcome::Applied {
-            problem: Some((reason, message)),
-            ..
-        } => {
+        Outcome::Applied { problem: Some((reason, message)), .. } => {
             warn!(app, reason, %message, "children applied, but the scaling policy cannot be used");
             Ok(Action::requeue(RESYNC))
         }
@@ -219,32 +190,19 @@ async fn publish_transitions(ctx: &Context, celery: &Celery, old: &[Condition], 
 
 /// Writes the status with server-side apply, and only when it changed, so a status write does
 /// not wake the controller into another identical write.
-async fn write_status(
-    ctx: &Context,
-    celery: &Celery,
-    status: &CeleryStatus,
-    app: &str,
-) -> Result<(), Error> {
+async fn write_status(ctx: &Context, celery: &Celery, status: &CeleryStatus, app: &str) -> Result<(), Error> {
     if celery.status.as_ref().map(status::reconciler_part).as_ref() == Some(status) {
         return Ok(());
     }
-    let api: Api<Celery> =
-        Api::namespaced(ctx.client.clone(), &celery.namespace().unwrap_or_default());
+    let api: Api<Celery> = Api::namespaced(ctx.client.clone(), &celery.namespace().unwrap_or_default());
     let patch = serde_json::json!({
         "apiVersion": Celery::api_version(&()),
         "kind": Celery::kind(&()),
         "status": status,
     });
-    api.patch_status(
-        &celery.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await
-    .map_err(|source| Error::Status {
-        app: app.to_string(),
-        source,
-    })?;
+    api.patch_status(&celery.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
+        .await
+        .map_err(|source| Error::Status { app: app.to_string(), source })?;
     Ok(())
 }
 

@@ -66,12 +66,7 @@ impl PolicyCheck {
             loading.spawn_watch(rescan);
         });
         let runner = PolicyRunner::new(num_cpus(), CallLimits::default());
-        Ok(Arc::new(Self {
-            registry,
-            runner,
-            ready,
-            verdicts: Mutex::default(),
-        }))
+        Ok(Arc::new(Self { registry, runner, ready, verdicts: Mutex::default() }))
     }
 
     /// The registry the policies are resolved in.
@@ -100,41 +95,23 @@ impl PolicyCheck {
             let loaded = self
                 .registry
                 .resolve(&policy.name)
-                .map_err(|e| PolicyProblem {
-                    reason: INVALID_POLICY,
-                    message: format!("{}: {e}", policy.field),
-                })?;
+                .map_err(|e| PolicyProblem { reason: INVALID_POLICY, message: format!("{}: {e}", policy.field) })?;
             let key = (loaded.digest().to_string(), policy.settings.clone());
-            let known = self
-                .verdicts
-                .lock()
-                .expect("verdict cache lock")
-                .get(&key)
-                .cloned();
+            let known = self.verdicts.lock().expect("verdict cache lock").get(&key).cloned();
             let verdict = match known {
                 Some(v) => v,
                 None => {
-                    let v = match self
-                        .runner
-                        .validate_settings(loaded, policy.settings.clone())
-                        .await
-                    {
+                    let v = match self.runner.validate_settings(loaded, policy.settings.clone()).await {
                         Ok(()) => Ok(()),
                         // Transient host trouble is not the user's fault: do not remember it.
                         Err(e) if !e.is_permanent() => return Err(problem(&policy.field, &e)),
                         Err(e) => Err(problem(&policy.field, &e).message),
                     };
-                    self.verdicts
-                        .lock()
-                        .expect("verdict cache lock")
-                        .insert(key, v.clone());
+                    self.verdicts.lock().expect("verdict cache lock").insert(key, v.clone());
                     v
                 }
             };
-            verdict.map_err(|message| PolicyProblem {
-                reason: INVALID_SETTINGS,
-                message,
-            })?;
+            verdict.map_err(|message| PolicyProblem { reason: INVALID_SETTINGS, message })?;
         }
         Ok(())
     }
@@ -149,8 +126,5 @@ fn problem(field: &str, error: &PolicyError) -> PolicyProblem {
         PolicyError::InvalidSettings { .. } | PolicyError::Rejected { .. } => INVALID_SETTINGS,
         _ => INVALID_POLICY,
     };
-    PolicyProblem {
-        reason,
-        message: format!("{field}: {error}"),
-    }
+    PolicyProblem { reason, message: format!("{field}: {error}") }
 }

@@ -26,37 +26,18 @@ pub enum Outcome<'a> {
     },
     /// The spec failed validation, or the API server refused a child: `reason` is one of the
     /// `Degraded` reasons and `message` says what to fix.
-    Failed {
-        reason: &'static str,
-        message: String,
-    },
+    Failed { reason: &'static str, message: String },
 }
 
 /// The new status of `celery` after a reconcile.
 pub fn compute(celery: &Celery, outcome: &Outcome<'_>, now: &Time) -> CeleryStatus {
     let old = celery.status.clone().unwrap_or_default();
     let generation = celery.metadata.generation;
-    let conditions_at = |ready: (bool, &str, String),
-                         progressing: (bool, &str, String),
-                         degraded: (bool, &str, String)| {
-        [
-            (READY, ready),
-            (PROGRESSING, progressing),
-            (DEGRADED, degraded),
-        ]
-        .into_iter()
-        .map(|(type_, (status, reason, message))| {
-            condition(
-                &old.conditions,
-                type_,
-                status,
-                reason,
-                message,
-                generation,
-                now,
-            )
-        })
-        .collect::<Vec<_>>()
+    let conditions_at = |ready: (bool, &str, String), progressing: (bool, &str, String), degraded: (bool, &str, String)| {
+        [(READY, ready), (PROGRESSING, progressing), (DEGRADED, degraded)]
+            .into_iter()
+            .map(|(type_, (status, reason, message))| condition(&old.conditions, type_, status, reason, message, generation, now))
+            .collect::<Vec<_>>()
     };
 
     match outcome {
@@ -64,11 +45,7 @@ pub fn compute(celery: &Celery, outcome: &Outcome<'_>, now: &Time) -> CeleryStat
             observed_generation: generation,
             conditions: conditions_at(
                 (false, reason, message.clone()),
-                (
-                    false,
-                    reason,
-                    "the change cannot be rolled out until the problem is fixed".into(),
-                ),
+                (false, reason, "the change cannot be rolled out until the problem is fixed".into()),
                 (true, reason, message.clone()),
             ),
             workers: old.workers,
@@ -78,56 +55,24 @@ pub fn compute(celery: &Celery, outcome: &Outcome<'_>, now: &Time) -> CeleryStat
             queue_backlog: None,
             autoscaler: None,
         },
-        Outcome::Applied {
-            scaling,
-            worker,
-            flower,
-            flower_service,
-            problem,
-        } => {
+        Outcome::Applied { scaling, worker, flower, flower_service, problem } => {
             let workers = replicas(worker);
             let flower_replicas = flower.map(replicas);
-            let stuck = [Some(*worker), *flower]
-                .into_iter()
-                .flatten()
-                .find_map(progress_deadline_exceeded);
+            let stuck = [Some(*worker), *flower].into_iter().flatten().find_map(progress_deadline_exceeded);
 
             let worker_ok = converged(worker);
             let flower_ok = flower.is_none_or(converged);
             let ready = if !worker_ok {
-                (
-                    false,
-                    WORKERS_NOT_READY,
-                    format!(
-                        "{}/{} worker replicas ready",
-                        workers.ready, workers.desired
-                    ),
-                )
+                (false, WORKERS_NOT_READY, format!("{}/{} worker replicas ready", workers.ready, workers.desired))
             } else if let (false, Some(f)) = (flower_ok, &flower_replicas) {
-                (
-                    false,
-                    FLOWER_NOT_READY,
-                    format!("{}/{} Flower replicas ready", f.ready, f.desired),
-                )
+                (false, FLOWER_NOT_READY, format!("{}/{} Flower replicas ready", f.ready, f.desired))
             } else {
-                (
-                    true,
-                    ALL_REPLICAS_READY,
-                    format!("{} worker replicas ready", workers.ready),
-                )
+                (true, ALL_REPLICAS_READY, format!("{} worker replicas ready", workers.ready))
             };
             let progressing = if worker_ok && flower_ok {
-                (
-                    false,
-                    ROLLOUT_COMPLETE,
-                    "the children run the current spec".to_string(),
-                )
+                (false, ROLLOUT_COMPLETE, "the children run the current spec".to_string())
             } else {
-                (
-                    true,
-                    ROLLING_OUT,
-                    "waiting for the Deployments to roll out".to_string(),
-                )
+                (true, ROLLING_OUT, "waiting for the Deployments to roll out".to_string())
             };
             let degraded = match (problem, stuck) {
                 (Some((reason, message)), _) => (true, *reason, message.clone()),
@@ -168,12 +113,7 @@ pub fn reconciler_part(status: &CeleryStatus) -> CeleryStatus {
 
 /// The conditions whose status or reason differ from before: the only ones worth an event.
 pub fn transitions<'a>(old: &[Condition], new: &'a [Condition]) -> Vec<&'a Condition> {
-    new.iter()
-        .filter(|c| {
-            !old.iter()
-                .any(|o| o.type_ == c.type_ && o.status == c.status && o.reason == c.reason)
-        })
-        .collect()
+    new.iter().filter(|c| !old.iter().any(|o| o.type_ == c.type_ && o.status == c.status && o.reason == c.reason)).collect()
 }
 
 fn condition(
@@ -219,15 +159,17 @@ fn converged(d: &Deployment) -> bool {
 }
 
 fn progress_deadline_exceeded(d: &Deployment) -> Option<String> {
-    let cond = d.status.as_ref()?.conditions.as_ref()?.iter().find(|c| {
-        c.type_ == "Progressing" && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
-    })?;
+    let cond = d
+        .status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == "Progressing" && c.reason.as_deref() == Some("ProgressDeadlineExceeded"))?;
     Some(format!(
         "Deployment {}: {}",
         d.metadata.name.as_deref().unwrap_or("?"),
-        cond.message
-            .as_deref()
-            .unwrap_or("progress deadline exceeded")
+        cond.message.as_deref().unwrap_or("progress deadline exceeded")
     ))
 }
 
@@ -274,26 +216,13 @@ status: {observedGeneration: 2, replicas: 2, readyReplicas: 2, updatedReplicas: 
         let celery = celery_with_status("[]");
         let worker = deployment(READY_WORKERS);
         let scaling = Scaling::Fixed { replicas: 2 };
-        let outcome = Outcome::Applied {
-            scaling: &scaling,
-            worker: &worker,
-            flower: None,
-            flower_service: None,
-            problem: None,
-        };
+        let outcome = Outcome::Applied { scaling: &scaling, worker: &worker, flower: None, flower_service: None, problem: None };
         let s = compute(&celery, &outcome, &time("2026-01-01T00:00:00Z"));
         assert_eq!(s.observed_generation, Some(3));
         assert_eq!(get(&s, READY).status, "True");
         assert_eq!(get(&s, PROGRESSING).reason, ROLLOUT_COMPLETE);
         assert_eq!(get(&s, DEGRADED).status, "False");
-        assert_eq!(
-            s.workers,
-            Some(ReplicaStatus {
-                desired: 2,
-                ready: 2,
-                updated: 2
-            })
-        );
+        assert_eq!(s.workers, Some(ReplicaStatus { desired: 2, ready: 2, updated: 2 }));
         assert_eq!(s.policy.as_deref(), Some("none"));
     }
 
@@ -335,34 +264,18 @@ status:
 ",
         );
         let scaling = Scaling::Fixed { replicas: 1 };
-        let outcome = Outcome::Applied {
-            scaling: &scaling,
-            worker: &worker,
-            flower: None,
-            flower_service: None,
-            problem: None,
-        };
+        let outcome = Outcome::Applied { scaling: &scaling, worker: &worker, flower: None, flower_service: None, problem: None };
         let s = compute(&celery, &outcome, &time("2026-01-01T00:00:00Z"));
         let d = get(&s, DEGRADED);
-        assert_eq!(
-            (d.status.as_str(), d.reason.as_str()),
-            ("True", ROLLOUT_STUCK)
-        );
+        assert_eq!((d.status.as_str(), d.reason.as_str()), ("True", ROLLOUT_STUCK));
         assert!(d.message.contains("demo-celery-worker"), "{}", d.message);
     }
 
     #[test]
     fn failure_keeps_last_counts_and_names_the_problem() {
         let mut celery = celery_with_status("[]");
-        celery.status.as_mut().unwrap().workers = Some(ReplicaStatus {
-            desired: 2,
-            ready: 2,
-            updated: 2,
-        });
-        let outcome = Outcome::Failed {
-            reason: INVALID_SPEC,
-            message: "spec.workerSpec.resources.requests.cpu: bad".into(),
-        };
+        celery.status.as_mut().unwrap().workers = Some(ReplicaStatus { desired: 2, ready: 2, updated: 2 });
+        let outcome = Outcome::Failed { reason: INVALID_SPEC, message: "spec.workerSpec.resources.requests.cpu: bad".into() };
         let s = compute(&celery, &outcome, &time("2026-01-01T00:00:00Z"));
         assert_eq!(get(&s, DEGRADED).reason, INVALID_SPEC);
         assert!(get(&s, READY).message.contains("requests.cpu"));
@@ -377,39 +290,17 @@ status:
         let worker = deployment(READY_WORKERS);
         let scaling = Scaling::Fixed { replicas: 2 };
         let now = time("2026-06-01T00:00:00Z");
-        let outcome = Outcome::Applied {
-            scaling: &scaling,
-            worker: &worker,
-            flower: None,
-            flower_service: None,
-            problem: None,
-        };
+        let outcome = Outcome::Applied { scaling: &scaling, worker: &worker, flower: None, flower_service: None, problem: None };
         let s = compute(&celery, &outcome, &now);
-        assert_eq!(
-            get(&s, READY).last_transition_time,
-            time("2025-01-01T00:00:00Z")
-        );
+        assert_eq!(get(&s, READY).last_transition_time, time("2025-01-01T00:00:00Z"));
         let old = &celery.status.as_ref().unwrap().conditions;
-        let changed: Vec<_> = transitions(old, &s.conditions)
-            .iter()
-            .map(|c| c.type_.as_str())
-            .collect();
-        assert_eq!(
-            changed,
-            [PROGRESSING],
-            "only the condition that was absent before"
-        );
+        let changed: Vec<_> = transitions(old, &s.conditions).iter().map(|c| c.type_.as_str()).collect();
+        assert_eq!(changed, [PROGRESSING], "only the condition that was absent before");
 
-        let failed = Outcome::Failed {
-            reason: INVALID_SPEC,
-            message: "x".into(),
-        };
+        let failed = Outcome::Failed { reason: INVALID_SPEC, message: "x".into() };
         let s2 = compute(&celery, &failed, &now);
         assert_eq!(get(&s2, READY).last_transition_time, now);
-        let changed: Vec<_> = transitions(old, &s2.conditions)
-            .iter()
-            .map(|c| c.type_.as_str())
-            .collect();
+        let changed: Vec<_> = transitions(old, &s2.conditions).iter().map(|c| c.type_.as_str()).collect();
         assert_eq!(changed, [READY, PROGRESSING, DEGRADED]);
     }
 }

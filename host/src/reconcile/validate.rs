@@ -28,10 +28,7 @@ pub struct SpecError {
 
 impl SpecError {
     fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            field: field.into(),
-            message: message.into(),
-        }
+        Self { field: field.into(), message: message.into() }
     }
 }
 
@@ -41,12 +38,7 @@ pub enum Scaling {
     /// A fixed count (`workerSpec.numOfWorkers`).
     Fixed { replicas: i32 },
     /// Scaling policies within bounds; with several policies the largest answer wins.
-    Policies {
-        policies: Vec<PolicyRef>,
-        min_replicas: i32,
-        max_replicas: i32,
-        tuning: Tuning,
-    },
+    Policies { policies: Vec<PolicyRef>, min_replicas: i32, max_replicas: i32, tuning: Tuning },
 }
 
 /// A scaling policy module and the settings handed to it.
@@ -67,11 +59,7 @@ impl Scaling {
     pub fn policy_label(&self) -> String {
         match self {
             Scaling::Fixed { .. } => "none".into(),
-            Scaling::Policies { policies, .. } => policies
-                .iter()
-                .map(|p| p.name.as_str())
-                .collect::<Vec<_>>()
-                .join("+"),
+            Scaling::Policies { policies, .. } => policies.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join("+"),
         }
     }
 
@@ -79,25 +67,15 @@ impl Scaling {
     pub fn initial_replicas(&self, num_of_workers: i32) -> i32 {
         match *self {
             Scaling::Fixed { replicas } => replicas,
-            Scaling::Policies {
-                min_replicas,
-                max_replicas,
-                ..
-            } => num_of_workers.clamp(min_replicas, max_replicas),
+            Scaling::Policies { min_replicas, max_replicas, .. } => num_of_workers.clamp(min_replicas, max_replicas),
         }
     }
 }
 
 /// Checks a spec and resolves its scaling.
 pub fn validate(spec: &CelerySpec) -> Result<Scaling, SpecError> {
-    check_resources(
-        "spec.workerSpec.resources",
-        spec.worker_spec.resources.as_ref(),
-    )?;
-    check_resources(
-        "spec.flowerSpec.resources",
-        spec.flower_spec.resources.as_ref(),
-    )?;
+    check_resources("spec.workerSpec.resources", spec.worker_spec.resources.as_ref())?;
+    check_resources("spec.flowerSpec.resources", spec.flower_spec.resources.as_ref())?;
     for key in spec.common.pod_labels.keys() {
         if RESERVED_POD_LABELS.contains(&key.as_str()) {
             return Err(SpecError::new(
@@ -127,10 +105,7 @@ fn check_env(spec: &CelerySpec) -> Result<(), SpecError> {
             ));
         }
         if !seen.insert(var.name.as_str()) {
-            return Err(SpecError::new(
-                field,
-                format!("{} is listed twice", var.name),
-            ));
+            return Err(SpecError::new(field, format!("{} is listed twice", var.name)));
         }
     }
     Ok(())
@@ -140,10 +115,7 @@ fn check_resources(field: &str, resources: Option<&ResourceRequirements>) -> Res
     let Some(resources) = resources else {
         return Ok(());
     };
-    let parse_all = |kind: &str,
-                     map: Option<
-        &BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>,
-    >| {
+    let parse_all = |kind: &str, map: Option<&BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>>| {
         map.into_iter()
             .flatten()
             .map(|(name, q)| {
@@ -161,9 +133,7 @@ fn check_resources(field: &str, resources: Option<&ResourceRequirements>) -> Res
         {
             return Err(SpecError::new(
                 format!("{field}.requests.{name}"),
-                format!(
-                    "the request exceeds the limit ({field}.limits.{name}); a pod could never be admitted"
-                ),
+                format!("the request exceeds the limit ({field}.limits.{name}); a pod could never be admitted"),
             ));
         }
     }
@@ -173,31 +143,19 @@ fn check_resources(field: &str, resources: Option<&ResourceRequirements>) -> Res
 fn scaling(spec: &CelerySpec) -> Result<Scaling, SpecError> {
     if let Some(a) = spec.autoscaling.as_ref().filter(|a| a.enabled) {
         return Ok(Scaling::Policies {
-            policies: vec![PolicyRef {
-                name: a.policy.clone(),
-                settings: a.settings.clone(),
-                field: "spec.autoscaling".into(),
-            }],
+            policies: vec![PolicyRef { name: a.policy.clone(), settings: a.settings.clone(), field: "spec.autoscaling".into() }],
             min_replicas: a.min_replicas,
             max_replicas: a.max_replicas,
             tuning: tuning(a)?,
         });
     }
     if spec.autoscaling.is_some() {
-        return Ok(Scaling::Fixed {
-            replicas: spec.worker_spec.num_of_workers,
-        });
+        return Ok(Scaling::Fixed { replicas: spec.worker_spec.num_of_workers });
     }
 
-    let mut workers = spec
-        .scale_target_ref
-        .iter()
-        .enumerate()
-        .filter(|(_, t)| t.kind == ScaleKind::Worker);
+    let mut workers = spec.scale_target_ref.iter().enumerate().filter(|(_, t)| t.kind == ScaleKind::Worker);
     let Some((index, target)) = workers.next() else {
-        return Ok(Scaling::Fixed {
-            replicas: spec.worker_spec.num_of_workers,
-        });
+        return Ok(Scaling::Fixed { replicas: spec.worker_spec.num_of_workers });
     };
     if let Some((second, _)) = workers.next() {
         return Err(SpecError::new(
@@ -207,10 +165,7 @@ fn scaling(spec: &CelerySpec) -> Result<Scaling, SpecError> {
     }
     let field = format!("spec.scaleTargetRef[{index}]");
     if target.metrics.is_empty() {
-        return Err(SpecError::new(
-            format!("{field}.metrics"),
-            "no metric to scale on; add message_queue, cpu or memory",
-        ));
+        return Err(SpecError::new(format!("{field}.metrics"), "no metric to scale on; add message_queue, cpu or memory"));
     }
 
     let mut queue = None;
@@ -224,14 +179,12 @@ fn scaling(spec: &CelerySpec) -> Result<Scaling, SpecError> {
                 let value = match &metric.target.average_value {
                     None => return Err(SpecError::new(value_field, "required for message_queue")),
                     Some(IntOrString::Int(n)) => f64::from(*n),
-                    Some(IntOrString::String(s)) => quantity::parse(s)
-                        .map_err(|e| SpecError::new(value_field.clone(), e.to_string()))?,
+                    Some(IntOrString::String(s)) => {
+                        quantity::parse(s).map_err(|e| SpecError::new(value_field.clone(), e.to_string()))?
+                    }
                 };
                 if value < 1.0 {
-                    return Err(SpecError::new(
-                        value_field,
-                        "must be at least 1 message per worker",
-                    ));
+                    return Err(SpecError::new(value_field, "must be at least 1 message per worker"));
                 }
                 let value = value.ceil() as i64;
                 if queue.replace(value).is_some() {
@@ -239,21 +192,11 @@ fn scaling(spec: &CelerySpec) -> Result<Scaling, SpecError> {
                 }
             }
             MetricName::Cpu | MetricName::Memory => {
-                let key = if metric.name == MetricName::Cpu {
-                    "cpu"
-                } else {
-                    "memory"
-                };
+                let key = if metric.name == MetricName::Cpu { "cpu" } else { "memory" };
                 let value = metric.target.average_utilization.ok_or_else(|| {
-                    SpecError::new(
-                        format!("{metric_field}.target.averageUtilization"),
-                        format!("required for {key}"),
-                    )
+                    SpecError::new(format!("{metric_field}.target.averageUtilization"), format!("required for {key}"))
                 })?;
-                if resource
-                    .insert(key.to_string(), value.to_string())
-                    .is_some()
-                {
+                if resource.insert(key.to_string(), value.to_string()).is_some() {
                     return Err(duplicate());
                 }
             }
@@ -269,11 +212,7 @@ fn scaling(spec: &CelerySpec) -> Result<Scaling, SpecError> {
         });
     }
     if !resource.is_empty() {
-        policies.push(PolicyRef {
-            name: CPU_MEMORY_POLICY.into(),
-            settings: resource,
-            field: format!("{field}.metrics"),
-        });
+        policies.push(PolicyRef { name: CPU_MEMORY_POLICY.into(), settings: resource, field: format!("{field}.metrics") });
     }
     Ok(Scaling::Policies {
         policies,
@@ -328,10 +267,7 @@ spec:
 
     #[test]
     fn fixed_replicas_by_default() {
-        assert_eq!(
-            validate(&spec(BASE)).unwrap(),
-            Scaling::Fixed { replicas: 1 }
-        );
+        assert_eq!(validate(&spec(BASE)).unwrap(), Scaling::Fixed { replicas: 1 });
     }
 
     #[test]
@@ -354,15 +290,7 @@ spec:
         ));
         let scaling = validate(&s).unwrap();
         assert_eq!(scaling.policy_label(), "queue-length+cpu-memory");
-        let Scaling::Policies {
-            policies,
-            min_replicas,
-            max_replicas,
-            ..
-        } = scaling
-        else {
-            panic!("expected policies")
-        };
+        let Scaling::Policies { policies, min_replicas, max_replicas, .. } = scaling else { panic!("expected policies") };
         assert_eq!((min_replicas, max_replicas), (2, 8));
         assert_eq!(policies[0].settings["target"], "50");
         assert_eq!(policies[1].settings["cpu"], "70");
@@ -376,28 +304,17 @@ spec:
             Err(e) => Err(e),
         };
         let defaults = tuning_of("\n  autoscaling: {policy: steps, maxReplicas: 3}\n").unwrap();
-        assert_eq!(
-            defaults,
-            Tuning::default(),
-            "the CRD defaults and Tuning::default agree"
-        );
+        assert_eq!(defaults, Tuning::default(), "the CRD defaults and Tuning::default agree");
         let set = tuning_of(
             "\n  autoscaling: {policy: steps, maxReplicas: 3, intervalSeconds: 5, fallbackReplicas: 2, policyMemory: 16Mi,\n    scaleDown: {stabilizationWindowSeconds: 0, maxStepPercent: 100, periodSeconds: 0}}\n",
         )
         .unwrap();
         assert_eq!(set.interval, std::time::Duration::from_secs(5));
-        assert_eq!(
-            (set.fallback, set.policy_memory, set.step_percent),
-            (Some(2), Some(16 << 20), 100)
-        );
+        assert_eq!((set.fallback, set.policy_memory, set.step_percent), (Some(2), Some(16 << 20), 100));
         assert_eq!(set.stabilization, std::time::Duration::ZERO);
-        let error =
-            tuning_of("\n  autoscaling: {policy: steps, maxReplicas: 3, policyMemory: 12k}\n")
-                .unwrap_err();
+        let error = tuning_of("\n  autoscaling: {policy: steps, maxReplicas: 3, policyMemory: 12k}\n").unwrap_err();
         assert_eq!(error.field, "spec.autoscaling.policyMemory");
-        let error =
-            tuning_of("\n  autoscaling: {policy: steps, maxReplicas: 3, policyMemory: lots}\n")
-                .unwrap_err();
+        let error = tuning_of("\n  autoscaling: {policy: steps, maxReplicas: 3, policyMemory: lots}\n").unwrap_err();
         assert_eq!(error.field, "spec.autoscaling.policyMemory");
     }
 
@@ -430,18 +347,12 @@ spec:
     }
 
     #[rstest::rstest]
-    #[case::bad_cpu(
-        "workerSpec: {resources: {requests: {cpu: lots}}}",
-        "spec.workerSpec.resources.requests.cpu"
-    )]
+    #[case::bad_cpu("workerSpec: {resources: {requests: {cpu: lots}}}", "spec.workerSpec.resources.requests.cpu")]
     #[case::request_over_limit(
         "flowerSpec: {resources: {requests: {memory: 2Gi}, limits: {memory: 1Gi}}}",
         "spec.flowerSpec.resources.requests.memory"
     )]
-    #[case::reserved_label(
-        "common: {appName: demo, celeryApp: a, image: i, podLabels: {app: x}}",
-        "spec.common.podLabels.app"
-    )]
+    #[case::reserved_label("common: {appName: demo, celeryApp: a, image: i, podLabels: {app: x}}", "spec.common.podLabels.app")]
     #[case::two_worker_targets(
         "scaleTargetRef: [{kind: worker, maxReplicas: 2, metrics: [{name: cpu, target: {averageUtilization: 5}}]}, {kind: worker, maxReplicas: 3}]",
         "spec.scaleTargetRef[1]"
@@ -462,10 +373,7 @@ spec:
         "scaleTargetRef: [{kind: worker, maxReplicas: 2, metrics: [{name: message_queue, target: {averageValue: many}}]}]",
         "spec.scaleTargetRef[0].metrics[0].target.averageValue"
     )]
-    #[case::no_metrics(
-        "scaleTargetRef: [{kind: worker, maxReplicas: 2}]",
-        "spec.scaleTargetRef[0].metrics"
-    )]
+    #[case::no_metrics("scaleTargetRef: [{kind: worker, maxReplicas: 2}]", "spec.scaleTargetRef[0].metrics")]
     #[case::duplicate_metric(
         "scaleTargetRef: [{kind: worker, maxReplicas: 2, metrics: [{name: cpu, target: {averageUtilization: 5}}, {name: cpu, target: {averageUtilization: 6}}]}]",
         "spec.scaleTargetRef[0].metrics[1]"
@@ -477,10 +385,7 @@ spec:
     fn names_the_field_at_fault(#[case] extra: &str, #[case] field: &str) {
         let mut yaml = BASE.to_string();
         if extra.contains("common:") {
-            yaml = yaml.replace(
-                "  common: {appName: demo, celeryApp: 'app:celery_app', image: example}\n",
-                "",
-            );
+            yaml = yaml.replace("  common: {appName: demo, celeryApp: 'app:celery_app', image: example}\n", "");
         }
         yaml.push_str("  ");
         yaml.push_str(extra);

@@ -24,76 +24,37 @@ type Test = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// Every test: name, whether it needs the control plane to itself, body.
 pub const TESTS: &[(&str, bool, fn(Arc<Harness>) -> Test)] = &[
-    (
-        "seed_resource_creates_children_and_becomes_ready",
-        false,
-        |h| Box::pin(seed_resource_creates_children_and_becomes_ready(h)),
-    ),
-    (
-        "update_rolls_out_and_leaves_scaled_replicas_alone",
-        false,
-        |h| Box::pin(update_rolls_out_and_leaves_scaled_replicas_alone(h)),
-    ),
-    ("deleted_or_edited_children_are_restored", false, |h| {
-        Box::pin(deleted_or_edited_children_are_restored(h))
+    ("seed_resource_creates_children_and_becomes_ready", false, |h| {
+        Box::pin(seed_resource_creates_children_and_becomes_ready(h))
     }),
-    ("deleting_the_celery_removes_its_children", false, |h| {
-        Box::pin(deleting_the_celery_removes_its_children(h))
+    ("update_rolls_out_and_leaves_scaled_replicas_alone", false, |h| {
+        Box::pin(update_rolls_out_and_leaves_scaled_replicas_alone(h))
     }),
-    ("schema_rejects_what_it_can", false, |h| {
-        Box::pin(schema_rejects_what_it_can(h))
-    }),
-    (
-        "invalid_spec_is_reported_in_status_and_events",
-        false,
-        |h| Box::pin(invalid_spec_is_reported_in_status_and_events(h)),
-    ),
-    ("a_policy_that_cannot_be_used_is_reported", false, |h| {
-        Box::pin(a_policy_that_cannot_be_used_is_reported(h))
-    }),
-    ("name_conflict_is_reported", false, |h| {
-        Box::pin(name_conflict_is_reported(h))
-    }),
-    ("flower_can_be_switched_off", false, |h| {
-        Box::pin(flower_can_be_switched_off(h))
-    }),
-    ("only_the_lease_holder_reconciles", false, |h| {
-        Box::pin(only_the_lease_holder_reconciles(h))
-    }),
-    (
-        "the_binary_serves_health_metrics_and_json_logs",
-        false,
-        |h| Box::pin(the_binary_serves_health_metrics_and_json_logs(h)),
-    ),
-    (
-        "deploy_manifests_are_accepted_by_the_api_server",
-        false,
-        |h| Box::pin(deploy_manifests_are_accepted_by_the_api_server(h)),
-    ),
-    ("operator_survives_an_api_server_restart", true, |h| {
-        Box::pin(operator_survives_an_api_server_restart(h))
-    }),
+    ("deleted_or_edited_children_are_restored", false, |h| Box::pin(deleted_or_edited_children_are_restored(h))),
+    ("deleting_the_celery_removes_its_children", false, |h| Box::pin(deleting_the_celery_removes_its_children(h))),
+    ("schema_rejects_what_it_can", false, |h| Box::pin(schema_rejects_what_it_can(h))),
+    ("invalid_spec_is_reported_in_status_and_events", false, |h| Box::pin(invalid_spec_is_reported_in_status_and_events(h))),
+    ("a_policy_that_cannot_be_used_is_reported", false, |h| Box::pin(a_policy_that_cannot_be_used_is_reported(h))),
+    ("name_conflict_is_reported", false, |h| Box::pin(name_conflict_is_reported(h))),
+    ("flower_can_be_switched_off", false, |h| Box::pin(flower_can_be_switched_off(h))),
+    ("only_the_lease_holder_reconciles", false, |h| Box::pin(only_the_lease_holder_reconciles(h))),
+    ("the_binary_serves_health_metrics_and_json_logs", false, |h| Box::pin(the_binary_serves_health_metrics_and_json_logs(h))),
+    ("deploy_manifests_are_accepted_by_the_api_server", false, |h| Box::pin(deploy_manifests_are_accepted_by_the_api_server(h))),
+    ("operator_survives_an_api_server_restart", true, |h| Box::pin(operator_survives_an_api_server_restart(h))),
 ];
 
 /// Installs what `kubectl apply -k deploy/` would, but the operator Deployment: the tests run
 /// the operator in-process instead, with the same ServiceAccount.
 pub async fn install(env: &Env) {
     for file in ["namespace.yaml", "crd.yaml", "rbac.yaml"] {
-        let yaml =
-            std::fs::read_to_string(repo_root().join("deploy").join(file)).expect("deploy/ file");
+        let yaml = std::fs::read_to_string(repo_root().join("deploy").join(file)).expect("deploy/ file");
         // Discovery can briefly 404 while a just-created CRD is being registered: retry.
-        eventually(&format!("deploy/{file} applied"), WAIT, || {
-            apply_yaml(&env.admin, &yaml, None)
-        })
-        .await;
+        eventually(&format!("deploy/{file} applied"), WAIT, || apply_yaml(&env.admin, &yaml, None)).await;
     }
     // The CRD is served a moment after it is created.
     let api: Api<Celery> = Api::all(env.admin.clone());
     eventually("the Celery CRD to be served", WAIT, || async {
-        api.list(&ListParams::default().limit(1))
-            .await
-            .map(|_| ())
-            .map_err(|e| e.to_string())
+        api.list(&ListParams::default().limit(1)).await.map(|_| ()).map_err(|e| e.to_string())
     })
     .await;
 }
@@ -151,9 +112,7 @@ spec:
 
 async fn create(client: &Client, ns: &str, yaml: &str) -> Result<Celery, kube::Error> {
     let celery: Celery = serde_yaml::from_str(yaml).expect("test YAML is a Celery");
-    Api::<Celery>::namespaced(client.clone(), ns)
-        .create(&PostParams::default(), &celery)
-        .await
+    Api::<Celery>::namespaced(client.clone(), ns).create(&PostParams::default(), &celery).await
 }
 
 async fn deployment(client: &Client, ns: &str, name: &str) -> Result<Deployment, String> {
@@ -174,149 +133,69 @@ fn condition(c: &Celery, type_: &str) -> Option<(String, String, String)> {
 }
 
 /// Waits for a condition of the Celery object to have `status` and `reason`; returns it.
-async fn wait_condition(
-    client: &Client,
-    ns: &str,
-    name: &str,
-    type_: &str,
-    status: &str,
-    reason: &str,
-) -> Celery {
+async fn wait_condition(client: &Client, ns: &str, name: &str, type_: &str, status: &str, reason: &str) -> Celery {
     let api: Api<Celery> = Api::namespaced(client.clone(), ns);
-    eventually(
-        &format!("{type_}={status} ({reason}) on Celery {ns}/{name}"),
-        WAIT,
-        || async {
-            let c = api.get(name).await.map_err(|e| e.to_string())?;
-            match condition(&c, type_) {
-                Some((s, r, _)) if s == status && r == reason => Ok(c),
-                other => Err(format!("{type_} is {other:?}, status {:?}", c.status)),
-            }
-        },
-    )
+    eventually(&format!("{type_}={status} ({reason}) on Celery {ns}/{name}"), WAIT, || async {
+        let c = api.get(name).await.map_err(|e| e.to_string())?;
+        match condition(&c, type_) {
+            Some((s, r, _)) if s == status && r == reason => Ok(c),
+            other => Err(format!("{type_} is {other:?}, status {:?}", c.status)),
+        }
+    })
     .await
 }
 
 fn worker_container(d: &Deployment) -> &k8s_openapi::api::core::v1::Container {
-    &d.spec
-        .as_ref()
-        .unwrap()
-        .template
-        .spec
-        .as_ref()
-        .unwrap()
-        .containers[0]
+    &d.spec.as_ref().unwrap().template.spec.as_ref().unwrap().containers[0]
 }
 
 async fn seed_resource_creates_children_and_becomes_ready(h: Arc<Harness>) {
     let env = &h.env;
     let ns = env.namespace("seed").await;
     let operator = env.start_operator(&[&ns], None);
-    create(&env.admin, &ns, &seed_yaml("celery-crd-example"))
-        .await
-        .expect("seed resource accepted verbatim");
+    create(&env.admin, &ns, &seed_yaml("celery-crd-example")).await.expect("seed resource accepted verbatim");
 
-    let worker = eventually("the worker Deployment", WAIT, || {
-        deployment(&env.admin, &ns, "celery-crd-example-celery-worker")
-    })
-    .await;
+    let worker =
+        eventually("the worker Deployment", WAIT, || deployment(&env.admin, &ns, "celery-crd-example-celery-worker")).await;
     let container = worker_container(&worker);
-    assert_eq!(
-        container.command.as_deref(),
-        Some(&["celery".to_string()][..])
-    );
+    assert_eq!(container.command.as_deref(), Some(&["celery".to_string()][..]));
     assert_eq!(
         container.args.as_deref().unwrap()[..5],
-        [
-            "--app=app:celery_app",
-            "worker",
-            "--queues=celery",
-            "--loglevel=info",
-            "--concurrency=2"
-        ]
+        ["--app=app:celery_app", "worker", "--queues=celery", "--loglevel=info", "--concurrency=2"]
     );
-    assert_eq!(
-        worker.spec.as_ref().unwrap().replicas,
-        Some(2),
-        "numOfWorkers within [min, max]"
-    );
+    assert_eq!(worker.spec.as_ref().unwrap().replicas, Some(2), "numOfWorkers within [min, max]");
     let owner = &worker.owner_references()[0];
-    assert_eq!(
-        (owner.kind.as_str(), owner.name.as_str(), owner.controller),
-        ("Celery", "celery-crd-example", Some(true))
-    );
+    assert_eq!((owner.kind.as_str(), owner.name.as_str(), owner.controller), ("Celery", "celery-crd-example", Some(true)));
 
-    let flower = deployment(&env.admin, &ns, "celery-crd-example-flower")
-        .await
-        .expect("flower Deployment");
-    assert_eq!(
-        worker_container(&flower).ports.as_ref().unwrap()[0].container_port,
-        5555
-    );
-    let svc = Api::<Service>::namespaced(env.admin.clone(), &ns)
-        .get("celery-crd-example-flower")
-        .await
-        .expect("flower Service");
+    let flower = deployment(&env.admin, &ns, "celery-crd-example-flower").await.expect("flower Deployment");
+    assert_eq!(worker_container(&flower).ports.as_ref().unwrap()[0].container_port, 5555);
+    let svc = Api::<Service>::namespaced(env.admin.clone(), &ns).get("celery-crd-example-flower").await.expect("flower Service");
     let spec = svc.spec.unwrap();
     assert_eq!(spec.type_.as_deref(), Some("NodePort"));
     assert_eq!(spec.ports.unwrap()[0].port, 5555);
     assert_eq!(spec.selector.unwrap()["run"], "celery-crd-example-flower");
 
     // kwok runs the pods on its simulated node and marks them ready.
-    let c = wait_condition(
-        &env.admin,
-        &ns,
-        "celery-crd-example",
-        READY,
-        "True",
-        ALL_REPLICAS_READY,
-    )
-    .await;
+    let c = wait_condition(&env.admin, &ns, "celery-crd-example", READY, "True", ALL_REPLICAS_READY).await;
     let status = c.status.unwrap();
-    assert_eq!(
-        status.workers.as_ref().map(|w| (w.desired, w.ready)),
-        Some((2, 2))
-    );
+    assert_eq!(status.workers.as_ref().map(|w| (w.desired, w.ready)), Some((2, 2)));
     assert_eq!(status.flower.as_ref().map(|f| f.ready), Some(1));
     assert_eq!(status.policy.as_deref(), Some("queue-length"));
-    assert_eq!(
-        status.flower_service.as_deref(),
-        Some("celery-crd-example-flower")
-    );
+    assert_eq!(status.flower_service.as_deref(), Some("celery-crd-example-flower"));
     assert_eq!(status.observed_generation, c.metadata.generation);
     assert_eq!(condition_reason(&status, PROGRESSING), ROLLOUT_COMPLETE);
 
-    let events = eventually("a Ready event", WAIT, || {
-        events_of(&env.admin, &ns, "celery-crd-example", ALL_REPLICAS_READY)
-    })
-    .await;
-    assert_eq!(
-        events.len(),
-        1,
-        "one event per transition, not per reconcile: {events:?}"
-    );
+    let events = eventually("a Ready event", WAIT, || events_of(&env.admin, &ns, "celery-crd-example", ALL_REPLICAS_READY)).await;
+    assert_eq!(events.len(), 1, "one event per transition, not per reconcile: {events:?}");
     operator.stop().await;
 }
 
 fn condition_reason(status: &celery_operator::crd::CeleryStatus, type_: &str) -> String {
-    status
-        .conditions
-        .iter()
-        .find(|c| c.type_ == type_)
-        .map(|c| c.reason.clone())
-        .unwrap_or_default()
+    status.conditions.iter().find(|c| c.type_ == type_).map(|c| c.reason.clone()).unwrap_or_default()
 }
 
-async fn events_of(
-    client: &Client,
-    ns: &str,
-    name: &str,
-    reason: &str,
-) -> Result<Vec<String>, String> {
-    let events = Api::<Event>::namespaced(client.clone(), ns)
-        .list(&ListParams::default())
-        .await
-        .map_err(|e| e.to_string())?;
+async fn events_of(client: &Client, ns: &str, name: &str, reason: &str) -> Result<Vec<String>, String> {
+    let events = Api::<Event>::namespaced(client.clone(), ns).list(&ListParams::default()).await.map_err(|e| e.to_string())?;
     let found: Vec<String> = events
         .items
         .iter()
@@ -324,14 +203,7 @@ async fn events_of(
         .filter(|e| e.reason.as_deref() == Some(reason))
         .map(|e| format!("{:?} {:?}", e.type_, e.note))
         .collect();
-    if found.is_empty() {
-        Err(format!(
-            "no {reason} event among {} events",
-            events.items.len()
-        ))
-    } else {
-        Ok(found)
-    }
+    if found.is_empty() { Err(format!("no {reason} event among {} events", events.items.len())) } else { Ok(found) }
 }
 
 async fn update_rolls_out_and_leaves_scaled_replicas_alone(h: Arc<Harness>) {
@@ -351,9 +223,7 @@ spec:
     let name = "shop-celery-worker";
     eventually("2 replicas to start with", WAIT, || async {
         let d = deployment(&env.admin, &ns, name).await?;
-        (d.spec.unwrap().replicas == Some(2))
-            .then_some(())
-            .ok_or("not 2 yet".to_string())
+        (d.spec.unwrap().replicas == Some(2)).then_some(()).ok_or("not 2 yet".to_string())
     })
     .await;
 
@@ -361,77 +231,51 @@ spec:
     let deployments: Api<Deployment> = Api::namespaced(env.admin.clone(), &ns);
     let scale = |n: i32| serde_json::json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name}, "spec": {"replicas": n}});
     deployments
-        .patch(
-            name,
-            &PatchParams::apply(SCALER_MANAGER).force(),
-            &Patch::Apply(scale(4)),
-        )
+        .patch(name, &PatchParams::apply(SCALER_MANAGER).force(), &Patch::Apply(scale(4)))
         .await
         .expect("scale as the autoscaler");
 
     // A user changes the image, the concurrency and an env value.
     let celery: Api<Celery> = Api::namespaced(env.admin.clone(), &ns);
     let patch = serde_json::json!({"spec": {"common": {"image": "shop:2", "env": [{"name": "A", "value": "two"}]}, "workerSpec": {"concurrency": 3}}});
-    celery
-        .patch("shop", &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-        .expect("spec updated");
+    celery.patch("shop", &PatchParams::default(), &Patch::Merge(&patch)).await.expect("spec updated");
     let d = eventually("the new template", WAIT, || async {
         let d = deployment(&env.admin, &ns, name).await?;
         let c = worker_container(&d);
         let ok = c.image.as_deref() == Some("shop:2")
-            && c.args
-                .as_ref()
-                .unwrap()
-                .contains(&"--concurrency=3".to_string())
-            && c.env
-                .as_ref()
-                .unwrap()
-                .iter()
-                .any(|e| e.name == "A" && e.value.as_deref() == Some("two"));
-        if ok {
-            Ok(d)
-        } else {
-            Err(format!("container is {c:?}"))
-        }
+            && c.args.as_ref().unwrap().contains(&"--concurrency=3".to_string())
+            && c.env.as_ref().unwrap().iter().any(|e| e.name == "A" && e.value.as_deref() == Some("two"));
+        if ok { Ok(d) } else { Err(format!("container is {c:?}")) }
     })
     .await;
-    assert_eq!(
-        d.spec.unwrap().replicas,
-        Some(4),
-        "the reconciler does not fight the autoscaler"
-    );
+    assert_eq!(d.spec.unwrap().replicas, Some(4), "the reconciler does not fight the autoscaler");
     wait_condition(&env.admin, &ns, "shop", READY, "True", ALL_REPLICAS_READY).await;
 
     // Lowering the bound below the current count clamps it.
     celery
-        .patch(
-            "shop",
-            &PatchParams::default(),
-            &Patch::Merge(serde_json::json!({"spec": {"autoscaling": {"maxReplicas": 3}}})),
-        )
+        .patch("shop", &PatchParams::default(), &Patch::Merge(serde_json::json!({"spec": {"autoscaling": {"maxReplicas": 3}}})))
         .await
         .expect("bound lowered");
     eventually("replicas clamped to 3", WAIT, || async {
         let d = deployment(&env.admin, &ns, name).await?;
         let r = d.spec.unwrap().replicas;
-        (r == Some(3))
-            .then_some(())
-            .ok_or(format!("replicas {r:?}"))
+        (r == Some(3)).then_some(()).ok_or(format!("replicas {r:?}"))
     })
     .await;
 
     // Switching autoscaling off hands replicas back to numOfWorkers.
     celery
-        .patch("shop", &PatchParams::default(), &Patch::Merge(serde_json::json!({"spec": {"autoscaling": {"enabled": false}, "workerSpec": {"numOfWorkers": 5}}})))
+        .patch(
+            "shop",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"autoscaling": {"enabled": false}, "workerSpec": {"numOfWorkers": 5}}})),
+        )
         .await
         .expect("autoscaling off");
     eventually("replicas = numOfWorkers", WAIT, || async {
         let d = deployment(&env.admin, &ns, name).await?;
         let r = d.spec.unwrap().replicas;
-        (r == Some(5))
-            .then_some(())
-            .ok_or(format!("replicas {r:?}"))
+        (r == Some(5)).then_some(()).ok_or(format!("replicas {r:?}"))
     })
     .await;
     let c = wait_condition(&env.admin, &ns, "shop", READY, "True", ALL_REPLICAS_READY).await;
@@ -443,58 +287,31 @@ async fn deleted_or_edited_children_are_restored(h: Arc<Harness>) {
     let env = &h.env;
     let ns = env.namespace("heal").await;
     let operator = env.start_operator(&[&ns], None);
-    create(&env.admin, &ns, &minimal_yaml("heal", "heal"))
-        .await
-        .expect("created");
+    create(&env.admin, &ns, &minimal_yaml("heal", "heal")).await.expect("created");
     let deployments: Api<Deployment> = Api::namespaced(env.admin.clone(), &ns);
     let services: Api<Service> = Api::namespaced(env.admin.clone(), &ns);
-    let first = eventually("the worker", WAIT, || {
-        deployment(&env.admin, &ns, "heal-celery-worker")
-    })
-    .await;
+    let first = eventually("the worker", WAIT, || deployment(&env.admin, &ns, "heal-celery-worker")).await;
 
-    deployments
-        .delete("heal-celery-worker", &DeleteParams::foreground())
-        .await
-        .expect("deleted by hand");
+    deployments.delete("heal-celery-worker", &DeleteParams::foreground()).await.expect("deleted by hand");
     eventually("a new worker Deployment", WAIT, || async {
         let d = deployment(&env.admin, &ns, "heal-celery-worker").await?;
-        (d.uid() != first.uid() && d.metadata.deletion_timestamp.is_none())
-            .then_some(())
-            .ok_or("still the old one".to_string())
+        (d.uid() != first.uid() && d.metadata.deletion_timestamp.is_none()).then_some(()).ok_or("still the old one".to_string())
     })
     .await;
 
-    services
-        .delete("heal-flower", &DeleteParams::default())
-        .await
-        .expect("service deleted by hand");
+    services.delete("heal-flower", &DeleteParams::default()).await.expect("service deleted by hand");
     eventually("the Flower Service back", WAIT, || async {
-        services
-            .get_opt("heal-flower")
-            .await
-            .map_err(|e| e.to_string())?
-            .map(|_| ())
-            .ok_or("absent".to_string())
+        services.get_opt("heal-flower").await.map_err(|e| e.to_string())?.map(|_| ()).ok_or("absent".to_string())
     })
     .await;
 
     // Someone edits the image with kubectl.
     let edit = serde_json::json!({"spec": {"template": {"spec": {"containers": [{"name": "worker", "image": "hacked:1"}]}}}});
-    deployments
-        .patch(
-            "heal-celery-worker",
-            &PatchParams::default(),
-            &Patch::Strategic(&edit),
-        )
-        .await
-        .expect("edited by hand");
+    deployments.patch("heal-celery-worker", &PatchParams::default(), &Patch::Strategic(&edit)).await.expect("edited by hand");
     eventually("the image restored", WAIT, || async {
         let d = deployment(&env.admin, &ns, "heal-celery-worker").await?;
         let image = worker_container(&d).image.clone();
-        (image.as_deref() == Some("example-image"))
-            .then_some(())
-            .ok_or(format!("image {image:?}"))
+        (image.as_deref() == Some("example-image")).then_some(()).ok_or(format!("image {image:?}"))
     })
     .await;
     operator.stop().await;
@@ -504,42 +321,18 @@ async fn deleting_the_celery_removes_its_children(h: Arc<Harness>) {
     let env = &h.env;
     let ns = env.namespace("delete").await;
     let operator = env.start_operator(&[&ns], None);
-    create(&env.admin, &ns, &minimal_yaml("gone", "gone"))
-        .await
-        .expect("created");
-    eventually("the worker", WAIT, || {
-        deployment(&env.admin, &ns, "gone-celery-worker")
-    })
-    .await;
-    eventually("the flower", WAIT, || {
-        deployment(&env.admin, &ns, "gone-flower")
-    })
-    .await;
+    create(&env.admin, &ns, &minimal_yaml("gone", "gone")).await.expect("created");
+    eventually("the worker", WAIT, || deployment(&env.admin, &ns, "gone-celery-worker")).await;
+    eventually("the flower", WAIT, || deployment(&env.admin, &ns, "gone-flower")).await;
 
-    Api::<Celery>::namespaced(env.admin.clone(), &ns)
-        .delete("gone", &DeleteParams::default())
-        .await
-        .expect("deleted");
+    Api::<Celery>::namespaced(env.admin.clone(), &ns).delete("gone", &DeleteParams::default()).await.expect("deleted");
     let deployments: Api<Deployment> = Api::namespaced(env.admin.clone(), &ns);
     let services: Api<Service> = Api::namespaced(env.admin.clone(), &ns);
     eventually("no children left", WAIT, || async {
-        let d = deployments
-            .list(&ListParams::default())
-            .await
-            .map_err(|e| e.to_string())?;
-        let s = services
-            .list(&ListParams::default())
-            .await
-            .map_err(|e| e.to_string())?;
-        let left: Vec<String> = d
-            .items
-            .iter()
-            .map(|x| x.name_any())
-            .chain(s.items.iter().map(|x| x.name_any()))
-            .collect();
-        left.is_empty()
-            .then_some(())
-            .ok_or(format!("left: {left:?}"))
+        let d = deployments.list(&ListParams::default()).await.map_err(|e| e.to_string())?;
+        let s = services.list(&ListParams::default()).await.map_err(|e| e.to_string())?;
+        let left: Vec<String> = d.items.iter().map(|x| x.name_any()).chain(s.items.iter().map(|x| x.name_any())).collect();
+        left.is_empty().then_some(()).ok_or(format!("left: {left:?}"))
     })
     .await;
     operator.stop().await;
@@ -554,11 +347,7 @@ async fn schema_rejects_what_it_can(h: Arc<Harness>) {
             seed_yaml("bounds").replace("minReplicas: 2", "minReplicas: 9"),
             "minReplicas must not exceed maxReplicas",
         ),
-        (
-            "app name not a DNS label",
-            minimal_yaml("upper", "Bad_Name"),
-            "spec.common.appName",
-        ),
+        ("app name not a DNS label", minimal_yaml("upper", "Bad_Name"), "spec.common.appName"),
         (
             "queue metric without a value",
             seed_yaml("novalue").replace("{type: length, averageValue: 50}", "{type: length}"),
@@ -566,24 +355,16 @@ async fn schema_rejects_what_it_can(h: Arc<Harness>) {
         ),
         (
             "broker both inline and from a secret",
-            minimal_yaml("twice", "twice").replace(
-                "{url: 'redis://redis:6379/0'}",
-                "{url: 'redis://r', secretRef: {name: s, key: k}}",
-            ),
+            minimal_yaml("twice", "twice")
+                .replace("{url: 'redis://redis:6379/0'}", "{url: 'redis://r', secretRef: {name: s, key: k}}"),
             "give exactly one of url and secretRef",
         ),
     ];
     for (what, yaml, expected) in cases {
         let err = create(&env.admin, &ns, &yaml).await.expect_err(what);
-        let kube::Error::Api(status) = &err else {
-            panic!("{what}: unexpected error {err}")
-        };
+        let kube::Error::Api(status) = &err else { panic!("{what}: unexpected error {err}") };
         assert_eq!(status.code, 422, "{what}: {status:?}");
-        assert!(
-            status.message.contains(expected),
-            "{what}: {}",
-            status.message
-        );
+        assert!(status.message.contains(expected), "{what}: {}", status.message);
     }
 }
 
@@ -592,33 +373,19 @@ async fn invalid_spec_is_reported_in_status_and_events(h: Arc<Harness>) {
     let ns = env.namespace("invalid").await;
     let operator = env.start_operator(&[&ns], None);
     let yaml = minimal_yaml("bad", "bad") + "  workerSpec: {resources: {requests: {cpu: lots}}}\n";
-    create(&env.admin, &ns, &yaml)
-        .await
-        .expect("the schema cannot judge quantities, so it accepts");
+    create(&env.admin, &ns, &yaml).await.expect("the schema cannot judge quantities, so it accepts");
 
     let c = wait_condition(&env.admin, &ns, "bad", DEGRADED, "True", INVALID_SPEC).await;
     let (_, _, message) = condition(&c, DEGRADED).unwrap();
-    assert!(
-        message.contains("spec.workerSpec.resources.requests.cpu"),
-        "{message}"
-    );
+    assert!(message.contains("spec.workerSpec.resources.requests.cpu"), "{message}");
     assert!(message.contains("lots"), "{message}");
     assert_eq!(condition(&c, READY).map(|r| r.0), Some("False".into()));
-    let events = eventually("a Warning event", WAIT, || {
-        events_of(&env.admin, &ns, "bad", INVALID_SPEC)
-    })
-    .await;
+    let events = eventually("a Warning event", WAIT, || events_of(&env.admin, &ns, "bad", INVALID_SPEC)).await;
     assert!(events[0].contains("Warning"), "{events:?}");
-    assert!(
-        deployment(&env.admin, &ns, "bad-celery-worker")
-            .await
-            .is_err(),
-        "nothing is built from an invalid spec"
-    );
+    assert!(deployment(&env.admin, &ns, "bad-celery-worker").await.is_err(), "nothing is built from an invalid spec");
 
     // Fixing the field heals the app.
-    let fix =
-        serde_json::json!({"spec": {"workerSpec": {"resources": {"requests": {"cpu": "250m"}}}}});
+    let fix = serde_json::json!({"spec": {"workerSpec": {"resources": {"requests": {"cpu": "250m"}}}}});
     Api::<Celery>::namespaced(env.admin.clone(), &ns)
         .patch("bad", &PatchParams::default(), &Patch::Merge(&fix))
         .await
@@ -633,31 +400,15 @@ async fn name_conflict_is_reported(h: Arc<Harness>) {
     let env = &h.env;
     let ns = env.namespace("conflict").await;
     let operator = env.start_operator(&[&ns], None);
-    create(&env.admin, &ns, &minimal_yaml("first", "shared"))
-        .await
-        .expect("first");
-    eventually("the first app's worker", WAIT, || {
-        deployment(&env.admin, &ns, "shared-celery-worker")
-    })
-    .await;
-    create(&env.admin, &ns, &minimal_yaml("second", "shared"))
-        .await
-        .expect("second");
+    create(&env.admin, &ns, &minimal_yaml("first", "shared")).await.expect("first");
+    eventually("the first app's worker", WAIT, || deployment(&env.admin, &ns, "shared-celery-worker")).await;
+    create(&env.admin, &ns, &minimal_yaml("second", "shared")).await.expect("second");
 
     let c = wait_condition(&env.admin, &ns, "second", DEGRADED, "True", NAME_CONFLICT).await;
     let (_, _, message) = condition(&c, DEGRADED).unwrap();
-    assert!(
-        message.contains("shared-celery-worker") && message.contains("appName"),
-        "{message}"
-    );
-    let worker = deployment(&env.admin, &ns, "shared-celery-worker")
-        .await
-        .unwrap();
-    assert_eq!(
-        worker.owner_references()[0].name,
-        "first",
-        "the first app keeps its worker"
-    );
+    assert!(message.contains("shared-celery-worker") && message.contains("appName"), "{message}");
+    let worker = deployment(&env.admin, &ns, "shared-celery-worker").await.unwrap();
+    assert_eq!(worker.owner_references()[0].name, "first", "the first app keeps its worker");
     wait_condition(&env.admin, &ns, "first", READY, "True", ALL_REPLICAS_READY).await;
     operator.stop().await;
 }
@@ -666,41 +417,24 @@ async fn flower_can_be_switched_off(h: Arc<Harness>) {
     let env = &h.env;
     let ns = env.namespace("flower").await;
     let operator = env.start_operator(&[&ns], None);
-    create(&env.admin, &ns, &minimal_yaml("mon", "mon"))
-        .await
-        .expect("created");
+    create(&env.admin, &ns, &minimal_yaml("mon", "mon")).await.expect("created");
     eventually("flower", WAIT, || deployment(&env.admin, &ns, "mon-flower")).await;
 
     Api::<Celery>::namespaced(env.admin.clone(), &ns)
-        .patch(
-            "mon",
-            &PatchParams::default(),
-            &Patch::Merge(serde_json::json!({"spec": {"flowerSpec": {"enabled": false}}})),
-        )
+        .patch("mon", &PatchParams::default(), &Patch::Merge(serde_json::json!({"spec": {"flowerSpec": {"enabled": false}}})))
         .await
         .expect("flower off");
     let services: Api<Service> = Api::namespaced(env.admin.clone(), &ns);
     eventually("flower removed", WAIT, || async {
         let d = deployment(&env.admin, &ns, "mon-flower").await.is_ok();
-        let s = services
-            .get_opt("mon-flower")
-            .await
-            .map_err(|e| e.to_string())?
-            .is_some();
-        (!d && !s)
-            .then_some(())
-            .ok_or(format!("deployment left: {d}, service left: {s}"))
+        let s = services.get_opt("mon-flower").await.map_err(|e| e.to_string())?.is_some();
+        (!d && !s).then_some(()).ok_or(format!("deployment left: {d}, service left: {s}"))
     })
     .await;
     let c = wait_condition(&env.admin, &ns, "mon", READY, "True", ALL_REPLICAS_READY).await;
     let status = c.status.unwrap();
     assert_eq!((status.flower, status.flower_service), (None, None));
-    assert!(
-        deployment(&env.admin, &ns, "mon-celery-worker")
-            .await
-            .is_ok(),
-        "workers stay"
-    );
+    assert!(deployment(&env.admin, &ns, "mon-celery-worker").await.is_ok(), "workers stay");
     operator.stop().await;
 }
 
@@ -715,42 +449,26 @@ async fn only_the_lease_holder_reconciles(h: Arc<Harness>) {
     };
     let leases: Api<Lease> = Api::namespaced(env.admin.clone(), "celery-operator");
     let holder = || async {
-        let l = leases
-            .get_opt(&format!("test-{ns}"))
-            .await
-            .map_err(|e| e.to_string())?;
+        let l = leases.get_opt(&format!("test-{ns}")).await.map_err(|e| e.to_string())?;
         Ok::<_, String>(l.and_then(|l| l.spec?.holder_identity))
     };
 
     let a = env.start_operator(&[&ns], Some(lease("replica-a")));
     eventually("replica-a to lead", WAIT, || async {
-        (holder().await? == Some("replica-a".into()))
-            .then_some(())
-            .ok_or("not yet".to_string())
+        (holder().await? == Some("replica-a".into())).then_some(()).ok_or("not yet".to_string())
     })
     .await;
     let b = env.start_operator(&[&ns], Some(lease("replica-b")));
-    create(&env.admin, &ns, &minimal_yaml("ha", "ha"))
-        .await
-        .expect("created");
-    eventually("the worker", WAIT, || {
-        deployment(&env.admin, &ns, "ha-celery-worker")
-    })
-    .await;
+    create(&env.admin, &ns, &minimal_yaml("ha", "ha")).await.expect("created");
+    eventually("the worker", WAIT, || deployment(&env.admin, &ns, "ha-celery-worker")).await;
     // Several renewals later, b is still waiting.
     tokio::time::sleep(Duration::from_secs(6)).await;
-    assert_eq!(
-        holder().await.unwrap().as_deref(),
-        Some("replica-a"),
-        "the standby must not take over a live leader"
-    );
+    assert_eq!(holder().await.unwrap().as_deref(), Some("replica-a"), "the standby must not take over a live leader");
 
     // The leader stops and releases the Lease; the standby takes over and reconciles.
     a.stop().await;
     eventually("replica-b to lead", WAIT, || async {
-        (holder().await? == Some("replica-b".into()))
-            .then_some(())
-            .ok_or("not yet".to_string())
+        (holder().await? == Some("replica-b".into())).then_some(()).ok_or("not yet".to_string())
     })
     .await;
     Api::<Deployment>::namespaced(env.admin.clone(), &ns)
@@ -759,11 +477,7 @@ async fn only_the_lease_holder_reconciles(h: Arc<Harness>) {
         .expect("deleted");
     eventually("the worker restored by replica-b", WAIT, || async {
         let d = deployment(&env.admin, &ns, "ha-celery-worker").await?;
-        d.metadata
-            .deletion_timestamp
-            .is_none()
-            .then_some(())
-            .ok_or("being deleted".to_string())
+        d.metadata.deletion_timestamp.is_none().then_some(()).ok_or("being deleted".to_string())
     })
     .await;
     b.stop().await;
@@ -773,20 +487,14 @@ async fn operator_survives_an_api_server_restart(h: Arc<Harness>) {
     let env = &h.env;
     let ns = env.namespace("restart").await;
     let operator = env.start_operator(&[&ns], None);
-    create(&env.admin, &ns, &minimal_yaml("before", "before"))
-        .await
-        .expect("created");
+    create(&env.admin, &ns, &minimal_yaml("before", "before")).await.expect("created");
     wait_condition(&env.admin, &ns, "before", READY, "True", ALL_REPLICAS_READY).await;
 
-    h.control_plane
-        .restart_apiserver()
-        .expect("API server restarted");
+    h.control_plane.restart_apiserver().expect("API server restarted");
 
     // The operator reconnects: a new app is built and a deleted child restored.
     let after = eventually("the API server to accept writes", WAIT, || async {
-        create(&env.admin, &ns, &minimal_yaml("after", "after"))
-            .await
-            .map_err(|e| e.to_string())
+        create(&env.admin, &ns, &minimal_yaml("after", "after")).await.map_err(|e| e.to_string())
     })
     .await;
     assert_eq!(after.name_any(), "after");
@@ -797,11 +505,7 @@ async fn operator_survives_an_api_server_restart(h: Arc<Harness>) {
         .expect("deleted");
     eventually("the worker of the first app restored", WAIT, || async {
         let d = deployment(&env.admin, &ns, "before-celery-worker").await?;
-        d.metadata
-            .deletion_timestamp
-            .is_none()
-            .then_some(())
-            .ok_or("being deleted".to_string())
+        d.metadata.deletion_timestamp.is_none().then_some(()).ok_or("being deleted".to_string())
     })
     .await;
     operator.stop().await;
@@ -814,17 +518,7 @@ async fn the_binary_serves_health_metrics_and_json_logs(h: Arc<Harness>) {
     let port = free_port();
     let lease = format!("test-{ns}");
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_celery-operator"))
-        .args([
-            "run",
-            "--log-format",
-            "json",
-            "--namespace",
-            &ns,
-            "--lease-name",
-            &lease,
-            "--lease-namespace",
-            "celery-operator",
-        ])
+        .args(["run", "--log-format", "json", "--namespace", &ns, "--lease-name", &lease, "--lease-namespace", "celery-operator"])
         .arg("--kubeconfig")
         .arg(h.control_plane.operator_kubeconfig())
         .args(["--listen", &format!("127.0.0.1:{port}")])
@@ -842,75 +536,42 @@ async fn the_binary_serves_health_metrics_and_json_logs(h: Arc<Harness>) {
             .ok_or(format!("healthz: {health:.40}, readyz: {ready:.40}"))
     })
     .await;
-    create(&env.admin, &ns, &minimal_yaml("bin", "bin"))
-        .await
-        .expect("created");
+    create(&env.admin, &ns, &minimal_yaml("bin", "bin")).await.expect("created");
     wait_condition(&env.admin, &ns, "bin", READY, "True", ALL_REPLICAS_READY).await;
     let metrics = http_get(port, "/metrics").await.expect("/metrics answers");
-    assert!(
-        metrics.contains("celery_operator_reconciliations_total{result=\"ok\"}"),
-        "{metrics}"
-    );
+    assert!(metrics.contains("celery_operator_reconciliations_total{result=\"ok\"}"), "{metrics}");
     assert!(metrics.contains("celery_operator_leader 1"), "{metrics}");
-    assert!(
-        metrics.contains("celery_operator_reconcile_duration_seconds_bucket"),
-        "{metrics}"
-    );
+    assert!(metrics.contains("celery_operator_reconcile_duration_seconds_bucket"), "{metrics}");
 
     // SIGTERM: a clean exit that hands the Lease back.
     let pid = child.id().expect("running") as i32;
-    std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .expect("kill");
-    let status = tokio::time::timeout(WAIT, child.wait())
-        .await
-        .expect("exits after SIGTERM")
-        .expect("wait");
+    std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().expect("kill");
+    let status = tokio::time::timeout(WAIT, child.wait()).await.expect("exits after SIGTERM").expect("wait");
     assert!(status.success(), "exit status {status}");
     let mut stderr = String::new();
-    tokio::io::AsyncReadExt::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr)
-        .await
-        .unwrap();
+    tokio::io::AsyncReadExt::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).await.unwrap();
     let lines: Vec<&str> = stderr.lines().collect();
     assert!(!lines.is_empty());
     for line in &lines {
-        serde_json::from_str::<serde_json::Value>(line)
-            .unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}"));
+        serde_json::from_str::<serde_json::Value>(line).unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}"));
     }
     let leases: Api<Lease> = Api::namespaced(env.admin.clone(), "celery-operator");
-    let holder = leases
-        .get(&lease)
-        .await
-        .expect("lease")
-        .spec
-        .and_then(|s| s.holder_identity);
+    let holder = leases.get(&lease).await.expect("lease").spec.and_then(|s| s.holder_identity);
     assert_eq!(holder, None, "the Lease is released on shutdown");
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
 }
 
 /// A minimal HTTP/1.1 GET, enough for the operator's own endpoints.
 async fn http_get(port: u16, path: &str) -> Result<String, String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .map_err(|e| e.to_string())?;
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.map_err(|e| e.to_string())?;
     let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
-    stream
-        .write_all(request.as_bytes())
-        .await
-        .map_err(|e| e.to_string())?;
+    stream.write_all(request.as_bytes()).await.map_err(|e| e.to_string())?;
     let mut response = String::new();
-    stream
-        .read_to_string(&mut response)
-        .await
-        .map_err(|e| e.to_string())?;
+    stream.read_to_string(&mut response).await.map_err(|e| e.to_string())?;
     Ok(response)
 }
 
@@ -923,35 +584,17 @@ async fn deploy_manifests_are_accepted_by_the_api_server(h: Arc<Harness>) {
         .arg(repo_root().join("deploy"))
         .output()
         .expect("kubectl runs (the README's quick start uses it)");
-    assert!(
-        rendered.status.success(),
-        "kubectl kustomize deploy/: {}",
-        String::from_utf8_lossy(&rendered.stderr)
-    );
+    assert!(rendered.status.success(), "kubectl kustomize deploy/: {}", String::from_utf8_lossy(&rendered.stderr));
     let rendered = String::from_utf8(rendered.stdout).unwrap();
-    for kind in [
-        "CustomResourceDefinition",
-        "ClusterRole",
-        "ServiceAccount",
-        "Deployment",
-        "Namespace",
-        "RoleBinding",
-    ] {
-        assert!(
-            rendered.contains(&format!("kind: {kind}")),
-            "kustomization lacks a {kind}"
-        );
+    for kind in ["CustomResourceDefinition", "ClusterRole", "ServiceAccount", "Deployment", "Namespace", "RoleBinding"] {
+        assert!(rendered.contains(&format!("kind: {kind}")), "kustomization lacks a {kind}");
     }
-    apply_yaml_with(&env.admin, &rendered, None, true)
-        .await
-        .expect("deploy/ kustomization");
+    apply_yaml_with(&env.admin, &rendered, None, true).await.expect("deploy/ kustomization");
 
     let ns = env.namespace("manifests").await;
     for file in ["redis.yaml", "example-celery.yaml"] {
         let yaml = std::fs::read_to_string(repo_root().join("deploy").join(file)).unwrap();
-        apply_yaml_with(&env.admin, &yaml, Some(&ns), true)
-            .await
-            .unwrap_or_else(|e| panic!("deploy/{file}: {e}"));
+        apply_yaml_with(&env.admin, &yaml, Some(&ns), true).await.unwrap_or_else(|e| panic!("deploy/{file}: {e}"));
     }
 }
 
@@ -961,50 +604,23 @@ async fn a_policy_that_cannot_be_used_is_reported(h: Arc<Harness>) {
     let env = &h.env;
     let ns = env.namespace("policy").await;
     let operator = env.start_operator(&[&ns], None);
-    let yaml = |name: &str, autoscaling: &str| {
-        minimal_yaml(name, name) + &format!("  autoscaling: {autoscaling}\n")
-    };
+    let yaml = |name: &str, autoscaling: &str| minimal_yaml(name, name) + &format!("  autoscaling: {autoscaling}\n");
 
-    create(
-        &env.admin,
-        &ns,
-        &yaml(
-            "typo",
-            "{policy: queue-length, maxReplicas: 5, settings: {trget: '10'}}",
-        ),
-    )
-    .await
-    .expect("created");
+    create(&env.admin, &ns, &yaml("typo", "{policy: queue-length, maxReplicas: 5, settings: {trget: '10'}}"))
+        .await
+        .expect("created");
     let c = wait_condition(&env.admin, &ns, "typo", DEGRADED, "True", INVALID_SETTINGS).await;
     let (_, _, message) = condition(&c, DEGRADED).unwrap();
-    assert!(
-        message.contains("spec.autoscaling") && message.contains("setting target"),
-        "{message}"
-    );
-    eventually("the workers despite the bad setting", WAIT, || {
-        deployment(&env.admin, &ns, "typo-celery-worker")
-    })
-    .await;
-    events_of(&env.admin, &ns, "typo", INVALID_SETTINGS)
-        .await
-        .expect("a Warning event");
+    assert!(message.contains("spec.autoscaling") && message.contains("setting target"), "{message}");
+    eventually("the workers despite the bad setting", WAIT, || deployment(&env.admin, &ns, "typo-celery-worker")).await;
+    events_of(&env.admin, &ns, "typo", INVALID_SETTINGS).await.expect("a Warning event");
 
-    create(
-        &env.admin,
-        &ns,
-        &yaml("nosuch", "{policy: no-such-policy, maxReplicas: 5}"),
-    )
-    .await
-    .expect("created");
+    create(&env.admin, &ns, &yaml("nosuch", "{policy: no-such-policy, maxReplicas: 5}")).await.expect("created");
     let c = wait_condition(&env.admin, &ns, "nosuch", DEGRADED, "True", INVALID_POLICY).await;
     let (_, _, message) = condition(&c, DEGRADED).unwrap();
-    assert!(
-        message.contains("no-such-policy") && message.contains("queue-length"),
-        "lists the known ones: {message}"
-    );
+    assert!(message.contains("no-such-policy") && message.contains("queue-length"), "lists the known ones: {message}");
 
-    let fix =
-        serde_json::json!({"spec": {"autoscaling": {"settings": {"trget": null, "target": "10"}}}});
+    let fix = serde_json::json!({"spec": {"autoscaling": {"settings": {"trget": null, "target": "10"}}}});
     Api::<Celery>::namespaced(env.admin.clone(), &ns)
         .patch("typo", &PatchParams::default(), &Patch::Merge(&fix))
         .await

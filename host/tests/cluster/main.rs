@@ -17,12 +17,8 @@ use libtest_mimic::{Arguments, Failed, Trial};
 use support::{ControlPlane, Env};
 
 /// The async runtime every test runs on.
-static RUNTIME: LazyLock<tokio::runtime::Runtime> = LazyLock::new(|| {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
-});
+static RUNTIME: LazyLock<tokio::runtime::Runtime> =
+    LazyLock::new(|| tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime"));
 
 /// Shared by ordinary tests, exclusive for one that disturbs the control plane.
 static GATE: RwLock<()> = RwLock::new(());
@@ -65,8 +61,7 @@ fn main() -> ExitCode {
         None
     } else {
         // The built-in policies the operator checks resources against (quick when built).
-        let built =
-            std::process::Command::new(support::repo_root().join("policies/build.sh")).status();
+        let built = std::process::Command::new(support::repo_root().join("policies/build.sh")).status();
         if !built.as_ref().is_ok_and(|s| s.success()) {
             eprintln!("policies/build.sh failed: {built:?}");
             return ExitCode::FAILURE;
@@ -86,10 +81,7 @@ fn main() -> ExitCode {
         Some(Arc::new(Harness { env, control_plane }))
     };
 
-    let trials = lifecycle::TESTS
-        .iter()
-        .map(|&(name, exclusive, f)| trial(name, exclusive, &harness, f))
-        .collect();
+    let trials = lifecycle::TESTS.iter().map(|&(name, exclusive, f)| trial(name, exclusive, &harness, f)).collect();
     let conclusion = libtest_mimic::run(&args, trials);
     if conclusion.has_failed() {
         if let Some(h) = &harness {

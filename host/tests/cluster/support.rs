@@ -25,10 +25,7 @@ use tokio::task::JoinHandle;
 
 /// The repository root (tests run with the crate directory as working directory).
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("host/ has a parent")
-        .to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("host/ has a parent").to_path_buf()
 }
 
 /// A running control plane, stopped on drop.
@@ -41,9 +38,7 @@ impl ControlPlane {
     pub fn start() -> Result<Self, String> {
         let state = std::env::var_os("CONTROL_PLANE_STATE")
             .map(PathBuf::from)
-            .unwrap_or_else(|| {
-                std::env::temp_dir().join(format!("celery-operator-tests-{}", std::process::id()))
-            });
+            .unwrap_or_else(|| std::env::temp_dir().join(format!("celery-operator-tests-{}", std::process::id())));
         let cp = Self { state };
         cp.script("start")?;
         Ok(cp)
@@ -59,10 +54,7 @@ impl ControlPlane {
             .arg(&self.state)
             .status()
             .map_err(|e| format!("cannot run hack/control-plane.sh: {e}"))?;
-        status
-            .success()
-            .then_some(())
-            .ok_or_else(|| format!("hack/control-plane.sh {verb} failed: {status}"))
+        status.success().then_some(()).ok_or_else(|| format!("hack/control-plane.sh {verb} failed: {status}"))
     }
 
     pub fn admin_kubeconfig(&self) -> PathBuf {
@@ -81,11 +73,7 @@ impl ControlPlane {
         for entry in entries.flatten() {
             let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
             let tail: Vec<&str> = text.lines().rev().take(40).collect();
-            eprintln!(
-                "===== {} (last {} lines) =====",
-                entry.path().display(),
-                tail.len()
-            );
+            eprintln!("===== {} (last {} lines) =====", entry.path().display(), tail.len());
             for line in tail.iter().rev() {
                 eprintln!("{line}");
             }
@@ -112,32 +100,22 @@ pub struct Env {
 
 impl Env {
     pub async fn connect(cp: &ControlPlane) -> Self {
-        let admin = operator::client(Some(&cp.admin_kubeconfig()))
-            .await
-            .expect("admin client");
-        let operator = operator::client(Some(&cp.operator_kubeconfig()))
-            .await
-            .expect("operator client");
+        let admin = operator::client(Some(&cp.admin_kubeconfig())).await.expect("admin client");
+        let operator = operator::client(Some(&cp.operator_kubeconfig())).await.expect("operator client");
         let settings = RegistrySettings {
             builtin_dir: Some(repo_root().join("target/policies")),
             user_dir: None,
             cache_dir: Some(RegistrySettings::default_cache_dir()),
         };
-        let policies =
-            PolicyCheck::start(settings, Duration::from_secs(5)).expect("policy runtime");
-        Self {
-            admin,
-            operator,
-            policies,
-        }
+        let policies = PolicyCheck::start(settings, Duration::from_secs(5)).expect("policy runtime");
+        Self { admin, operator, policies }
     }
 
     /// A fresh namespace for one test.
     pub async fn namespace(&self, prefix: &str) -> String {
         static COUNTER: AtomicU32 = AtomicU32::new(0);
         let name = format!("{prefix}-{}", COUNTER.fetch_add(1, Ordering::Relaxed));
-        let ns: Namespace =
-            serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).unwrap();
+        let ns: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).unwrap();
         Api::<Namespace>::all(self.admin.clone())
             .create(&PostParams::default(), &ns)
             .await
@@ -146,16 +124,10 @@ impl Env {
     }
 
     /// Starts the operator in-process, as the ServiceAccount of `deploy/rbac.yaml`.
-    pub fn start_operator(
-        &self,
-        namespaces: &[&str],
-        lease: Option<LeaseConfig>,
-    ) -> OperatorHandle {
+    pub fn start_operator(&self, namespaces: &[&str], lease: Option<LeaseConfig>) -> OperatorHandle {
         let (stop, shutdown) = watch::channel(false);
         let options = RunOptions {
-            scope: Scope {
-                namespaces: namespaces.iter().map(|s| s.to_string()).collect(),
-            },
+            scope: Scope { namespaces: namespaces.iter().map(|s| s.to_string()).collect() },
             listen: None,
             leader_election: lease,
             policies: Some(self.policies.clone()),
@@ -183,34 +155,20 @@ impl OperatorHandle {
 }
 
 /// Applies every object of a multi-document YAML file with server-side apply, as `client`.
-pub async fn apply_yaml(
-    client: &Client,
-    yaml: &str,
-    namespace: Option<&str>,
-) -> Result<(), String> {
+pub async fn apply_yaml(client: &Client, yaml: &str, namespace: Option<&str>) -> Result<(), String> {
     apply_yaml_with(client, yaml, namespace, false).await
 }
 
 /// Like [`apply_yaml`]; with `dry_run` the API server validates and admits without storing.
-pub async fn apply_yaml_with(
-    client: &Client,
-    yaml: &str,
-    namespace: Option<&str>,
-    dry_run: bool,
-) -> Result<(), String> {
-    let discovery = Discovery::new(client.clone())
-        .run()
-        .await
-        .map_err(|e| format!("discovery: {e}"))?;
+pub async fn apply_yaml_with(client: &Client, yaml: &str, namespace: Option<&str>, dry_run: bool) -> Result<(), String> {
+    let discovery = Discovery::new(client.clone()).run().await.map_err(|e| format!("discovery: {e}"))?;
     // Parsed up front: the YAML deserializer must not live across an await (it is not Send).
     let mut objects = Vec::new();
     for doc in serde_yaml::Deserializer::from_str(yaml) {
         let value = serde_yaml::Value::deserialize(doc);
         let obj: DynamicObject = match value {
             Ok(serde_yaml::Value::Null) => continue,
-            Ok(v) => {
-                serde_yaml::from_value(v).map_err(|e| format!("not a Kubernetes object: {e}"))?
-            }
+            Ok(v) => serde_yaml::from_value(v).map_err(|e| format!("not a Kubernetes object: {e}"))?,
             Err(e) => return Err(format!("bad YAML: {e}")),
         };
         objects.push(obj);
@@ -218,26 +176,17 @@ pub async fn apply_yaml_with(
     for obj in objects {
         let gvk = obj.types.as_ref().ok_or("object without apiVersion/kind")?;
         let gvk = kube::core::GroupVersionKind::try_from(gvk).map_err(|e| e.to_string())?;
-        let (ar, caps) = discovery
-            .resolve_gvk(&gvk)
-            .ok_or_else(|| format!("unknown kind {gvk:?}"))?;
+        let (ar, caps) = discovery.resolve_gvk(&gvk).ok_or_else(|| format!("unknown kind {gvk:?}"))?;
         let api = dynamic_api(client, &ar, &caps, obj.namespace().as_deref().or(namespace));
         let name = obj.name_any();
         let mut params = PatchParams::apply("celery-operator-tests").force();
         params.dry_run = dry_run;
-        api.patch(&name, &params, &Patch::Apply(&obj))
-            .await
-            .map_err(|e| format!("applying {} {name}: {e}", gvk.kind))?;
+        api.patch(&name, &params, &Patch::Apply(&obj)).await.map_err(|e| format!("applying {} {name}: {e}", gvk.kind))?;
     }
     Ok(())
 }
 
-fn dynamic_api(
-    client: &Client,
-    ar: &ApiResource,
-    caps: &ApiCapabilities,
-    ns: Option<&str>,
-) -> Api<DynamicObject> {
+fn dynamic_api(client: &Client, ar: &ApiResource, caps: &ApiCapabilities, ns: Option<&str>) -> Api<DynamicObject> {
     match (&caps.scope, ns) {
         (DiscoveryScope::Namespaced, Some(ns)) => Api::namespaced_with(client.clone(), ns, ar),
         (DiscoveryScope::Namespaced, None) => Api::default_namespaced_with(client.clone(), ar),
