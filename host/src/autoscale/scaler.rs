@@ -44,6 +44,8 @@ use crate::telemetry::{FailureCause, Metrics};
 /// otherwise at most this often, so 1,000 apps sampled every second do not write 1,000
 /// statuses a second.
 const STATUS_REFRESH: Duration = Duration::from_secs(10);
+/// How long the worker Deployment may be missing before the loop reports it.
+const MISSING_GRACE: Duration = Duration::from_secs(30);
 /// A Secret holding the broker URL is read again at most this often after a failed read.
 const SECRET_RETRY: Duration = Duration::from_secs(10);
 
@@ -201,6 +203,8 @@ struct AppLoop {
     last_decision: Option<DecisionStatus>,
     last_scale_time: Option<Time>,
     last_status: Option<Instant>,
+    /// Since when the worker Deployment is missing from the cluster view.
+    missing_since: Option<Instant>,
 }
 
 impl AppLoop {
@@ -229,6 +233,7 @@ impl AppLoop {
             last_decision: None,
             last_scale_time: celery.status.as_ref().and_then(|s| s.autoscaler.as_ref()).and_then(|a| a.last_scale_time.clone()),
             last_status: None,
+            missing_since: None,
         };
         app.reconfigure(celery, policies, min, max, tuning);
         info!(app = %app.label, policy = %app.policy_label(), "autoscaling starts");
@@ -265,10 +270,16 @@ impl AppLoop {
         let now = jiff::Timestamp::now();
         let now_ms = u64::try_from(now.as_millisecond()).unwrap_or(0);
         let Some(current) = shared.cluster.worker_replicas(&self.namespace, &self.worker) else {
-            let message = format!("the worker Deployment {} does not exist yet", self.worker);
-            self.conclude(shared, celery, Health { reason: SCALE_FAILED, message }, false).await;
+            // The reconciler creates it just before the loop starts, and the watch brings it
+            // within moments: only a lasting absence is worth a condition.
+            let since = *self.missing_since.get_or_insert_with(Instant::now);
+            if since.elapsed() >= MISSING_GRACE {
+                let message = format!("the worker Deployment {} does not exist", self.worker);
+                self.conclude(shared, celery, Health { reason: SCALE_FAILED, message }, false).await;
+            }
             return;
         };
+        self.missing_since = None;
 
         let queues = if self.needs_broker { Some(self.read_broker(shared).await) } else { None };
         let pods = shared.cluster.pods(&self.namespace, &self.name);
@@ -310,7 +321,7 @@ impl AppLoop {
 
         let mut changed = self.last_decision.as_ref().map(|d| d.replicas) != Some(target as i32);
         if target != current {
-            match self.scale(shared, celery, current, target, &reason).await {
+            match self.scale(shared, celery, current, target, &format!("{policy}: {reason}")).await {
                 Ok(()) => {
                     self.last_scale_time = Some(Time(now));
                     changed = true;

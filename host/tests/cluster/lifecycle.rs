@@ -97,7 +97,7 @@ spec:
     )
 }
 
-fn minimal_yaml(name: &str, app: &str) -> String {
+pub(crate) fn minimal_yaml(name: &str, app: &str) -> String {
     format!(
         "
 apiVersion: celeryproject.org/v1alpha1
@@ -110,12 +110,12 @@ spec:
     )
 }
 
-async fn create(client: &Client, ns: &str, yaml: &str) -> Result<Celery, kube::Error> {
+pub(crate) async fn create(client: &Client, ns: &str, yaml: &str) -> Result<Celery, kube::Error> {
     let celery: Celery = serde_yaml::from_str(yaml).expect("test YAML is a Celery");
     Api::<Celery>::namespaced(client.clone(), ns).create(&PostParams::default(), &celery).await
 }
 
-async fn deployment(client: &Client, ns: &str, name: &str) -> Result<Deployment, String> {
+pub(crate) async fn deployment(client: &Client, ns: &str, name: &str) -> Result<Deployment, String> {
     Api::<Deployment>::namespaced(client.clone(), ns)
         .get_opt(name)
         .await
@@ -123,7 +123,7 @@ async fn deployment(client: &Client, ns: &str, name: &str) -> Result<Deployment,
         .ok_or_else(|| format!("Deployment {name} does not exist"))
 }
 
-fn condition(c: &Celery, type_: &str) -> Option<(String, String, String)> {
+pub(crate) fn condition(c: &Celery, type_: &str) -> Option<(String, String, String)> {
     c.status
         .as_ref()?
         .conditions
@@ -133,7 +133,7 @@ fn condition(c: &Celery, type_: &str) -> Option<(String, String, String)> {
 }
 
 /// Waits for a condition of the Celery object to have `status` and `reason`; returns it.
-async fn wait_condition(client: &Client, ns: &str, name: &str, type_: &str, status: &str, reason: &str) -> Celery {
+pub(crate) async fn wait_condition(client: &Client, ns: &str, name: &str, type_: &str, status: &str, reason: &str) -> Celery {
     let api: Api<Celery> = Api::namespaced(client.clone(), ns);
     eventually(&format!("{type_}={status} ({reason}) on Celery {ns}/{name}"), WAIT, || async {
         let c = api.get(name).await.map_err(|e| e.to_string())?;
@@ -167,7 +167,8 @@ async fn seed_resource_creates_children_and_becomes_ready(h: Arc<Harness>) {
     let owner = &worker.owner_references()[0];
     assert_eq!((owner.kind.as_str(), owner.name.as_str(), owner.controller), ("Celery", "celery-crd-example", Some(true)));
 
-    let flower = deployment(&env.admin, &ns, "celery-crd-example-flower").await.expect("flower Deployment");
+    // Applied right after the worker's: wait rather than race it.
+    let flower = eventually("the Flower Deployment", WAIT, || deployment(&env.admin, &ns, "celery-crd-example-flower")).await;
     assert_eq!(worker_container(&flower).ports.as_ref().unwrap()[0].container_port, 5555);
     let svc = Api::<Service>::namespaced(env.admin.clone(), &ns).get("celery-crd-example-flower").await.expect("flower Service");
     let spec = svc.spec.unwrap();
@@ -194,7 +195,7 @@ fn condition_reason(status: &celery_operator::crd::CeleryStatus, type_: &str) ->
     status.conditions.iter().find(|c| c.type_ == type_).map(|c| c.reason.clone()).unwrap_or_default()
 }
 
-async fn events_of(client: &Client, ns: &str, name: &str, reason: &str) -> Result<Vec<String>, String> {
+pub(crate) async fn events_of(client: &Client, ns: &str, name: &str, reason: &str) -> Result<Vec<String>, String> {
     let events = Api::<Event>::namespaced(client.clone(), ns).list(&ListParams::default()).await.map_err(|e| e.to_string())?;
     let found: Vec<String> = events
         .items

@@ -7,7 +7,10 @@
 //!
 //! Run with `cargo test --test cluster` (the first run builds the control plane: 10-20 min).
 
+mod autoscaling;
 mod lifecycle;
+#[path = "../common/servers.rs"]
+mod servers;
 mod support;
 
 use std::process::ExitCode;
@@ -81,7 +84,11 @@ fn main() -> ExitCode {
         Some(Arc::new(Harness { env, control_plane }))
     };
 
-    let trials = lifecycle::TESTS.iter().map(|&(name, exclusive, f)| trial(name, exclusive, &harness, f)).collect();
+    let trials = lifecycle::TESTS
+        .iter()
+        .chain(autoscaling::TESTS)
+        .map(|&(name, exclusive, f)| trial(name, exclusive, &harness, f))
+        .collect();
     let conclusion = libtest_mimic::run(&args, trials);
     if conclusion.has_failed() {
         if let Some(h) = &harness {

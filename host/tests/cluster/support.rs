@@ -89,6 +89,10 @@ impl Drop for ControlPlane {
     }
 }
 
+/// A user policy installed for the tests: `tests/fixtures/trap_message.wat`, which traps with
+/// "boom: the queue exploded" on every decision.
+pub const TRAP_POLICY: &str = "trap-policy";
+
 /// Clients for a test: `admin` plays the user, `operator` has only the operator's RBAC.
 #[derive(Clone)]
 pub struct Env {
@@ -96,19 +100,25 @@ pub struct Env {
     pub operator: Client,
     /// One policy runtime shared by every in-process operator, as a process has one.
     pub policies: Arc<PolicyCheck>,
+    /// The user policy directory of that runtime (holds [`TRAP_POLICY`]).
+    pub user_policies: Arc<tempfile::TempDir>,
 }
 
 impl Env {
     pub async fn connect(cp: &ControlPlane) -> Self {
         let admin = operator::client(Some(&cp.admin_kubeconfig())).await.expect("admin client");
         let operator = operator::client(Some(&cp.operator_kubeconfig())).await.expect("operator client");
+        let user_policies = tempfile::tempdir().expect("a user policy directory");
+        let trap = wat::parse_file(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/trap_message.wat"))
+            .expect("the trap fixture compiles");
+        std::fs::write(user_policies.path().join(format!("{TRAP_POLICY}.wasm")), trap).expect("installs the trap policy");
         let settings = RegistrySettings {
             builtin_dir: Some(repo_root().join("target/policies")),
-            user_dir: None,
+            user_dir: Some(user_policies.path().to_path_buf()),
             cache_dir: Some(RegistrySettings::default_cache_dir()),
         };
         let policies = PolicyCheck::start(settings, Duration::from_secs(5)).expect("policy runtime");
-        Self { admin, operator, policies }
+        Self { admin, operator, policies, user_policies: Arc::new(user_policies) }
     }
 
     /// A fresh namespace for one test.

@@ -1,0 +1,271 @@
+//! The autoscaling loop on a real API server with a real Redis and the real Celery of
+//! `example/`: a producer fills the queue, the operator scales the worker Deployment up, a local
+//! Celery worker drains the queue, the operator scales down (to zero and back); the Python
+//! operator's `scaleTargetRef` does the same unchanged; CPU use simulated by kwok reaches the
+//! policy through metrics-server and `metrics.k8s.io`; a broken broker or policy holds the count.
+//!
+//! The worker pods are kwok's simulated pods, so they run no Celery: the queue is drained by a
+//! Celery worker this test starts on the host, against the same Redis.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use celery_operator::conditions::*;
+use celery_operator::crd::Celery;
+use kube::Client;
+use kube::api::Api;
+
+use crate::Harness;
+use crate::lifecycle::{condition, create, deployment, events_of, wait_condition};
+use crate::servers::{python, redis_server};
+use crate::support::{WAIT, eventually, repo_root};
+
+type Test = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// Every test: name, whether it needs the control plane to itself, body.
+pub const TESTS: &[(&str, bool, fn(Arc<Harness>) -> Test)] = &[
+    ("queue_backlog_scales_workers_up_and_down", false, |h| Box::pin(queue_backlog_scales_workers_up_and_down(h))),
+    ("seed_scale_target_ref_autoscales", false, |h| Box::pin(seed_scale_target_ref_autoscales(h))),
+    ("cpu_utilisation_scales_through_the_metrics_api", false, |h| Box::pin(cpu_utilisation_scales_through_the_metrics_api(h))),
+    ("broken_broker_or_policy_holds_replicas", false, |h| Box::pin(broken_broker_or_policy_holds_replicas(h))),
+];
+
+/// Scaling waits include the scale-down window and the metrics-server scrapes.
+const SCALE_WAIT: Duration = Duration::from_secs(120);
+
+async fn worker_replicas(client: &Client, ns: &str, deployment_name: &str) -> Result<i32, String> {
+    let d = deployment(client, ns, deployment_name).await?;
+    Ok(d.spec.and_then(|s| s.replicas).unwrap_or(1))
+}
+
+/// Waits until the worker Deployment asks for `want` replicas.
+async fn wait_replicas(client: &Client, ns: &str, app: &str, want: i32, timeout: Duration) {
+    let name = format!("{app}-celery-worker");
+    eventually(&format!("{name} at {want} replicas"), timeout, || async {
+        let got = worker_replicas(client, ns, &name).await?;
+        let status = Api::<Celery>::namespaced(client.clone(), ns).get(app).await.map_err(|e| e.to_string())?.status;
+        if got == want { Ok(()) } else { Err(format!("{got} replicas; status {status:?}")) }
+    })
+    .await
+}
+
+fn example_dir() -> PathBuf {
+    repo_root().join("example")
+}
+
+/// Runs `example/producer.py --burst N` against `broker`.
+fn produce(broker: &str, tasks: u32, duration: f64) {
+    let status = Command::new(python())
+        .current_dir(example_dir())
+        .env("CELERY_BROKER_URL", broker)
+        .args(["producer.py", "--burst", &tasks.to_string(), "--duration", &duration.to_string()])
+        .status()
+        .expect("runs the producer");
+    assert!(status.success(), "producer failed: {status}");
+}
+
+/// A real Celery worker of the example app on the host, killed on drop.
+struct LocalWorker(Child);
+
+impl LocalWorker {
+    fn start(broker: &str) -> Self {
+        let child = Command::new(python())
+            .current_dir(example_dir())
+            .env("CELERY_BROKER_URL", broker)
+            .args(["-m", "celery", "--app=app:celery_app", "worker", "--queues=celery", "--pool=threads", "--concurrency=8"])
+            .args(["--loglevel=warning", "--without-heartbeat", "--without-mingle", "--without-gossip"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("starts a Celery worker");
+        Self(child)
+    }
+}
+
+impl Drop for LocalWorker {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn celery(client: &Client, ns: &str, name: &str) -> Celery {
+    Api::<Celery>::namespaced(client.clone(), ns).get(name).await.expect("the Celery object")
+}
+
+/// Queue backlog scaling with the built-in `queue-length` policy, down to zero and back.
+pub async fn queue_backlog_scales_workers_up_and_down(h: Arc<Harness>) {
+    let env = &h.env;
+    let (_redis, port) = redis_server(&[]);
+    let broker = format!("redis://127.0.0.1:{port}/0");
+    let ns = env.namespace("autoscale").await;
+    let operator = env.start_operator(&[&ns], None);
+    let yaml = format!(
+        "
+apiVersion: celeryproject.org/v1alpha1
+kind: Celery
+metadata: {{name: shop}}
+spec:
+  common: {{appName: shop, celeryApp: 'app:celery_app', image: example-image}}
+  broker: {{url: '{broker}'}}
+  workerSpec: {{queues: celery, concurrency: 2}}
+  autoscaling:
+    policy: queue-length
+    settings: {{target: '10'}}
+    minReplicas: 0
+    maxReplicas: 5
+    scaleDown: {{stabilizationWindowSeconds: 2, maxStepPercent: 100, periodSeconds: 0}}
+"
+    );
+    create(&env.admin, &ns, &yaml).await.expect("created");
+    wait_condition(&env.admin, &ns, "shop", SCALING_ACTIVE, "True", POLICY_DECIDING).await;
+    // An empty queue with minReplicas 0: the one starting worker goes after the window.
+    wait_replicas(&env.admin, &ns, "shop", 0, SCALE_WAIT).await;
+
+    produce(&broker, 45, 0.1);
+    wait_replicas(&env.admin, &ns, "shop", 5, SCALE_WAIT).await;
+    let scaled = events_of(&env.admin, &ns, "shop", SCALED_UP).await.expect("a ScaledUp event");
+    assert!(scaled.iter().any(|e| e.contains("queue-length") && e.contains("messages")), "policy and reason given: {scaled:?}");
+    let c = celery(&env.admin, &ns, "shop").await;
+    let status = c.status.expect("status");
+    let auto = status.autoscaler.expect("autoscaler status");
+    assert_eq!(auto.last_decision.as_ref().map(|d| d.policy.as_str()), Some("queue-length"));
+    assert!(auto.last_scale_time.is_some());
+
+    let worker = LocalWorker::start(&broker);
+    wait_replicas(&env.admin, &ns, "shop", 0, SCALE_WAIT).await;
+    events_of(&env.admin, &ns, "shop", SCALED_DOWN).await.expect("a ScaledDown event");
+    drop(worker);
+    eventually("backlog 0 in status", WAIT, || async {
+        let c = celery(&env.admin, &ns, "shop").await;
+        match c.status.and_then(|s| s.queue_backlog) {
+            Some(0) => Ok(()),
+            other => Err(format!("queueBacklog {other:?}")),
+        }
+    })
+    .await;
+
+    // From zero, one message brings a worker back.
+    produce(&broker, 1, 0.1);
+    wait_replicas(&env.admin, &ns, "shop", 1, SCALE_WAIT).await;
+    operator.stop().await;
+}
+
+/// A resource in the Python operator's format autoscales by its `scaleTargetRef`.
+pub async fn seed_scale_target_ref_autoscales(h: Arc<Harness>) {
+    let env = &h.env;
+    let (_redis, port) = redis_server(&[]);
+    let broker = format!("redis://127.0.0.1:{port}/0");
+    let ns = env.namespace("seedscale").await;
+    let operator = env.start_operator(&[&ns], None);
+    let yaml = format!(
+        "
+apiVersion: celeryproject.org/v1alpha1
+kind: Celery
+metadata: {{name: seed}}
+spec:
+  common: {{appName: seed, celeryApp: 'app:celery_app', image: example-image}}
+  broker: {{url: '{broker}'}}
+  workerSpec: {{numOfWorkers: 1, queues: celery, logLevel: info, concurrency: 2}}
+  flowerSpec: {{replicas: 1}}
+  scaleTargetRef:
+  - kind: worker
+    minReplicas: 1
+    maxReplicas: 4
+    metrics:
+    - name: message_queue
+      target: {{type: length, averageValue: '5'}}
+"
+    );
+    create(&env.admin, &ns, &yaml).await.expect("created");
+    wait_condition(&env.admin, &ns, "seed", SCALING_ACTIVE, "True", POLICY_DECIDING).await;
+    produce(&broker, 12, 0.1);
+    // ceil(12 / 5) = 3 workers.
+    wait_replicas(&env.admin, &ns, "seed", 3, SCALE_WAIT).await;
+    let c = celery(&env.admin, &ns, "seed").await;
+    assert_eq!(c.status.as_ref().and_then(|s| s.policy.as_deref()), Some("queue-length"));
+    operator.stop().await;
+}
+
+/// CPU use simulated by kwok, read through metrics-server, scales with `cpu-memory`.
+pub async fn cpu_utilisation_scales_through_the_metrics_api(h: Arc<Harness>) {
+    let env = &h.env;
+    let ns = env.namespace("cpuscale").await;
+    let operator = env.start_operator(&[&ns], None);
+    // Each pod uses 400m of its 200m request: 200% against a 50% target.
+    let yaml = "
+apiVersion: celeryproject.org/v1alpha1
+kind: Celery
+metadata: {name: cpu}
+spec:
+  common:
+    appName: cpu
+    celeryApp: 'app:celery_app'
+    image: example-image
+    podAnnotations: {kwok.x-k8s.io/usage-cpu: 400m, kwok.x-k8s.io/usage-memory: 10Mi}
+  workerSpec: {resources: {requests: {cpu: 200m, memory: 64Mi}}}
+  flowerSpec: {enabled: false}
+  scaleTargetRef:
+  - kind: worker
+    minReplicas: 1
+    maxReplicas: 3
+    metrics:
+    - name: cpu
+      target: {type: Utilization, averageUtilization: 50}
+";
+    create(&env.admin, &ns, yaml).await.expect("created");
+    wait_replicas(&env.admin, &ns, "cpu", 3, SCALE_WAIT).await;
+    let c = celery(&env.admin, &ns, "cpu").await;
+    let auto = c.status.and_then(|s| s.autoscaler).expect("autoscaler status");
+    assert!(auto.cpu_millis.is_some_and(|m| m >= 390), "CPU from metrics.k8s.io in status: {auto:?}");
+    assert_eq!(auto.last_decision.as_ref().map(|d| d.policy.as_str()), Some("cpu-memory"));
+    operator.stop().await;
+}
+
+/// A dead broker and a trapping policy hold the count, say why, and warn once.
+pub async fn broken_broker_or_policy_holds_replicas(h: Arc<Harness>) {
+    let env = &h.env;
+    let ns = env.namespace("failsafe").await;
+    let operator = env.start_operator(&[&ns], None);
+    let dead = format!("redis://127.0.0.1:{}/0", crate::servers::free_port());
+    let yaml = |name: &str, broker: &str, policy: &str| {
+        format!(
+            "
+apiVersion: celeryproject.org/v1alpha1
+kind: Celery
+metadata: {{name: {name}}}
+spec:
+  common: {{appName: {name}, celeryApp: 'app:celery_app', image: example-image}}
+  broker: {{url: '{broker}'}}
+  workerSpec: {{numOfWorkers: 3}}
+  flowerSpec: {{enabled: false}}
+  autoscaling: {{policy: {policy}, minReplicas: 1, maxReplicas: 5, settings: {{target: '10'}},
+    scaleDown: {{stabilizationWindowSeconds: 0, periodSeconds: 0}}}}
+"
+        )
+    };
+    create(&env.admin, &ns, &yaml("deadbroker", &dead, "queue-length")).await.expect("created");
+    let c = wait_condition(&env.admin, &ns, "deadbroker", SCALING_ACTIVE, "False", METRICS_UNAVAILABLE).await;
+    let (_, _, message) = condition(&c, SCALING_ACTIVE).unwrap();
+    assert!(message.contains("spec.broker") && message.contains("127.0.0.1"), "names the field and the broker: {message}");
+
+    let (_redis, port) = redis_server(&[]);
+    let live = format!("redis://127.0.0.1:{port}/0");
+    create(&env.admin, &ns, &yaml("trapping", &live, crate::support::TRAP_POLICY)).await.expect("created");
+    let c = wait_condition(&env.admin, &ns, "trapping", SCALING_ACTIVE, "False", POLICY_FAILED).await;
+    let (_, _, message) = condition(&c, SCALING_ACTIVE).unwrap();
+    assert!(message.contains("trapped") && message.contains("boom"), "quotes the guest: {message}");
+
+    // Let several more samples pass: the count must still be the starting 3, not the 0
+    // an empty or unknown queue would otherwise mean.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    for app in ["deadbroker", "trapping"] {
+        assert_eq!(worker_replicas(&env.admin, &ns, &format!("{app}-celery-worker")).await, Ok(3), "{app} held");
+    }
+    let warnings = events_of(&env.admin, &ns, "deadbroker", METRICS_UNAVAILABLE).await.expect("a Warning event");
+    assert_eq!(warnings.len(), 1, "one event, not one per sample: {warnings:?}");
+    events_of(&env.admin, &ns, "trapping", POLICY_FAILED).await.expect("a Warning event");
+    operator.stop().await;
+}
