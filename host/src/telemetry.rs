@@ -93,6 +93,7 @@ pub struct Metrics {
     decisions: Family<DecisionLabel, Counter>,
     failures: Family<FailureLabel, Counter>,
     policy_seconds: HistogramFamily<AppLabel>,
+    cycle_seconds: Histogram,
 }
 
 /// Why an autoscaling sample ended without a decision, for `autoscaler_failures_total`.
@@ -130,6 +131,12 @@ impl Default for Metrics {
             "Time one policy decision took, instantiation included",
             policy_seconds.clone(),
         );
+        let cycle_seconds = Histogram::new(exponential_buckets(0.0001, 2.0, 16));
+        registry.register(
+            "autoscaler_cycle_duration_seconds",
+            "Time one autoscaling cycle of one app took: broker read, policy, scale and status",
+            cycle_seconds.clone(),
+        );
         Self {
             registry,
             reconciliations,
@@ -140,6 +147,7 @@ impl Default for Metrics {
             decisions,
             failures,
             policy_seconds,
+            cycle_seconds,
         }
     }
 }
@@ -194,6 +202,10 @@ impl Metrics {
             FailureCause::Scale => "scale",
         };
         self.failures.get_or_create(&FailureLabel { app: app.to_string(), cause }).inc();
+    }
+
+    pub fn observe_cycle(&self, took: Duration) {
+        self.cycle_seconds.observe(took.as_secs_f64());
     }
 
     /// Drops the series of an app that is no longer autoscaled.

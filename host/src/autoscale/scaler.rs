@@ -159,7 +159,9 @@ async fn run(shared: Arc<Shared>, key: ObjectRef<Celery>) {
             }
         }
         if let Some(app) = app.as_mut() {
+            let started = Instant::now();
             app.tick(&shared, &celery).await;
+            shared.metrics.observe_cycle(started.elapsed());
         }
     }
 }

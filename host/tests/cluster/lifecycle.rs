@@ -18,7 +18,7 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 
 use crate::Harness;
-use crate::support::{Env, WAIT, apply_yaml, apply_yaml_with, eventually, repo_root};
+use crate::support::{WAIT, apply_yaml_with, eventually, repo_root};
 
 type Test = Pin<Box<dyn Future<Output = ()> + Send>>;
 
@@ -43,21 +43,6 @@ pub const TESTS: &[(&str, bool, fn(Arc<Harness>) -> Test)] = &[
     ("operator_survives_an_api_server_restart", true, |h| Box::pin(operator_survives_an_api_server_restart(h))),
 ];
 
-/// Installs what `kubectl apply -k deploy/` would, but the operator Deployment: the tests run
-/// the operator in-process instead, with the same ServiceAccount.
-pub async fn install(env: &Env) {
-    for file in ["namespace.yaml", "crd.yaml", "rbac.yaml"] {
-        let yaml = std::fs::read_to_string(repo_root().join("deploy").join(file)).expect("deploy/ file");
-        // Discovery can briefly 404 while a just-created CRD is being registered: retry.
-        eventually(&format!("deploy/{file} applied"), WAIT, || apply_yaml(&env.admin, &yaml, None)).await;
-    }
-    // The CRD is served a moment after it is created.
-    let api: Api<Celery> = Api::all(env.admin.clone());
-    eventually("the Celery CRD to be served", WAIT, || async {
-        api.list(&ListParams::default().limit(1)).await.map(|_| ()).map_err(|e| e.to_string())
-    })
-    .await;
-}
 
 /// A resource written for the Python operator, verbatim.
 fn seed_yaml(name: &str) -> String {

@@ -78,7 +78,7 @@ fn main() -> ExitCode {
         };
         let env = RUNTIME.block_on(async {
             let env = Env::connect(&control_plane).await;
-            lifecycle::install(&env).await;
+            support::install(&env).await;
             env
         });
         Some(Arc::new(Harness { env, control_plane }))

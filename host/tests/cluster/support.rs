@@ -16,7 +16,8 @@ use celery_operator::operator::{self, RunError, RunOptions};
 use celery_operator::policy::registry::RegistrySettings;
 use celery_operator::reconcile::policies::PolicyCheck;
 use k8s_openapi::api::core::v1::Namespace;
-use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
+use celery_operator::crd::Celery;
+use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::discovery::{ApiCapabilities, ApiResource, Discovery, Scope as DiscoveryScope};
 use kube::{Client, ResourceExt};
 use serde::Deserialize;
@@ -135,10 +136,20 @@ impl Env {
 
     /// Starts the operator in-process, as the ServiceAccount of `deploy/rbac.yaml`.
     pub fn start_operator(&self, namespaces: &[&str], lease: Option<LeaseConfig>) -> OperatorHandle {
+        self.start_operator_serving(namespaces, lease, None)
+    }
+
+    /// Like [`start_operator`](Self::start_operator), serving `/metrics` on `listen`.
+    pub fn start_operator_serving(
+        &self,
+        namespaces: &[&str],
+        lease: Option<LeaseConfig>,
+        listen: Option<std::net::SocketAddr>,
+    ) -> OperatorHandle {
         let (stop, shutdown) = watch::channel(false);
         let options = RunOptions {
             scope: Scope { namespaces: namespaces.iter().map(|s| s.to_string()).collect() },
-            listen: None,
+            listen,
             leader_election: lease,
             policies: Some(self.policies.clone()),
         };
@@ -225,3 +236,19 @@ where
 
 /// The default deadline of a wait: generous, because the machines are shared and slow.
 pub const WAIT: Duration = Duration::from_secs(60);
+
+/// Installs what `kubectl apply -k deploy/` would, but the operator Deployment: the tests run
+/// the operator in-process instead, with the same ServiceAccount.
+pub async fn install(env: &Env) {
+    for file in ["namespace.yaml", "crd.yaml", "rbac.yaml"] {
+        let yaml = std::fs::read_to_string(repo_root().join("deploy").join(file)).expect("deploy/ file");
+        // Discovery can briefly 404 while a just-created CRD is being registered: retry.
+        eventually(&format!("deploy/{file} applied"), WAIT, || apply_yaml(&env.admin, &yaml, None)).await;
+    }
+    // The CRD is served a moment after it is created.
+    let api: Api<Celery> = Api::all(env.admin.clone());
+    eventually("the Celery CRD to be served", WAIT, || async {
+        api.list(&ListParams::default().limit(1)).await.map(|_| ()).map_err(|e| e.to_string())
+    })
+    .await;
+}
