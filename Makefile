@@ -5,7 +5,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 STATE ?= $(CURDIR)/.state
 
-.PHONY: help demo test test-deps test-unit test-cluster build crd policies control-plane stop fmt lint
+.PHONY: help demo test test-deps test-unit test-cluster bench build crd policies control-plane stop fmt lint
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -24,6 +24,9 @@ test-unit: ## Only the tests that need no cluster
 
 test-cluster: ## Only the tests against the real control plane
 	$(CARGO) test -p celery-operator --test cluster
+
+bench: test-deps policies ## Benchmarks (figures, not tests): policy cost, autoscaling reaction time and sampling cost
+	$(CARGO) bench -p celery-operator --bench policy --bench autoscale
 
 build: ## Build the operator binary
 	$(CARGO) build -p celery-operator

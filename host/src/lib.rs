@@ -8,7 +8,9 @@
 //! - [`operator`]: `celery-operator run`, wiring controller, leader election and endpoints.
 //! - [`leader`], [`server`], [`telemetry`]: Lease election, HTTP endpoints, logs and metrics.
 //! - [`conditions`]: condition types and reasons; [`quantity`]: resource quantities.
-//! - [`policy`]: the WebAssembly policy runtime and registry; [`autoscale`]: bounds and
+//! - [`policy`]: the WebAssembly policy runtime and registry.
+//! - [`autoscale`]: the autoscaling loop of each autoscaled app (sample → policy → bounds →
+//!   damping → scale), the watched view of worker pods it samples, and the pure bounds and
 //!   stabilisation of policy answers.
 //! - [`metrics`]: what the brokers report about the queues (Redis, RabbitMQ).
 //! - [`cli`]: the command line.

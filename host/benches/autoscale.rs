@@ -1,0 +1,274 @@
+//! What the autoscaling loop costs and how fast it reacts, on the real control plane with a
+//! real Redis, printed in one run:
+//!
+//! 1. Reaction time: from a backlog appearing in Redis to the new `replicas` on the worker
+//!    Deployment (seen through a watch), over repeated trials pushed at random phases of the
+//!    sampling interval, with default settings (`intervalSeconds: 1`). Beside it, the floor
+//!    any 1 s poller has (half the interval on average), and a 30 s poller's.
+//! 2. The cost of one sampling cycle (broker read, policy, status) at 1, 100 and 1,000
+//!    autoscaled apps: process CPU time per cycle, wall time per cycle (from the operator's own
+//!    histogram), cycles achieved against the interval, and resident memory, beside the same
+//!    process with no app.
+//!
+//! `cargo bench -p celery-operator --bench autoscale` (TRIALS=…, APPS=1,100,1000, WINDOW=…).
+//! The operator runs in this process, as the cluster tests run it, with the RBAC of
+//! `deploy/rbac.yaml`. A benchmark, never a test: nothing here passes or fails on a timing.
+
+#[path = "../tests/common/servers.rs"]
+mod servers;
+#[path = "../tests/cluster/support.rs"]
+#[allow(dead_code)]
+mod support;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use celery_operator::crd::Celery;
+use celery_operator::policy::cli::percentiles;
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::api::{Api, ListParams, PostParams};
+use kube::runtime::watcher;
+use support::{ControlPlane, Env, eventually};
+
+const WAIT: Duration = Duration::from_secs(600);
+
+fn main() {
+    let trials: usize = env_number("TRIALS", 40);
+    let window = Duration::from_secs(env_number("WINDOW", 20) as u64);
+    let sizes: Vec<usize> = std::env::var("APPS")
+        .ok()
+        .map(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![1, 100, 1000]);
+
+    let built = std::process::Command::new(support::repo_root().join("policies/build.sh")).status();
+    assert!(built.is_ok_and(|s| s.success()), "policies/build.sh failed");
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    let control_plane = ControlPlane::start().expect("control plane");
+    let (_redis, port) = servers::redis_server(&[]);
+    let broker = format!("redis://127.0.0.1:{port}/0");
+    runtime.block_on(async {
+        let env = Env::connect(&control_plane).await;
+        support::install(&env).await;
+        let ns = env.namespace("bench").await;
+        let listen: SocketAddr = format!("127.0.0.1:{}", servers::free_port()).parse().expect("address");
+        let baseline_rss = rss_kib();
+        let operator = env.start_operator_serving(&[&ns], None, Some(listen));
+        let redis = redis::Client::open(broker.as_str()).expect("redis client");
+        let mut conn = redis.get_multiplexed_async_connection().await.expect("redis connection");
+
+        reaction(&env, &ns, &broker, &mut conn, trials).await;
+        cost(&env, &ns, &broker, listen, &sizes, window, baseline_rss).await;
+        operator.stop().await;
+    });
+}
+
+fn env_number(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn app_yaml(name: &str, queue: &str, broker: &str, min: u32, start: u32, window: u32) -> String {
+    format!(
+        "
+apiVersion: celeryproject.org/v1alpha1
+kind: Celery
+metadata: {{name: {name}}}
+spec:
+  common: {{appName: {name}, celeryApp: 'app:celery_app', image: example-image}}
+  broker: {{url: '{broker}'}}
+  workerSpec: {{numOfWorkers: {start}, queues: {queue}}}
+  flowerSpec: {{enabled: false}}
+  autoscaling:
+    policy: queue-length
+    settings: {{target: '10'}}
+    minReplicas: {min}
+    maxReplicas: 10
+    scaleDown: {{stabilizationWindowSeconds: {window}, maxStepPercent: 100, periodSeconds: 0}}
+"
+    )
+}
+
+async fn create(env: &Env, ns: &str, yaml: &str) {
+    let celery: Celery = serde_yaml::from_str(yaml).expect("bench YAML is a Celery");
+    Api::<Celery>::namespaced(env.admin.clone(), ns).create(&PostParams::default(), &celery).await.expect("created");
+}
+
+async fn replicas(api: &Api<Deployment>, name: &str) -> Result<i32, String> {
+    let d = api.get_opt(name).await.map_err(|e| e.to_string())?.ok_or("no Deployment yet")?;
+    Ok(d.spec.and_then(|s| s.replicas).unwrap_or(1))
+}
+
+async fn wait_replicas(api: &Api<Deployment>, name: &str, want: i32) {
+    eventually(&format!("{name} at {want}"), WAIT, || async {
+        let got = replicas(api, name).await?;
+        if got == want { Ok(()) } else { Err(format!("{got}")) }
+    })
+    .await;
+}
+
+/// Part 1: backlog in Redis → `replicas` on the Deployment.
+async fn reaction(env: &Env, ns: &str, broker: &str, conn: &mut redis::aio::MultiplexedConnection, trials: usize) {
+    create(env, ns, &app_yaml("react", "react", broker, 1, 1, 0)).await;
+    let deployments: Api<Deployment> = Api::namespaced(env.admin.clone(), ns);
+    wait_replicas(&deployments, "react-celery-worker", 1).await;
+    // Let the loop settle into its rhythm.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+    let mut times = Vec::with_capacity(trials);
+    for _ in 0..trials {
+        // Land the backlog at a random phase of the 1 s interval.
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        tokio::time::sleep(Duration::from_millis(seed % 1000)).await;
+
+        let config = watcher::Config::default().fields("metadata.name=react-celery-worker");
+        let mut changes = watcher::watcher(deployments.clone(), config).boxed();
+        // The watch is established once its initial list is through.
+        while let Some(event) = changes.next().await {
+            if matches!(event, Ok(watcher::Event::InitDone)) {
+                break;
+            }
+        }
+        let messages: Vec<String> = (0..50).map(|i| format!("{{\"bench\": {i}}}")).collect();
+        let pushed = Instant::now();
+        let _: () = redis::cmd("LPUSH").arg("react").arg(&messages).query_async(conn).await.expect("LPUSH");
+        let reacted = loop {
+            match changes.next().await {
+                Some(Ok(watcher::Event::Apply(d))) if d.spec.as_ref().and_then(|s| s.replicas) == Some(5) => {
+                    break pushed.elapsed();
+                }
+                Some(_) => {}
+                None => panic!("the watch ended"),
+            }
+        };
+        times.push(reacted);
+        let _: () = redis::cmd("DEL").arg("react").query_async(conn).await.expect("DEL");
+        wait_replicas(&deployments, "react-celery-worker", 1).await;
+    }
+    let mut sorted = times.clone();
+    let (p50, _) = percentiles(&mut sorted);
+    let p95 = sorted[((sorted.len() - 1) as f64 * 0.95).round() as usize];
+    let max = sorted.last().copied().unwrap_or_default();
+    println!();
+    println!("Reaction time: 50 messages pushed to Redis → replicas 1 → 5 on the Deployment ({trials} trials, intervalSeconds 1)");
+    println!("{:<34} {:>10} {:>10} {:>10}", "", "p50", "p95", "max");
+    println!("{:<34} {:>10} {:>10} {:>10}", "celery-operator", fmt(p50), fmt(p95), fmt(max));
+    println!("{:<34} {:>10} {:>10} {:>10}", "floor of any 1 s poller (wait only)", "500ms", "950ms", "1000ms");
+    println!("{:<34} {:>10} {:>10} {:>10}", "floor of a 30 s poller (wait only)", "15.0s", "28.5s", "30.0s");
+}
+
+/// Part 2: CPU, wall time and memory of sampling cycles at several numbers of apps.
+async fn cost(env: &Env, ns: &str, broker: &str, listen: SocketAddr, sizes: &[usize], window: Duration, baseline_rss: u64) {
+    let celery: Api<Celery> = Api::namespaced(env.admin.clone(), ns);
+    let mut created = 0;
+    println!();
+    println!("Sampling cost: every app samples its own Redis queue every second (queue-length policy); measured over {window:?}");
+    println!(
+        "{:>6} {:>16} {:>16} {:>16} {:>14} {:>12}",
+        "apps", "CPU per cycle", "wall per cycle", "cycles/app/s", "CPU share", "RSS"
+    );
+    println!("{:>6} {:>16} {:>16} {:>16} {:>14} {:>12}", "0", "-", "-", "-", "-", format!("{} MiB", baseline_rss / 1024));
+    for &apps in sizes {
+        // The bench apps: no workers (min 0, start at 0), so no pods, only the loops.
+        while created < apps {
+            let name = format!("app-{created}");
+            create(env, ns, &app_yaml(&name, &name, broker, 0, 0, 60)).await;
+            created += 1;
+        }
+        eventually(&format!("{apps} apps sampling"), WAIT, || async {
+            let list = celery.list(&ListParams::default()).await.map_err(|e| e.to_string())?;
+            let sampling = list
+                .items
+                .iter()
+                .filter(|c| c.metadata.name.as_deref().is_some_and(|n| n.starts_with("app-")))
+                .filter(|c| c.status.as_ref().and_then(|s| s.autoscaler.as_ref()).is_some_and(|a| a.last_decision.is_some()))
+                .count();
+            if sampling >= apps { Ok(()) } else { Err(format!("{sampling} sampling")) }
+        })
+        .await;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+
+        let before = Snapshot::take(listen).await;
+        tokio::time::sleep(window).await;
+        let after = Snapshot::take(listen).await;
+        let cycles = after.cycles - before.cycles;
+        let cpu = after.cpu - before.cpu;
+        let wall = (after.cycle_seconds - before.cycle_seconds) / cycles.max(1.0);
+        // The reaction app keeps sampling too: count it.
+        let per_app = cycles / ((apps + 1) as f64 * window.as_secs_f64());
+        println!(
+            "{:>6} {:>16} {:>16} {:>16.2} {:>13.1}% {:>12}",
+            apps,
+            fmt(cpu.div_f64(cycles.max(1.0))),
+            fmt(Duration::from_secs_f64(wall)),
+            per_app,
+            100.0 * cpu.as_secs_f64() / window.as_secs_f64(),
+            format!("{} MiB", rss_kib() / 1024),
+        );
+    }
+    println!("(CPU share: of one core, for this whole process; the machine has {} cores)", num_cores());
+}
+
+/// The operator's counters and this process's CPU time at one instant.
+struct Snapshot {
+    cycles: f64,
+    cycle_seconds: f64,
+    cpu: Duration,
+}
+
+impl Snapshot {
+    async fn take(listen: SocketAddr) -> Self {
+        let text = metrics_text(listen).await;
+        let value = |name: &str| -> f64 {
+            text.lines().filter(|l| l.starts_with(name)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
+        };
+        Self {
+            cycles: value("celery_operator_autoscaler_cycle_duration_seconds_count"),
+            cycle_seconds: value("celery_operator_autoscaler_cycle_duration_seconds_sum"),
+            cpu: process_cpu(),
+        }
+    }
+}
+
+async fn metrics_text(listen: SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(listen).await.expect("metrics endpoint");
+    stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: bench\r\n\r\n").await.expect("request");
+    let mut body = String::new();
+    stream.read_to_string(&mut body).await.expect("response");
+    body
+}
+
+/// User plus system CPU time of this process.
+fn process_cpu() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let fields: Vec<&str> = stat.rsplit_once(") ").map(|(_, rest)| rest.split(' ').collect()).unwrap_or_default();
+    // utime and stime are fields 14 and 15 of stat, 12 and 13 after the command name.
+    let ticks: u64 = fields.get(11..13).map(|f| f.iter().filter_map(|v| v.parse::<u64>().ok()).sum()).unwrap_or(0);
+    Duration::from_secs_f64(ticks as f64 / 100.0)
+}
+
+fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn num_cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+fn fmt(d: Duration) -> String {
+    if d >= Duration::from_secs(1) {
+        format!("{:.2}s", d.as_secs_f64())
+    } else if d >= Duration::from_millis(1) {
+        format!("{:.1}ms", d.as_secs_f64() * 1e3)
+    } else {
+        format!("{:.1}µs", d.as_secs_f64() * 1e6)
+    }
+}
