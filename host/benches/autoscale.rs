@@ -152,7 +152,9 @@ async fn reaction(env: &Env, ns: &str, broker: &str, conn: &mut redis::aio::Mult
     let p95 = sorted[((sorted.len() - 1) as f64 * 0.95).round() as usize];
     let max = sorted.last().copied().unwrap_or_default();
     println!();
-    println!("Reaction time: 50 messages pushed to Redis → replicas 1 → 5 on the Deployment ({trials} trials, intervalSeconds 1)");
+    println!(
+        "Reaction time: 50 messages pushed to Redis → replicas 1 → 5 on the Deployment ({trials} trials, intervalSeconds 1)"
+    );
     println!("{:<34} {:>10} {:>10} {:>10}", "", "p50", "p95", "max");
     println!("{:<34} {:>10} {:>10} {:>10}", "celery-operator", fmt(p50), fmt(p95), fmt(max));
     println!("{:<34} {:>10} {:>10} {:>10}", "floor of any 1 s poller (wait only)", "500ms", "950ms", "1000ms");

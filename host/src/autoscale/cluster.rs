@@ -163,40 +163,10 @@ impl ClusterView {
         let config = watcher::Config::default().labels(WORKER_SELECTOR);
         let mut streams = Vec::new();
         for api in scope.apis::<Pod>(&client) {
-            let view = Arc::clone(&self);
-            let stream = watcher::watcher(api, config.clone());
-            streams.push(
-                async move {
-                    let mut buffer = Vec::new();
-                    follow(stream, |event| match event {
-                        Event::Apply(p) => view.apply_pod(&p),
-                        Event::Delete(p) => view.delete_pod(&p),
-                        Event::Init => buffer.clear(),
-                        Event::InitApply(p) => buffer.push(p),
-                        Event::InitDone => view.replace_pods(std::mem::take(&mut buffer)),
-                    })
-                    .await
-                }
-                .boxed(),
-            );
+            streams.push(follow(Arc::clone(&self), api, config.clone()).boxed());
         }
         for api in scope.apis::<Deployment>(&client) {
-            let view = Arc::clone(&self);
-            let stream = watcher::watcher(api, config.clone());
-            streams.push(
-                async move {
-                    let mut buffer = Vec::new();
-                    follow(stream, |event| match event {
-                        Event::Apply(d) => view.apply_deployment(&d),
-                        Event::Delete(d) => view.delete_deployment(&d),
-                        Event::Init => buffer.clear(),
-                        Event::InitApply(d) => buffer.push(d),
-                        Event::InitDone => view.replace_deployments(std::mem::take(&mut buffer)),
-                    })
-                    .await
-                }
-                .boxed(),
-            );
+            streams.push(follow(Arc::clone(&self), api, config.clone()).boxed());
         }
         streams.push(Arc::clone(&self).poll_usage(client, scope).boxed());
         futures::future::join_all(streams).await;
@@ -255,20 +225,53 @@ impl ClusterView {
 /// How often pod metrics are listed.
 pub const USAGE_REFRESH: Duration = Duration::from_secs(5);
 
-/// Feeds a watch into `handle` forever, backing off on errors (the watcher resumes by itself).
-async fn follow<K, S>(stream: S, mut handle: impl FnMut(Event<K>))
-where
-    S: futures::Stream<Item = Result<Event<K>, watcher::Error>> + Send,
-{
-    let stream = stream.default_backoff();
+/// A watched kind and how the view keeps it.
+trait Indexed: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static {
+    fn apply(view: &ClusterView, object: &Self);
+    fn delete(view: &ClusterView, object: &Self);
+    /// Replaces everything of this kind after a (re)list.
+    fn replace(view: &ClusterView, all: Vec<Self>);
+}
+
+impl Indexed for Pod {
+    fn apply(view: &ClusterView, pod: &Self) {
+        view.apply_pod(pod);
+    }
+    fn delete(view: &ClusterView, pod: &Self) {
+        view.delete_pod(pod);
+    }
+    fn replace(view: &ClusterView, all: Vec<Self>) {
+        view.replace_pods(all);
+    }
+}
+
+impl Indexed for Deployment {
+    fn apply(view: &ClusterView, d: &Self) {
+        view.apply_deployment(d);
+    }
+    fn delete(view: &ClusterView, d: &Self) {
+        view.delete_deployment(d);
+    }
+    fn replace(view: &ClusterView, all: Vec<Self>) {
+        view.replace_deployments(all);
+    }
+}
+
+/// Feeds a watch of `api` into the view forever, backing off on errors (the watcher resumes
+/// by itself). A relist is buffered and swapped in whole, so a sample never sees half of it.
+async fn follow<K: Indexed>(view: Arc<ClusterView>, api: Api<K>, config: watcher::Config) {
+    let stream = watcher::watcher(api, config).default_backoff();
     futures::pin_mut!(stream);
+    let mut buffer = Vec::new();
     loop {
         match stream.try_next().await {
-            Ok(Some(event)) => handle(event),
+            Ok(Some(Event::Apply(object))) => K::apply(&view, &object),
+            Ok(Some(Event::Delete(object))) => K::delete(&view, &object),
+            Ok(Some(Event::Init)) => buffer.clear(),
+            Ok(Some(Event::InitApply(object))) => buffer.push(object),
+            Ok(Some(Event::InitDone)) => K::replace(&view, std::mem::take(&mut buffer)),
             Ok(None) => return,
-            Err(error) => {
-                warn!(error = %crate::telemetry::chain(&error), "watch of worker pods or Deployments failed; retrying")
-            }
+            Err(error) => warn!(error = %crate::telemetry::chain(&error), "watch of worker pods or Deployments failed; retrying"),
         }
     }
 }

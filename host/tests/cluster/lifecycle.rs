@@ -43,7 +43,6 @@ pub const TESTS: &[(&str, bool, fn(Arc<Harness>) -> Test)] = &[
     ("operator_survives_an_api_server_restart", true, |h| Box::pin(operator_survives_an_api_server_restart(h))),
 ];
 
-
 /// A resource written for the Python operator, verbatim.
 fn seed_yaml(name: &str) -> String {
     format!(
