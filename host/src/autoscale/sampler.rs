@@ -49,6 +49,16 @@ pub fn total_backlog(status: &AutoscalerStatus) -> Option<i64> {
     status.queues.iter().try_fold(0i64, |sum, q| q.backlog.map(|b| sum.saturating_add(b)))
 }
 
+/// Whether the backlog changed enough since `shown` for the status to follow it sooner than
+/// its regular refresh: it became known or unknown, empty or not, or moved by a fifth.
+pub fn backlog_moved(shown: Option<i64>, now: Option<i64>) -> bool {
+    match (shown, now) {
+        (Some(a), Some(b)) => (a == 0) != (b == 0) || a.abs_diff(b) * 5 > a.max(b).unsigned_abs(),
+        (None, None) => false,
+        _ => true,
+    }
+}
+
 /// The measured part of the status: queues, CPU and memory of the pods.
 pub fn measured_status(time: Time, queues: &[QueueStats], pods: &[PodSample]) -> AutoscalerStatus {
     let with_metrics: Vec<_> = pods.iter().filter(|p| p.cpu_millis.is_some() && p.memory_bytes.is_some()).collect();
@@ -114,6 +124,17 @@ mod tests {
         assert_eq!(history.len(), HISTORY);
         assert_eq!(history[0].timestamp_ms, HISTORY as u64 * 2);
         assert_eq!(history[HISTORY - 1].timestamp_ms, HISTORY as u64 * 3 - 1);
+    }
+
+    #[test]
+    fn backlog_moves_when_it_matters() {
+        assert!(!backlog_moved(Some(100), Some(90)));
+        assert!(backlog_moved(Some(100), Some(70)));
+        assert!(backlog_moved(Some(0), Some(1)));
+        assert!(backlog_moved(Some(3), Some(0)));
+        assert!(backlog_moved(None, Some(0)));
+        assert!(!backlog_moved(Some(0), Some(0)));
+        assert!(!backlog_moved(None, None));
     }
 
     #[test]

@@ -44,6 +44,8 @@ use crate::telemetry::{FailureCause, Metrics};
 /// otherwise at most this often, so 1,000 apps sampled every second do not write 1,000
 /// statuses a second.
 const STATUS_REFRESH: Duration = Duration::from_secs(10);
+/// While the backlog moves (see [`sampler::backlog_moved`]) the status follows it this often.
+const STATUS_REFRESH_MOVING: Duration = Duration::from_secs(2);
 /// How long the worker Deployment may be missing before the loop reports it.
 const MISSING_GRACE: Duration = Duration::from_secs(30);
 /// A Secret holding the broker URL is read again at most this often after a failed read.
@@ -205,6 +207,8 @@ struct AppLoop {
     last_decision: Option<DecisionStatus>,
     last_scale_time: Option<Time>,
     last_status: Option<Instant>,
+    /// The total backlog the status shows.
+    written_backlog: Option<i64>,
     /// Since when the worker Deployment is missing from the cluster view.
     missing_since: Option<Instant>,
 }
@@ -235,6 +239,7 @@ impl AppLoop {
             last_decision: None,
             last_scale_time: celery.status.as_ref().and_then(|s| s.autoscaler.as_ref()).and_then(|a| a.last_scale_time.clone()),
             last_status: None,
+            written_backlog: None,
             missing_since: None,
         };
         app.reconfigure(celery, policies, min, max, tuning);
@@ -514,14 +519,16 @@ impl AppLoop {
                 publish(shared, celery, EventType::Warning, health.reason, health.message.clone()).await;
             }
         }
-        let due = self.last_status.is_none_or(|at| at.elapsed() >= STATUS_REFRESH);
+        let since = self.last_status.map(|at| at.elapsed());
+        let due = since.is_none_or(|t| t >= STATUS_REFRESH);
+        let backlog = sampler::total_backlog(status);
+        let moved = since.is_none_or(|t| t >= STATUS_REFRESH_MOVING) && sampler::backlog_moved(self.written_backlog, backlog);
         self.health = Some(health.clone());
-        if !(changed || transition || due) {
+        if !(changed || transition || due || moved) {
             return;
         }
         status.last_decision = self.last_decision.clone();
         status.last_scale_time = self.last_scale_time.clone();
-        let backlog = sampler::total_backlog(status);
         let condition = scaling_condition(celery, &health);
         let patch = serde_json::json!({
             "apiVersion": Celery::api_version(&()),
@@ -534,7 +541,10 @@ impl AppLoop {
         });
         let api: Api<Celery> = Api::namespaced(shared.client.clone(), &self.namespace);
         match api.patch_status(&self.name, &PatchParams::apply(SCALER_MANAGER).force(), &Patch::Apply(&patch)).await {
-            Ok(_) => self.last_status = Some(Instant::now()),
+            Ok(_) => {
+                self.last_status = Some(Instant::now());
+                self.written_backlog = backlog;
+            }
             Err(error) => {
                 warn!(app = %self.label, error = %crate::telemetry::chain(&error), "cannot write the autoscaler status")
             }
