@@ -22,10 +22,8 @@ use crate::lifecycle::{condition, create, deployment, events_of, wait_condition}
 use crate::servers::{python, redis_server};
 use crate::support::{WAIT, eventually, repo_root};
 
-type Test = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
-
 /// Every test: name, whether it needs the control plane to itself, body.
-pub const TESTS: &[(&str, bool, fn(Arc<Harness>) -> Test)] = &[
+pub const TESTS: &[crate::TestCase] = &[
     ("queue_backlog_scales_workers_up_and_down", false, |h| Box::pin(queue_backlog_scales_workers_up_and_down(h))),
     ("seed_scale_target_ref_autoscales", false, |h| Box::pin(seed_scale_target_ref_autoscales(h))),
     ("cpu_utilisation_scales_through_the_metrics_api", false, |h| Box::pin(cpu_utilisation_scales_through_the_metrics_api(h))),

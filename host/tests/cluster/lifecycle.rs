@@ -1,8 +1,6 @@
 //! The life of a Celery app on a real API server: create, update, heal, delete, bad input,
 //! an API server restart, and two operator replicas.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,10 +18,8 @@ use kube::{Client, ResourceExt};
 use crate::Harness;
 use crate::support::{WAIT, apply_yaml_with, eventually, repo_root};
 
-type Test = Pin<Box<dyn Future<Output = ()> + Send>>;
-
 /// Every test: name, whether it needs the control plane to itself, body.
-pub const TESTS: &[(&str, bool, fn(Arc<Harness>) -> Test)] = &[
+pub const TESTS: &[crate::TestCase] = &[
     ("seed_resource_creates_children_and_becomes_ready", false, |h| {
         Box::pin(seed_resource_creates_children_and_becomes_ready(h))
     }),

@@ -28,6 +28,9 @@ static GATE: RwLock<()> = RwLock::new(());
 
 type TestFn = fn(Arc<Harness>) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
+/// A test: its name, whether it needs the control plane to itself, and its body.
+pub type TestCase = (&'static str, bool, TestFn);
+
 /// What a test gets.
 pub struct Harness {
     pub env: Env,
@@ -90,10 +93,10 @@ fn main() -> ExitCode {
         .map(|&(name, exclusive, f)| trial(name, exclusive, &harness, f))
         .collect();
     let conclusion = libtest_mimic::run(&args, trials);
-    if conclusion.has_failed() {
-        if let Some(h) = &harness {
-            h.control_plane.dump_logs();
-        }
+    if conclusion.has_failed()
+        && let Some(h) = &harness
+    {
+        h.control_plane.dump_logs();
     }
     // Stops the control plane (Drop) before exiting.
     drop(harness);
