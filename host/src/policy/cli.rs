@@ -84,11 +84,17 @@ enum PolicyCommand {
         /// Replicas at the start (default: the trace's first recorded replicas, else min).
         #[arg(long)]
         initial: Option<u32>,
-        /// Scale-down stabilisation window, in seconds.
+        /// Scale-down stabilisation window, in seconds (`scaleDown.stabilizationWindowSeconds`).
         #[arg(long, default_value_t = 60)]
         stabilization_seconds: u64,
-        /// Samples of history handed to the policy.
-        #[arg(long, default_value_t = 20)]
+        /// Most workers removed in one scale-down step, in percent (`scaleDown.maxStepPercent`).
+        #[arg(long, default_value_t = 50)]
+        step_percent: u32,
+        /// Seconds between scale-down steps (`scaleDown.periodSeconds`).
+        #[arg(long, default_value_t = 15)]
+        step_period_seconds: u64,
+        /// Samples of history handed to the policy (the operator hands 60).
+        #[arg(long, default_value_t = crate::autoscale::sampler::HISTORY)]
         history: usize,
         #[arg(long = "settings", value_name = "KEY=VALUE")]
         settings: Vec<String>,
@@ -159,6 +165,8 @@ impl Tools {
                 concurrency,
                 initial,
                 stabilization_seconds,
+                step_percent,
+                step_period_seconds,
                 history,
                 settings,
             } => {
@@ -169,6 +177,8 @@ impl Tools {
                     concurrency,
                     initial_replicas: initial,
                     stabilization: Duration::from_secs(stabilization_seconds),
+                    step_percent,
+                    step_period: Duration::from_secs(step_period_seconds),
                     history,
                     settings: parse_settings(&settings)?,
                     epoch_ms: 1_764_000_000_000,

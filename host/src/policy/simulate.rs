@@ -15,7 +15,7 @@ use std::time::Duration;
 use super::loader::LoadedPolicy;
 use super::runner::{CallLimits, Verdict};
 use super::{PodSample, PolicyInput, QueueSample, Sample};
-use crate::autoscale::stabilize::Stabilizer;
+use crate::autoscale::stabilize::Damper;
 
 /// One row of a trace.
 #[derive(Clone, Debug, PartialEq)]
@@ -80,7 +80,10 @@ pub struct SimulateOptions {
     pub concurrency: u32,
     /// Replicas at the start; the trace's first `replicas` if absent.
     pub initial_replicas: Option<u32>,
+    /// Scale-down damping, as `spec.autoscaling.scaleDown` sets it for the loop.
     pub stabilization: Duration,
+    pub step_percent: u32,
+    pub step_period: Duration,
     pub history: usize,
     pub settings: BTreeMap<String, String>,
     /// Unix time of `t_seconds = 0`, in milliseconds.
@@ -129,7 +132,7 @@ fn sample_of(row: &TraceRow, replicas: u32, epoch_ms: u64) -> Sample {
 /// Replays `rows` through `policy`.
 pub fn simulate(policy: &LoadedPolicy, limits: &CallLimits, rows: &[TraceRow], options: &SimulateOptions) -> Vec<Step> {
     let mut replicas = options.initial_replicas.or_else(|| rows.first().and_then(|r| r.replicas)).unwrap_or(options.min_replicas);
-    let mut stabilizer = Stabilizer::new(options.stabilization);
+    let mut damper = Damper::new(options.stabilization, options.step_percent, options.step_period);
     let mut history: Vec<Sample> = Vec::new();
     let mut steps = Vec::with_capacity(rows.len());
     for row in rows {
@@ -147,12 +150,14 @@ pub fn simulate(policy: &LoadedPolicy, limits: &CallLimits, rows: &[TraceRow], o
         let (proposed, reason) = match policy.decide(limits, &input) {
             Ok(decision) => {
                 let verdict = Verdict::bounded(decision, options.min_replicas, options.max_replicas);
-                replicas = stabilizer.apply(current.timestamp_ms, verdict.decision.replicas);
+                replicas = damper.next(current.timestamp_ms, replicas, verdict.decision.replicas);
                 let reason = if replicas > verdict.decision.replicas {
                     format!(
-                        "{}; held at {replicas} by the {} s scale-down window",
+                        "{}; held at {replicas} by scale-down damping ({} s window, steps of {}% every {} s)",
                         verdict.decision.reason,
-                        options.stabilization.as_secs()
+                        options.stabilization.as_secs(),
+                        options.step_percent,
+                        options.step_period.as_secs()
                     )
                 } else {
                     verdict.decision.reason
