@@ -320,7 +320,11 @@ impl AppLoop {
                 shared.metrics.observe_failure(&self.label, cause);
                 // Hold, or raise to the fallback; never lower on missing data.
                 let target = self.tuning.fallback.map_or(current, |f| f.clamp(self.min, self.max.max(self.min)).max(current));
-                let reason = format!("holding {current} workers: {}", health.message);
+                let reason = if target > current {
+                    format!("raised to fallbackReplicas {target}: {}", health.message)
+                } else {
+                    format!("holding {current} workers: {}", health.message)
+                };
                 (target, health, reason, None, self.policy_label())
             }
         };
