@@ -124,7 +124,8 @@ spec:
 
     produce(&broker, 45, 0.1);
     wait_replicas(&env.admin, &ns, "shop", 5, SCALE_WAIT).await;
-    let scaled = events_of(&env.admin, &ns, "shop", SCALED_UP).await.expect("a ScaledUp event");
+    // The event follows the scale it records.
+    let scaled = eventually("a ScaledUp event", WAIT, || events_of(&env.admin, &ns, "shop", SCALED_UP)).await;
     assert!(scaled.iter().any(|e| e.contains("queue-length") && e.contains("messages")), "policy and reason given: {scaled:?}");
     let c = celery(&env.admin, &ns, "shop").await;
     let status = c.status.expect("status");
@@ -134,7 +135,7 @@ spec:
 
     let worker = LocalWorker::start(&broker);
     wait_replicas(&env.admin, &ns, "shop", 0, SCALE_WAIT).await;
-    events_of(&env.admin, &ns, "shop", SCALED_DOWN).await.expect("a ScaledDown event");
+    eventually("a ScaledDown event", WAIT, || events_of(&env.admin, &ns, "shop", SCALED_DOWN)).await;
     drop(worker);
     eventually("backlog 0 in status", WAIT, || async {
         let c = celery(&env.admin, &ns, "shop").await;
@@ -248,6 +249,21 @@ spec:
     let c = wait_condition(&env.admin, &ns, "deadbroker", SCALING_ACTIVE, "False", METRICS_UNAVAILABLE).await;
     let (_, _, message) = condition(&c, SCALING_ACTIVE).unwrap();
     assert!(message.contains("spec.broker") && message.contains("127.0.0.1"), "names the field and the broker: {message}");
+
+    // With a fallback the count is raised to it, never lowered.
+    let fallback = yaml("fallback", &dead, "queue-length")
+        .replace("numOfWorkers: 3", "numOfWorkers: 2")
+        .replace("minReplicas: 1,", "minReplicas: 1, fallbackReplicas: 4,");
+    create(&env.admin, &ns, &fallback).await.expect("created");
+    eventually("fallback raises 2 to 4", WAIT, || async {
+        match worker_replicas(&env.admin, &ns, "fallback-celery-worker").await {
+            Ok(4) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    let raised = eventually("a ScaledUp event", WAIT, || events_of(&env.admin, &ns, "fallback", SCALED_UP)).await;
+    assert!(raised.iter().any(|e| e.contains("fallbackReplicas 4")), "{raised:?}");
 
     let (_redis, port) = redis_server(&[]);
     let live = format!("redis://127.0.0.1:{port}/0");

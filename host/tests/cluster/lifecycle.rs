@@ -150,7 +150,11 @@ async fn seed_resource_creates_children_and_becomes_ready(h: Arc<Harness>) {
     // Applied right after the worker's: wait rather than race it.
     let flower = eventually("the Flower Deployment", WAIT, || deployment(&env.admin, &ns, "celery-crd-example-flower")).await;
     assert_eq!(worker_container(&flower).ports.as_ref().unwrap()[0].container_port, 5555);
-    let svc = Api::<Service>::namespaced(env.admin.clone(), &ns).get("celery-crd-example-flower").await.expect("flower Service");
+    let services = Api::<Service>::namespaced(env.admin.clone(), &ns);
+    let svc = eventually("the Flower Service", WAIT, || async {
+        services.get("celery-crd-example-flower").await.map_err(|e| e.to_string())
+    })
+    .await;
     let spec = svc.spec.unwrap();
     assert_eq!(spec.type_.as_deref(), Some("NodePort"));
     assert_eq!(spec.ports.unwrap()[0].port, 5555);
