@@ -62,7 +62,7 @@ pub struct CelerySpec {
 
     /// The result backend, passed to every container as `CELERY_RESULT_BACKEND`. Optional.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub result_backend: Option<Broker>,
+    pub result_backend: Option<ResultBackend>,
 
     /// Autoscaling of the workers by a scaling policy (a WebAssembly module chosen by name).
     /// Takes precedence over `scaleTargetRef`.
@@ -368,6 +368,50 @@ pub struct Broker {
     /// A key of a Secret in the resource's namespace holding the URL.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_ref: Option<SecretKeyRef>,
+
+    /// For a Redis broker: how the app lays out its queues, when it changes kombu's defaults in
+    /// `broker_transport_options`. The autoscaler reads the backlog where Celery writes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transport_options: Option<TransportOptions>,
+
+    /// For a RabbitMQ broker: the management API the autoscaler reads queue lengths from, e.g.
+    /// `http://rabbitmq:15672`. Defaults to the AMQP host on port 15672 (15671 for `amqps://`)
+    /// with the URL's credentials; credentials given here take precedence.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub management_url: Option<String>,
+}
+
+/// The result backend's URL, given inline or read from a Secret. Give exactly one of the two.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.url) != has(self.secretRef)").message("give exactly one of url and secretRef"))]
+pub struct ResultBackend {
+    /// The URL, e.g. `redis://redis:6379/1`. Prefer `secretRef` when it holds a password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+
+    /// A key of a Secret in the resource's namespace holding the URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<SecretKeyRef>,
+}
+
+/// kombu's Redis transport options that decide where a queue's messages are.
+#[derive(JsonSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TransportOptions {
+    /// `global_keyprefix`: a prefix of every key. Default none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub global_keyprefix: Option<String>,
+    /// `sep`: between a queue name and its priority. Default `\x06\x16`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sep: Option<String>,
+    /// `priority_steps`: the priorities that get a list of their own. Default `[0, 3, 6, 9]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256))]
+    pub priority_steps: Option<Vec<u32>>,
+    /// `unacked_key`: the hash of reserved messages. Default `unacked`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unacked_key: Option<String>,
 }
 
 /// A key of a Secret in the resource's namespace.

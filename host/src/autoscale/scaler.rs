@@ -32,7 +32,7 @@ use super::sampler::{self, HISTORY};
 use super::stabilize::Damper;
 use crate::conditions::*;
 use crate::crd::{AutoscalerStatus, Broker as BrokerSpec, Celery, DecisionStatus};
-use crate::metrics::{self, Broker, BrokerError, BrokerOptions, QueueStats};
+use crate::metrics::{self, Broker, BrokerError, BrokerOptions, QueueStats, RedisLayout};
 use crate::policy::{CallLimits, PolicyInput, Sample};
 use crate::reconcile::apply::{self, SCALER_MANAGER};
 use crate::reconcile::build;
@@ -481,7 +481,12 @@ impl AppLoop {
             (None, None) => return Err("spec.broker: give url or secretRef".into()),
         };
         let url = metrics::in_namespace(&url, &self.namespace);
-        metrics::connect(&url, &shared.broker).map_err(|e| format!("spec.broker: {e}"))
+        let options = BrokerOptions {
+            redis: RedisLayout::with(spec.transport_options.as_ref()),
+            management_url: spec.management_url.as_deref().map(|m| metrics::in_namespace(m, &self.namespace)),
+            ..shared.broker.clone()
+        };
+        metrics::connect(&url, &options).map_err(|e| format!("spec.broker: {e}"))
     }
 
     /// Writes the replica count as the scaler, and records why.

@@ -67,6 +67,28 @@ impl Default for RedisLayout {
     }
 }
 
+impl RedisLayout {
+    /// kombu's defaults with what a resource's `spec.broker.transportOptions` changes.
+    pub fn with(options: Option<&crate::crd::TransportOptions>) -> Self {
+        let mut layout = Self::default();
+        if let Some(o) = options {
+            if let Some(prefix) = &o.global_keyprefix {
+                layout.global_keyprefix.clone_from(prefix);
+            }
+            if let Some(sep) = &o.sep {
+                layout.sep.clone_from(sep);
+            }
+            if let Some(steps) = &o.priority_steps {
+                layout.priority_steps.clone_from(steps);
+            }
+            if let Some(key) = &o.unacked_key {
+                layout.unacked_key.clone_from(key);
+            }
+        }
+        layout
+    }
+}
+
 /// How to reach and read a broker.
 #[derive(Clone, Debug)]
 pub struct BrokerOptions {
@@ -216,6 +238,16 @@ mod tests {
         let url = url::Url::parse("amqp://guest@rabbitmq//").expect("valid");
         assert_eq!(redact(&url), "amqp://guest@rabbitmq//");
         assert_eq!(redact_unparsed("redis://u:p@ss@host:x/0"), "redis://***@host:x/0");
+    }
+
+    #[test]
+    fn transport_options_change_only_what_they_name() {
+        assert_eq!(RedisLayout::with(None), RedisLayout::default());
+        let options: crate::crd::TransportOptions =
+            serde_json::from_value(serde_json::json!({"globalKeyprefix": "shop:", "prioritySteps": [0, 5]})).expect("parses");
+        let layout = RedisLayout::with(Some(&options));
+        assert_eq!((layout.global_keyprefix.as_str(), layout.priority_steps.as_slice()), ("shop:", &[0, 5][..]));
+        assert_eq!((layout.sep.as_str(), layout.unacked_key.as_str()), ("\x06\x16", "unacked"));
     }
 
     #[test]

@@ -16,7 +16,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, 
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
 
-use crate::crd::{Broker, Celery, FLOWER_PORT};
+use crate::crd::{Celery, FLOWER_PORT, SecretKeyRef};
 
 /// Value of `app.kubernetes.io/managed-by` on every child; the operator watches by it.
 pub const MANAGED_BY: &str = "celery-operator";
@@ -244,10 +244,9 @@ fn pod_spec(celery: &Celery, container: Container) -> PodSpec {
 fn app_container(celery: &Celery, extra_env: Vec<EnvVar>) -> Container {
     let spec = &celery.spec;
     let c = &spec.common;
-    let mut env: Vec<EnvVar> = [(BROKER_ENV, &spec.broker), (RESULT_BACKEND_ENV, &spec.result_backend)]
-        .into_iter()
-        .filter_map(|(name, source)| source.as_ref().map(|b| url_env(name, b)))
-        .collect();
+    let broker = spec.broker.as_ref().map(|b| url_env(BROKER_ENV, b.url.as_ref(), b.secret_ref.as_ref()));
+    let backend = spec.result_backend.as_ref().map(|b| url_env(RESULT_BACKEND_ENV, b.url.as_ref(), b.secret_ref.as_ref()));
+    let mut env: Vec<EnvVar> = broker.into_iter().chain(backend).collect();
     env.extend(extra_env);
     env.extend(c.env.iter().cloned());
     Container {
@@ -260,10 +259,10 @@ fn app_container(celery: &Celery, extra_env: Vec<EnvVar>) -> Container {
     }
 }
 
-fn url_env(name: &str, source: &Broker) -> EnvVar {
-    match (&source.url, &source.secret_ref) {
-        (_, Some(secret)) => secret_env(name, &secret.name, &secret.key),
-        (url, None) => EnvVar { name: name.into(), value: url.clone(), value_from: None },
+fn url_env(name: &str, url: Option<&String>, secret: Option<&SecretKeyRef>) -> EnvVar {
+    match secret {
+        Some(secret) => secret_env(name, &secret.name, &secret.key),
+        None => EnvVar { name: name.into(), value: url.cloned(), value_from: None },
     }
 }
 
