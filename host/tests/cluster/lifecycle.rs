@@ -577,9 +577,9 @@ async fn deploy_manifests_are_accepted_by_the_api_server(h: Arc<Harness>) {
     apply_yaml_with(&env.admin, &rendered, None, true).await.expect("deploy/ kustomization");
 
     let ns = env.namespace("manifests").await;
-    for file in ["redis.yaml", "example-celery.yaml"] {
-        let yaml = std::fs::read_to_string(repo_root().join("deploy").join(file)).unwrap();
-        apply_yaml_with(&env.admin, &yaml, Some(&ns), true).await.unwrap_or_else(|e| panic!("deploy/{file}: {e}"));
+    for file in ["deploy/redis.yaml", "deploy/example-celery.yaml", "example/celery-queue-length.yaml"] {
+        let yaml = std::fs::read_to_string(repo_root().join(file)).unwrap();
+        apply_yaml_with(&env.admin, &yaml, Some(&ns), true).await.unwrap_or_else(|e| panic!("{file}: {e}"));
     }
 }
 
