@@ -31,7 +31,7 @@ use super::cluster::ClusterView;
 use super::sampler::{self, HISTORY};
 use super::stabilize::Damper;
 use crate::conditions::*;
-use crate::crd::{AutoscalerStatus, Broker as BrokerSpec, Celery, DecisionStatus};
+use crate::crd::{AutoscalerStatus, Celery, CelerySpec, DecisionStatus, SecretKeyRef, TransportOptions};
 use crate::metrics::{self, Broker, BrokerError, BrokerOptions, QueueStats, RedisLayout};
 use crate::policy::{CallLimits, PolicyInput, Sample};
 use crate::reconcile::apply::{self, SCALER_MANAGER};
@@ -199,7 +199,7 @@ struct AppLoop {
     /// Whether any policy needs the queues (all but the CPU/memory one).
     needs_broker: bool,
     broker: Option<Broker>,
-    broker_spec: Option<BrokerSpec>,
+    broker_source: Option<BrokerSource>,
     last_secret_read: Option<Instant>,
     /// The input lent to every policy call, history included.
     input: Option<PolicyInput>,
@@ -232,7 +232,7 @@ impl AppLoop {
             tuning: tuning.clone(),
             needs_broker: true,
             broker: None,
-            broker_spec: None,
+            broker_source: None,
             last_secret_read: None,
             input: None,
             health: None,
@@ -261,8 +261,9 @@ impl AppLoop {
             self.damper = Damper::new(tuning.stabilization, tuning.step_percent, tuning.step_period);
             self.tuning = tuning;
         }
-        if self.broker_spec != spec.broker {
-            self.broker_spec = spec.broker.clone();
+        let source = broker_source(spec);
+        if self.broker_source != source {
+            self.broker_source = source;
             self.broker = None;
             self.last_secret_read = None;
         }
@@ -442,51 +443,53 @@ impl AppLoop {
                 if matches!(error, BrokerError::Unauthorized { .. }) && self.broker_from_secret() {
                     self.broker = None;
                 }
-                Err(format!("spec.broker: {}", crate::telemetry::chain(&error)))
+                let field = self.broker_source.as_ref().map_or("spec.broker", |s| s.field.as_str());
+                Err(format!("{field}: {}", crate::telemetry::chain(&error)))
             }
         }
     }
 
     fn broker_from_secret(&self) -> bool {
-        self.broker_spec.as_ref().is_some_and(|b| b.secret_ref.is_some())
+        self.broker_source.as_ref().is_some_and(|b| b.secret.is_some())
     }
 
     async fn connect(&mut self, shared: &Shared) -> Result<Broker, String> {
-        let Some(spec) = &self.broker_spec else {
-            return Err(
-                "spec.broker is not set, so the queue backlog cannot be measured; set spec.broker.url or spec.broker.secretRef"
-                    .into(),
-            );
+        let Some(source) = &self.broker_source else {
+            return Err("spec.broker is not set (nor CELERY_BROKER_URL in spec.common.env), so the queue backlog cannot be \
+                 measured; set spec.broker.url or spec.broker.secretRef"
+                .into());
         };
-        let url = match (&spec.url, &spec.secret_ref) {
-            (Some(url), _) => url.clone(),
-            (None, Some(secret)) => {
+        let field = &source.field;
+        let url = match (&source.url, &source.secret) {
+            (_, Some(secret)) => {
                 if self.last_secret_read.is_some_and(|at| at.elapsed() < SECRET_RETRY) {
-                    return Err(format!("spec.broker.secretRef: Secret {} not readable yet; retrying", secret.name));
+                    return Err(format!("{field}: Secret {} not readable yet; retrying", secret.name));
                 }
                 self.last_secret_read = Some(Instant::now());
                 let api: Api<Secret> = Api::namespaced(shared.client.clone(), &self.namespace);
-                let found = api.get_opt(&secret.name).await.map_err(|e| {
-                    format!("spec.broker.secretRef: cannot read Secret {}: {}", secret.name, crate::telemetry::chain(&e))
-                })?;
+                let found = api
+                    .get_opt(&secret.name)
+                    .await
+                    .map_err(|e| format!("{field}: cannot read Secret {}: {}", secret.name, crate::telemetry::chain(&e)))?;
                 let data = found
                     .and_then(|s| s.data)
                     .and_then(|mut d| d.remove(&secret.key))
-                    .ok_or_else(|| format!("spec.broker.secretRef: Secret {} has no key {}", secret.name, secret.key))?;
+                    .ok_or_else(|| format!("{field}: Secret {} has no key {}", secret.name, secret.key))?;
                 String::from_utf8(data.0)
-                    .map_err(|_| format!("spec.broker.secretRef: key {} of Secret {} is not UTF-8", secret.key, secret.name))?
+                    .map_err(|_| format!("{field}: key {} of Secret {} is not UTF-8", secret.key, secret.name))?
                     .trim()
                     .to_string()
             }
-            (None, None) => return Err("spec.broker: give url or secretRef".into()),
+            (Some(url), None) => url.clone(),
+            (None, None) => return Err(format!("{field}: give url or secretRef")),
         };
         let url = metrics::in_namespace(&url, &self.namespace);
         let options = BrokerOptions {
-            redis: RedisLayout::with(spec.transport_options.as_ref()),
-            management_url: spec.management_url.as_deref().map(|m| metrics::in_namespace(m, &self.namespace)),
+            redis: RedisLayout::with(source.transport_options.as_ref()),
+            management_url: source.management_url.as_deref().map(|m| metrics::in_namespace(m, &self.namespace)),
             ..shared.broker.clone()
         };
-        metrics::connect(&url, &options).map_err(|e| format!("spec.broker: {e}"))
+        metrics::connect(&url, &options).map_err(|e| format!("{field}: {e}"))
     }
 
     /// Writes the replica count as the scaler, and records why.
@@ -582,6 +585,43 @@ impl AppLoop {
     }
 }
 
+/// Where the loop finds the broker: `spec.broker`, or else a `CELERY_BROKER_URL` set in
+/// `spec.common.env` (inline or from a Secret), which Celery in the pods reads just the same.
+#[derive(Clone, Debug, PartialEq)]
+struct BrokerSource {
+    url: Option<String>,
+    secret: Option<SecretKeyRef>,
+    /// The spec field it comes from, for messages.
+    field: String,
+    transport_options: Option<TransportOptions>,
+    management_url: Option<String>,
+}
+
+fn broker_source(spec: &CelerySpec) -> Option<BrokerSource> {
+    if let Some(b) = &spec.broker {
+        return Some(BrokerSource {
+            url: b.url.clone(),
+            secret: b.secret_ref.clone(),
+            field: "spec.broker".into(),
+            transport_options: b.transport_options.clone(),
+            management_url: b.management_url.clone(),
+        });
+    }
+    let var = spec.common.env.iter().find(|v| v.name == build::BROKER_ENV)?;
+    let secret = var
+        .value_from
+        .as_ref()
+        .and_then(|f| f.secret_key_ref.as_ref())
+        .map(|s| SecretKeyRef { name: s.name.clone(), key: s.key.clone() });
+    Some(BrokerSource {
+        url: var.value.clone(),
+        secret,
+        field: format!("spec.common.env[{}]", build::BROKER_ENV),
+        transport_options: None,
+        management_url: None,
+    })
+}
+
 /// An empty sample, standing in for the current one between two ticks (allocates nothing).
 fn sample_placeholder() -> Sample {
     Sample { timestamp_ms: 0, replicas: 0, queues: Vec::new(), pods: Vec::new() }
@@ -623,5 +663,35 @@ async fn publish(shared: &Shared, celery: &Celery, type_: EventType, reason: &st
     };
     if let Err(error) = shared.recorder.publish(&event, &celery.object_ref(&())).await {
         warn!(%error, app = %celery.name_any(), "could not publish event");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A spec from YAML; without a `common` of its own it gets a minimal one.
+    fn spec(yaml: &str) -> CelerySpec {
+        let base = if yaml.contains("common:") { "" } else { "common: {appName: a, celeryApp: 'app:celery_app', image: i}\n" };
+        serde_yaml::from_str(&format!("{base}{yaml}")).expect("test spec parses")
+    }
+
+    #[test]
+    fn the_broker_comes_from_spec_broker_then_from_the_env_celery_reads() {
+        let s = spec("broker: {url: 'redis://r/0', transportOptions: {globalKeyprefix: 'p:'}}");
+        let b = broker_source(&s).expect("from spec.broker");
+        assert_eq!((b.url.as_deref(), b.field.as_str()), (Some("redis://r/0"), "spec.broker"));
+        assert!(b.transport_options.is_some());
+
+        let s = spec("common: {appName: a, celeryApp: x, image: i, env: [{name: CELERY_BROKER_URL, value: 'amqp://mq//'}]}");
+        let b = broker_source(&s).expect("from the env");
+        assert_eq!((b.url.as_deref(), b.field.as_str()), (Some("amqp://mq//"), "spec.common.env[CELERY_BROKER_URL]"));
+
+        let s = spec(
+            "common: {appName: a, celeryApp: x, image: i, env: [{name: CELERY_BROKER_URL, valueFrom: {secretKeyRef: {name: s, key: k}}}]}",
+        );
+        assert_eq!(broker_source(&s).and_then(|b| b.secret), Some(SecretKeyRef { name: "s".into(), key: "k".into() }));
+
+        assert_eq!(broker_source(&spec("")), None);
     }
 }

@@ -152,7 +152,8 @@ spec:
     operator.stop().await;
 }
 
-/// A resource in the Python operator's format autoscales by its `scaleTargetRef`.
+/// A resource in the Python operator's format autoscales by its `scaleTargetRef`, with the
+/// broker given the way Celery reads it, as `CELERY_BROKER_URL` in the environment.
 pub async fn seed_scale_target_ref_autoscales(h: Arc<Harness>) {
     let env = &h.env;
     let (_redis, port) = redis_server(&[]);
@@ -165,8 +166,11 @@ apiVersion: celeryproject.org/v1alpha1
 kind: Celery
 metadata: {{name: seed}}
 spec:
-  common: {{appName: seed, celeryApp: 'app:celery_app', image: example-image}}
-  broker: {{url: '{broker}'}}
+  common:
+    appName: seed
+    celeryApp: 'app:celery_app'
+    image: example-image
+    env: [{{name: CELERY_BROKER_URL, value: '{broker}'}}]
   workerSpec: {{numOfWorkers: 1, queues: celery, logLevel: info, concurrency: 2}}
   flowerSpec: {{replicas: 1}}
   scaleTargetRef:
