@@ -220,10 +220,18 @@ spec:
 ";
     create(&env.admin, &ns, yaml).await.expect("created");
     wait_replicas(&env.admin, &ns, "cpu", 3, SCALE_WAIT).await;
-    let c = celery(&env.admin, &ns, "cpu").await;
-    let auto = c.status.and_then(|s| s.autoscaler).expect("autoscaler status");
-    assert!(auto.cpu_millis.is_some_and(|m| m >= 390), "CPU from metrics.k8s.io in status: {auto:?}");
-    assert_eq!(auto.last_decision.as_ref().map(|d| d.policy.as_str()), Some("cpu-memory"));
+    // NB: a sample may catch the metrics API unavailable (metrics-server scrapes, an aggregated API
+    // coming back after the API server restart test): the loop then holds, and the status says
+    // CPU is unknown. The CPU figure shows again with the next sample that has it.
+    eventually("CPU from metrics.k8s.io in status", SCALE_WAIT, || async {
+        let c = celery(&env.admin, &ns, "cpu").await;
+        let auto = c.status.and_then(|s| s.autoscaler).ok_or("no autoscaler status")?;
+        let by_policy = auto.last_decision.as_ref().is_some_and(|d| d.policy == "cpu-memory");
+        if by_policy && auto.cpu_millis.is_some_and(|m| m >= 390) { Ok(()) } else { Err(format!("{auto:?}")) }
+    })
+    .await;
+    // The metrics never scaled it below what they asked for.
+    assert_eq!(worker_replicas(&env.admin, &ns, "cpu-celery-worker").await, Ok(3));
     operator.stop().await;
 }
 
