@@ -101,11 +101,6 @@ impl Autoscaler {
         let task = tokio::spawn(run(Arc::clone(&self.shared), key.clone()));
         loops.insert(key, task.abort_handle());
     }
-
-    /// Apps whose loop runs now.
-    pub fn running(&self) -> usize {
-        self.loops.lock().expect("autoscaler loops lock").values().filter(|t| !t.is_finished()).count()
-    }
 }
 
 impl Drop for Autoscaler {
@@ -291,15 +286,20 @@ impl AppLoop {
 
         let queues = if self.needs_broker { Some(self.read_broker(shared).await) } else { None };
         let pods = shared.cluster.pods(&self.namespace, &self.name);
-        let measured: Vec<QueueStats> = match &queues {
-            Some(Ok(stats)) => stats.clone(),
-            Some(Err(_)) => self.queues.iter().map(QueueStats::unknown).collect(),
-            None => Vec::new(),
+        // Borrowed, not copied: the sample below reads the same figures.
+        let unknown: Vec<QueueStats>;
+        let measured: &[QueueStats] = match &queues {
+            Some(Ok(stats)) => stats,
+            Some(Err(_)) => {
+                unknown = self.queues.iter().map(QueueStats::unknown).collect();
+                &unknown
+            }
+            None => &[],
         };
-        for q in &measured {
+        for q in measured {
             shared.metrics.observe_queue(&self.label, &q.name, q.backlog);
         }
-        let mut status = sampler::measured_status(Time(now), &measured, &pods);
+        let mut status = sampler::measured_status(Time(now), measured, &pods);
         let sample = match queues {
             Some(Err(message)) => Err(message),
             Some(Ok(stats)) => sampler::sample(now_ms, current, Some(&stats), pods),
