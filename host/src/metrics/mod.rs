@@ -3,12 +3,14 @@
 //!
 //! - [`redis`]: the Redis layout of kombu (lists per queue and priority, the `unacked` hash).
 //! - [`rabbitmq`]: the RabbitMQ management HTTP API.
+//! - [`flower`]: work in progress per worker (and queue lengths) from Flower.
 //! - [`observe`]: `celery-operator observe`, what the host would hand a policy.
 //!
-//! This module talks to brokers only, never to the Kubernetes API. A value that could not be
+//! This module talks to brokers and Flower only, never to the Kubernetes API. A value that could not be
 //! measured is `None` ("unknown"), never 0: the autoscaling loop holds the replica count on
 //! unknown data, whereas a 0 would scale an app down because its broker is unreachable.
 
+pub mod flower;
 pub mod observe;
 pub mod rabbitmq;
 pub mod redis;
@@ -210,7 +212,7 @@ pub fn redact(url: &url::Url) -> String {
 
 /// A URL that did not parse is shown only up to its host: whatever came before an `@` may be
 /// a password.
-fn redact_unparsed(url: &str) -> String {
+pub(crate) fn redact_unparsed(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(scheme_end), Some(at)) if at > scheme_end => {
             format!("{}://***{}", &url[..scheme_end], &url[at..])
