@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Installs what the broker tests (host/tests/brokers.rs) start by themselves: Debian's
 # redis-server and rabbitmq-server (with its management plugin), and a Python venv with the
-# real Celery and kombu, used to publish and hold messages exactly as Celery does.
+# real Celery and kombu, used to publish and hold messages exactly as Celery does, and Flower.
 # Idempotent and quick when everything is there. The venv lives outside the repository;
 # the tests find it at the same path (or at $CELERY_OPERATOR_TEST_PYTHON).
 set -euo pipefail
 
 CELERY_VERSION=5.7.0
+FLOWER_VERSION=2.2.0
 VENV="${CELERY_OPERATOR_TEST_VENV:-$HOME/.cache/celery-operator/venv}"
 
 missing=()
@@ -24,8 +25,10 @@ if [ ${#missing[@]} -gt 0 ]; then
   fi
 fi
 
-if ! "$VENV/bin/python" -c "import celery, sys; sys.exit(celery.__version__ != '$CELERY_VERSION')" 2>/dev/null; then
+if ! "$VENV/bin/python" -c "
+import celery, flower, sys
+sys.exit(celery.__version__ != '$CELERY_VERSION' or flower.__version__ != '$FLOWER_VERSION')" 2>/dev/null; then
   python3 -m venv "$VENV"
-  "$VENV/bin/pip" install -q --disable-pip-version-check "celery[redis]==$CELERY_VERSION"
+  "$VENV/bin/pip" install -q --disable-pip-version-check "celery[redis]==$CELERY_VERSION" "flower==$FLOWER_VERSION"
 fi
-echo "broker test dependencies: redis-server, rabbitmq-server, celery $CELERY_VERSION in $VENV"
+echo "test dependencies: redis-server, rabbitmq-server, celery $CELERY_VERSION and flower $FLOWER_VERSION in $VENV"
