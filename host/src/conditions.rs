@@ -49,3 +49,6 @@ pub const SCALE_FAILED: &str = "ScaleFailed";
 /// Event reasons of the autoscaler.
 pub const SCALED_UP: &str = "ScaledUp";
 pub const SCALED_DOWN: &str = "ScaledDown";
+/// Flower could not be read: the policy sees no tasks in progress until it can (a Warning
+/// event, not a condition; the loop goes on without those figures).
+pub const FLOWER_UNAVAILABLE: &str = "FlowerUnavailable";

@@ -474,6 +474,14 @@ pub struct Autoscaling {
     /// operator caps it at 256Mi.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy_memory: Option<String>,
+
+    /// Where the autoscaler reads Flower: the tasks each worker has in progress (handed to
+    /// the policy) and, when neither `spec.broker` nor `CELERY_BROKER_URL` in `spec.common.env`
+    /// names the broker, the queue backlog. Defaults to the Flower Service of this resource
+    /// while `flowerSpec` runs Flower. Credentials come from the URL, else from the first pair
+    /// of `flowerSpec.basicAuth` (Flower's API needs them for the backlog; its metrics do not).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flower_url: Option<String>,
 }
 
 fn default_interval() -> i32 {
@@ -666,6 +674,11 @@ pub struct AutoscalerStatus {
     /// Worker pods at the last sample.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pods: Option<i32>,
+
+    /// Tasks in progress on the worker pods together, as Flower reports them; absent without
+    /// Flower.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active_tasks: Option<i64>,
 
     /// The last answer of the scaling policy.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -82,28 +82,39 @@ async fn flower_reports_work_in_progress_per_worker_and_the_backlog() {
     let flower = Flower::new(&url, Some(USERS), Duration::from_secs(2)).expect("valid URL");
 
     // Idle: the worker is known and online, nothing in progress.
-    let workers = until("the idle worker", || async { flower.workers().await.ok() }, |w| {
-        w.as_ref().is_some_and(|w| w.iter().any(|w| w.online && w.active == Some(0)))
-    })
+    let workers = until(
+        "the idle worker",
+        || async { flower.workers().await.ok() },
+        |w| w.as_ref().is_some_and(|w| w.iter().any(|w| w.online && w.active == Some(0))),
+    )
     .await
     .expect("read");
     assert_eq!(workers.len(), 1, "{workers:?}");
     assert_eq!(hostname(&workers[0].name), pod, "the worker maps to its pod");
 
     send(&broker, TASKS_SENT);
-    let busy = until("the busy worker", || async { flower.workers().await.expect("reads") }, |w| {
-        w.first().and_then(|w| w.active) == Some(CONCURRENCY)
-    })
+    let busy = until(
+        "the busy worker",
+        || async { flower.workers().await.expect("reads") },
+        |w| w.first().and_then(|w| w.active) == Some(CONCURRENCY),
+    )
     .await;
     assert_eq!(
         busy,
-        vec![WorkerLoad { name: format!("celery@{pod}"), online: true, active: Some(CONCURRENCY), prefetched: busy[0].prefetched }]
+        vec![WorkerLoad {
+            name: format!("celery@{pod}"),
+            online: true,
+            active: Some(CONCURRENCY),
+            prefetched: busy[0].prefetched
+        }]
     );
     // What waits is in the queue, measured by Flower on its broker.
     let queues = ["celery".to_string(), "elsewhere".to_string()];
-    let stats = until("the backlog", || async { flower.queues(&queues).await.expect("reads") }, |s| {
-        s[0].backlog == Some(TASKS_SENT - u64::from(CONCURRENCY))
-    })
+    let stats = until(
+        "the backlog",
+        || async { flower.queues(&queues).await.expect("reads") },
+        |s| s[0].backlog == Some(TASKS_SENT - u64::from(CONCURRENCY)),
+    )
     .await;
     assert_eq!(stats[1], QueueStats::unknown("elsewhere"), "a queue Flower does not report is unknown, not 0");
 

@@ -5,11 +5,14 @@
 //!   is tested as values and shared by the loop and `celery-operator policy simulate`.
 //! - [`cluster`]: what the API server says about the worker pods and Deployments, kept by
 //!   watches (never polled per app), and their CPU and memory from `metrics.k8s.io`.
+//! - [`progress`]: tasks in progress per worker pod from the app's Flower (optional), and the
+//!   backlog through Flower for apps whose broker only Flower knows.
 //! - [`sampler`]: one sample of one app (broker, pods) and its bounded history.
 //! - [`scaler`]: the loop of one app (sample → policy → bounds → damping → scale → status),
 //!   one task per autoscaled app, started by the reconciler and stopped when the app goes.
 
 pub mod cluster;
+pub mod progress;
 pub mod sampler;
 pub mod scaler;
 pub mod stabilize;

@@ -75,6 +75,7 @@ pub fn measured_status(time: Time, queues: &[QueueStats], pods: &[PodSample]) ->
         memory_bytes: sum(|p| p.memory_bytes),
         pods_with_metrics: Some(with_metrics.len() as i32),
         pods: Some(pods.len() as i32),
+        active_tasks: pods.iter().filter_map(|p| p.active_tasks).map(i64::from).reduce(|a, b| a + b),
         last_decision: None,
         last_scale_time: None,
     }
@@ -149,6 +150,13 @@ mod tests {
         assert_eq!((status.cpu_millis, status.memory_bytes), (Some(250), Some(250_000)));
         assert_eq!((status.pods_with_metrics, status.pods), (Some(1), Some(2)));
         assert_eq!(status.queues[0].backlog, Some(3));
+        assert_eq!(status.active_tasks, None, "no pod with tasks from Flower: unknown, not 0");
+        let mut busy = pod("r", None);
+        busy.active_tasks = Some(4);
+        let mut idle = pod("s", None);
+        idle.active_tasks = Some(0);
+        let time = Time("2026-11-30T00:00:00Z".parse().unwrap());
+        assert_eq!(measured_status(time, &[], &[busy, idle, pod("t", None)]).active_tasks, Some(4));
         let none = measured_status(Time("2026-11-30T00:00:00Z".parse().unwrap()), &[], &[pod("q", None)]);
         assert_eq!(none.cpu_millis, None, "no pod with metrics: unknown, not 0");
     }

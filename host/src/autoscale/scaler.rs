@@ -28,6 +28,7 @@ use tracing::{debug, info, warn};
 
 use super::Tuning;
 use super::cluster::ClusterView;
+use super::progress::{self, Progress};
 use super::sampler::{self, HISTORY};
 use super::stabilize::Damper;
 use crate::conditions::*;
@@ -196,6 +197,8 @@ struct AppLoop {
     broker: Option<Broker>,
     broker_source: Option<BrokerSource>,
     last_secret_read: Option<Instant>,
+    /// Tasks in progress from the app's Flower, if it has one.
+    progress: Progress,
     /// The input lent to every policy call, history included.
     input: Option<PolicyInput>,
     health: Option<Health>,
@@ -229,6 +232,7 @@ impl AppLoop {
             broker: None,
             broker_source: None,
             last_secret_read: None,
+            progress: Progress::default(),
             input: None,
             health: None,
             last_decision: None,
@@ -262,6 +266,7 @@ impl AppLoop {
             self.broker = None;
             self.last_secret_read = None;
         }
+        self.progress.reconfigure(progress::source(celery));
     }
 
     fn policy_label(&self) -> String {
@@ -285,7 +290,17 @@ impl AppLoop {
         self.missing_since = None;
 
         let queues = if self.needs_broker { Some(self.read_broker(shared).await) } else { None };
-        let pods = shared.cluster.pods(&self.namespace, &self.name);
+        let namespace = &self.namespace;
+        match self.progress.refresh(async |secret| read_secret(&shared.client, namespace, secret).await).await {
+            Some(progress::Change::Failed(message)) => {
+                warn!(app = %self.label, %message, "Flower cannot be read: the policy sees no tasks in progress");
+                publish(shared, celery, EventType::Warning, FLOWER_UNAVAILABLE, message).await;
+            }
+            Some(progress::Change::Recovered) => info!(app = %self.label, "Flower can be read again"),
+            None => {}
+        }
+        let mut pods = shared.cluster.pods(&self.namespace, &self.name);
+        self.progress.fill(&mut pods);
         // Borrowed, not copied: the sample below reads the same figures.
         let unknown: Vec<QueueStats>;
         let measured: &[QueueStats] = match &queues {
@@ -432,6 +447,11 @@ impl AppLoop {
 
     /// The queues as the broker reports them, or why not.
     async fn read_broker(&mut self, shared: &Shared) -> Result<Vec<QueueStats>, String> {
+        if self.broker_source.is_none() && self.progress.source().is_some() {
+            // As the Python operator did: Flower knows the broker from the app's own config.
+            let namespace = &self.namespace;
+            return self.progress.queues(&self.queues, async |secret| read_secret(&shared.client, namespace, secret).await).await;
+        }
         if self.broker.is_none() {
             self.broker = Some(self.connect(shared).await?);
         }
@@ -455,8 +475,8 @@ impl AppLoop {
 
     async fn connect(&mut self, shared: &Shared) -> Result<Broker, String> {
         let Some(source) = &self.broker_source else {
-            return Err("spec.broker is not set (nor CELERY_BROKER_URL in spec.common.env), so the queue backlog cannot be \
-                 measured; set spec.broker.url or spec.broker.secretRef"
+            return Err("spec.broker is not set (nor CELERY_BROKER_URL in spec.common.env) and Flower is off, so the queue \
+                 backlog cannot be measured; set spec.broker.url or spec.broker.secretRef"
                 .into());
         };
         let field = &source.field;
@@ -466,19 +486,7 @@ impl AppLoop {
                     return Err(format!("{field}: Secret {} not readable yet; retrying", secret.name));
                 }
                 self.last_secret_read = Some(Instant::now());
-                let api: Api<Secret> = Api::namespaced(shared.client.clone(), &self.namespace);
-                let found = api
-                    .get_opt(&secret.name)
-                    .await
-                    .map_err(|e| format!("{field}: cannot read Secret {}: {}", secret.name, crate::telemetry::chain(&e)))?;
-                let data = found
-                    .and_then(|s| s.data)
-                    .and_then(|mut d| d.remove(&secret.key))
-                    .ok_or_else(|| format!("{field}: Secret {} has no key {}", secret.name, secret.key))?;
-                String::from_utf8(data.0)
-                    .map_err(|_| format!("{field}: key {} of Secret {} is not UTF-8", secret.key, secret.name))?
-                    .trim()
-                    .to_string()
+                read_secret(&shared.client, &self.namespace, secret).await.map_err(|e| format!("{field}: {e}"))?
             }
             (Some(url), None) => url.clone(),
             (None, None) => return Err(format!("{field}: give url or secretRef")),
@@ -620,6 +628,21 @@ fn broker_source(spec: &CelerySpec) -> Option<BrokerSource> {
         transport_options: None,
         management_url: None,
     })
+}
+
+/// The value of one key of a Secret in `namespace`, trimmed.
+async fn read_secret(client: &Client, namespace: &str, secret: &SecretKeyRef) -> Result<String, String> {
+    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let found = api
+        .get_opt(&secret.name)
+        .await
+        .map_err(|e| format!("cannot read Secret {}: {}", secret.name, crate::telemetry::chain(&e)))?;
+    let data = found
+        .and_then(|s| s.data)
+        .and_then(|mut d| d.remove(&secret.key))
+        .ok_or_else(|| format!("Secret {} has no key {}", secret.name, secret.key))?;
+    let text = String::from_utf8(data.0).map_err(|_| format!("key {} of Secret {} is not UTF-8", secret.key, secret.name))?;
+    Ok(text.trim().to_string())
 }
 
 /// An empty sample, standing in for the current one between two ticks (allocates nothing).

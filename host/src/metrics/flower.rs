@@ -277,12 +277,7 @@ process_virtual_memory_bytes 1.2e+09
         assert_eq!(workers.len(), 2, "{workers:?}");
         assert_eq!(
             workers[1],
-            WorkerLoad {
-                name: "celery@shop-celery-worker-7d9f-x2".into(),
-                online: true,
-                active: Some(3),
-                prefetched: Some(3)
-            }
+            WorkerLoad { name: "celery@shop-celery-worker-7d9f-x2".into(), online: true, active: Some(3), prefetched: Some(3) }
         );
         assert_eq!(workers[0], WorkerLoad { name: "celery@gone".into(), online: false, active: None, prefetched: Some(0) });
     }

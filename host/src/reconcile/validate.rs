@@ -236,6 +236,13 @@ fn tuning(a: &Autoscaling) -> Result<Tuning, SpecError> {
             Some(bytes as u64)
         }
     };
+    if let Some(url) = &a.flower_url {
+        let field = "spec.autoscaling.flowerUrl";
+        let parsed = url::Url::parse(url).map_err(|e| SpecError::new(field, format!("not a URL: {e}")))?;
+        if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none_or(str::is_empty) {
+            return Err(SpecError::new(field, "give an http:// or https:// URL with a host, e.g. http://flower:5555"));
+        }
+    }
     let secs = |n: i32| std::time::Duration::from_secs(u64::try_from(n).unwrap_or(0));
     Ok(Tuning {
         interval: secs(a.interval_seconds.max(1)),
@@ -316,6 +323,12 @@ spec:
         assert_eq!(error.field, "spec.autoscaling.policyMemory");
         let error = tuning_of("\n  autoscaling: {policy: steps, maxReplicas: 3, policyMemory: lots}\n").unwrap_err();
         assert_eq!(error.field, "spec.autoscaling.policyMemory");
+        for bad in ["flower:5555", "ftp://flower", "http://"] {
+            let error =
+                tuning_of(&format!("\n  autoscaling: {{policy: load, maxReplicas: 3, flowerUrl: '{bad}'}}\n")).unwrap_err();
+            assert_eq!(error.field, "spec.autoscaling.flowerUrl", "{bad}");
+        }
+        tuning_of("\n  autoscaling: {policy: load, maxReplicas: 3, flowerUrl: 'http://monitor:5555/flower'}\n").expect("valid");
     }
 
     #[test]

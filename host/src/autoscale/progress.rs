@@ -1,0 +1,265 @@
+//! Work in progress of one app, from its Flower: which Flower ([`source`]), how often it is
+//! read, and how its workers map onto the worker pods a policy sees.
+//!
+//! Flower is optional. Without it (or while it cannot be read) the pods' `active-tasks` are
+//! unknown, which policies handle; it never holds the replica count by itself. Flower is read
+//! at most every [`READ_EVERY`] (workers report their running tasks in heartbeats every 2 s),
+//! and after a failure not again for [`RETRY_AFTER`], so a Flower that is down costs its app's
+//! loop one timeout per retry, not one per tick.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use crate::crd::{Celery, SecretKeyRef};
+use crate::metrics::flower::{Flower, FlowerError, hostname};
+use crate::metrics::{self, QueueStats};
+use crate::policy::PodSample;
+use crate::reconcile::build;
+
+/// Flower's figures are read again after this long.
+pub const READ_EVERY: Duration = Duration::from_secs(2);
+/// After a failed read, Flower is asked again after this long.
+pub const RETRY_AFTER: Duration = Duration::from_secs(10);
+/// Limit for one request to Flower.
+pub const TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Where an app's Flower is, and the Secret with its credentials.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Source {
+    pub url: String,
+    pub basic_auth: Option<SecretKeyRef>,
+    /// What the URL comes from, for messages.
+    pub field: &'static str,
+}
+
+/// The app's Flower: `spec.autoscaling.flowerUrl`, else the Flower Service the operator runs
+/// for it (with Flower's `--url_prefix` from `flowerSpec.extraArgs`), else none.
+pub fn source(celery: &Celery) -> Option<Source> {
+    let spec = &celery.spec;
+    let namespace = celery.metadata.namespace.as_deref().unwrap_or("default");
+    let basic_auth = spec.flower_spec.basic_auth.clone();
+    if let Some(url) = spec.autoscaling.as_ref().and_then(|a| a.flower_url.as_deref()) {
+        let url = metrics::in_namespace(url, namespace);
+        return Some(Source { url, basic_auth, field: "spec.autoscaling.flowerUrl" });
+    }
+    let flower = &spec.flower_spec;
+    if !flower.enabled || flower.replicas == 0 {
+        return None;
+    }
+    let prefix = url_prefix(&flower.extra_args).map(|p| format!("/{p}")).unwrap_or_default();
+    let url = format!("http://{}.{namespace}.svc:{}{prefix}", build::flower_name(celery), flower.service.port);
+    Some(Source { url, basic_auth, field: "the Flower Service" })
+}
+
+/// Flower's `--url_prefix` (or `--url-prefix`), `=value` or as the next argument, without
+/// its slashes.
+fn url_prefix(args: &[String]) -> Option<String> {
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        let value = match arg.split_once('=') {
+            Some(("--url_prefix" | "--url-prefix", value)) => Some(value.to_string()),
+            None if matches!(arg.as_str(), "--url_prefix" | "--url-prefix") => args.next().cloned(),
+            _ => None,
+        };
+        if let Some(value) = value {
+            let trimmed = value.trim_matches('/');
+            return (!trimmed.is_empty()).then(|| trimmed.to_string());
+        }
+    }
+    None
+}
+
+/// What a read of Flower changed, for the loop to report once.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Change {
+    /// Flower could not be read (and could before, or never was): why.
+    Failed(String),
+    /// Flower answers again after a failure.
+    Recovered,
+}
+
+/// One app's Flower and what it last said.
+#[derive(Default)]
+pub struct Progress {
+    source: Option<Source>,
+    client: Option<Flower>,
+    /// Tasks in progress by worker hostname (its pod's name), online workers only.
+    active: HashMap<String, u32>,
+    last_read: Option<Instant>,
+    failing: Option<String>,
+}
+
+impl Progress {
+    /// Follows a change of the app's Flower; a new source is read at the next tick.
+    pub fn reconfigure(&mut self, source: Option<Source>) {
+        if self.source != source {
+            *self = Self { source, ..Self::default() };
+        }
+    }
+
+    pub fn source(&self) -> Option<&Source> {
+        self.source.as_ref()
+    }
+
+    /// Reads Flower's workers when due. `credentials` reads the basic-auth Secret.
+    pub async fn refresh(&mut self, credentials: impl AsyncFnOnce(&SecretKeyRef) -> Result<String, String>) -> Option<Change> {
+        self.source.as_ref()?;
+        let wait = if self.failing.is_some() { RETRY_AFTER } else { READ_EVERY };
+        if self.last_read.is_some_and(|at| at.elapsed() < wait) {
+            return None;
+        }
+        self.last_read = Some(Instant::now());
+        let read = match self.client(credentials).await {
+            Ok(flower) => flower.workers().await.map_err(|e| self.describe(&e)),
+            Err(message) => Err(message),
+        };
+        match read {
+            Ok(workers) => {
+                self.active.clear();
+                for w in workers.iter().filter(|w| w.online) {
+                    if let Some(active) = w.active {
+                        self.active.insert(hostname(&w.name).to_string(), active);
+                    }
+                }
+                self.failing.take().map(|_| Change::Recovered)
+            }
+            Err(message) => {
+                self.active.clear();
+                let first = self.failing.as_deref() != Some(message.as_str());
+                self.failing = Some(message.clone());
+                first.then_some(Change::Failed(message))
+            }
+        }
+    }
+
+    /// Sets each pod's tasks in progress from the last read: unknown for a pod Flower has no
+    /// online worker for.
+    pub fn fill(&self, pods: &mut [PodSample]) {
+        for pod in pods {
+            pod.active_tasks = self.active.get(&pod.name).copied();
+        }
+    }
+
+    /// The backlog of `queues` as Flower measures it, for an app whose broker only Flower
+    /// knows.
+    pub async fn queues(
+        &mut self,
+        names: &[String],
+        credentials: impl AsyncFnOnce(&SecretKeyRef) -> Result<String, String>,
+    ) -> Result<Vec<QueueStats>, String> {
+        let flower = self.client(credentials).await?;
+        let read = flower.queues(names).await;
+        read.map_err(|e| {
+            if e.unauthorized {
+                // New credentials may be in the Secret: read it again next time.
+                self.client = None;
+            }
+            self.describe(&e)
+        })
+    }
+
+    async fn client(
+        &mut self,
+        credentials: impl AsyncFnOnce(&SecretKeyRef) -> Result<String, String>,
+    ) -> Result<&Flower, String> {
+        let source = self.source.as_ref().ok_or("no Flower")?;
+        if self.client.is_none() {
+            let auth = match &source.basic_auth {
+                Some(secret) => Some(credentials(secret).await.map_err(|e| format!("flowerSpec.basicAuth: {e}"))?),
+                None => None,
+            };
+            let flower = Flower::new(&source.url, auth.as_deref(), TIMEOUT).map_err(|e| format!("{}: {e}", source.field))?;
+            self.client = Some(flower);
+        }
+        Ok(self.client.as_ref().expect("made above"))
+    }
+
+    fn describe(&self, error: &FlowerError) -> String {
+        match &self.source {
+            Some(source) => format!("{}: {error}", source.field),
+            None => error.to_string(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn celery(yaml: &str) -> Celery {
+        serde_yaml::from_str(yaml).expect("test YAML parses")
+    }
+
+    const APP: &str = "
+apiVersion: celeryproject.org/v1alpha1
+kind: Celery
+metadata: {name: shop, namespace: web}
+spec:
+  common: {appName: shop, celeryApp: 'app:celery_app', image: img}
+";
+
+    #[test]
+    fn the_flower_service_unless_a_url_is_given() {
+        let s = source(&celery(APP)).expect("Flower runs by default");
+        assert_eq!((s.url.as_str(), s.field), ("http://shop-flower.web.svc:5555", "the Flower Service"));
+
+        let yaml = format!(
+            "{APP}  flowerSpec: {{service: {{port: 80}}, extraArgs: ['--url_prefix', '/flower/'], basicAuth: {{name: f, key: k}}}}\n"
+        );
+        let s = source(&celery(&yaml)).expect("Flower runs");
+        assert_eq!(s.url, "http://shop-flower.web.svc:80/flower");
+        assert_eq!(s.basic_auth, Some(SecretKeyRef { name: "f".into(), key: "k".into() }));
+
+        let off = format!("{APP}  flowerSpec: {{enabled: false}}\n");
+        assert_eq!(source(&celery(&off)), None);
+        let none = format!("{APP}  flowerSpec: {{replicas: 0}}\n");
+        assert_eq!(source(&celery(&none)), None);
+
+        let given = format!("{off}  autoscaling: {{policy: load, maxReplicas: 3, flowerUrl: 'http://monitor:5555'}}\n");
+        let s = source(&celery(&given)).expect("given");
+        assert_eq!((s.url.as_str(), s.field), ("http://monitor.web.svc:5555/", "spec.autoscaling.flowerUrl"));
+    }
+
+    #[test]
+    fn url_prefix_in_both_spellings() {
+        let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(url_prefix(&args(&["--url_prefix=flower"])).as_deref(), Some("flower"));
+        assert_eq!(url_prefix(&args(&["--port=1", "--url-prefix", "/a/b/"])).as_deref(), Some("a/b"));
+        assert_eq!(url_prefix(&args(&["--url_prefix=/"])), None);
+        assert_eq!(url_prefix(&args(&["--persistent"])), None);
+    }
+
+    #[test]
+    fn pods_get_the_tasks_of_their_online_worker_only() {
+        let mut progress = Progress::default();
+        progress.active.insert("shop-celery-worker-a".into(), 3);
+        let pod = |name: &str| PodSample {
+            name: name.into(),
+            ready: true,
+            cpu_millis: None,
+            cpu_request_millis: None,
+            memory_bytes: None,
+            memory_request_bytes: None,
+            active_tasks: Some(99),
+        };
+        let mut pods = vec![pod("shop-celery-worker-a"), pod("shop-celery-worker-b")];
+        progress.fill(&mut pods);
+        assert_eq!((pods[0].active_tasks, pods[1].active_tasks), (Some(3), None));
+    }
+
+    #[tokio::test]
+    async fn a_failing_flower_is_reported_once_and_retried_later() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("port").port();
+        let mut progress = Progress::default();
+        let source = Source { url: format!("http://127.0.0.1:{port}"), basic_auth: None, field: "spec.autoscaling.flowerUrl" };
+        progress.reconfigure(Some(source));
+        progress.active.insert("stale".into(), 1);
+        let no_secret = async |_: &SecretKeyRef| -> Result<String, String> { unreachable!("no Secret named") };
+        let Some(Change::Failed(message)) = progress.refresh(no_secret).await else { panic!("nothing listens") };
+        assert!(message.starts_with("spec.autoscaling.flowerUrl: Flower http://127.0.0.1"), "{message}");
+        assert!(progress.active.is_empty(), "figures from before the failure are dropped");
+        assert_eq!(progress.refresh(no_secret).await, None, "not retried before RETRY_AFTER");
+        progress.last_read = Some(Instant::now() - RETRY_AFTER);
+        assert_eq!(progress.refresh(no_secret).await, None, "the same failure is not reported twice");
+    }
+}
