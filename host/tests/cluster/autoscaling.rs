@@ -2,7 +2,8 @@
 //! `example/`: a producer fills the queue, the operator scales the worker Deployment up, a local
 //! Celery worker drains the queue, the operator scales down (to zero and back); the Python
 //! operator's `scaleTargetRef` does the same unchanged; CPU use simulated by kwok reaches the
-//! policy through metrics-server and `metrics.k8s.io`; a broken broker or policy holds the count.
+//! policy through metrics-server and `metrics.k8s.io`; a broken broker or policy holds the count;
+//! tasks in progress reach the policy from a real Flower.
 //!
 //! The worker pods are kwok's simulated pods, so they run no Celery: the queue is drained by a
 //! Celery worker this test starts on the host, against the same Redis.
@@ -14,12 +15,13 @@ use std::time::Duration;
 
 use celery_operator::conditions::*;
 use celery_operator::crd::Celery;
+use k8s_openapi::api::core::v1::Pod;
 use kube::Client;
-use kube::api::Api;
+use kube::api::{Api, ListParams};
 
 use crate::Harness;
 use crate::lifecycle::{condition, create, deployment, events_of, wait_condition};
-use crate::servers::{python, redis_server};
+use crate::servers::{Server, free_port, python, redis_server, wait_for};
 use crate::support::{WAIT, eventually, repo_root};
 
 /// Every test: name, whether it needs the control plane to itself, body.
@@ -28,6 +30,7 @@ pub const TESTS: &[crate::TestCase] = &[
     ("seed_scale_target_ref_autoscales", false, |h| Box::pin(seed_scale_target_ref_autoscales(h))),
     ("cpu_utilisation_scales_through_the_metrics_api", false, |h| Box::pin(cpu_utilisation_scales_through_the_metrics_api(h))),
     ("broken_broker_or_policy_holds_replicas", false, |h| Box::pin(broken_broker_or_policy_holds_replicas(h))),
+    ("flower_work_in_progress_reaches_the_policy", false, |h| Box::pin(flower_work_in_progress_reaches_the_policy(h))),
 ];
 
 /// Scaling waits include the scale-down window and the metrics-server scrapes.
@@ -293,5 +296,94 @@ spec:
     let warnings = events_of(&env.admin, &ns, "deadbroker", METRICS_UNAVAILABLE).await.expect("a Warning event");
     assert_eq!(warnings.len(), 1, "one event, not one per sample: {warnings:?}");
     events_of(&env.admin, &ns, "trapping", POLICY_FAILED).await.expect("a Warning event");
+    operator.stop().await;
+}
+
+/// Flower of the example app on the host, with basic auth, killed on drop.
+fn local_flower(broker: &str, port: u16, users: &str) -> Server {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut command = Command::new(python());
+    command.env("CELERY_BROKER_URL", broker).env("PYTHONPATH", example_dir());
+    command.args(["-m", "celery", "--app=app:celery_app", "flower", "--address=127.0.0.1"]);
+    command.args([format!("--port={port}"), format!("--basic_auth={users}")]);
+    let server = Server::spawn(command, dir);
+    wait_for("flower", || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
+    server
+}
+
+/// A Celery worker of the example app on the host under the node name a worker pod's own
+/// Celery would have (`celery@<pod name>`), with heartbeats, which carry its running tasks.
+fn worker_as_pod(broker: &str, pod: &str, concurrency: u32) -> Server {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut command = Command::new(python());
+    command.env("CELERY_BROKER_URL", broker).env("PYTHONPATH", example_dir());
+    command.args(["-m", "celery", "--app=app:celery_app", "worker", "--queues=celery", "--loglevel=info"]);
+    command.args([format!("--hostname=celery@{pod}"), format!("--concurrency={concurrency}")]);
+    Server::spawn(command, dir)
+}
+
+/// A resource that names no broker (its Celery config is in the image, as the Python operator
+/// allowed) with the `load` policy: the backlog comes from Flower's API with the credentials of
+/// `flowerSpec.basicAuth`, and the tasks running on a worker pod from Flower's worker gauges,
+/// so the policy counts running work as well as waiting work.
+pub async fn flower_work_in_progress_reaches_the_policy(h: Arc<Harness>) {
+    let env = &h.env;
+    let (_redis, redis_port) = redis_server(&[]);
+    let broker = format!("redis://127.0.0.1:{redis_port}/0");
+    let flower_port = free_port();
+    let _flower = local_flower(&broker, flower_port, "admin:s3cret");
+    let ns = env.namespace("flower").await;
+    let operator = env.start_operator(&[&ns], None);
+    let secret = "{apiVersion: v1, kind: Secret, metadata: {name: flower-auth}, stringData: {auth: 'admin:s3cret'}}";
+    crate::support::apply_yaml(&env.admin, secret, Some(&ns)).await.expect("Secret created");
+    let yaml = format!(
+        "
+apiVersion: celeryproject.org/v1alpha1
+kind: Celery
+metadata: {{name: busy}}
+spec:
+  common: {{appName: busy, celeryApp: 'app:celery_app', image: example-image}}
+  workerSpec: {{queues: celery, concurrency: 2}}
+  flowerSpec: {{basicAuth: {{name: flower-auth, key: auth}}}}
+  autoscaling:
+    policy: load
+    settings: {{targetUtilization: '1'}}
+    minReplicas: 1
+    maxReplicas: 6
+    flowerUrl: 'http://127.0.0.1:{flower_port}'
+"
+    );
+    create(&env.admin, &ns, &yaml).await.expect("created");
+    // Flower measured the (empty) queue, or the loop would not be deciding.
+    wait_condition(&env.admin, &ns, "busy", SCALING_ACTIVE, "True", POLICY_DECIDING).await;
+
+    let pods: Api<Pod> = Api::namespaced(env.admin.clone(), &ns);
+    let pod = eventually("the worker pod", WAIT, || async {
+        let list = pods.list(&ListParams::default()).await.map_err(|e| e.to_string())?;
+        let names: Vec<String> =
+            list.items.iter().filter_map(|p| p.metadata.name.clone()).filter(|n| n.starts_with("busy-celery-worker-")).collect();
+        match names.as_slice() {
+            [one] => Ok(one.clone()),
+            other => Err(format!("worker pods {other:?}")),
+        }
+    })
+    .await;
+    let _worker = worker_as_pod(&broker, &pod, 2);
+    // Two tasks run (the example app reserves no more than it runs), three wait:
+    // ceil((2 + 3) / (2 × 100%)) = 3 workers. Without the running two it would be 2.
+    produce(&broker, 5, 600.0);
+    wait_replicas(&env.admin, &ns, "busy", 3, SCALE_WAIT).await;
+    let c = eventually("the running tasks in status", WAIT, || async {
+        let c = celery(&env.admin, &ns, "busy").await;
+        let auto = c.status.as_ref().and_then(|s| s.autoscaler.as_ref());
+        match auto.map(|a| (a.active_tasks, a.queues.first().and_then(|q| q.backlog))) {
+            Some((Some(2), Some(3))) => Ok(c),
+            other => Err(format!("(activeTasks, backlog) {other:?}")),
+        }
+    })
+    .await;
+    let decision = c.status.and_then(|s| s.autoscaler).and_then(|a| a.last_decision).expect("a decision");
+    assert!(decision.reason.contains("2 tasks running + 3 waiting"), "the policy saw the running tasks: {}", decision.reason);
+    assert!(events_of(&env.admin, &ns, "busy", FLOWER_UNAVAILABLE).await.is_err(), "Flower was readable throughout");
     operator.stop().await;
 }
