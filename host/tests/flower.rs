@@ -118,6 +118,18 @@ async fn flower_reports_work_in_progress_per_worker_and_the_backlog() {
     .await;
     assert_eq!(stats[1], QueueStats::unknown("elsewhere"), "a queue Flower does not report is unknown, not 0");
 
+    // `celery-operator observe` prints the same, through Flower alone.
+    let out = Command::new(env!("CARGO_BIN_EXE_celery-operator"))
+        .args(["observe", "--flower", &format!("http://admin:s3cret@127.0.0.1:{port}"), "--queue", "celery"])
+        .env_remove("CELERY_BROKER_URL")
+        .output()
+        .expect("runs");
+    assert!(out.status.success(), "observe failed: {}", String::from_utf8_lossy(&out.stderr));
+    let printed: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
+    assert_eq!(printed["queues"][0]["backlog"], TASKS_SENT - u64::from(CONCURRENCY), "{printed}");
+    assert_eq!(printed["workers"][0]["active"], CONCURRENCY, "{printed}");
+    assert!(!printed.to_string().contains("s3cret"), "{printed}");
+
     // The API needs the credentials; the metrics do not, but the same client sends them.
     let wrong = Flower::new(&format!("http://admin:wrong@127.0.0.1:{port}"), None, Duration::from_secs(2)).expect("valid");
     let error = wrong.queues(&queues).await.expect_err("wrong password");

@@ -1,14 +1,19 @@
-//! `celery-operator observe`: reads a broker once and prints, as JSON, the queue figures the
-//! host would hand a policy, so that a user can check what the operator sees.
+//! `celery-operator observe`: reads a broker (and, with `--flower`, a Flower) once and prints,
+//! as JSON, the figures the host would hand a policy, so that a user can check what the
+//! operator sees.
 //!
 //! The entries of `queues` have the shape of a policy's `current.queues` (`name`, `backlog`,
 //! `reserved`, `consumers`). A `null` is a figure that could not be measured; with a `null`
-//! backlog the loop does not call the policy at all, it holds the replica count.
+//! backlog the loop does not call the policy at all, it holds the replica count. `workers` are
+//! Flower's workers: `active` is what a pod named after the worker's hostname gets as its
+//! `active-tasks`. Without `--broker`, the queues are read through Flower, as the loop does for
+//! an app that names no broker.
 
 use std::time::Duration;
 
 use serde::Serialize;
 
+use super::flower::{Flower, WorkerLoad};
 use super::{BrokerError, BrokerOptions, QueueStats, RedisLayout, connect};
 use crate::policy::QueueSample;
 
@@ -16,9 +21,16 @@ use crate::policy::QueueSample;
 #[derive(Serialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct Observation {
-    /// The broker, without its password.
-    pub broker: String,
+    /// The broker, without its password; absent when the queues were read through Flower.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub broker: Option<String>,
+    /// Flower, without its password, when it was asked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub flower: Option<String>,
     pub queues: Vec<QueueStats>,
+    /// Flower's workers, when it was asked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workers: Option<Vec<WorkerLoad>>,
 }
 
 impl Observation {
@@ -32,15 +44,20 @@ impl Observation {
 pub async fn observe(broker_url: &str, queues: &[String], options: &BrokerOptions) -> Result<Observation, BrokerError> {
     let broker = connect(broker_url, options)?;
     let stats = broker.queues(queues).await?;
-    Ok(Observation { broker: broker.display_url().to_string(), queues: stats })
+    Ok(Observation { broker: Some(broker.display_url().to_string()), flower: None, queues: stats, workers: None })
 }
 
 /// Arguments of `celery-operator observe`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct ObserveArgs {
     /// The broker URL, as given to Celery: redis://, rediss://, redis+socket://, amqp://, amqps://.
-    #[arg(long, env = "CELERY_BROKER_URL")]
-    pub broker: String,
+    /// Without it, the queues are read through `--flower`.
+    #[arg(long, env = "CELERY_BROKER_URL", required_unless_present = "flower")]
+    pub broker: Option<String>,
+    /// Flower, e.g. http://user:password@flower:5555: also print its workers and the tasks
+    /// each has in progress.
+    #[arg(long)]
+    pub flower: Option<String>,
     /// Queues to read (Celery's default queue is `celery`).
     #[arg(long = "queue", value_name = "NAME", num_args = 1.., default_value = "celery")]
     pub queues: Vec<String>,
@@ -67,7 +84,8 @@ pub struct ObserveArgs {
 
 /// Runs `celery-operator observe`: one reading, printed as JSON on stdout.
 pub async fn run(args: ObserveArgs) -> anyhow::Result<()> {
-    let ObserveArgs { broker, queues, management_url, timeout, sep, priority_steps, global_keyprefix, unacked_key } = args;
+    let ObserveArgs { broker, flower, queues, management_url, timeout, sep, priority_steps, global_keyprefix, unacked_key } =
+        args;
     if !(timeout.is_finite() && timeout > 0.0) {
         anyhow::bail!("--timeout must be a positive number of seconds, not {timeout}");
     }
@@ -76,7 +94,18 @@ pub async fn run(args: ObserveArgs) -> anyhow::Result<()> {
         redis: RedisLayout { sep, priority_steps, global_keyprefix, unacked_key },
         management_url,
     };
-    let observation = observe(&broker, &queues, &options).await?;
+    let mut observation = match &broker {
+        Some(broker) => observe(broker, &queues, &options).await?,
+        None => Observation { broker: None, flower: None, queues: Vec::new(), workers: None },
+    };
+    if let Some(url) = flower {
+        let flower = Flower::new(&url, None, options.timeout)?;
+        if broker.is_none() {
+            observation.queues = flower.queues(&queues).await?;
+        }
+        observation.workers = Some(flower.workers().await?);
+        observation.flower = Some(flower.display_url().to_string());
+    }
     println!("{}", serde_json::to_string_pretty(&observation)?);
     Ok(())
 }
@@ -103,13 +132,21 @@ mod tests {
             .expect("parses");
         assert_eq!(cli.args.queues, ["a", "b"]);
         assert_eq!(cli.args.priority_steps, [0, 1, 2]);
+        assert!(
+            Cli::try_parse_from(["observe"]).is_err() || std::env::var_os("CELERY_BROKER_URL").is_some(),
+            "a source is required"
+        );
+        let cli = Cli::try_parse_from(["observe", "--flower", "http://f:5555"]).expect("Flower alone will do");
+        assert_eq!(cli.args.flower.as_deref(), Some("http://f:5555"));
     }
 
     #[test]
     fn policy_queues_need_every_backlog() {
         let mut observation = Observation {
-            broker: "redis://r/0".into(),
+            broker: Some("redis://r/0".into()),
+            flower: None,
             queues: vec![QueueStats { name: "a".into(), backlog: Some(2), reserved: Some(1), consumers: None }],
+            workers: None,
         };
         let json = serde_json::to_value(&observation).expect("serialises");
         assert_eq!(json["queues"][0], serde_json::json!({"name": "a", "backlog": 2, "reserved": 1, "consumers": null}));
