@@ -5,7 +5,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 STATE ?= $(CURDIR)/.state
 
-.PHONY: help demo test test-deps test-unit test-cluster bench build crd policies control-plane stop fmt lint
+.PHONY: help demo test test-deps test-unit test-cluster bench build crd chart policies control-plane stop fmt lint
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -31,8 +31,13 @@ bench: test-deps policies ## Benchmarks (figures, not tests): policy cost, autos
 build: ## Build the operator binary
 	$(CARGO) build -p celery-operator
 
-crd: ## Regenerate deploy/crd.yaml from the Rust types
+crd: ## Regenerate deploy/crd.yaml (and the Helm chart's copy) from the Rust types
 	$(CARGO) run -q -p celery-operator -- crd > deploy/crd.yaml
+	cp deploy/crd.yaml deploy/helm/celery-operator/crds/celery.yaml
+
+chart: ## Lint and render the Helm chart (Helm built from the Go module proxy, cached)
+	$$(hack/build-helm.sh | tail -1) lint --strict deploy/helm/celery-operator
+	$$(hack/build-helm.sh | tail -1) template celery-operator deploy/helm/celery-operator --namespace celery-operator >/dev/null
 
 policies: ## Compile the built-in scaling policies to target/policies/*.wasm
 	policies/build.sh

@@ -740,15 +740,15 @@ pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
 mod tests {
     use super::*;
 
-    /// `deploy/crd.yaml` is generated; a change of the types must regenerate it (`make crd`).
+    /// `deploy/crd.yaml` and the Helm chart's copy are generated; a change of the types must
+    /// regenerate them (`make crd`).
     #[test]
     fn deploy_crd_matches_the_types() {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/crd.yaml");
-        let committed = std::fs::read_to_string(path).expect("deploy/crd.yaml exists");
-        assert!(
-            committed == crd_yaml().unwrap(),
-            "deploy/crd.yaml is stale: run `make crd` (celery-operator crd > deploy/crd.yaml) and commit it"
-        );
+        for file in ["deploy/crd.yaml", "deploy/helm/celery-operator/crds/celery.yaml"] {
+            let path = format!("{}/../{file}", env!("CARGO_MANIFEST_DIR"));
+            let committed = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{file}: {e}"));
+            assert!(committed == crd_yaml().unwrap(), "{file} is stale: run `make crd` and commit it");
+        }
     }
 
     /// `kubectl explain` teaches the API only if every field says what it is.

@@ -8,6 +8,7 @@
 //! Run with `cargo test --test cluster` (the first run builds the control plane: 10-20 min).
 
 mod autoscaling;
+mod chart;
 mod lifecycle;
 #[path = "../common/servers.rs"]
 mod servers;
@@ -90,6 +91,7 @@ fn main() -> ExitCode {
     let trials = lifecycle::TESTS
         .iter()
         .chain(autoscaling::TESTS)
+        .chain(chart::TESTS)
         .map(|&(name, exclusive, f)| trial(name, exclusive, &harness, f))
         .collect();
     let conclusion = libtest_mimic::run(&args, trials);
