@@ -23,6 +23,14 @@ def sleep(seconds: float = 1.0) -> float:
 
 
 @celery_app.task
+def report(seconds: float = 300.0) -> float:
+    """A long job (five minutes by default): a scale-down waits for it, since the worker pods
+    get `workerSpec.terminationGracePeriodSeconds` to finish what they run."""
+    time.sleep(seconds)
+    return seconds
+
+
+@celery_app.task
 def burn(seconds: float = 1.0) -> int:
     """Spins the CPU for `seconds`: CPU-bound work."""
     deadline = time.monotonic() + seconds

@@ -471,3 +471,50 @@ mod cli {
         assert!(svg.starts_with("<svg") && svg.contains("<path"));
     }
 }
+
+/// Every `Celery` resource shipped as an example (`example/*.yaml`, `deploy/example-celery.yaml`)
+/// passes the operator's own validation, and the real built-in it selects accepts its settings;
+/// together they show every built-in policy.
+#[test]
+fn example_resources_are_valid_and_cover_every_builtin() {
+    use celery_operator::crd::Celery;
+    use celery_operator::reconcile::validate::{Scaling, validate};
+    let Some(dir) = builtins_dir() else {
+        assert!(std::env::var_os("CELERY_OPERATOR_REQUIRE_BUILTINS").is_none(), "run policies/build.sh");
+        return;
+    };
+    let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("policy-cache");
+    let registry = Registry::new(engine(), RegistrySettings { builtin_dir: Some(dir), user_dir: None, cache_dir: Some(cache) });
+    registry.refresh();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(root.join("example"))
+        .expect("example/")
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    files.push(root.join("deploy/example-celery.yaml"));
+    let mut shown = std::collections::BTreeSet::new();
+    for file in &files {
+        let text = std::fs::read_to_string(file).expect("readable");
+        for doc in serde_yaml::Deserializer::from_str(&text) {
+            let value: serde_yaml::Value = serde::Deserialize::deserialize(doc).expect("valid YAML");
+            if value.get("kind").and_then(serde_yaml::Value::as_str) != Some("Celery") {
+                continue;
+            }
+            let celery: Celery = serde_yaml::from_value(value).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+            let scaling = validate(&celery.spec).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+            let Scaling::Policies { policies, .. } = scaling else { continue };
+            for p in policies {
+                let policy = registry.resolve(&p.name).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+                policy
+                    .validate_settings(&CallLimits::default(), &p.settings)
+                    .unwrap_or_else(|e| panic!("{}: {} refuses the settings: {e}", file.display(), p.name));
+                shown.insert(p.name);
+            }
+        }
+    }
+    let builtins: std::collections::BTreeSet<String> = registry.list().into_iter().map(|i| i.name).collect();
+    let missing: Vec<_> = builtins.difference(&shown).collect();
+    assert!(missing.is_empty(), "no example resource shows {missing:?}");
+}

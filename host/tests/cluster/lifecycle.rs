@@ -560,7 +560,7 @@ async fn http_get(port: u16, path: &str) -> Result<String, String> {
     Ok(response)
 }
 
-/// What `kubectl apply -k deploy/` installs, and the example and Redis manifests, pass the real
+/// What `kubectl apply -k deploy/` installs, and every example, Redis and RabbitMQ manifest, pass the real
 /// API server's validation and admission (a server-side dry run, so nothing is created).
 async fn deploy_manifests_are_accepted_by_the_api_server(h: Arc<Harness>) {
     let env = &h.env;
@@ -577,9 +577,16 @@ async fn deploy_manifests_are_accepted_by_the_api_server(h: Arc<Harness>) {
     apply_yaml_with(&env.admin, &rendered, None, true).await.expect("deploy/ kustomization");
 
     let ns = env.namespace("manifests").await;
-    for file in ["deploy/redis.yaml", "deploy/example-celery.yaml", "example/celery-queue-length.yaml"] {
-        let yaml = std::fs::read_to_string(repo_root().join(file)).unwrap();
-        apply_yaml_with(&env.admin, &yaml, Some(&ns), true).await.unwrap_or_else(|e| panic!("{file}: {e}"));
+    let mut files: Vec<std::path::PathBuf> = ["deploy/redis.yaml", "deploy/rabbitmq.yaml", "deploy/example-celery.yaml"]
+        .iter()
+        .map(|f| repo_root().join(f))
+        .collect();
+    let examples = std::fs::read_dir(repo_root().join("example")).expect("example/").filter_map(Result::ok).map(|e| e.path());
+    files.extend(examples.filter(|p| p.extension().is_some_and(|x| x == "yaml")));
+    assert!(files.len() >= 9, "the example resources are found: {files:?}");
+    for file in files {
+        let yaml = std::fs::read_to_string(&file).unwrap();
+        apply_yaml_with(&env.admin, &yaml, Some(&ns), true).await.unwrap_or_else(|e| panic!("{}: {e}", file.display()));
     }
 }
 
