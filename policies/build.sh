@@ -160,6 +160,10 @@ check_core() {
 build_queue_length() {
   local dir="$ROOT/policies/queue-length" core
   # wasm32-unknown-unknown: no std I/O, so the component imports no WASI at all.
+  # A 16 KiB stack instead of rustc's 1 MiB: every decision gets a fresh instance whose
+  # linear memory is made accessible and reset each time, so 1 MiB of unused stack costs
+  # ~15 µs a call (36 → 20 µs). The stack comes first in memory, so an overflow traps.
+  CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUSTFLAGS="-C link-arg=-zstack-size=16384" \
   cargo build --quiet --release --locked --target wasm32-unknown-unknown \
     --manifest-path "$dir/Cargo.toml" --target-dir "$WORK/rust"
   core="$WORK/rust/wasm32-unknown-unknown/release/queue_length.wasm"

@@ -91,10 +91,16 @@ impl ArtifactCache {
 
     /// The artifact path of `bytes` compiled as `kind` by `engine`.
     pub fn path_for(&self, engine: &Engine, kind: Kind, bytes: &[u8]) -> PathBuf {
+        self.path_for_digest(engine, kind, &Sha256::digest(bytes).into())
+    }
+
+    /// [`path_for`](Self::path_for) when the sha256 of the module is known already: hashing
+    /// a 20 MB component takes longer than mapping its artifact.
+    pub fn path_for_digest(&self, engine: &Engine, kind: Kind, digest: &[u8; 32]) -> PathBuf {
         let mut engine_hash = ShaHasher(Sha256::new());
         engine.precompile_compatibility_hash().hash(&mut engine_hash);
         let mut key = Sha256::new();
-        key.update(Sha256::digest(bytes));
+        key.update(digest);
         key.update(engine_hash.0.finalize());
         let suffix = match kind {
             Kind::Component => "component",
@@ -105,8 +111,15 @@ impl ArtifactCache {
 
     /// Loads the artifact of `bytes` if this cache has it, otherwise compiles `bytes` and
     /// stores the result. Returns what it did and how long it took.
-    pub fn load_or_compile(&self, engine: &Engine, kind: Kind, bytes: &[u8]) -> wasmtime::Result<(Compiled, Origin, Duration)> {
-        let path = self.path_for(engine, kind, bytes);
+    /// `digest` is the sha256 of `bytes`.
+    pub fn load_or_compile(
+        &self,
+        engine: &Engine,
+        kind: Kind,
+        bytes: &[u8],
+        digest: &[u8; 32],
+    ) -> wasmtime::Result<(Compiled, Origin, Duration)> {
+        let path = self.path_for_digest(engine, kind, digest);
         let start = Instant::now();
         if let Some(compiled) = self.load(engine, kind, &path) {
             return Ok((compiled, Origin::Cache, start.elapsed()));

@@ -99,7 +99,12 @@ impl fmt::Debug for LoadedPolicy {
 
 /// The hex sha256 of a module's bytes: what `name@sha256:<hex>` pins.
 pub fn digest(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
+    hex::encode(sha256(bytes))
+}
+
+/// The sha256 of a module's bytes.
+pub fn sha256(bytes: &[u8]) -> [u8; 32] {
+    Sha256::digest(bytes).into()
 }
 
 /// Reads the kind from a binary header or the first form of WAT text.
@@ -130,11 +135,25 @@ impl LoadedPolicy {
         source: Source,
         language: Option<String>,
     ) -> Result<Self, PolicyError> {
+        Self::load_with_digest(engine, cache, name, bytes, &sha256(bytes), source, language)
+    }
+
+    /// [`load`](Self::load) when the caller has hashed `bytes` already (`sha256` is
+    /// [`sha256`]`(bytes)`), so a large module is hashed once.
+    pub fn load_with_digest(
+        engine: &PolicyEngine,
+        cache: Option<&ArtifactCache>,
+        name: &str,
+        bytes: &[u8],
+        sha256: &[u8; 32],
+        source: Source,
+        language: Option<String>,
+    ) -> Result<Self, PolicyError> {
         let start = Instant::now();
         let kind = kind_of(bytes).ok_or_else(|| PolicyError::NotWasm { policy: name.to_string() })?;
         let invalid = |e: wasmtime::Error| PolicyError::Invalid { policy: name.to_string(), detail: format!("{e:#}") };
         let (compiled, origin, artifact) = match cache {
-            Some(cache) => cache.load_or_compile(engine.engine(), kind, bytes).map_err(invalid)?,
+            Some(cache) => cache.load_or_compile(engine.engine(), kind, bytes, sha256).map_err(invalid)?,
             None => {
                 let start = Instant::now();
                 let compiled = cache::compile(engine.engine(), kind, bytes).map_err(invalid)?;
@@ -148,7 +167,7 @@ impl LoadedPolicy {
         };
         Ok(Self {
             name: name.to_string(),
-            digest: digest(bytes),
+            digest: hex::encode(sha256),
             interface,
             source,
             language,

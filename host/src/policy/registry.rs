@@ -11,13 +11,14 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, SystemTime};
 
 use super::PolicyError;
 use super::cache::ArtifactCache;
 use super::engine::PolicyEngine;
-use super::loader::{Interface, LoadedPolicy, Source, digest};
+use super::loader::{Interface, LoadedPolicy, Source, sha256};
 
 /// Where the registry looks.
 #[derive(Clone, Debug, Default)]
@@ -134,18 +135,21 @@ impl Registry {
         if let Some(dir) = &self.settings.user_dir {
             found.extend(scan(dir).into_iter().map(|(name, path)| (name, path, false)));
         }
-        let mut changed = Vec::new();
-        let mut present = Vec::new();
-        for (name, path, builtin) in found {
-            if !builtin && self.read().entries.get(&name).is_some_and(|e| e.builtin) {
-                tracing::warn!(policy = %name, path = %path.display(), "a user policy cannot replace the built-in of the same name");
-                continue;
-            }
-            present.push(name.clone());
-            if self.refresh_one(&name, &path, builtin) {
-                changed.push(name);
-            }
-        }
+        // Built-ins first: a user module cannot take the name of one.
+        let (builtins, users): (Vec<_>, Vec<_>) = found.into_iter().partition(|(_, _, builtin)| *builtin);
+        let mut changed = self.refresh_all(&builtins);
+        let users: Vec<_> = users
+            .into_iter()
+            .filter(|(name, path, _)| {
+                let taken = self.read().entries.get(name).is_some_and(|e| e.builtin);
+                if taken {
+                    tracing::warn!(policy = %name, path = %path.display(), "a user policy cannot replace the built-in of the same name");
+                }
+                !taken
+            })
+            .collect();
+        changed.extend(self.refresh_all(&users));
+        let present: Vec<&String> = builtins.iter().chain(&users).map(|(name, _, _)| name).collect();
         let mut state = self.write();
         let gone: Vec<String> = state.entries.keys().filter(|n| !present.contains(n)).cloned().collect();
         for name in gone {
@@ -153,6 +157,34 @@ impl Registry {
             state.entries.remove(&name);
             changed.push(name);
         }
+        changed
+    }
+
+    /// [`refresh_one`](Self::refresh_one) for each module, on as many threads as there are
+    /// cores: at start every module loads, and the large ones (a Python component is ~20 MB)
+    /// dominate. Returns the names whose entry changed.
+    fn refresh_all(&self, modules: &[(String, PathBuf, bool)]) -> Vec<String> {
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(modules.len());
+        let next = AtomicUsize::new(0);
+        let changed = Mutex::new(Vec::new());
+        let work = || {
+            while let Some((name, path, builtin)) = modules.get(next.fetch_add(1, Ordering::Relaxed)) {
+                if self.refresh_one(name, path, *builtin) {
+                    changed.lock().unwrap_or_else(|p| p.into_inner()).push(name.clone());
+                }
+            }
+        };
+        if threads <= 1 {
+            work();
+        } else {
+            std::thread::scope(|scope| {
+                for _ in 0..threads {
+                    scope.spawn(work);
+                }
+            });
+        }
+        let mut changed = changed.into_inner().unwrap_or_else(|p| p.into_inner());
+        changed.sort();
         changed
     }
 
@@ -171,7 +203,8 @@ impl Registry {
                 return self.record_problem(name, path, builtin, seen, None, format!("cannot read {}: {error}", path.display()));
             }
         };
-        let new_digest = digest(&bytes);
+        let sha256 = sha256(&bytes);
+        let new_digest = hex::encode(sha256);
         if previous.as_ref().and_then(|(_, d)| d.as_deref()) == Some(new_digest.as_str()) {
             if let Some(entry) = self.write().entries.get_mut(name) {
                 entry.seen = seen;
@@ -179,7 +212,8 @@ impl Registry {
             return false;
         }
         let source = if builtin { Source::BuiltIn(path.to_path_buf()) } else { Source::User(path.to_path_buf()) };
-        match LoadedPolicy::load(&self.engine, self.cache.as_ref(), name, &bytes, source, language_of(path)) {
+        match LoadedPolicy::load_with_digest(&self.engine, self.cache.as_ref(), name, &bytes, &sha256, source, language_of(path))
+        {
             Ok(policy) => {
                 let policy = Arc::new(policy);
                 tracing::info!(policy = %name, digest = %policy.digest(), interface = %policy.interface(), "policy loaded");
