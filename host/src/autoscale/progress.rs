@@ -87,6 +87,9 @@ pub struct Progress {
     active: HashMap<String, u32>,
     last_read: Option<Instant>,
     failing: Option<String>,
+    /// When the client was made (its credentials read), or why it could not be, and when.
+    client_made: Option<Instant>,
+    client_failed: Option<(Instant, String)>,
 }
 
 impl Progress {
@@ -150,8 +153,8 @@ impl Progress {
         let flower = self.client(credentials).await?;
         let read = flower.queues(names).await;
         read.map_err(|e| {
-            if e.unauthorized {
-                // New credentials may be in the Secret: read it again next time.
+            // New credentials may be in the Secret: read it again, at most every RETRY_AFTER.
+            if e.unauthorized && self.client_made.is_none_or(|at| at.elapsed() >= RETRY_AFTER) {
                 self.client = None;
             }
             self.describe(&e)
@@ -164,12 +167,28 @@ impl Progress {
     ) -> Result<&Flower, String> {
         let source = self.source.as_ref().ok_or("no Flower")?;
         if self.client.is_none() {
-            let auth = match &source.basic_auth {
-                Some(secret) => Some(credentials(secret).await.map_err(|e| format!("flowerSpec.basicAuth: {e}"))?),
-                None => None,
-            };
-            let flower = Flower::new(&source.url, auth.as_deref(), TIMEOUT).map_err(|e| format!("{}: {e}", source.field))?;
-            self.client = Some(flower);
+            // A Secret that could not be read is asked for again only after RETRY_AFTER.
+            if let Some((at, error)) = &self.client_failed
+                && at.elapsed() < RETRY_AFTER
+            {
+                return Err(error.clone());
+            }
+            let made = match &source.basic_auth {
+                Some(secret) => credentials(secret).await.map(Some).map_err(|e| format!("flowerSpec.basicAuth: {e}")),
+                None => Ok(None),
+            }
+            .and_then(|auth| Flower::new(&source.url, auth.as_deref(), TIMEOUT).map_err(|e| format!("{}: {e}", source.field)));
+            match made {
+                Ok(flower) => {
+                    self.client = Some(flower);
+                    self.client_made = Some(Instant::now());
+                    self.client_failed = None;
+                }
+                Err(error) => {
+                    self.client_failed = Some((Instant::now(), error.clone()));
+                    return Err(error);
+                }
+            }
         }
         Ok(self.client.as_ref().expect("made above"))
     }
@@ -261,5 +280,24 @@ spec:
         assert_eq!(progress.refresh(no_secret).await, None, "not retried before RETRY_AFTER");
         progress.last_read = Some(Instant::now() - RETRY_AFTER);
         assert_eq!(progress.refresh(no_secret).await, None, "the same failure is not reported twice");
+    }
+
+    #[tokio::test]
+    async fn an_unreadable_secret_is_not_asked_for_every_tick() {
+        let mut progress = Progress::default();
+        let secret = SecretKeyRef { name: "auth".into(), key: "pair".into() };
+        let source = Source { url: "http://127.0.0.1:9".into(), basic_auth: Some(secret), field: "the Flower Service" };
+        progress.reconfigure(Some(source));
+        let reads = std::cell::Cell::new(0);
+        let missing = async |_: &SecretKeyRef| -> Result<String, String> {
+            reads.set(reads.get() + 1);
+            Err("Secret auth has no key pair".into())
+        };
+        let queues = ["celery".to_string()];
+        for _ in 0..3 {
+            let error = progress.queues(&queues, missing).await.unwrap_err();
+            assert_eq!(error, "flowerSpec.basicAuth: Secret auth has no key pair");
+        }
+        assert_eq!(reads.get(), 1, "read once within RETRY_AFTER");
     }
 }
