@@ -20,8 +20,9 @@ use crate::reconcile::build;
 pub const READ_EVERY: Duration = Duration::from_secs(2);
 /// After a failed read, Flower is asked again after this long.
 pub const RETRY_AFTER: Duration = Duration::from_secs(10);
-/// Limit for one request to Flower.
-pub const TIMEOUT: Duration = Duration::from_secs(2);
+/// Limit for one request to Flower. Shorter than the broker's: the loop waits for Flower before
+/// it decides, and Flower in the app's namespace answers in milliseconds when it answers at all.
+pub const TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Where an app's Flower is, and the Secret with its credentials.
 #[derive(Clone, Debug, PartialEq)]
