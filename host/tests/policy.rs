@@ -518,3 +518,42 @@ fn example_resources_are_valid_and_cover_every_builtin() {
     let missing: Vec<_> = builtins.difference(&shown).collect();
     assert!(missing.is_empty(), "no example resource shows {missing:?}");
 }
+
+/// A WASI reactor (Go's c-shared output is one) is initialised once, at load: the module that
+/// gets compiled is a snapshot taken after `_initialize`, and every fresh instance starts from
+/// it, neither initialised twice nor not at all. A start-up that traps is not snapshotted: the
+/// load fails as it always did, naming the trap.
+#[test]
+fn a_reactor_is_initialised_once_at_load() {
+    use celery_operator::policy::core_module::{has_initialize, preinitialize};
+    let wasm = wat::parse_file(fixture("reactor")).expect("fixture");
+    assert!(has_initialize(&wasm));
+    let snapshot = preinitialize(&engine(), "reactor", &wasm, &CallLimits::default()).expect("snapshotted");
+    assert!(!has_initialize(&snapshot), "the snapshot has no _initialize left to run");
+
+    let cache = tempfile::tempdir().expect("tempdir");
+    let cache = ArtifactCache::open(cache.path()).expect("cache");
+    for from_cache in [false, true] {
+        let policy =
+            LoadedPolicy::load(&engine(), Some(&cache), "reactor", &wasm, Source::File("reactor".into()), None).expect("loads");
+        assert_eq!(policy.stats().from_cache, from_cache);
+        for _ in 0..3 {
+            let decision = policy.decide(&CallLimits::default(), &input_with(1)).expect("decides");
+            assert_eq!((decision.replicas, decision.reason.as_str()), (7, "initialised 1"));
+        }
+    }
+
+    let trapping = wat::parse_str(
+        r#"(module (memory (export "memory") 1)
+             (global (export "celery_policy_abi_version") i32 (i32.const 1))
+             (func (export "_initialize") unreachable)
+             (func (export "celery_policy_alloc") (param i32) (result i32) (i32.const 0))
+             (func (export "celery_policy_validate_settings") (param i32 i32) (result i64) (i64.const 0))
+             (func (export "celery_policy_decide") (param i32 i32) (result i64) (i64.const 0)))"#,
+    )
+    .expect("WAT");
+    assert!(preinitialize(&engine(), "trapping", &trapping, &CallLimits::default()).is_err());
+    let error = LoadedPolicy::load(&engine(), None, "trapping", &trapping, Source::File("trapping".into()), None)
+        .expect_err("its start-up traps");
+    assert_eq!(variant(&error), "Trap", "{error}");
+}

@@ -100,6 +100,7 @@ impl ArtifactCache {
         let mut engine_hash = ShaHasher(Sha256::new());
         engine.precompile_compatibility_hash().hash(&mut engine_hash);
         let mut key = Sha256::new();
+        key.update(PREPARATION);
         key.update(digest);
         key.update(engine_hash.0.finalize());
         let suffix = match kind {
@@ -111,13 +112,14 @@ impl ArtifactCache {
 
     /// Loads the artifact of `bytes` if this cache has it, otherwise compiles `bytes` and
     /// stores the result. Returns what it did and how long it took.
-    /// `digest` is the sha256 of `bytes`.
+    /// `digest` is the sha256 of the module's bytes; `compile` makes the artifact when the
+    /// cache has none (see [`compile`], and the loader's pre-initialisation of core modules).
     pub fn load_or_compile(
         &self,
         engine: &Engine,
         kind: Kind,
-        bytes: &[u8],
         digest: &[u8; 32],
+        compile: impl FnOnce() -> wasmtime::Result<Compiled>,
     ) -> wasmtime::Result<(Compiled, Origin, Duration)> {
         let path = self.path_for_digest(engine, kind, digest);
         let start = Instant::now();
@@ -125,7 +127,7 @@ impl ArtifactCache {
             return Ok((compiled, Origin::Cache, start.elapsed()));
         }
         let start = Instant::now();
-        let compiled = compile(engine, kind, bytes)?;
+        let compiled = compile()?;
         let elapsed = start.elapsed();
         if let Err(error) = self.store(&compiled, &path) {
             tracing::warn!(%error, path = %path.display(), "cannot write the compiled policy to the cache");
@@ -181,6 +183,11 @@ pub fn compile(engine: &Engine, kind: Kind, bytes: &[u8]) -> wasmtime::Result<Co
         Kind::Module => Compiled::Module(Module::new(engine, bytes)?),
     })
 }
+
+/// What the cache key says about how an artifact was made from the module's bytes; changed
+/// when that changes, so an artifact made the old way is not picked up (v2: core reactors are
+/// pre-initialised before compiling).
+const PREPARATION: &[u8] = b"celery-operator artifact v2";
 
 /// Feeds `Hash` output into sha256, so the key is stable across runs of the same binary
 /// (std's `DefaultHasher` promises no such thing).

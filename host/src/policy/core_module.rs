@@ -5,6 +5,12 @@
 //! instance: `_initialize` (for WASI reactors such as Go's c-shared output), `alloc`, the
 //! input copied in, the call, and the answer copied out within the output limit. WASI
 //! preview 1 is linked with the empty context of `sandbox`.
+//!
+//! A reactor's `_initialize` (Go's runtime start-up: about 0.5 ms) is run once, at load, by
+//! [`preinitialize`]: the module is instrumented with Wizer, initialised in the same sandbox a
+//! call gets, and its memory and globals are snapshotted into a new module without
+//! `_initialize`, which is what gets compiled and cached. Every fresh instance then starts
+//! initialised. A module Wizer cannot snapshot is run as it is, initialised in every call.
 
 use std::collections::BTreeMap;
 
@@ -50,13 +56,7 @@ impl CorePolicy {
     pub fn new(engine: &PolicyEngine, policy: &str, module: &Module, limits: &CallLimits) -> Result<Self, PolicyError> {
         check_imports(policy, module)?;
         check_exports(policy, module)?;
-        let mut linker = Linker::<CoreState>::new(engine.engine());
-        wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |state| &mut state.wasi)
-            .map_err(|e| PolicyError::Engine(format!("linking WASI: {e:#}")))?;
-        linker
-            .func_wrap(HOST_MODULE, "log", host_log)
-            .map_err(|e| PolicyError::Engine(format!("linking {HOST_MODULE}.log: {e:#}")))?;
-        let pre = linker
+        let pre = linker(engine)?
             .instantiate_pre(module)
             .map_err(|e| PolicyError::Invalid { policy: policy.to_string(), detail: format!("{e:#}") })?;
         let this = Self { pre };
@@ -175,6 +175,99 @@ impl CorePolicy {
             }
             body(store, &instance)
         })
+    }
+}
+
+/// WASI preview 1 (empty context) and the host's `log`: everything a core module may import.
+fn linker(engine: &PolicyEngine) -> Result<Linker<CoreState>, PolicyError> {
+    let mut linker = Linker::<CoreState>::new(engine.engine());
+    wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |state| &mut state.wasi)
+        .map_err(|e| PolicyError::Engine(format!("linking WASI: {e:#}")))?;
+    linker
+        .func_wrap(HOST_MODULE, "log", host_log)
+        .map_err(|e| PolicyError::Engine(format!("linking {HOST_MODULE}.log: {e:#}")))?;
+    Ok(linker)
+}
+
+/// Whether `bytes` is a core module exporting a reactor's `_initialize`.
+pub fn has_initialize(bytes: &[u8]) -> bool {
+    wasmparser::Parser::new(0).parse_all(bytes).any(|payload| match payload {
+        Ok(wasmparser::Payload::ExportSection(exports)) => {
+            exports.into_iter().any(|e| e.is_ok_and(|e| e.name == "_initialize" && e.kind == wasmparser::ExternalKind::Func))
+        }
+        _ => false,
+    })
+}
+
+/// The module with its `_initialize` already run: instrumented by Wizer, initialised under
+/// `limits` in the sandbox a call gets (empty WASI; the clock reads the load time), then
+/// snapshotted. `Err` says why it could not be, and the caller uses the module as it is.
+pub fn preinitialize(engine: &PolicyEngine, policy: &str, bytes: &[u8], limits: &CallLimits) -> Result<Vec<u8>, String> {
+    // Wizer is strict about what it can snapshot; on a module it did not expect it may panic,
+    // and a user's module must not take the operator down.
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| preinitialize_inner(engine, policy, bytes, limits)))
+        .unwrap_or_else(|_| Err("the pre-initializer could not handle this module".into()))
+}
+
+fn preinitialize_inner(engine: &PolicyEngine, policy: &str, bytes: &[u8], limits: &CallLimits) -> Result<Vec<u8>, String> {
+    let mut wizer = wasmtime_wizer::Wizer::new();
+    wizer.init_func("_initialize");
+    let (context, instrumented) = wizer.instrument(bytes).map_err(|e| format!("{e:#}"))?;
+    let module = Module::new(engine.engine(), &instrumented).map_err(|e| format!("{e:#}"))?;
+    let linker = linker(engine).map_err(|e| e.to_string())?;
+    let output = GuestOutput::default();
+    let now = jiff::Timestamp::now().as_millisecond().max(0) as u64;
+    let state = CoreState {
+        wasi: sandbox::empty_wasi(now, &output).build_p1(),
+        limiter: Limiter::new(limits.memory_bytes),
+        output: output.clone(),
+    };
+    sandbox::run_bounded(engine, policy, limits, &output, state, |store| {
+        let instance = linker.instantiate(&mut *store, &module)?;
+        instance.get_typed_func::<(), ()>(&mut *store, "_initialize")?.call(&mut *store, ())?;
+        let mut state = Snapshot { store, instance, unsupported: None };
+        let snapshot = futures::executor::block_on(wizer.snapshot(&context, &mut state))?;
+        match state.unsupported {
+            Some(what) => Err(wasmtime::format_err!("{what}")),
+            None => Ok(snapshot),
+        }
+    })
+    .map_err(|e| e.to_string())
+}
+
+/// What Wizer reads of an initialised instance.
+struct Snapshot<'a> {
+    store: &'a mut Store<CoreState>,
+    instance: wasmtime::Instance,
+    /// A global Wizer cannot represent (a reference): the snapshot is then discarded.
+    unsupported: Option<String>,
+}
+
+impl wasmtime_wizer::InstanceState for Snapshot<'_> {
+    async fn global_get(&mut self, name: &str, _: wasmtime_wizer::ValType) -> wasmtime_wizer::SnapshotVal {
+        use wasmtime::Val;
+        use wasmtime_wizer::SnapshotVal;
+        match self.instance.get_global(&mut *self.store, name).map(|g| g.get(&mut *self.store)) {
+            Some(Val::I32(x)) => SnapshotVal::I32(x),
+            Some(Val::I64(x)) => SnapshotVal::I64(x),
+            Some(Val::F32(x)) => SnapshotVal::F32(x),
+            Some(Val::F64(x)) => SnapshotVal::F64(x),
+            Some(Val::V128(x)) => SnapshotVal::V128(x.as_u128()),
+            other => {
+                self.unsupported = Some(format!("global {name} holds {other:?}, which a snapshot cannot keep"));
+                SnapshotVal::I32(0)
+            }
+        }
+    }
+
+    async fn memory_contents(&mut self, name: &str, contents: impl FnOnce(&[u8]) + Send) {
+        match self.instance.get_memory(&mut *self.store, name) {
+            Some(memory) => contents(memory.data(&*self.store)),
+            None => {
+                self.unsupported = Some(format!("memory {name} is not exported"));
+                contents(&[]);
+            }
+        }
     }
 }
 

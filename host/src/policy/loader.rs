@@ -107,6 +107,22 @@ pub fn sha256(bytes: &[u8]) -> [u8; 32] {
     Sha256::digest(bytes).into()
 }
 
+/// Compiles a module; a core module with a reactor's `_initialize` is pre-initialised first
+/// (see `core_module`), so that its instances start initialised.
+fn compile(engine: &PolicyEngine, name: &str, kind: Kind, bytes: &[u8]) -> wasmtime::Result<Compiled> {
+    if kind == Kind::Module && super::core_module::has_initialize(bytes) {
+        let start = Instant::now();
+        match super::core_module::preinitialize(engine, name, bytes, &CallLimits::default().within(engine)) {
+            Ok(snapshot) => {
+                tracing::debug!(policy = %name, took = ?start.elapsed(), "pre-initialised");
+                return cache::compile(engine.engine(), kind, &snapshot);
+            }
+            Err(why) => tracing::info!(policy = %name, %why, "not pre-initialised: _initialize runs in every call"),
+        }
+    }
+    cache::compile(engine.engine(), kind, bytes)
+}
+
 /// Reads the kind from a binary header or the first form of WAT text.
 fn kind_of(bytes: &[u8]) -> Option<Kind> {
     if let Some(header) = bytes.strip_prefix(b"\0asm") {
@@ -152,11 +168,12 @@ impl LoadedPolicy {
         let start = Instant::now();
         let kind = kind_of(bytes).ok_or_else(|| PolicyError::NotWasm { policy: name.to_string() })?;
         let invalid = |e: wasmtime::Error| PolicyError::Invalid { policy: name.to_string(), detail: format!("{e:#}") };
+        let compile = || compile(engine, name, kind, bytes);
         let (compiled, origin, artifact) = match cache {
-            Some(cache) => cache.load_or_compile(engine.engine(), kind, bytes, sha256).map_err(invalid)?,
+            Some(cache) => cache.load_or_compile(engine.engine(), kind, sha256, compile).map_err(invalid)?,
             None => {
                 let start = Instant::now();
-                let compiled = cache::compile(engine.engine(), kind, bytes).map_err(invalid)?;
+                let compiled = compile().map_err(invalid)?;
                 (compiled, Origin::Compiled, start.elapsed())
             }
         };
