@@ -530,6 +530,10 @@ fn a_reactor_is_initialised_once_at_load() {
     assert!(has_initialize(&wasm));
     let snapshot = preinitialize(&engine(), "reactor", &wasm, &CallLimits::default()).expect("snapshotted");
     assert!(!has_initialize(&snapshot), "the snapshot has no _initialize left to run");
+    // Wizer empties the original segments into passive ones; nothing can use them here, so the
+    // host drops them (Go has tens of thousands, each set up in every instance otherwise).
+    assert_eq!(data_segments(&wasm), (2, 0));
+    assert_eq!(data_segments(&snapshot).1, 0, "no passive data segment is left");
 
     let cache = tempfile::tempdir().expect("tempdir");
     let cache = ArtifactCache::open(cache.path()).expect("cache");
@@ -553,7 +557,43 @@ fn a_reactor_is_initialised_once_at_load() {
     )
     .expect("WAT");
     assert!(preinitialize(&engine(), "trapping", &trapping, &CallLimits::default()).is_err());
+
+    // A reactor that copies a passive segment in at decision time keeps its segments.
+    let passive = wat::parse_str(
+        r#"(module (memory (export "memory") 1)
+             (global (export "celery_policy_abi_version") i32 (i32.const 1))
+             (data (i32.const 0) "{\22ok\22:true}")
+             (data $answer "{\22replicas\22:4,\22reason\22:\22from a passive segment\22}")
+             (func (export "_initialize") nop)
+             (func (export "celery_policy_alloc") (param i32) (result i32) (i32.const 1024))
+             (func (export "celery_policy_validate_settings") (param i32 i32) (result i64) (i64.const 11))
+             (func (export "celery_policy_decide") (param i32 i32) (result i64)
+               (memory.init $answer (i32.const 64) (i32.const 0) (i32.const 48))
+               (i64.or (i64.shl (i64.const 64) (i64.const 32)) (i64.const 48))))"#,
+    )
+    .expect("WAT");
+    let snapshot = preinitialize(&engine(), "passive", &passive, &CallLimits::default()).expect("snapshotted");
+    assert!(data_segments(&snapshot).1 >= 1, "the segment memory.init reads is kept");
+    let policy = LoadedPolicy::load(&engine(), None, "passive", &passive, Source::File("passive".into()), None).expect("loads");
+    let decision = policy.decide(&CallLimits::default(), &input_with(1)).expect("decides");
+    assert_eq!((decision.replicas, decision.reason.as_str()), (4, "from a passive segment"));
     let error = LoadedPolicy::load(&engine(), None, "trapping", &trapping, Source::File("trapping".into()), None)
         .expect_err("its start-up traps");
     assert_eq!(variant(&error), "Trap", "{error}");
+}
+
+/// (active, passive) data segments of a core module.
+fn data_segments(wasm: &[u8]) -> (usize, usize) {
+    let mut counts = (0, 0);
+    for payload in wasmparser::Parser::new(0).parse_all(wasm) {
+        if let wasmparser::Payload::DataSection(reader) = payload.expect("parses") {
+            for data in reader {
+                match data.expect("segment").kind {
+                    wasmparser::DataKind::Passive => counts.1 += 1,
+                    wasmparser::DataKind::Active { .. } => counts.0 += 1,
+                }
+            }
+        }
+    }
+    counts
 }

@@ -186,8 +186,8 @@ pub fn compile(engine: &Engine, kind: Kind, bytes: &[u8]) -> wasmtime::Result<Co
 
 /// What the cache key says about how an artifact was made from the module's bytes; changed
 /// when that changes, so an artifact made the old way is not picked up (v2: core reactors are
-/// pre-initialised before compiling).
-const PREPARATION: &[u8] = b"celery-operator artifact v2";
+/// pre-initialised before compiling; v3: and their unused passive data segments dropped).
+const PREPARATION: &[u8] = b"celery-operator artifact v3";
 
 /// Feeds `Hash` output into sha256, so the key is stable across runs of the same binary
 /// (std's `DefaultHasher` promises no such thing).

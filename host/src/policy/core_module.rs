@@ -49,6 +49,8 @@ impl sandbox::Limited for CoreState {
 /// A loaded, linked core-module policy.
 pub struct CorePolicy {
     pre: InstancePre<CoreState>,
+    /// Whether every instance must run `_initialize` (a reactor that was not pre-initialised).
+    initialize: bool,
 }
 
 impl CorePolicy {
@@ -59,7 +61,8 @@ impl CorePolicy {
         let pre = linker(engine)?
             .instantiate_pre(module)
             .map_err(|e| PolicyError::Invalid { policy: policy.to_string(), detail: format!("{e:#}") })?;
-        let this = Self { pre };
+        let initialize = module.exports().any(|e| e.name() == "_initialize" && is_func(&e.ty(), &[], &[]));
+        let this = Self { pre, initialize };
         let now = jiff::Timestamp::now().as_millisecond().max(0) as u64;
         let version = this.call(engine, policy, limits, now, abi_version)??;
         if version != CORE_ABI_VERSION {
@@ -170,8 +173,8 @@ impl CorePolicy {
         };
         sandbox::run_bounded(engine, policy, limits, &output, state, |store| {
             let instance = self.pre.instantiate(&mut *store)?;
-            if let Ok(init) = instance.get_typed_func::<(), ()>(&mut *store, "_initialize") {
-                init.call(&mut *store, ())?;
+            if self.initialize {
+                instance.get_typed_func::<(), ()>(&mut *store, "_initialize")?.call(&mut *store, ())?;
             }
             body(store, &instance)
         })
@@ -229,10 +232,76 @@ fn preinitialize_inner(engine: &PolicyEngine, policy: &str, bytes: &[u8], limits
         let snapshot = futures::executor::block_on(wizer.snapshot(&context, &mut state))?;
         match state.unsupported {
             Some(what) => Err(wasmtime::format_err!("{what}")),
-            None => Ok(snapshot),
+            None => Ok(without_unused_passive_data(&snapshot).unwrap_or(snapshot)),
         }
     })
     .map_err(|e| e.to_string())
+}
+
+/// The snapshot without its passive data segments, when no code can use them.
+///
+/// Wizer keeps every original data segment, emptied and made passive, so that segment indices
+/// stay valid; Go emits tens of thousands of them. Wasmtime sets each one up in every new
+/// instance (about 100 µs for Go), though only `memory.init` and `data.drop` can ever refer
+/// to a passive segment. `None` when the module has such instructions, or cannot be read.
+fn without_unused_passive_data(bytes: &[u8]) -> Option<Vec<u8>> {
+    use wasmparser::{DataKind, Operator, Payload};
+    let mut sections = Vec::new();
+    let mut active = Vec::new();
+    let mut passive = 0usize;
+    for payload in wasmparser::Parser::new(0).parse_all(bytes) {
+        match payload.ok()? {
+            Payload::Version { .. } | Payload::End(_) => {}
+            Payload::CodeSectionEntry(body) => {
+                let mut operators = body.get_operators_reader().ok()?;
+                while !operators.eof() {
+                    if let Operator::MemoryInit { .. } | Operator::DataDrop { .. } = operators.read().ok()? {
+                        return None;
+                    }
+                }
+            }
+            Payload::DataSection(reader) => {
+                for data in reader {
+                    let data = data.ok()?;
+                    match data.kind {
+                        DataKind::Passive => passive += 1,
+                        DataKind::Active { .. } => active.push(data.range),
+                    }
+                }
+                sections.push(Section::Data);
+            }
+            // Only `memory.init` and `data.drop` need the count, and there are none.
+            Payload::DataCountSection { .. } => {}
+            other => {
+                // Sections the parser descends into (a component, say) are not expected here.
+                let (id, range) = other.as_section()?;
+                sections.push(Section::Raw(id, range));
+            }
+        }
+    }
+    if passive == 0 {
+        return None;
+    }
+    let mut module = wasm_encoder::Module::new();
+    for section in sections {
+        match section {
+            Section::Raw(id, range) => module.section(&wasm_encoder::RawSection { id, data: &bytes[range] }),
+            Section::Data => {
+                let mut data = wasm_encoder::DataSection::new();
+                for range in &active {
+                    data.raw(&bytes[range.clone()]);
+                }
+                module.section(&data)
+            }
+        };
+    }
+    Some(module.finish())
+}
+
+/// A section of a module being rewritten: copied as it is, or the data section rebuilt.
+enum Section {
+    Raw(u8, std::ops::Range<usize>),
+    Data,
 }
 
 /// What Wizer reads of an initialised instance.
