@@ -14,6 +14,7 @@ demo: ## Local control plane + operator + an example Celery app; Ctrl-C stops ev
 	hack/demo.sh
 
 test: test-deps policies ## Every test: unit, CRD drift, policies, real brokers and the real control plane
+	policies/build.sh --test
 	CELERY_OPERATOR_REQUIRE_BUILTINS=1 $(CARGO) test --workspace
 
 test-deps: ## Install Redis, RabbitMQ and a Celery venv for the broker tests

@@ -5,7 +5,7 @@
 #   policies/build.sh                 install what is missing, build what changed
 #   policies/build.sh steps load      only these policies
 #   policies/build.sh --force         rebuild even when the .wasm is newer than its sources
-#   policies/build.sh --test          then run policies/test/cases.json against the outputs
+#   policies/build.sh --test          then run each policy's own tests and policies/test/cases.json
 #
 # Toolchains are checked first and installed when missing, at pinned versions, outside the
 # repository (CELERY_OPERATOR_CACHE, by default ~/.cache/celery-operator): a second run only
@@ -246,6 +246,13 @@ for name in "${selected[@]}"; do
 done
 
 if ((TEST)); then
+  # Policies with tests of their own, in their own language.
+  for name in "${selected[@]}"; do
+    if [[ $name == cpu-memory ]]; then
+      log "cpu-memory: go test"
+      (cd "$ROOT/policies/cpu-memory" && go test ./...)
+    fi
+  done
   # Node 20 needs the flag for the extended constant expressions componentize-py emits.
   COMPONENTIZE_JS_MODULES="$CACHE/js/node_modules" node --experimental-wasm-extended-const \
     "$ROOT/policies/test/run.mjs" "${selected[@]}"

@@ -3,15 +3,12 @@
 // speaks the JSON ABI of wit/CORE-ABI.md (Go cannot build components yet).
 //
 // Build: GOOS=wasip1 GOARCH=wasm go build -buildmode=c-shared -o cpu-memory.wasm .
-// The host calls _initialize once per instance, then celery_policy_decide or
-// celery_policy_validate_settings.
+// The host runs _initialize once, at load, and snapshots the result; each decision then
+// calls celery_policy_decide or celery_policy_validate_settings in a fresh instance.
+// The JSON is read and written by json.go, not encoding/json (see there why).
 package main
 
-import (
-	"encoding/json"
-	"fmt"
-	"unsafe"
-)
+import "unsafe"
 
 func main() {}
 
@@ -29,11 +26,7 @@ func alloc(size int32) int32 {
 	return int32(uintptr(unsafe.Pointer(&buf[0])))
 }
 
-func output(v any) int64 {
-	out, err := json.Marshal(v)
-	if err != nil {
-		out = []byte(`{"error":"cpu-memory: cannot encode the answer"}`)
-	}
+func output(out []byte) int64 {
 	keep = append(keep, out)
 	ptr := uintptr(unsafe.Pointer(&out[0]))
 	return int64(ptr)<<32 | int64(len(out))
@@ -48,33 +41,31 @@ func inputBytes(ptr, size int32) []byte {
 	return unsafe.Slice((*byte)(unsafe.Pointer(uintptr(ptr))), size)
 }
 
-type failure struct {
-	Error string `json:"error"`
-}
-
 //go:wasmexport celery_policy_decide
 func decideExport(ptr, size int32) int64 {
-	var in Input
-	if err := json.Unmarshal(inputBytes(ptr, size), &in); err != nil {
-		return output(failure{fmt.Sprintf("cpu-memory: malformed input: %v", err)})
+	in, err := decodeInput(inputBytes(ptr, size))
+	if err != nil {
+		return output(encodeError("cpu-memory: malformed input: " + err.Error()))
 	}
 	d, err := Decide(&in)
 	if err != nil {
-		return output(failure{err.Error()})
+		return output(encodeError(err.Error()))
 	}
-	return output(d)
+	return output(encodeDecision(d))
 }
 
 //go:wasmexport celery_policy_validate_settings
 func validateExport(ptr, size int32) int64 {
-	var settings map[string]string
-	if err := json.Unmarshal(inputBytes(ptr, size), &settings); err != nil {
-		return output(failure{fmt.Sprintf("cpu-memory: malformed settings: %v", err)})
+	r := &reader{b: inputBytes(ptr, size)}
+	settings, err := decodeSettings(r)
+	if err == nil {
+		err = r.end()
+	}
+	if err != nil {
+		return output(encodeError("cpu-memory: malformed settings: " + err.Error()))
 	}
 	if _, err := ParseSettings(settings); err != nil {
-		return output(failure{err.Error()})
+		return output(encodeError(err.Error()))
 	}
-	return output(struct {
-		OK bool `json:"ok"`
-	}{true})
+	return output([]byte(`{"ok":true}`))
 }

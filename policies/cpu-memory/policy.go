@@ -9,29 +9,29 @@ import (
 	"strings"
 )
 
-// Input is the JSON form of the WIT input record (only the fields this policy reads).
+// Input is the WIT input record, as far as this policy reads it (decoded by json.go).
 type Input struct {
-	CurrentReplicas uint32            `json:"currentReplicas"`
-	Current         Sample            `json:"current"`
-	Settings        map[string]string `json:"settings"`
+	CurrentReplicas uint32
+	Current         Sample
+	Settings        map[string]string
 }
 
 type Sample struct {
-	Pods []Pod `json:"pods"`
+	Pods []Pod
 }
 
 type Pod struct {
-	Name               string  `json:"name"`
-	Ready              bool    `json:"ready"`
-	CPUMillis          *uint64 `json:"cpuMillis"`
-	CPURequestMillis   *uint64 `json:"cpuRequestMillis"`
-	MemoryBytes        *uint64 `json:"memoryBytes"`
-	MemoryRequestBytes *uint64 `json:"memoryRequestBytes"`
+	Name               string
+	Ready              bool
+	CPUMillis          *uint64
+	CPURequestMillis   *uint64
+	MemoryBytes        *uint64
+	MemoryRequestBytes *uint64
 }
 
 type Decision struct {
-	Replicas uint32 `json:"replicas"`
-	Reason   string `json:"reason"`
+	Replicas uint32
+	Reason   string
 }
 
 // Settings holds target utilisations in percent of the pods' requests; 0 means unset.
