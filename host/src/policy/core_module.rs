@@ -9,8 +9,9 @@
 //! A reactor's `_initialize` (Go's runtime start-up: about 0.5 ms) is run once, at load, by
 //! [`preinitialize`]: the module is instrumented with Wizer, initialised in the same sandbox a
 //! call gets, and its memory and globals are snapshotted into a new module without
-//! `_initialize`, which is what gets compiled and cached. Every fresh instance then starts
-//! initialised. A module Wizer cannot snapshot is run as it is, initialised in every call.
+//! `_initialize` (nor the emptied data segments Wizer leaves, when nothing can read them),
+//! which is what gets compiled and cached. Every fresh instance then starts initialised. A
+//! module Wizer cannot snapshot is run as it is, initialised in every call.
 
 use std::collections::BTreeMap;
 
