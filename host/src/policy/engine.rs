@@ -118,14 +118,15 @@ fn config(settings: &EngineSettings, pooling: bool) -> Config {
             .max_core_instance_size(4 << 20)
             .max_component_instance_size(4 << 20)
             .max_unused_warm_slots(total)
-            // A warm slot is reset by copying back what the last instance changed, up to this
-            // much, instead of unmapping it and taking the page faults again in the next one.
+            // A warm slot's first 4 MiB are reset by copying the initial image back instead of
+            // unmapping them, which saves the next instance the page faults; Go's runtime and the
+            // interpreters touch a few MiB at start.
             .linear_memory_keep_resident(4 << 20)
-            .table_keep_resident(1 << 20)
-            // With PAGEMAP_SCAN (Linux 6.7+) only the pages an instance dirtied are copied back,
-            // not the whole resident region: a Go decision drops from ~75 to ~30 µs. Older
-            // kernels fall back to resetting the whole region.
-            .pagemap_scan(wasmtime::Enabled::Auto);
+            .table_keep_resident(1 << 20);
+        // NB: `pagemap_scan` (PAGEMAP_SCAN, Linux 6.7+) would copy back only the pages an
+        // instance dirtied and halve a Go decision, but it leaves every warm slot's other pages
+        // mapped: the operator's resident memory went from 41 to 604 MiB with one app in the
+        // autoscale bench. Left off.
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     }
     config
