@@ -346,11 +346,24 @@ func (r *reader) end() error {
 	return nil
 }
 
+// document reads one whole JSON document from b with read, refusing anything after it.
+func document(b []byte, read func(r *reader) error) error {
+	r := &reader{b: b}
+	if err := read(r); err != nil {
+		return err
+	}
+	return r.end()
+}
+
 // decodeInput reads the JSON form of the WIT input record (the fields this policy uses).
 func decodeInput(b []byte) (Input, error) {
 	var in Input
-	r := &reader{b: b}
-	err := r.object(func(key []byte) error {
+	err := document(b, func(r *reader) error { return decodeInputObject(r, &in) })
+	return in, err
+}
+
+func decodeInputObject(r *reader, in *Input) error {
+	return r.object(func(key []byte) error {
 		switch string(key) {
 		case "currentReplicas":
 			n, err := r.uint(32)
@@ -374,10 +387,6 @@ func decodeInput(b []byte) (Input, error) {
 		}
 		return r.skip()
 	})
-	if err == nil {
-		err = r.end()
-	}
-	return in, err
 }
 
 func decodePod(r *reader) (Pod, error) {
@@ -405,7 +414,17 @@ func decodePod(r *reader) (Pod, error) {
 	return p, err
 }
 
-// decodeSettings reads an object of string values (the settings, or validate's document).
+// decodeSettingsDocument reads validate's document: the settings alone.
+func decodeSettingsDocument(b []byte) (map[string]string, error) {
+	var settings map[string]string
+	err := document(b, func(r *reader) (err error) {
+		settings, err = decodeSettings(r)
+		return err
+	})
+	return settings, err
+}
+
+// decodeSettings reads an object of string values.
 func decodeSettings(r *reader) (map[string]string, error) {
 	settings := map[string]string{}
 	err := r.object(func(key []byte) error {

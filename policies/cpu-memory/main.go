@@ -56,11 +56,7 @@ func decideExport(ptr, size int32) int64 {
 
 //go:wasmexport celery_policy_validate_settings
 func validateExport(ptr, size int32) int64 {
-	r := &reader{b: inputBytes(ptr, size)}
-	settings, err := decodeSettings(r)
-	if err == nil {
-		err = r.end()
-	}
+	settings, err := decodeSettingsDocument(inputBytes(ptr, size))
 	if err != nil {
 		return output(encodeError("cpu-memory: malformed settings: " + err.Error()))
 	}
