@@ -1,6 +1,9 @@
 //! The cost of policies, printed as one table: per built-in policy (`target/policies`, built
 //! by `policies/build.sh`), compiling versus loading from the cache, the latency of one
 //! decision with a fresh instance, and the same decision by a plain Rust function.
+//! Decisions are timed twice: on the shared test input (no history), and with a full history
+//! window of [`HISTORY`] samples, which is what the operator hands a policy once an app has
+//! been watched for a minute.
 //!
 //! `cargo bench -p celery-operator --bench policy` (ITERATIONS=… to change the sample size).
 //! A benchmark, never a test: nothing here passes or fails on a timing.
@@ -9,6 +12,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use celery_operator::autoscale::sampler::HISTORY;
 use celery_operator::policy::cache::ArtifactCache;
 use celery_operator::policy::cli::percentiles;
 use celery_operator::policy::{
@@ -45,8 +49,19 @@ fn main() {
     );
     println!();
     println!(
-        "{:<13} {:<10} {:<9} {:>9} {:>11} {:>10} {:>10} {:>10} {:>11} {:>10}",
-        "policy", "language", "interface", "size", "compile", "cache load", "p50", "p99", "decisions/s", "native"
+        "{:<13} {:<10} {:<9} {:>9} {:>11} {:>10} {:>10} {:>10} {:>11} {:>10} {:>11} {:>11}",
+        "policy",
+        "language",
+        "interface",
+        "size",
+        "compile",
+        "cache load",
+        "p50",
+        "p99",
+        "decisions/s",
+        "native",
+        "window p50",
+        "window p99"
     );
     let mut cache_total = Duration::ZERO;
     for path in modules {
@@ -70,21 +85,11 @@ fn main() {
         let mut input = base.clone();
         input.settings = valid_settings(&cases, &name);
         let decision = cached.decide(&limits, &input).unwrap_or_else(|e| panic!("{e}"));
-        for _ in 0..(iterations / 10).max(1) {
-            cached.decide(&limits, &input).expect("decides");
-        }
-        let mut times = Vec::with_capacity(iterations);
-        let start = Instant::now();
-        for _ in 0..iterations {
-            let t = Instant::now();
-            std::hint::black_box(cached.decide(&limits, std::hint::black_box(&input)).expect("decides"));
-            times.push(t.elapsed());
-        }
-        let rate = iterations as f64 / start.elapsed().as_secs_f64();
-        let (p50, p99) = percentiles(&mut times);
+        let (p50, p99, rate) = time_decisions(&cached, &limits, &input, iterations);
+        let (window_p50, window_p99, _) = time_decisions(&cached, &limits, &with_full_window(&input), iterations);
         let native = native_latency(&name, &input, decision.replicas);
         println!(
-            "{:<13} {:<10} {:<9} {:>9} {:>11} {:>10} {:>10} {:>10} {:>11.0} {:>10}",
+            "{:<13} {:<10} {:<9} {:>9} {:>11} {:>10} {:>10} {:>10} {:>11.0} {:>10} {:>11} {:>11}",
             name,
             language,
             cached.interface().to_string(),
@@ -95,6 +100,8 @@ fn main() {
             show(p99),
             rate,
             native.map_or("-".to_string(), show),
+            show(window_p50),
+            show(window_p99),
         );
     }
     // What the operator does at start: its registry reads, hashes and loads every built-in
@@ -120,7 +127,50 @@ fn main() {
     println!("all built-ins loaded from the cache in {} one after another (deserialize, link, checks)", show(cache_total));
     println!("the registry at start (read, hash, load; {cores} cores): {} for all built-ins", show(at_start));
     println!("compile: cranelift from wasm bytes; cache load: LoadedPolicy::load with a warm artifact cache;");
-    println!("p50/p99: one decision, new store and instance each time; native: the same rule in plain Rust.");
+    println!("p50/p99: one decision, new store and instance each time; native: the same rule in plain Rust;");
+    println!(
+        "window: the same decision with {HISTORY} samples of history, as the operator sends once an app is watched a minute."
+    );
+}
+
+/// p50, p99 and decisions per second of `iterations` decisions on `input`, each in a fresh
+/// instance, after a tenth as many untimed.
+fn time_decisions(
+    policy: &LoadedPolicy,
+    limits: &CallLimits,
+    input: &PolicyInput,
+    iterations: usize,
+) -> (Duration, Duration, f64) {
+    for _ in 0..(iterations / 10).max(1) {
+        policy.decide(limits, input).expect("decides");
+    }
+    let mut times = Vec::with_capacity(iterations);
+    for _ in 0..iterations {
+        let t = Instant::now();
+        std::hint::black_box(policy.decide(limits, std::hint::black_box(input)).expect("decides"));
+        times.push(t.elapsed());
+    }
+    let rate = iterations as f64 / times.iter().sum::<Duration>().as_secs_f64();
+    let (p50, p99) = percentiles(&mut times);
+    (p50, p99, rate)
+}
+
+/// `input` with a full history window: the current sample repeated a second apart, the
+/// backlog rising by one each time, as the sampler keeps them.
+fn with_full_window(input: &PolicyInput) -> PolicyInput {
+    let mut windowed = input.clone();
+    windowed.history = (0..HISTORY)
+        .map(|i| {
+            let mut sample = input.current.clone();
+            let age = (HISTORY - i) as u64;
+            sample.timestamp_ms = sample.timestamp_ms.saturating_sub(age * 1000);
+            for queue in &mut sample.queues {
+                queue.backlog = queue.backlog.saturating_sub(age);
+            }
+            sample
+        })
+        .collect();
+    windowed
 }
 
 /// Settings from the first case of `policy` that validates cleanly.
