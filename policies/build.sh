@@ -126,12 +126,16 @@ up_to_date() {
     -not -path '*/target/*' -print -quit)" ]]
 }
 
-# write_meta NAME LANGUAGE INTERFACE DESCRIPTION
+# write_meta NAME LANGUAGE INTERFACE DESCRIPTION [HISTORY]
+# HISTORY: how many of the latest history samples the policy reads (0: none); without it the
+# host sends the whole window. The host reads this file beside the module (see the README).
 write_meta() {
   python3 -c 'import json, sys
 name, language, interface, description = sys.argv[1:5]
-print(json.dumps({"name": name, "language": language, "interface": interface,
-                  "description": description}, indent=2))' "$@" >"$OUT/$1.json"
+meta = {"name": name, "language": language, "interface": interface, "description": description}
+if len(sys.argv) > 5:
+    meta["history"] = int(sys.argv[5])
+print(json.dumps(meta, indent=2))' "$@" >"$OUT/$1.json"
 }
 
 # check_component NAME: exports the policy interface and imports nothing but the contract.
@@ -170,7 +174,7 @@ build_queue_length() {
   wasm-tools component new "$core" -o "$OUT/queue-length.wasm"
   check_component queue-length
   write_meta queue-length rust component \
-    "ceil(backlog / target messages per worker); optionally counts reserved messages"
+    "ceil(backlog / target messages per worker); optionally counts reserved messages" 0
 }
 
 build_cpu_memory() {
@@ -180,7 +184,7 @@ build_cpu_memory() {
     -o "$OUT/cpu-memory.wasm" .)
   check_core cpu-memory
   write_meta cpu-memory go core \
-    "the Kubernetes HPA rule over CPU and/or memory utilisation of the worker pods, 10% tolerance"
+    "the Kubernetes HPA rule over CPU and/or memory utilisation of the worker pods, 10% tolerance" 0
 }
 
 build_load() {
@@ -189,7 +193,7 @@ build_load() {
     -p "$ROOT/policies/load" app -o "$OUT/load.wasm" >/dev/null
   check_component load
   write_meta load python component \
-    "(tasks in progress + backlog) over replicas x concurrency against a target utilisation"
+    "(tasks in progress + backlog) over replicas x concurrency against a target utilisation" 0
 }
 
 build_drain_time() {
@@ -211,7 +215,7 @@ build_steps() {
     "$ROOT/policies/steps/steps.c" "$gen/scaling_policy.c" "$gen/scaling_policy_component_type.o"
   wasm-tools component new "$gen/steps.core.wasm" -o "$OUT/steps.wasm"
   check_component steps
-  write_meta steps c component "a table of backlog thresholds to replica counts"
+  write_meta steps c component "a table of backlog thresholds to replica counts" 0
 }
 
 # --- main -------------------------------------------------------------------------------

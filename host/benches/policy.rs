@@ -16,7 +16,7 @@ use celery_operator::autoscale::sampler::HISTORY;
 use celery_operator::policy::cache::ArtifactCache;
 use celery_operator::policy::cli::percentiles;
 use celery_operator::policy::{
-    CallLimits, EngineSettings, LoadedPolicy, PolicyEngine, PolicyInput, Registry, RegistrySettings, Source,
+    CallLimits, EngineSettings, LoadedPolicy, Metadata, PolicyEngine, PolicyInput, Registry, RegistrySettings, Source,
 };
 
 fn main() {
@@ -49,7 +49,7 @@ fn main() {
     );
     println!();
     println!(
-        "{:<13} {:<10} {:<9} {:>9} {:>11} {:>10} {:>10} {:>10} {:>11} {:>10} {:>11} {:>11}",
+        "{:<13} {:<10} {:<9} {:>9} {:>11} {:>10} {:>10} {:>10} {:>11} {:>10} {:>7} {:>11} {:>11}",
         "policy",
         "language",
         "interface",
@@ -60,6 +60,7 @@ fn main() {
         "p99",
         "decisions/s",
         "native",
+        "history",
         "window p50",
         "window p99"
     );
@@ -67,13 +68,12 @@ fn main() {
     for path in modules {
         let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
         let bytes = std::fs::read(&path).expect("module");
-        let language = std::fs::read_to_string(path.with_extension("json"))
-            .ok()
-            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-            .and_then(|v| v.get("language").and_then(|l| l.as_str()).map(str::to_string))
-            .unwrap_or_else(|| "-".into());
+        // NAME.json as the registry reads it: the language, and how much history to send.
+        let metadata = Metadata::beside(&path).unwrap_or_else(|e| panic!("{e}"));
+        let language = metadata.language.clone().unwrap_or_else(|| "-".into());
+        let history = metadata.history.map_or("all".to_string(), |n| n.to_string());
         let load = |cache: Option<&ArtifactCache>| {
-            LoadedPolicy::load(&engine, cache, &name, &bytes, Source::BuiltIn(path.clone()), None)
+            LoadedPolicy::load(&engine, cache, &name, &bytes, Source::BuiltIn(path.clone()), metadata.clone())
                 .unwrap_or_else(|e| panic!("{e}"))
         };
         let compiled = load(None);
@@ -89,7 +89,7 @@ fn main() {
         let (window_p50, window_p99, _) = time_decisions(&cached, &limits, &with_full_window(&input), iterations);
         let native = native_latency(&name, &input, decision.replicas);
         println!(
-            "{:<13} {:<10} {:<9} {:>9} {:>11} {:>10} {:>10} {:>10} {:>11.0} {:>10} {:>11} {:>11}",
+            "{:<13} {:<10} {:<9} {:>9} {:>11} {:>10} {:>10} {:>10} {:>11.0} {:>10} {:>7} {:>11} {:>11}",
             name,
             language,
             cached.interface().to_string(),
@@ -100,6 +100,7 @@ fn main() {
             show(p99),
             rate,
             native.map_or("-".to_string(), show),
+            history,
             show(window_p50),
             show(window_p99),
         );

@@ -12,8 +12,8 @@ use celery_operator::autoscale::stabilize::Bound;
 use celery_operator::policy::cache::{ArtifactCache, Kind};
 use celery_operator::policy::cli::sample_input;
 use celery_operator::policy::{
-    CallLimits, EngineSettings, Interface, LoadedPolicy, PolicyEngine, PolicyError, PolicyInput, PolicyRunner, Registry,
-    RegistrySettings, Source,
+    CallLimits, EngineSettings, Interface, LoadedPolicy, Metadata, PolicyEngine, PolicyError, PolicyInput, PolicyRunner,
+    Registry, RegistrySettings, Source,
 };
 use rstest::rstest;
 
@@ -28,7 +28,7 @@ fn fixture(name: &str) -> PathBuf {
 
 fn load(name: &str) -> Result<LoadedPolicy, PolicyError> {
     let path = fixture(name);
-    LoadedPolicy::load_file(&engine(), None, &path, Source::File(path.clone()), None)
+    LoadedPolicy::load_file(&engine(), None, &path, Source::File(path.clone()), Metadata::default())
 }
 
 fn loaded(name: &str) -> Arc<LoadedPolicy> {
@@ -135,14 +135,14 @@ fn bad_modules_are_refused_at_load(#[case] name: &str, #[case] expected: &str, #
 fn garbage_and_precompiled_code_are_not_wasm() {
     let engine = engine();
     let garbage: Vec<u8> = (0..4096u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
-    let error = LoadedPolicy::load(&engine, None, "garbage", &garbage, Source::File("garbage".into()), None)
+    let error = LoadedPolicy::load(&engine, None, "garbage", &garbage, Source::File("garbage".into()), Metadata::default())
         .expect_err("garbage refused");
     assert!(matches!(&error, PolicyError::NotWasm { policy } if policy == "garbage"), "{error:?}");
 
     // A native artifact a user hands in is refused too: only the cache deserializes.
     let wat = std::fs::read(fixture("good")).expect("fixture");
     let native = engine.engine().precompile_module(&wat).expect("precompiles");
-    let error = LoadedPolicy::load(&engine, None, "native", &native, Source::File("native".into()), None)
+    let error = LoadedPolicy::load(&engine, None, "native", &native, Source::File("native".into()), Metadata::default())
         .expect_err("precompiled refused");
     assert!(matches!(error, PolicyError::NotWasm { .. }), "{error:?}");
 }
@@ -211,7 +211,10 @@ fn the_cache_serves_a_second_load_and_survives_junk() {
     let cache = ArtifactCache::open(dir.path().join("cache")).expect("cache");
     let engine = engine();
     let bytes = std::fs::read(fixture("good")).expect("fixture");
-    let load = || LoadedPolicy::load(&engine, Some(&cache), "good", &bytes, Source::File("good".into()), None).expect("loads");
+    let load = || {
+        LoadedPolicy::load(&engine, Some(&cache), "good", &bytes, Source::File("good".into()), Metadata::default())
+            .expect("loads")
+    };
     let first = load();
     assert!(!first.stats().from_cache);
     let second = load();
@@ -293,6 +296,71 @@ fn the_registry_follows_a_configmap_directory() {
     std::fs::remove_file(users.join("mine.wasm")).expect("remove");
     registry.refresh();
     assert!(matches!(registry.resolve("mine"), Err(PolicyError::UnknownPolicy { .. })));
+}
+
+#[test]
+fn the_registry_reads_metadata_beside_a_module_and_names_a_bad_field() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let wasm = dir.path().join("mine.wasm");
+    let json = dir.path().join("mine.json");
+    std::fs::copy(fixture("good"), &wasm).expect("copy");
+    let registry = Registry::new(
+        engine(),
+        RegistrySettings { builtin_dir: None, user_dir: Some(dir.path().to_path_buf()), cache_dir: None },
+    );
+    registry.refresh();
+    assert_eq!(registry.resolve("mine").expect("loads").metadata(), &Metadata::default());
+
+    // Only NAME.json changes: the module is loaded again with what it says.
+    std::fs::write(&json, r#"{"language": "wat", "history": 3}"#).expect("write");
+    assert_eq!(registry.refresh(), vec!["mine".to_string()]);
+    let mine = registry.resolve("mine").expect("loads");
+    assert_eq!(mine.metadata(), &Metadata { language: Some("wat".into()), history: Some(3) });
+    assert_eq!(registry.list().into_iter().find(|i| i.name == "mine").and_then(|i| i.language).as_deref(), Some("wat"));
+
+    // A field of the wrong type is a problem naming the file and the field; the last good
+    // version keeps serving.
+    std::fs::write(&json, r#"{"history": "all of it"}"#).expect("write");
+    registry.refresh();
+    let info = registry.list().into_iter().find(|i| i.name == "mine").expect("listed");
+    let problem = info.problem.expect("a problem is listed");
+    assert!(problem.contains("mine.json") && problem.contains("`history`"), "{problem}");
+    assert_eq!(registry.resolve("mine").expect("still resolves").metadata().history, Some(3));
+}
+
+#[test]
+fn a_policy_gets_only_the_history_its_metadata_asks_for() {
+    let Some(dir) = builtins_dir() else {
+        assert!(std::env::var_os("CELERY_OPERATOR_REQUIRE_BUILTINS").is_none(), "run policies/build.sh");
+        return;
+    };
+    // drain-time reads the window; its reason counts the intervals it was given. A backlog
+    // draining by 10 a second at a constant 2 replicas, over a minute.
+    let mut input = sample_input();
+    input.settings.clear();
+    let template = input.current.clone();
+    let sample = |age: u64| {
+        let mut s = template.clone();
+        s.timestamp_ms -= age * 1000;
+        s.replicas = 2;
+        for q in &mut s.queues {
+            q.backlog = 100 + age * 10;
+        }
+        s
+    };
+    input.current = sample(0);
+    input.history = (1..=60).rev().map(sample).collect();
+    let path = dir.join("drain-time.wasm");
+    let with = |metadata: Metadata| {
+        let policy = LoadedPolicy::load_file(&engine(), None, &path, Source::File(path.clone()), metadata).expect("loads");
+        policy.decide(&CallLimits::default(), &input).expect("decides").reason
+    };
+    let whole = with(Metadata::default());
+    assert!(whole.contains("60 intervals"), "{whole}");
+    let cut = with(Metadata { language: None, history: Some(2) });
+    assert!(cut.contains("2 intervals"), "{cut}");
+    let none = with(Metadata { language: None, history: Some(0) });
+    assert!(none.contains("too little history") && none.contains("1 sample"), "{none}");
 }
 
 /// The built-in policies, where `policies/build.sh` has built them.
@@ -539,7 +607,8 @@ fn a_reactor_is_initialised_once_at_load() {
     let cache = ArtifactCache::open(cache.path()).expect("cache");
     for from_cache in [false, true] {
         let policy =
-            LoadedPolicy::load(&engine(), Some(&cache), "reactor", &wasm, Source::File("reactor".into()), None).expect("loads");
+            LoadedPolicy::load(&engine(), Some(&cache), "reactor", &wasm, Source::File("reactor".into()), Metadata::default())
+                .expect("loads");
         assert_eq!(policy.stats().from_cache, from_cache);
         for _ in 0..3 {
             let decision = policy.decide(&CallLimits::default(), &input_with(1)).expect("decides");
@@ -574,10 +643,11 @@ fn a_reactor_is_initialised_once_at_load() {
     .expect("WAT");
     let snapshot = preinitialize(&engine(), "passive", &passive, &CallLimits::default()).expect("snapshotted");
     assert!(data_segments(&snapshot).1 >= 1, "the segment memory.init reads is kept");
-    let policy = LoadedPolicy::load(&engine(), None, "passive", &passive, Source::File("passive".into()), None).expect("loads");
+    let policy = LoadedPolicy::load(&engine(), None, "passive", &passive, Source::File("passive".into()), Metadata::default())
+        .expect("loads");
     let decision = policy.decide(&CallLimits::default(), &input_with(1)).expect("decides");
     assert_eq!((decision.replicas, decision.reason.as_str()), (4, "from a passive segment"));
-    let error = LoadedPolicy::load(&engine(), None, "trapping", &trapping, Source::File("trapping".into()), None)
+    let error = LoadedPolicy::load(&engine(), None, "trapping", &trapping, Source::File("trapping".into()), Metadata::default())
         .expect_err("its start-up traps");
     assert_eq!(variant(&error), "Trap", "{error}");
 }

@@ -13,7 +13,7 @@ use clap::{Args, Subcommand};
 
 use super::cache::ArtifactCache;
 use super::engine::{EngineSettings, PolicyEngine};
-use super::loader::{LoadedPolicy, Source};
+use super::loader::{LoadedPolicy, Metadata, Source};
 use super::registry::{Registry, RegistrySettings};
 use super::runner::{CallLimits, Verdict};
 use super::simulate::{self, SimulateOptions};
@@ -208,7 +208,8 @@ impl Tools {
         let looks_like_file =
             path.is_file() || policy.contains('/') || path.extension().is_some_and(|e| e == "wasm" || e == "wat");
         if looks_like_file {
-            let loaded = LoadedPolicy::load_file(&self.engine, self.cache().as_ref(), path, Source::File(path.into()), None)?;
+            let metadata = Metadata::beside(path).map_err(anyhow::Error::msg)?;
+            let loaded = LoadedPolicy::load_file(&self.engine, self.cache().as_ref(), path, Source::File(path.into()), metadata)?;
             return Ok(Arc::new(loaded));
         }
         Ok(self.registry().resolve(policy)?)
@@ -243,7 +244,8 @@ impl Tools {
     }
 
     fn check(&self, file: &Path) -> anyhow::Result<()> {
-        let policy = LoadedPolicy::load_file(&self.engine, None, file, Source::File(file.into()), None)?;
+        let metadata = Metadata::beside(file).map_err(anyhow::Error::msg)?;
+        let policy = LoadedPolicy::load_file(&self.engine, None, file, Source::File(file.into()), metadata)?;
         let stats = policy.stats();
         println!("{}: ok", file.display());
         println!("  interface: {}", policy.interface());

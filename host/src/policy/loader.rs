@@ -58,6 +58,46 @@ impl fmt::Display for Source {
     }
 }
 
+/// What `NAME.json` beside a module says of it (all optional).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Metadata {
+    /// The source language, shown by `policy list`.
+    pub language: Option<String>,
+    /// How many of the latest history samples the policy reads; the host sends no more.
+    /// `None` sends the whole window. Copying a minute of samples into a guest costs more
+    /// than most decisions, so a policy that never looks back should say `0`.
+    pub history: Option<usize>,
+}
+
+impl Metadata {
+    /// Reads `NAME.json` beside `wasm`: none is no metadata; one that cannot be read or has a
+    /// field of the wrong type is an error naming the file and the field.
+    pub fn beside(wasm: &Path) -> Result<Self, String> {
+        let path = wasm.with_extension("json");
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
+            Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+        };
+        let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| format!("{} is not JSON: {e}", path.display()))?;
+        let language = match value.get("language") {
+            None | Some(serde_json::Value::Null) => None,
+            Some(serde_json::Value::String(s)) => Some(s.clone()),
+            Some(other) => return Err(format!("{}: `language` must be a string, got {other}", path.display())),
+        };
+        let history = match value.get("history") {
+            None | Some(serde_json::Value::Null) => None,
+            Some(v) => match v.as_u64().and_then(|n| usize::try_from(n).ok()) {
+                Some(n) => Some(n),
+                None => {
+                    return Err(format!("{}: `history` must be a whole number of samples (0 for none), got {v}", path.display()));
+                }
+            },
+        };
+        Ok(Self { language, history })
+    }
+}
+
 /// What loading cost.
 #[derive(Clone, Copy, Debug)]
 pub struct LoadStats {
@@ -80,7 +120,7 @@ pub struct LoadedPolicy {
     digest: String,
     interface: Interface,
     source: Source,
-    language: Option<String>,
+    metadata: Metadata,
     stats: LoadStats,
     engine: PolicyEngine,
     runnable: Runnable,
@@ -149,9 +189,9 @@ impl LoadedPolicy {
         name: &str,
         bytes: &[u8],
         source: Source,
-        language: Option<String>,
+        metadata: Metadata,
     ) -> Result<Self, PolicyError> {
-        Self::load_with_digest(engine, cache, name, bytes, &sha256(bytes), source, language)
+        Self::load_with_digest(engine, cache, name, bytes, &sha256(bytes), source, metadata)
     }
 
     /// [`load`](Self::load) when the caller has hashed `bytes` already (`sha256` is
@@ -163,7 +203,7 @@ impl LoadedPolicy {
         bytes: &[u8],
         sha256: &[u8; 32],
         source: Source,
-        language: Option<String>,
+        metadata: Metadata,
     ) -> Result<Self, PolicyError> {
         let start = Instant::now();
         let kind = kind_of(bytes).ok_or_else(|| PolicyError::NotWasm { policy: name.to_string() })?;
@@ -187,7 +227,7 @@ impl LoadedPolicy {
             digest: hex::encode(sha256),
             interface,
             source,
-            language,
+            metadata,
             stats: LoadStats { from_cache: origin == Origin::Cache, artifact, total: start.elapsed() },
             engine: engine.clone(),
             runnable,
@@ -200,17 +240,35 @@ impl LoadedPolicy {
         cache: Option<&ArtifactCache>,
         path: &Path,
         source: Source,
-        language: Option<String>,
+        metadata: Metadata,
     ) -> Result<Self, PolicyError> {
         let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
         let bytes =
             std::fs::read(path).map_err(|source| PolicyError::Io { policy: name.clone(), path: path.to_path_buf(), source })?;
-        Self::load(engine, cache, &name, &bytes, source, language)
+        Self::load(engine, cache, &name, &bytes, source, metadata)
     }
 
     /// One decision in a fresh instance, on the calling thread. Not clamped: see `runner`.
+    /// The history is cut to the latest samples the policy's metadata asks for.
     pub fn decide(&self, limits: &CallLimits, input: &PolicyInput) -> Result<Decision, PolicyError> {
         let limits = limits.within(&self.engine);
+        let trimmed;
+        let input = match self.metadata.history {
+            Some(keep) if input.history.len() > keep => {
+                trimmed = PolicyInput {
+                    app: input.app.clone(),
+                    current_replicas: input.current_replicas,
+                    min_replicas: input.min_replicas,
+                    max_replicas: input.max_replicas,
+                    concurrency: input.concurrency,
+                    current: input.current.clone(),
+                    history: input.history[input.history.len() - keep..].to_vec(),
+                    settings: input.settings.clone(),
+                };
+                &trimmed
+            }
+            _ => input,
+        };
         match &self.runnable {
             Runnable::Component(c) => c.decide(&self.engine, &self.name, &limits, input),
             Runnable::Core(c) => c.decide(&self.engine, &self.name, &limits, input),
@@ -245,7 +303,12 @@ impl LoadedPolicy {
 
     /// The source language, where the module's metadata says.
     pub fn language(&self) -> Option<&str> {
-        self.language.as_deref()
+        self.metadata.language.as_deref()
+    }
+
+    /// What `NAME.json` said of the module.
+    pub fn metadata(&self) -> &Metadata {
+        &self.metadata
     }
 
     pub fn stats(&self) -> LoadStats {

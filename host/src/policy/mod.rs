@@ -33,7 +33,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use engine::{EngineSettings, PolicyEngine};
-pub use loader::{Interface, LoadStats, LoadedPolicy, Source};
+pub use loader::{Interface, LoadStats, LoadedPolicy, Metadata, Source};
 pub use registry::{PolicyInfo, Registry, RegistrySettings};
 pub use runner::{CallLimits, PolicyRunner, Verdict};
 

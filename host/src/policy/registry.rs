@@ -1,9 +1,10 @@
 //! Policy names → loaded policies: the built-ins, plus user modules in a watched directory.
 //!
-//! A module is a `NAME.wasm` file; an optional `NAME.json` beside it tells its language.
+//! A module is a `NAME.wasm` file; an optional `NAME.json` beside it tells its language and how
+//! much history it reads ([`Metadata`]).
 //! The user directory is usually a mounted ConfigMap, which Kubernetes updates by swapping a
 //! `..data` symlink rather than writing files, so changes are found by polling: every
-//! [`Registry::refresh`] compares each file's resolved path, size and mtime, and only a change
+//! [`Registry::refresh`] compares each file's resolved path, size and mtime (and its `NAME.json`'s), and only a change
 //! costs a read, a digest and (for new bytes) a compile. A module that fails to load keeps the
 //! last good version of its name, and the failure is listed until it is fixed. Every version
 //! loaded stays reachable by digest, so `name@sha256:<hex>` keeps working across an update.
@@ -18,7 +19,7 @@ use std::time::{Duration, SystemTime};
 use super::PolicyError;
 use super::cache::ArtifactCache;
 use super::engine::PolicyEngine;
-use super::loader::{Interface, LoadedPolicy, Source, sha256};
+use super::loader::{Interface, LoadedPolicy, Metadata, Source, sha256};
 
 /// Where the registry looks.
 #[derive(Clone, Debug, Default)]
@@ -71,6 +72,8 @@ struct Fingerprint {
     resolved: PathBuf,
     len: u64,
     modified: Option<SystemTime>,
+    /// Size and mtime of `NAME.json`, if there is one.
+    metadata: Option<(u64, Option<SystemTime>)>,
 }
 
 struct Entry {
@@ -203,17 +206,22 @@ impl Registry {
                 return self.record_problem(name, path, builtin, seen, None, format!("cannot read {}: {error}", path.display()));
             }
         };
+        let metadata = match Metadata::beside(path) {
+            Ok(metadata) => metadata,
+            Err(problem) => return self.record_problem(name, path, builtin, seen, None, problem),
+        };
         let sha256 = sha256(&bytes);
         let new_digest = hex::encode(sha256);
-        if previous.as_ref().and_then(|(_, d)| d.as_deref()) == Some(new_digest.as_str()) {
+        let same_metadata =
+            self.read().entries.get(name).and_then(|e| e.current.as_ref()).map(|p| p.metadata()) == Some(&metadata);
+        if same_metadata && previous.as_ref().and_then(|(_, d)| d.as_deref()) == Some(new_digest.as_str()) {
             if let Some(entry) = self.write().entries.get_mut(name) {
                 entry.seen = seen;
             }
             return false;
         }
         let source = if builtin { Source::BuiltIn(path.to_path_buf()) } else { Source::User(path.to_path_buf()) };
-        match LoadedPolicy::load_with_digest(&self.engine, self.cache.as_ref(), name, &bytes, &sha256, source, language_of(path))
-        {
+        match LoadedPolicy::load_with_digest(&self.engine, self.cache.as_ref(), name, &bytes, &sha256, source, metadata) {
             Ok(policy) => {
                 let policy = Arc::new(policy);
                 tracing::info!(policy = %name, digest = %policy.digest(), interface = %policy.interface(), "policy loaded");
@@ -349,12 +357,6 @@ fn scan(dir: &Path) -> Vec<(String, PathBuf)> {
 fn fingerprint(path: &Path) -> Option<Fingerprint> {
     let resolved = std::fs::canonicalize(path).ok()?;
     let meta = std::fs::metadata(&resolved).ok()?;
-    Some(Fingerprint { resolved, len: meta.len(), modified: meta.modified().ok() })
-}
-
-/// The `language` of `NAME.json` beside `NAME.wasm`, if any.
-fn language_of(path: &Path) -> Option<String> {
-    let text = std::fs::read_to_string(path.with_extension("json")).ok()?;
-    let value: serde_json::Value = serde_json::from_str(&text).ok()?;
-    value.get("language")?.as_str().map(str::to_string)
+    let metadata = std::fs::metadata(path.with_extension("json")).ok().map(|m| (m.len(), m.modified().ok()));
+    Some(Fingerprint { resolved, len: meta.len(), modified: meta.modified().ok(), metadata })
 }
