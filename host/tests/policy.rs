@@ -348,8 +348,9 @@ fn a_policy_gets_only_the_history_its_metadata_asks_for() {
         }
         s
     };
-    input.current = sample(0);
-    input.history = (1..=60).rev().map(sample).collect();
+    let mut samples: Vec<_> = (0..=60).rev().map(sample).collect();
+    input.current = samples.pop().expect("the newest sample");
+    input.history = samples;
     let path = dir.join("drain-time.wasm");
     let with = |metadata: Metadata| {
         let policy = LoadedPolicy::load_file(&engine(), None, &path, Source::File(path.clone()), metadata).expect("loads");
