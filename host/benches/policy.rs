@@ -129,9 +129,8 @@ fn main() {
     println!("the registry at start (read, hash, load; {cores} cores): {} for all built-ins", show(at_start));
     println!("compile: cranelift from wasm bytes; cache load: LoadedPolicy::load with a warm artifact cache;");
     println!("p50/p99: one decision, new store and instance each time; native: the same rule in plain Rust;");
-    println!(
-        "window: the same decision with {HISTORY} samples of history, as the operator sends once an app is watched a minute."
-    );
+    println!("window: the same decision with {HISTORY} samples of history, as the operator has once an app is watched a minute,");
+    println!("cut to the latest samples the policy's NAME.json asks for (history: all, or how many).");
 }
 
 /// p50, p99 and decisions per second of `iterations` decisions on `input`, each in a fresh
