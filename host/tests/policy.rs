@@ -316,7 +316,8 @@ fn the_registry_reads_metadata_beside_a_module_and_names_a_bad_field() {
     assert_eq!(registry.refresh(), vec!["mine".to_string()]);
     let mine = registry.resolve("mine").expect("loads");
     assert_eq!(mine.metadata(), &Metadata { language: Some("wat".into()), history: Some(3) });
-    assert_eq!(registry.list().into_iter().find(|i| i.name == "mine").and_then(|i| i.language).as_deref(), Some("wat"));
+    let info = registry.list().into_iter().find(|i| i.name == "mine").expect("listed");
+    assert_eq!((info.language.as_deref(), info.history), (Some("wat"), Some(3)), "{info:?}");
 
     // A field of the wrong type is a problem naming the file and the field; the last good
     // version keeps serving.

@@ -225,14 +225,15 @@ impl Tools {
             println!("no policies found (built-in dir: {:?}, user dir: {:?})", self.settings.builtin_dir, self.settings.user_dir);
             return Ok(());
         }
-        println!("{:<16} {:<11} {:<10} {:<20} SOURCE", "NAME", "LANGUAGE", "INTERFACE", "DIGEST");
+        println!("{:<16} {:<11} {:<10} {:<8} {:<20} SOURCE", "NAME", "LANGUAGE", "INTERFACE", "HISTORY", "DIGEST");
         for info in infos {
             let digest = info.digest.as_deref().map_or("-".to_string(), |d| format!("sha256:{}", &d[..d.len().min(12)]));
             println!(
-                "{:<16} {:<11} {:<10} {:<20} {}",
+                "{:<16} {:<11} {:<10} {:<8} {:<20} {}",
                 info.name,
                 info.language.as_deref().unwrap_or("-"),
                 info.interface.map_or("-".to_string(), |i| i.to_string()),
+                info.history.map_or("all".to_string(), |n| n.to_string()),
                 digest,
                 info.source
             );

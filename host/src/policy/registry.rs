@@ -60,6 +60,8 @@ pub struct PolicyInfo {
     pub name: String,
     pub language: Option<String>,
     pub interface: Option<Interface>,
+    /// History samples the policy is sent, from its `NAME.json`; `None` is the whole window.
+    pub history: Option<usize>,
     pub digest: Option<String>,
     pub source: String,
     /// Why the newest file of this name is not in use, if it is not.
@@ -307,6 +309,7 @@ impl Registry {
                 name: name.clone(),
                 language: entry.current.as_ref().and_then(|p| p.language().map(str::to_string)),
                 interface: entry.current.as_ref().map(|p| p.interface()),
+                history: entry.current.as_ref().and_then(|p| p.metadata().history),
                 digest: entry.current.as_ref().map(|p| p.digest().to_string()),
                 source: if entry.builtin {
                     format!("built-in ({})", entry.path.display())
