@@ -118,16 +118,19 @@ fn config(settings: &EngineSettings, pooling: bool) -> Config {
             .max_core_instance_size(4 << 20)
             .max_component_instance_size(4 << 20)
             .max_unused_warm_slots(total)
-            // A warm slot is reset by copying back the pages the last instance wrote, found with
-            // PAGEMAP_SCAN (Linux 6.7+; older kernels copy back the whole first 4 MiB), and the
-            // pages it only read stay mapped: the next instance of the same module takes no page
-            // faults for them. A Go decision costs 40 µs instead of 100, a Python one 1.3 ms
-            // instead of 2.3. Written pages kept per slot stay within these 4 MiB; read pages are
-            // the module's shared image. Resident memory, autoscale bench, with and without:
-            // 34/44/193 MiB and 41/51/155 MiB at 1/100/1,000 apps.
+            // A warm slot's first 4 MiB are reset by copying the initial image back instead of
+            // unmapping them, which saves the next instance the page faults; Go's runtime and the
+            // interpreters touch a few MiB at start.
             .linear_memory_keep_resident(4 << 20)
-            .table_keep_resident(1 << 20)
-            .pagemap_scan(wasmtime::Enabled::Auto);
+            .table_keep_resident(1 << 20);
+        // NB: `pagemap_scan` (PAGEMAP_SCAN, Linux 6.7+) stays off although it would copy back
+        // only the pages an instance wrote (Go 100 → 40 µs, Python 1.5 → 1.3 ms here):
+        // - in wasmtime 48 a written page the kernel has swapped out is neither reset nor
+        //   unmapped, so the next instance in the slot could read the last one's data
+        //   (bytecodealliance/wasmtime#14357, open); a fresh instance per decision is the
+        //   isolation promise, and nodes may swap;
+        // - it keeps every page an instance touched resident in its slot, not just 4 MiB:
+        //   two of seven autoscale bench runs here grew to ~600 MiB (34 MiB in the others).
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     }
     config
