@@ -304,50 +304,37 @@ func (r *reader) skip() error {
 func (r *reader) skipNested() error {
 	var open [64]byte // the closing bracket expected at each depth
 	depth := 0
-	// The input and position live in locals in this loop: Go's wasm code keeps locals in
-	// wasm locals but reloads struct fields from linear memory on every use, and this loop
-	// passes over the whole history window, most of every input.
-	b, pos := r.b, r.pos
-	for pos < len(b) {
-		c := b[pos]
-		pos++
+	for r.pos < len(r.b) {
+		c := r.b[r.pos]
+		r.pos++
 		switch c {
 		case '{', '[':
 			if depth == len(open) {
-				r.pos = pos
 				return r.fail("nested too deeply")
 			}
 			open[depth] = c + 2 // '{'+2 is '}', '['+2 is ']'
 			depth++
 		case '}', ']':
 			if depth == 0 || open[depth-1] != c {
-				r.pos = pos
 				return r.fail("unbalanced %q", c)
 			}
 			depth--
 			if depth == 0 {
-				r.pos = pos
 				return nil
 			}
 		case '"':
-			for pos < len(b) {
-				c = b[pos]
-				if c == '"' {
-					break
+			for r.pos < len(r.b) && r.b[r.pos] != '"' {
+				if r.b[r.pos] == '\\' {
+					r.pos++
 				}
-				if c == '\\' {
-					pos++
-				}
-				pos++
+				r.pos++
 			}
-			if pos >= len(b) {
-				r.pos = pos
+			if r.pos >= len(r.b) {
 				return r.fail("unterminated string")
 			}
-			pos++
+			r.pos++
 		}
 	}
-	r.pos = pos
 	return r.fail("unterminated %q", open[depth-1]-2)
 }
 
