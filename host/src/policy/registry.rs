@@ -4,9 +4,10 @@
 //! much history it reads ([`Metadata`]).
 //! The user directory is usually a mounted ConfigMap, which Kubernetes updates by swapping a
 //! `..data` symlink rather than writing files, so changes are found by polling: every
-//! [`Registry::refresh`] compares each file's resolved path, size and mtime (and its `NAME.json`'s), and only a change
-//! costs a read, a digest and (for new bytes) a compile. A module that fails to load keeps the
-//! last good version of its name, and the failure is listed until it is fixed. Every version
+//! [`Registry::refresh`] compares each file's resolved path, size and mtime (and those of its
+//! `NAME.json`), and only a change costs a read, a digest and (for new bytes) a compile. A
+//! module that fails to load keeps the last good version of its name, and the failure is
+//! listed until it is fixed. Every version
 //! loaded stays reachable by digest, so `name@sha256:<hex>` keeps working across an update.
 //! Built-in names cannot be taken over by user modules.
 
