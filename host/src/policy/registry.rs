@@ -7,8 +7,8 @@
 //! [`Registry::refresh`] compares each file's resolved path, size and mtime (and those of its
 //! `NAME.json`), and only a change costs a read, a digest and (for new bytes) a compile. A
 //! module that fails to load keeps the last good version of its name, and the failure is
-//! listed until it is fixed. Every version
-//! loaded stays reachable by digest, so `name@sha256:<hex>` keeps working across an update.
+//! listed until it is fixed. Every version loaded stays reachable by digest, so
+//! `name@sha256:<hex>` keeps working across an update.
 //! Built-in names cannot be taken over by user modules.
 
 use std::collections::{BTreeMap, HashMap};
