@@ -65,14 +65,7 @@ func (r *reader) literal(word string) bool {
 // object calls field for every key; field must consume the value. The key is only valid
 // during the call: it may be a slice of the input.
 func (r *reader) object(field func(key []byte) error) error {
-	if err := r.expect('{'); err != nil {
-		return err
-	}
-	if r.peek() == '}' {
-		r.pos++
-		return nil
-	}
-	for {
+	return r.sequence('{', '}', func() error {
 		key, err := r.rawStr()
 		if err != nil {
 			return err
@@ -80,42 +73,36 @@ func (r *reader) object(field func(key []byte) error) error {
 		if err := r.expect(':'); err != nil {
 			return err
 		}
-		if err := field(key); err != nil {
-			return err
-		}
-		switch r.peek() {
-		case ',':
-			r.pos++
-		case '}':
-			r.pos++
-			return nil
-		default:
-			return r.fail("expected ',' or '}'")
-		}
-	}
+		return field(key)
+	})
 }
 
 // array calls item for every element; item must consume it.
 func (r *reader) array(item func() error) error {
-	if err := r.expect('['); err != nil {
+	return r.sequence('[', ']', item)
+}
+
+// sequence reads open, then entries separated by commas until close, each read by entry.
+func (r *reader) sequence(open, close byte, entry func() error) error {
+	if err := r.expect(open); err != nil {
 		return err
 	}
-	if r.peek() == ']' {
+	if r.peek() == close {
 		r.pos++
 		return nil
 	}
 	for {
-		if err := item(); err != nil {
+		if err := entry(); err != nil {
 			return err
 		}
 		switch r.peek() {
 		case ',':
 			r.pos++
-		case ']':
+		case close:
 			r.pos++
 			return nil
 		default:
-			return r.fail("expected ',' or ']'")
+			return r.fail("expected ',' or '%c'", close)
 		}
 	}
 }

@@ -197,8 +197,13 @@ impl Registry {
     /// Loads `path` as `name` if it changed; true when the entry changed.
     fn refresh_one(&self, name: &str, path: &Path, builtin: bool) -> bool {
         let seen = fingerprint(path);
-        let previous = self.read().entries.get(name).map(|e| (e.seen.clone(), e.seen_digest.clone()));
-        if let (Some(seen), Some((Some(before), _))) = (&seen, &previous)
+        // What this name was last seen as: fingerprint, digest of the bytes, metadata in use.
+        let previous = self
+            .read()
+            .entries
+            .get(name)
+            .map(|e| (e.seen.clone(), e.seen_digest.clone(), e.current.as_ref().map(|p| p.metadata().clone())));
+        if let (Some(seen), Some((Some(before), _, _))) = (&seen, &previous)
             && seen == before
         {
             return false;
@@ -215,9 +220,10 @@ impl Registry {
         };
         let sha256 = sha256(&bytes);
         let new_digest = hex::encode(sha256);
-        let same_metadata =
-            self.read().entries.get(name).and_then(|e| e.current.as_ref()).map(|p| p.metadata()) == Some(&metadata);
-        if same_metadata && previous.as_ref().and_then(|(_, d)| d.as_deref()) == Some(new_digest.as_str()) {
+        if let Some((_, Some(digest), Some(in_use))) = &previous
+            && *digest == new_digest
+            && *in_use == metadata
+        {
             if let Some(entry) = self.write().entries.get_mut(name) {
                 entry.seen = seen;
             }
