@@ -15,6 +15,10 @@ if [ ! -x "$BIN" ]; then
   command -v go >/dev/null || { echo "go is not installed; Helm is built from the Go module proxy" >&2; exit 1; }
   echo "[helm] building helm $HELM_VERSION (first run only: a few minutes)" >&2
   mkdir -p "$CACHE"
+  # A scratch build cache: the compiled packages are not needed once the binary is cached.
+  GOCACHE=$(mktemp -d -t celery-operator-gocache.XXXXXX)
+  export GOCACHE
+  trap 'rm -rf "$GOCACHE"' EXIT
   GOBIN="$CACHE" CGO_ENABLED=0 go install -trimpath -ldflags "-s -w" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
 fi
 echo "$BIN"
