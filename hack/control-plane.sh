@@ -503,9 +503,11 @@ EOF
   wait_for kwok "kwok's metrics of pod default/kwok-pod-cache-warmup" kwok_has_warmup_pod
   kubectl_admin -n default delete pod kwok-pod-cache-warmup --wait=true --timeout="${TIMEOUT}s" >/dev/null
 }
+# grep without -q reads to the end: -q stops at the match, and with pipefail curl's broken pipe
+# would then fail the check.
 kwok_has_warmup_pod() {
   curl -fsS --max-time 2 "http://127.0.0.1:$KWOK_PORT/metrics/nodes/$NODE_NAME/metrics/resource" |
-    grep -q '^container_memory_working_set_bytes{.*pod="kwok-pod-cache-warmup"'
+    grep '^container_memory_working_set_bytes{.*pod="kwok-pod-cache-warmup"' >/dev/null
 }
 
 register_metrics_api() {
