@@ -13,6 +13,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Service;
 use kube::Client;
 use kube::api::{Api, ListParams};
+use kube::runtime::controller::Error as ControllerError;
 use kube::runtime::utils::Backoff;
 use kube::runtime::{Controller, watcher};
 use tokio::sync::watch;
@@ -21,6 +22,7 @@ use tracing::{debug, error, info, warn};
 use crate::autoscale::cluster::ClusterView;
 use crate::autoscale::scaler::Autoscaler;
 use crate::crd::Celery;
+use crate::leader::Leadership;
 use crate::reconcile::build::CHILD_SELECTOR;
 use crate::reconcile::policies::PolicyCheck;
 use crate::reconcile::{self, Context};
@@ -115,6 +117,7 @@ pub async fn run(
     scope: Scope,
     metrics: Arc<Metrics>,
     policies: Option<Arc<PolicyCheck>>,
+    leadership: Arc<Leadership>,
     shutdown: watch::Receiver<bool>,
 ) {
     let children = watcher::Config::default().labels(CHILD_SELECTOR);
@@ -137,23 +140,34 @@ pub async fn run(
     let cluster = ClusterView::new();
     let autoscaler = policies.clone().map(|policies| {
         let stores = controllers.iter().map(Controller::store).collect();
-        Autoscaler::new(client.clone(), metrics.clone(), policies, cluster.clone(), stores)
+        Autoscaler::new(client.clone(), metrics.clone(), policies, cluster.clone(), stores, leadership.clone())
     });
     let watch_cluster = autoscaler.is_some();
-    let ctx = Arc::new(Context::new(client.clone(), metrics, policies, autoscaler));
+    let ctx = Arc::new(Context::new(client.clone(), metrics.clone(), policies, autoscaler, leadership));
 
-    let running = controllers.into_iter().map(|controller| {
+    let namespaces: Vec<String> = if scope.namespaces.is_empty() { vec!["(all)".into()] } else { scope.namespaces.clone() };
+    let running = controllers.into_iter().zip(namespaces).map(|(controller, namespace)| {
         let mut stop = shutdown.clone();
+        let metrics = metrics.clone();
         controller
             .graceful_shutdown_on(async move {
                 let _ = stop.wait_for(|s| *s).await;
             })
             .run(reconcile::reconcile, reconcile::error_policy, ctx.clone())
-            .for_each(|result| async move {
+            .for_each(move |result| {
                 match result {
                     Ok((object, _)) => debug!(app = %object, "reconcile done"),
-                    Err(e) => debug!(error = %telemetry::chain(&e), "controller event"),
+                    // error_policy has logged it.
+                    Err(ControllerError::ReconcilerFailed(..)) => {}
+                    // A watch that fails (Forbidden, a gone API server) leaves the operator
+                    // blind: say so where an operator of the operator looks.
+                    Err(ControllerError::QueueError(e)) => {
+                        metrics.observe_watch_error(&namespace);
+                        warn!(%namespace, error = %telemetry::chain(&e), "watch of Celery apps or their children failed; retrying");
+                    }
+                    Err(e) => debug!(%namespace, error = %telemetry::chain(&e), "controller event"),
                 }
+                futures::future::ready(())
             })
     });
     info!(namespaces = ?scope.namespaces, "watching Celery apps");

@@ -1,12 +1,22 @@
 //! Leader election on a `coordination.k8s.io/v1` Lease, so two operator replicas can run and
-//! only one reconciles.
+//! only one writes.
 //!
-//! The holder renews the Lease every third of its duration. A candidate takes the Lease over
-//! when its record has not changed for a whole duration *as measured by the candidate's own
-//! clock*, so clock skew between nodes cannot cut a healthy leader short. Every write carries
-//! the `resourceVersion` it read, so two candidates cannot both win. A leader that cannot
-//! renew in time steps down (the process exits and restarts as a candidate).
+//! Timing follows client-go's: a Lease `duration` (15 s by default), a renew `deadline`
+//! shorter than it (10 s) and a `retry` period (2 s). The holder renews every `retry`; a
+//! candidate takes the Lease over when its record has not changed for a whole `duration` *as
+//! measured by the candidate's own clock*, so clock skew between nodes cannot cut a healthy
+//! leader short. Every write carries the `resourceVersion` it read, so two candidates cannot
+//! both win.
+//!
+//! What keeps two leaders from writing at once is the [`Leadership`] gate: a term lasts until
+//! the renew deadline counted from when the last successful renewal was *sent*. The standby
+//! counts from when it *saw* that renewal, which is later, and waits the longer `duration`,
+//! so an old leader's term always ends before a new one's begins; a renewal that hangs and
+//! returns late cannot stretch the term, and every call is cut off at the deadline. Every
+//! writer (reconciler, autoscaler) asks the gate before each write. A leader that loses its
+//! term stops its controllers and campaigns again ([`crate::operator`]).
 
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
@@ -21,14 +31,94 @@ pub struct LeaseConfig {
     pub namespace: String,
     pub name: String,
     pub identity: String,
+    /// How long others wait, after the holder's record last changed, before taking over.
     pub duration: Duration,
+    /// The holder's term ends this long after its last successful renewal was sent; shorter
+    /// than `duration`, so it ends before any standby may take over.
+    pub renew_deadline: Duration,
+    /// Time between two attempts, renewing or campaigning.
+    pub retry: Duration,
 }
 
-/// Why leadership could not be kept.
+impl LeaseConfig {
+    /// client-go's proportions: 15 s lease, 10 s renew deadline, 2 s retry.
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>, identity: impl Into<String>, duration: Duration) -> Self {
+        Self {
+            namespace: namespace.into(),
+            name: name.into(),
+            identity: identity.into(),
+            duration,
+            renew_deadline: duration * 2 / 3,
+            retry: (duration * 2 / 15).max(Duration::from_millis(200)),
+        }
+    }
+}
+
+/// Why leadership ended.
 #[derive(Debug, thiserror::Error)]
 pub enum LeaderError {
-    #[error("lost the leader Lease {namespace}/{name}: not renewed for {elapsed:?} (limit {limit:?})")]
-    Lost { namespace: String, name: String, elapsed: Duration, limit: Duration },
+    #[error("lost the leader Lease {namespace}/{name}: not renewed within {deadline:?} (the term ended {late:?} ago)")]
+    Expired { namespace: String, name: String, deadline: Duration, late: Duration },
+    #[error("lost the leader Lease {namespace}/{name}: {holder} holds it now")]
+    TakenOver { namespace: String, name: String, holder: String },
+}
+
+/// Whether this process may write now, and whether its elector is alive. Shared by the elector,
+/// which extends and ends terms, and every writer, which asks [`holds`](Self::holds).
+#[derive(Debug)]
+pub struct Leadership {
+    elected: bool,
+    state: Mutex<Term>,
+}
+
+#[derive(Debug)]
+struct Term {
+    /// End of the current term; `None` while not leading.
+    until: Option<Instant>,
+    /// When the elector last finished an attempt (successful or not).
+    progress: Instant,
+}
+
+impl Leadership {
+    /// For a single replica without election: always allowed to write.
+    pub fn unconditional() -> Self {
+        Self { elected: false, state: Mutex::new(Term { until: None, progress: Instant::now() }) }
+    }
+
+    /// For a candidate: not allowed to write until the elector wins a term.
+    pub fn elected() -> Self {
+        Self { elected: true, state: Mutex::new(Term { until: None, progress: Instant::now() }) }
+    }
+
+    /// True while this process may write: no election, or within a term.
+    pub fn holds(&self) -> bool {
+        self.holds_at(Instant::now())
+    }
+
+    fn holds_at(&self, now: Instant) -> bool {
+        !self.elected || self.state.lock().expect("leadership lock").until.is_some_and(|until| now < until)
+    }
+
+    /// How long ago the elector last made an attempt; `None` without election.
+    pub fn since_progress(&self) -> Option<Duration> {
+        self.elected.then(|| self.state.lock().expect("leadership lock").progress.elapsed())
+    }
+
+    fn extend(&self, until: Instant) {
+        let mut term = self.state.lock().expect("leadership lock");
+        term.until = Some(until);
+        term.progress = Instant::now();
+    }
+
+    fn attempted(&self) {
+        self.state.lock().expect("leadership lock").progress = Instant::now();
+    }
+
+    fn end(&self) {
+        let mut term = self.state.lock().expect("leadership lock");
+        term.until = None;
+        term.progress = Instant::now();
+    }
 }
 
 /// A candidate for the Lease.
@@ -39,72 +129,121 @@ pub struct Elector {
     observed: Option<(String, Instant)>,
 }
 
+/// What one attempt found.
+enum Attempt {
+    Holding,
+    HeldBy(String),
+    /// The term ended before the renewal could be sent.
+    TooLate,
+}
+
 impl Elector {
     pub fn new(client: Client, config: LeaseConfig) -> Self {
         Self { api: Api::namespaced(client, &config.namespace), config, observed: None }
     }
 
-    /// Blocks until this candidate holds the Lease.
-    pub async fn acquire(&mut self) {
-        let retry = self.config.duration / 5;
+    /// Blocks until this candidate holds the Lease, and opens its term in `leadership`.
+    pub async fn acquire(&mut self, leadership: &Leadership) {
         loop {
-            match self.try_acquire_or_renew().await {
-                Ok(true) => {
+            let sent = Instant::now();
+            let attempt = tokio::time::timeout(self.config.renew_deadline, self.try_acquire_or_renew(None)).await;
+            leadership.attempted();
+            match attempt {
+                Ok(Ok(Attempt::Holding)) => {
+                    leadership.extend(sent + self.config.renew_deadline);
                     info!(lease = %self.config.name, identity = %self.config.identity, "became leader");
                     return;
                 }
-                Ok(false) => {}
-                Err(error) => {
-                    warn!(%error, lease = %self.config.name, "leader election: cannot read or write the Lease")
+                Ok(Ok(Attempt::HeldBy(_) | Attempt::TooLate)) => {}
+                Ok(Err(error)) => {
+                    warn!(error = %crate::telemetry::chain(&error), lease = %self.config.name, "leader election: cannot read or write the Lease")
+                }
+                Err(_) => {
+                    warn!(lease = %self.config.name, timeout = ?self.config.renew_deadline, "leader election: the API server did not answer in time")
                 }
             }
-            tokio::time::sleep(retry).await;
+            tokio::time::sleep(self.config.retry).await;
         }
     }
 
-    /// Renews the Lease until renewal fails for longer than its duration; returns why.
-    pub async fn keep(&mut self) -> LeaderError {
-        let period = self.config.duration / 3;
-        let mut last_renewal = Instant::now();
+    /// Renews the Lease every `retry` until a renewal cannot be made before the term's
+    /// deadline, or another candidate holds the Lease; ends the term and returns why.
+    pub async fn keep(&mut self, leadership: &Leadership) -> LeaderError {
+        let error = self.renew_until_lost(leadership).await;
+        leadership.end();
+        warn!(%error, "leadership ended: this replica stops writing and campaigns again");
+        error
+    }
+
+    async fn renew_until_lost(&mut self, leadership: &Leadership) -> LeaderError {
+        let Some(mut deadline) = leadership.state.lock().expect("leadership lock").until else {
+            return self.expired(Instant::now());
+        };
         loop {
-            tokio::time::sleep(period).await;
-            match self.try_acquire_or_renew().await {
-                Ok(true) => last_renewal = Instant::now(),
-                Ok(false) => return self.lost(last_renewal),
-                Err(error) => {
-                    warn!(%error, lease = %self.config.name, "cannot renew the leader Lease")
+            tokio::time::sleep(self.config.retry).await;
+            loop {
+                let sent = Instant::now();
+                if sent >= deadline {
+                    return self.expired(deadline);
                 }
-            }
-            if last_renewal.elapsed() >= self.config.duration {
-                return self.lost(last_renewal);
+                // Cut off at the deadline: a reply after it would come too late to count.
+                let attempt = tokio::time::timeout_at(deadline.into(), self.try_acquire_or_renew(Some(deadline))).await;
+                leadership.attempted();
+                match attempt {
+                    Ok(Ok(Attempt::Holding)) => {
+                        deadline = sent + self.config.renew_deadline;
+                        leadership.extend(deadline);
+                        break;
+                    }
+                    Ok(Ok(Attempt::HeldBy(holder))) => {
+                        return LeaderError::TakenOver {
+                            namespace: self.config.namespace.clone(),
+                            name: self.config.name.clone(),
+                            holder,
+                        };
+                    }
+                    Ok(Ok(Attempt::TooLate)) | Err(_) => return self.expired(deadline),
+                    Ok(Err(error)) => {
+                        warn!(error = %crate::telemetry::chain(&error), lease = %self.config.name, "cannot renew the leader Lease");
+                        let pause = self.config.retry.min(deadline.saturating_duration_since(Instant::now()));
+                        tokio::time::sleep(pause).await;
+                    }
+                }
             }
         }
     }
 
     /// Gives the Lease up so a standby takes over at once instead of after a full duration.
     pub async fn release(&mut self) {
-        if let Ok(Some(mut lease)) = self.api.get_opt(&self.config.name).await {
-            let spec = lease.spec.get_or_insert_with(Default::default);
-            if spec.holder_identity.as_deref() == Some(&self.config.identity) {
-                spec.holder_identity = None;
-                spec.renew_time = None;
-                let _ = self.api.replace(&self.config.name, &PostParams::default(), &lease).await;
-                info!(lease = %self.config.name, "released leadership");
+        let release = async {
+            if let Ok(Some(mut lease)) = self.api.get_opt(&self.config.name).await {
+                let spec = lease.spec.get_or_insert_with(Default::default);
+                if spec.holder_identity.as_deref() == Some(&self.config.identity) {
+                    spec.holder_identity = None;
+                    spec.renew_time = None;
+                    if self.api.replace(&self.config.name, &PostParams::default(), &lease).await.is_ok() {
+                        info!(lease = %self.config.name, "released leadership");
+                    }
+                }
             }
+        };
+        if tokio::time::timeout(self.config.renew_deadline, release).await.is_err() {
+            warn!(lease = %self.config.name, "could not release the leader Lease in time; a standby takes over when it expires");
         }
     }
 
-    fn lost(&self, since: Instant) -> LeaderError {
-        LeaderError::Lost {
+    fn expired(&self, deadline: Instant) -> LeaderError {
+        LeaderError::Expired {
             namespace: self.config.namespace.clone(),
             name: self.config.name.clone(),
-            elapsed: since.elapsed(),
-            limit: self.config.duration,
+            deadline: self.config.renew_deadline,
+            late: deadline.elapsed(),
         }
     }
 
-    /// One round of the election: true when this candidate holds the Lease afterwards.
-    async fn try_acquire_or_renew(&mut self) -> Result<bool, kube::Error> {
+    /// One round of the election. A renewal passes the term's `deadline`: past it, the write is
+    /// not sent at all (the read before it may have been slow), so a late renewal cannot land.
+    async fn try_acquire_or_renew(&mut self, deadline: Option<Instant>) -> Result<Attempt, kube::Error> {
         let now = MicroTime(jiff::Timestamp::now());
         let duration_secs = i32::try_from(self.config.duration.as_secs()).unwrap_or(i32::MAX);
         let Some(mut lease) = self.api.get_opt(&self.config.name).await? else {
@@ -120,8 +259,8 @@ impl Elector {
                 }),
             };
             return match self.api.create(&PostParams::default(), &lease).await {
-                Ok(_) => Ok(true),
-                Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
+                Ok(_) => Ok(Attempt::Holding),
+                Err(kube::Error::Api(s)) if s.code == 409 => Ok(Attempt::HeldBy("another candidate".into())),
                 Err(e) => Err(e),
             };
         };
@@ -139,7 +278,7 @@ impl Elector {
         let ours = holder.as_deref() == Some(&self.config.identity);
         let expired = holder.is_none() || first_seen.elapsed() >= self.config.duration;
         if !ours && !expired {
-            return Ok(false);
+            return Ok(Attempt::HeldBy(holder.unwrap_or_default()));
         }
         if !ours {
             spec.lease_transitions = Some(spec.lease_transitions.unwrap_or(0) + 1);
@@ -148,11 +287,41 @@ impl Elector {
         spec.holder_identity = Some(self.config.identity.clone());
         spec.lease_duration_seconds = Some(duration_secs);
         spec.renew_time = Some(now);
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            return Ok(Attempt::TooLate);
+        }
         match self.api.replace(&self.config.name, &PostParams::default(), &lease).await {
-            Ok(_) => Ok(true),
+            Ok(_) => Ok(Attempt::Holding),
             // Someone else wrote first; they hold it for now.
-            Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
+            Err(kube::Error::Api(s)) if s.code == 409 => Ok(Attempt::HeldBy("another candidate".into())),
             Err(e) => Err(e),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timing_follows_client_go() {
+        let c = LeaseConfig::new("ns", "lease", "me", Duration::from_secs(15));
+        assert_eq!((c.renew_deadline, c.retry), (Duration::from_secs(10), Duration::from_secs(2)));
+        assert!(c.renew_deadline < c.duration, "a term must end before a standby may take over");
+    }
+
+    #[test]
+    fn a_term_ends_at_its_deadline_without_the_elector_running() {
+        let l = Leadership::elected();
+        assert!(!l.holds(), "no term before the first win");
+        let start = Instant::now();
+        l.extend(start + Duration::from_secs(10));
+        assert!(l.holds_at(start + Duration::from_secs(9)));
+        // The elector may be stopped (SIGSTOP, a blocked runtime): the gate still closes.
+        assert!(!l.holds_at(start + Duration::from_secs(10)));
+        l.end();
+        assert!(!l.holds_at(start));
+        assert!(Leadership::unconditional().holds(), "a single replica without election always writes");
+        assert_eq!(Leadership::unconditional().since_progress(), None);
     }
 }

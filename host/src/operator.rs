@@ -7,6 +7,7 @@
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
@@ -14,7 +15,7 @@ use tokio::sync::watch;
 use tracing::info;
 
 use crate::controller::{self, Scope};
-use crate::leader::{Elector, LeaderError, LeaseConfig};
+use crate::leader::{Elector, Leadership, LeaseConfig};
 use crate::reconcile::policies::PolicyCheck;
 use crate::server::{self, Health};
 use crate::telemetry::Metrics;
@@ -38,61 +39,120 @@ pub enum RunError {
     Config(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("cannot serve the health and metrics endpoints")]
     Serve(#[source] std::io::Error),
-    #[error(transparent)]
-    Leadership(#[from] LeaderError),
+    #[error("the controllers stopped without being asked to")]
+    ControllerEnded,
 }
 
 /// A client from a kubeconfig file, or inferred (`KUBECONFIG`, `~/.kube/config`, in-cluster).
 pub async fn client(kubeconfig: Option<&Path>) -> Result<Client, RunError> {
-    let config = match kubeconfig {
+    client_as(kubeconfig, None).await
+}
+
+/// Like [`client`], with `User-Agent: celery-operator/<version> (<identity>)`, so the API
+/// server's audit log tells the replicas apart.
+pub async fn client_as(kubeconfig: Option<&Path>, identity: Option<&str>) -> Result<Client, RunError> {
+    let mut config = match kubeconfig {
         Some(path) => {
             let kc = Kubeconfig::read_from(path).map_err(|e| RunError::Config(e.into()))?;
             Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await.map_err(|e| RunError::Config(e.into()))?
         }
         None => Config::infer().await.map_err(|e| RunError::Config(e.into()))?,
     };
+    let agent = match identity {
+        Some(identity) => format!("celery-operator/{} ({identity})", env!("CARGO_PKG_VERSION")),
+        None => format!("celery-operator/{}", env!("CARGO_PKG_VERSION")),
+    };
+    let agent = http::HeaderValue::from_str(&agent).map_err(|e| RunError::Config(e.into()))?;
+    config.headers.push((http::header::USER_AGENT, agent));
     Client::try_from(config).map_err(|e| RunError::Config(e.into()))
 }
 
-/// Runs the operator until `shutdown` turns true (Ok) or leadership is lost (Err).
+/// Runs the operator until `shutdown` turns true (Ok), or a part that should never end does
+/// (Err: the binary exits non-zero and the kubelet restarts it).
+///
+/// With leader election, a replica that loses its term stops its controllers and autoscaling
+/// loops (every write is gated on the term meanwhile) and campaigns again, so an API outage
+/// longer than the Lease leaves the operator waiting for the API server, not off for good.
 pub async fn run(client: Client, options: RunOptions, shutdown: watch::Receiver<bool>) -> Result<(), RunError> {
     let metrics = Metrics::new();
-    let health = Arc::new(Health::default());
-    let server = options.listen.map(|addr| tokio::spawn(server::serve(addr, health.clone(), metrics.clone(), shutdown.clone())));
-
-    let mut stop = shutdown.clone();
-    controller::wait_for_crd(&client, &options.scope, &mut stop).await;
-    health.set_ready(true);
-
-    let result = match options.leader_election {
-        None => {
-            metrics.set_leader(true);
-            controller::run(client, options.scope, metrics.clone(), options.policies, shutdown).await;
-            Ok(())
-        }
+    let (leadership, health) = match &options.leader_election {
+        None => (Arc::new(Leadership::unconditional()), Arc::new(Health::default())),
         Some(lease) => {
-            let mut elector = Elector::new(client.clone(), lease);
-            tokio::select! {
-                _ = elector.acquire() => {}
-                _ = stop.wait_for(|s| *s) => return Ok(()),
-            }
-            metrics.set_leader(true);
-            let outcome = tokio::select! {
-                _ = controller::run(client, options.scope, metrics.clone(), options.policies, shutdown) => Ok(()),
-                lost = elector.keep() => Err(RunError::Leadership(lost)),
-            };
-            metrics.set_leader(false);
-            if outcome.is_ok() {
-                elector.release().await;
-            }
-            outcome
+            let leadership = Arc::new(Leadership::elected());
+            // An attempt takes at most the renew deadline, and one follows every retry period.
+            let stall = (lease.renew_deadline + lease.retry) * 2;
+            (leadership.clone(), Arc::new(Health::watching(leadership, stall)))
         }
     };
-    if let Some(server) = server
-        && let Ok(Err(e)) = server.await
-    {
-        return Err(RunError::Serve(e));
+    // The endpoints stop when this function returns, whatever the reason.
+    let (server_stop, server_shutdown) = watch::channel(false);
+    let server = options.listen.map(|addr| tokio::spawn(server::serve(addr, health.clone(), metrics.clone(), server_shutdown)));
+
+    let result = elect_and_run(&client, &options, &metrics, &leadership, &health, shutdown).await;
+    if let Err(e) = &result {
+        health.fail(e.to_string());
+    }
+    let _ = server_stop.send(true);
+    if let Some(server) = server {
+        // Open connections get a moment to finish; the process does not wait on them.
+        match tokio::time::timeout(Duration::from_secs(5), server).await {
+            Ok(Ok(Err(e))) if result.is_ok() => return Err(RunError::Serve(e)),
+            _ => {}
+        }
     }
     info!("operator stopped");
     result
+}
+
+async fn elect_and_run(
+    client: &Client,
+    options: &RunOptions,
+    metrics: &Arc<Metrics>,
+    leadership: &Arc<Leadership>,
+    health: &Health,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(), RunError> {
+    let mut stop = shutdown.clone();
+    controller::wait_for_crd(client, &options.scope, &mut stop).await;
+    if *stop.borrow() {
+        return Ok(());
+    }
+    health.set_ready(true);
+    let controllers = || {
+        controller::run(
+            client.clone(),
+            options.scope.clone(),
+            metrics.clone(),
+            options.policies.clone(),
+            leadership.clone(),
+            shutdown.clone(),
+        )
+    };
+    let Some(lease) = &options.leader_election else {
+        metrics.set_leader(true);
+        controllers().await;
+        return if *stop.borrow() { Ok(()) } else { Err(RunError::ControllerEnded) };
+    };
+    let mut elector = Elector::new(client.clone(), lease.clone());
+    loop {
+        tokio::select! {
+            _ = elector.acquire(leadership) => {}
+            _ = stop.wait_for(|s| *s) => return Ok(()),
+        }
+        metrics.set_leader(true);
+        let lost = tokio::select! {
+            _ = controllers() => None,
+            lost = elector.keep(leadership) => Some(lost),
+        };
+        metrics.set_leader(false);
+        match lost {
+            // Dropping the controllers above ended every loop; the next term starts afresh.
+            Some(_) => continue,
+            None if *stop.borrow() => {
+                elector.release().await;
+                return Ok(());
+            }
+            None => return Err(RunError::ControllerEnded),
+        }
+    }
 }

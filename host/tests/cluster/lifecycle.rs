@@ -32,6 +32,7 @@ pub const TESTS: &[crate::TestCase] = &[
     ("invalid_spec_is_reported_in_status_and_events", false, |h| Box::pin(invalid_spec_is_reported_in_status_and_events(h))),
     ("a_policy_that_cannot_be_used_is_reported", false, |h| Box::pin(a_policy_that_cannot_be_used_is_reported(h))),
     ("name_conflict_is_reported", false, |h| Box::pin(name_conflict_is_reported(h))),
+    ("python_operator_children_are_adopted_in_place", false, |h| Box::pin(python_operator_children_are_adopted_in_place(h))),
     ("flower_can_be_switched_off", false, |h| Box::pin(flower_can_be_switched_off(h))),
     ("only_the_lease_holder_reconciles", false, |h| Box::pin(only_the_lease_holder_reconciles(h))),
     ("the_binary_serves_health_metrics_and_json_logs", false, |h| Box::pin(the_binary_serves_health_metrics_and_json_logs(h))),
@@ -395,6 +396,129 @@ async fn name_conflict_is_reported(h: Arc<Harness>) {
     let worker = deployment(&env.admin, &ns, "shared-celery-worker").await.unwrap();
     assert_eq!(worker.owner_references()[0].name, "first", "the first app keeps its worker");
     wait_condition(&env.admin, &ns, "first", READY, "True", ALL_REPLICAS_READY).await;
+
+    // Deleting the app that holds the names heals the second without an edit of it.
+    Api::<Celery>::namespaced(env.admin.clone(), &ns).delete("first", &DeleteParams::foreground()).await.expect("deleted");
+    eventually("the second app to take the names over", Duration::from_secs(120), || async {
+        let worker = deployment(&env.admin, &ns, "shared-celery-worker").await?;
+        let owner = worker.owner_references().first().map(|o| o.name.clone());
+        (owner.as_deref() == Some("second")).then_some(()).ok_or(format!("owned by {owner:?}"))
+    })
+    .await;
+    wait_condition(&env.admin, &ns, "second", DEGRADED, "False", AS_EXPECTED).await;
+    operator.stop().await;
+}
+
+/// The worker and Flower Deployments and the Service exactly as the Python (Kopf) operator
+/// writes them (`templates/` of celery/Celery-Kubernetes-Operator): container names
+/// `<appName>-celery-worker` and `<appName>-flower`.
+fn python_operator_children(app: &str, owner: Option<(&str, &str)>) -> String {
+    let owner = owner.map_or(String::new(), |(name, uid)| {
+        format!(
+            "  ownerReferences: [{{apiVersion: celeryproject.org/v1alpha1, kind: Celery, name: {name}, uid: {uid}, \
+             controller: true, blockOwnerDeletion: true}}]\n"
+        )
+    });
+    format!(
+        r#"apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: {app}-celery-worker
+  labels: {{app: {app}, celery: "true"}}
+{owner}spec:
+  minReadySeconds: 10
+  replicas: 2
+  selector: {{matchLabels: {{app: {app}}}}}
+  strategy: {{type: RollingUpdate, rollingUpdate: {{maxSurge: 20%, maxUnavailable: 0%}}}}
+  template:
+    metadata: {{labels: {{app: {app}}}}}
+    spec:
+      containers:
+      - name: {app}-celery-worker
+        image: example-image
+        imagePullPolicy: Never
+        command: ["celery"]
+        args: ["--app=app:celery_app", "worker", "--queues=celery", "--loglevel=info", "--concurrency=2"]
+        resources: {{limits: {{cpu: 200m, memory: 128Mi}}, requests: {{cpu: 100m, memory: 64Mi}}}}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: {app}-flower
+  labels: {{app: {app}-flower}}
+{owner}spec:
+  minReadySeconds: 10
+  replicas: 1
+  selector: {{matchLabels: {{run: {app}-flower}}}}
+  template:
+    metadata: {{labels: {{run: {app}-flower}}}}
+    spec:
+      containers:
+      - name: {app}-flower
+        image: example-image
+        ports: [{{containerPort: 5555}}]
+        args: ["--app=app:celery_app"]
+        command: ["flower"]
+        imagePullPolicy: Never
+      restartPolicy: Always
+      terminationGracePeriodSeconds: 30
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: {app}-flower
+  labels: {{app: {app}-flower}}
+{owner}spec:
+  type: NodePort
+  ports: [{{port: 5555, protocol: TCP}}]
+  selector: {{run: {app}-flower}}
+"#
+    )
+}
+
+/// Children the Python operator made, with and without its owner reference, are adopted in
+/// place: afterwards each pod template holds exactly the containers this operator describes
+/// (one worker, not the old one beside it), and no Deployment is left paused.
+async fn python_operator_children_are_adopted_in_place(h: Arc<Harness>) {
+    let env = &h.env;
+    let ns = env.namespace("adopt").await;
+
+    // Without an owner reference: made before the resource.
+    crate::support::apply_yaml(&env.admin, &python_operator_children("loose", None), Some(&ns)).await.expect("old children");
+    // With one: the resource first (no operator running yet), then its children.
+    let owned = create(&env.admin, &ns, &seed_yaml("owned")).await.expect("created");
+    let uid = owned.metadata.uid.clone().expect("uid");
+    crate::support::apply_yaml(&env.admin, &python_operator_children("owned", Some(("owned", &uid))), Some(&ns))
+        .await
+        .expect("old children");
+    create(&env.admin, &ns, &seed_yaml("loose")).await.expect("created");
+
+    let operator = env.start_operator(&[&ns], None);
+    for app in ["loose", "owned"] {
+        for (child, container) in [("celery-worker", "worker"), ("flower", "flower")] {
+            let name = format!("{app}-{child}");
+            eventually(&format!("{name} to hold exactly our container"), WAIT, || async {
+                let d = deployment(&env.admin, &ns, &name).await?;
+                let spec = d.spec.as_ref().ok_or("no spec")?;
+                let names: Vec<&str> = spec
+                    .template
+                    .spec
+                    .as_ref()
+                    .map(|p| p.containers.iter().map(|c| c.name.as_str()).collect())
+                    .unwrap_or_default();
+                let paused = spec.paused.unwrap_or(false);
+                let owner = d.owner_references().first().map(|o| o.name.as_str()) == Some(app);
+                (names == [container] && !paused && owner)
+                    .then_some(())
+                    .ok_or(format!("containers {names:?}, paused {paused}, owner {owner}"))
+            })
+            .await;
+        }
+        wait_condition(&env.admin, &ns, app, READY, "True", ALL_REPLICAS_READY).await;
+        let worker = deployment(&env.admin, &ns, &format!("{app}-celery-worker")).await.unwrap();
+        let args = worker_container(&worker).args.clone().unwrap_or_default();
+        assert!(args.iter().any(|a| a == "--concurrency=2"), "the seed spec's worker runs: {args:?}");
+    }
     operator.stop().await;
 }
 
@@ -426,12 +550,7 @@ async fn flower_can_be_switched_off(h: Arc<Harness>) {
 async fn only_the_lease_holder_reconciles(h: Arc<Harness>) {
     let env = &h.env;
     let ns = env.namespace("leader").await;
-    let lease = |identity: &str| LeaseConfig {
-        namespace: "celery-operator".into(),
-        name: format!("test-{ns}"),
-        identity: identity.into(),
-        duration: Duration::from_secs(4),
-    };
+    let lease = |identity: &str| LeaseConfig::new("celery-operator", format!("test-{ns}"), identity, Duration::from_secs(4));
     let leases: Api<Lease> = Api::namespaced(env.admin.clone(), "celery-operator");
     let holder = || async {
         let l = leases.get_opt(&format!("test-{ns}")).await.map_err(|e| e.to_string())?;
