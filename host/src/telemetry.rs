@@ -94,7 +94,16 @@ pub struct Metrics {
     failures: Family<FailureLabel, Counter>,
     policy_seconds: HistogramFamily<AppLabel>,
     cycle_seconds: Histogram,
+    watch_errors: Family<NamespaceLabel, Counter>,
 }
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NamespaceLabel {
+    namespace: String,
+}
+
+const DIRECTIONS: [&str; 3] = ["up", "down", "hold"];
+const CAUSES: [&str; 3] = ["metrics", "policy", "scale"];
 
 /// Why an autoscaling sample ended without a decision, for `autoscaler_failures_total`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -137,7 +146,14 @@ impl Default for Metrics {
             "Time one autoscaling cycle of one app took: broker read, policy, scale and status",
             cycle_seconds.clone(),
         );
+        let watch_errors = Family::default();
+        registry.register(
+            "watch_errors",
+            "Failed watches of Celery apps and their children, by watched namespace ((all) for every namespace)",
+            watch_errors.clone(),
+        );
         Self {
+            watch_errors,
             registry,
             reconciliations,
             reconcile_seconds,
@@ -187,9 +203,9 @@ impl Metrics {
     /// A decision: `from` workers before, `to` after.
     pub fn observe_decision(&self, app: &str, from: u32, to: u32) {
         let direction = match to.cmp(&from) {
-            std::cmp::Ordering::Greater => "up",
-            std::cmp::Ordering::Less => "down",
-            std::cmp::Ordering::Equal => "hold",
+            std::cmp::Ordering::Greater => DIRECTIONS[0],
+            std::cmp::Ordering::Less => DIRECTIONS[1],
+            std::cmp::Ordering::Equal => DIRECTIONS[2],
         };
         self.decisions.get_or_create(&DecisionLabel { app: app.to_string(), direction }).inc();
         self.desired_workers.get_or_create(&AppLabel { app: app.to_string() }).set(i64::from(to));
@@ -197,9 +213,9 @@ impl Metrics {
 
     pub fn observe_failure(&self, app: &str, cause: FailureCause) {
         let cause = match cause {
-            FailureCause::Metrics => "metrics",
-            FailureCause::Policy => "policy",
-            FailureCause::Scale => "scale",
+            FailureCause::Metrics => CAUSES[0],
+            FailureCause::Policy => CAUSES[1],
+            FailureCause::Scale => CAUSES[2],
         };
         self.failures.get_or_create(&FailureLabel { app: app.to_string(), cause }).inc();
     }
@@ -208,13 +224,24 @@ impl Metrics {
         self.cycle_seconds.observe(took.as_secs_f64());
     }
 
-    /// Drops the series of an app that is no longer autoscaled.
+    pub fn observe_watch_error(&self, namespace: &str) {
+        self.watch_errors.get_or_create(&NamespaceLabel { namespace: namespace.to_string() }).inc();
+    }
+
+    /// Drops every series of an app that is no longer autoscaled, so the families do not grow
+    /// with every app ever seen.
     pub fn forget_app(&self, app: &str, queues: &[String]) {
         for queue in queues {
             self.queue_backlog.remove(&QueueLabel { app: app.to_string(), queue: queue.clone() });
         }
         self.desired_workers.remove(&AppLabel { app: app.to_string() });
         self.policy_seconds.remove(&AppLabel { app: app.to_string() });
+        for direction in DIRECTIONS {
+            self.decisions.remove(&DecisionLabel { app: app.to_string(), direction });
+        }
+        for cause in CAUSES {
+            self.failures.remove(&FailureLabel { app: app.to_string(), cause });
+        }
     }
 
     /// The metrics in the Prometheus text format.
@@ -223,5 +250,26 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_forgotten_app_leaves_no_series_behind() {
+        let m = Metrics::default();
+        m.observe_queue("ns/a", "celery", Some(3));
+        m.observe_decision("ns/a", 1, 2);
+        m.observe_decision("ns/a", 2, 2);
+        m.observe_failure("ns/a", FailureCause::Metrics);
+        m.observe_policy("ns/a", Duration::from_micros(20));
+        m.observe_decision("ns/b", 1, 1);
+        assert!(m.encode().contains("app=\"ns/a\""));
+        m.forget_app("ns/a", &["celery".to_string()]);
+        let text = m.encode();
+        assert!(!text.contains("app=\"ns/a\""), "series of ns/a remain:\n{text}");
+        assert!(text.contains("app=\"ns/b\""), "other apps keep theirs");
     }
 }

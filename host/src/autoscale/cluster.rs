@@ -128,9 +128,13 @@ impl ClusterView {
         }
     }
 
-    fn replace_pods(&self, all: Vec<Pod>) {
-        let mut pods = HashMap::<Key, BTreeMap<String, PodState>>::new();
-        let mut pod_apps = HashMap::new();
+    /// Replaces the pods of `namespace` (of every namespace with `None`) by a relist of it;
+    /// the other namespaces' watches keep theirs.
+    fn replace_pods(&self, namespace: Option<&str>, all: Vec<Pod>) {
+        let mut pods = self.pods.write().expect("pods lock");
+        let mut pod_apps = self.pod_apps.write().expect("pod index lock");
+        pods.retain(|(ns, _), _| !within(namespace, ns));
+        pod_apps.retain(|(ns, _), _| !within(namespace, ns));
         for pod in &all {
             let (Some(ns), Some(app)) = (pod.namespace(), pod.labels().get(INSTANCE_LABEL).cloned()) else {
                 continue;
@@ -139,8 +143,6 @@ impl ClusterView {
             pod_apps.insert((ns.clone(), state.name.clone()), (ns.clone(), app.clone()));
             pods.entry((ns, app)).or_default().insert(state.name.clone(), state);
         }
-        *self.pods.write().expect("pods lock") = pods;
-        *self.pod_apps.write().expect("pod index lock") = pod_apps;
     }
 
     fn apply_deployment(&self, d: &Deployment) {
@@ -153,20 +155,24 @@ impl ClusterView {
         self.replicas.write().expect("replicas lock").remove(&key);
     }
 
-    fn replace_deployments(&self, all: Vec<Deployment>) {
-        let map = all.iter().map(|d| ((d.namespace().unwrap_or_default(), d.name_any()), deployment_replicas(d))).collect();
-        *self.replicas.write().expect("replicas lock") = map;
+    /// Like [`replace_pods`](Self::replace_pods), for the worker Deployments.
+    fn replace_deployments(&self, namespace: Option<&str>, all: Vec<Deployment>) {
+        let mut replicas = self.replicas.write().expect("replicas lock");
+        replicas.retain(|(ns, _), _| !within(namespace, ns));
+        replicas.extend(all.iter().map(|d| ((d.namespace().unwrap_or_default(), d.name_any()), deployment_replicas(d))));
     }
 
     /// Keeps the pods and Deployments of `scope` current until the returned future is dropped.
     pub async fn watch(self: Arc<Self>, client: Client, scope: Scope) {
         let config = watcher::Config::default().labels(WORKER_SELECTOR);
         let mut streams = Vec::new();
-        for api in scope.apis::<Pod>(&client) {
-            streams.push(follow(Arc::clone(&self), api, config.clone()).boxed());
+        let namespaces: Vec<Option<String>> =
+            if scope.namespaces.is_empty() { vec![None] } else { scope.namespaces.iter().cloned().map(Some).collect() };
+        for (api, ns) in scope.apis::<Pod>(&client).into_iter().zip(&namespaces) {
+            streams.push(follow(Arc::clone(&self), api, ns.clone(), config.clone()).boxed());
         }
-        for api in scope.apis::<Deployment>(&client) {
-            streams.push(follow(Arc::clone(&self), api, config.clone()).boxed());
+        for (api, ns) in scope.apis::<Deployment>(&client).into_iter().zip(&namespaces) {
+            streams.push(follow(Arc::clone(&self), api, ns.clone(), config.clone()).boxed());
         }
         streams.push(Arc::clone(&self).poll_usage(client, scope).boxed());
         futures::future::join_all(streams).await;
@@ -229,8 +235,8 @@ pub const USAGE_REFRESH: Duration = Duration::from_secs(5);
 trait Indexed: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static {
     fn apply(view: &ClusterView, object: &Self);
     fn delete(view: &ClusterView, object: &Self);
-    /// Replaces everything of this kind after a (re)list.
-    fn replace(view: &ClusterView, all: Vec<Self>);
+    /// Replaces everything of this kind in `namespace` (all with `None`) after a (re)list.
+    fn replace(view: &ClusterView, namespace: Option<&str>, all: Vec<Self>);
 }
 
 impl Indexed for Pod {
@@ -240,8 +246,8 @@ impl Indexed for Pod {
     fn delete(view: &ClusterView, pod: &Self) {
         view.delete_pod(pod);
     }
-    fn replace(view: &ClusterView, all: Vec<Self>) {
-        view.replace_pods(all);
+    fn replace(view: &ClusterView, namespace: Option<&str>, all: Vec<Self>) {
+        view.replace_pods(namespace, all);
     }
 }
 
@@ -252,14 +258,15 @@ impl Indexed for Deployment {
     fn delete(view: &ClusterView, d: &Self) {
         view.delete_deployment(d);
     }
-    fn replace(view: &ClusterView, all: Vec<Self>) {
-        view.replace_deployments(all);
+    fn replace(view: &ClusterView, namespace: Option<&str>, all: Vec<Self>) {
+        view.replace_deployments(namespace, all);
     }
 }
 
-/// Feeds a watch of `api` into the view forever, backing off on errors (the watcher resumes
-/// by itself). A relist is buffered and swapped in whole, so a sample never sees half of it.
-async fn follow<K: Indexed>(view: Arc<ClusterView>, api: Api<K>, config: watcher::Config) {
+/// Feeds a watch of `api` (of `namespace`, or all) into the view forever, backing off on
+/// errors (the watcher resumes by itself). A relist is buffered and swapped in whole, so a
+/// sample never sees half of it, and it replaces only what this watch covers.
+async fn follow<K: Indexed>(view: Arc<ClusterView>, api: Api<K>, namespace: Option<String>, config: watcher::Config) {
     let stream = watcher::watcher(api, config).default_backoff();
     futures::pin_mut!(stream);
     let mut buffer = Vec::new();
@@ -269,11 +276,21 @@ async fn follow<K: Indexed>(view: Arc<ClusterView>, api: Api<K>, config: watcher
             Ok(Some(Event::Delete(object))) => K::delete(&view, &object),
             Ok(Some(Event::Init)) => buffer.clear(),
             Ok(Some(Event::InitApply(object))) => buffer.push(object),
-            Ok(Some(Event::InitDone)) => K::replace(&view, std::mem::take(&mut buffer)),
+            Ok(Some(Event::InitDone)) => K::replace(&view, namespace.as_deref(), std::mem::take(&mut buffer)),
             Ok(None) => return,
-            Err(error) => warn!(error = %crate::telemetry::chain(&error), "watch of worker pods or Deployments failed; retrying"),
+            Err(error) => warn!(
+                kind = %K::kind(&()),
+                namespace = namespace.as_deref().unwrap_or("(all)"),
+                error = %crate::telemetry::chain(&error),
+                "watch of worker pods or Deployments failed; retrying"
+            ),
         }
     }
+}
+
+/// Whether an entry of namespace `ns` is covered by a watch of `namespace` (`None`: all).
+fn within(namespace: Option<&str>, ns: &str) -> bool {
+    namespace.is_none_or(|n| n == ns)
 }
 
 fn remove_pod(pods: &mut HashMap<Key, BTreeMap<String, PodState>>, app: &Key, pod: &str) {
@@ -403,8 +420,37 @@ status:
         view.delete_pod(&p);
         assert!(view.pods("shop", "shop").is_empty());
         assert_eq!(view.pods("shop", "other").len(), 1);
-        view.replace_pods(vec![p]);
+        view.replace_pods(None, vec![p]);
         assert_eq!(view.pods("shop", "shop").len(), 1);
         assert!(view.pods("shop", "other").is_empty(), "a relist drops what it does not list");
+    }
+
+    #[test]
+    fn a_relist_of_one_namespace_keeps_the_others() {
+        let view = ClusterView::default();
+        let in_ns = |ns: &str| {
+            let mut p = pod(POD);
+            p.metadata.namespace = Some(ns.into());
+            p
+        };
+        let deployment = |ns: &str, replicas: i32| -> Deployment {
+            serde_yaml::from_str(&format!(
+                "metadata: {{name: shop-celery-worker, namespace: {ns}}}\nspec: {{replicas: {replicas}, selector: {{}}, template: {{}}}}"
+            ))
+            .expect("test deployment parses")
+        };
+        view.replace_pods(Some("a"), vec![in_ns("a")]);
+        view.replace_pods(Some("b"), vec![in_ns("b")]);
+        view.replace_deployments(Some("a"), vec![deployment("a", 2)]);
+        view.replace_deployments(Some("b"), vec![deployment("b", 3)]);
+        // a relists and finds nothing: only a's entries go.
+        view.replace_pods(Some("a"), Vec::new());
+        view.replace_deployments(Some("a"), Vec::new());
+        assert!(view.pods("a", "shop").is_empty());
+        assert_eq!(view.pods("b", "shop").len(), 1, "b's pods survive a's relist");
+        assert_eq!(view.worker_replicas("a", "shop-celery-worker"), None);
+        assert_eq!(view.worker_replicas("b", "shop-celery-worker"), Some(3), "b's replicas survive a's relist");
+        view.delete_pod(&in_ns("b"));
+        assert!(view.pods("b", "shop").is_empty(), "the pod index of b survived too");
     }
 }

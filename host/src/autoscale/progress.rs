@@ -41,7 +41,10 @@ pub fn source(celery: &Celery) -> Option<Source> {
     let basic_auth = spec.flower_spec.basic_auth.clone();
     if let Some(url) = spec.autoscaling.as_ref().and_then(|a| a.flower_url.as_deref()) {
         let url = metrics::in_namespace(url, namespace);
-        return Some(Source { url, basic_auth, field: "spec.autoscaling.flowerUrl" });
+        // The app's Flower credentials go to the app's own Flower Service only; a URL that
+        // names another host carries its own credentials, if it needs any.
+        let own = own_flower_host(&url, &build::flower_name(celery), namespace);
+        return Some(Source { url, basic_auth: basic_auth.filter(|_| own), field: "spec.autoscaling.flowerUrl" });
     }
     let flower = &spec.flower_spec;
     if !flower.enabled || flower.replicas == 0 {
@@ -50,6 +53,16 @@ pub fn source(celery: &Celery) -> Option<Source> {
     let prefix = url_prefix(&flower.extra_args).map(|p| format!("/{p}")).unwrap_or_default();
     let url = format!("http://{}.{namespace}.svc:{}{prefix}", build::flower_name(celery), flower.service.port);
     Some(Source { url, basic_auth, field: "the Flower Service" })
+}
+
+/// Whether `url` names the app's own Flower Service (`<name>`, `<name>.<ns>`,
+/// `<name>.<ns>.svc`, `<name>.<ns>.svc.cluster.local`).
+fn own_flower_host(url: &str, service: &str, namespace: &str) -> bool {
+    let Some(host) = url::Url::parse(url).ok().and_then(|u| u.host_str().map(str::to_ascii_lowercase)) else {
+        return false;
+    };
+    let qualified = format!("{service}.{namespace}");
+    [service.to_string(), qualified.clone(), format!("{qualified}.svc"), format!("{qualified}.svc.cluster.local")].contains(&host)
 }
 
 /// Flower's `--url_prefix` (or `--url-prefix`), `=value` or as the next argument, without
@@ -174,6 +187,11 @@ impl Progress {
             {
                 return Err(error.clone());
             }
+            if let Some(why) = metrics::forbidden_destination(&source.url) {
+                let error = format!("{}: {why}", source.field);
+                self.client_failed = Some((Instant::now(), error.clone()));
+                return Err(error);
+            }
             let made = match &source.basic_auth {
                 Some(secret) => credentials(secret).await.map(Some).map_err(|e| format!("flowerSpec.basicAuth: {e}")),
                 None => Ok(None),
@@ -238,6 +256,23 @@ spec:
         let given = format!("{off}  autoscaling: {{policy: load, maxReplicas: 3, flowerUrl: 'http://monitor:5555'}}\n");
         let s = source(&celery(&given)).expect("given");
         assert_eq!((s.url.as_str(), s.field), ("http://monitor.web.svc:5555/", "spec.autoscaling.flowerUrl"));
+    }
+
+    #[test]
+    fn flower_credentials_go_to_the_apps_own_flower_only() {
+        let with_auth = |url: &str| {
+            format!(
+                "{APP}  flowerSpec: {{basicAuth: {{name: f, key: k}}}}\n  autoscaling: {{policy: load, maxReplicas: 3, flowerUrl: '{url}'}}\n"
+            )
+        };
+        for own in
+            ["http://shop-flower:5555", "http://shop-flower.web.svc:5555/flower", "http://shop-flower.web.svc.cluster.local"]
+        {
+            assert!(source(&celery(&with_auth(own))).unwrap().basic_auth.is_some(), "{own}");
+        }
+        for elsewhere in ["http://attacker.example:80", "http://shop-flower.other.svc:5555", "http://10.0.0.9:5555"] {
+            assert_eq!(source(&celery(&with_auth(elsewhere))).unwrap().basic_auth, None, "{elsewhere}");
+        }
     }
 
     #[test]

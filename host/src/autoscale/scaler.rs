@@ -30,9 +30,10 @@ use super::Tuning;
 use super::cluster::ClusterView;
 use super::progress::{self, Progress};
 use super::sampler::{self, HISTORY};
-use super::stabilize::Damper;
+use super::stabilize::{self, Damper, Verdict};
 use crate::conditions::*;
 use crate::crd::{AutoscalerStatus, Celery, CelerySpec, DecisionStatus, SecretKeyRef, TransportOptions};
+use crate::leader::Leadership;
 use crate::metrics::{self, Broker, BrokerError, BrokerOptions, QueueStats, RedisLayout};
 use crate::policy::{CallLimits, PolicyInput, Sample};
 use crate::reconcile::apply::{self, SCALER_MANAGER};
@@ -52,10 +53,11 @@ const MISSING_GRACE: Duration = Duration::from_secs(30);
 /// A Secret holding the broker URL is read again at most this often after a failed read.
 const SECRET_RETRY: Duration = Duration::from_secs(10);
 
-/// The loops of every autoscaled app.
+/// The loops of every autoscaled app, each with the UID of the object it serves: an app
+/// deleted and created again under the same name is another app and gets a loop of its own.
 pub struct Autoscaler {
     shared: Arc<Shared>,
-    loops: Mutex<HashMap<ObjectRef<Celery>, AbortHandle>>,
+    loops: Mutex<HashMap<ObjectRef<Celery>, (String, AbortHandle)>>,
 }
 
 /// What every loop uses.
@@ -68,6 +70,8 @@ struct Shared {
     /// The controllers' caches of Celery objects (one per watched namespace, or one in all).
     apps: Vec<Store<Celery>>,
     broker: BrokerOptions,
+    /// Every write (scale, status, event) is made only while this replica's term lasts.
+    leadership: Arc<Leadership>,
 }
 
 impl Autoscaler {
@@ -77,6 +81,7 @@ impl Autoscaler {
         policies: Arc<PolicyCheck>,
         cluster: Arc<ClusterView>,
         apps: Vec<Store<Celery>>,
+        leadership: Arc<Leadership>,
     ) -> Self {
         let reporter = Reporter { controller: SCALER_MANAGER.into(), instance: std::env::var("POD_NAME").ok() };
         let shared = Shared {
@@ -87,6 +92,7 @@ impl Autoscaler {
             cluster,
             apps,
             broker: BrokerOptions::default(),
+            leadership,
         };
         Self { shared: Arc::new(shared), loops: Mutex::default() }
     }
@@ -95,37 +101,50 @@ impl Autoscaler {
     /// the loop itself notices spec changes, so a running loop is left alone.
     pub fn ensure(&self, celery: &Celery) {
         let key = ObjectRef::from_obj(celery);
+        let uid = celery.uid().unwrap_or_default();
         let mut loops = self.loops.lock().expect("autoscaler loops lock");
-        if loops.get(&key).is_some_and(|running| !running.is_finished()) {
-            return;
+        // Loops of apps that went are forgotten here, so the map holds live apps only.
+        loops.retain(|_, (_, running)| !running.is_finished());
+        match loops.get(&key) {
+            Some((running_uid, _)) if *running_uid == uid => return,
+            // The loop of an earlier object of this name: it must not act on this one.
+            Some((_, earlier)) => earlier.abort(),
+            None => {}
         }
-        let task = tokio::spawn(run(Arc::clone(&self.shared), key.clone()));
-        loops.insert(key, task.abort_handle());
+        let task = tokio::spawn(run(Arc::clone(&self.shared), key.clone(), uid.clone()));
+        loops.insert(key, (uid, task.abort_handle()));
+    }
+
+    /// Loops running now (for tests and benchmarks: the map must not outgrow the apps).
+    pub fn running(&self) -> usize {
+        let loops = self.loops.lock().expect("autoscaler loops lock");
+        loops.values().filter(|(_, task)| !task.is_finished()).count()
     }
 }
 
 impl Drop for Autoscaler {
     fn drop(&mut self) {
-        for task in self.loops.get_mut().map(|l| l.values()).into_iter().flatten() {
+        for (_, task) in self.loops.get_mut().map(|l| l.values()).into_iter().flatten() {
             task.abort();
         }
     }
 }
 
 impl Shared {
-    fn find(&self, key: &ObjectRef<Celery>) -> Option<Arc<Celery>> {
-        self.apps.iter().find_map(|store| store.get(key))
+    /// The app of this loop, unless it is gone or replaced by another object of its name.
+    fn find(&self, key: &ObjectRef<Celery>, uid: &str) -> Option<Arc<Celery>> {
+        self.apps.iter().find_map(|store| store.get(key)).filter(|c| c.uid().as_deref() == Some(uid))
     }
 }
 
 /// The loop of one app.
-async fn run(shared: Arc<Shared>, key: ObjectRef<Celery>) {
+async fn run(shared: Arc<Shared>, key: ObjectRef<Celery>, uid: String) {
     shared.policies.loaded().await;
     let mut app: Option<AppLoop> = None;
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
     loop {
         ticker.tick().await;
-        let Some(celery) = shared.find(&key) else {
+        let Some(celery) = shared.find(&key, &uid) else {
             debug!(app = %key, "the app is gone; its autoscaler stops");
             if let Some(app) = app {
                 app.forget_metrics(&shared);
@@ -196,7 +215,8 @@ struct AppLoop {
     needs_broker: bool,
     broker: Option<Broker>,
     broker_source: Option<BrokerSource>,
-    last_secret_read: Option<Instant>,
+    /// When the broker Secret was last read, and why that read failed if it did.
+    last_secret_read: Option<(Instant, Option<String>)>,
     /// Tasks in progress from the app's Flower, if it has one.
     progress: Progress,
     /// The input lent to every policy call, history included.
@@ -257,7 +277,7 @@ impl AppLoop {
         self.max = u32::try_from(max).unwrap_or(0);
         self.concurrency = u32::try_from(spec.worker_spec.concurrency).unwrap_or(1);
         if self.tuning != tuning {
-            self.damper = Damper::new(tuning.stabilization, tuning.step_percent, tuning.step_period);
+            self.damper.retune(tuning.stabilization, tuning.step_percent, tuning.step_period);
             self.tuning = tuning;
         }
         let source = broker_source(spec);
@@ -315,23 +335,46 @@ impl AppLoop {
             shared.metrics.observe_queue(&self.label, &q.name, q.backlog);
         }
         let mut status = sampler::measured_status(Time(now), measured, &pods);
-        let sample = match queues {
-            Some(Err(message)) => Err(message),
-            Some(Ok(stats)) => sampler::sample(now_ms, current, Some(&stats), pods),
-            None => sampler::sample(now_ms, current, None, pods),
+        // A broker that cannot be read fails the policies that need it, and only those.
+        let without_queues = |pods| Sample { timestamp_ms: now_ms, replicas: current, queues: Vec::new(), pods };
+        let (sample, broker_failure) = match queues {
+            Some(Err(message)) => (without_queues(pods), Some(message)),
+            Some(Ok(stats)) => match sampler::sample(now_ms, current, Some(&stats), Vec::new()) {
+                Ok(with_queues) => (Sample { pods, ..with_queues }, None),
+                Err(message) => (without_queues(pods), Some(message)),
+            },
+            None => (without_queues(pods), None),
         };
+        if !self.damper.is_seeded() {
+            let last_scale_ms = self.last_scale_time.as_ref().and_then(|t| u64::try_from(t.0.as_millisecond()).ok());
+            self.damper.seed(now_ms, current, last_scale_ms);
+        }
 
-        let decided = match sample {
-            Err(message) => Err(Health { reason: METRICS_UNAVAILABLE, message }),
-            Ok(sample) => self.decide(shared, current, sample).await,
+        let answers = self.decide(shared, sample, broker_failure.as_deref()).await;
+        let bounded: Vec<Option<u32>> = answers.iter().map(|a| a.as_ref().ok().map(|c| c.bounded)).collect();
+        let failures: Vec<&Health> = answers.iter().filter_map(|a| a.as_ref().err()).collect();
+        let failed = || Health {
+            reason: if failures.iter().all(|f| f.reason == METRICS_UNAVAILABLE) { METRICS_UNAVAILABLE } else { POLICY_FAILED },
+            message: failures.iter().map(|f| f.message.as_str()).collect::<Vec<_>>().join("; "),
         };
-        let (target, health, reason, proposed, policy) = match decided {
-            Ok(Choice { bounded, proposed, reason, policy }) => {
-                let target = self.damper.next(now_ms, current, bounded);
-                let health = Health { reason: POLICY_DECIDING, message: format!("{policy}: {reason}") };
-                (target, health, reason, Some(proposed), policy)
+        let (target, health, reason, proposed, policy) = match stabilize::combine(current, &bounded) {
+            Verdict::All(best) | Verdict::UpOnKnown(best) => {
+                let Ok(Choice { bounded, proposed, reason, policy }) = &answers[best] else {
+                    unreachable!("combine picks an answer")
+                };
+                let target = self.damper.next(now_ms, current, *bounded);
+                let (health, reason) = if failures.is_empty() {
+                    (Health { reason: POLICY_DECIDING, message: format!("{policy}: {reason}") }, reason.clone())
+                } else {
+                    // Scale up on what is known; the failure still shows.
+                    let health = failed();
+                    let reason = format!("{reason} (scaled up on the signals known; {})", health.message);
+                    (health, reason)
+                };
+                (target, health, reason, Some(*proposed), policy.clone())
             }
-            Err(health) => {
+            Verdict::Hold => {
+                let health = failed();
                 let cause = if health.reason == POLICY_FAILED { FailureCause::Policy } else { FailureCause::Metrics };
                 shared.metrics.observe_failure(&self.label, cause);
                 // Hold, or raise to the fallback; never lower on missing data.
@@ -370,8 +413,10 @@ impl AppLoop {
         self.conclude_with(shared, celery, &mut status, health, changed).await;
     }
 
-    /// Asks every policy; the largest answer (within bounds) wins.
-    async fn decide(&mut self, shared: &Shared, current: u32, sample: Sample) -> Result<Choice, Health> {
+    /// Asks every policy for its answer, in the order of the spec. A policy that needs the
+    /// queues fails with `broker_failure` when the broker could not be read; the others are
+    /// asked all the same. The sample joins the history only when it is whole.
+    async fn decide(&mut self, shared: &Shared, sample: Sample, broker_failure: Option<&str>) -> Vec<Result<Choice, Health>> {
         let mut input = self.input.take().unwrap_or_else(|| PolicyInput {
             app: String::new(),
             current_replicas: 0,
@@ -385,7 +430,7 @@ impl AppLoop {
         if input.app != self.label {
             input.app.clone_from(&self.label);
         }
-        input.current_replicas = current;
+        input.current_replicas = sample.replicas;
         input.min_replicas = self.min;
         input.max_replicas = self.max;
         input.concurrency = self.concurrency;
@@ -397,52 +442,55 @@ impl AppLoop {
             ..runner.limits().clone()
         }
         .within(shared.policies.registry().engine());
-        let mut best: Option<Choice> = None;
-        let mut failure = None;
+        let mut answers = Vec::with_capacity(self.policies.len());
         for policy in &mut self.policies {
+            let failed = |reason, message: String| Err(Health { reason, message });
+            if let Some(message) = broker_failure
+                && policy.name != CPU_MEMORY_POLICY
+            {
+                answers.push(failed(METRICS_UNAVAILABLE, message.to_string()));
+                continue;
+            }
             let loaded = match shared.policies.registry().resolve(&policy.name) {
                 Ok(loaded) => loaded,
                 Err(e) => {
-                    failure = Some(format!("{}: {e}", policy.field));
-                    break;
+                    answers.push(failed(POLICY_FAILED, format!("{}: {e}", policy.field)));
+                    continue;
                 }
             };
             // Lent, not copied: the settings go in and come back out with the input.
             std::mem::swap(&mut input.settings, &mut policy.settings);
             let (back, outcome) = runner.decide_lending(loaded, input, Some(limits.clone())).await;
             let Some(mut back) = back else {
-                failure = Some(outcome.err().map_or_else(|| "the policy call was lost".into(), |e| e.to_string()));
+                let message = outcome.err().map_or_else(|| "the policy call was lost".into(), |e| e.to_string());
                 // The input went down with the call; the history starts over.
-                return Err(Health { reason: POLICY_FAILED, message: failure.unwrap_or_default() });
+                answers.push(failed(POLICY_FAILED, format!("{}: {message}", policy.name)));
+                return answers;
             };
             std::mem::swap(&mut back.settings, &mut policy.settings);
             input = back;
-            match outcome {
+            answers.push(match outcome {
                 Ok((verdict, took)) => {
                     shared.metrics.observe_policy(&self.label, took);
-                    if best.as_ref().is_none_or(|b| verdict.proposed > b.proposed) {
-                        best = Some(Choice {
-                            bounded: verdict.decision.replicas,
-                            proposed: verdict.proposed,
-                            reason: verdict.decision.reason,
-                            policy: policy.name.clone(),
-                        });
-                    }
+                    Ok(Choice {
+                        bounded: verdict.decision.replicas,
+                        proposed: verdict.proposed,
+                        reason: verdict.decision.reason,
+                        policy: policy.name.clone(),
+                    })
                 }
-                Err(e) => {
-                    failure = Some(e.to_string());
-                    break;
-                }
-            }
+                Err(e) => failed(POLICY_FAILED, format!("{}: {e}", policy.name)),
+            });
         }
         let finished = std::mem::replace(&mut input.current, sample_placeholder());
-        sampler::remember(&mut input.history, finished);
-        self.input = Some(input);
-        match (failure, best) {
-            (Some(message), _) => Err(Health { reason: POLICY_FAILED, message }),
-            (None, Some(best)) => Ok(best),
-            (None, None) => Err(Health { reason: POLICY_FAILED, message: "no scaling policy is selected".into() }),
+        if broker_failure.is_none() {
+            sampler::remember(&mut input.history, finished);
         }
+        self.input = Some(input);
+        if answers.is_empty() {
+            answers.push(Err(Health { reason: POLICY_FAILED, message: "no scaling policy is selected".into() }));
+        }
+        answers
     }
 
     /// The queues as the broker reports them, or why not.
@@ -482,16 +530,34 @@ impl AppLoop {
         let field = &source.field;
         let url = match (&source.url, &source.secret) {
             (_, Some(secret)) => {
-                if self.last_secret_read.is_some_and(|at| at.elapsed() < SECRET_RETRY) {
-                    return Err(format!("{field}: Secret {} not readable yet; retrying", secret.name));
+                if let Some((at, Some(error))) = &self.last_secret_read
+                    && at.elapsed() < SECRET_RETRY
+                {
+                    return Err(format!("{field}: {error} (read again every {}s)", SECRET_RETRY.as_secs()));
                 }
-                self.last_secret_read = Some(Instant::now());
-                read_secret(&shared.client, &self.namespace, secret).await.map_err(|e| format!("{field}: {e}"))?
+                let read = read_secret(&shared.client, &self.namespace, secret).await;
+                self.last_secret_read = Some((Instant::now(), read.as_ref().err().cloned()));
+                let url = read.map_err(|e| format!("{field}: {e}"))?;
+                // NB: a Secret's value is never quoted back, even when it is not a URL at all:
+                // it may be a bare password put in the wrong key.
+                if let Err(error) = url::Url::parse(&url) {
+                    return Err(format!(
+                        "{field}: key {} of Secret {} does not hold a URL ({error}); the value is not shown",
+                        secret.key, secret.name
+                    ));
+                }
+                url
             }
             (Some(url), None) => url.clone(),
             (None, None) => return Err(format!("{field}: give url or secretRef")),
         };
         let url = metrics::in_namespace(&url, &self.namespace);
+        if let Some(why) = metrics::forbidden_destination(&url) {
+            return Err(format!("{field}: {why}"));
+        }
+        if let Some(why) = source.management_url.as_deref().and_then(metrics::forbidden_destination) {
+            return Err(format!("spec.broker.managementUrl: {why}"));
+        }
         let options = BrokerOptions {
             redis: RedisLayout::with(source.transport_options.as_ref()),
             management_url: source.management_url.as_deref().map(|m| metrics::in_namespace(m, &self.namespace)),
@@ -502,6 +568,9 @@ impl AppLoop {
 
     /// Writes the replica count as the scaler, and records why.
     async fn scale(&self, shared: &Shared, celery: &Celery, from: u32, to: u32, reason: &str) -> Result<(), String> {
+        if !shared.leadership.holds() {
+            return Err("this replica's leader term has ended; it no longer scales".into());
+        }
         let api: Api<Deployment> = Api::namespaced(shared.client.clone(), &self.namespace);
         let replicas = i32::try_from(to).unwrap_or(i32::MAX);
         apply::scale(&api, celery, &self.worker, replicas).await.map_err(|e| crate::telemetry::chain(&e))?;
@@ -544,7 +613,7 @@ impl AppLoop {
         let backlog = sampler::total_backlog(status);
         let moved = since.is_none_or(|t| t >= STATUS_REFRESH_MOVING) && sampler::backlog_moved(self.written_backlog, backlog);
         self.health = Some(health.clone());
-        if !(changed || transition || due || moved) {
+        if !(changed || transition || due || moved) || !shared.leadership.holds() {
             return;
         }
         status.last_decision = self.last_decision.clone();
@@ -575,16 +644,8 @@ impl AppLoop {
     async fn retire(self, shared: &Shared, celery: &Celery) {
         info!(app = %self.label, "autoscaling stops");
         self.forget_metrics(shared);
-        let patch = serde_json::json!({
-            "apiVersion": Celery::api_version(&()),
-            "kind": Celery::kind(&()),
-            "status": {},
-        });
-        let api: Api<Celery> = Api::namespaced(shared.client.clone(), &self.namespace);
-        if let Err(error) =
-            api.patch_status(&celery.name_any(), &PatchParams::apply(SCALER_MANAGER).force(), &Patch::Apply(&patch)).await
-        {
-            warn!(app = %self.label, error = %crate::telemetry::chain(&error), "cannot clear the autoscaler status");
+        if shared.leadership.holds() {
+            clear_status(&shared.client, celery).await;
         }
     }
 
@@ -630,17 +691,30 @@ fn broker_source(spec: &CelerySpec) -> Option<BrokerSource> {
     })
 }
 
-/// The value of one key of a Secret in `namespace`, trimmed.
+/// The value of one key of a Secret in `namespace`, trimmed. The error says which of the three
+/// it is: no such Secret, no such key, or not allowed to read it; never the value.
 async fn read_secret(client: &Client, namespace: &str, secret: &SecretKeyRef) -> Result<String, String> {
     let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
-    let found = api
-        .get_opt(&secret.name)
-        .await
-        .map_err(|e| format!("cannot read Secret {}: {}", secret.name, crate::telemetry::chain(&e)))?;
-    let data = found
-        .and_then(|s| s.data)
-        .and_then(|mut d| d.remove(&secret.key))
-        .ok_or_else(|| format!("Secret {} has no key {}", secret.name, secret.key))?;
+    let found = match api.get_opt(&secret.name).await {
+        Ok(found) => found,
+        Err(kube::Error::Api(status)) if status.code == 403 => {
+            return Err(format!(
+                "the operator may not read Secret {namespace}/{} (forbidden: is {namespace} a namespace the operator's RBAC covers?)",
+                secret.name
+            ));
+        }
+        Err(e) => return Err(format!("cannot read Secret {}: {}", secret.name, crate::telemetry::chain(&e))),
+    };
+    let Some(found) = found else {
+        return Err(format!("there is no Secret {} in namespace {namespace}", secret.name));
+    };
+    let mut data = found.data.unwrap_or_default();
+    let Some(data) = data.remove(&secret.key) else {
+        // Key names are not secret; they help spot a typo.
+        let keys: Vec<&str> = data.keys().map(String::as_str).collect();
+        let keys = if keys.is_empty() { "none".into() } else { keys.join(", ") };
+        return Err(format!("Secret {} has no key {} (its keys: {keys})", secret.name, secret.key));
+    };
     let text = String::from_utf8(data.0).map_err(|_| format!("key {} of Secret {} is not UTF-8", secret.key, secret.name))?;
     Ok(text.trim().to_string())
 }
@@ -676,7 +750,27 @@ fn scaling_condition(celery: &Celery, health: &Health) -> Condition {
     }
 }
 
+/// Removes what the autoscaler writes in the status of `celery` (its figures, its last
+/// decision, `ScalingActive`), for an app that is no longer autoscaled: by its loop when
+/// autoscaling is switched off, by the reconciler when that happened while no loop ran.
+pub async fn clear_status(client: &Client, celery: &Celery) {
+    let patch = serde_json::json!({
+        "apiVersion": Celery::api_version(&()),
+        "kind": Celery::kind(&()),
+        "status": {},
+    });
+    let api: Api<Celery> = Api::namespaced(client.clone(), &celery.namespace().unwrap_or_default());
+    if let Err(error) =
+        api.patch_status(&celery.name_any(), &PatchParams::apply(SCALER_MANAGER).force(), &Patch::Apply(&patch)).await
+    {
+        warn!(app = %celery.name_any(), error = %crate::telemetry::chain(&error), "cannot clear the autoscaler status");
+    }
+}
+
 async fn publish(shared: &Shared, celery: &Celery, type_: EventType, reason: &str, note: String) {
+    if !shared.leadership.holds() {
+        return;
+    }
     let event = Event {
         type_,
         reason: reason.into(),

@@ -16,6 +16,38 @@ pub enum Bound {
     Max,
 }
 
+/// What the answers of an app's policies allow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Every policy answered: this one asked for the most workers.
+    All(usize),
+    /// Some policies could not answer, and this one, the largest of the known answers, asks
+    /// for more workers than run now: the known signals may scale up.
+    UpOnKnown(usize),
+    /// No answer, or the known answers would not add workers: scaling down needs every
+    /// signal, so the count holds.
+    Hold,
+}
+
+/// Combines the (bounded) answers of an app's policies, `None` where a policy or its signal
+/// failed. The largest answer wins, the first of equals.
+pub fn combine(current: u32, answers: &[Option<u32>]) -> Verdict {
+    let mut best: Option<(usize, u32)> = None;
+    for (i, answer) in answers.iter().enumerate() {
+        if let Some(n) = *answer
+            && best.is_none_or(|(_, b)| n > b)
+        {
+            best = Some((i, n));
+        }
+    }
+    match best {
+        None => Verdict::Hold,
+        Some((i, _)) if answers.iter().all(Option::is_some) => Verdict::All(i),
+        Some((i, n)) if n > current => Verdict::UpOnKnown(i),
+        Some(_) => Verdict::Hold,
+    }
+}
+
 /// `proposed` within `[min, max]`, and which bound applied if any. Should `min` exceed `max`
 /// (the resource's validation forbids it), `min` wins: never fewer workers than asked for.
 pub fn clamp(proposed: u32, min: u32, max: u32) -> (u32, Option<Bound>) {
@@ -49,6 +81,11 @@ impl Stabilizer {
         Self { window, recent: VecDeque::new() }
     }
 
+    /// Another window, keeping the recommendations made so far.
+    pub fn set_window(&mut self, window: Duration) {
+        self.window = window;
+    }
+
     /// Records `recommendation` at `now_ms` and returns the replica count to apply.
     pub fn apply(&mut self, now_ms: u64, recommendation: u32) -> u32 {
         let since = now_ms.saturating_sub(self.window.as_millis() as u64);
@@ -68,17 +105,52 @@ impl Stabilizer {
 /// Scale-down damping of one app: the [`Stabilizer`] window, then steps of at most
 /// `step_percent` of the current workers (at least one) no closer than `step_period`.
 /// Scaling up is applied at once and never delayed by an earlier step down.
+///
+/// A damper that starts without a past (an operator restart, a failover) is [`seed`]ed first,
+/// so that it never scales down faster than one that had kept running.
+///
+/// [`seed`]: Damper::seed
 #[derive(Clone, Debug)]
 pub struct Damper {
     stabilizer: Stabilizer,
     step_percent: u32,
     step_period: Duration,
     last_step_ms: Option<u64>,
+    seeded: bool,
 }
 
 impl Damper {
     pub fn new(window: Duration, step_percent: u32, step_period: Duration) -> Self {
-        Self { stabilizer: Stabilizer::new(window), step_percent: step_percent.clamp(1, 100), step_period, last_step_ms: None }
+        Self {
+            stabilizer: Stabilizer::new(window),
+            step_percent: step_percent.clamp(1, 100),
+            step_period,
+            last_step_ms: None,
+            seeded: false,
+        }
+    }
+
+    /// Whether [`seed`](Self::seed) has run.
+    pub fn is_seeded(&self) -> bool {
+        self.seeded
+    }
+
+    /// Gives a new damper the past it would have had: the workers running now count as
+    /// recommended now (so the whole window passes before any step down), and the last scale
+    /// the status recorded counts as the last step (so the step period is kept across a
+    /// restart). What an earlier process recommended is not known, and unknown is never
+    /// taken as permission to scale down.
+    pub fn seed(&mut self, now_ms: u64, current: u32, last_scale_ms: Option<u64>) {
+        self.stabilizer.apply(now_ms, current);
+        self.last_step_ms = last_scale_ms.filter(|at| *at <= now_ms).max(self.last_step_ms);
+        self.seeded = true;
+    }
+
+    /// New tuning that keeps what was recommended and when the last step was.
+    pub fn retune(&mut self, window: Duration, step_percent: u32, step_period: Duration) {
+        self.stabilizer.set_window(window);
+        self.step_percent = step_percent.clamp(1, 100);
+        self.step_period = step_period;
     }
 
     /// The replica count to run at `now_ms`, from `current` and the (bounded) recommendation.
@@ -121,6 +193,19 @@ mod tests {
         assert_eq!(clamp(proposed, min, max), (applied, bound));
     }
 
+    #[rstest]
+    #[case::all_answer(3, &[Some(2), Some(5)], Verdict::All(1))]
+    #[case::all_answer_down(3, &[Some(1), Some(2)], Verdict::All(1))]
+    #[case::first_of_equals(3, &[Some(4), Some(4)], Verdict::All(0))]
+    #[case::cpu_down_queue_up(2, &[Some(6), None], Verdict::UpOnKnown(0))]
+    #[case::cpu_down_queue_level(6, &[Some(6), None], Verdict::Hold)]
+    #[case::cpu_down_queue_lower(6, &[Some(1), None], Verdict::Hold)]
+    #[case::nothing_known(2, &[None, None], Verdict::Hold)]
+    #[case::no_policy(2, &[], Verdict::Hold)]
+    fn a_failing_signal_fails_alone(#[case] current: u32, #[case] answers: &[Option<u32>], #[case] verdict: Verdict) {
+        assert_eq!(combine(current, answers), verdict);
+    }
+
     #[test]
     fn scale_down_waits_for_the_window_and_scale_up_does_not() {
         let window = Duration::from_secs(60);
@@ -158,6 +243,35 @@ mod tests {
         assert_eq!(d.next(21_000, 2, 0), 1);
         assert_eq!(d.next(26_000, 1, 0), 0, "to zero, one at a time at the end");
         assert_eq!(d.next(26_500, 0, 4), 4, "scale up at once, whatever the step period");
+    }
+
+    #[test]
+    fn a_seeded_damper_waits_the_window_and_the_step_period_like_one_that_kept_running() {
+        let (window, period) = (Duration::from_secs(60), Duration::from_secs(15));
+        // The last step down happened 5 s before the restart at t = 100 s, from 10 to 5.
+        let mut d = Damper::new(window, 50, period);
+        d.seed(100_000, 5, Some(95_000));
+        assert!(d.is_seeded());
+        assert_eq!(d.next(101_000, 5, 0), 5, "the window starts with the workers running at the restart");
+        assert_eq!(d.next(159_000, 5, 0), 5, "still within the window");
+        assert_eq!(d.next(161_000, 5, 0), 2, "after the window, one step of 50%");
+        // Unseeded, the first tick would drop half of the workers at once.
+        assert_eq!(Damper::new(window, 50, period).next(101_000, 5, 0), 2);
+
+        // With no window, the step period counts from the recorded scale.
+        let mut d = Damper::new(Duration::ZERO, 50, period);
+        d.seed(100_000, 10, Some(95_000));
+        assert_eq!(d.next(100_500, 10, 0), 10, "15 s have not passed since the last step");
+        assert_eq!(d.next(110_000, 10, 0), 5);
+    }
+
+    #[test]
+    fn retuning_keeps_the_past() {
+        let mut d = Damper::new(Duration::from_secs(60), 50, Duration::from_secs(15));
+        assert_eq!(d.next(0, 8, 8), 8);
+        d.retune(Duration::from_secs(30), 100, Duration::from_secs(1));
+        assert_eq!(d.next(10_000, 8, 0), 8, "8 was recommended within the new 30 s window");
+        assert_eq!(d.next(31_000, 8, 0), 0, "then 100% steps");
     }
 
     #[test]

@@ -16,6 +16,7 @@ use serde::de::DeserializeOwned;
 
 use crate::conditions::{APPLY_REJECTED, NAME_CONFLICT};
 use crate::crd::Celery;
+use crate::reconcile::adopt;
 use crate::reconcile::build::{self, BuildError};
 use crate::reconcile::validate::Scaling;
 
@@ -71,7 +72,7 @@ pub async fn children(client: &Client, celery: &Celery, scaling: &Scaling) -> Re
     let flower = read_own(&deployments, &flower_name, celery).await?;
     let service = read_own(&services, &flower_name, celery).await?;
     let (flower, flower_service) = if celery.spec.flower_spec.enabled {
-        let flower = apply(&deployments, &build::flower_deployment(celery)?, FIELD_MANAGER).await?;
+        let flower = apply_deployment(&deployments, &build::flower_deployment(celery)?, flower.as_ref()).await?;
         let service = apply(&services, &build::flower_service(celery)?, FIELD_MANAGER).await?;
         (Some(flower), Some(service.name_any()))
     } else {
@@ -133,7 +134,7 @@ async fn apply_worker(
     let name = build::worker_name(celery);
     let Scaling::Policies { min_replicas, max_replicas, .. } = *scaling else {
         let replicas = scaling.initial_replicas(celery.spec.worker_spec.num_of_workers);
-        return apply(api, &build::worker_deployment(celery, Some(replicas))?, FIELD_MANAGER).await;
+        return apply_deployment(api, &build::worker_deployment(celery, Some(replicas))?, current.as_ref()).await;
     };
     match current {
         None => {
@@ -147,9 +148,73 @@ async fn apply_worker(
             if bounded != replicas || !manages_replicas(&existing, SCALER_MANAGER) {
                 scale(api, celery, &name, bounded).await?;
             }
-            apply(api, &build::worker_deployment(celery, None)?, FIELD_MANAGER).await
+            apply_deployment(api, &build::worker_deployment(celery, None)?, Some(&existing)).await
         }
     }
+}
+
+/// Field manager of the patches that remove what the spec does not describe.
+const ADOPTION_MANAGER: &str = "celery-operator-adoption";
+
+/// Applies a child Deployment so that its pod template holds exactly what `desired` describes.
+///
+/// Server-side apply leaves list entries of other managers in place (see [`adopt`]). When
+/// `existing` has any, the Deployment is paused, applied, rid of those entries and resumed,
+/// so it rolls out once, straight to the desired template: a worker never runs beside the one
+/// it replaces. A Deployment paused by someone else stays paused.
+async fn apply_deployment(
+    api: &Api<Deployment>,
+    desired: &Deployment,
+    existing: Option<&Deployment>,
+) -> Result<Deployment, ApplyError> {
+    let paused_by_us = existing.is_some_and(|d| paused_by(d, ADOPTION_MANAGER));
+    if !paused_by_us && existing.is_none_or(|d| adopt::foreign_entries(d, desired).is_empty()) {
+        return apply(api, desired, FIELD_MANAGER).await;
+    }
+    let name = desired.name_any();
+    let ns = desired.namespace().unwrap_or_default();
+    let paused_before = existing.and_then(|d| d.spec.as_ref()?.paused).unwrap_or(false) && !paused_by_us;
+    if !paused_before && !paused_by_us {
+        json_patch(api, &name, &ns, vec![serde_json::json!({"op": "add", "path": "/spec/paused", "value": true})]).await?;
+    }
+    let applied = apply(api, desired, FIELD_MANAGER).await?;
+    let mut ops = adopt::removal_patch(&adopt::foreign_entries(&applied, desired));
+    if !paused_before {
+        ops.push(serde_json::json!({"op": "remove", "path": "/spec/paused"}));
+    }
+    if ops.is_empty() {
+        return Ok(applied);
+    }
+    tracing::info!(deployment = %format!("{ns}/{name}"), removed = ops.len(), "removed from the pod template what the spec does not describe");
+    json_patch(api, &name, &ns, ops).await
+}
+
+fn paused_by(d: &Deployment, manager: &str) -> bool {
+    d.spec.as_ref().and_then(|s| s.paused) == Some(true)
+        && d.metadata.managed_fields.iter().flatten().any(|entry| {
+            entry.manager.as_deref() == Some(manager)
+                && entry.fields_v1.as_ref().is_some_and(|f| f.0.get("f:spec").and_then(|s| s.get("f:paused")).is_some())
+        })
+}
+
+/// A JSON patch as [`ADOPTION_MANAGER`]. A failed `test` (the object changed meanwhile) is
+/// worth a retry, not a `Degraded` condition.
+async fn json_patch(api: &Api<Deployment>, name: &str, ns: &str, ops: Vec<serde_json::Value>) -> Result<Deployment, ApplyError> {
+    let patch: json_patch::Patch = serde_json::from_value(serde_json::Value::Array(ops)).map_err(|e| ApplyError::Api {
+        action: "patch",
+        kind: "Deployment".into(),
+        namespace: ns.to_string(),
+        name: name.to_string(),
+        source: kube::Error::SerdeError(e),
+    })?;
+    let params = PatchParams { field_manager: Some(ADOPTION_MANAGER.into()), ..Default::default() };
+    api.patch(name, &params, &Patch::Json::<()>(patch)).await.map_err(|source| ApplyError::Api {
+        action: "patch",
+        kind: "Deployment".into(),
+        namespace: ns.to_string(),
+        name: name.to_string(),
+        source,
+    })
 }
 
 /// Sets the worker replicas as the scaler. The autoscaling loop writes decisions this way too.

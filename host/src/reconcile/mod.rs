@@ -7,6 +7,7 @@
 //! the object waits for a change; a failure that may pass (API server unreachable) is an
 //! [`Error`], retried with backoff by [`error_policy`].
 
+pub mod adopt;
 pub mod apply;
 pub mod build;
 pub mod policies;
@@ -26,8 +27,9 @@ use kube::{Client, Resource, ResourceExt};
 use tracing::{info, warn};
 
 use crate::autoscale::scaler::Autoscaler;
-use crate::conditions::{DEGRADED, INVALID_SPEC, READY};
+use crate::conditions::{DEGRADED, INVALID_SPEC, NAME_CONFLICT, READY, SCALING_ACTIVE};
 use crate::crd::{Celery, CeleryStatus};
+use crate::leader::Leadership;
 use crate::telemetry::Metrics;
 use apply::{ApplyError, FIELD_MANAGER};
 use policies::PolicyCheck;
@@ -36,6 +38,10 @@ use validate::Scaling;
 
 /// How often an app is reconciled without any change, to catch drift no watch reported.
 const RESYNC: Duration = Duration::from_secs(300);
+/// Apps whose failure count is kept for backoff, at most.
+const MAX_BACKOFFS: usize = 4096;
+/// How often an app whose children's names are taken looks again.
+const CONFLICT_RECHECK: Duration = Duration::from_secs(15);
 
 /// What every reconcile shares.
 pub struct Context {
@@ -48,6 +54,8 @@ pub struct Context {
     autoscaler: Option<Autoscaler>,
     /// Consecutive failures per object, for exponential backoff.
     failures: Mutex<HashMap<ObjectRef<Celery>, u32>>,
+    /// Whether this replica may write (its leader term).
+    leadership: Arc<Leadership>,
 }
 
 impl Context {
@@ -56,6 +64,7 @@ impl Context {
         metrics: Arc<Metrics>,
         policies: Option<Arc<PolicyCheck>>,
         autoscaler: Option<Autoscaler>,
+        leadership: Arc<Leadership>,
     ) -> Self {
         let reporter = Reporter { controller: FIELD_MANAGER.into(), instance: std::env::var("POD_NAME").ok() };
         Self {
@@ -65,6 +74,7 @@ impl Context {
             policies,
             autoscaler,
             failures: Mutex::default(),
+            leadership,
         }
     }
 }
@@ -88,6 +98,9 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
+
+    #[error("not reconciling Celery {app}: this replica's leader term has ended")]
+    NotLeader { app: String },
 }
 
 /// Brings the children of one Celery app in line with its spec and reports how it went.
@@ -97,7 +110,8 @@ pub async fn reconcile(celery: Arc<Celery>, ctx: Arc<Context>) -> Result<Action,
     let name = celery.name_any();
     let app = format!("{ns}/{name}");
 
-    let result = run_pipeline(&celery, &ctx, &app).await;
+    let result =
+        if ctx.leadership.holds() { run_pipeline(&celery, &ctx, &app).await } else { Err(Error::NotLeader { app: app.clone() }) };
     ctx.metrics.observe_reconcile(started.elapsed(), result.as_ref().err());
     let key = ObjectRef::from_obj(&*celery);
     if result.is_ok() {
@@ -110,7 +124,12 @@ async fn run_pipeline(celery: &Celery, ctx: &Context, app: &str) -> Result<Actio
     // Kept alive here because the outcome borrows from them.
     let scaling;
     let applied;
-    let outcome = match validate::validate(&celery.spec) {
+    let validated = validate::validate(&celery.spec);
+    if !matches!(validated, Ok(Scaling::Policies { .. })) && has_autoscaler_status(celery) {
+        // Autoscaling was switched off (or the spec broke) while no loop ran to clear it.
+        crate::autoscale::scaler::clear_status(&ctx.client, celery).await;
+    }
+    let outcome = match validated {
         Err(invalid) => Outcome::Failed { reason: INVALID_SPEC, message: invalid.to_string() },
         Ok(s) => {
             scaling = s;
@@ -145,6 +164,9 @@ async fn run_pipeline(celery: &Celery, ctx: &Context, app: &str) -> Result<Actio
     let now = Time(jiff::Timestamp::now());
     let new_status = status::compute(celery, &outcome, &now);
     let old_conditions = celery.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
+    if !ctx.leadership.holds() {
+        return Err(Error::NotLeader { app: app.to_string() });
+    }
     publish_transitions(ctx, celery, old_conditions, &new_status.conditions).await;
     write_status(ctx, celery, &new_status, app).await?;
 
@@ -159,9 +181,22 @@ async fn run_pipeline(celery: &Celery, ctx: &Context, app: &str) -> Result<Actio
         }
         Outcome::Failed { reason, message } => {
             warn!(app, reason, %message, "cannot run this Celery app as specified");
-            Ok(Action::await_change())
+            if reason == NAME_CONFLICT {
+                // The conflicting object is not watched (it is not ours): look again, so
+                // deleting or renaming it heals the app without an edit of the app.
+                Ok(Action::requeue(CONFLICT_RECHECK))
+            } else {
+                Ok(Action::await_change())
+            }
         }
     }
+}
+
+/// Whether the status holds what only an autoscaling loop writes.
+fn has_autoscaler_status(celery: &Celery) -> bool {
+    celery.status.as_ref().is_some_and(|s| {
+        s.autoscaler.is_some() || s.queue_backlog.is_some() || s.conditions.iter().any(|c| c.type_ == SCALING_ACTIVE)
+    })
 }
 
 /// One event per condition that changed: Warning when something broke, Normal when it healed.
@@ -210,6 +245,11 @@ async fn write_status(ctx: &Context, celery: &Celery, status: &CeleryStatus, app
 pub fn error_policy(celery: Arc<Celery>, error: &Error, ctx: Arc<Context>) -> Action {
     let key = ObjectRef::from_obj(&*celery);
     let mut failures = ctx.failures.lock().expect("failure map lock");
+    // An app deleted while failing is never reconciled again to remove its entry: bound the
+    // map instead (forgetting a count only shortens one backoff).
+    if failures.len() >= MAX_BACKOFFS && !failures.contains_key(&key) {
+        failures.clear();
+    }
     let n = failures.entry(key).or_default();
     *n = n.saturating_add(1);
     let delay = Duration::from_secs(1u64 << (*n - 1).min(8)).min(RESYNC);

@@ -45,7 +45,8 @@ impl PolicyCheck {
     /// seconds for the Python and JavaScript built-ins on a cold cache), so it runs in the
     /// background: the health endpoints answer meanwhile, and [`check`](Self::check) waits for it.
     pub fn start(settings: RegistrySettings, rescan: Duration) -> Result<Arc<Self>, PolicyError> {
-        let engine = PolicyEngine::new(EngineSettings::default())?;
+        let concurrency = num_cpus();
+        let engine = PolicyEngine::new(EngineSettings::within_memory(crate::policy::engine::memory_limit(), concurrency))?;
         let registry = Arc::new(Registry::new(engine, settings));
         let (loaded, ready) = watch::channel(false);
         let loading = Arc::clone(&registry);
@@ -65,7 +66,7 @@ impl PolicyCheck {
             let _ = loaded.send(true);
             loading.spawn_watch(rescan);
         });
-        let runner = PolicyRunner::new(num_cpus(), CallLimits::default());
+        let runner = PolicyRunner::new(concurrency, CallLimits::default());
         Ok(Arc::new(Self { registry, runner, ready, verdicts: Mutex::default() }))
     }
 
@@ -107,7 +108,13 @@ impl PolicyCheck {
                         Err(e) if !e.is_permanent() => return Err(problem(&policy.field, &e)),
                         Err(e) => Err(problem(&policy.field, &e).message),
                     };
-                    self.verdicts.lock().expect("verdict cache lock").insert(key, v.clone());
+                    let mut verdicts = self.verdicts.lock().expect("verdict cache lock");
+                    // Bounded: settings edited over and over, or modules replaced, would grow it
+                    // for ever; a verdict forgotten is only asked of the policy again.
+                    if verdicts.len() >= MAX_VERDICTS {
+                        verdicts.clear();
+                    }
+                    verdicts.insert(key, v.clone());
                     v
                 }
             };
@@ -116,6 +123,9 @@ impl PolicyCheck {
         Ok(())
     }
 }
+
+/// Verdicts on settings kept; far more than distinct (module, settings) pairs in use.
+const MAX_VERDICTS: usize = 4096;
 
 fn num_cpus() -> usize {
     std::thread::available_parallelism().map_or(2, |n| n.get())
