@@ -128,7 +128,11 @@ impl Flower {
         if !status.is_success() {
             return Err(self.error(format!("answered {status} while {what}")));
         }
-        response.text().await.map_err(|e| self.transport_error(what, &e))
+        match super::read_body(response, super::MAX_BODY).await {
+            Ok(body) => String::from_utf8(body).map_err(|_| self.error(format!("answered text that is not UTF-8 while {what}"))),
+            Err(super::BodyError::Http(e)) => Err(self.transport_error(what, &e)),
+            Err(too_large) => Err(self.error(format!("{too_large} while {what}"))),
+        }
     }
 
     fn transport_error(&self, what: &str, error: &reqwest::Error) -> FlowerError {

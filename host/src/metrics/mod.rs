@@ -139,6 +139,36 @@ pub enum BrokerError {
     Unexpected { broker: String, detail: String },
 }
 
+/// The largest HTTP body read from a broker's management API or from Flower. Their answers
+/// are a few KiB; a server that sends more is misconfigured or hostile, and is not allowed to
+/// make the operator buffer it.
+pub const MAX_BODY: usize = 4 << 20;
+
+/// Why a capped body could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error("the answer is larger than {limit} bytes")]
+    TooLarge { limit: usize },
+    #[error(transparent)]
+    Http(#[from] reqwest::Error),
+}
+
+/// The body of `response`, read chunk by chunk and refused beyond `limit` bytes (reqwest reads
+/// a whole body whatever its size).
+pub async fn read_body(mut response: reqwest::Response, limit: usize) -> Result<Vec<u8>, BodyError> {
+    if response.content_length().is_some_and(|n| n > limit as u64) {
+        return Err(BodyError::TooLarge { limit });
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await? {
+        if body.len() + chunk.len() > limit {
+            return Err(BodyError::TooLarge { limit });
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
 /// A broker of one app, ready to be read repeatedly (connections are kept between reads).
 pub enum Broker {
     /// Boxed: a Redis client is several times the size of an HTTP one.
@@ -210,15 +240,53 @@ pub fn redact(url: &url::Url) -> String {
     shown.to_string()
 }
 
-/// A URL that did not parse is shown only up to its host: whatever came before an `@` may be
-/// a password.
+/// A URL that did not parse, fit for a message: its scheme and what follows the last `@`
+/// (whatever came before may be a password), at most 64 characters of it. A value without a
+/// scheme is not shown at all: it may be a bare password put where a URL belongs.
 pub(crate) fn redact_unparsed(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme_end), Some(at)) if at > scheme_end => {
-            format!("{}://***{}", &url[..scheme_end], &url[at..])
-        }
-        _ => url.to_string(),
+    let Some(scheme_end) = url.find("://").filter(|&end| end <= 16) else {
+        return "(a value that is not a URL, not shown)".into();
+    };
+    let rest = &url[scheme_end + 3..];
+    let shown = match rest.rfind('@') {
+        Some(at) => format!("***{}", &rest[at..]),
+        None => rest.to_string(),
+    };
+    let shown = if shown.chars().count() > 64 { format!("{}…", shown.chars().take(64).collect::<String>()) } else { shown };
+    format!("{}://{shown}", &url[..scheme_end])
+}
+
+/// Why the operator will not dial `url` for an app, if it will not: a Unix socket (a path in
+/// the operator's own pod, not the app's), or a link-local address such as a cloud metadata
+/// service (169.254.169.254, fe80::/10), where a resource could point the operator's
+/// credentials or requests. Names are not resolved here; literal addresses and the metadata
+/// names clouds use are refused.
+pub fn forbidden_destination(url: &str) -> Option<String> {
+    let parsed = url::Url::parse(url).ok()?;
+    if matches!(parsed.scheme(), "unix" | "socket" | "redis+socket") || parsed.scheme().ends_with("+unix") {
+        return Some(format!(
+            "{}:// is a socket in the operator's own pod, not the app's; give a host and port the operator can reach",
+            parsed.scheme()
+        ));
     }
+    let link_local = match parsed.host()? {
+        url::Host::Ipv4(ip) => ip.is_link_local() || ip.is_unspecified(),
+        url::Host::Ipv6(ip) => {
+            ip.is_unspecified()
+                || (ip.segments()[0] & 0xffc0) == 0xfe80
+                || ip.to_ipv4_mapped().is_some_and(|v4| v4.is_link_local() || v4.is_unspecified())
+        }
+        url::Host::Domain(name) => {
+            let name = name.trim_end_matches('.').to_ascii_lowercase();
+            matches!(name.as_str(), "metadata" | "metadata.google.internal" | "metadata.azure.com" | "instance-data")
+        }
+    };
+    link_local.then(|| {
+        format!(
+            "{} is a link-local or metadata address; the operator does not send requests or credentials there",
+            parsed.host_str().unwrap_or_default()
+        )
+    })
 }
 
 /// rustls needs a process-wide crypto provider before any TLS client is built; the operator
@@ -240,6 +308,30 @@ mod tests {
         let url = url::Url::parse("amqp://guest@rabbitmq//").expect("valid");
         assert_eq!(redact(&url), "amqp://guest@rabbitmq//");
         assert_eq!(redact_unparsed("redis://u:p@ss@host:x/0"), "redis://***@host:x/0");
+        assert_eq!(redact_unparsed("hunter2"), "(a value that is not a URL, not shown)", "a bare password is never echoed");
+        assert_eq!(redact_unparsed("this is not a url"), "(a value that is not a URL, not shown)");
+        let long = format!("redis://{}:6379", "h".repeat(10_000));
+        assert!(redact_unparsed(&long).chars().count() < 90, "a long host is cut");
+    }
+
+    #[test]
+    fn sockets_and_metadata_addresses_are_refused() {
+        for bad in [
+            "redis+socket:///run/redis.sock",
+            "unix:///var/run/docker.sock",
+            "http://169.254.169.254/latest/meta-data",
+            "http://[fe80::1]:5555",
+            "http://[::ffff:169.254.169.254]/",
+            "http://0.0.0.0:5555",
+            "http://metadata.google.internal/computeMetadata/v1/",
+        ] {
+            assert!(forbidden_destination(bad).is_some(), "{bad}");
+        }
+        for good in
+            ["redis://redis.shop.svc:6379/0", "http://shop-flower.shop.svc:5555", "http://127.0.0.1:15672", "amqp://10.0.0.7//"]
+        {
+            assert_eq!(forbidden_destination(good), None, "{good}");
+        }
     }
 
     #[test]

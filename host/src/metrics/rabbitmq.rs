@@ -54,8 +54,14 @@ pub fn parse_urls(amqp: &Url, management: Option<&Url>) -> Result<Target, String
     let credentials = |url: &Url| {
         (!url.username().is_empty()).then(|| (decode(url.username()), url.password().map(decode).unwrap_or_default()))
     };
-    let (username, password) =
-        management.and_then(credentials).or_else(|| credentials(amqp)).unwrap_or_else(|| ("guest".into(), "guest".into()));
+    // The broker's own credentials go to the broker's host only: a management API elsewhere
+    // gets the credentials of its own URL, or kombu's default.
+    let same_host =
+        management.is_none_or(|m| m.host_str().map(str::to_ascii_lowercase) == amqp.host_str().map(str::to_ascii_lowercase));
+    let (username, password) = management
+        .and_then(credentials)
+        .or_else(|| credentials(amqp).filter(|_| same_host))
+        .unwrap_or_else(|| ("guest".into(), "guest".into()));
     let api = match management {
         Some(m) => {
             if !matches!(m.scheme(), "http" | "https") {
@@ -174,7 +180,20 @@ impl RabbitMqBroker {
         let response = self.get(&path).await?;
         match response.status() {
             status if status.is_success() => {
-                let body: serde_json::Value = response.json().await.map_err(|e| self.transport_error(e))?;
+                let body = match super::read_body(response, super::MAX_BODY).await {
+                    Ok(body) => body,
+                    Err(super::BodyError::Http(e)) => return Err(self.transport_error(e)),
+                    Err(too_large) => {
+                        return Err(BrokerError::Unexpected {
+                            broker: self.display.clone(),
+                            detail: format!("queue {name}: {too_large}"),
+                        });
+                    }
+                };
+                let body: serde_json::Value = serde_json::from_slice(&body).map_err(|e| BrokerError::Unexpected {
+                    broker: self.display.clone(),
+                    detail: format!("queue {name}: the management API answered something that is not JSON ({e})"),
+                })?;
                 Ok(Outcome::Found(queue_stats(name, &body)))
             }
             StatusCode::NOT_FOUND => Ok(Outcome::Missing),
@@ -202,11 +221,11 @@ impl RabbitMqBroker {
 
     async fn unauthorized(&self, response: reqwest::Response) -> BrokerError {
         let status = response.status();
-        let reason = response
-            .json::<serde_json::Value>()
+        let reason = super::read_body(response, 64 << 10)
             .await
             .ok()
-            .and_then(|v| v.get("reason").and_then(|r| r.as_str()).map(str::to_owned))
+            .and_then(|body| serde_json::from_slice::<serde_json::Value>(&body).ok())
+            .and_then(|v| v.get("reason").and_then(|r| r.as_str()).map(|r| crate::policy::truncate(r, 200)))
             .unwrap_or_default();
         BrokerError::Unauthorized {
             broker: self.display.clone(),
@@ -277,6 +296,12 @@ mod tests {
             ("https://mgmt.example:8443/rabbit", "admin", "pw")
         );
         assert!(parse_urls(&url("amqp://rabbit//"), Some(&url("ftp://mgmt"))).is_err());
+
+        // The broker's password never goes to another host.
+        let t = parse_urls(&url("amqp://celery:s3cret@rabbit//"), Some(&url("http://collector.example:15672"))).expect("parses");
+        assert_eq!((t.username.as_str(), t.password.as_str()), ("guest", "guest"));
+        let t = parse_urls(&url("amqp://celery:s3cret@rabbit//"), Some(&url("https://RABBIT:15671"))).expect("parses");
+        assert_eq!((t.username.as_str(), t.password.as_str()), ("celery", "s3cret"), "the same host, another port");
     }
 
     #[test]

@@ -10,15 +10,16 @@
 //!   routing key tells the queues apart (for Celery's default routing it is the queue's name).
 //! - Every key carries kombu's `global_keyprefix` when the app sets one.
 //!
-//! One read is one round trip: a pipeline of every `LLEN` and one `HVALS` of the hash.
-//! Why `HVALS`: the routing key is inside each value, so counting per queue needs the values;
-//! `HLEN` cannot tell queues apart and `HSCAN` would take several round trips. The hash holds
-//! only what workers prefetched (workers × concurrency × prefetch multiplier), so its size is
-//! bounded by the app's own settings, not by the backlog. `HVALS` rather than `HGETALL` halves
-//! the transfer (the delivery tags are of no use here). Each value is parsed only far enough to
-//! borrow its routing key; nothing is kept between reads.
+//! One read is one round trip: a pipeline of every `LLEN` and one count of the hash. The
+//! routing key is inside each value (beside the whole message body), so counting per queue
+//! needs the values, and `HLEN` cannot tell queues apart. The count is a small Lua script run
+//! by Redis ([`COUNT_UNACKED`]) that reads the routing key at the end of each value and
+//! returns one number per queue: message bodies never cross the network. A Redis that refuses
+//! scripts (ACLs, a managed service) gets `HVALS` instead, and each value is parsed only far
+//! enough to borrow its routing key; nothing is kept between reads.
 
 use std::borrow::Cow;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
@@ -38,6 +39,8 @@ pub struct RedisBroker {
     timeout: Duration,
     /// The open connection, dropped after a failed read so that the next read reconnects.
     connection: Mutex<Option<MultiplexedConnection>>,
+    /// Whether the server runs [`COUNT_UNACKED`]; false once it refused.
+    scripts: AtomicBool,
 }
 
 /// Where and as whom to connect, from a kombu-style broker URL.
@@ -124,6 +127,33 @@ pub fn routing_key(entry: &[u8]) -> Option<Cow<'_, str>> {
     serde_json::from_slice::<UnackedEntry<'_>>(entry).ok().map(|e| e.2)
 }
 
+/// Counts the entries of kombu's unacked hash (`KEYS[1]`) whose routing key is one of `ARGV`,
+/// one count per name in order; `false` (nil) when an entry is not kombu's
+/// `[message, exchange, routing_key]`. The routing key is matched at the end of the value;
+/// only a key with quotes or backslashes falls back to decoding the whole value.
+pub const COUNT_UNACKED: &str = r#"
+local index = {}
+for i, name in ipairs(ARGV) do index[name] = i end
+local counts = {}
+for i = 1, #ARGV do counts[i] = 0 end
+for _, entry in ipairs(redis.call('HVALS', KEYS[1])) do
+  local key = nil
+  if string.sub(entry, 1, 1) == '[' then
+    key = string.match(string.sub(entry, -1024), ',%s*"([^"\]*)"%s*%]%s*$')
+  end
+  if key == nil then
+    local ok, decoded = pcall(cjson.decode, entry)
+    if not ok or type(decoded) ~= 'table' or type(decoded[3]) ~= 'string' or decoded[4] ~= nil then
+      return false
+    end
+    key = decoded[3]
+  end
+  local i = index[key]
+  if i then counts[i] = counts[i] + 1 end
+end
+return counts
+"#;
+
 /// Reserved messages per queue (in the order of `names`) from the values of the unacked hash.
 /// `None` if an entry cannot be read: it could belong to any queue, so no count is certain.
 pub fn count_reserved<'e>(names: &[String], entries: impl IntoIterator<Item = &'e [u8]>) -> Option<Vec<u64>> {
@@ -146,6 +176,19 @@ pub fn tally(layout: &RedisLayout, names: &[String], replies: &[Value]) -> Resul
     }
     let (lengths, unacked) = replies.split_at(lists);
     let reserved = match unacked.first() {
+        // The script's answer: a count per queue, or nil for an unreadable entry.
+        Some(Value::Nil) => None,
+        Some(Value::Array(values)) if !values.is_empty() && values.iter().all(|v| matches!(v, Value::Int(_))) => {
+            if values.len() != names.len() {
+                return Err(format!("the unacked count returned {} numbers for {} queues", values.len(), names.len()));
+            }
+            let counts = values.iter().map(|v| match v {
+                Value::Int(n) => u64::try_from(*n).map_err(|_| format!("the unacked count returned {n}")),
+                _ => unreachable!("checked above"),
+            });
+            Some(counts.collect::<Result<Vec<_>, _>>()?)
+        }
+        // HVALS: the values themselves.
         Some(Value::Array(values)) => {
             let mut entries = Vec::with_capacity(values.len());
             for value in values {
@@ -156,7 +199,7 @@ pub fn tally(layout: &RedisLayout, names: &[String], replies: &[Value]) -> Resul
             }
             count_reserved(names, entries)
         }
-        other => return Err(format!("HVALS returned {other:?} instead of an array")),
+        other => return Err(format!("the unacked hash read returned {other:?} instead of an array")),
     };
     let mut stats = Vec::with_capacity(names.len());
     for (i, name) in names.iter().enumerate() {
@@ -196,7 +239,14 @@ impl RedisBroker {
             .set_redis_settings(settings);
         let client =
             redis::Client::open(info).map_err(|e| BrokerError::InvalidUrl { broker: display.clone(), reason: e.to_string() })?;
-        Ok(Self { client, display, layout: options.redis.clone(), timeout: options.timeout, connection: Mutex::new(None) })
+        Ok(Self {
+            client,
+            display,
+            layout: options.redis.clone(),
+            timeout: options.timeout,
+            connection: Mutex::new(None),
+            scripts: AtomicBool::new(true),
+        })
     }
 
     pub fn display_url(&self) -> &str {
@@ -229,8 +279,24 @@ impl RedisBroker {
                 pipe.cmd("LLEN").arg(key);
             }
         }
-        pipe.cmd("HVALS").arg(unacked_key(&self.layout));
-        let replies: Vec<Value> = pipe.query_async(&mut connection).await.map_err(|e| self.error("reading the queues", e))?;
+        let lists = pipe.clone();
+        let scripted = self.scripts.load(Ordering::Relaxed);
+        if scripted {
+            pipe.cmd("EVAL").arg(COUNT_UNACKED).arg(1).arg(unacked_key(&self.layout)).arg(names);
+        } else {
+            pipe.cmd("HVALS").arg(unacked_key(&self.layout));
+        }
+        let replies: Vec<Value> = match pipe.query_async(&mut connection).await {
+            Ok(replies) => replies,
+            Err(error) if scripted && refuses_scripts(&error) => {
+                tracing::info!(broker = %self.display, %error, "the broker refuses Lua scripts; reading the unacked hash with HVALS");
+                self.scripts.store(false, Ordering::Relaxed);
+                let mut pipe = lists;
+                pipe.cmd("HVALS").arg(unacked_key(&self.layout));
+                pipe.query_async(&mut connection).await.map_err(|e| self.error("reading the queues", e))?
+            }
+            Err(error) => return Err(self.error("reading the queues", error)),
+        };
         tally(&self.layout, names, &replies).map_err(|detail| BrokerError::Unexpected { broker: self.display.clone(), detail })
     }
 
@@ -263,6 +329,15 @@ impl RedisBroker {
             BrokerError::Redis { broker, what, source }
         }
     }
+}
+
+/// Whether a pipeline failed because the server will not run the count script (scripting
+/// disabled by ACL, `EVAL` renamed or unknown), rather than for a reason HVALS would share.
+fn refuses_scripts(error: &redis::RedisError) -> bool {
+    let text = error.to_string();
+    ["NOPERM", "unknown command", "EVAL", "script", "NOSCRIPT"].iter().any(|s| text.contains(s))
+        && !text.contains("NOAUTH")
+        && !text.contains("WRONGPASS")
 }
 
 #[cfg(test)]
@@ -340,5 +415,19 @@ mod tests {
         assert_eq!((stats[0].backlog, stats[0].reserved), (Some(6), None), "unreadable unacked → unknown");
         replies[0] = Value::Nil;
         assert!(tally(&layout, &names, &replies).is_err());
+    }
+
+    #[test]
+    fn the_scripts_counts_are_read_as_they_come() {
+        let layout = RedisLayout::default();
+        let names = vec!["a".to_string(), "b".to_string()];
+        let mut replies: Vec<Value> = [1, 0, 0, 0, 2, 0, 0, 0].into_iter().map(Value::Int).collect();
+        replies.push(Value::Array(vec![Value::Int(4), Value::Int(0)]));
+        let stats = tally(&layout, &names, &replies).expect("tallies");
+        assert_eq!((stats[0].reserved, stats[1].reserved), (Some(4), Some(0)));
+        *replies.last_mut().unwrap() = Value::Nil;
+        assert_eq!(tally(&layout, &names, &replies).expect("tallies")[0].reserved, None, "nil: an unreadable entry");
+        *replies.last_mut().unwrap() = Value::Array(vec![Value::Int(4)]);
+        assert!(tally(&layout, &names, &replies).is_err(), "one count for two queues");
     }
 }

@@ -43,7 +43,14 @@ pub enum Origin {
 #[derive(Clone, Debug)]
 pub struct ArtifactCache {
     dir: PathBuf,
+    /// Total size of the artifacts kept; the least recently used go first beyond it.
+    limit: u64,
 }
+
+/// The default bound of the cache: every built-in compiled takes ~150 MB, and the Helm
+/// chart's cache volume is an `emptyDir` of 512 MiB, which the kubelet evicts the pod for
+/// exceeding.
+pub const DEFAULT_LIMIT: u64 = 384 << 20;
 
 /// A failure to use the cache; never fatal, the module is compiled instead.
 #[derive(Debug, thiserror::Error)]
@@ -82,11 +89,45 @@ impl ArtifactCache {
                 std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).map_err(io)?;
             }
         }
-        Ok(Self { dir })
+        Ok(Self { dir, limit: DEFAULT_LIMIT })
+    }
+
+    /// The same cache, keeping at most `bytes` of artifacts.
+    pub fn with_limit(mut self, bytes: u64) -> Self {
+        self.limit = bytes;
+        self
     }
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Removes the least recently used artifacts until the rest fit in the limit. The one just
+    /// written (`keep`) always stays. A removed artifact that is still mapped stays readable
+    /// to its mapping (an unlinked file lives until unmapped).
+    fn prune(&self, keep: &Path) {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        let mut artifacts: Vec<(std::time::SystemTime, u64, PathBuf)> = entries
+            .filter_map(Result::ok)
+            .filter(|e| e.path().extension().is_some_and(|x| x == "cwasm"))
+            .filter_map(|e| {
+                let meta = e.metadata().ok()?;
+                meta.is_file().then(|| (meta.modified().unwrap_or(std::time::UNIX_EPOCH), meta.len(), e.path()))
+            })
+            .collect();
+        let mut total: u64 = artifacts.iter().map(|(_, len, _)| len).sum();
+        artifacts.sort();
+        for (_, len, path) in artifacts {
+            if total <= self.limit {
+                break;
+            }
+            if path != keep && std::fs::remove_file(&path).is_ok() {
+                tracing::info!(path = %path.display(), bytes = len, "removed a compiled policy from the cache (least recently used)");
+                total -= len;
+            }
+        }
     }
 
     /// The artifact path of `bytes` compiled as `kind` by `engine`.
@@ -153,7 +194,13 @@ impl ArtifactCache {
             }
         };
         match loaded {
-            Ok(compiled) => Some(compiled),
+            Ok(compiled) => {
+                // Marks it as used for `prune`; metadata only, the mapped bytes are untouched.
+                if let Ok(file) = std::fs::File::open(path) {
+                    let _ = file.set_modified(std::time::SystemTime::now());
+                }
+                Some(compiled)
+            }
             Err(error) => {
                 tracing::warn!(error = %format!("{error:#}"), path = %path.display(), "discarding an unusable cached policy");
                 let _ = std::fs::remove_file(path);
@@ -172,6 +219,7 @@ impl ArtifactCache {
         file.write_all(&bytes)?;
         file.as_file().sync_all()?;
         file.persist(path)?;
+        self.prune(path);
         Ok(())
     }
 }

@@ -30,6 +30,34 @@ impl Default for EngineSettings {
     }
 }
 
+/// Memory the operator keeps for itself (watches, caches, the runtime) out of its limit.
+pub const RESERVED_MEMORY: u64 = 96 << 20;
+
+impl EngineSettings {
+    /// The defaults, with the memory of one call capped so that `concurrency` calls at their
+    /// cap fit in `limit` (the process's memory limit) beside [`RESERVED_MEMORY`]: a resource
+    /// asking for a large `policyMemory` cannot get the operator killed for exceeding its own
+    /// limit. At least 16 MiB, the smallest a built-in runs in.
+    pub fn within_memory(limit: Option<u64>, concurrency: usize) -> Self {
+        let mut settings = Self::default();
+        if let Some(limit) = limit {
+            let share = limit.saturating_sub(RESERVED_MEMORY) / concurrency.max(1) as u64;
+            settings.max_memory_bytes = settings.max_memory_bytes.min(share).max(16 << 20);
+        }
+        settings
+    }
+}
+
+/// The memory limit of this process's cgroup (v2 `memory.max`, v1 `memory.limit_in_bytes`),
+/// if it has one.
+pub fn memory_limit() -> Option<u64> {
+    let v2 = std::fs::read_to_string("/sys/fs/cgroup/memory.max").ok();
+    let v1 = || std::fs::read_to_string("/sys/fs/cgroup/memory/memory.limit_in_bytes").ok();
+    let text = v2.or_else(v1)?;
+    // "max" (v2) or a huge number (v1's way of saying unlimited).
+    text.trim().parse::<u64>().ok().filter(|&n| n < (1 << 60))
+}
+
 /// A cheap handle on the process's engine.
 #[derive(Clone)]
 pub struct PolicyEngine {
@@ -134,4 +162,20 @@ fn config(settings: &EngineSettings, pooling: bool) -> Config {
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     }
     config
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn concurrent_calls_at_their_cap_fit_in_the_pods_limit() {
+        // The chart's default: a 256 MiB limit and two cores.
+        let s = EngineSettings::within_memory(Some(256 << 20), 2);
+        assert_eq!(s.max_memory_bytes, 80 << 20);
+        assert!(2 * s.max_memory_bytes + RESERVED_MEMORY <= 256 << 20);
+        assert_eq!(EngineSettings::within_memory(None, 2).max_memory_bytes, 256 << 20, "no limit: the default");
+        assert_eq!(EngineSettings::within_memory(Some(8 << 30), 2).max_memory_bytes, 256 << 20, "never above the default");
+        assert_eq!(EngineSettings::within_memory(Some(64 << 20), 8).max_memory_bytes, 16 << 20, "never below 16 MiB");
+    }
 }

@@ -88,10 +88,38 @@ struct Entry {
     problem: Option<String>,
 }
 
+/// Versions of one name kept for `name@sha256:…` pins after the module changed, besides the
+/// current one: enough for a rollout from one version to the next, bounded however often a
+/// user's ConfigMap changes.
+const PINNED_VERSIONS: usize = 3;
+
 #[derive(Default)]
 struct State {
     entries: BTreeMap<String, Entry>,
-    by_digest: HashMap<String, Arc<LoadedPolicy>>,
+    /// Every loaded version by digest, with the order it was loaded in.
+    by_digest: HashMap<String, (u64, Arc<LoadedPolicy>)>,
+    loads: u64,
+}
+
+impl State {
+    /// Keeps `policy` by its digest, and of its name only the [`PINNED_VERSIONS`] loaded last
+    /// besides the current one.
+    fn remember(&mut self, policy: &Arc<LoadedPolicy>) {
+        self.loads += 1;
+        self.by_digest.insert(policy.digest().to_string(), (self.loads, Arc::clone(policy)));
+        let mut same_name: Vec<(u64, String)> = self
+            .by_digest
+            .iter()
+            .filter(|(_, (_, p))| p.name() == policy.name())
+            .map(|(digest, (seq, _))| (*seq, digest.clone()))
+            .collect();
+        if same_name.len() > PINNED_VERSIONS + 1 {
+            same_name.sort_unstable();
+            for (_, digest) in &same_name[..same_name.len() - PINNED_VERSIONS - 1] {
+                self.by_digest.remove(digest);
+            }
+        }
+    }
 }
 
 /// The policy registry of the operator.
@@ -136,10 +164,10 @@ impl Registry {
     pub fn refresh(&self) -> Vec<String> {
         let mut found: Vec<(String, PathBuf, bool)> = Vec::new();
         if let Some(dir) = &self.settings.builtin_dir {
-            found.extend(scan(dir).into_iter().map(|(name, path)| (name, path, true)));
+            found.extend(scan(dir, false).into_iter().map(|(name, path)| (name, path, true)));
         }
         if let Some(dir) = &self.settings.user_dir {
-            found.extend(scan(dir).into_iter().map(|(name, path)| (name, path, false)));
+            found.extend(scan(dir, true).into_iter().map(|(name, path)| (name, path, false)));
         }
         // Built-ins first: a user module cannot take the name of one.
         let (builtins, users): (Vec<_>, Vec<_>) = found.into_iter().partition(|(_, _, builtin)| *builtin);
@@ -208,6 +236,13 @@ impl Registry {
         {
             return false;
         }
+        if let Some(len) = seen.as_ref().map(|f| f.len)
+            && len > MAX_MODULE_BYTES
+        {
+            let problem =
+                format!("{} is {len} bytes, above the limit of {MAX_MODULE_BYTES} bytes for one module", path.display());
+            return self.record_problem(name, path, builtin, seen, None, problem);
+        }
         let bytes = match std::fs::read(path) {
             Ok(bytes) => bytes,
             Err(error) => {
@@ -235,7 +270,7 @@ impl Registry {
                 let policy = Arc::new(policy);
                 tracing::info!(policy = %name, digest = %policy.digest(), interface = %policy.interface(), "policy loaded");
                 let mut state = self.write();
-                state.by_digest.insert(policy.digest().to_string(), Arc::clone(&policy));
+                state.remember(&policy);
                 state.entries.insert(
                     name.to_string(),
                     Entry {
@@ -301,7 +336,7 @@ impl Registry {
         match pin {
             None => Ok(Arc::clone(current)),
             Some(wanted) if wanted == current.digest() => Ok(Arc::clone(current)),
-            Some(wanted) => state.by_digest.get(&wanted).filter(|p| p.name() == name).cloned().ok_or_else(|| {
+            Some(wanted) => state.by_digest.get(&wanted).map(|(_, p)| p).filter(|p| p.name() == name).cloned().ok_or_else(|| {
                 PolicyError::DigestMismatch { name: name.to_string(), wanted, found: current.digest().to_string() }
             }),
         }
@@ -344,11 +379,20 @@ impl Registry {
     }
 }
 
-/// `NAME.wasm` files of `dir`, following symlinks (ConfigMap keys are symlinks), skipping the
-/// hidden `..data` machinery.
-fn scan(dir: &Path) -> Vec<(String, PathBuf)> {
+/// The largest module loaded: the biggest built-in (a Python component) is ~20 MB; a larger
+/// file is refused before it is read, so a mistaken or hostile ConfigMap cannot fill memory.
+pub const MAX_MODULE_BYTES: u64 = 64 << 20;
+
+/// `NAME.wasm` files of `dir`, skipping the hidden `..data` machinery. With `confine` (the
+/// user directory), symlinks are followed only where they stay inside `dir` (ConfigMap keys
+/// are symlinks into `..data`); one that leads out of it is skipped and logged, so a policy
+/// directory cannot be used to load files from elsewhere in the operator's pod.
+fn scan(dir: &Path, confine: bool) -> Vec<(String, PathBuf)> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         tracing::debug!(dir = %dir.display(), "policy directory not readable");
+        return Vec::new();
+    };
+    let Ok(root) = std::fs::canonicalize(dir) else {
         return Vec::new();
     };
     let mut found: Vec<(String, PathBuf)> = entries
@@ -357,7 +401,15 @@ fn scan(dir: &Path) -> Vec<(String, PathBuf)> {
         .filter(|p| p.extension().is_some_and(|e| e == "wasm"))
         .filter_map(|p| {
             let name = p.file_stem()?.to_str()?.to_string();
-            (!name.starts_with('.') && p.is_file()).then_some((name, p))
+            if name.starts_with('.') || !p.is_file() {
+                return None;
+            }
+            let inside = !confine || std::fs::canonicalize(&p).is_ok_and(|real| real.starts_with(&root));
+            if !inside {
+                tracing::warn!(policy = %name, path = %p.display(), dir = %dir.display(), "skipping a policy whose symlink leads out of its directory");
+                return None;
+            }
+            Some((name, p))
         })
         .collect();
     found.sort();

@@ -145,26 +145,77 @@ impl GuestOutput {
         self.state().lines.clone()
     }
 
-    /// Sends everything captured to the operator's log, tagged with the policy.
+    /// Sends everything captured to the operator's log, tagged with the policy. A guest's text
+    /// is a quoted field (`guest="…"`, newlines and control characters escaped), never the
+    /// message itself, so it cannot forge a line of the operator's own; and all guests together
+    /// get at most [`GUEST_LINES_PER_SECOND`] lines, so a chatty policy cannot flood the log.
     pub fn emit(&self, policy: &str) {
         let state = self.state();
-        for (level, line) in &state.lines {
-            match level {
-                LogLevel::Debug => tracing::debug!(policy, "{line}"),
-                LogLevel::Info => tracing::info!(policy, "{line}"),
-                LogLevel::Warn => tracing::warn!(policy, "{line}"),
-                LogLevel::Error => tracing::error!(policy, "{line}"),
+        let stdout = String::from_utf8_lossy(&state.stdout);
+        let stderr = String::from_utf8_lossy(&state.stderr);
+        let lines = state
+            .lines
+            .iter()
+            .map(|(level, line)| (*level, None, line.as_str()))
+            .chain(stdout.lines().filter(|l| !l.is_empty()).map(|l| (LogLevel::Info, Some("stdout"), l)))
+            .chain(stderr.lines().filter(|l| !l.is_empty()).map(|l| (LogLevel::Warn, Some("stderr"), l)));
+        for (level, stream, line) in lines {
+            let Some(dropped) = GUEST_LOG.take(std::time::Instant::now()) else {
+                continue;
+            };
+            if dropped > 0 {
+                tracing::warn!(
+                    dropped_lines = dropped,
+                    limit = GUEST_LINES_PER_SECOND,
+                    "policy log lines dropped (too many per second)"
+                );
             }
-        }
-        for line in String::from_utf8_lossy(&state.stdout).lines().filter(|l| !l.is_empty()) {
-            tracing::info!(policy, stream = "stdout", "{line}");
-        }
-        for line in String::from_utf8_lossy(&state.stderr).lines().filter(|l| !l.is_empty()) {
-            tracing::warn!(policy, stream = "stderr", "{line}");
+            let stream = stream.unwrap_or("log");
+            // Debug formatting quotes the text and escapes what it must.
+            match level {
+                LogLevel::Debug => tracing::debug!(policy, stream, guest = ?line, "policy says"),
+                LogLevel::Info => tracing::info!(policy, stream, guest = ?line, "policy says"),
+                LogLevel::Warn => tracing::warn!(policy, stream, guest = ?line, "policy says"),
+                LogLevel::Error => tracing::error!(policy, stream, guest = ?line, "policy says"),
+            }
         }
         if state.dropped > 0 {
             tracing::warn!(policy, dropped_bytes = state.dropped, "policy output cut");
         }
+    }
+}
+
+/// Lines of policy output the operator logs per second, all policies together.
+pub const GUEST_LINES_PER_SECOND: u32 = 50;
+
+static GUEST_LOG: LogBudget = LogBudget::new(GUEST_LINES_PER_SECOND);
+
+/// A fixed one-second window of log lines.
+pub struct LogBudget {
+    per_second: u32,
+    state: Mutex<Option<(std::time::Instant, u32, u64)>>,
+}
+
+impl LogBudget {
+    pub const fn new(per_second: u32) -> Self {
+        Self { per_second, state: Mutex::new(None) }
+    }
+
+    /// `Some(lines dropped since the last line let through)` when a line may be logged at
+    /// `now`, `None` when it is to be dropped.
+    pub fn take(&self, now: std::time::Instant) -> Option<u64> {
+        let mut state = self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let (start, used, dropped) = state.get_or_insert((now, 0, 0));
+        if now.duration_since(*start) >= Duration::from_secs(1) {
+            *start = now;
+            *used = 0;
+        }
+        if *used >= self.per_second {
+            *dropped += 1;
+            return None;
+        }
+        *used += 1;
+        Some(std::mem::take(dropped))
     }
 }
 
@@ -334,6 +385,51 @@ fn with_last_words(message: String, output: &GuestOutput) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Log output of `f`, as the operator's text format writes it.
+    fn logged(f: impl FnOnce()) -> String {
+        #[derive(Clone, Default)]
+        struct Sink(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Sink {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let sink = Sink::default();
+        let writer = sink.clone();
+        let subscriber = tracing_subscriber::fmt().with_ansi(false).with_writer(move || writer.clone()).finish();
+        tracing::subscriber::with_default(subscriber, f);
+        String::from_utf8(sink.0.lock().unwrap().clone()).unwrap()
+    }
+
+    #[test]
+    fn a_guest_cannot_forge_the_operators_log_lines() {
+        let output = GuestOutput::default();
+        let forged = "fine\n2026-12-01T00:00:00.000000Z  INFO celery_operator::autoscale::scaler: scaled the workers \x1b[2J";
+        output.log(LogLevel::Info, forged);
+        output.write(false, b"out\r\n");
+        let text = logged(|| output.emit("mine"));
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2, "one line per guest line:\n{text}");
+        assert!(lines.iter().all(|l| l.contains("policy says") && l.contains("policy=\"mine\"")), "{text}");
+        assert!(lines[0].contains("fine\\n2026"), "the newline is escaped: {text}");
+        assert!(!text.contains('\x1b'), "control characters are escaped: {text:?}");
+    }
+
+    #[test]
+    fn the_guest_log_budget_refills_every_second_and_counts_what_it_dropped() {
+        let budget = LogBudget::new(2);
+        let t0 = std::time::Instant::now();
+        assert_eq!(budget.take(t0), Some(0));
+        assert_eq!(budget.take(t0), Some(0));
+        assert_eq!(budget.take(t0), None);
+        assert_eq!(budget.take(t0 + Duration::from_millis(500)), None);
+        assert_eq!(budget.take(t0 + Duration::from_secs(1)), Some(2), "two lines were dropped meanwhile");
+    }
 
     #[test]
     fn limiter_caps_the_sum_of_memories() {
