@@ -6,6 +6,8 @@
 #   hack/control-plane.sh stop STATE_DIR               stop everything (idempotent)
 #   hack/control-plane.sh restart-apiserver STATE_DIR  stop kube-apiserver, start it again on the
 #                                                      same port with the same flags, wait for /readyz
+#   hack/control-plane.sh stop-apiserver STATE_DIR     stop kube-apiserver only (an outage, for fault tests)
+#   hack/control-plane.sh start-apiserver STATE_DIR    start it again after stop-apiserver, wait for /readyz
 #   hack/control-plane.sh status STATE_DIR             print which components run (exit 1 if any is down)
 #
 # Components: etcd, kube-apiserver, kube-controller-manager (deployments, replicasets, garbage
@@ -37,6 +39,9 @@
 #                        KUBE_CA_FILE, CONTROL_PLANE_STATE
 #   pids/<name>.pid, logs/<name>.log, pki/, etcd/, cluster.env (ports and tokens; restart-apiserver
 #   reads it)
+#   logs/audit.log       one JSON line per write (create, update, patch, delete) by the operator's
+#                        ServiceAccount, with its user agent and when it was received: the fault
+#                        tests read which replica wrote what, and when
 #
 # start wipes what an earlier start left in STATE_DIR (stopping its processes first), so every start
 # is a fresh, empty cluster. If start fails it prints the tail of the failing component's log,
@@ -345,8 +350,25 @@ start_apiserver() {
     --requestheader-extra-headers-prefix=X-Remote-Extra- \
     --proxy-client-cert-file="$pki/front-proxy-client.crt" \
     --proxy-client-key-file="$pki/front-proxy-client.key" \
+    --audit-policy-file="$STATE/audit-policy.yaml" \
+    --audit-log-path="$STATE/logs/audit.log" --audit-log-format=json --audit-log-mode=blocking \
     --cert-dir="$STATE/kube-apiserver"
   wait_for kube-apiserver "kube-apiserver /readyz" apiserver_ready
+}
+
+# Writes by the operator's ServiceAccount only: the rest of the cluster's traffic would make
+# the log large and slow the API server down.
+write_audit_policy() {
+  cat > "$STATE/audit-policy.yaml" <<'YAML'
+apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+  - level: Metadata
+    users: ["system:serviceaccount:celery-operator:celery-operator"]
+    verbs: [create, update, patch, delete]
+  - level: None
+YAML
 }
 apiserver_ready() {
   [ "$(curl -fsS --max-time 5 --cacert "$STATE/pki/ca.crt" -H "Authorization: Bearer $ADMIN_TOKEN" \
@@ -574,6 +596,7 @@ cmd_start() {
   make_pki
   write_tokens
   write_kubeconfigs
+  write_audit_policy
 
   start_etcd
   start_apiserver
@@ -592,6 +615,19 @@ cmd_restart_apiserver() {
   stop_components kube-apiserver
   start_apiserver
   log "kube-apiserver restarted on https://127.0.0.1:$APISERVER_PORT"
+}
+
+cmd_stop_apiserver() {
+  load_cluster_env
+  stop_components kube-apiserver
+  log "kube-apiserver stopped"
+}
+
+cmd_start_apiserver() {
+  load_cluster_env
+  running etcd || die "etcd is not running in $STATE"
+  running kube-apiserver || start_apiserver
+  log "kube-apiserver started on https://127.0.0.1:$APISERVER_PORT"
 }
 
 cmd_status() {
@@ -613,6 +649,8 @@ case "$1" in
   start) cmd_start ;;
   stop) cmd_stop ;;
   restart-apiserver) cmd_restart_apiserver ;;
+  stop-apiserver) cmd_stop_apiserver ;;
+  start-apiserver) cmd_start_apiserver ;;
   status) cmd_status ;;
   *) usage ;;
 esac

@@ -234,6 +234,80 @@ fn the_cache_serves_a_second_load_and_survives_junk() {
 }
 
 #[test]
+fn the_cache_keeps_within_its_limit_and_drops_the_least_recently_used() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = engine();
+    let good = std::fs::read_to_string(fixture("good")).expect("fixture");
+    let version = |n: u32| format!("{good}\n;; version {n}\n").into_bytes();
+    let artifact_size = {
+        let probe = ArtifactCache::open(dir.path().join("probe")).expect("cache");
+        LoadedPolicy::load(&engine, Some(&probe), "good", &version(0), Source::File("good".into()), Metadata::default())
+            .expect("loads");
+        std::fs::metadata(probe.path_for(engine.engine(), Kind::Module, &version(0))).expect("stored").len()
+    };
+    // Room for two artifacts, not three.
+    let cache = ArtifactCache::open(dir.path().join("cache")).expect("cache").with_limit(artifact_size * 2 + artifact_size / 2);
+    let load = |n: u32| {
+        LoadedPolicy::load(&engine, Some(&cache), "good", &version(n), Source::File("good".into()), Metadata::default())
+            .expect("loads")
+    };
+    let stored = |n: u32| cache.path_for(engine.engine(), Kind::Module, &version(n)).exists();
+    load(1);
+    std::thread::sleep(Duration::from_millis(20));
+    load(2);
+    std::thread::sleep(Duration::from_millis(20));
+    assert!(load(1).stats().from_cache, "1 is used again, so 2 is now the least recent");
+    std::thread::sleep(Duration::from_millis(20));
+    load(3);
+    assert!(stored(1) && stored(3), "the most recently used stay");
+    assert!(!stored(2), "the least recently used went");
+    let total: u64 = std::fs::read_dir(cache.dir()).unwrap().flatten().map(|e| e.metadata().unwrap().len()).sum();
+    assert!(total <= artifact_size * 2 + artifact_size / 2, "{total} bytes kept");
+}
+
+#[test]
+fn the_registry_keeps_a_bounded_number_of_pinnable_versions() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let users = dir.path().join("policies");
+    std::fs::create_dir(&users).expect("mkdir");
+    let good = std::fs::read_to_string(fixture("good")).expect("fixture");
+    let registry =
+        Registry::new(engine(), RegistrySettings { builtin_dir: None, user_dir: Some(users.clone()), cache_dir: None });
+    let mut digests = Vec::new();
+    for n in 0..8 {
+        // A different length each time, so the rescan sees a change whatever the mtime.
+        std::fs::write(users.join("mine.wasm"), format!("{good}\n;; {}\n", "v".repeat(n + 1))).expect("write");
+        registry.refresh();
+        digests.push(registry.resolve("mine").expect("resolves").digest().to_string());
+    }
+    let pinnable: Vec<bool> = digests.iter().map(|d| registry.resolve(&format!("mine@sha256:{d}")).is_ok()).collect();
+    assert_eq!(pinnable, [false, false, false, false, true, true, true, true], "the current version and the three before it");
+}
+
+#[test]
+fn the_user_directory_follows_no_symlink_out_of_itself_and_caps_module_size() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let users = dir.path().join("policies");
+    let outside = dir.path().join("elsewhere");
+    std::fs::create_dir_all(users.join("..data")).expect("mkdir");
+    std::fs::create_dir(&outside).expect("mkdir");
+    let good = std::fs::read(fixture("good")).expect("fixture");
+    std::fs::write(outside.join("secret.wasm"), &good).expect("write");
+    std::os::unix::fs::symlink(outside.join("secret.wasm"), users.join("escape.wasm")).expect("symlink");
+    std::fs::write(users.join("..data/inside.wasm"), &good).expect("write");
+    std::os::unix::fs::symlink(Path::new("..data/inside.wasm"), users.join("inside.wasm")).expect("symlink");
+    let big = std::fs::File::create(users.join("huge.wasm")).expect("create");
+    big.set_len(celery_operator::policy::registry::MAX_MODULE_BYTES + 1).expect("sparse file");
+    let registry =
+        Registry::new(engine(), RegistrySettings { builtin_dir: None, user_dir: Some(users.clone()), cache_dir: None });
+    registry.refresh();
+    assert!(registry.resolve("inside").is_ok(), "a ConfigMap-style symlink inside the directory is followed");
+    assert!(matches!(registry.resolve("escape"), Err(PolicyError::UnknownPolicy { .. })), "a symlink out of it is not");
+    let huge = registry.list().into_iter().find(|i| i.name == "huge").expect("listed with its problem");
+    assert!(huge.problem.as_deref().is_some_and(|p| p.contains("above the limit")), "{huge:?}");
+}
+
+#[test]
 fn the_registry_follows_a_configmap_directory() {
     let dir = tempfile::tempdir().expect("tempdir");
     let users = dir.path().join("policies");

@@ -123,6 +123,14 @@ pub async fn helm_chart_lints_renders_like_deploy_and_applies(h: Arc<Harness>) {
         assert!(args.contains(&arg), "{arg} missing from {args:?}");
     }
     assert!(!custom.iter().any(|o| o["kind"] == "Role"), "no Lease permissions without leader election");
+    // Watching some namespaces grants the rules there only: no cluster-wide binding.
+    assert!(!custom.iter().any(|o| o["kind"] == "ClusterRoleBinding"), "no cluster-wide Secret access");
+    let bound: Vec<&str> = custom
+        .iter()
+        .filter(|o| o["kind"] == "RoleBinding" && o["roleRef"]["kind"] == "ClusterRole")
+        .filter_map(|o| o["metadata"]["namespace"].as_str())
+        .collect();
+    assert_eq!(bound, ["shop", "billing"], "one RoleBinding per watched namespace");
     assert!(c["env"].as_array().expect("env").iter().any(|e| e["name"] == "CELERY_OPERATOR_USER_POLICY_DIR"));
     let volumes = pod(deployment)["volumes"].clone();
     assert!(volumes.as_array().expect("volumes").iter().any(|v| v["configMap"]["name"] == "my-policies"), "{volumes}");
@@ -131,9 +139,10 @@ pub async fn helm_chart_lints_renders_like_deploy_and_applies(h: Arc<Harness>) {
 
     // The API server accepts what the chart renders (the ServiceMonitor needs Prometheus's
     // CRD, which this control plane does not have).
-    let yaml = run_helm(&helm, &["template", "chart-test", chart, "--namespace", &ns, "--set", "watchNamespaces={shop}"]);
+    let watched = format!("watchNamespaces={{{ns}}}");
+    let yaml = run_helm(&helm, &["template", "chart-test", chart, "--namespace", &ns, "--set", &watched]);
     apply_yaml(&h.env.admin, &yaml, Some(&ns)).await.expect("the rendered chart applies");
     let applied = Api::<Deployment>::namespaced(h.env.admin.clone(), &ns).get("chart-test").await.expect("the Deployment");
     let args = applied.spec.and_then(|s| s.template.spec).map(|p| p.containers[0].args.clone().unwrap_or_default());
-    assert!(args.is_some_and(|a| a.contains(&"--namespace=shop".to_string())), "stored as rendered");
+    assert!(args.is_some_and(|a| a.contains(&format!("--namespace={ns}"))), "stored as rendered");
 }

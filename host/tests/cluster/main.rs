@@ -9,6 +9,7 @@
 
 mod autoscaling;
 mod chart;
+mod faults;
 mod lifecycle;
 #[path = "../common/servers.rs"]
 mod servers;
@@ -54,6 +55,41 @@ fn trial(name: &'static str, exclusive: bool, harness: &Option<Arc<Harness>>, f:
     })
 }
 
+/// Everything the in-process operators log at debug level and above, whatever `RUST_LOG` shows
+/// on stderr: a test greps it for what must never be logged.
+static LOGS: std::sync::Mutex<Vec<u8>> = std::sync::Mutex::new(Vec::new());
+
+/// The operators' logs so far (see [`LOGS`]).
+pub fn captured_logs() -> String {
+    String::from_utf8_lossy(&LOGS.lock().unwrap_or_else(|e| e.into_inner())).into_owned()
+}
+
+struct Capture;
+
+impl std::io::Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        LOGS.lock().unwrap_or_else(|e| e.into_inner()).extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The operator's text logs on stderr, filtered by `RUST_LOG`, and all of its own lines into
+/// [`LOGS`].
+fn init_logging() {
+    use tracing_subscriber::prelude::*;
+    let shown = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()));
+    let captured = tracing_subscriber::fmt::layer()
+        .with_ansi(false)
+        .with_writer(|| Capture)
+        .with_filter(tracing_subscriber::filter::Targets::new().with_target("celery_operator", tracing::Level::DEBUG));
+    let _ = tracing_subscriber::registry().with(shown).with(captured).try_init();
+}
+
 fn main() -> ExitCode {
     let args = Arguments::from_args();
     // The operators under test log here; RUST_LOG=info (or debug) shows what they do.
@@ -61,7 +97,7 @@ fn main() -> ExitCode {
         // SAFETY: no other thread runs yet.
         unsafe { std::env::set_var("RUST_LOG", "warn") };
     }
-    celery_operator::telemetry::init_logging(celery_operator::telemetry::LogFormat::Text);
+    init_logging();
     let listing = args.list;
 
     let harness = if listing {
@@ -92,6 +128,7 @@ fn main() -> ExitCode {
         .iter()
         .chain(autoscaling::TESTS)
         .chain(chart::TESTS)
+        .chain(faults::TESTS)
         .map(|&(name, exclusive, f)| trial(name, exclusive, &harness, f))
         .collect();
     let conclusion = libtest_mimic::run(&args, trials);

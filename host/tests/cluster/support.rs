@@ -49,6 +49,38 @@ impl ControlPlane {
         self.script("restart-apiserver")
     }
 
+    /// An API server outage: stopped until [`start_apiserver`](Self::start_apiserver).
+    pub fn stop_apiserver(&self) -> Result<(), String> {
+        self.script("stop-apiserver")
+    }
+
+    pub fn start_apiserver(&self) -> Result<(), String> {
+        self.script("start-apiserver")
+    }
+
+    /// Writes (create, update, patch, delete) the operator's ServiceAccount made, from the API
+    /// server's audit log.
+    pub fn audited_writes(&self) -> Vec<AuditedWrite> {
+        let text = std::fs::read_to_string(self.state.join("logs/audit.log")).unwrap_or_default();
+        text.lines()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .filter_map(|e| {
+                let received = e.get("requestReceivedTimestamp")?.as_str()?.parse::<jiff::Timestamp>().ok()?;
+                let object = e.get("objectRef").cloned().unwrap_or_default();
+                let field = |v: &serde_json::Value, k: &str| v.get(k).and_then(|x| x.as_str()).unwrap_or_default().to_string();
+                Some(AuditedWrite {
+                    received,
+                    user_agent: field(&e, "userAgent"),
+                    verb: field(&e, "verb"),
+                    resource: field(&object, "resource"),
+                    namespace: field(&object, "namespace"),
+                    name: field(&object, "name"),
+                    code: e.get("responseStatus").and_then(|r| r.get("code")).and_then(|c| c.as_i64()).unwrap_or_default(),
+                })
+            })
+            .collect()
+    }
+
     fn script(&self, verb: &str) -> Result<(), String> {
         let status = Command::new(repo_root().join("hack/control-plane.sh"))
             .arg(verb)
@@ -88,6 +120,18 @@ impl Drop for ControlPlane {
             eprintln!("{e}");
         }
     }
+}
+
+/// One write request, as the API server's audit log recorded it.
+#[derive(Clone, Debug)]
+pub struct AuditedWrite {
+    pub received: jiff::Timestamp,
+    pub user_agent: String,
+    pub verb: String,
+    pub resource: String,
+    pub namespace: String,
+    pub name: String,
+    pub code: i64,
 }
 
 /// A user policy installed for the tests: `tests/fixtures/trap_message.wat`, which traps with
@@ -165,6 +209,16 @@ pub struct OperatorHandle {
 }
 
 impl OperatorHandle {
+    /// Kills it, as a crash or `kill -9` would: no Lease released, nothing finished.
+    pub fn kill(self) {
+        self.task.abort();
+    }
+
+    /// Whether it has stopped on its own, and how.
+    pub fn finished(&self) -> bool {
+        self.task.is_finished()
+    }
+
     /// Stops it and waits until it has.
     pub async fn stop(self) {
         let _ = self.stop.send(true);
