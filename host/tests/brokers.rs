@@ -142,6 +142,56 @@ async fn redis_priorities_and_unacked_as_celery_writes_them() {
     assert_eq!(json["broker"], format!("redis://127.0.0.1:{port}/3"));
 }
 
+/// kombu's unacked entries with large message bodies: the count crosses the network as a few
+/// numbers, not the bodies; a user whose ACL forbids scripts gets the same figures via HVALS.
+#[tokio::test]
+async fn redis_unacked_bodies_stay_on_the_server() {
+    let (_server, port) = redis_server(&[
+        "--user",
+        "noscript",
+        "on",
+        ">pw",
+        "~*",
+        "&*",
+        "+@all",
+        "-@scripting",
+        "--user",
+        "default",
+        "on",
+        "nopass",
+        "~*",
+        "&*",
+        "+@all",
+    ]);
+    let url = format!("redis://127.0.0.1:{port}/0");
+    let client = redis::Client::open(url.as_str()).expect("client");
+    let mut raw = client.get_multiplexed_async_connection().await.expect("connects");
+    let body = format!("{{\"body\": \"{}\", \"headers\": {{}}}}", "x".repeat(256 << 10));
+    for (tag, queue) in [("a", "work"), ("b", "work"), ("c", "mail"), ("d", "other")] {
+        let entry = format!("[{body}, \"\", \"{queue}\"]");
+        let _: () = redis::cmd("HSET").arg("unacked").arg(tag).arg(entry).query_async(&mut raw).await.expect("HSET");
+    }
+    let _: () =
+        redis::cmd("HSET").arg("unacked").arg("e").arg(r#"[{}, "", "ma\"il"]"#).query_async(&mut raw).await.expect("HSET");
+    let sent = |info: String| -> u64 {
+        info.lines()
+            .find_map(|l| l.strip_prefix("total_net_output_bytes:"))
+            .and_then(|n| n.trim().parse().ok())
+            .expect("INFO stats")
+    };
+    let before = sent(redis::cmd("INFO").arg("stats").query_async(&mut raw).await.expect("INFO"));
+    let broker = connect(&url, &options()).expect("connects");
+    let read = broker.queues(&names(&["work", "mail", "ma\"il"])).await.expect("reads");
+    let after = sent(redis::cmd("INFO").arg("stats").query_async(&mut raw).await.expect("INFO"));
+    assert_eq!(read, [stats("work", 0, 2, None), stats("mail", 0, 1, None), stats("ma\"il", 0, 1, None)]);
+    // 1 MiB of bodies in the hash; the read (and the INFO reply) is a few hundred bytes.
+    assert!(after - before < 16 << 10, "{} bytes left Redis for one read", after - before);
+
+    let refused = connect(&format!("redis://noscript:pw@127.0.0.1:{port}/0"), &options()).expect("connects");
+    let read = refused.queues(&names(&["work", "mail"])).await.expect("reads without scripts");
+    assert_eq!(read, [stats("work", 0, 2, None), stats("mail", 0, 1, None)]);
+}
+
 #[tokio::test]
 async fn redis_transport_options_prefix_separator_and_steps() {
     let (_server, port) = redis_server(&[]);

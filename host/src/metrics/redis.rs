@@ -334,10 +334,10 @@ impl RedisBroker {
 /// Whether a pipeline failed because the server will not run the count script (scripting
 /// disabled by ACL, `EVAL` renamed or unknown), rather than for a reason HVALS would share.
 fn refuses_scripts(error: &redis::RedisError) -> bool {
-    let text = error.to_string();
-    ["NOPERM", "unknown command", "EVAL", "script", "NOSCRIPT"].iter().any(|s| text.contains(s))
-        && !text.contains("NOAUTH")
-        && !text.contains("WRONGPASS")
+    let text = error.to_string().to_ascii_lowercase();
+    ["noperm", "unknown command", "eval", "script"].iter().any(|s| text.contains(s))
+        && !text.contains("noauth")
+        && !text.contains("wrongpass")
 }
 
 #[cfg(test)]
