@@ -125,6 +125,7 @@ fn hostile_calls_are_contained(#[case] name: &str, #[case] expected: &str, #[cas
 #[case::component_wrong_version("component_wrong_version", "IncompatibleVersion", &["celery:autoscaler@0.2.0", "supports celery:autoscaler@0.1.x"])]
 #[case::component_missing_export("component_missing_export", "MissingExport", &["celery:autoscaler/policy@0.1.x"])]
 #[case::component_forbidden_import("component_forbidden_import", "ForbiddenImport", &["`wasi:sockets/tcp@0.2.0`"])]
+#[case::component_filesystem_import("component_filesystem_import", "ForbiddenImport", &["`wasi:filesystem/preopens@0.2.0`"])]
 fn bad_modules_are_refused_at_load(#[case] name: &str, #[case] expected: &str, #[case] details: &[&str]) {
     let error = load(name).expect_err("refused");
     assert_error(name, &error, expected, details);

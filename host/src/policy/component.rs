@@ -30,8 +30,9 @@ use bindings::{ScalingPolicy, ScalingPolicyPre};
 /// The interface a policy component exports, without version.
 const POLICY_EXPORT: &str = "celery:autoscaler/policy";
 const PACKAGE: &str = "celery:autoscaler";
-/// Interfaces of WASI a component may import; sockets and HTTP are not among them.
-const ALLOWED_WASI: &[&str] = &["wasi:cli/", "wasi:io/", "wasi:clocks/", "wasi:random/", "wasi:filesystem/"];
+/// Interfaces of WASI a component may import; the filesystem, sockets and HTTP are not among
+/// them (no built-in needs them: build components without WASI, as `policies/` does).
+const ALLOWED_WASI: &[&str] = &["wasi:cli/", "wasi:io/", "wasi:clocks/", "wasi:random/"];
 
 /// Per-call state of a component's store.
 pub struct ComponentState {
