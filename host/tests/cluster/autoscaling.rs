@@ -323,9 +323,11 @@ fn worker_as_pod(broker: &str, pod: &str, concurrency: u32) -> Server {
 }
 
 /// A resource that names no broker (its Celery config is in the image, as the Python operator
-/// allowed) with the `load` policy: the backlog comes from Flower's API with the credentials of
-/// `flowerSpec.basicAuth`, and the tasks running on a worker pod from Flower's worker gauges,
-/// so the policy counts running work as well as waiting work.
+/// allowed) with the `load` policy: the backlog comes from Flower's API, and the tasks running
+/// on a worker pod from Flower's worker gauges, so the policy counts running work as well as
+/// waiting work. This Flower runs on the host, not as the app's Flower Service, so the app's
+/// `flowerSpec.basicAuth` is not sent to it (credentials go to the app's own Flower only): the
+/// `flowerUrl` carries its own.
 pub async fn flower_work_in_progress_reaches_the_policy(h: Arc<Harness>) {
     let env = &h.env;
     let (_redis, redis_port) = redis_server(&[]);
@@ -350,7 +352,7 @@ spec:
     settings: {{targetUtilization: '1'}}
     minReplicas: 1
     maxReplicas: 6
-    flowerUrl: 'http://127.0.0.1:{flower_port}'
+    flowerUrl: 'http://admin:s3cret@127.0.0.1:{flower_port}'
 "
     );
     create(&env.admin, &ns, &yaml).await.expect("created");

@@ -207,9 +207,15 @@ spec:
 ";
     create(&env.admin, &ns, yaml).await.expect("created");
     let name = "shop-celery-worker";
-    eventually("2 replicas to start with", WAIT, || async {
+    // Two workers, and the field in the autoscaler's hands (the reconciler hands it over just
+    // after creating the Deployment): a scale before that would be raced.
+    eventually("2 replicas to start with, owned by the autoscaler", WAIT, || async {
         let d = deployment(&env.admin, &ns, name).await?;
-        (d.spec.unwrap().replicas == Some(2)).then_some(()).ok_or("not 2 yet".to_string())
+        let scaler_owns = d.metadata.managed_fields.iter().flatten().any(|m| {
+            m.manager.as_deref() == Some(SCALER_MANAGER)
+                && m.fields_v1.as_ref().is_some_and(|f| f.0.get("f:spec").and_then(|s| s.get("f:replicas")).is_some())
+        });
+        (d.spec.unwrap().replicas == Some(2) && scaler_owns).then_some(()).ok_or("not yet".to_string())
     })
     .await;
 
