@@ -85,6 +85,7 @@ pub fn validate(spec: &CelerySpec) -> Result<Scaling, SpecError> {
         }
     }
     check_env(spec)?;
+    check_urls(spec)?;
     scaling(spec)
 }
 
@@ -109,6 +110,86 @@ fn check_env(spec: &CelerySpec) -> Result<(), SpecError> {
         }
     }
     Ok(())
+}
+
+/// What a connection string of the spec is, for Celery: the two differ in what they accept.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum UrlKind {
+    /// kombu's `transport://…`, or several of them separated by `;` (failover).
+    Broker,
+    /// A URL as for the broker, or a backend alias or class path without `://` (`rpc`,
+    /// `django-db`, `proj.backends:MyBackend`), which Celery also takes.
+    ResultBackend,
+}
+
+/// The broker and result backend URLs given inline, in `spec.broker`, `spec.resultBackend` or
+/// `spec.common.env`. They reach every pod as they are, so a malformed one is refused here
+/// rather than found by Celery at start-up (or, for the broker, only if the app is autoscaled).
+/// A URL in a Secret is not seen by the reconciler and is not checked.
+fn check_urls(spec: &CelerySpec) -> Result<(), SpecError> {
+    if let Some(url) = spec.broker.as_ref().and_then(|b| b.url.as_deref()) {
+        check_url("spec.broker.url", url, UrlKind::Broker)?;
+    }
+    if let Some(url) = spec.result_backend.as_ref().and_then(|b| b.url.as_deref()) {
+        check_url("spec.resultBackend.url", url, UrlKind::ResultBackend)?;
+    }
+    for (i, var) in spec.common.env.iter().enumerate() {
+        let kind = match var.name.as_str() {
+            build::BROKER_ENV => UrlKind::Broker,
+            build::RESULT_BACKEND_ENV => UrlKind::ResultBackend,
+            _ => continue,
+        };
+        if let Some(value) = &var.value {
+            check_url(&format!("spec.common.env[{i}].value"), value, kind)?;
+        }
+    }
+    Ok(())
+}
+
+fn check_url(field: &str, value: &str, kind: UrlKind) -> Result<(), SpecError> {
+    let not_a_url = |cause: &str, part: &str| {
+        SpecError::new(
+            field,
+            format!(
+                "not a URL ({cause}): {}; expected one such as redis://redis:6379/0 or amqp://user:password@rabbitmq:5672//",
+                quoted(part)
+            ),
+        )
+    };
+    // NB: kombu splits a failover list on `;` before parsing; an entry after the first may be a
+    // bare `host:port` of the first one's transport (Celery's memcached backend lists hosts so).
+    for (i, part) in value.split(';').enumerate() {
+        if !part.contains("://") {
+            if i > 0 {
+                continue;
+            }
+            let backend_alias = !part.is_empty()
+                && part.chars().all(|c| c.is_ascii_alphanumeric() || "_-.:+".contains(c))
+                && !value.contains(';');
+            if kind == UrlKind::ResultBackend && backend_alias {
+                return Ok(());
+            }
+            return Err(not_a_url("no transport:// at the start", part));
+        }
+        url::Url::parse(part).map_err(|e| not_a_url(&e.to_string(), part))?;
+    }
+    Ok(())
+}
+
+/// A value as a message may show it: without the credentials (which come before an `@`) and
+/// at most [`QUOTED_CHARS`] characters long, so a pasted blob does not fill the condition.
+fn quoted(value: &str) -> String {
+    const QUOTED_CHARS: usize = 64;
+    let shown = crate::metrics::redact_unparsed(value);
+    // NB: `redact_unparsed` hides what comes between `scheme://` and the last `@`; a value
+    // with an `@` it could not place (no `://` before it) is not shown at all.
+    if value.contains('@') && !shown.contains("://***@") {
+        return "(not shown: it may hold a password)".into();
+    }
+    let mut chars = shown.chars();
+    let head: String = chars.by_ref().take(QUOTED_CHARS).collect();
+    let more = if chars.next().is_some() { "…" } else { "" };
+    format!("`{head}{more}`")
 }
 
 fn check_resources(field: &str, resources: Option<&ResourceRequirements>) -> Result<(), SpecError> {
@@ -357,6 +438,69 @@ spec:
 "
         ));
         assert_eq!(validate(&s).unwrap(), Scaling::Fixed { replicas: 4 });
+    }
+
+    /// A URL the pods cannot use is refused whether or not the app is autoscaled, naming the
+    /// field; the message puts the cause first, never shows the credentials and quotes at most
+    /// a short prefix of the value.
+    #[rstest::rstest]
+    #[case::broker_words("broker: {url: 'this is not a url'}", "spec.broker.url")]
+    #[case::broker_port("broker: {url: 'redis://:s3cret@redis:port/0'}", "spec.broker.url")]
+    #[case::broker_no_scheme("broker: {url: 'user:s3cret@redis'}", "spec.broker.url")]
+    #[case::broker_failover_entry("broker: {url: 'amqp://a//;amqp://u:s3cret@b:x//'}", "spec.broker.url")]
+    #[case::backend("resultBackend: {url: 'this is not a url'}", "spec.resultBackend.url")]
+    #[case::backend_port("resultBackend: {url: 'redis://u:s3cret@r:6379x/1'}", "spec.resultBackend.url")]
+    #[case::env_broker(
+        "common: {appName: demo, celeryApp: a, image: i, env: [{name: A, value: x}, {name: CELERY_BROKER_URL, value: 'not a url'}]}",
+        "spec.common.env[1].value"
+    )]
+    #[case::env_backend(
+        "common: {appName: demo, celeryApp: a, image: i, env: [{name: CELERY_RESULT_BACKEND, value: 'redis://:s3cret@r:x'}]}",
+        "spec.common.env[0].value"
+    )]
+    fn a_url_that_is_not_one_is_refused_with_a_fixed_count(#[case] extra: &str, #[case] field: &str) {
+        let mut yaml = BASE.to_string();
+        if extra.contains("common:") {
+            yaml = yaml.replace("  common: {appName: demo, celeryApp: 'app:celery_app', image: example}\n", "");
+        }
+        yaml.push_str(&format!("  workerSpec: {{numOfWorkers: 3}}\n  {extra}\n"));
+        let err = validate(&spec(&yaml)).unwrap_err();
+        assert_eq!(err.field, field, "{err}");
+        assert!(err.message.starts_with("not a URL ("), "the cause first: {err}");
+        assert!(!err.message.contains("s3cret"), "no password in messages: {err}");
+    }
+
+    #[test]
+    fn a_long_bad_url_is_quoted_short() {
+        let host = "h".repeat(10_000);
+        let s = spec(&format!("{BASE}  broker: {{url: 'redis://user:s3cret@{host} x:6379/0'}}\n"));
+        let err = validate(&s).unwrap_err();
+        assert_eq!(err.field, "spec.broker.url");
+        assert!(err.message.len() < 300, "{} characters: {err}", err.message.len());
+        assert!(err.message.contains("redis://***@hhh") && err.message.contains('…'), "{err}");
+        assert!(!err.message.contains("s3cret"), "{err}");
+    }
+
+    #[rstest::rstest]
+    #[case::redis("broker: {url: 'redis://:p%40ss@redis:6379/0'}")]
+    #[case::amqp_failover("broker: {url: 'amqp://guest@rabbit1//;amqp://guest@rabbit2//'}")]
+    #[case::socket("broker: {url: 'redis+socket:///run/redis.sock'}")]
+    #[case::memory("broker: {url: 'memory://'}")]
+    #[case::sqs("broker: {url: 'sqs://'}")]
+    #[case::backend_alias("resultBackend: {url: django-db}")]
+    #[case::backend_rpc("resultBackend: {url: 'rpc://'}")]
+    #[case::backend_db("resultBackend: {url: 'db+postgresql://u:p@db/celery'}")]
+    #[case::backend_memcached_hosts("resultBackend: {url: 'cache+memcached://10.0.0.1:11211;10.0.0.2:11211/'}")]
+    #[case::env_from_secret(
+        "common: {appName: demo, celeryApp: a, image: i, env: [{name: CELERY_BROKER_URL, valueFrom: {secretKeyRef: {name: s, key: k}}}]}"
+    )]
+    fn urls_celery_takes_are_accepted(#[case] extra: &str) {
+        let mut yaml = BASE.to_string();
+        if extra.contains("common:") {
+            yaml = yaml.replace("  common: {appName: demo, celeryApp: 'app:celery_app', image: example}\n", "");
+        }
+        yaml.push_str(&format!("  {extra}\n"));
+        validate(&spec(&yaml)).expect("valid");
     }
 
     #[rstest::rstest]
