@@ -170,6 +170,21 @@ impl ImagePullPolicy {
     }
 }
 
+/// Most worker replicas a count of the spec may name (`numOfWorkers`, the autoscaling bounds,
+/// `fallbackReplicas`, `scaleTargetRef`). A ceiling against typos, not a capacity plan: it
+/// keeps `numOfWorkers: 2147483647` from becoming a Deployment of two billion pods, and it
+/// is well above what one Celery app sensibly runs from one resource — every worker holds
+/// broker connections and takes part in gossip and heartbeats, so a thousand pods already
+/// load the broker more than the work usually justifies; shard such an app into several
+/// resources (by queue) instead.
+pub const MAX_WORKER_REPLICAS: i32 = 1000;
+
+/// Most Flower replicas. Flower is a monitor, not a worker: each replica keeps its own view
+/// of the cluster's events in memory and the Service spreads requests across them, so more
+/// replicas add neither capacity nor a shared view. One is the norm, two or three give
+/// availability; ten leaves room for that and still catches a typo.
+pub const MAX_FLOWER_REPLICAS: i32 = 10;
+
 /// The Celery worker Deployment.
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
@@ -177,7 +192,7 @@ pub struct WorkerSpec {
     /// Worker replicas when autoscaling is off; the starting count when it is on (kept within
     /// its bounds).
     #[serde(default = "default_workers")]
-    #[schemars(range(min = 0))]
+    #[schemars(range(min = 0, max = MAX_WORKER_REPLICAS))]
     pub num_of_workers: i32,
 
     /// Queues the workers consume, comma-separated, passed as `--queues`.
@@ -258,7 +273,7 @@ pub struct FlowerSpec {
 
     /// Flower replicas.
     #[serde(default = "default_one")]
-    #[schemars(range(min = 0))]
+    #[schemars(range(min = 0, max = MAX_FLOWER_REPLICAS))]
     pub replicas: i32,
 
     /// Compute resources of the Flower container.
@@ -446,11 +461,11 @@ pub struct Autoscaling {
 
     /// Fewest worker replicas. 0 allows scaling to zero when the queues are empty.
     #[serde(default = "default_one")]
-    #[schemars(range(min = 0))]
+    #[schemars(range(min = 0, max = MAX_WORKER_REPLICAS))]
     pub min_replicas: i32,
 
     /// Most worker replicas.
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = MAX_WORKER_REPLICAS))]
     pub max_replicas: i32,
 
     /// Seconds between two samples of the broker (and two policy decisions). CPU and memory
@@ -467,7 +482,7 @@ pub struct Autoscaling {
     /// only ever raised to it, never lowered: missing data never scales an app down. Without
     /// it the current count is held.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0))]
+    #[schemars(range(min = 0, max = MAX_WORKER_REPLICAS))]
     pub fallback_replicas: Option<i32>,
 
     /// Memory one policy call may use, as a quantity (`16Mi`, `64Mi`). Defaults to 64Mi; the
@@ -540,11 +555,11 @@ pub struct ScaleTarget {
 
     /// Fewest replicas. Defaults to 1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0))]
+    #[schemars(range(min = 0, max = MAX_WORKER_REPLICAS))]
     pub min_replicas: Option<i32>,
 
     /// Most replicas.
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = MAX_WORKER_REPLICAS))]
     pub max_replicas: i32,
 
     /// Metrics that drive the replica count; with several, the largest count wins.
@@ -776,6 +791,33 @@ mod tests {
         walk("celery.spec", &schema["properties"]["spec"], &mut missing);
         walk("celery.status", &schema["properties"]["status"], &mut missing);
         assert!(missing.is_empty(), "fields without a description: {missing:#?}");
+    }
+
+    /// A typo in a replica count (`2147483647`) must not become a Deployment of two billion
+    /// pods: the API server refuses every count above its ceiling.
+    #[test]
+    fn replica_counts_have_a_ceiling() {
+        let crd = serde_json::to_value(Celery::crd()).unwrap();
+        let spec = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"];
+        let field = |path: &str| {
+            path.split('.').fold(spec, |schema, name| match name.strip_suffix("[]") {
+                Some(array) => &schema["properties"][array]["items"],
+                None => &schema["properties"][name],
+            })
+        };
+        for (path, ceiling) in [
+            ("workerSpec.numOfWorkers", 1000),
+            ("autoscaling.minReplicas", 1000),
+            ("autoscaling.maxReplicas", 1000),
+            ("autoscaling.fallbackReplicas", 1000),
+            ("scaleTargetRef[].minReplicas", 1000),
+            ("scaleTargetRef[].maxReplicas", 1000),
+            ("flowerSpec.replicas", 10),
+        ] {
+            let schema = field(path);
+            assert_eq!(schema["type"], "integer", "spec.{path} is found: {schema}");
+            assert_eq!(schema["maximum"].as_f64(), Some(f64::from(ceiling)), "spec.{path}: {schema}");
+        }
     }
 
     #[test]
