@@ -86,6 +86,8 @@ pub fn validate(spec: &CelerySpec) -> Result<Scaling, SpecError> {
     }
     check_env(spec)?;
     check_urls(spec)?;
+    check_extra_args("spec.workerSpec.extraArgs", &spec.worker_spec.extra_args, WORKER_OPTIONS)?;
+    check_extra_args("spec.flowerSpec.extraArgs", &spec.flower_spec.extra_args, FLOWER_OPTIONS)?;
     scaling(spec)
 }
 
@@ -108,6 +110,67 @@ fn check_env(spec: &CelerySpec) -> Result<(), SpecError> {
         if !seen.insert(var.name.as_str()) {
             return Err(SpecError::new(field, format!("{} is listed twice", var.name)));
         }
+    }
+    Ok(())
+}
+
+/// An option the operator itself puts on a command line (see [`build`]), and where its value
+/// comes from.
+struct SetOption {
+    long: &'static str,
+    short: Option<char>,
+    /// What sets it, for the message.
+    by: &'static str,
+    /// What to do instead, for the message.
+    instead: &'static str,
+}
+
+const FROM_THE_FIELD: &str = "remove it from extraArgs and change that field instead";
+const APP: SetOption = SetOption { long: "--app", short: Some('A'), by: "spec.common.celeryApp", instead: FROM_THE_FIELD };
+
+/// The options of `celery --app=… worker …` ([`build::worker_deployment`]). `--max-tasks-per-child`
+/// is refused even while `maxTasksPerChild` is unset: the field is the one place for it.
+const WORKER_OPTIONS: &[SetOption] = &[
+    APP,
+    SetOption { long: "--queues", short: Some('Q'), by: "spec.workerSpec.queues", instead: FROM_THE_FIELD },
+    SetOption { long: "--loglevel", short: Some('l'), by: "spec.workerSpec.logLevel", instead: FROM_THE_FIELD },
+    SetOption { long: "--concurrency", short: Some('c'), by: "spec.workerSpec.concurrency", instead: FROM_THE_FIELD },
+    SetOption { long: "--max-tasks-per-child", short: None, by: "spec.workerSpec.maxTasksPerChild", instead: FROM_THE_FIELD },
+];
+
+/// The options of `celery --app=… flower …` ([`build::flower_deployment`]).
+const FLOWER_OPTIONS: &[SetOption] = &[
+    APP,
+    SetOption {
+        long: "--port",
+        short: None,
+        by: "the operator (Flower listens on 5555, where its Service and readiness probe point)",
+        instead: "remove it from extraArgs; spec.flowerSpec.service.port sets the Service's port",
+    },
+];
+
+/// Celery (click) and Flower (tornado) take the last of a repeated option, and extra arguments
+/// come last, so one repeating an option the operator sets would silently override the field
+/// it comes from. Recognised as `--x=v`, `--x v`, `-X v` and `-Xv`; after `--` nothing is an
+/// option.
+fn check_extra_args(field: &str, args: &[String], options: &[SetOption]) -> Result<(), SpecError> {
+    for (i, arg) in args.iter().enumerate() {
+        if arg == "--" {
+            break;
+        }
+        let long = |o: &&SetOption| arg.strip_prefix(o.long).is_some_and(|rest| rest.is_empty() || rest.starts_with('='));
+        let short = |o: &&SetOption| {
+            let rest = arg.strip_prefix('-').filter(|rest| !rest.starts_with('-'));
+            o.short.is_some_and(|c| rest.is_some_and(|rest| rest.starts_with(c)))
+        };
+        let (name, option) = if let Some(o) = options.iter().find(long) {
+            (o.long.to_string(), o)
+        } else if let Some(o) = options.iter().find(short) {
+            (format!("-{} ({})", o.short.unwrap_or_default(), o.long), o)
+        } else {
+            continue;
+        };
+        return Err(SpecError::new(format!("{field}[{i}]"), format!("{name} is set by {}; {}", option.by, option.instead)));
     }
     Ok(())
 }
@@ -501,6 +564,96 @@ spec:
         }
         yaml.push_str(&format!("  {extra}\n"));
         validate(&spec(&yaml)).expect("valid");
+    }
+
+    /// Celery takes the last of a repeated option, so an extra argument repeating one the
+    /// operator sets would silently override a field of the spec.
+    #[rstest::rstest]
+    #[case::app(
+        "workerSpec: {extraArgs: ['--app=other']}",
+        "spec.workerSpec.extraArgs[0]",
+        "--app is set by spec.common.celeryApp"
+    )]
+    #[case::app_short(
+        "workerSpec: {extraArgs: ['-Ofair', '-A', other]}",
+        "spec.workerSpec.extraArgs[1]",
+        "-A (--app) is set by spec.common.celeryApp"
+    )]
+    #[case::app_short_attached("workerSpec: {extraArgs: ['-Aother']}", "spec.workerSpec.extraArgs[0]", "-A (--app) is set by")]
+    #[case::queues(
+        "workerSpec: {extraArgs: ['--queues', 'a,b']}",
+        "spec.workerSpec.extraArgs[0]",
+        "--queues is set by spec.workerSpec.queues"
+    )]
+    #[case::queues_short("workerSpec: {extraArgs: ['-Qa,b']}", "spec.workerSpec.extraArgs[0]", "-Q (--queues) is set by")]
+    #[case::concurrency(
+        "workerSpec: {extraArgs: ['-E', '--concurrency=8']}",
+        "spec.workerSpec.extraArgs[1]",
+        "--concurrency is set by spec.workerSpec.concurrency"
+    )]
+    #[case::concurrency_short(
+        "workerSpec: {extraArgs: ['-c', '8']}",
+        "spec.workerSpec.extraArgs[0]",
+        "-c (--concurrency) is set by"
+    )]
+    #[case::loglevel(
+        "workerSpec: {extraArgs: ['--loglevel', debug]}",
+        "spec.workerSpec.extraArgs[0]",
+        "--loglevel is set by spec.workerSpec.logLevel"
+    )]
+    #[case::loglevel_short("workerSpec: {extraArgs: ['-ldebug']}", "spec.workerSpec.extraArgs[0]", "-l (--loglevel) is set by")]
+    #[case::max_tasks(
+        "workerSpec: {extraArgs: ['--max-tasks-per-child=10']}",
+        "spec.workerSpec.extraArgs[0]",
+        "--max-tasks-per-child is set by spec.workerSpec.maxTasksPerChild"
+    )]
+    #[case::flower_port(
+        "flowerSpec: {extraArgs: ['--port=8080']}",
+        "spec.flowerSpec.extraArgs[0]",
+        "--port is set by the operator"
+    )]
+    #[case::flower_port_separate(
+        "flowerSpec: {extraArgs: ['--persistent=True', '--port', '8080']}",
+        "spec.flowerSpec.extraArgs[1]",
+        "--port is set by"
+    )]
+    #[case::flower_app(
+        "flowerSpec: {extraArgs: ['-A', x]}",
+        "spec.flowerSpec.extraArgs[0]",
+        "-A (--app) is set by spec.common.celeryApp"
+    )]
+    fn extra_args_may_not_repeat_what_the_spec_sets(#[case] extra: &str, #[case] field: &str, #[case] message: &str) {
+        let err = validate(&spec(&format!("{BASE}  {extra}\n"))).unwrap_err();
+        assert_eq!(err.field, field, "{err}");
+        assert!(err.message.starts_with(message), "{err}");
+    }
+
+    /// Every option the builder puts on a command line is one extra arguments may not repeat.
+    #[test]
+    fn the_refused_options_are_those_the_command_lines_set() {
+        let mut celery: Celery = serde_yaml::from_str(&format!("{BASE}  workerSpec: {{maxTasksPerChild: 5}}\n")).unwrap();
+        celery.metadata.uid = Some("uid".into());
+        let args = |d: k8s_openapi::api::apps::v1::Deployment| -> Vec<String> {
+            let pod = d.spec.and_then(|s| s.template.spec).expect("a pod");
+            pod.containers[0].args.clone().unwrap_or_default()
+        };
+        let worker = args(build::worker_deployment(&celery, Some(1)).unwrap());
+        let flower = args(build::flower_deployment(&celery).unwrap());
+        for (built, table) in [(worker, WORKER_OPTIONS), (flower, FLOWER_OPTIONS)] {
+            let set: Vec<&str> =
+                built.iter().filter_map(|a| a.strip_prefix("--")).map(|a| a.split('=').next().unwrap()).collect();
+            let refused: Vec<&str> = table.iter().map(|o| o.long.trim_start_matches('-')).collect();
+            assert_eq!(set, refused, "the command line {built:?}");
+        }
+    }
+
+    #[test]
+    fn other_extra_args_are_welcome() {
+        let s = spec(&format!(
+            "{BASE}  workerSpec: {{extraArgs: ['-Ofair', '--prefetch-multiplier=1', '-P', threads, '--apple', '--', '-c']}}
+  flowerSpec: {{extraArgs: ['--persistent=True', '--url_prefix=flower', '--address=0.0.0.0']}}\n"
+        ));
+        validate(&s).expect("valid");
     }
 
     #[rstest::rstest]
