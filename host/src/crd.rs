@@ -42,6 +42,7 @@ use serde::{Deserialize, Serialize};
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
+#[schemars(transform = kubernetes_formats_only)]
 pub struct CelerySpec {
     /// Settings shared by the worker and Flower pods: the application, its image and where it
     /// runs.
@@ -626,6 +627,7 @@ pub struct MetricTarget {
 /// Observed state of a Celery application, written by the operator.
 #[derive(JsonSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[schemars(transform = kubernetes_formats_only)]
 pub struct CeleryStatus {
     /// The `metadata.generation` this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -746,6 +748,77 @@ pub struct ReplicaStatus {
     pub updated: i32,
 }
 
+/// A schemars transform that drops every `format` the API server does not know, on a schema
+/// and all it contains. schemars names the width of every Rust number (`uint32`, `uint8`,
+/// `uint`, …), and each one Kubernetes does not know makes every `kubectl apply` of the CRD
+/// print `Warning: unrecognized format`. The bounds a format implies are kept: schemars also
+/// writes `minimum: 0` for unsigned types, which the API server enforces.
+///
+/// NB: this runs on the schemas of [`CelerySpec`] and [`CeleryStatus`] as their derive builds
+/// them, before kube's transforms: a nullable field's `type` is still `[T, "null"]` here.
+fn kubernetes_formats_only(schema: &mut schemars::Schema) {
+    if let Some(map) = schema.as_object_mut()
+        && let Some(format) = map.get("format").and_then(|f| f.as_str())
+    {
+        let type_ = match map.get("type") {
+            Some(serde_json::Value::String(t)) => Some(t.as_str()),
+            Some(serde_json::Value::Array(types)) => {
+                let mut not_null = types.iter().filter_map(|t| t.as_str()).filter(|t| *t != "null");
+                match (not_null.next(), not_null.next()) {
+                    (Some(t), None) => Some(t),
+                    _ => Some("several types"),
+                }
+            }
+            _ => None,
+        };
+        if !kubernetes_knows_format(type_, format) {
+            map.remove("format");
+        }
+    }
+    schemars::transform::transform_subschemas(&mut kubernetes_formats_only, schema);
+}
+
+/// Whether the API server knows `format` on a schema of `type_`: what `GetUnrecognizedFormats`
+/// of apiextensions-apiserver (`pkg/apiserver/validation/formats.go`) accepts without a
+/// warning. Integers take `int32` and `int64`, numbers `float` and `double`, strings and
+/// untyped schemas the string formats below (compared without dashes, as go-openapi does);
+/// other types none. Formats newer API servers added (`k8s-short-name`, `k8s-long-name`,
+/// `quantity`) are left out, so the CRD applies without warnings on older ones too.
+fn kubernetes_knows_format(type_: Option<&str>, format: &str) -> bool {
+    const STRING_FORMATS: &[&str] = &[
+        "bsonobjectid",
+        "uri",
+        "email",
+        "hostname",
+        "ipv4",
+        "ipv6",
+        "cidr",
+        "mac",
+        "uuid",
+        "uuid3",
+        "uuid4",
+        "uuid5",
+        "isbn",
+        "isbn10",
+        "isbn13",
+        "creditcard",
+        "ssn",
+        "hexcolor",
+        "rgbcolor",
+        "byte",
+        "password",
+        "date",
+        "duration",
+        "datetime",
+    ];
+    match type_ {
+        Some("integer") => matches!(format, "int32" | "int64"),
+        Some("number") => matches!(format, "float" | "double"),
+        None | Some("string") => STRING_FORMATS.contains(&format.replace('-', "").as_str()),
+        Some(_) => false,
+    }
+}
+
 /// The CRD as YAML, exactly as `deploy/crd.yaml` holds it.
 pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
     serde_yaml::to_string(&Celery::crd())
@@ -818,6 +891,38 @@ mod tests {
             assert_eq!(schema["type"], "integer", "spec.{path} is found: {schema}");
             assert_eq!(schema["maximum"].as_f64(), Some(f64::from(ceiling)), "spec.{path}: {schema}");
         }
+    }
+
+    /// A format the API server does not know (`uint32` from a `u32` field) makes every
+    /// `kubectl apply` of the CRD print `Warning: unrecognized format`.
+    #[test]
+    fn every_format_is_one_kubernetes_knows() {
+        fn walk(path: &str, value: &serde_json::Value, unknown: &mut Vec<String>) {
+            match value {
+                serde_json::Value::Object(map) => {
+                    if let Some(format) = map.get("format").and_then(|f| f.as_str())
+                        && !kubernetes_knows_format(map.get("type").and_then(|t| t.as_str()), format)
+                    {
+                        unknown.push(format!("{path}: {format} ({:?})", map.get("type")));
+                    }
+                    for (key, inner) in map {
+                        walk(&format!("{path}.{key}"), inner, unknown);
+                    }
+                }
+                serde_json::Value::Array(items) => {
+                    for (i, inner) in items.iter().enumerate() {
+                        walk(&format!("{path}[{i}]"), inner, unknown);
+                    }
+                }
+                _ => {}
+            }
+        }
+        assert!(kubernetes_knows_format(Some("string"), "date-time") && !kubernetes_knows_format(Some("integer"), "uint32"));
+        assert!(!kubernetes_knows_format(Some("string"), "int32") && !kubernetes_knows_format(Some("boolean"), "byte"));
+        let crd = serde_json::to_value(Celery::crd()).unwrap();
+        let mut unknown = Vec::new();
+        walk("crd", &crd, &mut unknown);
+        assert!(unknown.is_empty(), "formats the API server does not know: {unknown:#?}");
     }
 
     #[test]
