@@ -1,7 +1,8 @@
 //! Condition types and reasons of `Celery.status.conditions`, in one place so that status,
 //! events, tests and the README agree. Reasons are PascalCase, as API conventions ask.
 
-/// The app runs as declared: children exist and their replicas are ready.
+/// The app runs as declared: children exist and their replicas are ready. False, with the
+/// `Degraded` reason, while the spec cannot be acted on in full (an unusable policy).
 pub const READY: &str = "Ready";
 /// A change is being rolled out to the children.
 pub const PROGRESSING: &str = "Progressing";

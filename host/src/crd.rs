@@ -42,6 +42,7 @@ use serde::{Deserialize, Serialize};
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
+#[schemars(transform = kubernetes_formats_only)]
 pub struct CelerySpec {
     /// Settings shared by the worker and Flower pods: the application, its image and where it
     /// runs.
@@ -170,6 +171,21 @@ impl ImagePullPolicy {
     }
 }
 
+/// Most worker replicas a count of the spec may name (`numOfWorkers`, the autoscaling bounds,
+/// `fallbackReplicas`, `scaleTargetRef`). A ceiling against typos, not a capacity plan: it
+/// keeps `numOfWorkers: 2147483647` from becoming a Deployment of two billion pods, and it
+/// is well above what one Celery app sensibly runs from one resource — every worker holds
+/// broker connections and takes part in gossip and heartbeats, so a thousand pods already
+/// load the broker more than the work usually justifies; shard such an app into several
+/// resources (by queue) instead.
+pub const MAX_WORKER_REPLICAS: i32 = 1000;
+
+/// Most Flower replicas. Flower is a monitor, not a worker: each replica keeps its own view
+/// of the cluster's events in memory and the Service spreads requests across them, so more
+/// replicas add neither capacity nor a shared view. One is the norm, two or three give
+/// availability; ten leaves room for that and still catches a typo.
+pub const MAX_FLOWER_REPLICAS: i32 = 10;
+
 /// The Celery worker Deployment.
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
@@ -177,7 +193,7 @@ pub struct WorkerSpec {
     /// Worker replicas when autoscaling is off; the starting count when it is on (kept within
     /// its bounds).
     #[serde(default = "default_workers")]
-    #[schemars(range(min = 0))]
+    #[schemars(range(min = 0, max = MAX_WORKER_REPLICAS))]
     pub num_of_workers: i32,
 
     /// Queues the workers consume, comma-separated, passed as `--queues`.
@@ -258,7 +274,7 @@ pub struct FlowerSpec {
 
     /// Flower replicas.
     #[serde(default = "default_one")]
-    #[schemars(range(min = 0))]
+    #[schemars(range(min = 0, max = MAX_FLOWER_REPLICAS))]
     pub replicas: i32,
 
     /// Compute resources of the Flower container.
@@ -446,11 +462,11 @@ pub struct Autoscaling {
 
     /// Fewest worker replicas. 0 allows scaling to zero when the queues are empty.
     #[serde(default = "default_one")]
-    #[schemars(range(min = 0))]
+    #[schemars(range(min = 0, max = MAX_WORKER_REPLICAS))]
     pub min_replicas: i32,
 
     /// Most worker replicas.
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = MAX_WORKER_REPLICAS))]
     pub max_replicas: i32,
 
     /// Seconds between two samples of the broker (and two policy decisions). CPU and memory
@@ -467,7 +483,7 @@ pub struct Autoscaling {
     /// only ever raised to it, never lowered: missing data never scales an app down. Without
     /// it the current count is held.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0))]
+    #[schemars(range(min = 0, max = MAX_WORKER_REPLICAS))]
     pub fallback_replicas: Option<i32>,
 
     /// Memory one policy call may use, as a quantity (`16Mi`, `64Mi`). Defaults to 64Mi; the
@@ -540,11 +556,11 @@ pub struct ScaleTarget {
 
     /// Fewest replicas. Defaults to 1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0))]
+    #[schemars(range(min = 0, max = MAX_WORKER_REPLICAS))]
     pub min_replicas: Option<i32>,
 
     /// Most replicas.
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = MAX_WORKER_REPLICAS))]
     pub max_replicas: i32,
 
     /// Metrics that drive the replica count; with several, the largest count wins.
@@ -611,6 +627,7 @@ pub struct MetricTarget {
 /// Observed state of a Celery application, written by the operator.
 #[derive(JsonSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[schemars(transform = kubernetes_formats_only)]
 pub struct CeleryStatus {
     /// The `metadata.generation` this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -731,6 +748,77 @@ pub struct ReplicaStatus {
     pub updated: i32,
 }
 
+/// A schemars transform that drops every `format` the API server does not know, on a schema
+/// and all it contains. schemars names the width of every Rust number (`uint32`, `uint8`,
+/// `uint`, …), and each one Kubernetes does not know makes every `kubectl apply` of the CRD
+/// print `Warning: unrecognized format`. The bounds a format implies are kept: schemars also
+/// writes `minimum: 0` for unsigned types, which the API server enforces.
+///
+/// NB: this runs on the schemas of [`CelerySpec`] and [`CeleryStatus`] as their derive builds
+/// them, before kube's transforms: a nullable field's `type` is still `[T, "null"]` here.
+fn kubernetes_formats_only(schema: &mut schemars::Schema) {
+    if let Some(map) = schema.as_object_mut()
+        && let Some(format) = map.get("format").and_then(|f| f.as_str())
+    {
+        let type_ = match map.get("type") {
+            Some(serde_json::Value::String(t)) => Some(t.as_str()),
+            Some(serde_json::Value::Array(types)) => {
+                let mut not_null = types.iter().filter_map(|t| t.as_str()).filter(|t| *t != "null");
+                match (not_null.next(), not_null.next()) {
+                    (Some(t), None) => Some(t),
+                    _ => Some("several types"),
+                }
+            }
+            _ => None,
+        };
+        if !kubernetes_knows_format(type_, format) {
+            map.remove("format");
+        }
+    }
+    schemars::transform::transform_subschemas(&mut kubernetes_formats_only, schema);
+}
+
+/// Whether the API server knows `format` on a schema of `type_`: what `GetUnrecognizedFormats`
+/// of apiextensions-apiserver (`pkg/apiserver/validation/formats.go`) accepts without a
+/// warning. Integers take `int32` and `int64`, numbers `float` and `double`, strings and
+/// untyped schemas the string formats below (compared without dashes, as go-openapi does);
+/// other types none. Formats newer API servers added (`k8s-short-name`, `k8s-long-name`,
+/// `quantity`) are left out, so the CRD applies without warnings on older ones too.
+fn kubernetes_knows_format(type_: Option<&str>, format: &str) -> bool {
+    const STRING_FORMATS: &[&str] = &[
+        "bsonobjectid",
+        "uri",
+        "email",
+        "hostname",
+        "ipv4",
+        "ipv6",
+        "cidr",
+        "mac",
+        "uuid",
+        "uuid3",
+        "uuid4",
+        "uuid5",
+        "isbn",
+        "isbn10",
+        "isbn13",
+        "creditcard",
+        "ssn",
+        "hexcolor",
+        "rgbcolor",
+        "byte",
+        "password",
+        "date",
+        "duration",
+        "datetime",
+    ];
+    match type_ {
+        Some("integer") => matches!(format, "int32" | "int64"),
+        Some("number") => matches!(format, "float" | "double"),
+        None | Some("string") => STRING_FORMATS.contains(&format.replace('-', "").as_str()),
+        Some(_) => false,
+    }
+}
+
 /// The CRD as YAML, exactly as `deploy/crd.yaml` holds it.
 pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
     serde_yaml::to_string(&Celery::crd())
@@ -776,6 +864,65 @@ mod tests {
         walk("celery.spec", &schema["properties"]["spec"], &mut missing);
         walk("celery.status", &schema["properties"]["status"], &mut missing);
         assert!(missing.is_empty(), "fields without a description: {missing:#?}");
+    }
+
+    /// A typo in a replica count (`2147483647`) must not become a Deployment of two billion
+    /// pods: the API server refuses every count above its ceiling.
+    #[test]
+    fn replica_counts_have_a_ceiling() {
+        let crd = serde_json::to_value(Celery::crd()).unwrap();
+        let spec = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"];
+        let field = |path: &str| {
+            path.split('.').fold(spec, |schema, name| match name.strip_suffix("[]") {
+                Some(array) => &schema["properties"][array]["items"],
+                None => &schema["properties"][name],
+            })
+        };
+        for (path, ceiling) in [
+            ("workerSpec.numOfWorkers", 1000),
+            ("autoscaling.minReplicas", 1000),
+            ("autoscaling.maxReplicas", 1000),
+            ("autoscaling.fallbackReplicas", 1000),
+            ("scaleTargetRef[].minReplicas", 1000),
+            ("scaleTargetRef[].maxReplicas", 1000),
+            ("flowerSpec.replicas", 10),
+        ] {
+            let schema = field(path);
+            assert_eq!(schema["type"], "integer", "spec.{path} is found: {schema}");
+            assert_eq!(schema["maximum"].as_f64(), Some(f64::from(ceiling)), "spec.{path}: {schema}");
+        }
+    }
+
+    /// A format the API server does not know (`uint32` from a `u32` field) makes every
+    /// `kubectl apply` of the CRD print `Warning: unrecognized format`.
+    #[test]
+    fn every_format_is_one_kubernetes_knows() {
+        fn walk(path: &str, value: &serde_json::Value, unknown: &mut Vec<String>) {
+            match value {
+                serde_json::Value::Object(map) => {
+                    if let Some(format) = map.get("format").and_then(|f| f.as_str())
+                        && !kubernetes_knows_format(map.get("type").and_then(|t| t.as_str()), format)
+                    {
+                        unknown.push(format!("{path}: {format} ({:?})", map.get("type")));
+                    }
+                    for (key, inner) in map {
+                        walk(&format!("{path}.{key}"), inner, unknown);
+                    }
+                }
+                serde_json::Value::Array(items) => {
+                    for (i, inner) in items.iter().enumerate() {
+                        walk(&format!("{path}[{i}]"), inner, unknown);
+                    }
+                }
+                _ => {}
+            }
+        }
+        assert!(kubernetes_knows_format(Some("string"), "date-time") && !kubernetes_knows_format(Some("integer"), "uint32"));
+        assert!(!kubernetes_knows_format(Some("string"), "int32") && !kubernetes_knows_format(Some("boolean"), "byte"));
+        let crd = serde_json::to_value(Celery::crd()).unwrap();
+        let mut unknown = Vec::new();
+        walk("crd", &crd, &mut unknown);
+        assert!(unknown.is_empty(), "formats the API server does not know: {unknown:#?}");
     }
 
     #[test]

@@ -21,7 +21,7 @@ pub enum Outcome<'a> {
         flower: Option<&'a Deployment>,
         flower_service: Option<String>,
         /// A problem that did not stop the children from being applied (a policy that cannot
-        /// be used): a `Degraded` reason and its message.
+        /// be used): a `Degraded` reason and its message. `Ready` is False with it too.
         problem: Option<(&'static str, String)>,
     },
     /// The spec failed validation, or the API server refused a child: `reason` is one of the
@@ -62,7 +62,12 @@ pub fn compute(celery: &Celery, outcome: &Outcome<'_>, now: &Time) -> CeleryStat
 
             let worker_ok = converged(worker);
             let flower_ok = flower.is_none_or(converged);
-            let ready = if !worker_ok {
+            // NB: a problem comes first. Its children run, but an app whose spec cannot be
+            // acted on (no usable policy: the count is held) is not what was asked for, and
+            // `Ready=True` beside `Degraded=True` would contradict itself.
+            let ready = if let Some((reason, message)) = problem {
+                (false, *reason, message.clone())
+            } else if !worker_ok {
                 (false, WORKERS_NOT_READY, format!("{}/{} worker replicas ready", workers.ready, workers.desired))
             } else if let (false, Some(f)) = (flower_ok, &flower_replicas) {
                 (false, FLOWER_NOT_READY, format!("{}/{} Flower replicas ready", f.ready, f.desired))
@@ -269,6 +274,25 @@ status:
         let d = get(&s, DEGRADED);
         assert_eq!((d.status.as_str(), d.reason.as_str()), ("True", ROLLOUT_STUCK));
         assert!(d.message.contains("demo-celery-worker"), "{}", d.message);
+    }
+
+    /// An app whose policy cannot be used still gets its children, but it is not Ready:
+    /// `Ready=True` beside `Degraded=True` would contradict itself.
+    #[rstest::rstest]
+    #[case::unknown_policy(INVALID_POLICY)]
+    #[case::bad_settings(INVALID_SETTINGS)]
+    fn a_policy_problem_is_not_ready(#[case] reason: &'static str) {
+        let celery = celery_with_status("[]");
+        let worker = deployment(READY_WORKERS);
+        let scaling = Scaling::Fixed { replicas: 2 };
+        let problem = Some((reason, "spec.autoscaling: no policy named no-such".to_string()));
+        let outcome = Outcome::Applied { scaling: &scaling, worker: &worker, flower: None, flower_service: None, problem };
+        let s = compute(&celery, &outcome, &time("2026-01-01T00:00:00Z"));
+        let (ready, degraded) = (get(&s, READY), get(&s, DEGRADED));
+        assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", reason));
+        assert!(ready.message.contains("no-such"), "{}", ready.message);
+        assert_eq!((degraded.status.as_str(), degraded.reason.as_str()), ("True", reason));
+        assert_eq!(s.workers, Some(ReplicaStatus { desired: 2, ready: 2, updated: 2 }), "the counts are still reported");
     }
 
     #[test]

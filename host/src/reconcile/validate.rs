@@ -85,6 +85,9 @@ pub fn validate(spec: &CelerySpec) -> Result<Scaling, SpecError> {
         }
     }
     check_env(spec)?;
+    check_urls(spec)?;
+    check_extra_args("spec.workerSpec.extraArgs", &spec.worker_spec.extra_args, WORKER_OPTIONS)?;
+    check_extra_args("spec.flowerSpec.extraArgs", &spec.flower_spec.extra_args, FLOWER_OPTIONS)?;
     scaling(spec)
 }
 
@@ -109,6 +112,147 @@ fn check_env(spec: &CelerySpec) -> Result<(), SpecError> {
         }
     }
     Ok(())
+}
+
+/// An option the operator itself puts on a command line (see [`build`]), and where its value
+/// comes from.
+struct SetOption {
+    long: &'static str,
+    short: Option<char>,
+    /// What sets it, for the message.
+    by: &'static str,
+    /// What to do instead, for the message.
+    instead: &'static str,
+}
+
+const FROM_THE_FIELD: &str = "remove it from extraArgs and change that field instead";
+const APP: SetOption = SetOption { long: "--app", short: Some('A'), by: "spec.common.celeryApp", instead: FROM_THE_FIELD };
+
+/// The options of `celery --app=… worker …` ([`build::worker_deployment`]). `--max-tasks-per-child`
+/// is refused even while `maxTasksPerChild` is unset: the field is the one place for it.
+const WORKER_OPTIONS: &[SetOption] = &[
+    APP,
+    SetOption { long: "--queues", short: Some('Q'), by: "spec.workerSpec.queues", instead: FROM_THE_FIELD },
+    SetOption { long: "--loglevel", short: Some('l'), by: "spec.workerSpec.logLevel", instead: FROM_THE_FIELD },
+    SetOption { long: "--concurrency", short: Some('c'), by: "spec.workerSpec.concurrency", instead: FROM_THE_FIELD },
+    SetOption { long: "--max-tasks-per-child", short: None, by: "spec.workerSpec.maxTasksPerChild", instead: FROM_THE_FIELD },
+];
+
+/// The options of `celery --app=… flower …` ([`build::flower_deployment`]).
+const FLOWER_OPTIONS: &[SetOption] = &[
+    APP,
+    SetOption {
+        long: "--port",
+        short: None,
+        by: "the operator (Flower listens on 5555, where its Service and readiness probe point)",
+        instead: "remove it from extraArgs; spec.flowerSpec.service.port sets the Service's port",
+    },
+];
+
+/// Celery (click) and Flower (tornado) take the last of a repeated option, and extra arguments
+/// come last, so one repeating an option the operator sets would silently override the field
+/// it comes from. Recognised as `--x=v`, `--x v`, `-X v` and `-Xv`; after `--` nothing is an
+/// option.
+fn check_extra_args(field: &str, args: &[String], options: &[SetOption]) -> Result<(), SpecError> {
+    for (i, arg) in args.iter().enumerate() {
+        if arg == "--" {
+            break;
+        }
+        let long = |o: &&SetOption| arg.strip_prefix(o.long).is_some_and(|rest| rest.is_empty() || rest.starts_with('='));
+        let short = |o: &&SetOption| {
+            let rest = arg.strip_prefix('-').filter(|rest| !rest.starts_with('-'));
+            o.short.is_some_and(|c| rest.is_some_and(|rest| rest.starts_with(c)))
+        };
+        let (name, option) = if let Some(o) = options.iter().find(long) {
+            (o.long.to_string(), o)
+        } else if let Some(o) = options.iter().find(short) {
+            (format!("-{} ({})", o.short.unwrap_or_default(), o.long), o)
+        } else {
+            continue;
+        };
+        return Err(SpecError::new(format!("{field}[{i}]"), format!("{name} is set by {}; {}", option.by, option.instead)));
+    }
+    Ok(())
+}
+
+/// What a connection string of the spec is, for Celery: the two differ in what they accept.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum UrlKind {
+    /// kombu's `transport://…`, or several of them separated by `;` (failover).
+    Broker,
+    /// A URL as for the broker, or a backend alias or class path without `://` (`rpc`,
+    /// `django-db`, `proj.backends:MyBackend`), which Celery also takes.
+    ResultBackend,
+}
+
+/// The broker and result backend URLs given inline, in `spec.broker`, `spec.resultBackend` or
+/// `spec.common.env`. They reach every pod as they are, so a malformed one is refused here
+/// rather than found by Celery at start-up (or, for the broker, only if the app is autoscaled).
+/// A URL in a Secret is not seen by the reconciler and is not checked.
+fn check_urls(spec: &CelerySpec) -> Result<(), SpecError> {
+    if let Some(url) = spec.broker.as_ref().and_then(|b| b.url.as_deref()) {
+        check_url("spec.broker.url", url, UrlKind::Broker)?;
+    }
+    if let Some(url) = spec.result_backend.as_ref().and_then(|b| b.url.as_deref()) {
+        check_url("spec.resultBackend.url", url, UrlKind::ResultBackend)?;
+    }
+    for (i, var) in spec.common.env.iter().enumerate() {
+        let kind = match var.name.as_str() {
+            build::BROKER_ENV => UrlKind::Broker,
+            build::RESULT_BACKEND_ENV => UrlKind::ResultBackend,
+            _ => continue,
+        };
+        if let Some(value) = &var.value {
+            check_url(&format!("spec.common.env[{i}].value"), value, kind)?;
+        }
+    }
+    Ok(())
+}
+
+fn check_url(field: &str, value: &str, kind: UrlKind) -> Result<(), SpecError> {
+    let not_a_url = |cause: &str, part: &str| {
+        SpecError::new(
+            field,
+            format!(
+                "not a URL ({cause}): {}; expected one such as redis://redis:6379/0 or amqp://user:password@rabbitmq:5672//",
+                quoted(part)
+            ),
+        )
+    };
+    // NB: kombu splits a failover list on `;` before parsing; an entry after the first may be a
+    // bare `host:port` of the first one's transport (Celery's memcached backend lists hosts so).
+    for (i, part) in value.split(';').enumerate() {
+        if !part.contains("://") {
+            if i > 0 {
+                continue;
+            }
+            let backend_alias = !part.is_empty()
+                && part.chars().all(|c| c.is_ascii_alphanumeric() || "_-.:+".contains(c))
+                && !value.contains(';');
+            if kind == UrlKind::ResultBackend && backend_alias {
+                return Ok(());
+            }
+            return Err(not_a_url("no transport:// at the start", part));
+        }
+        url::Url::parse(part).map_err(|e| not_a_url(&e.to_string(), part))?;
+    }
+    Ok(())
+}
+
+/// A value as a message may show it: without the credentials (which come before an `@`) and
+/// at most [`QUOTED_CHARS`] characters long, so a pasted blob does not fill the condition.
+fn quoted(value: &str) -> String {
+    const QUOTED_CHARS: usize = 64;
+    let shown = crate::metrics::redact_unparsed(value);
+    // NB: `redact_unparsed` hides what comes between `scheme://` and the last `@`; a value
+    // with an `@` it could not place (no `://` before it) is not shown at all.
+    if value.contains('@') && !shown.contains("://***@") {
+        return "(not shown: it may hold a password)".into();
+    }
+    let mut chars = shown.chars();
+    let head: String = chars.by_ref().take(QUOTED_CHARS).collect();
+    let more = if chars.next().is_some() { "…" } else { "" };
+    format!("`{head}{more}`")
 }
 
 fn check_resources(field: &str, resources: Option<&ResourceRequirements>) -> Result<(), SpecError> {
@@ -357,6 +501,159 @@ spec:
 "
         ));
         assert_eq!(validate(&s).unwrap(), Scaling::Fixed { replicas: 4 });
+    }
+
+    /// A URL the pods cannot use is refused whether or not the app is autoscaled, naming the
+    /// field; the message puts the cause first, never shows the credentials and quotes at most
+    /// a short prefix of the value.
+    #[rstest::rstest]
+    #[case::broker_words("broker: {url: 'this is not a url'}", "spec.broker.url")]
+    #[case::broker_port("broker: {url: 'redis://:s3cret@redis:port/0'}", "spec.broker.url")]
+    #[case::broker_no_scheme("broker: {url: 'user:s3cret@redis'}", "spec.broker.url")]
+    #[case::broker_failover_entry("broker: {url: 'amqp://a//;amqp://u:s3cret@b:x//'}", "spec.broker.url")]
+    #[case::backend("resultBackend: {url: 'this is not a url'}", "spec.resultBackend.url")]
+    #[case::backend_port("resultBackend: {url: 'redis://u:s3cret@r:6379x/1'}", "spec.resultBackend.url")]
+    #[case::env_broker(
+        "common: {appName: demo, celeryApp: a, image: i, env: [{name: A, value: x}, {name: CELERY_BROKER_URL, value: 'not a url'}]}",
+        "spec.common.env[1].value"
+    )]
+    #[case::env_backend(
+        "common: {appName: demo, celeryApp: a, image: i, env: [{name: CELERY_RESULT_BACKEND, value: 'redis://:s3cret@r:x'}]}",
+        "spec.common.env[0].value"
+    )]
+    fn a_url_that_is_not_one_is_refused_with_a_fixed_count(#[case] extra: &str, #[case] field: &str) {
+        let mut yaml = BASE.to_string();
+        if extra.contains("common:") {
+            yaml = yaml.replace("  common: {appName: demo, celeryApp: 'app:celery_app', image: example}\n", "");
+        }
+        yaml.push_str(&format!("  workerSpec: {{numOfWorkers: 3}}\n  {extra}\n"));
+        let err = validate(&spec(&yaml)).unwrap_err();
+        assert_eq!(err.field, field, "{err}");
+        assert!(err.message.starts_with("not a URL ("), "the cause first: {err}");
+        assert!(!err.message.contains("s3cret"), "no password in messages: {err}");
+    }
+
+    #[test]
+    fn a_long_bad_url_is_quoted_short() {
+        let host = "h".repeat(10_000);
+        let s = spec(&format!("{BASE}  broker: {{url: 'redis://user:s3cret@{host} x:6379/0'}}\n"));
+        let err = validate(&s).unwrap_err();
+        assert_eq!(err.field, "spec.broker.url");
+        assert!(err.message.len() < 300, "{} characters: {err}", err.message.len());
+        assert!(err.message.contains("redis://***@hhh") && err.message.contains('…'), "{err}");
+        assert!(!err.message.contains("s3cret"), "{err}");
+    }
+
+    #[rstest::rstest]
+    #[case::redis("broker: {url: 'redis://:p%40ss@redis:6379/0'}")]
+    #[case::amqp_failover("broker: {url: 'amqp://guest@rabbit1//;amqp://guest@rabbit2//'}")]
+    #[case::socket("broker: {url: 'redis+socket:///run/redis.sock'}")]
+    #[case::memory("broker: {url: 'memory://'}")]
+    #[case::sqs("broker: {url: 'sqs://'}")]
+    #[case::backend_alias("resultBackend: {url: django-db}")]
+    #[case::backend_rpc("resultBackend: {url: 'rpc://'}")]
+    #[case::backend_db("resultBackend: {url: 'db+postgresql://u:p@db/celery'}")]
+    #[case::backend_memcached_hosts("resultBackend: {url: 'cache+memcached://10.0.0.1:11211;10.0.0.2:11211/'}")]
+    #[case::env_from_secret(
+        "common: {appName: demo, celeryApp: a, image: i, env: [{name: CELERY_BROKER_URL, valueFrom: {secretKeyRef: {name: s, key: k}}}]}"
+    )]
+    fn urls_celery_takes_are_accepted(#[case] extra: &str) {
+        let mut yaml = BASE.to_string();
+        if extra.contains("common:") {
+            yaml = yaml.replace("  common: {appName: demo, celeryApp: 'app:celery_app', image: example}\n", "");
+        }
+        yaml.push_str(&format!("  {extra}\n"));
+        validate(&spec(&yaml)).expect("valid");
+    }
+
+    /// Celery takes the last of a repeated option, so an extra argument repeating one the
+    /// operator sets would silently override a field of the spec.
+    #[rstest::rstest]
+    #[case::app(
+        "workerSpec: {extraArgs: ['--app=other']}",
+        "spec.workerSpec.extraArgs[0]",
+        "--app is set by spec.common.celeryApp"
+    )]
+    #[case::app_short(
+        "workerSpec: {extraArgs: ['-Ofair', '-A', other]}",
+        "spec.workerSpec.extraArgs[1]",
+        "-A (--app) is set by spec.common.celeryApp"
+    )]
+    #[case::app_short_attached("workerSpec: {extraArgs: ['-Aother']}", "spec.workerSpec.extraArgs[0]", "-A (--app) is set by")]
+    #[case::queues(
+        "workerSpec: {extraArgs: ['--queues', 'a,b']}",
+        "spec.workerSpec.extraArgs[0]",
+        "--queues is set by spec.workerSpec.queues"
+    )]
+    #[case::queues_short("workerSpec: {extraArgs: ['-Qa,b']}", "spec.workerSpec.extraArgs[0]", "-Q (--queues) is set by")]
+    #[case::concurrency(
+        "workerSpec: {extraArgs: ['-E', '--concurrency=8']}",
+        "spec.workerSpec.extraArgs[1]",
+        "--concurrency is set by spec.workerSpec.concurrency"
+    )]
+    #[case::concurrency_short(
+        "workerSpec: {extraArgs: ['-c', '8']}",
+        "spec.workerSpec.extraArgs[0]",
+        "-c (--concurrency) is set by"
+    )]
+    #[case::loglevel(
+        "workerSpec: {extraArgs: ['--loglevel', debug]}",
+        "spec.workerSpec.extraArgs[0]",
+        "--loglevel is set by spec.workerSpec.logLevel"
+    )]
+    #[case::loglevel_short("workerSpec: {extraArgs: ['-ldebug']}", "spec.workerSpec.extraArgs[0]", "-l (--loglevel) is set by")]
+    #[case::max_tasks(
+        "workerSpec: {extraArgs: ['--max-tasks-per-child=10']}",
+        "spec.workerSpec.extraArgs[0]",
+        "--max-tasks-per-child is set by spec.workerSpec.maxTasksPerChild"
+    )]
+    #[case::flower_port(
+        "flowerSpec: {extraArgs: ['--port=8080']}",
+        "spec.flowerSpec.extraArgs[0]",
+        "--port is set by the operator"
+    )]
+    #[case::flower_port_separate(
+        "flowerSpec: {extraArgs: ['--persistent=True', '--port', '8080']}",
+        "spec.flowerSpec.extraArgs[1]",
+        "--port is set by"
+    )]
+    #[case::flower_app(
+        "flowerSpec: {extraArgs: ['-A', x]}",
+        "spec.flowerSpec.extraArgs[0]",
+        "-A (--app) is set by spec.common.celeryApp"
+    )]
+    fn extra_args_may_not_repeat_what_the_spec_sets(#[case] extra: &str, #[case] field: &str, #[case] message: &str) {
+        let err = validate(&spec(&format!("{BASE}  {extra}\n"))).unwrap_err();
+        assert_eq!(err.field, field, "{err}");
+        assert!(err.message.starts_with(message), "{err}");
+    }
+
+    /// Every option the builder puts on a command line is one extra arguments may not repeat.
+    #[test]
+    fn the_refused_options_are_those_the_command_lines_set() {
+        let mut celery: Celery = serde_yaml::from_str(&format!("{BASE}  workerSpec: {{maxTasksPerChild: 5}}\n")).unwrap();
+        celery.metadata.uid = Some("uid".into());
+        let args = |d: k8s_openapi::api::apps::v1::Deployment| -> Vec<String> {
+            let pod = d.spec.and_then(|s| s.template.spec).expect("a pod");
+            pod.containers[0].args.clone().unwrap_or_default()
+        };
+        let worker = args(build::worker_deployment(&celery, Some(1)).unwrap());
+        let flower = args(build::flower_deployment(&celery).unwrap());
+        for (built, table) in [(worker, WORKER_OPTIONS), (flower, FLOWER_OPTIONS)] {
+            let set: Vec<&str> =
+                built.iter().filter_map(|a| a.strip_prefix("--")).map(|a| a.split('=').next().unwrap()).collect();
+            let refused: Vec<&str> = table.iter().map(|o| o.long.trim_start_matches('-')).collect();
+            assert_eq!(set, refused, "the command line {built:?}");
+        }
+    }
+
+    #[test]
+    fn other_extra_args_are_welcome() {
+        let s = spec(&format!(
+            "{BASE}  workerSpec: {{extraArgs: ['-Ofair', '--prefetch-multiplier=1', '-P', threads, '--apple', '--', '-c']}}
+  flowerSpec: {{extraArgs: ['--persistent=True', '--url_prefix=flower', '--address=0.0.0.0']}}\n"
+        ));
+        validate(&s).expect("valid");
     }
 
     #[rstest::rstest]
