@@ -121,7 +121,9 @@ impl Flower {
             let detail = if self.credentials.is_some() {
                 format!("refused the credentials ({status}) while {what}")
             } else {
-                format!("asks for credentials ({status}) while {what}; set flowerSpec.basicAuth or put them in the URL")
+                format!(
+                    "asks for credentials ({status}) while {what}; set flowerSpec.basicAuth (sent to the app's own Flower Service only) or put them in the URL"
+                )
             };
             return Err(FlowerError { flower: self.display.clone(), detail, unauthorized: true });
         }

@@ -703,7 +703,10 @@ async fn deploy_manifests_are_accepted_by_the_api_server(h: Arc<Harness>) {
 
     let ns = env.namespace("manifests").await;
     let mut files: Vec<std::path::PathBuf> =
-        ["deploy/redis.yaml", "deploy/rabbitmq.yaml", "deploy/example-celery.yaml", "deploy/networkpolicy.yaml"].iter().map(|f| repo_root().join(f)).collect();
+        ["deploy/redis.yaml", "deploy/rabbitmq.yaml", "deploy/example-celery.yaml", "deploy/networkpolicy.yaml"]
+            .iter()
+            .map(|f| repo_root().join(f))
+            .collect();
     let examples = std::fs::read_dir(repo_root().join("example")).expect("example/").filter_map(Result::ok).map(|e| e.path());
     files.extend(examples.filter(|p| p.extension().is_some_and(|x| x == "yaml")));
     assert!(files.len() >= 9, "the example resources are found: {files:?}");
