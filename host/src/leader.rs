@@ -17,7 +17,11 @@
 //! term stops its controllers and campaigns again ([`crate::operator`]).
 
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+// tokio's clock, not std's: the same in production, and pausable in tests, so the fault tests
+// of the elector can stage a hung renewal exactly.
+use tokio::time::Instant;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
@@ -187,7 +191,7 @@ impl Elector {
                     return self.expired(deadline);
                 }
                 // Cut off at the deadline: a reply after it would come too late to count.
-                let attempt = tokio::time::timeout_at(deadline.into(), self.try_acquire_or_renew(Some(deadline))).await;
+                let attempt = tokio::time::timeout_at(deadline, self.try_acquire_or_renew(Some(deadline))).await;
                 leadership.attempted();
                 match attempt {
                     Ok(Ok(Attempt::Holding)) => {

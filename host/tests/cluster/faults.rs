@@ -122,11 +122,15 @@ async fn an_api_outage_longer_than_the_lease_heals_without_help(h: Arc<Harness>)
     let health = http_get(port, "/healthz").await.expect("/healthz answers");
     assert!(health.starts_with("HTTP/1.1 200"), "{health}");
     assert!(!operator.finished(), "the operator campaigns again rather than stopping");
-    eventually("the leader gauge back at 1", WAIT, || async {
+    let metrics = eventually("the leader gauge back at 1", WAIT, || async {
         let m = http_get(port, "/metrics").await?;
-        m.contains("celery_operator_leader 1").then_some(()).ok_or("not leading".to_string())
+        m.contains("celery_operator_leader 1").then_some(m).ok_or("not leading".to_string())
     })
     .await;
+    assert!(
+        metrics.contains(&format!("celery_operator_watch_errors_total{{namespace=\"{ns}\"}}")),
+        "the failed watches were counted: {metrics}"
+    );
     operator.stop().await;
 }
 
