@@ -17,7 +17,7 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use crate::Harness;
 use crate::lifecycle::{create, deployment, minimal_yaml};
 use crate::servers::{free_port, redis_server};
-use crate::support::{WAIT, eventually};
+use crate::support::{WAIT, eventually, http_get};
 
 /// Every test: name, whether it needs the control plane to itself, body.
 pub const TESTS: &[crate::TestCase] = &[
@@ -80,16 +80,6 @@ async fn wait_replicas(client: &Client, ns: &str, app: &str, want: i32) {
         (got == want).then_some(()).ok_or(format!("{got} workers"))
     })
     .await;
-}
-
-async fn http_get(port: u16, path: &str) -> Result<String, String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.map_err(|e| e.to_string())?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.map_err(|e| e.to_string())?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.map_err(|e| e.to_string())?;
-    Ok(response)
 }
 
 /// One replica, a 5 s Lease, the API server gone for 20 s: the operator loses its term, waits

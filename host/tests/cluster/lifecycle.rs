@@ -16,7 +16,8 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 
 use crate::Harness;
-use crate::support::{WAIT, apply_yaml_with, eventually, repo_root};
+use crate::servers::free_port;
+use crate::support::{WAIT, apply_yaml_with, eventually, http_get, repo_root};
 
 /// Every test: name, whether it needs the control plane to itself, body.
 pub const TESTS: &[crate::TestCase] = &[
@@ -668,21 +669,6 @@ async fn the_binary_serves_health_metrics_and_json_logs(h: Arc<Harness>) {
     let leases: Api<Lease> = Api::namespaced(env.admin.clone(), "celery-operator");
     let holder = leases.get(&lease).await.expect("lease").spec.and_then(|s| s.holder_identity);
     assert_eq!(holder, None, "the Lease is released on shutdown");
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
-}
-
-/// A minimal HTTP/1.1 GET, enough for the operator's own endpoints.
-async fn http_get(port: u16, path: &str) -> Result<String, String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.map_err(|e| e.to_string())?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.map_err(|e| e.to_string())?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.map_err(|e| e.to_string())?;
-    Ok(response)
 }
 
 /// What `kubectl apply -k deploy/` installs, and every example, Redis and RabbitMQ manifest, pass the real

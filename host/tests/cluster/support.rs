@@ -288,6 +288,17 @@ where
     }
 }
 
+/// A minimal HTTP/1.1 GET, enough for the operator's own endpoints.
+pub async fn http_get(port: u16, path: &str) -> Result<String, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.map_err(|e| e.to_string())?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.map_err(|e| e.to_string())?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.map_err(|e| e.to_string())?;
+    Ok(response)
+}
+
 /// The default deadline of a wait: generous, because the machines are shared and slow.
 pub const WAIT: Duration = Duration::from_secs(60);
 
