@@ -15,7 +15,7 @@ use kube::Client;
 use kube::api::{Api, ListParams};
 use kube::runtime::controller::Error as ControllerError;
 use kube::runtime::utils::Backoff;
-use kube::runtime::{Controller, watcher};
+use kube::runtime::{Controller, WatchStreamExt, predicates, reflector, watcher};
 use tokio::sync::watch;
 use tracing::{debug, error, info, warn};
 
@@ -130,7 +130,17 @@ pub async fn run(
         .zip(deployment_apis)
         .zip(service_apis)
         .map(|((celery, deployments), services)| {
-            Controller::new(celery, watcher::Config::default())
+            // The cache sees every change (the loops and the status step read it); a reconcile
+            // is triggered by a change of the spec (generation), not by a status write, the
+            // autoscaler's every few seconds included. Children's changes and the periodic
+            // resync still trigger one.
+            let (reader, writer) = reflector::store();
+            let apps = watcher::watcher(celery, watcher::Config::default())
+                .backoff(watch_backoff())
+                .reflect(writer)
+                .applied_objects()
+                .predicate_filter(predicates::generation, Default::default());
+            Controller::for_stream(apps, reader)
                 .owns(deployments, children.clone())
                 .owns(services, children.clone())
                 .trigger_backoff(watch_backoff())

@@ -43,13 +43,15 @@ use crate::reconcile::validate::{self, CPU_MEMORY_POLICY, PolicyRef, Scaling};
 use crate::telemetry::{FailureCause, Metrics};
 
 /// The status is written at once when a decision, a scale or the condition changes, and
-/// otherwise at most this often, so 1,000 apps sampled every second do not write 1,000
-/// statuses a second.
-const STATUS_REFRESH: Duration = Duration::from_secs(10);
+/// otherwise at most this often, so an app whose figures stand still costs one write a
+/// minute, and 1,000 apps sampled every second do not write 1,000 statuses a second.
+const STATUS_REFRESH: Duration = Duration::from_secs(60);
 /// While the backlog moves (see [`sampler::backlog_moved`]) the status follows it this often.
 const STATUS_REFRESH_MOVING: Duration = Duration::from_secs(2);
 /// How long the worker Deployment may be missing before the loop reports it.
 const MISSING_GRACE: Duration = Duration::from_secs(30);
+/// The longest pause between two reads of a broker (or Flower) that does not answer.
+const BROKER_RETRY_MAX: Duration = Duration::from_secs(60);
 /// A Secret holding the broker URL is read again at most this often after a failed read.
 const SECRET_RETRY: Duration = Duration::from_secs(10);
 
@@ -227,8 +229,22 @@ struct AppLoop {
     last_status: Option<Instant>,
     /// The total backlog the status shows.
     written_backlog: Option<i64>,
+    /// The tasks in progress the status shows.
+    written_active: Option<i64>,
     /// Since when the worker Deployment is missing from the cluster view.
     missing_since: Option<Instant>,
+    /// After a failed broker read: when to try again, the pause, and the failure.
+    broker_retry: Option<Retry>,
+}
+
+/// The backoff of an unreachable broker (or Flower standing in for one): the pause doubles
+/// from the sampling interval up to [`BROKER_RETRY_MAX`], with a tenth of jitter so that many
+/// apps on one dead broker do not knock together, and resets on the first good read.
+#[derive(Clone, Debug)]
+struct Retry {
+    at: Instant,
+    pause: Duration,
+    error: String,
 }
 
 impl AppLoop {
@@ -259,7 +275,9 @@ impl AppLoop {
             last_scale_time: celery.status.as_ref().and_then(|s| s.autoscaler.as_ref()).and_then(|a| a.last_scale_time.clone()),
             last_status: None,
             written_backlog: None,
+            written_active: None,
             missing_since: None,
+            broker_retry: None,
         };
         app.reconfigure(celery, policies, min, max, tuning);
         info!(app = %app.label, policy = %app.policy_label(), "autoscaling starts");
@@ -285,6 +303,7 @@ impl AppLoop {
             self.broker_source = source;
             self.broker = None;
             self.last_secret_read = None;
+            self.broker_retry = None;
         }
         self.progress.reconfigure(progress::source(celery));
     }
@@ -309,7 +328,7 @@ impl AppLoop {
         };
         self.missing_since = None;
 
-        let queues = if self.needs_broker { Some(self.read_broker(shared).await) } else { None };
+        let queues = if self.needs_broker { Some(self.read_broker_or_wait(shared).await) } else { None };
         let namespace = &self.namespace;
         match self.progress.refresh(async |secret| read_secret(&shared.client, namespace, secret).await).await {
             Some(progress::Change::Failed(message)) => {
@@ -493,6 +512,29 @@ impl AppLoop {
         answers
     }
 
+    /// [`read_broker`](Self::read_broker), unless a failed read's backoff is still running: then
+    /// the last failure, without a request.
+    async fn read_broker_or_wait(&mut self, shared: &Shared) -> Result<Vec<QueueStats>, String> {
+        if let Some(retry) = &self.broker_retry
+            && Instant::now() < retry.at
+        {
+            return Err(format!("{} (tried again every {}s)", retry.error, retry.pause.as_secs().max(1)));
+        }
+        let read = self.read_broker(shared).await;
+        match &read {
+            Ok(_) => self.broker_retry = None,
+            Err(error) => {
+                let pause = next_pause(self.broker_retry.as_ref().map(|r| r.pause), self.tuning.interval);
+                let jitter = pause.mul_f64(jitter_fraction() / 10.0);
+                self.broker_retry = Some(Retry { at: Instant::now() + pause + jitter, pause, error: error.clone() });
+            }
+        }
+        read.map_err(|error| match &self.broker_retry {
+            Some(retry) => format!("{error} (tried again every {}s)", retry.pause.as_secs().max(1)),
+            None => error,
+        })
+    }
+
     /// The queues as the broker reports them, or why not.
     async fn read_broker(&mut self, shared: &Shared) -> Result<Vec<QueueStats>, String> {
         if self.broker_source.is_none() && self.progress.source().is_some() {
@@ -611,7 +653,8 @@ impl AppLoop {
         let since = self.last_status.map(|at| at.elapsed());
         let due = since.is_none_or(|t| t >= STATUS_REFRESH);
         let backlog = sampler::total_backlog(status);
-        let moved = since.is_none_or(|t| t >= STATUS_REFRESH_MOVING) && sampler::backlog_moved(self.written_backlog, backlog);
+        let moved = since.is_none_or(|t| t >= STATUS_REFRESH_MOVING)
+            && (sampler::backlog_moved(self.written_backlog, backlog) || self.written_active != status.active_tasks);
         self.health = Some(health.clone());
         if !(changed || transition || due || moved) || !shared.leadership.holds() {
             return;
@@ -633,6 +676,7 @@ impl AppLoop {
             Ok(_) => {
                 self.last_status = Some(Instant::now());
                 self.written_backlog = backlog;
+                self.written_active = status.active_tasks;
             }
             Err(error) => {
                 warn!(app = %self.label, error = %crate::telemetry::chain(&error), "cannot write the autoscaler status")
@@ -719,6 +763,21 @@ async fn read_secret(client: &Client, namespace: &str, secret: &SecretKeyRef) ->
     Ok(text.trim().to_string())
 }
 
+/// The pause after a failed broker read: twice the interval after the first failure, then
+/// doubling, up to [`BROKER_RETRY_MAX`].
+fn next_pause(previous: Option<Duration>, interval: Duration) -> Duration {
+    previous.map_or(interval * 2, |p| p * 2).min(BROKER_RETRY_MAX)
+}
+
+/// A number in [0, 1) that differs between calls and processes (std's randomly keyed hasher;
+/// jitter needs no better randomness).
+fn jitter_fraction() -> f64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(u64::from(std::process::id()));
+    (hasher.finish() >> 11) as f64 / (1u64 << 53) as f64
+}
+
 /// An empty sample, standing in for the current one between two ticks (allocates nothing).
 fn sample_placeholder() -> Sample {
     Sample { timestamp_ms: 0, replicas: 0, queues: Vec::new(), pods: Vec::new() }
@@ -791,6 +850,20 @@ mod tests {
     fn spec(yaml: &str) -> CelerySpec {
         let base = if yaml.contains("common:") { "" } else { "common: {appName: a, celeryApp: 'app:celery_app', image: i}\n" };
         serde_yaml::from_str(&format!("{base}{yaml}")).expect("test spec parses")
+    }
+
+    #[test]
+    fn an_unreachable_broker_is_tried_less_and_less_often() {
+        let mut pauses = Vec::new();
+        let mut pause = None;
+        for _ in 0..8 {
+            let next = next_pause(pause, Duration::from_secs(1));
+            pauses.push(next.as_secs());
+            pause = Some(next);
+        }
+        assert_eq!(pauses, [2, 4, 8, 16, 32, 60, 60, 60]);
+        let j = jitter_fraction();
+        assert!((0.0..1.0).contains(&j));
     }
 
     #[test]

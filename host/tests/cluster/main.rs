@@ -9,6 +9,7 @@
 
 mod autoscaling;
 mod chart;
+mod cost;
 mod faults;
 mod lifecycle;
 #[path = "../common/servers.rs"]
@@ -129,6 +130,7 @@ fn main() -> ExitCode {
         .chain(autoscaling::TESTS)
         .chain(chart::TESTS)
         .chain(faults::TESTS)
+        .chain(cost::TESTS)
         .map(|&(name, exclusive, f)| trial(name, exclusive, &harness, f))
         .collect();
     let conclusion = libtest_mimic::run(&args, trials);
