@@ -27,7 +27,7 @@ test-cluster: ## Only the tests against the real control plane
 	$(CARGO) test -p celery-operator --test cluster
 
 bench: test-deps policies ## Benchmarks (figures, not tests): policy cost, autoscaling reaction time and sampling cost
-	$(CARGO) bench -p celery-operator --bench policy --bench autoscale --bench failover
+	$(CARGO) bench -p celery-operator --bench policy --bench autoscale --bench failover --bench api_cost
 
 build: ## Build the operator binary
 	$(CARGO) build -p celery-operator
