@@ -177,6 +177,22 @@ async fn a_frozen_leader_writes_nothing_after_its_term(h: Arc<Harness>) {
     create(&env.admin, &ns, &autoscaled_yaml("shop", &broker, 6, "{stabilizationWindowSeconds: 0}")).await.expect("created");
     set_backlog(port, "celery", 20).await;
     wait_replicas(&env.admin, &ns, "shop", 2).await;
+    // Freeze the leader between writes, not in the middle of one: a request it had started
+    // before the freeze would reach the API server only after the thaw, and no client can
+    // call that back. With nothing changing, a leader writes nothing but its Lease renewals
+    // for a minute.
+    eventually("replica a idle for 3 s", WAIT, || async {
+        let last = h
+            .control_plane
+            .audited_writes()
+            .into_iter()
+            .filter(|w| w.user_agent.contains(&a.identity) && w.resource != "leases")
+            .map(|w| w.received)
+            .max();
+        let quiet = last.is_some_and(|at| jiff::Timestamp::now().as_millisecond() - at.as_millisecond() > 3000);
+        quiet.then_some(()).ok_or(format!("last write at {last:?}"))
+    })
+    .await;
 
     a.signal("STOP");
     let frozen = jiff::Timestamp::now();
