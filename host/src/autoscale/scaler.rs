@@ -116,12 +116,6 @@ impl Autoscaler {
         let task = tokio::spawn(run(Arc::clone(&self.shared), key.clone(), uid.clone()));
         loops.insert(key, (uid, task.abort_handle()));
     }
-
-    /// Loops running now (for tests and benchmarks: the map must not outgrow the apps).
-    pub fn running(&self) -> usize {
-        let loops = self.loops.lock().expect("autoscaler loops lock");
-        loops.values().filter(|(_, task)| !task.is_finished()).count()
-    }
 }
 
 impl Drop for Autoscaler {
@@ -245,6 +239,13 @@ struct Retry {
     at: Instant,
     pause: Duration,
     error: String,
+}
+
+impl Retry {
+    /// The failure, and how often the read is tried now.
+    fn describe(&self) -> String {
+        format!("{} (tried again every {}s)", self.error, self.pause.as_secs().max(1))
+    }
 }
 
 impl AppLoop {
@@ -515,24 +516,23 @@ impl AppLoop {
     /// [`read_broker`](Self::read_broker), unless a failed read's backoff is still running: then
     /// the last failure, without a request.
     async fn read_broker_or_wait(&mut self, shared: &Shared) -> Result<Vec<QueueStats>, String> {
-        if let Some(retry) = &self.broker_retry
-            && Instant::now() < retry.at
-        {
-            return Err(format!("{} (tried again every {}s)", retry.error, retry.pause.as_secs().max(1)));
+        if let Some(retry) = self.broker_retry.as_ref().filter(|r| Instant::now() < r.at) {
+            return Err(retry.describe());
         }
-        let read = self.read_broker(shared).await;
-        match &read {
-            Ok(_) => self.broker_retry = None,
+        match self.read_broker(shared).await {
+            Ok(stats) => {
+                self.broker_retry = None;
+                Ok(stats)
+            }
             Err(error) => {
                 let pause = next_pause(self.broker_retry.as_ref().map(|r| r.pause), self.tuning.interval);
                 let jitter = pause.mul_f64(jitter_fraction() / 10.0);
-                self.broker_retry = Some(Retry { at: Instant::now() + pause + jitter, pause, error: error.clone() });
+                let retry = Retry { at: Instant::now() + pause + jitter, pause, error };
+                let message = retry.describe();
+                self.broker_retry = Some(retry);
+                Err(message)
             }
         }
-        read.map_err(|error| match &self.broker_retry {
-            Some(retry) => format!("{error} (tried again every {}s)", retry.pause.as_secs().max(1)),
-            None => error,
-        })
     }
 
     /// The queues as the broker reports them, or why not.

@@ -200,21 +200,17 @@ fn paused_by(d: &Deployment, manager: &str) -> bool {
 /// A JSON patch as [`ADOPTION_MANAGER`]. A failed `test` (the object changed meanwhile) is
 /// worth a retry, not a `Degraded` condition.
 async fn json_patch(api: &Api<Deployment>, name: &str, ns: &str, ops: Vec<serde_json::Value>) -> Result<Deployment, ApplyError> {
-    let patch: json_patch::Patch = serde_json::from_value(serde_json::Value::Array(ops)).map_err(|e| ApplyError::Api {
-        action: "patch",
-        kind: "Deployment".into(),
-        namespace: ns.to_string(),
-        name: name.to_string(),
-        source: kube::Error::SerdeError(e),
-    })?;
-    let params = PatchParams { field_manager: Some(ADOPTION_MANAGER.into()), ..Default::default() };
-    api.patch(name, &params, &Patch::Json::<()>(patch)).await.map_err(|source| ApplyError::Api {
+    let failed = |source| ApplyError::Api {
         action: "patch",
         kind: "Deployment".into(),
         namespace: ns.to_string(),
         name: name.to_string(),
         source,
-    })
+    };
+    let patch: json_patch::Patch =
+        serde_json::from_value(serde_json::Value::Array(ops)).map_err(|e| failed(kube::Error::SerdeError(e)))?;
+    let params = PatchParams { field_manager: Some(ADOPTION_MANAGER.into()), ..Default::default() };
+    api.patch(name, &params, &Patch::Json::<()>(patch)).await.map_err(failed)
 }
 
 /// Sets the worker replicas as the scaler. The autoscaling loop writes decisions this way too.
