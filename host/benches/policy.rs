@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use celery_operator::autoscale::sampler::HISTORY;
+use celery_operator::policy::HISTORY;
 use celery_operator::policy::cache::ArtifactCache;
 use celery_operator::policy::cli::percentiles;
 use celery_operator::policy::{

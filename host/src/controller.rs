@@ -12,41 +12,22 @@ use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Service;
 use kube::Client;
-use kube::api::{Api, ListParams};
+use kube::api::ListParams;
 use kube::runtime::controller::Error as ControllerError;
 use kube::runtime::utils::Backoff;
 use kube::runtime::{Controller, WatchStreamExt, predicates, reflector, watcher};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tracing::{debug, error, info, warn};
 
 use crate::autoscale::cluster::ClusterView;
 use crate::autoscale::scaler::Autoscaler;
 use crate::crd::Celery;
 use crate::leader::Leadership;
-use crate::reconcile::build::CHILD_SELECTOR;
-use crate::reconcile::policies::PolicyCheck;
+use crate::policy::check::PolicyCheck;
 use crate::reconcile::{self, Context};
+use crate::scope::Scope;
+use crate::spec::names::CHILD_SELECTOR;
 use crate::telemetry::{self, Metrics};
-
-/// Where the operator looks for Celery apps.
-#[derive(Clone, Debug, Default)]
-pub struct Scope {
-    /// Namespaces to watch; empty means all.
-    pub namespaces: Vec<String>,
-}
-
-impl Scope {
-    pub(crate) fn apis<K>(&self, client: &Client) -> Vec<Api<K>>
-    where
-        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
-    {
-        if self.namespaces.is_empty() {
-            vec![Api::all(client.clone())]
-        } else {
-            self.namespaces.iter().map(|ns| Api::namespaced(client.clone(), ns)).collect()
-        }
-    }
-}
 
 /// Backoff of the watches after an error. NB: the three watches of a controller share one
 /// backoff, so after an API server restart their errors (refused connections, then 410 Gone
@@ -147,13 +128,15 @@ pub async fn run(
         })
         .collect();
 
+    // The reconciler hands each app's validated scaling to the autoscaler, one way.
     let cluster = ClusterView::new();
+    let (handoff, handoffs) = mpsc::unbounded_channel();
     let autoscaler = policies.clone().map(|policies| {
         let stores = controllers.iter().map(Controller::store).collect();
         Autoscaler::new(client.clone(), metrics.clone(), policies, cluster.clone(), stores, leadership.clone())
     });
-    let watch_cluster = autoscaler.is_some();
-    let ctx = Arc::new(Context::new(client.clone(), metrics.clone(), policies, autoscaler, leadership));
+    let handoff = autoscaler.is_some().then_some(handoff);
+    let ctx = Arc::new(Context::new(client.clone(), metrics.clone(), policies, handoff, leadership));
 
     let namespaces: Vec<String> = if scope.namespaces.is_empty() { vec!["(all)".into()] } else { scope.namespaces.clone() };
     let running = controllers.into_iter().zip(namespaces).map(|(controller, namespace)| {
@@ -182,13 +165,17 @@ pub async fn run(
     });
     info!(namespaces = ?scope.namespaces, "watching Celery apps");
     let controllers = futures::future::join_all(running);
-    if watch_cluster {
-        // The view never ends by itself: it stops with the controllers.
-        tokio::select! {
-            _ = controllers => {}
-            _ = cluster.watch(client, scope) => {}
+    match autoscaler {
+        Some(autoscaler) => {
+            // The view and the loops never end by themselves: they stop with the controllers.
+            tokio::select! {
+                _ = controllers => {}
+                _ = cluster.watch(client, scope) => {}
+                _ = autoscaler.run(handoffs) => {}
+            }
         }
-    } else {
-        controllers.await;
+        None => {
+            controllers.await;
+        }
     }
 }

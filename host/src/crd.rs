@@ -8,7 +8,7 @@
 //! `workerSpec`, `flowerSpec`, `scaleTargetRef`) so its resources are accepted verbatim, and
 //! adds optional fields for what production users need. What the schema can check (types,
 //! ranges, cross-field CEL rules) is checked by the API server at admission; the rest is judged
-//! in [`crate::reconcile::validate`]. This module holds plain data: no I/O.
+//! in [`crate::spec::validate`]. This module holds plain data: no I/O.
 
 use std::collections::BTreeMap;
 

@@ -14,9 +14,10 @@ use kube::{Client, Config};
 use tokio::sync::watch;
 use tracing::info;
 
-use crate::controller::{self, Scope};
+use crate::controller;
+use crate::scope::Scope;
 use crate::leader::{Elector, Leadership, LeaseConfig};
-use crate::reconcile::policies::PolicyCheck;
+use crate::policy::check::PolicyCheck;
 use crate::server::{self, Health};
 use crate::telemetry::Metrics;
 

@@ -17,7 +17,6 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use tracing_subscriber::EnvFilter;
 
-use crate::reconcile::Error;
 
 /// Log output format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -173,8 +172,8 @@ impl Metrics {
         Arc::new(Self::default())
     }
 
-    pub fn observe_reconcile(&self, took: Duration, error: Option<&Error>) {
-        let result = if error.is_some() { "error" } else { "ok" };
+    pub fn observe_reconcile(&self, took: Duration, ok: bool) {
+        let result = if ok { "ok" } else { "error" };
         self.reconciliations.get_or_create(&ResultLabel { result }).inc();
         self.reconcile_seconds.observe(took.as_secs_f64());
     }

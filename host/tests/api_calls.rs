@@ -5,8 +5,9 @@
 //! reconciler's apply drops it, or the API server resets it to 1 for a moment.
 
 use celery_operator::crd::Celery;
-use celery_operator::reconcile::apply::{self, FIELD_MANAGER, SCALER_MANAGER};
-use celery_operator::reconcile::validate;
+use celery_operator::reconcile::apply;
+use celery_operator::spec::names::{FIELD_MANAGER, SCALER_MANAGER};
+use celery_operator::spec::validate;
 use http::{Method, Request, Response, StatusCode};
 use kube::Client;
 use kube::client::Body;

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use celery_operator::autoscale::stabilize::Bound;
+use celery_operator::decide::stabilize::Bound;
 use celery_operator::policy::cache::{ArtifactCache, Kind};
 use celery_operator::policy::cli::sample_input;
 use celery_operator::policy::{
@@ -623,7 +623,7 @@ mod cli {
 #[test]
 fn example_resources_are_valid_and_cover_every_builtin() {
     use celery_operator::crd::Celery;
-    use celery_operator::reconcile::validate::{Scaling, validate};
+    use celery_operator::spec::validate::{Scaling, validate};
     let Some(dir) = builtins_dir() else {
         assert!(std::env::var_os("CELERY_OPERATOR_REQUIRE_BUILTINS").is_none(), "run policies/build.sh");
         return;

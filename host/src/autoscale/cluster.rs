@@ -21,7 +21,7 @@ use kube::runtime::watcher::{self, Event};
 use kube::{Client, ResourceExt};
 use tracing::{info, warn};
 
-use crate::controller::Scope;
+use crate::scope::Scope;
 use crate::policy::PodSample;
 use crate::quantity;
 

@@ -14,7 +14,7 @@ use crate::crd::{Celery, SecretKeyRef};
 use crate::metrics::flower::{Flower, FlowerError, hostname};
 use crate::metrics::{self, QueueStats};
 use crate::policy::PodSample;
-use crate::reconcile::build;
+use crate::spec::names;
 
 /// Flower's figures are read again after this long.
 pub const READ_EVERY: Duration = Duration::from_secs(2);
@@ -43,7 +43,7 @@ pub fn source(celery: &Celery) -> Option<Source> {
         let url = metrics::in_namespace(url, namespace);
         // The app's Flower credentials go to the app's own Flower Service only; a URL that
         // names another host carries its own credentials, if it needs any.
-        let own = own_flower_host(&url, &build::flower_name(celery), namespace);
+        let own = own_flower_host(&url, &names::flower_name(celery), namespace);
         return Some(Source { url, basic_auth: basic_auth.filter(|_| own), field: "spec.autoscaling.flowerUrl" });
     }
     let flower = &spec.flower_spec;
@@ -51,7 +51,7 @@ pub fn source(celery: &Celery) -> Option<Source> {
         return None;
     }
     let prefix = url_prefix(&flower.extra_args).map(|p| format!("/{p}")).unwrap_or_default();
-    let url = format!("http://{}.{namespace}.svc:{}{prefix}", build::flower_name(celery), flower.service.port);
+    let url = format!("http://{}.{namespace}.svc:{}{prefix}", names::flower_name(celery), flower.service.port);
     Some(Source { url, basic_auth, field: "the Flower Service" })
 }
 

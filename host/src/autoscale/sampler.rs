@@ -9,11 +9,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use crate::crd::{AutoscalerStatus, QueueStatus};
 use crate::metrics::QueueStats;
-use crate::policy::{PodSample, Sample};
+use crate::policy::{HISTORY, PodSample, Sample};
 
-/// Samples a policy sees besides the current one, oldest first. At the default interval of
-/// one second, a minute of history: enough for a rate, small enough to copy into a guest.
-pub const HISTORY: usize = 60;
 
 /// The sample handed to a policy. `queues` is `None` when no policy of the app needs the
 /// broker (CPU and memory only).

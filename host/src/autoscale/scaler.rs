@@ -1,45 +1,50 @@
-//! The autoscaling loop: one task per autoscaled app, every `intervalSeconds`:
-//! sample (broker, pods) → policy → bounds → scale-down damping → write `replicas` when it
+//! The autoscaling loops: one task per autoscaled app, every `intervalSeconds`:
+//! sample (broker, pods) → policy → [decision](crate::decide) → write `replicas` when it
 //! changes → status, events and metrics.
 //!
-//! The reconciler starts an app's loop ([`Autoscaler::ensure`]); the loop reads the app from
-//! the controller's cache on every tick and ends when the app is deleted or stops being
-//! autoscaled. Loops are independent tasks: a slow broker or a hanging policy delays only its
-//! own app (broker reads have a timeout, policy calls a deadline). The loops end with the
-//! [`Autoscaler`], which the controller drops when it stops or loses leadership.
+//! The hand-off is one way. The reconciler validates the spec and hands each app's [`Plan`]
+//! to the [`Autoscaler`] ([`Handoff`]); the autoscaler passes it to the app's loop over a
+//! `watch` channel keyed by the object's UID, so the loop never reads or validates the spec
+//! itself. Loops live in one set, pruned when they end, when their app is deleted (the
+//! controllers' caches no longer hold it) and when another object takes its name. Loops are
+//! independent tasks: a slow broker or a hanging policy delays only its own app (broker reads
+//! have a timeout, policy calls a deadline). The loops end with the [`Autoscaler`], which the
+//! controller drops when it stops or loses leadership.
 //!
 //! Fail safe: when a figure is unknown or the policy fails, the replica count is held (or
 //! raised to `fallbackReplicas`), `ScalingActive` turns False with the cause, and one Warning
 //! event says so. Missing data never scales an app down.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{ObjectReference, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Api, Patch, PatchParams};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::events::EventType;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, Resource, ResourceExt};
-use tokio::task::AbortHandle;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
-use super::Tuning;
 use super::cluster::ClusterView;
 use super::progress::{self, Progress};
-use super::sampler::{self, HISTORY};
-use super::stabilize::{self, Damper, Verdict};
+use super::sampler;
 use crate::conditions::*;
 use crate::crd::{AutoscalerStatus, Celery, CelerySpec, DecisionStatus, SecretKeyRef, TransportOptions};
+use crate::decide::stabilize::Damper;
+use crate::decide::{self, Bounds, Choice, Health};
 use crate::leader::Leadership;
 use crate::metrics::{self, Broker, BrokerError, BrokerOptions, QueueStats, RedisLayout};
-use crate::policy::{CallLimits, PolicyInput, Sample};
-use crate::reconcile::apply::{self, SCALER_MANAGER};
-use crate::reconcile::build;
-use crate::reconcile::policies::PolicyCheck;
-use crate::reconcile::validate::{self, CPU_MEMORY_POLICY, PolicyRef, Scaling};
+use crate::policy::check::PolicyCheck;
+use crate::policy::{CallLimits, HISTORY, PolicyInput, Sample};
+use crate::report::{self, Writer};
+use crate::spec::names::{self, SCALER_MANAGER};
+use crate::spec::validate::{CPU_MEMORY_POLICY, PolicyRef};
+use crate::spec::{Handoff, Plan, Tuning};
 use crate::telemetry::{FailureCause, Metrics};
 
 /// The status is written at once when a decision, a scale or the condition changes, and
@@ -54,25 +59,40 @@ const MISSING_GRACE: Duration = Duration::from_secs(30);
 const BROKER_RETRY_MAX: Duration = Duration::from_secs(60);
 /// A Secret holding the broker URL is read again at most this often after a failed read.
 const SECRET_RETRY: Duration = Duration::from_secs(10);
+/// How often the set of loops is checked against the controllers' caches for deleted apps.
+const SWEEP: Duration = Duration::from_secs(2);
+/// The action of the autoscaler's events.
+const ACTION: &str = "Autoscale";
 
-/// The loops of every autoscaled app, each with the UID of the object it serves: an app
-/// deleted and created again under the same name is another app and gets a loop of its own.
+/// The loops of every autoscaled app, and the hand-offs that start, change and stop them.
 pub struct Autoscaler {
     shared: Arc<Shared>,
-    loops: Mutex<HashMap<ObjectRef<Celery>, (String, AbortHandle)>>,
+    /// The controllers' caches of Celery objects (one per watched namespace, or one in all):
+    /// read only to notice deleted apps.
+    apps: Vec<Store<Celery>>,
+    loops: HashMap<ObjectRef<Celery>, Running>,
+    /// Loops told to stop, still clearing what they wrote: a loop started again for the same
+    /// app waits for its predecessor, so the clearing cannot land after its first status.
+    retiring: HashMap<ObjectRef<Celery>, JoinHandle<()>>,
+}
+
+/// One running loop: the object it serves, the plan it runs on, its task.
+struct Running {
+    uid: String,
+    plan: watch::Sender<Option<Arc<Plan>>>,
+    task: JoinHandle<()>,
 }
 
 /// What every loop uses.
 struct Shared {
     client: Client,
-    recorder: Recorder,
+    /// Writes the autoscaler's part of the status and its events.
+    writer: Writer,
     metrics: Arc<Metrics>,
     policies: Arc<PolicyCheck>,
     cluster: Arc<ClusterView>,
-    /// The controllers' caches of Celery objects (one per watched namespace, or one in all).
-    apps: Vec<Store<Celery>>,
     broker: BrokerOptions,
-    /// Every write (scale, status, event) is made only while this replica's term lasts.
+    /// Every scale is made only while this replica's term lasts.
     leadership: Arc<Leadership>,
 }
 
@@ -85,116 +105,161 @@ impl Autoscaler {
         apps: Vec<Store<Celery>>,
         leadership: Arc<Leadership>,
     ) -> Self {
-        let reporter = Reporter { controller: SCALER_MANAGER.into(), instance: std::env::var("POD_NAME").ok() };
         let shared = Shared {
-            recorder: Recorder::new(client.clone(), reporter),
+            writer: Writer::new(client.clone(), SCALER_MANAGER, leadership.clone()),
             client,
             metrics,
             policies,
             cluster,
-            apps,
             broker: BrokerOptions::default(),
             leadership,
         };
-        Self { shared: Arc::new(shared), loops: Mutex::default() }
+        Self { shared: Arc::new(shared), apps, loops: HashMap::new(), retiring: HashMap::new() }
     }
 
-    /// Makes sure the loop of `celery` runs. Called by every reconcile of an autoscaled app;
-    /// the loop itself notices spec changes, so a running loop is left alone.
-    pub fn ensure(&self, celery: &Celery) {
-        let key = ObjectRef::from_obj(celery);
+    /// Takes the reconciler's hand-offs until it drops its end (or this future is dropped),
+    /// and prunes the loops of deleted apps meanwhile.
+    pub async fn run(mut self, mut handoffs: mpsc::UnboundedReceiver<Handoff>) {
+        let mut sweep = tokio::time::interval(SWEEP);
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                handoff = handoffs.recv() => match handoff {
+                    Some(handoff) => self.take(handoff),
+                    None => return,
+                },
+                _ = sweep.tick() => self.sweep(),
+            }
+        }
+    }
+
+    /// Starts, changes or stops the loop of one app.
+    fn take(&mut self, Handoff { celery, plan }: Handoff) {
+        let key = ObjectRef::from_obj(&*celery);
         let uid = celery.uid().unwrap_or_default();
-        let mut loops = self.loops.lock().expect("autoscaler loops lock");
-        // Loops of apps that went are forgotten here, so the map holds live apps only.
-        loops.retain(|_, (_, running)| !running.is_finished());
-        match loops.get(&key) {
-            Some((running_uid, _)) if *running_uid == uid => return,
-            // The loop of an earlier object of this name: it must not act on this one.
-            Some((_, earlier)) => earlier.abort(),
+        self.prune();
+        if let Some(running) = self.loops.get(&key) {
+            if running.uid != uid {
+                // The loop of an earlier object of this name: it must not act on this one.
+                if let Some(earlier) = self.loops.remove(&key) {
+                    earlier.task.abort();
+                }
+            } else if let Some(plan) = plan {
+                // A resync hands the same generation again: the loop keeps its pace.
+                running.plan.send_if_modified(|current| {
+                    let newer = current.as_ref().map(|c| c.generation()) != Some(plan.generation());
+                    if newer {
+                        *current = Some(plan);
+                    }
+                    newer
+                });
+                return;
+            } else {
+                // The loop clears what it wrote and ends.
+                if let Some(running) = self.loops.remove(&key) {
+                    running.plan.send_replace(None);
+                    self.retiring.insert(key, running.task);
+                }
+                return;
+            }
+        }
+        match plan {
+            Some(plan) => {
+                let (tx, rx) = watch::channel(Some(plan));
+                let predecessor = self.retiring.remove(&key);
+                let task = tokio::spawn(run(Arc::clone(&self.shared), rx, predecessor));
+                self.loops.insert(key, Running { uid, plan: tx, task });
+            }
+            None if report::status::has_autoscaler_part(celery.status.as_ref()) => {
+                // Autoscaling was switched off (or the spec broke) while no loop ran to clear it.
+                let shared = Arc::clone(&self.shared);
+                self.retiring.insert(key, tokio::spawn(async move { shared.writer.clear(&celery).await }));
+            }
             None => {}
         }
-        let task = tokio::spawn(run(Arc::clone(&self.shared), key.clone(), uid.clone()));
-        loops.insert(key, (uid, task.abort_handle()));
+    }
+
+    /// Ends the loops whose app no cache holds any more (deleted, or replaced by an object of
+    /// another UID that is not autoscaled): dropping a loop's sender tells it its app is gone.
+    fn sweep(&mut self) {
+        let apps = &self.apps;
+        let cached = |key: &ObjectRef<Celery>, uid: &str| {
+            apps.iter().find_map(|store| store.get(key)).is_some_and(|c| c.uid().as_deref() == Some(uid))
+        };
+        self.loops.retain(|key, running| cached(key, &running.uid));
+        self.prune();
+    }
+
+    /// Forgets the loops that ended.
+    fn prune(&mut self) {
+        self.loops.retain(|_, running| !running.task.is_finished());
+        self.retiring.retain(|_, task| !task.is_finished());
     }
 }
 
 impl Drop for Autoscaler {
     fn drop(&mut self) {
-        for (_, task) in self.loops.get_mut().map(|l| l.values()).into_iter().flatten() {
+        for running in self.loops.values() {
+            running.task.abort();
+        }
+        for task in self.retiring.values() {
             task.abort();
         }
     }
 }
 
-impl Shared {
-    /// The app of this loop, unless it is gone or replaced by another object of its name.
-    fn find(&self, key: &ObjectRef<Celery>, uid: &str) -> Option<Arc<Celery>> {
-        self.apps.iter().find_map(|store| store.get(key)).filter(|c| c.uid().as_deref() == Some(uid))
+/// The loop of one app, until its plan is withdrawn (`None`: it retires and clears what it
+/// wrote) or its sender is dropped (the app is gone). It starts once `predecessor`, the
+/// app's previous loop, has finished retiring.
+async fn run(shared: Arc<Shared>, mut plans: watch::Receiver<Option<Arc<Plan>>>, predecessor: Option<JoinHandle<()>>) {
+    if let Some(predecessor) = predecessor {
+        let _ = predecessor.await;
     }
-}
-
-/// The loop of one app.
-async fn run(shared: Arc<Shared>, key: ObjectRef<Celery>, uid: String) {
     shared.policies.loaded().await;
-    let mut app: Option<AppLoop> = None;
-    let mut ticker = tokio::time::interval(Duration::from_secs(1));
+    let Some(plan) = plans.borrow_and_update().clone() else { return };
+    let mut app = AppLoop::new(&plan);
+    let mut ticker = pacer(app.tuning.interval);
     loop {
-        ticker.tick().await;
-        let Some(celery) = shared.find(&key, &uid) else {
-            debug!(app = %key, "the app is gone; its autoscaler stops");
-            if let Some(app) = app {
-                app.forget_metrics(&shared);
+        tokio::select! {
+            _ = ticker.tick() => {
+                let started = Instant::now();
+                app.tick(&shared).await;
+                shared.metrics.observe_cycle(started.elapsed());
             }
-            return;
-        };
-        if app.as_ref().map(|a| a.generation) != Some(celery.metadata.generation) {
-            let Ok(Scaling::Policies { policies, min_replicas, max_replicas, tuning }) = validate::validate(&celery.spec) else {
-                // A fixed count or an invalid spec (which the reconciler reports): stop here.
-                if let Some(app) = app {
-                    app.retire(&shared, &celery).await;
+            changed = plans.changed() => {
+                if changed.is_err() {
+                    debug!(app = %app.label, "the app is gone; its autoscaler stops");
+                    app.forget_metrics(&shared);
+                    return;
                 }
-                return;
-            };
-            let interval = tuning.interval;
-            let reconfigured = match app.take() {
-                Some(mut a) => {
-                    let restart = a.tuning.interval != interval;
-                    a.reconfigure(&celery, policies, min_replicas, max_replicas, tuning);
-                    (a, restart)
+                let Some(plan) = plans.borrow_and_update().clone() else {
+                    app.retire(&shared).await;
+                    return;
+                };
+                let interval = app.tuning.interval;
+                app.reconfigure(&plan);
+                if app.tuning.interval != interval {
+                    // The new pace starts with a tick now.
+                    ticker = pacer(app.tuning.interval);
                 }
-                None => (AppLoop::new(&celery, policies, min_replicas, max_replicas, tuning), true),
-            };
-            app = Some(reconfigured.0);
-            if reconfigured.1 {
-                ticker = tokio::time::interval(interval);
-                ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                ticker.tick().await;
             }
-        }
-        if let Some(app) = app.as_mut() {
-            let started = Instant::now();
-            app.tick(&shared, &celery).await;
-            shared.metrics.observe_cycle(started.elapsed());
         }
     }
 }
 
-/// Whether the last sample led to a decision, and if not why: the `ScalingActive` condition.
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct Health {
-    reason: &'static str,
-    message: String,
-}
-
-impl Health {
-    fn ok(&self) -> bool {
-        self.reason == POLICY_DECIDING
-    }
+/// Ticks every `interval`, the first at once; a tick that overran delays the next.
+fn pacer(interval: Duration) -> tokio::time::Interval {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker
 }
 
 /// The state of one app's loop.
 struct AppLoop {
-    generation: Option<i64>,
+    /// The object as last handed over: events refer to it, and its generation is observed.
+    celery: Arc<Celery>,
+    /// The object's reference, which every event names.
+    reference: ObjectReference,
     /// `namespace/name`, for logs, metrics and the policy input.
     label: String,
     namespace: String,
@@ -221,6 +286,8 @@ struct AppLoop {
     last_decision: Option<DecisionStatus>,
     last_scale_time: Option<Time>,
     last_status: Option<Instant>,
+    /// `ScalingActive` as last written, whose transition time holds while its status does.
+    condition: Vec<Condition>,
     /// The total backlog the status shows.
     written_backlog: Option<i64>,
     /// The tasks in progress the status shows.
@@ -249,11 +316,15 @@ impl Retry {
 }
 
 impl AppLoop {
-    fn new(celery: &Celery, policies: Vec<PolicyRef>, min: i32, max: i32, tuning: Tuning) -> Self {
+    fn new(plan: &Plan) -> Self {
+        let celery = &plan.celery;
         let namespace = celery.namespace().unwrap_or_default();
         let name = celery.name_any();
+        let status = celery.status.as_ref();
+        let tuning = plan.tuning.clone();
         let mut app = Self {
-            generation: None,
+            celery: Arc::clone(celery),
+            reference: celery.object_ref(&()),
             label: format!("{namespace}/{name}"),
             namespace,
             name,
@@ -264,7 +335,7 @@ impl AppLoop {
             max: 0,
             concurrency: 1,
             damper: Damper::new(tuning.stabilization, tuning.step_percent, tuning.step_period),
-            tuning: tuning.clone(),
+            tuning,
             needs_broker: true,
             broker: None,
             broker_source: None,
@@ -273,31 +344,37 @@ impl AppLoop {
             input: None,
             health: None,
             last_decision: None,
-            last_scale_time: celery.status.as_ref().and_then(|s| s.autoscaler.as_ref()).and_then(|a| a.last_scale_time.clone()),
+            last_scale_time: status.and_then(|s| s.autoscaler.as_ref()).and_then(|a| a.last_scale_time.clone()),
             last_status: None,
+            condition: status.map(|s| s.conditions.iter().filter(|c| c.type_ == SCALING_ACTIVE).cloned().collect()).unwrap_or_default(),
             written_backlog: None,
             written_active: None,
             missing_since: None,
             broker_retry: None,
         };
-        app.reconfigure(celery, policies, min, max, tuning);
+        app.reconfigure(plan);
         info!(app = %app.label, policy = %app.policy_label(), "autoscaling starts");
         app
     }
 
-    fn reconfigure(&mut self, celery: &Celery, policies: Vec<PolicyRef>, min: i32, max: i32, tuning: Tuning) {
+    /// Takes a newer plan: what the spec changed, keeping the history, the damping's past
+    /// and (when the broker did not change) the connection.
+    fn reconfigure(&mut self, plan: &Plan) {
+        let celery = &plan.celery;
         let spec = &celery.spec;
-        self.generation = celery.metadata.generation;
-        self.worker = build::worker_name(celery);
+        self.celery = Arc::clone(celery);
+        self.reference = celery.object_ref(&());
+        self.worker = names::worker_name(celery);
         self.queues = spec.worker_spec.queues.split(',').map(str::trim).filter(|q| !q.is_empty()).map(String::from).collect();
-        self.needs_broker = policies.iter().any(|p| p.name != CPU_MEMORY_POLICY);
-        self.policies = policies;
-        self.min = u32::try_from(min).unwrap_or(0);
-        self.max = u32::try_from(max).unwrap_or(0);
+        self.needs_broker = plan.policies.iter().any(|p| p.name != CPU_MEMORY_POLICY);
+        self.policies.clone_from(&plan.policies);
+        self.min = u32::try_from(plan.min_replicas).unwrap_or(0);
+        self.max = u32::try_from(plan.max_replicas).unwrap_or(0);
         self.concurrency = u32::try_from(spec.worker_spec.concurrency).unwrap_or(1);
-        if self.tuning != tuning {
+        let tuning = &plan.tuning;
+        if self.tuning != *tuning {
             self.damper.retune(tuning.stabilization, tuning.step_percent, tuning.step_period);
-            self.tuning = tuning;
+            self.tuning = tuning.clone();
         }
         let source = broker_source(spec);
         if self.broker_source != source {
@@ -314,7 +391,7 @@ impl AppLoop {
     }
 
     /// One sample, decision and (maybe) scale.
-    async fn tick(&mut self, shared: &Shared, celery: &Celery) {
+    async fn tick(&mut self, shared: &Shared) {
         let now = jiff::Timestamp::now();
         let now_ms = u64::try_from(now.as_millisecond()).unwrap_or(0);
         let Some(current) = shared.cluster.worker_replicas(&self.namespace, &self.worker) else {
@@ -323,7 +400,7 @@ impl AppLoop {
             let since = *self.missing_since.get_or_insert_with(Instant::now);
             if since.elapsed() >= MISSING_GRACE {
                 let message = format!("the worker Deployment {} does not exist", self.worker);
-                self.conclude(shared, celery, Health { reason: SCALE_FAILED, message }, false).await;
+                self.conclude(shared, Health { reason: SCALE_FAILED, message }, false).await;
             }
             return;
         };
@@ -334,7 +411,7 @@ impl AppLoop {
         match self.progress.refresh(async |secret| read_secret(&shared.client, namespace, secret).await).await {
             Some(progress::Change::Failed(message)) => {
                 warn!(app = %self.label, %message, "Flower cannot be read: the policy sees no tasks in progress");
-                publish(shared, celery, EventType::Warning, FLOWER_UNAVAILABLE, message).await;
+                shared.writer.event(&self.reference, EventType::Warning, FLOWER_UNAVAILABLE, &message, ACTION).await;
             }
             Some(progress::Change::Recovered) => info!(app = %self.label, "Flower can be read again"),
             None => {}
@@ -370,55 +447,27 @@ impl AppLoop {
             self.damper.seed(now_ms, current, last_scale_ms);
         }
 
-        let answers = self.decide(shared, sample, broker_failure.as_deref()).await;
-        let bounded: Vec<Option<u32>> = answers.iter().map(|a| a.as_ref().ok().map(|c| c.bounded)).collect();
-        let failures: Vec<&Health> = answers.iter().filter_map(|a| a.as_ref().err()).collect();
-        let failed = || Health {
-            reason: if failures.iter().all(|f| f.reason == METRICS_UNAVAILABLE) { METRICS_UNAVAILABLE } else { POLICY_FAILED },
-            message: failures.iter().map(|f| f.message.as_str()).collect::<Vec<_>>().join("; "),
-        };
-        let (target, health, reason, proposed, policy) = match stabilize::combine(current, &bounded) {
-            Verdict::All(best) | Verdict::UpOnKnown(best) => {
-                let Ok(Choice { bounded, proposed, reason, policy }) = &answers[best] else {
-                    unreachable!("combine picks an answer")
-                };
-                let target = self.damper.next(now_ms, current, *bounded);
-                let (health, reason) = if failures.is_empty() {
-                    (Health { reason: POLICY_DECIDING, message: format!("{policy}: {reason}") }, reason.clone())
-                } else {
-                    // Scale up on what is known; the failure still shows.
-                    let health = failed();
-                    let reason = format!("{reason} (scaled up on the signals known; {})", health.message);
-                    (health, reason)
-                };
-                (target, health, reason, Some(*proposed), policy.clone())
-            }
-            Verdict::Hold => {
-                let health = failed();
-                let cause = if health.reason == POLICY_FAILED { FailureCause::Policy } else { FailureCause::Metrics };
-                shared.metrics.observe_failure(&self.label, cause);
-                // Hold, or raise to the fallback; never lower on missing data.
-                let target = self.tuning.fallback.map_or(current, |f| f.clamp(self.min, self.max.max(self.min)).max(current));
-                let reason = if target > current {
-                    format!("raised to fallbackReplicas {target}: {}", health.message)
-                } else {
-                    format!("holding {current} workers: {}", health.message)
-                };
-                (target, health, reason, None, self.policy_label())
-            }
-        };
+        let answers = self.ask(shared, sample, broker_failure.as_deref()).await;
+        let bounds = Bounds { min: self.min, max: self.max, fallback: self.tuning.fallback };
+        let policies = self.policy_label();
+        let decision = decide::decide(now_ms, current, &answers, &mut self.damper, bounds, &policies);
+        if decision.held {
+            let cause = if decision.health.reason == POLICY_FAILED { FailureCause::Policy } else { FailureCause::Metrics };
+            shared.metrics.observe_failure(&self.label, cause);
+        }
+        let decide::Decision { target, health, reason, proposed, policy, .. } = decision;
         shared.metrics.observe_decision(&self.label, current, target);
 
         let mut changed = self.last_decision.as_ref().map(|d| d.replicas) != Some(target as i32);
         if target != current {
-            match self.scale(shared, celery, current, target, &format!("{policy}: {reason}")).await {
+            match self.scale(shared, current, target, &format!("{policy}: {reason}")).await {
                 Ok(()) => {
                     self.last_scale_time = Some(Time(now));
                     changed = true;
                 }
                 Err(message) => {
                     shared.metrics.observe_failure(&self.label, FailureCause::Scale);
-                    self.conclude_with(shared, celery, &mut status, Health { reason: SCALE_FAILED, message }, true).await;
+                    self.conclude_with(shared, &mut status, Health { reason: SCALE_FAILED, message }, true).await;
                     return;
                 }
             }
@@ -430,13 +479,13 @@ impl AppLoop {
             replicas: target as i32,
             reason: crate::policy::truncate(&reason, 512),
         });
-        self.conclude_with(shared, celery, &mut status, health, changed).await;
+        self.conclude_with(shared, &mut status, health, changed).await;
     }
 
     /// Asks every policy for its answer, in the order of the spec. A policy that needs the
     /// queues fails with `broker_failure` when the broker could not be read; the others are
     /// asked all the same. The sample joins the history only when it is whole.
-    async fn decide(&mut self, shared: &Shared, sample: Sample, broker_failure: Option<&str>) -> Vec<Result<Choice, Health>> {
+    async fn ask(&mut self, shared: &Shared, sample: Sample, broker_failure: Option<&str>) -> Vec<Result<Choice, Health>> {
         let mut input = self.input.take().unwrap_or_else(|| PolicyInput {
             app: String::new(),
             current_replicas: 0,
@@ -507,9 +556,6 @@ impl AppLoop {
             sampler::remember(&mut input.history, finished);
         }
         self.input = Some(input);
-        if answers.is_empty() {
-            answers.push(Err(Health { reason: POLICY_FAILED, message: "no scaling policy is selected".into() }));
-        }
         answers
     }
 
@@ -609,24 +655,31 @@ impl AppLoop {
     }
 
     /// Writes the replica count as the scaler, and records why.
-    async fn scale(&self, shared: &Shared, celery: &Celery, from: u32, to: u32, reason: &str) -> Result<(), String> {
+    async fn scale(&self, shared: &Shared, from: u32, to: u32, reason: &str) -> Result<(), String> {
         if !shared.leadership.holds() {
             return Err("this replica's leader term has ended; it no longer scales".into());
         }
         let api: Api<Deployment> = Api::namespaced(shared.client.clone(), &self.namespace);
         let replicas = i32::try_from(to).unwrap_or(i32::MAX);
-        apply::scale(&api, celery, &self.worker, replicas).await.map_err(|e| crate::telemetry::chain(&e))?;
+        let patch = Patch::Apply(names::scale_patch(&self.worker, replicas));
+        if let Err(error) = api.patch(&self.worker, &PatchParams::apply(SCALER_MANAGER).force(), &patch).await {
+            let why = match &error {
+                kube::Error::Api(status) => status.message.clone(),
+                other => crate::telemetry::chain(other),
+            };
+            return Err(format!("cannot scale Deployment {}/{}: {why}", self.namespace, self.worker));
+        }
         shared.cluster.set_worker_replicas(&self.namespace, &self.worker, to);
         let event_reason = if to > from { SCALED_UP } else { SCALED_DOWN };
         info!(app = %self.label, from, to, %reason, "scaled the workers");
         let note = format!("{from} → {to} workers: {reason}");
-        publish(shared, celery, EventType::Normal, event_reason, note).await;
+        shared.writer.event(&self.reference, EventType::Normal, event_reason, &note, ACTION).await;
         Ok(())
     }
 
-    async fn conclude(&mut self, shared: &Shared, celery: &Celery, health: Health, changed: bool) {
+    async fn conclude(&mut self, shared: &Shared, health: Health, changed: bool) {
         let mut status = AutoscalerStatus::default();
-        self.conclude_with(shared, celery, &mut status, health, changed).await;
+        self.conclude_with(shared, &mut status, health, changed).await;
     }
 
     /// Publishes a change of health as one event, and writes the status when something
@@ -634,7 +687,6 @@ impl AppLoop {
     async fn conclude_with(
         &mut self,
         shared: &Shared,
-        celery: &Celery,
         status: &mut AutoscalerStatus,
         health: Health,
         changed: bool,
@@ -643,11 +695,11 @@ impl AppLoop {
         if transition {
             if health.ok() {
                 if self.health.is_some() {
-                    publish(shared, celery, EventType::Normal, POLICY_DECIDING, health.message.clone()).await;
+                    shared.writer.event(&self.reference, EventType::Normal, POLICY_DECIDING, &health.message, ACTION).await;
                 }
             } else {
                 warn!(app = %self.label, reason = health.reason, message = %health.message, "autoscaling holds the replica count");
-                publish(shared, celery, EventType::Warning, health.reason, health.message.clone()).await;
+                shared.writer.event(&self.reference, EventType::Warning, health.reason, &health.message, ACTION).await;
             }
         }
         let since = self.last_status.map(|at| at.elapsed());
@@ -661,22 +713,15 @@ impl AppLoop {
         }
         status.last_decision = self.last_decision.clone();
         status.last_scale_time = self.last_scale_time.clone();
-        let condition = scaling_condition(celery, &health);
-        let patch = serde_json::json!({
-            "apiVersion": Celery::api_version(&()),
-            "kind": Celery::kind(&()),
-            "status": {
-                "queueBacklog": backlog,
-                "autoscaler": status,
-                "conditions": [condition],
-            },
-        });
-        let api: Api<Celery> = Api::namespaced(shared.client.clone(), &self.namespace);
-        match api.patch_status(&self.name, &PatchParams::apply(SCALER_MANAGER).force(), &Patch::Apply(&patch)).await {
-            Ok(_) => {
+        let now = Time(jiff::Timestamp::now());
+        let condition = report::status::scaling_condition(&self.condition, &health, self.celery.metadata.generation, &now);
+        let body = report::status::autoscaler_part(backlog, status, &condition);
+        match shared.writer.status(&self.celery, &body).await {
+            Ok(()) => {
                 self.last_status = Some(Instant::now());
                 self.written_backlog = backlog;
                 self.written_active = status.active_tasks;
+                self.condition = vec![condition];
             }
             Err(error) => {
                 warn!(app = %self.label, error = %crate::telemetry::chain(&error), "cannot write the autoscaler status")
@@ -685,12 +730,10 @@ impl AppLoop {
     }
 
     /// The app is no longer autoscaled: remove what the autoscaler wrote in its status.
-    async fn retire(self, shared: &Shared, celery: &Celery) {
+    async fn retire(self, shared: &Shared) {
         info!(app = %self.label, "autoscaling stops");
         self.forget_metrics(shared);
-        if shared.leadership.holds() {
-            clear_status(&shared.client, celery).await;
-        }
+        shared.writer.clear(&self.celery).await;
     }
 
     fn forget_metrics(&self, shared: &Shared) {
@@ -720,7 +763,7 @@ fn broker_source(spec: &CelerySpec) -> Option<BrokerSource> {
             management_url: b.management_url.clone(),
         });
     }
-    let var = spec.common.env.iter().find(|v| v.name == build::BROKER_ENV)?;
+    let var = spec.common.env.iter().find(|v| v.name == names::BROKER_ENV)?;
     let secret = var
         .value_from
         .as_ref()
@@ -729,7 +772,7 @@ fn broker_source(spec: &CelerySpec) -> Option<BrokerSource> {
     Some(BrokerSource {
         url: var.value.clone(),
         secret,
-        field: format!("spec.common.env[{}]", build::BROKER_ENV),
+        field: format!("spec.common.env[{}]", names::BROKER_ENV),
         transport_options: None,
         management_url: None,
     })
@@ -781,65 +824,6 @@ fn jitter_fraction() -> f64 {
 /// An empty sample, standing in for the current one between two ticks (allocates nothing).
 fn sample_placeholder() -> Sample {
     Sample { timestamp_ms: 0, replicas: 0, queues: Vec::new(), pods: Vec::new() }
-}
-
-/// The policy answer a sample led to.
-struct Choice {
-    /// Replicas within `minReplicas`/`maxReplicas`.
-    bounded: u32,
-    /// Replicas the policy asked for.
-    proposed: u32,
-    /// The policy's reason, with a note when the bounds changed it.
-    reason: String,
-    policy: String,
-}
-
-/// `ScalingActive`, keeping its transition time while its status holds.
-fn scaling_condition(celery: &Celery, health: &Health) -> Condition {
-    let status = if health.ok() { "True" } else { "False" };
-    let previous =
-        celery.status.as_ref().and_then(|s| s.conditions.iter().find(|c| c.type_ == SCALING_ACTIVE && c.status == status));
-    Condition {
-        type_: SCALING_ACTIVE.into(),
-        status: status.into(),
-        reason: health.reason.into(),
-        message: crate::policy::truncate(&health.message, 1024),
-        observed_generation: celery.metadata.generation,
-        last_transition_time: previous.map_or_else(|| Time(jiff::Timestamp::now()), |c| c.last_transition_time.clone()),
-    }
-}
-
-/// Removes what the autoscaler writes in the status of `celery` (its figures, its last
-/// decision, `ScalingActive`), for an app that is no longer autoscaled: by its loop when
-/// autoscaling is switched off, by the reconciler when that happened while no loop ran.
-pub async fn clear_status(client: &Client, celery: &Celery) {
-    let patch = serde_json::json!({
-        "apiVersion": Celery::api_version(&()),
-        "kind": Celery::kind(&()),
-        "status": {},
-    });
-    let api: Api<Celery> = Api::namespaced(client.clone(), &celery.namespace().unwrap_or_default());
-    if let Err(error) =
-        api.patch_status(&celery.name_any(), &PatchParams::apply(SCALER_MANAGER).force(), &Patch::Apply(&patch)).await
-    {
-        warn!(app = %celery.name_any(), error = %crate::telemetry::chain(&error), "cannot clear the autoscaler status");
-    }
-}
-
-async fn publish(shared: &Shared, celery: &Celery, type_: EventType, reason: &str, note: String) {
-    if !shared.leadership.holds() {
-        return;
-    }
-    let event = Event {
-        type_,
-        reason: reason.into(),
-        note: Some(note.chars().take(1024).collect()),
-        action: "Autoscale".into(),
-        secondary: None,
-    };
-    if let Err(error) = shared.recorder.publish(&event, &celery.object_ref(&())).await {
-        warn!(%error, app = %celery.name_any(), "could not publish event");
-    }
 }
 
 #[cfg(test)]

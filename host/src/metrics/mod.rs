@@ -20,6 +20,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::policy::QueueSample;
+pub use crate::redact::{redact, redact_unparsed};
 
 /// One Celery queue as measured on its broker.
 #[derive(Serialize, Clone, Debug, PartialEq, Eq)]
@@ -230,32 +231,6 @@ pub fn in_namespace(url: &str, namespace: &str) -> String {
     }
 }
 
-/// The URL with its password replaced by `***`, fit for a log line or an error.
-pub fn redact(url: &url::Url) -> String {
-    let mut shown = url.clone();
-    if shown.password().is_some() {
-        // NB: set_password fails only for URLs that cannot have credentials, which have none.
-        let _ = shown.set_password(Some("***"));
-    }
-    shown.to_string()
-}
-
-/// A URL that did not parse, fit for a message: its scheme and what follows the last `@`
-/// (whatever came before may be a password), at most 64 characters of it. A value without a
-/// scheme is not shown at all: it may be a bare password put where a URL belongs.
-pub(crate) fn redact_unparsed(url: &str) -> String {
-    let Some(scheme_end) = url.find("://").filter(|&end| end <= 16) else {
-        return "(a value that is not a URL, not shown)".into();
-    };
-    let rest = &url[scheme_end + 3..];
-    let shown = match rest.rfind('@') {
-        Some(at) => format!("***{}", &rest[at..]),
-        None => rest.to_string(),
-    };
-    let shown = if shown.chars().count() > 64 { format!("{}…", shown.chars().take(64).collect::<String>()) } else { shown };
-    format!("{}://{shown}", &url[..scheme_end])
-}
-
 /// Why the operator will not dial `url` for an app, if it will not: a Unix socket (a path in
 /// the operator's own pod, not the app's), or a link-local address such as a cloud metadata
 /// service (169.254.169.254, fe80::/10), where a resource could point the operator's
@@ -298,21 +273,6 @@ pub(crate) fn ensure_crypto_provider() {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn redaction_hides_passwords_only() {
-        let url = url::Url::parse("redis://user:s3cret@redis:6379/2").expect("valid");
-        assert_eq!(redact(&url), "redis://user:***@redis:6379/2");
-        let url = url::Url::parse("redis://:s3cret@redis/0").expect("valid");
-        assert_eq!(redact(&url), "redis://:***@redis/0");
-        let url = url::Url::parse("amqp://guest@rabbitmq//").expect("valid");
-        assert_eq!(redact(&url), "amqp://guest@rabbitmq//");
-        assert_eq!(redact_unparsed("redis://u:p@ss@host:x/0"), "redis://***@host:x/0");
-        assert_eq!(redact_unparsed("hunter2"), "(a value that is not a URL, not shown)", "a bare password is never echoed");
-        assert_eq!(redact_unparsed("this is not a url"), "(a value that is not a URL, not shown)");
-        let long = format!("redis://{}:6379", "h".repeat(10_000));
-        assert!(redact_unparsed(&long).chars().count() < 90, "a long host is cut");
-    }
 
     #[test]
     fn sockets_and_metadata_addresses_are_refused() {

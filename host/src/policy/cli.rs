@@ -94,7 +94,7 @@ enum PolicyCommand {
         #[arg(long, default_value_t = 15)]
         step_period_seconds: u64,
         /// Samples of history handed to the policy (the operator hands 60).
-        #[arg(long, default_value_t = crate::autoscale::sampler::HISTORY)]
+        #[arg(long, default_value_t = crate::policy::HISTORY)]
         history: usize,
         #[arg(long = "settings", value_name = "KEY=VALUE")]
         settings: Vec<String>,

@@ -16,6 +16,7 @@
 //! This module touches no Kubernetes API: the autoscaling loop feeds it samples.
 
 pub mod cache;
+pub mod check;
 pub mod cli;
 pub mod component;
 pub mod core_module;
@@ -42,6 +43,10 @@ pub use runner::{CallLimits, PolicyRunner, Verdict};
 pub const WIT_VERSION: &str = "0.1.0";
 /// The core-module JSON ABI version this host implements.
 pub const CORE_ABI_VERSION: i32 = 1;
+
+/// Samples a policy sees besides the current one, oldest first. At the default interval of
+/// one second, a minute of history: enough for a rate, small enough to copy into a guest.
+pub const HISTORY: usize = 60;
 
 /// What a policy decides from (the WIT `input` record).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]

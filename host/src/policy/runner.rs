@@ -13,7 +13,7 @@ use tokio::sync::Semaphore;
 use super::engine::PolicyEngine;
 use super::loader::LoadedPolicy;
 use super::{Decision, PolicyError, PolicyInput};
-use crate::autoscale::stabilize::{Bound, clamp};
+use crate::decide::stabilize::{Bound, clamp};
 
 /// Bounds of one call.
 #[derive(Clone, Debug, PartialEq, Eq)]

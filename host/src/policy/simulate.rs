@@ -15,7 +15,7 @@ use std::time::Duration;
 use super::loader::LoadedPolicy;
 use super::runner::{CallLimits, Verdict};
 use super::{PodSample, PolicyInput, QueueSample, Sample};
-use crate::autoscale::stabilize::Damper;
+use crate::decide::stabilize::Damper;
 
 /// One row of a trace.
 #[derive(Clone, Debug, PartialEq)]

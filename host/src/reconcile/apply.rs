@@ -18,12 +18,8 @@ use crate::conditions::{APPLY_REJECTED, NAME_CONFLICT};
 use crate::crd::Celery;
 use crate::reconcile::adopt;
 use crate::reconcile::build::{self, BuildError};
-use crate::reconcile::validate::Scaling;
-
-/// Field manager of everything the reconciler writes.
-pub const FIELD_MANAGER: &str = "celery-operator";
-/// Field manager of the worker `replicas` while a scaling policy decides them.
-pub const SCALER_MANAGER: &str = "celery-operator-autoscaler";
+use crate::spec::names::{self, FIELD_MANAGER, SCALER_MANAGER};
+use crate::spec::validate::Scaling;
 
 /// The children as the API server holds them after the apply.
 pub struct Applied {
@@ -65,9 +61,9 @@ pub async fn children(client: &Client, celery: &Celery, scaling: &Scaling) -> Re
     let ns = celery.namespace().unwrap_or_default();
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
     let services: Api<Service> = Api::namespaced(client.clone(), &ns);
-    let flower_name = build::flower_name(celery);
+    let flower_name = names::flower_name(celery);
 
-    let worker = read_own(&deployments, &build::worker_name(celery), celery).await?;
+    let worker = read_own(&deployments, &names::worker_name(celery), celery).await?;
     let worker = apply_worker(&deployments, celery, scaling, worker).await?;
     let flower = read_own(&deployments, &flower_name, celery).await?;
     let service = read_own(&services, &flower_name, celery).await?;
@@ -131,7 +127,7 @@ async fn apply_worker(
     scaling: &Scaling,
     current: Option<Deployment>,
 ) -> Result<Deployment, ApplyError> {
-    let name = build::worker_name(celery);
+    let name = names::worker_name(celery);
     let Scaling::Policies { min_replicas, max_replicas, .. } = *scaling else {
         let replicas = scaling.initial_replicas(celery.spec.worker_spec.num_of_workers);
         return apply_deployment(api, &build::worker_deployment(celery, Some(replicas))?, current.as_ref()).await;
@@ -213,15 +209,9 @@ async fn json_patch(api: &Api<Deployment>, name: &str, ns: &str, ops: Vec<serde_
     api.patch(name, &params, &Patch::Json::<()>(patch)).await.map_err(failed)
 }
 
-/// Sets the worker replicas as the scaler. The autoscaling loop writes decisions this way too.
-pub async fn scale(api: &Api<Deployment>, celery: &Celery, name: &str, replicas: i32) -> Result<Deployment, ApplyError> {
-    let patch = serde_json::json!({
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": { "name": name },
-        "spec": { "replicas": replicas },
-    });
-    api.patch(name, &PatchParams::apply(SCALER_MANAGER).force(), &Patch::Apply(&patch))
+/// Writes the worker `replicas` as the scaler's field manager.
+async fn scale(api: &Api<Deployment>, celery: &Celery, name: &str, replicas: i32) -> Result<Deployment, ApplyError> {
+    api.patch(name, &PatchParams::apply(SCALER_MANAGER).force(), &Patch::Apply(names::scale_patch(name, replicas)))
         .await
         .map_err(|source| classify("scale", "Deployment", celery, name, source))
 }

@@ -17,36 +17,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
 
 use crate::crd::{Celery, FLOWER_PORT, SecretKeyRef};
-
-/// Value of `app.kubernetes.io/managed-by` on every child; the operator watches by it.
-pub const MANAGED_BY: &str = "celery-operator";
-/// Label selector matching every child of any Celery app.
-pub const CHILD_SELECTOR: &str = "app.kubernetes.io/managed-by=celery-operator";
-
-/// Pod labels a user may not set: the operator selects pods by them.
-pub const RESERVED_POD_LABELS: &[&str] = &[
-    "app",
-    "run",
-    "app.kubernetes.io/name",
-    "app.kubernetes.io/instance",
-    "app.kubernetes.io/component",
-    "app.kubernetes.io/managed-by",
-];
-
-/// Environment variables the operator sets from the spec.
-pub const BROKER_ENV: &str = "CELERY_BROKER_URL";
-pub const RESULT_BACKEND_ENV: &str = "CELERY_RESULT_BACKEND";
-pub const FLOWER_AUTH_ENV: &str = "FLOWER_BASIC_AUTH";
-
-/// Name of the worker Deployment.
-pub fn worker_name(celery: &Celery) -> String {
-    format!("{}-celery-worker", celery.spec.common.app_name)
-}
-
-/// Name of the Flower Deployment and Service.
-pub fn flower_name(celery: &Celery) -> String {
-    format!("{}-flower", celery.spec.common.app_name)
-}
+use crate::spec::names::*;
 
 /// Why a child cannot be built.
 #[derive(Debug, thiserror::Error)]
@@ -277,22 +248,6 @@ fn secret_env(name: &str, secret: &str, key: &str) -> EnvVar {
     }
 }
 
-/// Names of the environment variables the operator itself adds to the worker and Flower
-/// containers, so validation can refuse a user variable that would collide with one.
-pub fn generated_env_names(celery_spec: &crate::crd::CelerySpec) -> Vec<&'static str> {
-    let mut names = Vec::new();
-    if celery_spec.broker.is_some() {
-        names.push(BROKER_ENV);
-    }
-    if celery_spec.result_backend.is_some() {
-        names.push(RESULT_BACKEND_ENV);
-    }
-    if celery_spec.flower_spec.basic_auth.is_some() {
-        names.push(FLOWER_AUTH_ENV);
-    }
-    names
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -465,5 +420,24 @@ spec:
         let mut c = celery(SEED);
         c.metadata.uid = None;
         assert!(matches!(worker_deployment(&c, Some(1)), Err(BuildError::NoOwnerReference)));
+    }
+
+    /// Every option the builder puts on a command line is one extra arguments may not repeat.
+    #[test]
+    fn the_refused_options_are_those_the_command_lines_set() {
+        let mut c = celery(SEED);
+        c.spec.worker_spec.max_tasks_per_child = Some(5);
+        let args = |d: Deployment| -> Vec<String> {
+            let pod = d.spec.and_then(|s| s.template.spec).expect("a pod");
+            pod.containers[0].args.clone().unwrap_or_default()
+        };
+        let worker = args(worker_deployment(&c, Some(1)).unwrap());
+        let flower = args(flower_deployment(&c).unwrap());
+        let [worker_refused, flower_refused] = crate::spec::validate::options_set_by_the_spec();
+        for (built, refused) in [(worker, worker_refused), (flower, flower_refused)] {
+            let set: Vec<&str> =
+                built.iter().filter_map(|a| a.strip_prefix("--")).map(|a| a.split('=').next().unwrap()).collect();
+            assert_eq!(set, refused, "the command line {built:?}");
+        }
     }
 }

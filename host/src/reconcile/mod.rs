@@ -1,7 +1,9 @@
-//! Reconciliation of one `Celery` object, as a pipeline of steps, one module each:
-//! read (the object handed in by the controller) → [`validate`] → [`build`] → [`apply`] →
-//! [`status`]. `validate`, `build` and `status` are pure; only `apply` and the status write
-//! here talk to the API server.
+//! Reconciliation of one `Celery` object, as a pipeline of steps:
+//! read (the object handed in by the controller) → [validate](crate::spec::validate) →
+//! [check the policies](crate::policy::check) → [`build`] → [`apply`] → hand the validated
+//! scaling to the autoscaler ([`crate::spec::Handoff`]) → [status](crate::report::status).
+//! Validating, building and the status are pure; `apply` and the [`Writer`] talk to the API
+//! server.
 //!
 //! A spec the operator cannot run becomes a `Degraded` condition and one Warning event, and
 //! the object waits for a change; a failure that may pass (API server unreachable) is an
@@ -10,31 +12,28 @@
 pub mod adopt;
 pub mod apply;
 pub mod build;
-pub mod policies;
-pub mod status;
-pub mod validate;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Client, Resource, ResourceExt};
 use tracing::{info, warn};
 
-use crate::autoscale::scaler::Autoscaler;
-use crate::conditions::{DEGRADED, INVALID_SPEC, NAME_CONFLICT, READY, SCALING_ACTIVE};
+use crate::conditions::{INVALID_SPEC, NAME_CONFLICT};
 use crate::crd::{Celery, CeleryStatus};
 use crate::leader::Leadership;
+use crate::policy::check::PolicyCheck;
+use crate::report::status::{self, Outcome};
+use crate::report::{WriteError, Writer};
+use crate::spec::names::FIELD_MANAGER;
+use crate::spec::validate::{self, Scaling};
+use crate::spec::{Handoff, HandoffSender};
 use crate::telemetry::Metrics;
-use apply::{ApplyError, FIELD_MANAGER};
-use policies::PolicyCheck;
-use status::Outcome;
-use validate::Scaling;
+use apply::ApplyError;
 
 /// How often an app is reconciled without any change, to catch drift no watch reported.
 const RESYNC: Duration = Duration::from_secs(300);
@@ -46,12 +45,13 @@ const CONFLICT_RECHECK: Duration = Duration::from_secs(15);
 /// What every reconcile shares.
 pub struct Context {
     pub client: Client,
-    recorder: Recorder,
+    /// Writes the reconciler's part of the status, and its events.
+    writer: Writer,
     metrics: Arc<Metrics>,
     /// Checks the selected scaling policies; `None` runs without a policy runtime.
     policies: Option<Arc<PolicyCheck>>,
-    /// Runs the autoscaling loops; `None` without a policy runtime.
-    autoscaler: Option<Autoscaler>,
+    /// Where validated scaling goes to the autoscaling loops; `None` without a policy runtime.
+    handoff: Option<HandoffSender>,
     /// Consecutive failures per object, for exponential backoff.
     failures: Mutex<HashMap<ObjectRef<Celery>, u32>>,
     /// Whether this replica may write (its leader term).
@@ -63,16 +63,15 @@ impl Context {
         client: Client,
         metrics: Arc<Metrics>,
         policies: Option<Arc<PolicyCheck>>,
-        autoscaler: Option<Autoscaler>,
+        handoff: Option<HandoffSender>,
         leadership: Arc<Leadership>,
     ) -> Self {
-        let reporter = Reporter { controller: FIELD_MANAGER.into(), instance: std::env::var("POD_NAME").ok() };
         Self {
-            recorder: Recorder::new(client.clone(), reporter),
+            writer: Writer::new(client.clone(), FIELD_MANAGER, leadership.clone()),
             client,
             metrics,
             policies,
-            autoscaler,
+            handoff,
             failures: Mutex::default(),
             leadership,
         }
@@ -96,7 +95,7 @@ pub enum Error {
     Status {
         app: String,
         #[source]
-        source: kube::Error,
+        source: WriteError,
     },
 
     #[error("not reconciling Celery {app}: this replica's leader term has ended")]
@@ -112,7 +111,7 @@ pub async fn reconcile(celery: Arc<Celery>, ctx: Arc<Context>) -> Result<Action,
 
     let result =
         if ctx.leadership.holds() { run_pipeline(&celery, &ctx, &app).await } else { Err(Error::NotLeader { app: app.clone() }) };
-    ctx.metrics.observe_reconcile(started.elapsed(), result.as_ref().err());
+    ctx.metrics.observe_reconcile(started.elapsed(), result.is_ok());
     let key = ObjectRef::from_obj(&*celery);
     if result.is_ok() {
         ctx.failures.lock().expect("failure map lock").remove(&key);
@@ -120,17 +119,15 @@ pub async fn reconcile(celery: Arc<Celery>, ctx: Arc<Context>) -> Result<Action,
     result
 }
 
-async fn run_pipeline(celery: &Celery, ctx: &Context, app: &str) -> Result<Action, Error> {
+async fn run_pipeline(celery: &Arc<Celery>, ctx: &Context, app: &str) -> Result<Action, Error> {
     // Kept alive here because the outcome borrows from them.
     let scaling;
     let applied;
-    let validated = validate::validate(&celery.spec);
-    if !matches!(validated, Ok(Scaling::Policies { .. })) && has_autoscaler_status(celery) {
-        // Autoscaling was switched off (or the spec broke) while no loop ran to clear it.
-        crate::autoscale::scaler::clear_status(&ctx.client, celery).await;
-    }
-    let outcome = match validated {
-        Err(invalid) => Outcome::Failed { reason: INVALID_SPEC, message: invalid.to_string() },
+    let outcome = match validate::validate(&celery.spec) {
+        Err(invalid) => {
+            hand_off(ctx, celery, None);
+            Outcome::Failed { reason: INVALID_SPEC, message: invalid.to_string() }
+        }
         Ok(s) => {
             scaling = s;
             // A policy that cannot be used does not hold back the rest of the spec: the
@@ -142,9 +139,7 @@ async fn run_pipeline(celery: &Celery, ctx: &Context, app: &str) -> Result<Actio
             match apply::children(&ctx.client, celery, &scaling).await {
                 Ok(a) => {
                     applied = a;
-                    if let (Scaling::Policies { .. }, Some(autoscaler)) = (&scaling, &ctx.autoscaler) {
-                        autoscaler.ensure(celery);
-                    }
+                    hand_off(ctx, celery, Some(&scaling));
                     Outcome::Applied {
                         scaling: &scaling,
                         worker: &applied.worker,
@@ -192,33 +187,21 @@ async fn run_pipeline(celery: &Celery, ctx: &Context, app: &str) -> Result<Actio
     }
 }
 
-/// Whether the status holds what only an autoscaling loop writes.
-fn has_autoscaler_status(celery: &Celery) -> bool {
-    celery.status.as_ref().is_some_and(|s| {
-        s.autoscaler.is_some() || s.queue_backlog.is_some() || s.conditions.iter().any(|c| c.type_ == SCALING_ACTIVE)
-    })
+/// Tells the autoscaler how `celery` scales now (`None`: its spec is invalid). NB: the
+/// receiver lives as long as the controllers, so a failed send can only happen while they stop.
+fn hand_off(ctx: &Context, celery: &Arc<Celery>, scaling: Option<&Scaling>) {
+    if let Some(handoff) = &ctx.handoff {
+        let _ = handoff.send(Handoff::new(Arc::clone(celery), scaling));
+    }
 }
 
-/// One event per condition that changed: Warning when something broke, Normal when it healed.
+/// One event per condition that changed, when the change is worth one (see
+/// [`status::event_for`]).
 async fn publish_transitions(ctx: &Context, celery: &Celery, old: &[Condition], new: &[Condition]) {
+    let reference = celery.object_ref(&());
     for c in status::transitions(old, new) {
-        let (type_, worth_it) = match (c.type_.as_str(), c.status.as_str()) {
-            (DEGRADED, "True") => (EventType::Warning, true),
-            (READY, "True") => (EventType::Normal, true),
-            _ => (EventType::Normal, false),
-        };
-        if !worth_it {
-            continue;
-        }
-        let event = Event {
-            type_,
-            reason: c.reason.clone(),
-            note: Some(c.message.chars().take(1024).collect()),
-            action: "Reconcile".into(),
-            secondary: None,
-        };
-        if let Err(error) = ctx.recorder.publish(&event, &celery.object_ref(&())).await {
-            warn!(%error, app = %celery.name_any(), "could not publish event");
+        if let Some(type_) = status::event_for(c) {
+            ctx.writer.event(&reference, type_, &c.reason, &c.message, "Reconcile").await;
         }
     }
 }
@@ -229,16 +212,10 @@ async fn write_status(ctx: &Context, celery: &Celery, status: &CeleryStatus, app
     if celery.status.as_ref().map(status::reconciler_part).as_ref() == Some(status) {
         return Ok(());
     }
-    let api: Api<Celery> = Api::namespaced(ctx.client.clone(), &celery.namespace().unwrap_or_default());
-    let patch = serde_json::json!({
-        "apiVersion": Celery::api_version(&()),
-        "kind": Celery::kind(&()),
-        "status": status,
-    });
-    api.patch_status(&celery.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
-        .await
-        .map_err(|source| Error::Status { app: app.to_string(), source })?;
-    Ok(())
+    ctx.writer.status(celery, status).await.map_err(|source| match source {
+        WriteError::NotLeader => Error::NotLeader { app: app.to_string() },
+        source => Error::Status { app: app.to_string(), source },
+    })
 }
 
 /// Retries a failed reconcile with exponential backoff: 1 s, 2 s, 4 s … up to 5 minutes.

@@ -7,7 +7,7 @@ use std::time::Duration;
 use celery_operator::conditions::*;
 use celery_operator::crd::Celery;
 use celery_operator::leader::LeaseConfig;
-use celery_operator::reconcile::apply::SCALER_MANAGER;
+use celery_operator::spec::names::SCALER_MANAGER;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Service;

@@ -17,7 +17,7 @@ use crate::policy::PolicyError;
 use crate::policy::engine::{EngineSettings, PolicyEngine};
 use crate::policy::registry::{Registry, RegistrySettings};
 use crate::policy::runner::{CallLimits, PolicyRunner};
-use crate::reconcile::validate::Scaling;
+use crate::spec::validate::Scaling;
 
 /// Why the selected policies cannot be used: a `Degraded` reason and a message for the user.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -11,10 +11,10 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::ResourceRequirements;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use crate::autoscale::Tuning;
+use crate::spec::Tuning;
 use crate::crd::{Autoscaling, CelerySpec, MetricName, ScaleKind};
 use crate::quantity;
-use crate::reconcile::build::{self, RESERVED_POD_LABELS};
+use crate::spec::names::{self, RESERVED_POD_LABELS};
 
 /// A problem with a field of the spec that only the operator can judge.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -94,7 +94,7 @@ pub fn validate(spec: &CelerySpec) -> Result<Scaling, SpecError> {
 /// Environment names must be unique: the API server merges the list by name, so a duplicate
 /// would silently drop one of the values.
 fn check_env(spec: &CelerySpec) -> Result<(), SpecError> {
-    let generated = build::generated_env_names(spec);
+    let generated = names::generated_env_names(spec);
     let mut seen = std::collections::BTreeSet::new();
     for (i, var) in spec.common.env.iter().enumerate() {
         let field = format!("spec.common.env[{i}]");
@@ -123,6 +123,12 @@ struct SetOption {
     by: &'static str,
     /// What to do instead, for the message.
     instead: &'static str,
+}
+
+/// The long options (without `--`) the operator puts on the worker's and on Flower's command
+/// lines, which `extraArgs` may not repeat.
+pub fn options_set_by_the_spec() -> [Vec<&'static str>; 2] {
+    [WORKER_OPTIONS, FLOWER_OPTIONS].map(|table| table.iter().map(|o| o.long.trim_start_matches('-')).collect())
 }
 
 const FROM_THE_FIELD: &str = "remove it from extraArgs and change that field instead";
@@ -198,8 +204,8 @@ fn check_urls(spec: &CelerySpec) -> Result<(), SpecError> {
     }
     for (i, var) in spec.common.env.iter().enumerate() {
         let kind = match var.name.as_str() {
-            build::BROKER_ENV => UrlKind::Broker,
-            build::RESULT_BACKEND_ENV => UrlKind::ResultBackend,
+            names::BROKER_ENV => UrlKind::Broker,
+            names::RESULT_BACKEND_ENV => UrlKind::ResultBackend,
             _ => continue,
         };
         if let Some(value) = &var.value {
@@ -243,7 +249,7 @@ fn check_url(field: &str, value: &str, kind: UrlKind) -> Result<(), SpecError> {
 /// at most [`QUOTED_CHARS`] characters long, so a pasted blob does not fill the condition.
 fn quoted(value: &str) -> String {
     const QUOTED_CHARS: usize = 64;
-    let shown = crate::metrics::redact_unparsed(value);
+    let shown = crate::redact::redact_unparsed(value);
     // NB: `redact_unparsed` hides what comes between `scheme://` and the last `@`; a value
     // with an `@` it could not place (no `://` before it) is not shown at all.
     if value.contains('@') && !shown.contains("://***@") {
@@ -626,25 +632,6 @@ spec:
         let err = validate(&spec(&format!("{BASE}  {extra}\n"))).unwrap_err();
         assert_eq!(err.field, field, "{err}");
         assert!(err.message.starts_with(message), "{err}");
-    }
-
-    /// Every option the builder puts on a command line is one extra arguments may not repeat.
-    #[test]
-    fn the_refused_options_are_those_the_command_lines_set() {
-        let mut celery: Celery = serde_yaml::from_str(&format!("{BASE}  workerSpec: {{maxTasksPerChild: 5}}\n")).unwrap();
-        celery.metadata.uid = Some("uid".into());
-        let args = |d: k8s_openapi::api::apps::v1::Deployment| -> Vec<String> {
-            let pod = d.spec.and_then(|s| s.template.spec).expect("a pod");
-            pod.containers[0].args.clone().unwrap_or_default()
-        };
-        let worker = args(build::worker_deployment(&celery, Some(1)).unwrap());
-        let flower = args(build::flower_deployment(&celery).unwrap());
-        for (built, table) in [(worker, WORKER_OPTIONS), (flower, FLOWER_OPTIONS)] {
-            let set: Vec<&str> =
-                built.iter().filter_map(|a| a.strip_prefix("--")).map(|a| a.split('=').next().unwrap()).collect();
-            let refused: Vec<&str> = table.iter().map(|o| o.long.trim_start_matches('-')).collect();
-            assert_eq!(set, refused, "the command line {built:?}");
-        }
     }
 
     #[test]

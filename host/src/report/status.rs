@@ -1,16 +1,26 @@
-//! Step 5 of a reconcile: the status a user reads, computed from what the apply step saw.
+//! The status a user reads, as pure functions, in two parts with one owner each:
 //!
-//! Pure: given the `Celery` object, the outcome of the reconcile and the time, it returns the
-//! new [`CeleryStatus`] with `Ready`, `Progressing` and `Degraded` conditions. A condition
-//! keeps its `lastTransitionTime` while its status is unchanged, and [`transitions`] tells which
-//! conditions changed, so events are emitted on transitions only.
+//! - the reconciler's ([`compute`]): `Ready`, `Progressing` and `Degraded`, the replica
+//!   counts and the policy, from what the apply step saw;
+//! - the autoscaler's ([`autoscaler_part`]): `queueBacklog`, `autoscaler` and `ScalingActive`,
+//!   from the last tick.
+//!
+//! Every condition is built by [`condition`], which keeps `lastTransitionTime` while the
+//! status is unchanged, and [`transitions`] tells which conditions changed, so events are
+//! emitted on transitions only.
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
+use kube::runtime::events::EventType;
+
 use crate::conditions::*;
-use crate::crd::{Celery, CeleryStatus, ReplicaStatus};
-use crate::reconcile::validate::Scaling;
+use crate::crd::{AutoscalerStatus, Celery, CeleryStatus, ReplicaStatus};
+use crate::decide::Health;
+use crate::spec::validate::Scaling;
+
+/// Longest condition message, in characters.
+const MAX_MESSAGE: usize = 1024;
 
 /// What a reconcile ended with, as far as the status is concerned.
 pub enum Outcome<'a> {
@@ -121,7 +131,42 @@ pub fn transitions<'a>(old: &[Condition], new: &'a [Condition]) -> Vec<&'a Condi
     new.iter().filter(|c| !old.iter().any(|o| o.type_ == c.type_ && o.status == c.status && o.reason == c.reason)).collect()
 }
 
-fn condition(
+/// Which changed conditions are worth an event, and of which type: Warning when something
+/// broke (`Degraded` True), Normal when it healed (`Ready` True).
+pub fn event_for(c: &Condition) -> Option<EventType> {
+    match (c.type_.as_str(), c.status.as_str()) {
+        (DEGRADED, "True") => Some(EventType::Warning),
+        (READY, "True") => Some(EventType::Normal),
+        _ => None,
+    }
+}
+
+/// Whether the status holds what only an autoscaling loop writes.
+pub fn has_autoscaler_part(status: Option<&CeleryStatus>) -> bool {
+    status.is_some_and(|s| {
+        s.autoscaler.is_some() || s.queue_backlog.is_some() || s.conditions.iter().any(|c| c.type_ == SCALING_ACTIVE)
+    })
+}
+
+/// `ScalingActive` from the health of the last tick; `old` holds the condition as last written.
+pub fn scaling_condition(old: &[Condition], health: &Health, generation: Option<i64>, now: &Time) -> Condition {
+    let message = crate::policy::truncate(&health.message, MAX_MESSAGE);
+    condition(old, SCALING_ACTIVE, health.ok(), health.reason, message, generation, now)
+}
+
+/// The autoscaler's part of the status: the total backlog, its figures and last decision, and
+/// `ScalingActive`.
+pub fn autoscaler_part(backlog: Option<i64>, autoscaler: &AutoscalerStatus, scaling: &Condition) -> serde_json::Value {
+    serde_json::json!({
+        "queueBacklog": backlog,
+        "autoscaler": autoscaler,
+        "conditions": [scaling],
+    })
+}
+
+/// A condition of `type_`, keeping the transition time of `old`'s condition of that type
+/// while its status is the same.
+pub fn condition(
     old: &[Condition],
     type_: &str,
     status: bool,
@@ -181,7 +226,7 @@ fn progress_deadline_exceeded(d: &Deployment) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::reconcile::validate::Scaling;
+    use crate::spec::validate::Scaling;
 
     fn celery_with_status(conditions: &str) -> Celery {
         serde_yaml::from_str(&format!(

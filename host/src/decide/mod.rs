@@ -1,0 +1,203 @@
+//! The scaling decision of one tick, as a pure function: the answers of an app's policies →
+//! one answer ([`stabilize::combine`]) → scale-down damping ([`stabilize::Damper`]) → hold or
+//! `fallbackReplicas` when no answer can be trusted. No I/O: the loop
+//! ([`crate::autoscale::scaler`]) gathers the answers and acts on the [`Decision`], and
+//! `celery-operator policy simulate` runs the same arithmetic.
+//!
+//! - [`stabilize`]: the bounds of the resource, the combining of several answers, the
+//!   stabilisation window and gradual steps down.
+
+pub mod stabilize;
+
+use crate::conditions::{METRICS_UNAVAILABLE, POLICY_DECIDING, POLICY_FAILED};
+use stabilize::{Damper, Verdict};
+
+/// One policy's answer, already within `minReplicas`/`maxReplicas`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Choice {
+    /// Replicas within the bounds.
+    pub bounded: u32,
+    /// Replicas the policy asked for.
+    pub proposed: u32,
+    /// The policy's reason, with a note when the bounds changed it.
+    pub reason: String,
+    pub policy: String,
+}
+
+/// Whether a sample led to a decision, and if not why: the reason and message of the
+/// `ScalingActive` condition.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Health {
+    pub reason: &'static str,
+    pub message: String,
+}
+
+impl Health {
+    /// The policies decide.
+    pub fn ok(&self) -> bool {
+        self.reason == POLICY_DECIDING
+    }
+}
+
+/// What a decision may not go beyond: the resource's bounds and its fallback.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Bounds {
+    pub min: u32,
+    pub max: u32,
+    /// Replicas to raise to while no answer can be trusted.
+    pub fallback: Option<u32>,
+}
+
+/// The replica count for one tick and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decision {
+    pub target: u32,
+    pub health: Health,
+    /// Why `target`, for the status, the event and the log.
+    pub reason: String,
+    /// What the chosen policy asked for; `None` when the count was held.
+    pub proposed: Option<u32>,
+    /// The policy that decided, or every selected policy when none could.
+    pub policy: String,
+    /// The count was held (or raised to the fallback) because no usable answer came.
+    pub held: bool,
+}
+
+/// Decides the replica count at `now_ms` from `current` and one answer (or failure) per
+/// selected policy, in the order of the spec. `policies` names them all, for a held count.
+///
+/// The largest answer wins; when some failed, the known ones may only scale up; when none
+/// is usable the count holds, or rises to `fallbackReplicas`, and never falls on missing data.
+pub fn decide(
+    now_ms: u64,
+    current: u32,
+    answers: &[Result<Choice, Health>],
+    damper: &mut Damper,
+    bounds: Bounds,
+    policies: &str,
+) -> Decision {
+    let bounded: Vec<Option<u32>> = answers.iter().map(|a| a.as_ref().ok().map(|c| c.bounded)).collect();
+    let failures: Vec<&Health> = answers.iter().filter_map(|a| a.as_ref().err()).collect();
+    let failed = || Health {
+        reason: if failures.iter().all(|f| f.reason == METRICS_UNAVAILABLE) { METRICS_UNAVAILABLE } else { POLICY_FAILED },
+        message: if failures.is_empty() {
+            "no scaling policy is selected".into()
+        } else {
+            failures.iter().map(|f| f.message.as_str()).collect::<Vec<_>>().join("; ")
+        },
+    };
+    match stabilize::combine(current, &bounded) {
+        Verdict::All(best) | Verdict::UpOnKnown(best) => {
+            let Ok(choice) = &answers[best] else { unreachable!("combine picks an answer") };
+            let target = damper.next(now_ms, current, choice.bounded);
+            let (health, reason) = if failures.is_empty() {
+                (Health { reason: POLICY_DECIDING, message: format!("{}: {}", choice.policy, choice.reason) }, choice.reason.clone())
+            } else {
+                // Scale up on what is known; the failure still shows.
+                let health = failed();
+                let reason = format!("{} (scaled up on the signals known; {})", choice.reason, health.message);
+                (health, reason)
+            };
+            Decision { target, health, reason, proposed: Some(choice.proposed), policy: choice.policy.clone(), held: false }
+        }
+        Verdict::Hold => {
+            let health = failed();
+            let target = bounds.fallback.map_or(current, |f| f.clamp(bounds.min, bounds.max.max(bounds.min)).max(current));
+            let reason = if target > current {
+                format!("raised to fallbackReplicas {target}: {}", health.message)
+            } else {
+                format!("holding {current} workers: {}", health.message)
+            };
+            Decision { target, health, reason, proposed: None, policy: policies.to_string(), held: true }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    const BOUNDS: Bounds = Bounds { min: 1, max: 20, fallback: None };
+
+    fn answer(policy: &str, replicas: u32) -> Result<Choice, Health> {
+        Ok(Choice { bounded: replicas, proposed: replicas, reason: format!("{policy} wants {replicas}"), policy: policy.into() })
+    }
+
+    fn failure(reason: &'static str, message: &str) -> Result<Choice, Health> {
+        Err(Health { reason, message: message.into() })
+    }
+
+    /// A damper that has run for a while at `current` workers, long enough that its window
+    /// and step period have passed.
+    fn settled(current: u32) -> (Damper, u64) {
+        let mut damper = Damper::new(Duration::from_secs(60), 50, Duration::from_secs(15));
+        damper.seed(0, current, None);
+        (damper, 120_000)
+    }
+
+    #[test]
+    fn the_largest_answer_decides_and_scaling_up_is_immediate() {
+        let (mut damper, now) = settled(2);
+        let d = decide(now, 2, &[answer("queue", 6), answer("cpu", 3)], &mut damper, BOUNDS, "queue+cpu");
+        assert_eq!((d.target, d.proposed, d.policy.as_str(), d.held), (6, Some(6), "queue", false));
+        assert!(d.health.ok());
+        assert_eq!(d.health.message, "queue: queue wants 6");
+    }
+
+    #[test]
+    fn scaling_down_goes_in_steps_after_the_window() {
+        let (mut damper, now) = settled(10);
+        let d = decide(now, 10, &[answer("queue", 1)], &mut damper, BOUNDS, "queue");
+        // Half of the 10 workers at most in one step.
+        assert_eq!(d.target, 5);
+        // The next step waits for the step period.
+        let d = decide(now + 1_000, 5, &[answer("queue", 1)], &mut damper, BOUNDS, "queue");
+        assert_eq!(d.target, 5);
+        let d = decide(now + 16_000, 5, &[answer("queue", 1)], &mut damper, BOUNDS, "queue");
+        assert_eq!(d.target, 2);
+    }
+
+    #[test]
+    fn a_failed_signal_never_scales_down_but_the_known_ones_may_scale_up() {
+        let (mut damper, now) = settled(4);
+        let down = [answer("cpu", 1), failure(METRICS_UNAVAILABLE, "broker: refused")];
+        let d = decide(now, 4, &down, &mut damper, BOUNDS, "queue+cpu");
+        assert_eq!((d.target, d.held, d.health.reason), (4, true, METRICS_UNAVAILABLE));
+        assert_eq!(d.reason, "holding 4 workers: broker: refused");
+
+        let up = [answer("cpu", 9), failure(METRICS_UNAVAILABLE, "broker: refused")];
+        let d = decide(now, 4, &up, &mut damper, BOUNDS, "queue+cpu");
+        assert_eq!((d.target, d.held, d.health.reason), (9, false, METRICS_UNAVAILABLE));
+        assert!(d.reason.contains("scaled up on the signals known"), "{}", d.reason);
+    }
+
+    #[test]
+    fn with_no_answer_the_count_holds_or_rises_to_the_fallback_within_bounds() {
+        let (mut damper, now) = settled(3);
+        let failed = [failure(POLICY_FAILED, "queue: trapped")];
+        let d = decide(now, 3, &failed, &mut damper, BOUNDS, "queue");
+        assert_eq!((d.target, d.proposed, d.health.reason), (3, None, POLICY_FAILED));
+
+        let d = decide(now, 3, &failed, &mut damper, Bounds { fallback: Some(8), ..BOUNDS }, "queue");
+        assert_eq!((d.target, d.reason.as_str()), (8, "raised to fallbackReplicas 8: queue: trapped"));
+        // A fallback above maxReplicas is held to it; one below the current count lowers nothing.
+        let d = decide(now, 3, &failed, &mut damper, Bounds { min: 1, max: 5, fallback: Some(50) }, "queue");
+        assert_eq!(d.target, 5);
+        let d = decide(now, 3, &failed, &mut damper, Bounds { fallback: Some(1), ..BOUNDS }, "queue");
+        assert_eq!(d.target, 3);
+    }
+
+    #[test]
+    fn a_mix_of_failures_is_a_policy_failure_and_no_policy_at_all_holds() {
+        let (mut damper, now) = settled(2);
+        let mixed = [failure(METRICS_UNAVAILABLE, "broker down"), failure(POLICY_FAILED, "cpu: trapped")];
+        let d = decide(now, 2, &mixed, &mut damper, BOUNDS, "queue+cpu");
+        assert_eq!((d.health.reason, d.health.message.as_str()), (POLICY_FAILED, "broker down; cpu: trapped"));
+        assert_eq!(d.policy, "queue+cpu");
+
+        let d = decide(now, 2, &[], &mut damper, BOUNDS, "");
+        assert_eq!((d.target, d.held, d.health.message.as_str()), (2, true, "no scaling policy is selected"));
+    }
+}
