@@ -43,6 +43,7 @@ fn main() {
 
     let built = std::process::Command::new(support::repo_root().join("policies/build.sh")).status();
     assert!(built.is_ok_and(|s| s.success()), "policies/build.sh failed");
+    support::keep_lookups_on_loopback();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     let control_plane = ControlPlane::start().expect("control plane");
     let (_redis, port) = servers::redis_server(&[]);

@@ -72,6 +72,11 @@ struct RunArgs {
     /// Where compiled policies are cached across restarts.
     #[arg(long, env = "CELERY_OPERATOR_POLICY_CACHE")]
     policy_cache_dir: Option<PathBuf>,
+    /// DNS server (ADDRESS:PORT) for broker and Flower names, instead of those in
+    /// /etc/resolv.conf (whose search domains still apply), e.g. a forwarded cluster DNS when
+    /// the operator runs outside the cluster.
+    #[arg(long, env = "CELERY_OPERATOR_DNS_SERVER")]
+    dns_server: Option<std::net::SocketAddr>,
 }
 
 /// Entry point of the binary.
@@ -101,8 +106,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         policy_dir,
         extra_policy_dir,
         policy_cache_dir,
+        dns_server,
     } = args;
     telemetry::init_logging(log_format);
+    if let Some(server) = dns_server {
+        crate::metrics::dns::use_server(server);
+    }
     let identity = std::env::var("POD_NAME").unwrap_or_else(|_| format!("{}-{}", hostname(), std::process::id()));
     let client = operator::client_as(kubeconfig.as_deref(), Some(&identity)).await?;
     let registry = RegistrySettings {

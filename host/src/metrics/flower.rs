@@ -86,6 +86,7 @@ impl Flower {
         let http = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout)
+            .dns_resolver(super::dns::Resolver::shared())
             .build()
             .map_err(|e| invalid(&format!("building the HTTP client: {e}")))?;
         Ok(Self { http, base, credentials, display, timeout })

@@ -5,11 +5,13 @@
 //! - [`rabbitmq`]: the RabbitMQ management HTTP API.
 //! - [`flower`]: work in progress per worker (and queue lengths) from Flower.
 //! - [`observe`]: `celery-operator observe`, what the host would hand a policy.
+//! - [`dns`]: the one asynchronous resolver every broker and Flower client looks names up with.
 //!
 //! This module talks to brokers and Flower only, never to the Kubernetes API. A value that could not be
 //! measured is `None` ("unknown"), never 0: the autoscaling loop holds the replica count on
 //! unknown data, whereas a 0 would scale an app down because its broker is unreachable.
 
+pub mod dns;
 pub mod flower;
 pub mod observe;
 pub mod rabbitmq;

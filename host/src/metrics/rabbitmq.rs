@@ -120,6 +120,7 @@ impl RabbitMqBroker {
         let http = reqwest::Client::builder()
             .timeout(options.timeout)
             .connect_timeout(options.timeout)
+            .dns_resolver(super::dns::Resolver::shared())
             .build()
             .map_err(|source| BrokerError::Http { broker: display.clone(), what: "building the HTTP client", source })?;
         let display = format!("{display} (management API {})", redact_api(management.as_ref(), &target));

@@ -307,6 +307,7 @@ impl RedisBroker {
         }
         let config =
             AsyncConnectionConfig::new().set_connection_timeout(Some(self.timeout)).set_response_timeout(Some(self.timeout));
+        let config = config.set_dns_resolver(super::dns::Resolver::shared());
         let connection =
             self.client.get_multiplexed_async_connection_with_config(&config).await.map_err(|e| self.error("connecting", e))?;
         *slot = Some(connection.clone());

@@ -98,6 +98,7 @@ fn main() -> ExitCode {
         // SAFETY: no other thread runs yet.
         unsafe { std::env::set_var("RUST_LOG", "warn") };
     }
+    support::keep_lookups_on_loopback();
     init_logging();
     let listing = args.list;
 

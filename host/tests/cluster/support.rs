@@ -24,6 +24,16 @@ use serde::Deserialize;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+/// Sends every DNS lookup of the operators under test (in this process and in the binaries
+/// it starts) to a loopback port where nothing answers, so no test asks a server off this
+/// machine for an app's `.svc` names. Call before any other thread starts.
+pub fn keep_lookups_on_loopback() {
+    const NOWHERE: &str = "127.0.0.1:9";
+    // SAFETY: the caller runs before other threads exist.
+    unsafe { std::env::set_var("CELERY_OPERATOR_DNS_SERVER", NOWHERE) };
+    celery_operator::metrics::dns::use_server(NOWHERE.parse().expect("an address"));
+}
+
 /// The repository root (tests run with the crate directory as working directory).
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("host/ has a parent").to_path_buf()
