@@ -225,6 +225,10 @@ async fn run(shared: Arc<Shared>, mut plans: watch::Receiver<Option<Arc<Plan>>>,
                 let started = Instant::now();
                 app.tick(&shared).await;
                 shared.metrics.observe_cycle(started.elapsed());
+                if let Some(at) = app.resting_until() {
+                    // Nothing can be decided before the broker is tried again: no tick till then.
+                    ticker.reset_at(tokio::time::Instant::from_std(at));
+                }
             }
             changed = plans.changed() => {
                 if changed.is_err() {
@@ -236,12 +240,10 @@ async fn run(shared: Arc<Shared>, mut plans: watch::Receiver<Option<Arc<Plan>>>,
                     app.retire(&shared).await;
                     return;
                 };
-                let interval = app.tuning.interval;
                 app.reconfigure(&plan);
-                if app.tuning.interval != interval {
-                    // The new pace starts with a tick now.
-                    ticker = pacer(app.tuning.interval);
-                }
+                // A changed spec is acted on at once (and at its own pace from then on), even
+                // while the broker's backoff runs.
+                ticker = pacer(app.tuning.interval);
             }
         }
     }
@@ -384,6 +386,15 @@ impl AppLoop {
             self.broker_retry = None;
         }
         self.progress.reconfigure(progress::source(celery));
+    }
+
+    /// When every policy of the app needs the queues and the broker (or Flower standing in
+    /// for it) is in its backoff: the time of the next try, before which a tick would only
+    /// hold the count again.
+    fn resting_until(&self) -> Option<Instant> {
+        let all_need_the_broker = self.policies.iter().all(|p| p.name != CPU_MEMORY_POLICY);
+        let retry = self.broker_retry.as_ref()?;
+        (all_need_the_broker && !self.policies.is_empty() && retry.at > Instant::now()).then_some(retry.at)
     }
 
     fn policy_label(&self) -> String {

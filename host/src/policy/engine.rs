@@ -1,12 +1,16 @@
 //! The one wasmtime `Engine` of the process and the limits every guest runs under.
 //!
 //! Time is bounded by epoch interruption: a ticker thread advances the engine's epoch every
-//! [`EngineSettings::tick`], and each store gets a deadline in ticks. Memory is bounded twice:
+//! [`EngineSettings::tick`] while a guest runs, and each store gets a deadline in ticks. With
+//! no guest running the ticker sleeps ([`PolicyEngine::running`] wakes it): an operator whose
+//! apps cannot be measured makes no policy call, and should not wake 200 times a second. Memory is bounded twice:
 //! the pooling allocator's slots cannot exceed the operator-wide maximum, and each store's
 //! limiter (see `sandbox`) enforces the per-call cap below it. Fuel is not used: epochs cost
 //! far less and a deadline is what we need.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::thread::Thread;
 use std::time::Duration;
 
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
@@ -67,6 +71,9 @@ pub struct PolicyEngine {
 struct Inner {
     engine: Engine,
     settings: EngineSettings,
+    /// Guests running now, and the ticker thread to wake when the first one starts.
+    running: Arc<AtomicUsize>,
+    ticker: Thread,
     pooling: bool,
 }
 
@@ -87,17 +94,26 @@ impl PolicyEngine {
         };
         let weak = engine.weak();
         let tick = settings.tick;
-        std::thread::Builder::new()
+        let running = Arc::new(AtomicUsize::new(0));
+        let busy = Arc::clone(&running);
+        let ticker = std::thread::Builder::new()
             .name("policy-epoch".into())
             .spawn(move || {
                 while let Some(engine) = weak.upgrade() {
+                    if busy.load(Ordering::Acquire) == 0 {
+                        drop(engine);
+                        // Woken by the next call; the timeout notices a dropped engine.
+                        std::thread::park_timeout(Duration::from_secs(1));
+                        continue;
+                    }
                     engine.increment_epoch();
                     drop(engine);
                     std::thread::sleep(tick);
                 }
             })
             .map_err(|e| PolicyError::Engine(format!("cannot start the epoch ticker: {e}")))?;
-        Ok(Self { inner: Arc::new(Inner { engine, settings, pooling }) })
+        let ticker = ticker.thread().clone();
+        Ok(Self { inner: Arc::new(Inner { engine, settings, pooling, running, ticker }) })
     }
 
     pub fn engine(&self) -> &Engine {
@@ -113,10 +129,29 @@ impl PolicyEngine {
         self.inner.pooling
     }
 
+    /// Marks a guest as running until the guard is dropped: the epoch advances meanwhile.
+    pub fn running(&self) -> Running {
+        if self.inner.running.fetch_add(1, Ordering::AcqRel) == 0 {
+            self.inner.ticker.unpark();
+        }
+        Running { count: Arc::clone(&self.inner.running) }
+    }
+
     /// Epoch ticks that cover `limit`, plus one for the tick already under way.
     pub fn deadline_ticks(&self, limit: Duration) -> u64 {
         let tick = self.inner.settings.tick.as_nanos().max(1);
         (limit.as_nanos().div_ceil(tick) as u64).saturating_add(1)
+    }
+}
+
+/// A guest runs while this lives; see [`PolicyEngine::running`].
+pub struct Running {
+    count: Arc<AtomicUsize>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.count.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

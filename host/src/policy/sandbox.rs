@@ -337,6 +337,8 @@ pub fn run_bounded<T: Limited, R>(
     state: T,
     body: impl FnOnce(&mut Store<T>) -> wasmtime::Result<R>,
 ) -> Result<R, PolicyError> {
+    // The epoch advances while this call runs (and only then).
+    let _running = engine.running();
     let mut store = Store::new(engine.engine(), state);
     store.limiter(|state| state.limiter());
     store.set_epoch_deadline(engine.deadline_ticks(limits.timeout));

@@ -63,15 +63,24 @@ pub async fn children(client: &Client, celery: &Celery, scaling: &Scaling) -> Re
     let services: Api<Service> = Api::namespaced(client.clone(), &ns);
     let flower_name = names::flower_name(celery);
 
-    let worker = read_own(&deployments, &names::worker_name(celery), celery).await?;
-    let worker = apply_worker(&deployments, celery, scaling, worker).await?;
-    let flower = read_own(&deployments, &flower_name, celery).await?;
-    let service = read_own(&services, &flower_name, celery).await?;
-    let (flower, flower_service) = if celery.spec.flower_spec.enabled {
-        let flower = apply_deployment(&deployments, &build::flower_deployment(celery)?, flower.as_ref()).await?;
-        let service = apply(&services, &build::flower_service(celery)?, FIELD_MANAGER).await?;
-        (Some(flower), Some(service.name_any()))
+    // The three reads, then the worker's writes beside Flower's, each concurrently: a new app
+    // waits for three round trips to the API server, not seven.
+    let worker_name = names::worker_name(celery);
+    let (worker, flower, service) = tokio::try_join!(
+        read_own(&deployments, &worker_name, celery),
+        read_own(&deployments, &flower_name, celery),
+        read_own(&services, &flower_name, celery),
+    )?;
+    let (worker, (flower, flower_service)) = if celery.spec.flower_spec.enabled {
+        let (flower_deployment, flower_service) = (build::flower_deployment(celery)?, build::flower_service(celery)?);
+        let (worker, flower, service) = tokio::try_join!(
+            apply_worker(&deployments, celery, scaling, worker),
+            apply_deployment(&deployments, &flower_deployment, flower.as_ref()),
+            apply(&services, &flower_service, FIELD_MANAGER),
+        )?;
+        (worker, (Some(flower), Some(service.name_any())))
     } else {
+        let worker = apply_worker(&deployments, celery, scaling, worker).await?;
         // Only what this app controls is deleted; an unowned object of that name is the user's.
         if flower.as_ref().is_some_and(|d| controlled_by(d, celery)) {
             delete(&deployments, &flower_name, celery).await?;
@@ -79,7 +88,7 @@ pub async fn children(client: &Client, celery: &Celery, scaling: &Scaling) -> Re
         if service.as_ref().is_some_and(|s| controlled_by(s, celery)) {
             delete(&services, &flower_name, celery).await?;
         }
-        (None, None)
+        (worker, (None, None))
     };
     Ok(Applied { worker, flower, flower_service })
 }
