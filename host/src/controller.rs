@@ -24,7 +24,7 @@ use crate::autoscale::scaler::Autoscaler;
 use crate::crd::Celery;
 use crate::leader::Leadership;
 use crate::policy::check::PolicyCheck;
-use crate::reconcile::{self, Context};
+use crate::reconcile::{self, Context, apply};
 use crate::scope::Scope;
 use crate::spec::names::CHILD_SELECTOR;
 use crate::telemetry::{self, Metrics};
@@ -106,7 +106,7 @@ pub async fn run(
     let deployment_apis = scope.apis::<Deployment>(&client);
     let service_apis = scope.apis::<Service>(&client);
 
-    let controllers: Vec<_> = celery_apis
+    let controllers = celery_apis
         .into_iter()
         .zip(deployment_apis)
         .zip(service_apis)
@@ -121,12 +121,24 @@ pub async fn run(
                 .reflect(writer)
                 .applied_objects()
                 .predicate_filter(predicates::generation, Default::default());
-            Controller::for_stream(apps, reader)
-                .owns(deployments, children.clone())
-                .owns(services, children.clone())
-                .trigger_backoff(watch_backoff())
+            // The children are cached too: a reconcile that would change nothing reads them
+            // from here and writes nothing (see `apply::unchanged`).
+            let (deployment_cache, writer) = reflector::store();
+            let deployments = watcher::watcher(deployments, children.clone()).backoff(watch_backoff()).reflect(writer);
+            let (service_cache, writer) = reflector::store();
+            let services = watcher::watcher(services, children.clone()).backoff(watch_backoff()).reflect(writer);
+            let controller = Controller::for_stream(apps, reader)
+                .owns_stream(deployments.touched_objects())
+                .owns_stream(services.touched_objects())
+                .trigger_backoff(watch_backoff());
+            (controller, (deployment_cache, service_cache))
         })
-        .collect();
+        .unzip::<_, _, Vec<_>, Vec<_>>();
+    let (controllers, caches) = controllers;
+    let cached = apply::Cached {
+        deployments: caches.iter().map(|(d, _)| d.clone()).collect(),
+        services: caches.into_iter().map(|(_, s)| s).collect(),
+    };
 
     // The reconciler hands each app's validated scaling to the autoscaler, one way.
     let cluster = ClusterView::new();
@@ -136,7 +148,7 @@ pub async fn run(
         Autoscaler::new(client.clone(), metrics.clone(), policies, cluster.clone(), stores, leadership.clone())
     });
     let handoff = autoscaler.is_some().then_some(handoff);
-    let ctx = Arc::new(Context::new(client.clone(), metrics.clone(), policies, handoff, leadership));
+    let ctx = Arc::new(Context::new(client.clone(), metrics.clone(), policies, handoff, cached, leadership));
 
     let namespaces: Vec<String> = if scope.namespaces.is_empty() { vec!["(all)".into()] } else { scope.namespaces.clone() };
     let running = controllers.into_iter().zip(namespaces).map(|(controller, namespace)| {

@@ -7,9 +7,12 @@
 //! autoscaler over it (see [`apply_worker`]). The API server's answers are returned, status
 //! included, so the status step needs no extra reads.
 
+use std::sync::Arc;
+
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Service;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -49,6 +52,94 @@ pub enum ApplyError {
 
     #[error(transparent)]
     Build(#[from] BuildError),
+}
+
+/// The children as the controllers' watches last saw them (one store per watched namespace,
+/// or one for all), so that a reconcile that changes nothing costs no request for them.
+#[derive(Clone, Default)]
+pub struct Cached {
+    pub deployments: Vec<Store<Deployment>>,
+    pub services: Vec<Store<Service>>,
+}
+
+impl Cached {
+    fn find<K>(stores: &[Store<K>], name: &str, ns: &str) -> Option<Arc<K>>
+    where
+        K: Resource<DynamicType = ()> + Clone + 'static,
+    {
+        let key = ObjectRef::new(name).within(ns);
+        stores.iter().find_map(|store| store.get(&key))
+    }
+}
+
+/// Annotation on every child: a digest of what the reconciler last applied to it.
+pub const APPLIED_ANNOTATION: &str = "celeryproject.org/applied-spec";
+
+/// The writes the operator itself makes to a child, as (field manager, operation) in its
+/// managed fields. NB: the operation counts too: a client whose User-Agent starts with
+/// `celery-operator/` (a test's, or a user's script) records its edits under the manager
+/// `celery-operator` with `Update`, and those are someone else's.
+const OURS: [(&str, &str); 3] = [(FIELD_MANAGER, "Apply"), (SCALER_MANAGER, "Apply"), (ADOPTION_MANAGER, "Update")];
+
+/// The children of `celery`, from `cached` without a request, when applying them would change
+/// nothing: each child is in the cache, controlled by this app, was last applied from the
+/// object the spec builds now (its [`APPLIED_ANNOTATION`]), and no one but the operator has
+/// written it since (its managed fields, status aside); with a scaling policy the scaler
+/// owns `replicas` within the bounds. Anything else, a child the cache does not hold
+/// included (it may be someone else's, unlabelled), takes the full path of [`children`].
+pub fn unchanged(cached: &Cached, celery: &Celery, scaling: &Scaling) -> Option<Applied> {
+    let ns = celery.namespace()?;
+    let worker = Cached::find(&cached.deployments, &names::worker_name(celery), &ns)?;
+    let desired_worker = match *scaling {
+        Scaling::Fixed { .. } => {
+            build::worker_deployment(celery, Some(scaling.initial_replicas(celery.spec.worker_spec.num_of_workers))).ok()?
+        }
+        Scaling::Policies { min_replicas, max_replicas, .. } => {
+            let replicas = worker.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+            if replicas != replicas.clamp(min_replicas, max_replicas) || !manages_replicas(&worker, SCALER_MANAGER) {
+                return None;
+            }
+            build::worker_deployment(celery, None).ok()?
+        }
+    };
+    if !as_applied(&*worker, &desired_worker, celery) {
+        return None;
+    }
+    let flower_name = names::flower_name(celery);
+    let flower = Cached::find(&cached.deployments, &flower_name, &ns);
+    let service = Cached::find(&cached.services, &flower_name, &ns);
+    if !celery.spec.flower_spec.enabled {
+        // Flower's children, if the cache holds them, are to be deleted.
+        return (flower.is_none() && service.is_none()).then(|| Applied {
+            worker: (*worker).clone(),
+            flower: None,
+            flower_service: None,
+        });
+    }
+    let (flower, service) = (flower?, service?);
+    let fresh = as_applied(&*flower, &build::flower_deployment(celery).ok()?, celery)
+        && as_applied(&*service, &build::flower_service(celery).ok()?, celery);
+    fresh.then(|| Applied { worker: (*worker).clone(), flower: Some((*flower).clone()), flower_service: Some(service.name_any()) })
+}
+
+/// `existing` is controlled by `celery`, was last applied from `desired` and written since by
+/// the operator only.
+fn as_applied<K: Resource + Serialize>(existing: &K, desired: &K, celery: &Celery) -> bool {
+    let stamped = existing.annotations().get(APPLIED_ANNOTATION).map(String::as_str);
+    let foreign = existing.meta().managed_fields.iter().flatten().any(|entry| {
+        let writer = (entry.manager.as_deref().unwrap_or_default(), entry.operation.as_deref().unwrap_or_default());
+        entry.subresource.as_deref() != Some("status") && !OURS.contains(&writer)
+    });
+    controlled_by(existing, celery) && !foreign && stamped == Some(digest(desired).as_str())
+}
+
+/// A digest of an object as built (before the annotation is added): the same object always
+/// gives the same digest, in any process.
+fn digest<K: Serialize>(object: &K) -> String {
+    use sha2::Digest;
+    let bytes = serde_json::to_vec(object).unwrap_or_default();
+    let hash = sha2::Sha256::digest(&bytes);
+    hash.iter().take(12).map(|b| format!("{b:02x}")).collect()
 }
 
 /// Applies every child of `celery` and removes Flower's when it is switched off.
@@ -239,6 +330,10 @@ where
 {
     let name = object.meta().name.clone().unwrap_or_default();
     let mut object = object.clone();
+    if manager == FIELD_MANAGER {
+        let stamp = digest(&object);
+        object.meta_mut().annotations.get_or_insert_default().insert(APPLIED_ANNOTATION.into(), stamp);
+    }
     // Server-side apply needs apiVersion and kind in the body; k8s-openapi types omit them.
     let mut body = serde_json::to_value(&mut object).unwrap_or_default();
     body["apiVersion"] = K::api_version(&()).into();

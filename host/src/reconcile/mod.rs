@@ -52,6 +52,8 @@ pub struct Context {
     policies: Option<Arc<PolicyCheck>>,
     /// Where validated scaling goes to the autoscaling loops; `None` without a policy runtime.
     handoff: Option<HandoffSender>,
+    /// The children as the watches last saw them.
+    children: apply::Cached,
     /// Consecutive failures per object, for exponential backoff.
     failures: Mutex<HashMap<ObjectRef<Celery>, u32>>,
     /// Whether this replica may write (its leader term).
@@ -64,6 +66,7 @@ impl Context {
         metrics: Arc<Metrics>,
         policies: Option<Arc<PolicyCheck>>,
         handoff: Option<HandoffSender>,
+        children: apply::Cached,
         leadership: Arc<Leadership>,
     ) -> Self {
         Self {
@@ -72,6 +75,7 @@ impl Context {
             metrics,
             policies,
             handoff,
+            children,
             failures: Mutex::default(),
             leadership,
         }
@@ -136,7 +140,11 @@ async fn run_pipeline(celery: &Arc<Celery>, ctx: &Context, app: &str) -> Result<
                 Some(check) => check.check(&scaling).await.err().map(|p| (p.reason, p.message)),
                 None => None,
             };
-            match apply::children(&ctx.client, celery, &scaling).await {
+            let applied_now = match apply::unchanged(&ctx.children, celery, &scaling) {
+                Some(cached) => Ok(cached),
+                None => apply::children(&ctx.client, celery, &scaling).await,
+            };
+            match applied_now {
                 Ok(a) => {
                     applied = a;
                     hand_off(ctx, celery, Some(&scaling));
