@@ -10,7 +10,7 @@ copies of the Python operator's deploy/cr.yaml (each with its own name and appNa
 
   - how long until the children of all apps exist (a worker Deployment, a Flower Deployment and a
     Flower Service each);
-  - with the apps in place and nothing changing, over WINDOW seconds: the operator's CPU time, its
+  - once no Deployment or pod has changed for 15 s, over WINDOW seconds: the operator's CPU time, its
     API requests on its own resources (celery, deployments, services, and events apart), read from
     the API server's apiserver_request_total with the operator running minus a window with it
     stopped, its threads and its RSS; and its RSS before any app existed.
@@ -121,6 +121,19 @@ class Cluster:
         return len([l for l in out.splitlines() if l.strip()])
 
 
+def settle(cluster, ns, quiet=15, limit=300):
+    """Waits until no Deployment or pod in `ns` has changed for `quiet` seconds (the pods
+    scheduled, the Deployments' status written): idle means idle for both operators."""
+    started, last, since = time.monotonic(), None, time.monotonic()
+    while time.monotonic() - started < limit:
+        versions = cluster.kubectl("get", "deployments,pods", "-n", ns, "-o", "jsonpath={..metadata.resourceVersion}")
+        if versions != last:
+            last, since = versions, time.monotonic()
+        elif time.monotonic() - since >= quiet:
+            return
+        time.sleep(3)
+
+
 def proc(pid):
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
@@ -177,7 +190,7 @@ def run_once(which, checkout, args, scratch):
             time.sleep(0.5)
         created = time.monotonic() - started
 
-        time.sleep(30)
+        settle(cluster, ns)
         before, (cpu0, _, _) = cluster.requests(), proc(operator.pid)
         time.sleep(args.window)
         after, (cpu1, threads, rss) = cluster.requests(), proc(operator.pid)
