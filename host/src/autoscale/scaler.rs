@@ -51,6 +51,10 @@ use crate::telemetry::{FailureCause, Metrics};
 /// otherwise at most this often, so an app whose figures stand still costs one write a
 /// minute, and 1,000 apps sampled every second do not write 1,000 statuses a second.
 const STATUS_REFRESH: Duration = Duration::from_secs(60);
+/// An app whose count is held (its broker, Flower or policy failing) for the same cause as its
+/// status already says is written this often: a hold that repeats the last one changed
+/// nothing, and 100 apps on a dead broker should not cost 100 writes a minute.
+const STATUS_REFRESH_HELD: Duration = Duration::from_secs(300);
 /// While the backlog moves (see [`sampler::backlog_moved`]) the status follows it this often.
 const STATUS_REFRESH_MOVING: Duration = Duration::from_secs(2);
 /// How long the worker Deployment may be missing before the loop reports it.
@@ -290,6 +294,8 @@ struct AppLoop {
     last_status: Option<Instant>,
     /// `ScalingActive` as last written, whose transition time holds while its status does.
     condition: Vec<Condition>,
+    /// The health the status shows.
+    written_health: Option<Health>,
     /// The total backlog the status shows.
     written_backlog: Option<i64>,
     /// The tasks in progress the status shows.
@@ -348,6 +354,7 @@ impl AppLoop {
             last_decision: None,
             last_scale_time: status.and_then(|s| s.autoscaler.as_ref()).and_then(|a| a.last_scale_time.clone()),
             last_status: None,
+            written_health: None,
             condition: status.map(|s| s.conditions.iter().filter(|c| c.type_ == SCALING_ACTIVE).cloned().collect()).unwrap_or_default(),
             written_backlog: None,
             written_active: None,
@@ -714,12 +721,15 @@ impl AppLoop {
             }
         }
         let since = self.last_status.map(|at| at.elapsed());
-        let due = since.is_none_or(|t| t >= STATUS_REFRESH);
+        let refresh = if health.ok() { STATUS_REFRESH } else { STATUS_REFRESH_HELD };
+        let due = since.is_none_or(|t| t >= refresh);
         let backlog = sampler::total_backlog(status);
         let moved = since.is_none_or(|t| t >= STATUS_REFRESH_MOVING)
             && (sampler::backlog_moved(self.written_backlog, backlog) || self.written_active != status.active_tasks);
+        // A held app's message says what fails and how often it is tried: shown when it changes.
+        let reworded = !health.ok() && self.written_health.as_ref().is_none_or(|h| h.message != health.message);
         self.health = Some(health.clone());
-        if !(changed || transition || due || moved) || !shared.leadership.holds() {
+        if !(changed || transition || due || moved || reworded) || !shared.leadership.holds() {
             return;
         }
         status.last_decision = self.last_decision.clone();
@@ -733,6 +743,7 @@ impl AppLoop {
                 self.written_backlog = backlog;
                 self.written_active = status.active_tasks;
                 self.condition = vec![condition];
+                self.written_health = Some(health);
             }
             Err(error) => {
                 warn!(app = %self.label, error = %crate::telemetry::chain(&error), "cannot write the autoscaler status")
