@@ -317,9 +317,10 @@ struct Retry {
 }
 
 impl Retry {
-    /// The failure, and how often the read is tried now.
+    /// The failure, and how it is retried. NB: not the pause of the moment, which doubles
+    /// five times in the first two minutes: a message that stays the same is not written again.
     fn describe(&self) -> String {
-        format!("{} (tried again every {}s)", self.error, self.pause.as_secs().max(1))
+        format!("{} (tried again after a pause that doubles up to {}s)", self.error, BROKER_RETRY_MAX.as_secs())
     }
 }
 
