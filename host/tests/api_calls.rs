@@ -116,26 +116,45 @@ fn summary(calls: &[Call]) -> Vec<String> {
         .collect()
 }
 
+/// The calls on the worker Deployment, in the order the API server received them. NB: the
+/// three children are read, then written, concurrently: only each child's own calls have an
+/// order to check.
+fn worker_calls(calls: &[Call]) -> Vec<&Call> {
+    calls.iter().filter(|c| c.uri.split('?').next().unwrap_or_default().ends_with("/deployments/shop-celery-worker")).collect()
+}
+
+/// Every child is read before any is written.
+fn reads_come_first(calls: &[Call]) {
+    let first_write = calls.iter().position(|c| c.method != Method::GET).unwrap_or(calls.len());
+    assert!(calls[first_write..].iter().all(|c| c.method != Method::GET), "{:?}", summary(calls));
+}
+
 #[tokio::test]
 async fn the_scaler_takes_replicas_before_the_reconciler_lets_go() {
     let c = celery("autoscaling: {policy: queue-length, minReplicas: 1, maxReplicas: 6}");
     let calls = run(c, Some(existing_worker(9, false))).await;
+    let mut all = summary(&calls);
+    all.sort();
     assert_eq!(
-        summary(&calls),
+        all,
         [
             "GET deployments/shop-celery-worker -",
-            "PATCH deployments/shop-celery-worker celery-operator-autoscaler",
-            "PATCH deployments/shop-celery-worker celery-operator",
             "GET deployments/shop-flower -",
             "GET services/shop-flower -",
+            "PATCH deployments/shop-celery-worker celery-operator",
+            "PATCH deployments/shop-celery-worker celery-operator-autoscaler",
             "PATCH deployments/shop-flower celery-operator",
             "PATCH services/shop-flower celery-operator",
         ]
     );
-    assert_eq!(calls[1].body["spec"], json!({"replicas": 6}), "9 clamped to the new maximum");
-    assert!(calls[1].uri.contains("force=true"));
-    assert!(calls[2].body["spec"].get("replicas").is_none(), "the reconciler leaves replicas to the scaler");
-    assert_eq!(calls[2].body["spec"]["template"]["spec"]["containers"][0]["image"], "shop:1");
+    reads_come_first(&calls);
+    let worker = worker_calls(&calls);
+    assert_eq!(worker.len(), 3, "a read, the scale, the apply");
+    assert!(worker[1].uri.contains("fieldManager=celery-operator-autoscaler"), "the scaler writes first");
+    assert_eq!(worker[1].body["spec"], json!({"replicas": 6}), "9 clamped to the new maximum");
+    assert!(worker[1].uri.contains("force=true"));
+    assert!(worker[2].body["spec"].get("replicas").is_none(), "the reconciler leaves replicas to the scaler");
+    assert_eq!(worker[2].body["spec"]["template"]["spec"]["containers"][0]["image"], "shop:1");
 }
 
 #[tokio::test]
@@ -150,12 +169,19 @@ async fn a_scaled_count_within_bounds_is_left_alone() {
 async fn a_new_app_starts_at_num_of_workers_within_bounds() {
     let c = celery("autoscaling: {policy: queue-length, minReplicas: 3, maxReplicas: 6}");
     let calls = run(c, None).await;
-    let s = summary(&calls);
-    assert_eq!(s[0], "GET deployments/shop-celery-worker -");
-    assert_eq!(s[1], "PATCH deployments/shop-celery-worker celery-operator");
-    assert_eq!(s[2], "PATCH deployments/shop-celery-worker celery-operator-autoscaler");
-    assert_eq!(calls[1].body["spec"]["replicas"], 3, "numOfWorkers 2 raised to minReplicas 3");
-    assert_eq!(calls[2].body["spec"]["replicas"], 3, "the scaler co-owns the count from the start");
+    reads_come_first(&calls);
+    let worker = worker_calls(&calls);
+    let s: Vec<String> = summary(&calls).into_iter().filter(|c| c.contains("shop-celery-worker")).collect();
+    assert_eq!(
+        s,
+        [
+            "GET deployments/shop-celery-worker -",
+            "PATCH deployments/shop-celery-worker celery-operator",
+            "PATCH deployments/shop-celery-worker celery-operator-autoscaler",
+        ]
+    );
+    assert_eq!(worker[1].body["spec"]["replicas"], 3, "numOfWorkers 2 raised to minReplicas 3");
+    assert_eq!(worker[2].body["spec"]["replicas"], 3, "the scaler co-owns the count from the start");
 }
 
 #[tokio::test]
@@ -163,5 +189,7 @@ async fn a_fixed_count_is_applied_by_the_reconciler_alone() {
     let calls = run(celery(""), None).await;
     let s = summary(&calls);
     assert!(!s.iter().any(|c| c.contains("autoscaler")), "{s:?}");
-    assert_eq!(calls[1].body["spec"]["replicas"], 2);
+    let worker = worker_calls(&calls);
+    assert_eq!(worker.len(), 2, "a read and the apply: {s:?}");
+    assert_eq!(worker[1].body["spec"]["replicas"], 2);
 }
