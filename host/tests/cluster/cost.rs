@@ -37,7 +37,9 @@ spec:
 "
     );
     create(&env.admin, &ns, &yaml).await.expect("created");
-    eventually("the app ready with its first decision", WAIT, || async {
+    // NB: twice the usual wait: with the whole suite beside it on two cores, the pods' readiness
+    // and the first decision have been seen to take most of a minute.
+    eventually("the app ready with its first decision", WAIT * 2, || async {
         deployment(&env.admin, &ns, "shop-celery-worker").await?;
         let c = kube::Api::<celery_operator::crd::Celery>::namespaced(env.admin.clone(), &ns)
             .get("shop")
