@@ -58,8 +58,10 @@ kubectl apply -f deploy/namespace.yaml -f deploy/crd.yaml -f deploy/rbac.yaml
 kubectl wait --for condition=established --timeout=60s crd/celery.celeryproject.org
 
 say "Running celery-operator as system:serviceaccount:celery-operator:celery-operator"
+# The apps' Flower Services exist only as names on this machine: their lookups go to a loopback
+# port where nothing answers (and fail at once) rather than to the machine's DNS server.
 "$BIN" run --kubeconfig "$STATE/operator.kubeconfig" --listen 127.0.0.1:0 --leader-elect=false \
-  --policy-dir "$ROOT/target/policies" \
+  --policy-dir "$ROOT/target/policies" --dns-server 127.0.0.1:9 \
   >"$STATE/logs/celery-operator.log" 2>&1 &
 operator_pid=$!
 echo "    logs: $STATE/logs/celery-operator.log"
