@@ -39,9 +39,10 @@
 #                        KUBE_CA_FILE, CONTROL_PLANE_STATE
 #   pids/<name>.pid, logs/<name>.log, pki/, etcd/, cluster.env (ports and tokens; restart-apiserver
 #   reads it)
-#   logs/audit.log       one JSON line per write (create, update, patch, delete) by the operator's
-#                        ServiceAccount, with its user agent and when it was received: the fault
-#                        tests read which replica wrote what, and when
+#   logs/audit.log       one JSON line per request (watches aside) by the operator's
+#                        ServiceAccount, and per read of a Celery object by anyone, with its user,
+#                        user agent and when it was received: the fault tests read which replica
+#                        wrote what, and when; the API cost benchmark, who read what
 #
 # start wipes what an earlier start left in STATE_DIR (stopping its processes first), so every start
 # is a fresh, empty cluster. If start fails it prints the tail of the failing component's log,
@@ -366,7 +367,10 @@ omitStages: [RequestReceived]
 rules:
   - level: Metadata
     users: ["system:serviceaccount:celery-operator:celery-operator"]
-    verbs: [create, update, patch, delete]
+    verbs: [get, list, create, update, patch, delete]
+  - level: Metadata
+    verbs: [get]
+    resources: [{group: celeryproject.org, resources: [celery]}]
   - level: None
 YAML
 }

@@ -9,7 +9,9 @@ of this repository; nothing of it is copied here). Each run starts a fresh contr
 copies of the Python operator's deploy/cr.yaml (each with its own name and appName), and measures:
 
   - how long until the children of all apps exist (a worker Deployment, a Flower Deployment and a
-    Flower Service each);
+    Flower Service each), and, from watches opened before, per app the time from the app's
+    ADDED event to the last of its children's (p50, p95, max), and from the last app's to the
+    last child's: the client's own time to create the apps apart;
   - once no Deployment or pod has changed for 15 s, over WINDOW seconds: the operator's CPU time, its
     API requests on its own resources (celery, deployments, services, and events apart), read from
     the API server's apiserver_request_total with the operator running minus a window with it
@@ -35,6 +37,7 @@ import sys
 import time
 import urllib.request
 import ssl
+import threading
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NETNS = "celery-side-by-side"
@@ -121,6 +124,59 @@ class Cluster:
         return len([l for l in out.splitlines() if l.strip()])
 
 
+class Arrivals:
+    """When each app and each child was first seen, from watches opened before the apps are
+    created (a thread per kind, each time the monotonic clock when the ADDED event arrived), so
+    how long an operator takes for one app can be told apart from how long the client takes to
+    create all of them."""
+
+    PATHS = {
+        "celery": "/apis/celeryproject.org/v1alpha1/namespaces/{ns}/celery",
+        "deployments": "/apis/apps/v1/namespaces/{ns}/deployments",
+        "services": "/api/v1/namespaces/{ns}/services",
+    }
+
+    def __init__(self, cluster, ns):
+        self.apps, self.children, self.lock = {}, {}, threading.Lock()
+        self.threads = [threading.Thread(target=self.follow, args=(cluster, path.format(ns=ns), kind), daemon=True)
+                        for kind, path in self.PATHS.items()]
+        for t in self.threads:
+            t.start()
+        time.sleep(1)
+
+    def follow(self, cluster, path, kind):
+        ctx = ssl.create_default_context(cafile=cluster.ca)
+        req = urllib.request.Request(f"{cluster.url}{path}?watch=1&timeoutSeconds=900",
+                                     headers={"Authorization": f"Bearer {cluster.token}"})
+        with urllib.request.urlopen(req, context=ctx) as stream:
+            for line in stream:
+                at = time.monotonic()
+                event = json.loads(line)
+                if event.get("type") != "ADDED":
+                    continue
+                meta = event["object"]["metadata"]
+                with self.lock:
+                    if kind == "celery":
+                        self.apps.setdefault(meta["name"], at)
+                        continue
+                    owners = [o["name"] for o in meta.get("ownerReferences", []) if o.get("kind") == "Celery"]
+                    for owner in owners:
+                        self.children.setdefault(owner, {}).setdefault(f"{kind}/{meta['name']}", at)
+
+    def latencies(self, per_app):
+        """Per app, seconds from its ADDED to the last of its `per_app` children's, and the
+        seconds from the last app's ADDED to the last child's."""
+        with self.lock:
+            done = {app: max(seen.values()) for app, seen in self.children.items() if len(seen) >= per_app}
+            per = sorted(done[app] - at for app, at in self.apps.items() if app in done)
+            tail = max(done.values()) - max(self.apps.values()) if done and self.apps else float("nan")
+        return per, tail
+
+
+def percentile(values, q):
+    return values[min(len(values) - 1, int(q * len(values)))] if values else float("nan")
+
+
 def settle(cluster, ns, quiet=15, limit=300):
     """Waits until no Deployment or pod in `ns` has changed for `quiet` seconds (the pods
     scheduled, the Deployments' status written): idle means idle for both operators."""
@@ -182,6 +238,7 @@ def run_once(which, checkout, args, scratch):
             raise RuntimeError(f"{which} exited with {operator.returncode}:\n{tail}")
         _, _, idle_rss = proc(operator.pid)
 
+        arrivals = Arrivals(cluster, ns)
         started = time.monotonic()
         cluster.kubectl("create", "-n", ns, "-f", "-", stdin=resources(checkout, args.apps))
         submitted = time.monotonic() - started
@@ -190,6 +247,10 @@ def run_once(which, checkout, args, scratch):
                 raise RuntimeError(f"{which}: children of {args.apps} apps not there after 600 s")
             time.sleep(0.5)
         created = time.monotonic() - started
+        time.sleep(1)
+        per_app, tail = arrivals.latencies(3)
+        if len(per_app) != args.apps:
+            raise RuntimeError(f"{which}: the watches saw the children of {len(per_app)} apps of {args.apps}")
 
         settle(cluster, ns)
         before, (cpu0, _, _) = cluster.requests(), proc(operator.pid)
@@ -216,6 +277,10 @@ def run_once(which, checkout, args, scratch):
             "threads": threads,
             "children_created_s": created,
             "resources_created_s": submitted,
+            "app_p50_ms": percentile(per_app, 0.5) * 1000,
+            "app_p95_ms": percentile(per_app, 0.95) * 1000,
+            "app_max_ms": per_app[-1] * 1000,
+            "after_last_app_s": tail,
             "rss_mib": rss,
             "idle_rss_mib": idle_rss,
         }
@@ -255,6 +320,10 @@ def main():
         ("threads", "threads", "{:.0f}"),
         ("children of all apps created (s)", "children_created_s", "{:.1f}"),
         ("of which kubectl creating the apps (s)", "resources_created_s", "{:.1f}"),
+        ("one app's children, from its creation: p50 (ms)", "app_p50_ms", "{:.0f}"),
+        ("one app's children, from its creation: p95 (ms)", "app_p95_ms", "{:.0f}"),
+        ("one app's children, from its creation: max (ms)", "app_max_ms", "{:.0f}"),
+        ("last child after the last app was created (s)", "after_last_app_s", "{:.2f}"),
         (f"RSS with {args.apps} apps (MiB)", "rss_mib", "{:.0f}"),
         ("RSS before any app (MiB)", "idle_rss_mib", "{:.0f}"),
     ]

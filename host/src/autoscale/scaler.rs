@@ -48,9 +48,10 @@ use crate::spec::{Handoff, Plan, Tuning};
 use crate::telemetry::{FailureCause, Metrics};
 
 /// The status is written at once when a decision, a scale or the condition changes, and
-/// otherwise at most this often, so an app whose figures stand still costs one write a
-/// minute, and 1,000 apps sampled every second do not write 1,000 statuses a second.
-const STATUS_REFRESH: Duration = Duration::from_secs(60);
+/// otherwise at most this often, so an app whose figures stand still costs one write every two
+/// minutes (the API cost goal is at most one a minute, the operator's Lease included), and
+/// 1,000 apps sampled every second do not write 1,000 statuses a second.
+const STATUS_REFRESH: Duration = Duration::from_secs(120);
 /// An app whose count is held (its broker, Flower or policy failing) for the same cause as its
 /// status already says is written this often: a hold that repeats the last one changed
 /// nothing, and 100 apps on a dead broker should not cost 100 writes a minute.

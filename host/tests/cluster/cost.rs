@@ -1,7 +1,7 @@
 //! What a Celery app costs the API server once nothing changes: its reconciles follow its
 //! spec and children, not the autoscaler's status writes, and a steady autoscaled app is
-//! written at most once a minute. Counted from the API server's audit log of the operator's
-//! writes (a count over a window, whatever the machine's speed).
+//! written at most once every two minutes and read not at all. Counted from the API server's
+//! audit log of the operator's requests (a count over a window, whatever the machine's speed).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,7 +9,7 @@ use std::time::Duration;
 use crate::Harness;
 use crate::lifecycle::{create, deployment};
 use crate::servers::{free_port, redis_server};
-use crate::support::{WAIT, eventually, http_get};
+use crate::support::{OPERATOR_USER, WAIT, eventually, http_get};
 
 /// Every test: name, whether it needs the control plane to itself, body.
 pub const TESTS: &[crate::TestCase] = &[
@@ -61,6 +61,15 @@ spec:
     let statuses = writes.iter().filter(|w| w.resource == "celery").count();
     assert!(children.is_empty(), "children were applied though nothing changed: {children:#?}");
     assert!(statuses <= 1, "{statuses} status writes in 40 s of a steady app: {writes:#?}");
+    // Nor read: the app and its children come from the watches' caches.
+    let reads: Vec<_> = h
+        .control_plane
+        .audited()
+        .into_iter()
+        .filter(|r| r.user == OPERATOR_USER && r.namespace == ns && r.received > from)
+        .filter(|r| r.verb == "get" && matches!(r.resource.as_str(), "celery" | "deployments" | "services"))
+        .collect();
+    assert!(reads.is_empty(), "a steady app's objects were read: {reads:#?}");
     operator.stop().await;
 }
 

@@ -70,7 +70,14 @@ impl ControlPlane {
 
     /// Writes (create, update, patch, delete) the operator's ServiceAccount made, from the API
     /// server's audit log.
-    pub fn audited_writes(&self) -> Vec<AuditedWrite> {
+    pub fn audited_writes(&self) -> Vec<AuditedRequest> {
+        const WRITES: [&str; 4] = ["create", "update", "patch", "delete"];
+        self.audited().into_iter().filter(|w| w.user == OPERATOR_USER && WRITES.contains(&w.verb.as_str())).collect()
+    }
+
+    /// Every request in the API server's audit log: the operator's ServiceAccount's (watches
+    /// aside), and anyone's read of a Celery object (see hack/control-plane.sh).
+    pub fn audited(&self) -> Vec<AuditedRequest> {
         let text = std::fs::read_to_string(self.state.join("logs/audit.log")).unwrap_or_default();
         text.lines()
             .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
@@ -78,11 +85,13 @@ impl ControlPlane {
                 let received = e.get("requestReceivedTimestamp")?.as_str()?.parse::<jiff::Timestamp>().ok()?;
                 let object = e.get("objectRef").cloned().unwrap_or_default();
                 let field = |v: &serde_json::Value, k: &str| v.get(k).and_then(|x| x.as_str()).unwrap_or_default().to_string();
-                Some(AuditedWrite {
+                Some(AuditedRequest {
                     received,
+                    user: e.get("user").map(|u| field(u, "username")).unwrap_or_default(),
                     user_agent: field(&e, "userAgent"),
                     verb: field(&e, "verb"),
                     resource: field(&object, "resource"),
+                    subresource: field(&object, "subresource"),
                     namespace: field(&object, "namespace"),
                     name: field(&object, "name"),
                     code: e.get("responseStatus").and_then(|r| r.get("code")).and_then(|c| c.as_i64()).unwrap_or_default(),
@@ -132,13 +141,18 @@ impl Drop for ControlPlane {
     }
 }
 
-/// One write request, as the API server's audit log recorded it.
+/// The user the operator runs as in the test control plane (hack/control-plane.sh).
+pub const OPERATOR_USER: &str = "system:serviceaccount:celery-operator:celery-operator";
+
+/// One request, as the API server's audit log recorded it.
 #[derive(Clone, Debug)]
-pub struct AuditedWrite {
+pub struct AuditedRequest {
     pub received: jiff::Timestamp,
+    pub user: String,
     pub user_agent: String,
     pub verb: String,
     pub resource: String,
+    pub subresource: String,
     pub namespace: String,
     pub name: String,
     pub code: i64,
