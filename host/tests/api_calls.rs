@@ -193,3 +193,16 @@ async fn a_fixed_count_is_applied_by_the_reconciler_alone() {
     assert_eq!(worker.len(), 2, "a read and the apply: {s:?}");
     assert_eq!(worker[1].body["spec"]["replicas"], 2);
 }
+
+#[tokio::test]
+async fn a_new_app_writes_its_three_children_at_once() {
+    // Two round trips to all three children (reads, then writes): Flower's do not wait for the
+    // worker's apply and scale, which take two more.
+    let c = celery("autoscaling: {policy: queue-length, minReplicas: 1, maxReplicas: 6}");
+    let calls = run(c, None).await;
+    let s = summary(&calls);
+    let at = |call: &str| s.iter().position(|c| c == call).unwrap_or_else(|| panic!("no {call} in {s:?}"));
+    let scale = at("PATCH deployments/shop-celery-worker celery-operator-autoscaler");
+    assert!(at("PATCH deployments/shop-flower celery-operator") < scale, "{s:?}");
+    assert!(at("PATCH services/shop-flower celery-operator") < scale, "{s:?}");
+}

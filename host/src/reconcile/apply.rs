@@ -154,36 +154,49 @@ pub async fn children(client: &Client, celery: &Celery, scaling: &Scaling) -> Re
     let services: Api<Service> = Api::namespaced(client.clone(), &ns);
     let flower_name = names::flower_name(celery);
 
-    // The worker is read and applied while Flower's two children are read; they are applied
-    // once the worker is: a new app waits four round trips, not seven. As before, a worker
-    // whose name is taken stops the app, while a taken Flower name leaves the worker applied.
+    // All three are read at once, then written at once: a new app waits two round trips for
+    // its children (the worker's scale, when a policy owns the count, a third). As before, a
+    // worker whose name is taken stops the app, while a taken Flower name leaves the worker
+    // applied.
     let worker_name = names::worker_name(celery);
-    let worker_first = async {
-        let existing = read_own(&deployments, &worker_name, celery).await?;
-        apply_worker(&deployments, celery, scaling, existing).await
-    };
     let (worker, flower, service) = tokio::join!(
-        worker_first,
+        read_own(&deployments, &worker_name, celery),
         read_own(&deployments, &flower_name, celery),
         read_own(&services, &flower_name, celery),
     );
-    let (worker, flower, service) = (worker?, flower?, service?);
-    let (worker, (flower, flower_service)) = if celery.spec.flower_spec.enabled {
+    let worker = worker?;
+    let (flower, service) = match (flower, service) {
+        (Ok(flower), Ok(service)) => (flower, service),
+        (Err(e), _) | (_, Err(e)) => {
+            apply_worker(&deployments, celery, scaling, worker).await?;
+            return Err(e);
+        }
+    };
+    let worker = apply_worker(&deployments, celery, scaling, worker);
+    let (worker, flower, flower_service) = if celery.spec.flower_spec.enabled {
         let (flower_deployment, flower_service) = (build::flower_deployment(celery)?, build::flower_service(celery)?);
-        let (flower, service) = tokio::try_join!(
+        let (worker, flower, service) = tokio::try_join!(
+            worker,
             apply_deployment(&deployments, &flower_deployment, flower.as_ref()),
             apply(&services, &flower_service, FIELD_MANAGER),
         )?;
-        (worker, (Some(flower), Some(service.name_any())))
+        (worker, Some(flower), Some(service.name_any()))
     } else {
         // Only what this app controls is deleted; an unowned object of that name is the user's.
-        if flower.as_ref().is_some_and(|d| controlled_by(d, celery)) {
-            delete(&deployments, &flower_name, celery).await?;
-        }
-        if service.as_ref().is_some_and(|s| controlled_by(s, celery)) {
-            delete(&services, &flower_name, celery).await?;
-        }
-        (worker, (None, None))
+        let delete_flower = async {
+            match flower {
+                Some(d) if controlled_by(&d, celery) => delete(&deployments, &flower_name, celery).await,
+                _ => Ok(()),
+            }
+        };
+        let delete_service = async {
+            match service {
+                Some(s) if controlled_by(&s, celery) => delete(&services, &flower_name, celery).await,
+                _ => Ok(()),
+            }
+        };
+        let (worker, (), ()) = tokio::try_join!(worker, delete_flower, delete_service)?;
+        (worker, None, None)
     };
     Ok(Applied { worker, flower, flower_service })
 }
