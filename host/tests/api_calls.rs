@@ -206,3 +206,48 @@ async fn a_new_app_writes_its_three_children_at_once() {
     assert!(at("PATCH deployments/shop-flower celery-operator") < scale, "{s:?}");
     assert!(at("PATCH services/shop-flower celery-operator") < scale, "{s:?}");
 }
+
+/// An applied body as the API server would then hold it, written by `managers`.
+fn stored<K: serde::de::DeserializeOwned>(body: &Value, managers: &[&str]) -> K {
+    let mut object = body.clone();
+    object["metadata"]["managedFields"] = managers
+        .iter()
+        .map(|m| json!({"manager": m, "operation": "Apply", "fieldsType": "FieldsV1", "fieldsV1": {"f:spec": {"f:replicas": {}}}}))
+        .collect();
+    serde_json::from_value(object).unwrap()
+}
+
+fn store<K>(objects: Vec<K>) -> kube::runtime::reflector::Store<K>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + 'static,
+{
+    let (reader, mut writer) = kube::runtime::reflector::store();
+    for object in objects {
+        writer.apply_watcher_event(&kube::runtime::watcher::Event::Apply(object));
+    }
+    reader
+}
+
+#[tokio::test]
+async fn the_reconcile_a_new_app_triggers_finds_its_children_as_applied() {
+    // A new app's creation wakes its reconciler again (its children appear in the watches): that
+    // reconcile must find the children just written as applied, or it reads and writes all three
+    // again.
+    let c = celery("autoscaling: {policy: queue-length, minReplicas: 1, maxReplicas: 6}");
+    let calls = run(c.clone(), None).await;
+    let body = |path: &str| {
+        let manager = |call: &Call| call.uri.split("fieldManager=").nth(1).and_then(|m| m.split('&').next()).map(str::to_owned);
+        let call = calls.iter().find(|call| {
+            call.method == Method::PATCH
+                && call.uri.split('?').next().unwrap_or_default().ends_with(path)
+                && manager(call).as_deref() == Some(FIELD_MANAGER)
+        });
+        call.unwrap_or_else(|| panic!("no apply of {path}: {:?}", summary(&calls))).body.clone()
+    };
+    let worker = stored(&body("/deployments/shop-celery-worker"), &[FIELD_MANAGER, SCALER_MANAGER]);
+    let flower = stored(&body("/deployments/shop-flower"), &[FIELD_MANAGER]);
+    let service = stored(&body("/services/shop-flower"), &[FIELD_MANAGER]);
+    let cached = apply::Cached { deployments: vec![store(vec![worker, flower])], services: vec![store(vec![service])] };
+    let scaling = validate::validate(&c.spec).unwrap();
+    assert!(apply::unchanged(&cached, &c, &scaling).is_some(), "the children just created are re-applied");
+}

@@ -251,8 +251,12 @@ async fn apply_worker(
     };
     match current {
         None => {
+            // Created with its first count, but stamped as the worker later reconciles build
+            // (without `replicas`), so that the reconcile its creation triggers finds it as
+            // applied and writes nothing (it re-applied all three children before).
             let initial = scaling.initial_replicas(celery.spec.worker_spec.num_of_workers);
-            apply(api, &build::worker_deployment(celery, Some(initial))?, FIELD_MANAGER).await?;
+            let stamp = digest(&build::worker_deployment(celery, None)?);
+            apply_stamped(api, &build::worker_deployment(celery, Some(initial))?, FIELD_MANAGER, Some(stamp)).await?;
             scale(api, celery, &name, initial).await
         }
         Some(existing) => {
@@ -345,10 +349,19 @@ async fn apply<K>(api: &Api<K>, object: &K, manager: &str) -> Result<K, ApplyErr
 where
     K: Resource<DynamicType = ()> + Clone + Serialize + DeserializeOwned + std::fmt::Debug,
 {
+    apply_stamped(api, object, manager, None).await
+}
+
+/// Applies `object` as `manager`; the reconciler's applies carry [`APPLIED_ANNOTATION`], the
+/// digest of `object` unless `stamp` says otherwise.
+async fn apply_stamped<K>(api: &Api<K>, object: &K, manager: &str, stamp: Option<String>) -> Result<K, ApplyError>
+where
+    K: Resource<DynamicType = ()> + Clone + Serialize + DeserializeOwned + std::fmt::Debug,
+{
     let name = object.meta().name.clone().unwrap_or_default();
     let mut object = object.clone();
     if manager == FIELD_MANAGER {
-        let stamp = digest(&object);
+        let stamp = stamp.unwrap_or_else(|| digest(&object));
         object.meta_mut().annotations.get_or_insert_default().insert(APPLIED_ANNOTATION.into(), stamp);
     }
     // Server-side apply needs apiVersion and kind in the body; k8s-openapi types omit them.
