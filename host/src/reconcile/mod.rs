@@ -41,6 +41,12 @@ const RESYNC: Duration = Duration::from_secs(300);
 const MAX_BACKOFFS: usize = 4096;
 /// How often an app whose children's names are taken looks again.
 const CONFLICT_RECHECK: Duration = Duration::from_secs(15);
+/// While only a rollout's counts move (see [`status::only_progress`]), the status follows them
+/// at most this often: 100 new apps rolling out wrote about five statuses each before.
+const PROGRESS_WRITE: Duration = Duration::from_secs(1);
+/// How long a status this replica wrote is trusted over the cache's copy of it (the watch
+/// brings the write back within milliseconds; a reconcile in between would write it again).
+const WRITTEN_TRUSTED: Duration = Duration::from_secs(5);
 
 /// What every reconcile shares.
 pub struct Context {
@@ -56,6 +62,8 @@ pub struct Context {
     children: apply::Cached,
     /// Consecutive failures per object, for exponential backoff.
     failures: Mutex<HashMap<ObjectRef<Celery>, u32>>,
+    /// The reconciler's part of the status last written per object, and when.
+    written: Mutex<HashMap<ObjectRef<Celery>, (Instant, CeleryStatus)>>,
     /// Whether this replica may write (its leader term).
     leadership: Arc<Leadership>,
 }
@@ -77,6 +85,7 @@ impl Context {
             handoff,
             children,
             failures: Mutex::default(),
+            written: Mutex::default(),
             leadership,
         }
     }
@@ -171,25 +180,27 @@ async fn run_pipeline(celery: &Arc<Celery>, ctx: &Context, app: &str) -> Result<
         return Err(Error::NotLeader { app: app.to_string() });
     }
     publish_transitions(ctx, celery, old_conditions, &new_status.conditions).await;
-    write_status(ctx, celery, &new_status, app).await?;
+    // A status held back for a moment is written by the reconcile this requeue brings.
+    let deferred = write_status(ctx, celery, &new_status, app).await?;
+    let resync = deferred.unwrap_or(RESYNC);
 
     match outcome {
         Outcome::Applied { problem: None, .. } => {
             info!(app, policy = new_status.policy.as_deref().unwrap_or("none"), "reconciled");
-            Ok(Action::requeue(RESYNC))
+            Ok(Action::requeue(resync))
         }
         Outcome::Applied { problem: Some((reason, message)), .. } => {
             warn!(app, reason, %message, "children applied, but the scaling policy cannot be used");
-            Ok(Action::requeue(RESYNC))
+            Ok(Action::requeue(resync))
         }
         Outcome::Failed { reason, message } => {
             warn!(app, reason, %message, "cannot run this Celery app as specified");
             if reason == NAME_CONFLICT {
                 // The conflicting object is not watched (it is not ours): look again, so
                 // deleting or renaming it heals the app without an edit of the app.
-                Ok(Action::requeue(CONFLICT_RECHECK))
+                Ok(Action::requeue(deferred.unwrap_or(CONFLICT_RECHECK)))
             } else {
-                Ok(Action::await_change())
+                Ok(deferred.map_or_else(Action::await_change, Action::requeue))
             }
         }
     }
@@ -214,16 +225,36 @@ async fn publish_transitions(ctx: &Context, celery: &Celery, old: &[Condition], 
     }
 }
 
-/// Writes the status with server-side apply, and only when it changed, so a status write does
-/// not wake the controller into another identical write.
-async fn write_status(ctx: &Context, celery: &Celery, status: &CeleryStatus, app: &str) -> Result<(), Error> {
+/// Writes the status with server-side apply, and only when it changed: not when it matches
+/// the object's, nor what this replica wrote a moment ago (the cache may not hold that yet).
+/// A change that is only a rollout's progress waits until [`PROGRESS_WRITE`] after the last
+/// write; `Some(wait)` then says when to reconcile again to write it.
+async fn write_status(ctx: &Context, celery: &Celery, status: &CeleryStatus, app: &str) -> Result<Option<Duration>, Error> {
     if celery.status.as_ref().map(status::reconciler_part).as_ref() == Some(status) {
-        return Ok(());
+        return Ok(None);
+    }
+    let key = ObjectRef::from_obj(celery);
+    let last = ctx.written.lock().expect("written status lock").get(&key).cloned();
+    if let Some((at, written)) = last {
+        let age = at.elapsed();
+        if age < WRITTEN_TRUSTED && written == *status {
+            return Ok(None);
+        }
+        if age < PROGRESS_WRITE && status::only_progress(&written, status) {
+            return Ok(Some(PROGRESS_WRITE - age));
+        }
     }
     ctx.writer.status(celery, status).await.map_err(|source| match source {
         WriteError::NotLeader => Error::NotLeader { app: app.to_string() },
         source => Error::Status { app: app.to_string(), source },
-    })
+    })?;
+    let mut written = ctx.written.lock().expect("written status lock");
+    // Bounded like the failure counts: an entry forgotten costs at most one repeated write.
+    if written.len() >= MAX_BACKOFFS && !written.contains_key(&key) {
+        written.clear();
+    }
+    written.insert(key, (Instant::now(), status.clone()));
+    Ok(None)
 }
 
 /// Retries a failed reconcile with exponential backoff: 1 s, 2 s, 4 s … up to 5 minutes.

@@ -126,6 +126,20 @@ pub fn reconciler_part(status: &CeleryStatus) -> CeleryStatus {
     }
 }
 
+/// Whether `new` differs from `old` only in how far a rollout has come: the replica counts, and
+/// the condition messages and times that quote them, with every condition's status and reason
+/// as before. Such a change can wait a moment and be written together with the next one.
+pub fn only_progress(old: &CeleryStatus, new: &CeleryStatus) -> bool {
+    let same_conditions = old.conditions.len() == new.conditions.len()
+        && old.conditions.iter().zip(&new.conditions).all(|(a, b)| (&a.type_, &a.status, &a.reason) == (&b.type_, &b.status, &b.reason));
+    same_conditions
+        && old.observed_generation == new.observed_generation
+        && old.flower_service == new.flower_service
+        && old.policy == new.policy
+        && old.queue_backlog == new.queue_backlog
+        && old.autoscaler == new.autoscaler
+}
+
 /// The conditions whose status or reason differ from before: the only ones worth an event.
 pub fn transitions<'a>(old: &[Condition], new: &'a [Condition]) -> Vec<&'a Condition> {
     new.iter().filter(|c| !old.iter().any(|o| o.type_ == c.type_ && o.status == c.status && o.reason == c.reason)).collect()
@@ -274,6 +288,28 @@ status: {observedGeneration: 2, replicas: 2, readyReplicas: 2, updatedReplicas: 
         assert_eq!(get(&s, DEGRADED).status, "False");
         assert_eq!(s.workers, Some(ReplicaStatus { desired: 2, ready: 2, updated: 2 }));
         assert_eq!(s.policy.as_deref(), Some("none"));
+    }
+
+    #[test]
+    fn a_replica_count_that_moves_is_only_progress_a_condition_that_flips_is_not() {
+        let celery = celery_with_status("[]");
+        let scaling = Scaling::Fixed { replicas: 2 };
+        let status_with = |ready: i32, generation: i64| {
+            let worker = deployment(&format!(
+                "
+metadata: {{name: w, generation: {generation}}}
+spec: {{replicas: 2, selector: {{}}, template: {{}}}}
+status: {{observedGeneration: {generation}, replicas: 2, readyReplicas: {ready}, updatedReplicas: 2}}
+"
+            ));
+            let outcome = Outcome::Applied { scaling: &scaling, worker: &worker, flower: None, flower_service: None, problem: None };
+            compute(&celery, &outcome, &time("2026-01-01T00:00:00Z"))
+        };
+        let (none, one, two) = (status_with(0, 1), status_with(1, 1), status_with(2, 1));
+        assert!(only_progress(&none, &one), "0/2 → 1/2 ready: the counts and the message move");
+        assert!(!only_progress(&one, &two), "1/2 → 2/2: Ready turns True");
+        assert!(!only_progress(&one, &CeleryStatus { policy: Some("other".into()), ..one.clone() }));
+        assert!(!only_progress(&one, &CeleryStatus { observed_generation: Some(4), ..one.clone() }));
     }
 
     #[test]
