@@ -24,7 +24,10 @@ fail their lookups at once, and no query leaves the machine.
 
 The Kopf operator runs as `kopf run --standalone handlers.py` from a venv made here (kopf 1.36.2,
 the version of the issue's measurement, on this machine's Python 3). celery-operator runs as the
-binary `cargo build` made (target/debug, as in the issue; --release for target/release).
+binary `cargo build` made (target/debug, as in the issue; --release for target/release), as its
+own ServiceAccount with deploy/rbac.yaml's permissions, so the API server's audit log records its
+every request: they are printed, by verb and resource, for the time the apps were being created.
+--only runs one of the two (to try a change).
 """
 
 import argparse
