@@ -6,9 +6,16 @@
 # kwok-stages/ (pods Running and Ready, nodes Ready) and kwok-metrics/ (pod CPU and memory usage
 # taken from pod annotations, served as kubelet-style resource metrics for metrics-server).
 #
+# With REAL_NODE=1 it also builds what a real node runs (hack/control-plane.sh's REAL_NODE=1):
+# kubelet and kube-proxy from the same Kubernetes module (in the same pass, so they reuse its
+# compiled packages), and in node/: containerd v2, its runc shim and ctr, runc (cgo, with
+# Debian's libseccomp-dev), the CNI plugins, CoreDNS, and pause, the sandbox's init process,
+# compiled from hack/node/pause.c, with its image (pause.tar, assembled by umoci).
+#
 # Prints the directory holding the binaries on its last line. A cached build returns at once.
 #
-#   hack/build-control-plane.sh            # build (or reuse) everything
+#   hack/build-control-plane.sh            # build (or reuse) the control plane
+#   REAL_NODE=1 hack/build-control-plane.sh   # ... and the real node's binaries
 #   CONTROL_PLANE_CACHE=/some/dir hack/build-control-plane.sh
 set -euo pipefail
 
@@ -18,6 +25,14 @@ KWOK_VERSION=${KWOK_VERSION:-v0.8.0}
 # v0.9.0, not v0.8.1: the module proxy serves only v0.8.0 and v0.9.0 of metrics-server, and
 # v0.9.0 is built on the same Kubernetes libraries (v0.36) as the rest.
 METRICS_SERVER_VERSION=${METRICS_SERVER_VERSION:-v0.9.0}
+# The real node's runtime (REAL_NODE=1). Kubernetes 1.36's kubelet needs containerd 2.
+CONTAINERD_VERSION=${CONTAINERD_VERSION:-v2.4.2}
+RUNC_VERSION=${RUNC_VERSION:-v1.5.3}
+CNI_PLUGINS_VERSION=${CNI_PLUGINS_VERSION:-v1.10.0}
+# The cluster's DNS (the kubernetes plugin), run beside the node as a process.
+COREDNS_VERSION=${COREDNS_VERSION:-v1.14.7}
+REAL_NODE=${REAL_NODE:-0}
+HACK_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 CACHE=${CONTROL_PLANE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/celery-operator/control-plane}
 # metrics-server came later; its version is kept in a stamp file beside its binary rather than in
 # this directory's name, so an existing cache gains it without rebuilding Kubernetes.
@@ -47,7 +62,9 @@ build_etcd() {
 
 build_kubernetes() {
   local missing=()
-  for c in kube-apiserver kube-controller-manager kube-scheduler; do
+  local wanted=(kube-apiserver kube-controller-manager kube-scheduler)
+  [ "$REAL_NODE" = 1 ] && wanted+=(kubelet kube-proxy)
+  for c in "${wanted[@]}"; do
     [ -x "$BIN/$c" ] || missing+=("$c")
   done
   [ ${#missing[@]} -eq 0 ] && return
@@ -119,9 +136,54 @@ build_metrics_server() {
   echo "$METRICS_SERVER_VERSION" >"$BIN/metrics-server.version"
 }
 
+# The real node's container runtime, in node/ with a stamp of the versions it was built from
+# (a changed version rebuilds only node/).
+NODE_REVISION="containerd-$CONTAINERD_VERSION runc-$RUNC_VERSION cni-$CNI_PLUGINS_VERSION coredns-$COREDNS_VERSION pause-$(sha256sum "$HACK_DIR/node/pause.c" | cut -c1-12)"
+build_node_runtime() {
+  [ "$(cat "$BIN/node/revision" 2>/dev/null)" = "$NODE_REVISION" ] && return
+  log "building the real node's runtime: $NODE_REVISION (first run only: a few minutes)"
+  local t="$BIN/node.tmp"
+  rm -rf "$t"; mkdir -p "$t/cni"
+  # containerd without the btrfs snapshotter (cgo, and a header Debian ships separately); the
+  # overlayfs and native snapshotters are pure Go.
+  GOBIN="$t" go install -tags no_btrfs -ldflags "-s -w -X github.com/containerd/containerd/v2/version.Version=$CONTAINERD_VERSION" \
+    "github.com/containerd/containerd/v2/cmd/containerd@$CONTAINERD_VERSION" \
+    "github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2@$CONTAINERD_VERSION" \
+    "github.com/containerd/containerd/v2/cmd/ctr@$CONTAINERD_VERSION"
+  # runc filters system calls with libseccomp, through cgo.
+  [ -e /usr/include/seccomp.h ] || { log "runc needs libseccomp-dev (apt-get install libseccomp-dev)"; exit 1; }
+  CGO_ENABLED=1 GOBIN="$t" go install -tags seccomp -ldflags "-s -w -X main.version=${RUNC_VERSION#v}" \
+    "github.com/opencontainers/runc@$RUNC_VERSION"
+  # The pod network: a bridge, addresses from a local range, the pod's loopback, hostPort.
+  local p pkgs=()
+  for p in main/bridge main/loopback ipam/host-local meta/portmap; do
+    pkgs+=("github.com/containernetworking/plugins/plugins/$p@$CNI_PLUGINS_VERSION")
+  done
+  GOBIN="$t/cni" go install -ldflags "-s -w" "${pkgs[@]}"
+  GOBIN="$t" go install -ldflags "-s -w" "github.com/coredns/coredns@$COREDNS_VERSION"
+  # The pod sandbox's init process: a static binary that sleeps and reaps (no image to pull).
+  cc -static -Os -o "$t/pause" "$HACK_DIR/node/pause.c"
+  # ... and its image, an OCI archive that containerd imports at every start (localhost/pause:dev).
+  command -v umoci >/dev/null || { log "the pause image needs umoci (apt-get install umoci)"; exit 1; }
+  local oci="$t/pause-oci" bundle="$t/pause-bundle"
+  umoci init --layout "$oci"
+  umoci new --image "$oci:dev"
+  umoci unpack --image "$oci:dev" "$bundle" >/dev/null
+  install -m 0755 "$t/pause" "$bundle/rootfs/pause"
+  umoci repack --image "$oci:dev" "$bundle"
+  umoci config --image "$oci:dev" --config.entrypoint /pause --config.user 65535:65535 \
+    --os linux --architecture amd64
+  umoci gc --layout "$oci"
+  tar -C "$oci" -cf "$t/pause.tar" .
+  rm -rf "$oci" "$bundle"
+  echo "$NODE_REVISION" >"$t/revision"
+  rm -rf "$BIN/node"; mv "$t" "$BIN/node"
+}
+
 build_etcd
 build_kubernetes
 build_kwok
 build_kwok_metrics
 build_metrics_server
+[ "$REAL_NODE" = 1 ] && build_node_runtime
 echo "$BIN"

@@ -48,7 +48,11 @@
 # is a fresh, empty cluster. If start fails it prints the tail of the failing component's log,
 # stops what it started (logs stay) and exits non-zero.
 #
-# Environment: CONTROL_PLANE_TIMEOUT (seconds for each wait, default 60).
+# With REAL_NODE=1, start also runs a real node, real-0 (containerd, runc, a kubelet; see
+# hack/node/real-node.sh), and taints kwok-node-0 so that only pods tolerating
+# kwok.x-k8s.io/node=fake land on it; stop tears the node down with everything it ran.
+#
+# Environment: CONTROL_PLANE_TIMEOUT (seconds for each wait, default 60), REAL_NODE (0 or 1).
 set -euo pipefail
 
 HACK_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -56,6 +60,7 @@ TIMEOUT=${CONTROL_PLANE_TIMEOUT:-60}
 # Started in this order (each waits for the previous one); stopped all at once.
 COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok metrics-server)
 NODE_NAME=kwok-node-0
+REAL_NODE=${REAL_NODE:-0}
 OPERATOR_USER=system:serviceaccount:celery-operator:celery-operator
 OPERATOR_GROUPS=system:serviceaccounts,system:serviceaccounts:celery-operator,system:authenticated
 
@@ -80,28 +85,37 @@ alive() {
   [ -n "$st" ] && [ "$st" != Z ]
 }
 
-# True when the pid file of component $1 names a live process running that component's binary;
-# checking the binary guards against a recycled pid from an old, stale pid file.
+# True when the pid file of component $1 names a live process running that component's binary
+# (named in pids/NAME.exe when it is not NAME); checking the binary guards against a recycled pid
+# from an old, stale pid file.
 running() {
-  local pid argv0
+  local pid argv0 exe=$1
   pid=$(pid_of "$1")
   [ -n "$pid" ] && alive "$pid" || return 1
+  [ -f "$STATE/pids/$1.exe" ] && exe=$(cat "$STATE/pids/$1.exe")
   argv0=$(tr '\0' '\n' <"/proc/$pid/cmdline" 2>/dev/null | head -n1) || return 1
-  [ "$(basename -- "$argv0")" = "$1" ]
+  [ "$(basename -- "$argv0")" = "$exe" ]
 }
 
 # launch NAME ARGS...: run $BIN/NAME in the background, detached into its own session so that it
 # outlives this script and a Ctrl-C or a process-group kill aimed at the caller does not reach it.
 launch() {
   local name=$1; shift
+  launch_cmd "$name" "$BIN/$name" "$@"
+}
+
+# launch_cmd NAME BINARY ARGS...: the same for a binary of another name or place.
+launch_cmd() {
+  local name=$1 exe=$2; shift 2
   mkdir -p "$STATE/pids" "$STATE/logs"
   # Appending keeps the log of the previous run across restart-apiserver.
   echo "=== $(date -u +%FT%TZ) starting $name" >>"$STATE/logs/$name.log"
   # A background job of a non-interactive shell is not a process-group leader, so setsid does not
   # fork and $! is the component's own pid.
-  setsid "$BIN/$name" "$@" >>"$STATE/logs/$name.log" 2>&1 </dev/null &
+  setsid "$exe" "$@" >>"$STATE/logs/$name.log" 2>&1 </dev/null &
   local pid=$! deadline=$((SECONDS + 5))
   echo "$pid" >"$STATE/pids/$name.pid"
+  if [ "$(basename -- "$exe")" = "$name" ]; then rm -f "$STATE/pids/$name.exe"; else basename -- "$exe" >"$STATE/pids/$name.exe"; fi
   # Until setsid has exec'd the binary, /proc shows bash or setsid and running() would call the
   # component dead; let the exec happen (or the process die) first.
   until running "$name" || ! alive "$pid" || [ "$SECONDS" -ge "$deadline" ]; do sleep 0.05; done
@@ -154,7 +168,7 @@ stop_components() {
       sleep 0.1
     done
   done
-  for name in "$@"; do rm -f "$STATE/pids/$name.pid"; done
+  for name in "$@"; do rm -f "$STATE/pids/$name.pid" "$STATE/pids/$name.exe"; done
 }
 
 free_ports() {
@@ -222,9 +236,9 @@ make_pki() {
 
 # The ports, tokens and binary directory of this cluster; restart-apiserver and status read them.
 write_cluster_env() {
-  local p; read -r -a p <<<"$(free_ports 7)"
+  local p; read -r -a p <<<"$(free_ports 13)"
   local t=()
-  for _ in 1 2 3 4 5 6; do t+=("$(openssl rand -hex 24)"); done
+  for _ in 1 2 3 4 5 6 7 8 9; do t+=("$(openssl rand -hex 24)"); done
   cat >"$STATE/cluster.env" <<EOF
 BIN='$BIN'
 ETCD_PORT=${p[0]}
@@ -234,12 +248,22 @@ KCM_PORT=${p[3]}
 SCHEDULER_PORT=${p[4]}
 KWOK_PORT=${p[5]}
 METRICS_SERVER_PORT=${p[6]}
+KUBELET_PORT=${p[7]}
+KUBELET_HEALTHZ_PORT=${p[8]}
+KUBE_PROXY_HEALTHZ_PORT=${p[9]}
+KUBE_PROXY_METRICS_PORT=${p[10]}
+COREDNS_HEALTH_PORT=${p[11]}
+COREDNS_READY_PORT=${p[12]}
+REAL_NODE=$REAL_NODE
 ADMIN_TOKEN=${t[0]}
 OPERATOR_TOKEN=${t[1]}
 KCM_TOKEN=${t[2]}
 SCHEDULER_TOKEN=${t[3]}
 KWOK_TOKEN=${t[4]}
 METRICS_SERVER_TOKEN=${t[5]}
+KUBELET_TOKEN=${t[6]}
+KUBE_PROXY_TOKEN=${t[7]}
+COREDNS_TOKEN=${t[8]}
 EOF
   chmod 600 "$STATE/cluster.env"
 }
@@ -262,6 +286,9 @@ $KCM_TOKEN,kube-controller-manager,kube-controller-manager,"system:masters"
 $SCHEDULER_TOKEN,kube-scheduler,kube-scheduler,"system:masters"
 $KWOK_TOKEN,kwok,kwok,"system:masters"
 $METRICS_SERVER_TOKEN,metrics-server,metrics-server,"system:masters"
+$KUBELET_TOKEN,system:node:real-0,system:node:real-0,"system:nodes,system:masters"
+$KUBE_PROXY_TOKEN,system:kube-proxy,system:kube-proxy,"system:masters"
+$COREDNS_TOKEN,coredns,coredns,"system:masters"
 EOF
   chmod 600 "$STATE/pki/tokens.csv"
 }
@@ -297,6 +324,9 @@ write_kubeconfigs() {
   write_kubeconfig "$STATE/pki/kube-scheduler.kubeconfig" kube-scheduler "$SCHEDULER_TOKEN"
   write_kubeconfig "$STATE/pki/kwok.kubeconfig" kwok "$KWOK_TOKEN"
   write_kubeconfig "$STATE/pki/metrics-server.kubeconfig" metrics-server "$METRICS_SERVER_TOKEN"
+  write_kubeconfig "$STATE/pki/kubelet.kubeconfig" system:node:real-0 "$KUBELET_TOKEN"
+  write_kubeconfig "$STATE/pki/kube-proxy.kubeconfig" system:kube-proxy "$KUBE_PROXY_TOKEN"
+  write_kubeconfig "$STATE/pki/coredns.kubeconfig" coredns "$COREDNS_TOKEN"
   cat >"$STATE/env" <<EOF
 export CONTROL_PLANE_STATE='$STATE'
 export KUBECONFIG='$STATE/admin.kubeconfig'
@@ -329,8 +359,13 @@ etcd_healthy() { curl -fsS --max-time 2 "http://127.0.0.1:$ETCD_PORT/health" | g
 #   and that controller (which also evicts pods from nodes it deems unhealthy) is not run here.
 # --requestheader-*/--proxy-client-*: the aggregation layer, for metrics.k8s.io later on.
 start_apiserver() {
-  local pki="$STATE/pki"
-  launch kube-apiserver \
+  local pki="$STATE/pki" kubelet_client=()
+  # The real node's kubelet (logs, exec) trusts this client certificate.
+  [ -f "$pki/apiserver-kubelet-client.crt" ] && kubelet_client=(
+    --kubelet-client-certificate="$pki/apiserver-kubelet-client.crt"
+    --kubelet-client-key="$pki/apiserver-kubelet-client.key"
+    --kubelet-preferred-address-types=InternalIP)
+  launch kube-apiserver "${kubelet_client[@]}" \
     --etcd-servers="http://127.0.0.1:$ETCD_PORT" \
     --bind-address=127.0.0.1 --secure-port="$APISERVER_PORT" \
     --advertise-address=127.0.0.1 --endpoint-reconciler-type=none \
@@ -381,11 +416,14 @@ apiserver_ready() {
 
 start_controller_manager() {
   local kc="$STATE/pki/kube-controller-manager.kubeconfig"
+  local controllers=deployment-controller,replicaset-controller,garbage-collector-controller,namespace-controller,serviceaccount-controller,serviceaccount-token-controller
+  # The real node routes Services (kube-proxy) and names them (CoreDNS) from their EndpointSlices.
+  [ "$REAL_NODE" = 1 ] && controllers+=,endpointslice-controller
   launch kube-controller-manager \
     --kubeconfig="$kc" --authentication-kubeconfig="$kc" --authorization-kubeconfig="$kc" \
     --bind-address=127.0.0.1 --secure-port="$KCM_PORT" --cert-dir="$STATE/kube-controller-manager" \
     --leader-elect=false \
-    --controllers=deployment-controller,replicaset-controller,garbage-collector-controller,namespace-controller,serviceaccount-controller,serviceaccount-token-controller \
+    --controllers="$controllers" \
     --use-service-account-credentials=false \
     --service-account-private-key-file="$STATE/pki/sa.key" \
     --root-ca-file="$STATE/pki/ca.crt"
@@ -569,6 +607,10 @@ EOF
 
 cmd_stop() {
   [ -d "$STATE" ] || return 0
+  # shellcheck disable=SC1091
+  [ -f "$STATE/cluster.env" ] && . "$STATE/cluster.env"
+  # The node first: its kubelet would otherwise restart what is being stopped.
+  stop_real_node
   stop_components "${COMPONENTS[@]}"
 }
 
@@ -584,13 +626,17 @@ cmd_start() {
   local t0=$SECONDS
   cmd_stop
   # A fresh cluster every time: stale etcd data or certificates would not match new ports/tokens.
-  rm -rf "$STATE"/{etcd,pki,pids,logs,kube-apiserver,kube-controller-manager} \
+  rm -rf "$STATE"/{etcd,pki,pids,logs,kube-apiserver,kube-controller-manager,node} \
     "$STATE"/{cluster.env,env,admin.kubeconfig,operator.kubeconfig}
   mkdir -p "$STATE/pids" "$STATE/logs"
 
-  BIN=$("$HACK_DIR/build-control-plane.sh" | tail -n1)
+  BIN=$(REAL_NODE=$REAL_NODE "$HACK_DIR/build-control-plane.sh" | tail -n1)
   local c
   for c in "${COMPONENTS[@]}"; do [ -x "$BIN/$c" ] || die "$BIN/$c is missing"; done
+  if [ "$REAL_NODE" = 1 ]; then
+    real_node_preflight || die "cannot start the real node (see above)"
+    COMPONENTS+=("${REAL_NODE_COMPONENTS[@]}")
+  fi
 
   # Leave nothing running behind a failed start; the logs stay for the post-mortem.
   trap on_failed_start EXIT
@@ -598,6 +644,7 @@ cmd_start() {
   write_cluster_env
   load_cluster_env
   make_pki
+  [ "$REAL_NODE" = 1 ] && make_node_pki
   write_tokens
   write_kubeconfigs
   write_audit_policy
@@ -608,6 +655,7 @@ cmd_start() {
   start_scheduler
   start_kwok
   start_metrics_server
+  [ "$REAL_NODE" = 1 ] && start_real_node
 
   trap - EXIT
   log "ready in $((SECONDS - t0))s: https://127.0.0.1:$APISERVER_PORT (source $STATE/env)"
@@ -636,6 +684,9 @@ cmd_start_apiserver() {
 
 cmd_status() {
   local c all=0
+  # shellcheck disable=SC1091
+  [ -f "$STATE/cluster.env" ] && . "$STATE/cluster.env"
+  [ "${REAL_NODE:-0}" = 1 ] && COMPONENTS+=("${REAL_NODE_COMPONENTS[@]}")
   for c in "${COMPONENTS[@]}"; do
     if running "$c"; then
       printf '%-24s running (pid %s)\n' "$c" "$(pid_of "$c")"
@@ -646,6 +697,9 @@ cmd_status() {
   done
   return $all
 }
+
+# shellcheck source=hack/node/real-node.sh
+. "$HACK_DIR/node/real-node.sh"
 
 [ $# -eq 2 ] || usage
 STATE=$(realpath -m -- "$2")

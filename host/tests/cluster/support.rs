@@ -42,15 +42,26 @@ pub fn repo_root() -> PathBuf {
 /// A running control plane, stopped on drop.
 pub struct ControlPlane {
     pub state: PathBuf,
+    /// Started with its real node (`REAL_NODE=1`).
+    pub real_node: bool,
 }
 
 impl ControlPlane {
     /// Starts the control plane (building its binaries on the first run).
     pub fn start() -> Result<Self, String> {
+        Self::start_in("celery-operator-tests", false)
+    }
+
+    /// Starts it with its real node, real-0 (hack/node/real-node.sh), beside kwok's.
+    pub fn start_with_real_node() -> Result<Self, String> {
+        Self::start_in("celery-operator-real-node", true)
+    }
+
+    fn start_in(prefix: &str, real_node: bool) -> Result<Self, String> {
         let state = std::env::var_os("CONTROL_PLANE_STATE")
             .map(PathBuf::from)
-            .unwrap_or_else(|| std::env::temp_dir().join(format!("celery-operator-tests-{}", std::process::id())));
-        let cp = Self { state };
+            .unwrap_or_else(|| std::env::temp_dir().join(format!("{prefix}-{}", std::process::id())));
+        let cp = Self { state, real_node };
         cp.script("start")?;
         Ok(cp)
     }
@@ -104,6 +115,7 @@ impl ControlPlane {
         let status = Command::new(repo_root().join("hack/control-plane.sh"))
             .arg(verb)
             .arg(&self.state)
+            .env("REAL_NODE", if self.real_node { "1" } else { "0" })
             .status()
             .map_err(|e| format!("cannot run hack/control-plane.sh: {e}"))?;
         status.success().then_some(()).ok_or_else(|| format!("hack/control-plane.sh {verb} failed: {status}"))

@@ -63,10 +63,18 @@ impl Drop for Server {
 }
 
 pub fn redis_server(extra: &[&str]) -> (Server, u16) {
+    redis_server_on("127.0.0.1", extra)
+}
+
+/// A Redis server listening on `addresses` (space-separated, the first one loopback: that is
+/// where readiness is checked), for pods that reach it on the real node's address.
+pub fn redis_server_on(addresses: &str, extra: &[&str]) -> (Server, u16) {
     let port = free_port();
     let dir = tempfile::tempdir().expect("temp dir");
     let mut command = Command::new("redis-server");
-    command.args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]);
+    command.args(["--port", &port.to_string(), "--bind", addresses, "--save", "", "--appendonly", "no"]);
+    // Pods reach it from the pod network, not from loopback.
+    command.args(["--protected-mode", "no"]);
     command.args(["--daemonize", "no", "--dir"]).arg(dir.path()).args(extra);
     let server = Server::spawn(command, dir);
     wait_for("redis-server", || TcpStream::connect(("127.0.0.1", port)).is_ok());

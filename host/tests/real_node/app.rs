@@ -1,0 +1,311 @@
+//! The example app as real containers: Celery workers and Flower from `example-image:dev` on the
+//! real node, managed by the in-cluster operator, against a Redis on the node's address.
+
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use celery_operator::crd::Celery;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Event, Pod};
+use kube::Api;
+use kube::api::{ListParams, Patch, PatchParams};
+use serde::Deserialize;
+
+use crate::operator::{install, ready};
+use crate::servers::{Server, python, redis_server_on};
+use crate::support::{apply_yaml, eventually, repo_root};
+use crate::{Node, TestCase, node_ip};
+
+pub const TESTS: &[TestCase] = &[
+    ("app::workers_and_flower_run_for_real_and_every_task_completes_once", |n| Box::pin(runs_for_real(n))),
+    ("app::a_scale_down_lets_the_running_task_finish", |n| Box::pin(scale_down_finishes_the_task(n))),
+];
+
+/// The Redis list the example app records each task's start and end in (EXAMPLE_TASK_LOG).
+const TASK_LOG: &str = "example:task-log";
+
+/// Redis on loopback (for the producer and the test) and on the node's address (for the pods).
+fn redis() -> (Server, u16) {
+    redis_server_on(&format!("127.0.0.1 {}", node_ip()), &[])
+}
+
+/// A namespace, the broker Secret and Flower's basic-auth Secret, and a Celery resource.
+async fn app(node: &Node, ns_prefix: &str, redis_port: u16, spec: &str) -> String {
+    let ns = {
+        static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        format!("{ns_prefix}-{}", COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+    };
+    node.kubectl_ok(&["create", "namespace", &ns]);
+    let broker = format!("redis://{}:{redis_port}/0", node_ip());
+    node.kubectl_ok(&["-n", &ns, "create", "secret", "generic", "broker", &format!("--from-literal=url={broker}")]);
+    node.kubectl_ok(&["-n", &ns, "create", "secret", "generic", "flower-auth", "--from-literal=auth=admin:s3cret-flower"]);
+    apply_yaml(&node.admin, spec, Some(&ns)).await.expect("the Celery resource applies");
+    ns
+}
+
+/// One line of the example app's task log.
+#[derive(Debug, Deserialize)]
+struct Recorded {
+    event: String,
+    id: String,
+    worker: String,
+    at: f64,
+}
+
+fn task_log(redis_port: u16) -> Vec<Recorded> {
+    let out = Command::new("redis-cli")
+        .args(["-p", &redis_port.to_string(), "--raw", "lrange", TASK_LOG, "0", "-1"])
+        .output()
+        .expect("runs redis-cli");
+    String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+}
+
+/// Starts and ends per task id.
+fn runs(log: &[Recorded]) -> BTreeMap<&str, (u32, u32)> {
+    let mut m: BTreeMap<&str, (u32, u32)> = BTreeMap::new();
+    for r in log {
+        let e = m.entry(&r.id).or_default();
+        match r.event.as_str() {
+            "start" => e.0 += 1,
+            "end" => e.1 += 1,
+            _ => {}
+        }
+    }
+    m
+}
+
+fn produce(redis_port: u16, args: &[&str]) {
+    let status = Command::new(python())
+        .current_dir(repo_root().join("example"))
+        .env("CELERY_BROKER_URL", format!("redis://127.0.0.1:{redis_port}/0"))
+        .arg("producer.py")
+        .args(args)
+        .status()
+        .expect("runs the producer");
+    assert!(status.success(), "producer failed: {status}");
+}
+
+async fn pods(node: &Node, ns: &str, component: &str) -> Vec<Pod> {
+    let api: Api<Pod> = Api::namespaced(node.admin.clone(), ns);
+    let selector = format!("app.kubernetes.io/component={component}");
+    api.list(&ListParams::default().labels(&selector)).await.map(|l| l.items).unwrap_or_default()
+}
+
+fn created(pod: &Pod) -> Option<jiff::Timestamp> {
+    pod.metadata.creation_timestamp.as_ref().map(|t| t.0)
+}
+
+fn ready_since(pod: &Pod) -> Option<jiff::Timestamp> {
+    let c = pod.status.as_ref()?.conditions.as_ref()?;
+    c.iter().find(|c| c.type_ == "Ready" && c.status == "True")?.last_transition_time.as_ref().map(|t| t.0)
+}
+
+async fn runs_for_real(node: Arc<Node>) {
+    install(&node).await;
+    let (_redis, port) = redis();
+    let applied = Instant::now();
+    let spec = r#"
+apiVersion: celeryproject.org/v1alpha1
+kind: Celery
+metadata:
+  name: shop
+spec:
+  common:
+    appName: shop
+    celeryApp: app:celery_app
+    image: example-image:dev
+    env:
+      - {name: EXAMPLE_TASK_LOG, value: "example:task-log"}
+  broker:
+    secretRef: {name: broker, key: url}
+  workerSpec:
+    concurrency: 2
+  flowerSpec:
+    replicas: 1
+    basicAuth: {name: flower-auth, key: auth}
+  autoscaling:
+    policy: load
+    minReplicas: 2
+    maxReplicas: 3
+    intervalSeconds: 5
+"#;
+    let ns = app(&node, "real-app", port, spec).await;
+
+    // Real workers and a real Flower, Ready on the real node.
+    let workers = eventually("two worker pods Ready on real-0", Duration::from_secs(180), || {
+        let node = node.clone();
+        let ns = ns.clone();
+        async move {
+            let ws = pods(&node, &ns, "worker").await;
+            let r: Vec<_> = ws.into_iter().filter(ready).collect();
+            if r.len() == 2 { Ok(r) } else { Err(format!("{} Ready", r.len())) }
+        }
+    })
+    .await;
+    for w in &workers {
+        assert_eq!(w.spec.as_ref().and_then(|s| s.node_name.as_deref()), Some("real-0"));
+    }
+    let flower = eventually("Flower Ready", Duration::from_secs(180), || {
+        let node = node.clone();
+        let ns = ns.clone();
+        async move {
+            pods(&node, &ns, "flower").await.into_iter().find(ready).ok_or_else(|| "not Ready".to_string())
+        }
+    })
+    .await;
+
+    // Flower answers on its Service's port only with the Secret's credentials.
+    let flower_ip = flower.status.as_ref().and_then(|s| s.pod_ip.clone()).expect("Flower's pod IP");
+    let curl = |auth: Option<&str>| {
+        let mut c = Command::new("curl");
+        c.args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "5"]);
+        if let Some(a) = auth {
+            c.args(["-u", a]);
+        }
+        let out = c.arg(format!("http://{flower_ip}:5555/api/workers")).output().expect("runs curl");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(curl(None), "401", "Flower without credentials");
+    assert_eq!(curl(Some("admin:s3cret-flower")), "200", "Flower with the Secret's credentials");
+
+    // Tasks from the producer complete, each exactly once.
+    let sent = 24;
+    produce(port, &["--burst", &sent.to_string(), "--task", "sleep", "--duration", "2"]);
+    let busy_seen = eventually("the autoscaler to read running tasks from Flower", Duration::from_secs(120), || {
+        let node = node.clone();
+        let ns = ns.clone();
+        async move {
+            let api: Api<Celery> = Api::namespaced(node.admin.clone(), &ns);
+            let c = api.get("shop").await.map_err(|e| e.to_string())?;
+            let a = c.status.as_ref().and_then(|s| s.autoscaler.clone()).ok_or("no autoscaler status")?;
+            match a.active_tasks {
+                Some(n) if n > 0 => Ok(n),
+                other => Err(format!("activeTasks {other:?}")),
+            }
+        }
+    })
+    .await;
+    let log = eventually("every task to end", Duration::from_secs(240), || async {
+        let log = task_log(port);
+        let ended = log.iter().filter(|r| r.event == "end").count();
+        if ended >= sent { Ok(log) } else { Err(format!("{ended} of {sent} ended")) }
+    })
+    .await;
+    let first_end = log.iter().filter(|r| r.event == "end").map(|r| r.at).fold(f64::INFINITY, f64::min);
+    let per_task = runs(&log);
+    assert_eq!(per_task.len(), sent, "every task sent ran: {per_task:?}");
+    assert!(per_task.values().all(|&(s, e)| s == 1 && e == 1), "each ran once, to its end: {per_task:?}");
+    let names: std::collections::BTreeSet<_> = log.iter().map(|r| r.worker.as_str()).collect();
+    let pod_names: Vec<String> = workers.iter().filter_map(|p| p.metadata.name.clone()).collect();
+    assert!(
+        names.iter().all(|n| pod_names.iter().any(|p| n.ends_with(&format!("@{p}")))),
+        "tasks ran on the worker pods {pod_names:?}: {names:?}"
+    );
+
+    // Flower was reachable through its Service by name from the operator's pod: no warning.
+    let events: Api<Event> = Api::namespaced(node.admin.clone(), &ns);
+    let warnings: Vec<String> = events
+        .list(&ListParams::default())
+        .await
+        .expect("events")
+        .items
+        .into_iter()
+        .filter(|e| e.type_.as_deref() == Some("Warning"))
+        .map(|e| format!("{}: {}", e.reason.unwrap_or_default(), e.message.unwrap_or_default()))
+        .collect();
+    assert!(warnings.iter().all(|w| !w.starts_with("FlowerUnavailable")), "warnings: {warnings:?}");
+
+    // The figures.
+    let now = jiff::Timestamp::now();
+    let first_task_after_apply = {
+        let since_epoch = Duration::from_secs_f64(first_end);
+        let applied_at = now - jiff::SignedDuration::try_from(applied.elapsed()).unwrap_or_default();
+        let first = jiff::Timestamp::UNIX_EPOCH + jiff::SignedDuration::try_from(since_epoch).unwrap_or_default();
+        (first - applied_at).as_secs_f64()
+    };
+    let starts: Vec<f64> = workers
+        .iter()
+        .filter_map(|p| Some((ready_since(p)? - created(p)?).as_secs_f64()))
+        .collect();
+    eprintln!(
+        "figures: first task completed {first_task_after_apply:.1} s after the apply (the producer sent its burst once both \
+         workers were Ready); worker pod created -> Ready {starts:?} s; Flower read {busy_seen} running tasks"
+    );
+}
+
+async fn scale_down_finishes_the_task(node: Arc<Node>) {
+    install(&node).await;
+    let (_redis, port) = redis();
+    let spec = r#"
+apiVersion: celeryproject.org/v1alpha1
+kind: Celery
+metadata:
+  name: reports
+spec:
+  common:
+    appName: reports
+    celeryApp: app:celery_app
+    image: example-image:dev
+    env:
+      - {name: EXAMPLE_TASK_LOG, value: "example:task-log"}
+  broker:
+    secretRef: {name: broker, key: url}
+  workerSpec:
+    numOfWorkers: 1
+    concurrency: 1
+    terminationGracePeriodSeconds: 120
+  flowerSpec:
+    enabled: false
+"#;
+    let ns = app(&node, "real-drain", port, spec).await;
+    let worker = eventually("the worker Ready", Duration::from_secs(180), || {
+        let node = node.clone();
+        let ns = ns.clone();
+        async move { pods(&node, &ns, "worker").await.into_iter().find(ready).ok_or_else(|| "not Ready".to_string()) }
+    })
+    .await;
+    let worker_name = worker.metadata.name.clone().expect("a name");
+
+    // A 20-second task starts on the only worker...
+    produce(port, &["--burst", "1", "--task", "report", "--duration", "20"]);
+    eventually("the report to start", Duration::from_secs(60), || async {
+        let log = task_log(port);
+        if log.iter().any(|r| r.event == "start") { Ok(()) } else { Err("not started".into()) }
+    })
+    .await;
+
+    // ...and the app is scaled to zero: the kubelet sends SIGTERM to the real worker.
+    let api: Api<Celery> = Api::namespaced(node.admin.clone(), &ns);
+    let patch = serde_json::json!({"spec": {"workerSpec": {"numOfWorkers": 0}}});
+    api.patch("reports", &PatchParams::default(), &Patch::Merge(&patch)).await.expect("scales to zero");
+    let deployments: Api<Deployment> = Api::namespaced(node.admin.clone(), &ns);
+    eventually("the worker Deployment at 0 replicas", Duration::from_secs(60), || async {
+        let d = deployments.get("reports-celery-worker").await.map_err(|e| e.to_string())?;
+        match d.spec.and_then(|s| s.replicas) {
+            Some(0) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    eventually("the worker pod gone", Duration::from_secs(150), || {
+        let node = node.clone();
+        let ns = ns.clone();
+        async move {
+            let left = pods(&node, &ns, "worker").await;
+            if left.is_empty() { Ok(()) } else { Err(format!("{} pods left", left.len())) }
+        }
+    })
+    .await;
+
+    let log = task_log(port);
+    let per_task = runs(&log);
+    assert_eq!(per_task.len(), 1, "one task: {log:?}");
+    assert!(per_task.values().all(|&(s, e)| s == 1 && e == 1), "it ran once, to its end, before the pod went: {log:?}");
+    let end = log.iter().find(|r| r.event == "end").expect("an end");
+    assert!(end.worker.ends_with(&format!("@{worker_name}")), "on the pod that was stopped: {end:?}");
+    // Nothing went back to the queue to run again elsewhere.
+    let out = Command::new("redis-cli").args(["-p", &port.to_string(), "llen", "celery"]).output().expect("redis-cli");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "0", "the queue is empty");
+}
