@@ -417,8 +417,9 @@ apiserver_ready() {
 start_controller_manager() {
   local kc="$STATE/pki/kube-controller-manager.kubeconfig"
   local controllers=deployment-controller,replicaset-controller,garbage-collector-controller,namespace-controller,serviceaccount-controller,serviceaccount-token-controller
-  # The real node routes Services (kube-proxy) and names them (CoreDNS) from their EndpointSlices.
-  [ "$REAL_NODE" = 1 ] && controllers+=,endpointslice-controller
+  # The real node routes Services (kube-proxy) and names them (CoreDNS) from their EndpointSlices,
+  # and its pods mount the cluster CA from the kube-root-ca.crt ConfigMap of their namespace.
+  [ "$REAL_NODE" = 1 ] && controllers+=,endpointslice-controller,root-ca-certificate-publisher-controller
   launch kube-controller-manager \
     --kubeconfig="$kc" --authentication-kubeconfig="$kc" --authorization-kubeconfig="$kc" \
     --bind-address=127.0.0.1 --secure-port="$KCM_PORT" --cert-dir="$STATE/kube-controller-manager" \

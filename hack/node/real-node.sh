@@ -45,7 +45,7 @@
 
 REAL_NODE_NAME=real-0
 # In the order start_real_node starts them (hack/control-plane.sh status lists them).
-REAL_NODE_COMPONENTS=(containerd apiserver-proxy coredns kube-proxy kubelet)
+REAL_NODE_COMPONENTS=(containerd apiserver-proxy coredns kubelet kube-proxy)
 # A /24 that nothing on these machines uses; override if yours does.
 NODE_SUBNET=${NODE_SUBNET:-10.213.0.0/24}
 NODE_BRIDGE=${NODE_BRIDGE:-celeryop0}
@@ -194,6 +194,9 @@ disabled_plugins = [
 
 [plugins.'io.containerd.cri.v1.runtime']
   netns_mounts_under_state_dir = true
+  # No process here may lower an OOM score (no CAP_SYS_RESOURCE, even as root): a sandbox's
+  # -998 and a Guaranteed pod's -997 become containerd's own score instead of failing runc.
+  restrict_oom_score_adj = true
   cdi_spec_dirs = []
   [plugins.'io.containerd.cri.v1.runtime'.containerd]
     default_runtime_name = "runc"
@@ -384,8 +387,9 @@ start_real_node() {
   start_containerd
   start_apiserver_proxy
   start_coredns
-  start_kube_proxy
   start_kubelet
+  # kube-proxy reads the node's address from its Node object, which the kubelet registers.
+  start_kube_proxy
   kubectl_admin taint node "$NODE_NAME" kwok.x-k8s.io/node=fake:NoSchedule --overwrite >/dev/null
 }
 
@@ -404,7 +408,7 @@ kill_pod_processes() {
 kill_shims() {
   local n p; n=$(node_dir)
   for p in /proc/[0-9]*; do
-    tr '\0' ' ' <"$p/cmdline" 2>/dev/null | grep -q "containerd-shim-runc-v2 .*-address $n/containerd.sock" \
+    tr '\0' ' ' 2>/dev/null <"$p/cmdline" | grep -q "containerd-shim-runc-v2 .*-address $n/containerd.sock" \
       && kill -KILL "${p#/proc/}" 2>/dev/null
   done
   return 0
@@ -416,6 +420,26 @@ remove_kubepods_cgroups() {
     [ -d "$d" ] || continue
     # Deepest first; a cgroup can only be removed once it has no children and no processes.
     find "$d" -depth -type d -exec rmdir {} + 2>/dev/null || true
+  done
+}
+
+# remove_kube_chains iptables|ip6tables: every KUBE-* chain of every table, and the rules of the
+# built-in chains that jump to one.
+remove_kube_chains() {
+  local cmd=$1 t c rule
+  command -v "$cmd" >/dev/null || return 0
+  for t in filter nat mangle; do
+    while read -r rule; do
+      [ -n "$rule" ] || continue
+      # shellcheck disable=SC2086
+      "$cmd" -w -t "$t" -D ${rule#-A } 2>/dev/null || true
+    done < <("$cmd" -w -t "$t" -S 2>/dev/null | grep -E '^-A (INPUT|OUTPUT|FORWARD|PREROUTING|POSTROUTING) .*-j KUBE-' || true)
+    for c in $("$cmd" -w -t "$t" -S 2>/dev/null | awk '$1 == "-N" && $2 ~ /^KUBE-/ {print $2}'); do
+      "$cmd" -w -t "$t" -F "$c" 2>/dev/null || true
+    done
+    for c in $("$cmd" -w -t "$t" -S 2>/dev/null | awk '$1 == "-N" && $2 ~ /^KUBE-/ {print $2}'); do
+      "$cmd" -w -t "$t" -X "$c" 2>/dev/null || true
+    done
   done
 }
 
@@ -434,12 +458,16 @@ stop_real_node() {
     sleep 0.2
   done
   # What the kubelet mounted for pods, then N itself; deepest first.
-  findmnt -rn -o TARGET | grep -E "^$n(/|$)" | sort -r | while read -r m; do
+  local m
+  for m in $(findmnt -rn -o TARGET | grep -E "^$n(/|$)" | sort -r || true); do
     umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true
   done
   rmdir /run/containerd 2>/dev/null || true
   # kube-proxy's chains (its sysctls were left as they were: see write_kube_proxy_config).
   if [ -x "$BIN/kube-proxy" ]; then "$BIN/kube-proxy" --cleanup --proxy-mode=iptables >/dev/null 2>&1 || true; fi
+  # ... and the kubelet's (KUBE-FIREWALL, KUBE-KUBELET-CANARY, KUBE-IPTABLES-HINT), for IPv6 too.
+  remove_kube_chains iptables
+  remove_kube_chains ip6tables
   if iptables -w -t mangle -L "$NODE_CHAIN" -n >/dev/null 2>&1; then
     iptables -w -t mangle -D FORWARD -j "$NODE_CHAIN" 2>/dev/null || true
     iptables -w -t mangle -F "$NODE_CHAIN"; iptables -w -t mangle -X "$NODE_CHAIN"

@@ -8,82 +8,12 @@ use std::path::{Path, PathBuf};
 
 use celery_operator::policy::registry::INSTALLED_BUILTINS;
 
+#[path = "common/dockerfile.rs"]
+mod dockerfile;
+use dockerfile::{Stage, copy, stages};
+
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// One instruction: its keyword and its arguments, continuation lines joined.
-#[derive(Debug)]
-struct Instruction {
-    keyword: String,
-    args: String,
-}
-
-fn instructions(text: &str) -> Vec<Instruction> {
-    let mut joined = Vec::new();
-    let mut current = String::new();
-    for line in text.lines() {
-        let trimmed = line.trim();
-        if current.is_empty() && (trimmed.is_empty() || trimmed.starts_with('#')) {
-            continue;
-        }
-        match trimmed.strip_suffix('\\') {
-            Some(part) => {
-                current.push_str(part);
-                current.push(' ');
-            }
-            None => {
-                current.push_str(trimmed);
-                joined.push(std::mem::take(&mut current));
-            }
-        }
-    }
-    joined
-        .into_iter()
-        .map(|line| {
-            let (keyword, args) = line.split_once(char::is_whitespace).unwrap_or((&line, ""));
-            Instruction { keyword: keyword.to_ascii_uppercase(), args: args.trim().to_string() }
-        })
-        .collect()
-}
-
-/// A build stage: its name (`AS name`) and its instructions.
-#[derive(Debug, Default)]
-struct Stage {
-    name: Option<String>,
-    body: Vec<Instruction>,
-}
-
-fn stages(text: &str) -> Vec<Stage> {
-    let mut stages: Vec<Stage> = Vec::new();
-    for i in instructions(text) {
-        if i.keyword == "FROM" {
-            let words: Vec<&str> = i.args.split_whitespace().collect();
-            let name = match words.as_slice() {
-                [_, as_, name] if as_.eq_ignore_ascii_case("as") => Some(name.to_string()),
-                _ => None,
-            };
-            stages.push(Stage { name, body: Vec::new() });
-        } else {
-            stages.last_mut().expect("an instruction before FROM").body.push(i);
-        }
-    }
-    stages
-}
-
-/// `COPY [--from=X] [--chown=..] SRC... DST`: (from, sources, destination).
-fn copy(args: &str) -> (Option<String>, Vec<String>, String) {
-    let mut from = None;
-    let mut paths = Vec::new();
-    for word in args.split_whitespace() {
-        if let Some(stage) = word.strip_prefix("--from=") {
-            from = Some(stage.to_string());
-        } else if !word.starts_with("--") {
-            paths.push(word.to_string());
-        }
-    }
-    let destination = paths.pop().expect("COPY has a destination");
-    (from, paths, destination)
 }
 
 /// Checks the COPYs of one Dockerfile against its context; returns the stages.

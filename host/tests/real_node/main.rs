@@ -19,6 +19,9 @@
 //! images: about 10 minutes more than the cluster tests).
 
 #[allow(dead_code)]
+#[path = "../common/dockerfile.rs"]
+mod dockerfile;
+#[allow(dead_code)]
 #[path = "../common/servers.rs"]
 mod servers;
 #[allow(dead_code)]
@@ -26,6 +29,7 @@ mod servers;
 mod support;
 
 mod app;
+mod images;
 mod operator;
 
 use std::process::{Command, ExitCode};
@@ -93,7 +97,7 @@ fn run(what: &str, command: &mut Command) -> Result<(), String> {
 
 fn main() -> ExitCode {
     let mut args = Arguments::from_args();
-    let tests: Vec<TestCase> = operator::TESTS.iter().chain(app::TESTS).copied().collect();
+    let tests: Vec<TestCase> = images::TESTS.iter().chain(operator::TESTS).chain(app::TESTS).copied().collect();
 
     let skip = if args.list { None } else { unable() };
     if let Some(why) = &skip {

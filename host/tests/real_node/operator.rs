@@ -125,6 +125,11 @@ async fn runs_in_cluster_as_deployed(node: Arc<Node>) {
     let root = root_mount_options(pid);
     assert!(root.split(',').any(|o| o == "ro"), "readOnlyRootFilesystem: / is mounted {root}");
 
+    // No shell in the image (distroless, as the Dockerfile's base).
+    let pod_name = pod.metadata.name.as_deref().expect("a name");
+    let shell = node.kubectl().args(["-n", NAMESPACE, "exec", pod_name, "--", "/bin/sh", "-c", "true"]).output().expect("kubectl");
+    assert!(!shell.status.success(), "the operator's image has no shell");
+
     // Its endpoints, from the pod network, as a Prometheus scraping the pod would.
     let addr = format!("{pod_ip}:8080");
     let (code, _) = http_get_at(&addr, "/readyz").await.expect("/readyz answers");
