@@ -5,7 +5,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 STATE ?= $(CURDIR)/.state
 
-.PHONY: help demo test test-deps test-unit test-cluster bench build crd chart policies control-plane stop fmt lint
+.PHONY: help demo test test-deps test-unit test-cluster test-real-node bench build crd chart policies control-plane images stop fmt lint
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -26,6 +26,9 @@ test-unit: ## Only the tests that need no cluster
 test-cluster: ## Only the tests against the real control plane
 	$(CARGO) test -p celery-operator --test cluster
 
+test-real-node: test-deps policies ## Only the tests on the real node (real containers; root)
+	$(CARGO) test -p celery-operator --test real_node
+
 bench: test-deps policies ## Benchmarks (figures, not tests): policy cost, autoscaling reaction time and sampling cost
 	$(CARGO) bench -p celery-operator --bench policy --bench autoscale --bench failover --bench api_cost
 
@@ -43,9 +46,12 @@ chart: ## Lint and render the Helm chart (Helm built from the Go module proxy, c
 policies: ## Compile the built-in scaling policies to target/policies/*.wasm
 	policies/build.sh
 
-control-plane: ## Build (once) and start the local control plane in .state/cluster
+control-plane: ## Build (once) and start the local control plane in .state/cluster (REAL_NODE=1: with a real node)
 	hack/control-plane.sh start $(STATE)/cluster
 	@echo "export KUBECONFIG=$(STATE)/cluster/admin.kubeconfig"
+
+images: policies ## Build celery-operator:dev and example-image:dev without Docker, import into .state/cluster's real node
+	hack/build-images.sh $(STATE)/cluster
 
 stop: ## Stop the local control plane
 	hack/control-plane.sh stop $(STATE)/cluster

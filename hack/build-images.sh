@@ -39,24 +39,9 @@ OPERATOR_BASE_PACKAGES=(base-files netbase tzdata libc6 libgcc-s1 ca-certificate
 log() { printf '[images] %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
-# A progress line that moves while a long step runs: `progress WHAT CMD...`.
-progress() {
-  local what=$1; shift
-  local t0=$SECONDS log_file; log_file=$(mktemp)
-  "$@" >"$log_file" 2>&1 &
-  local pid=$!
-  while kill -0 "$pid" 2>/dev/null; do
-    [ -t 2 ] && printf '\r[images] %s (%ds)' "$what" "$((SECONDS - t0))" >&2
-    sleep 1
-  done
-  local rc=0; wait "$pid" || rc=$?
-  [ -t 2 ] && printf '\r\033[K' >&2
-  if [ "$rc" -ne 0 ]; then
-    log "$what failed; its output:"; tail -n 40 "$log_file" >&2; rm -f "$log_file"; return "$rc"
-  fi
-  log "$what: done in $((SECONDS - t0))s"
-  rm -f "$log_file"
-}
+# progress WHAT CMD...: one line that moves while a long step runs.
+# shellcheck source=hack/progress.sh
+. "$ROOT/hack/progress.sh"
 
 # dockerfile_value FILE KEYWORD: the arguments of the last KEYWORD instruction of FILE's final
 # stage (what the image keeps).
@@ -183,7 +168,11 @@ operator_image() {
   [ -e "${policies[0]}" ] || die "no compiled policies in target/policies (run policies/build.sh)"
   local w; w=$(mktemp -d "$CACHE/.operator.XXXXXX")
   local r="$w/rootfs" p f
-  mkdir -p "$r"
+  mkdir -p "$r/usr"
+  # The merged /usr of Debian 12: /lib, /lib64, /bin and /sbin are links into /usr.
+  for p in bin sbin lib lib64; do
+    [ -L "$ROOTFS/rootfs/$p" ] && cp -a "$ROOTFS/rootfs/$p" "$r/" && mkdir -p "$r/usr/$p"
+  done
   # Only the files of the distroless packages, from the same Debian root filesystem.
   for p in "${OPERATOR_BASE_PACKAGES[@]}"; do
     f="$ROOTFS/rootfs/var/lib/dpkg/info/$p.list"
@@ -191,11 +180,9 @@ operator_image() {
     [ -f "$f" ] || die "package $p is not in $ROOTFS/rootfs"
     (cd "$ROOTFS/rootfs" && sed 's#^/##' "$f" | while IFS= read -r path; do
       [ -e "$path" ] || [ -L "$path" ] || continue
-      if [ -d "$path" ] && [ ! -L "$path" ]; then mkdir -p "$r/$path"; else cp -a --parents "$path" "$r"; fi
+      if [ -d "$path" ] && [ ! -L "$path" ]; then mkdir -p "$r/$path"; elif [ ! -L "$r/$path" ]; then cp -a --parents "$path" "$r"; fi
     done)
   done
-  # The merged /usr of Debian 12: /lib, /lib64, /bin and /sbin are links into /usr.
-  for p in bin sbin lib lib64; do [ -L "$ROOTFS/rootfs/$p" ] && cp -a "$ROOTFS/rootfs/$p" "$r/"; done
   mkdir -p "$r/etc/ssl/certs" "$r/tmp" "$r/home/nonroot"
   chmod 1777 "$r/tmp"
   cp "$ROOTFS/rootfs/etc/ssl/certs/ca-certificates.crt" "$r/etc/ssl/certs/"

@@ -2,6 +2,9 @@
 # Installs what the broker tests (host/tests/brokers.rs) start by themselves: Debian's
 # redis-server and rabbitmq-server (with its management plugin), and a Python venv with the
 # real Celery and kombu, used to publish and hold messages exactly as Celery does, and Flower.
+# Also what the real-node tier (host/tests/real_node) needs from Debian: libseccomp-dev (runc is
+# built with cgo against it), iptables, conntrack and socat (kube-proxy and the node's network),
+# debootstrap and umoci (the images, built without Docker).
 # Idempotent and quick when everything is there. The venv lives outside the repository;
 # the tests find it at the same path (or at $CELERY_OPERATOR_TEST_PYTHON).
 set -euo pipefail
@@ -14,6 +17,8 @@ missing=()
 command -v redis-server >/dev/null || missing+=(redis-server)
 [ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || missing+=(rabbitmq-server)
 python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
+[ -e /usr/include/seccomp.h ] || missing+=(libseccomp-dev)
+for c in iptables conntrack socat debootstrap umoci; do command -v "$c" >/dev/null || missing+=("$c"); done
 if [ ${#missing[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
@@ -31,4 +36,4 @@ sys.exit(celery.__version__ != '$CELERY_VERSION' or flower.__version__ != '$FLOW
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install -q --disable-pip-version-check "celery[redis]==$CELERY_VERSION" "flower==$FLOWER_VERSION"
 fi
-echo "test dependencies: redis-server, rabbitmq-server, celery $CELERY_VERSION and flower $FLOWER_VERSION in $VENV"
+echo "test dependencies: redis-server, rabbitmq-server, the real node's tools, celery $CELERY_VERSION and flower $FLOWER_VERSION in $VENV"

@@ -378,7 +378,6 @@ EOF
 start_real_node() {
   real_node_preflight || die "cannot start the real node (see above)"
   mkdir -p "$(node_dir)"
-  make_node_pki
   setup_node_network
   local s
   for s in "${KUBELET_SYSCTLS[@]}"; do node_sysctl "$s" "$(cat "/proc/sys/${s//.//}")"; done
