@@ -196,11 +196,13 @@ new_ca() {
 }
 
 # new_cert CA_PREFIX PREFIX CN EXTENDED_KEY_USAGE [SUBJECT_ALT_NAMES]
+# CN may be a whole subject instead (starting with /, e.g. /O=system:masters/CN=name).
 # rustls (kube-rs) is stricter than Go: it wants v3 extensions, a non-CA leaf and the IP in the SAN.
 new_cert() {
-  local ca=$1 out=$2 cn=$3 eku=$4 san=${5:-}
+  local ca=$1 out=$2 cn=$3 eku=$4 san=${5:-} subject
+  case $cn in /*) subject=$cn ;; *) subject="/CN=$cn" ;; esac
   openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$out.key" 2>/dev/null
-  openssl req -new -key "$out.key" -subj "/CN=$cn" -out "$out.csr"
+  openssl req -new -key "$out.key" -subj "$subject" -out "$out.csr"
   {
     echo "basicConstraints=critical,CA:FALSE"
     echo "keyUsage=critical,digitalSignature,keyEncipherment"

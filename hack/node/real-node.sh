@@ -64,15 +64,7 @@ make_node_pki() {
   local d="$STATE/pki"
   new_cert "$d/ca" "$d/kubelet" "$REAL_NODE_NAME" serverAuth \
     "IP:$(node_ip),IP:127.0.0.1,DNS:$REAL_NODE_NAME,DNS:localhost"
-  openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$d/apiserver-kubelet-client.key" 2>/dev/null
-  openssl req -new -key "$d/apiserver-kubelet-client.key" \
-    -subj "/O=system:masters/CN=kube-apiserver-kubelet-client" -out "$d/apiserver-kubelet-client.csr"
-  printf '%s\n' "basicConstraints=critical,CA:FALSE" "keyUsage=critical,digitalSignature,keyEncipherment" \
-    "extendedKeyUsage=clientAuth" >"$d/apiserver-kubelet-client.ext"
-  openssl x509 -req -in "$d/apiserver-kubelet-client.csr" -CA "$d/ca.crt" -CAkey "$d/ca.key" \
-    -set_serial "0x$(openssl rand -hex 8)" -days 3650 -extfile "$d/apiserver-kubelet-client.ext" \
-    -out "$d/apiserver-kubelet-client.crt" 2>/dev/null
-  rm -f "$d"/apiserver-kubelet-client.{csr,ext}
+  new_cert "$d/ca" "$d/apiserver-kubelet-client" /O=system:masters/CN=kube-apiserver-kubelet-client clientAuth
   chmod 600 "$d"/*.key
 }
 
@@ -102,13 +94,16 @@ real_node_preflight() {
   done
 }
 
-# sysctl NAME VALUE: set a kernel parameter, remembering the first value seen so that stop puts
-# it back.
+# save_sysctl NAME: remember a kernel parameter's first value seen, for stop to put it back.
+save_sysctl() {
+  local saved; saved="$(node_dir)/sysctl.saved"
+  grep -q "^$1 " "$saved" 2>/dev/null || echo "$1 $(cat "/proc/sys/${1//.//}")" >>"$saved"
+}
+
+# node_sysctl NAME VALUE: set a kernel parameter, saved first.
 node_sysctl() {
-  local f="/proc/sys/${1//.//}" saved
-  saved="$(node_dir)/sysctl.saved"
-  grep -q "^$1 " "$saved" 2>/dev/null || echo "$1 $(cat "$f")" >>"$saved"
-  echo "$2" >"$f"
+  save_sysctl "$1"
+  echo "$2" >"/proc/sys/${1//.//}"
 }
 
 # The kernel parameters the kubelet sets when protectKernelDefaults is false; saved first so
@@ -380,7 +375,7 @@ start_real_node() {
   mkdir -p "$(node_dir)"
   setup_node_network
   local s
-  for s in "${KUBELET_SYSCTLS[@]}"; do node_sysctl "$s" "$(cat "/proc/sys/${s//.//}")"; done
+  for s in "${KUBELET_SYSCTLS[@]}"; do save_sysctl "$s"; done
   write_containerd_config
   write_kubelet_config
   start_containerd

@@ -93,6 +93,27 @@ async fn pods(node: &Node, ns: &str, component: &str) -> Vec<Pod> {
     api.list(&ListParams::default().labels(&selector)).await.map(|l| l.items).unwrap_or_default()
 }
 
+/// A Celery resource of the example app named `name`, on `example-image:dev`, its broker from the
+/// `broker` Secret and every task recorded in [`TASK_LOG`]; `rest` is the YAML of the spec's other
+/// fields, indented by two spaces.
+fn resource(name: &str, rest: &str) -> String {
+    format!(
+        "apiVersion: celeryproject.org/v1alpha1\nkind: Celery\nmetadata:\n  name: {name}\nspec:\n  common:\n    appName: {name}\n    \
+         celeryApp: app:celery_app\n    image: example-image:dev\n    env:\n      - {{name: EXAMPLE_TASK_LOG, value: \"{TASK_LOG}\"}}\n  \
+         broker:\n    secretRef: {{name: broker, key: url}}\n{rest}"
+    )
+}
+
+/// Waits until `ns` has `count` Ready pods of `component` (worker or flower), and returns them.
+async fn ready_pods(node: &Node, ns: &str, component: &str, count: usize) -> Vec<Pod> {
+    let what = format!("{count} {component} pods Ready");
+    eventually(&what, Duration::from_secs(180), || async {
+        let r: Vec<Pod> = pods(node, ns, component).await.into_iter().filter(ready).collect();
+        if r.len() == count { Ok(r) } else { Err(format!("{} Ready", r.len())) }
+    })
+    .await
+}
+
 fn created(pod: &Pod) -> Option<jiff::Timestamp> {
     pod.metadata.creation_timestamp.as_ref().map(|t| t.0)
 }
@@ -106,21 +127,9 @@ async fn runs_for_real(node: Arc<Node>) {
     install(&node).await;
     let (_redis, port) = redis();
     let applied = Instant::now();
-    let spec = r#"
-apiVersion: celeryproject.org/v1alpha1
-kind: Celery
-metadata:
-  name: shop
-spec:
-  common:
-    appName: shop
-    celeryApp: app:celery_app
-    image: example-image:dev
-    env:
-      - {name: EXAMPLE_TASK_LOG, value: "example:task-log"}
-  broker:
-    secretRef: {name: broker, key: url}
-  workerSpec:
+    let spec = resource(
+        "shop",
+        r#"  workerSpec:
     concurrency: 2
   flowerSpec:
     replicas: 1
@@ -130,31 +139,16 @@ spec:
     minReplicas: 2
     maxReplicas: 3
     intervalSeconds: 5
-"#;
-    let ns = app(&node, "real-app", port, spec).await;
+"#,
+    );
+    let ns = app(&node, "real-app", port, &spec).await;
 
     // Real workers and a real Flower, Ready on the real node.
-    let workers = eventually("two worker pods Ready on real-0", Duration::from_secs(180), || {
-        let node = node.clone();
-        let ns = ns.clone();
-        async move {
-            let ws = pods(&node, &ns, "worker").await;
-            let r: Vec<_> = ws.into_iter().filter(ready).collect();
-            if r.len() == 2 { Ok(r) } else { Err(format!("{} Ready", r.len())) }
-        }
-    })
-    .await;
+    let workers = ready_pods(&node, &ns, "worker", 2).await;
     for w in &workers {
         assert_eq!(w.spec.as_ref().and_then(|s| s.node_name.as_deref()), Some("real-0"));
     }
-    let flower = eventually("Flower Ready", Duration::from_secs(180), || {
-        let node = node.clone();
-        let ns = ns.clone();
-        async move {
-            pods(&node, &ns, "flower").await.into_iter().find(ready).ok_or_else(|| "not Ready".to_string())
-        }
-    })
-    .await;
+    let flower = ready_pods(&node, &ns, "flower", 1).await.remove(0);
 
     // Flower answers on its Service's port only with the Secret's credentials.
     let flower_ip = flower.status.as_ref().and_then(|s| s.pod_ip.clone()).expect("Flower's pod IP");
@@ -238,34 +232,18 @@ spec:
 async fn scale_down_finishes_the_task(node: Arc<Node>) {
     install(&node).await;
     let (_redis, port) = redis();
-    let spec = r#"
-apiVersion: celeryproject.org/v1alpha1
-kind: Celery
-metadata:
-  name: reports
-spec:
-  common:
-    appName: reports
-    celeryApp: app:celery_app
-    image: example-image:dev
-    env:
-      - {name: EXAMPLE_TASK_LOG, value: "example:task-log"}
-  broker:
-    secretRef: {name: broker, key: url}
-  workerSpec:
+    let spec = resource(
+        "reports",
+        r#"  workerSpec:
     numOfWorkers: 1
     concurrency: 1
     terminationGracePeriodSeconds: 120
   flowerSpec:
     enabled: false
-"#;
-    let ns = app(&node, "real-drain", port, spec).await;
-    let worker = eventually("the worker Ready", Duration::from_secs(180), || {
-        let node = node.clone();
-        let ns = ns.clone();
-        async move { pods(&node, &ns, "worker").await.into_iter().find(ready).ok_or_else(|| "not Ready".to_string()) }
-    })
-    .await;
+"#,
+    );
+    let ns = app(&node, "real-drain", port, &spec).await;
+    let worker = ready_pods(&node, &ns, "worker", 1).await.remove(0);
     let worker_name = worker.metadata.name.clone().expect("a name");
 
     // A 20-second task starts on the only worker...
