@@ -7,11 +7,11 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use tokio::sync::watch;
 
-use crate::scope::Scope;
 use crate::leader::LeaseConfig;
 use crate::operator::{self, RunOptions};
-use crate::policy::registry::RegistrySettings;
 use crate::policy::check::PolicyCheck;
+use crate::policy::registry::RegistrySettings;
+use crate::scope::Scope;
 use crate::telemetry::{self, LogFormat};
 
 /// Runs Celery applications on Kubernetes and scales their workers with WebAssembly policies.

@@ -15,9 +15,9 @@ use tokio::sync::watch;
 use tracing::info;
 
 use crate::controller;
-use crate::scope::Scope;
 use crate::leader::{Elector, Leadership, LeaseConfig};
 use crate::policy::check::PolicyCheck;
+use crate::scope::Scope;
 use crate::server::{self, Health};
 use crate::telemetry::Metrics;
 

@@ -212,7 +212,9 @@ fn stored<K: serde::de::DeserializeOwned>(body: &Value, managers: &[&str]) -> K 
     let mut object = body.clone();
     object["metadata"]["managedFields"] = managers
         .iter()
-        .map(|m| json!({"manager": m, "operation": "Apply", "fieldsType": "FieldsV1", "fieldsV1": {"f:spec": {"f:replicas": {}}}}))
+        .map(
+            |m| json!({"manager": m, "operation": "Apply", "fieldsType": "FieldsV1", "fieldsV1": {"f:spec": {"f:replicas": {}}}}),
+        )
         .collect();
     serde_json::from_value(object).unwrap()
 }

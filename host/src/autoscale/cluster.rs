@@ -21,9 +21,9 @@ use kube::runtime::watcher::{self, Event};
 use kube::{Client, ResourceExt};
 use tracing::{info, warn};
 
-use crate::scope::Scope;
 use crate::policy::PodSample;
 use crate::quantity;
+use crate::scope::Scope;
 
 /// Pods and Deployments of workers: the children's labels plus the worker component.
 pub const WORKER_SELECTOR: &str = "app.kubernetes.io/managed-by=celery-operator,app.kubernetes.io/component=worker";

@@ -11,7 +11,6 @@ use crate::crd::{AutoscalerStatus, QueueStatus};
 use crate::metrics::QueueStats;
 use crate::policy::{HISTORY, PodSample, Sample};
 
-
 /// The sample handed to a policy. `queues` is `None` when no policy of the app needs the
 /// broker (CPU and memory only).
 pub fn sample(timestamp_ms: u64, replicas: u32, queues: Option<&[QueueStats]>, pods: Vec<PodSample>) -> Result<Sample, String> {

@@ -357,7 +357,9 @@ impl AppLoop {
             last_scale_time: status.and_then(|s| s.autoscaler.as_ref()).and_then(|a| a.last_scale_time.clone()),
             last_status: None,
             written_health: None,
-            condition: status.map(|s| s.conditions.iter().filter(|c| c.type_ == SCALING_ACTIVE).cloned().collect()).unwrap_or_default(),
+            condition: status
+                .map(|s| s.conditions.iter().filter(|c| c.type_ == SCALING_ACTIVE).cloned().collect())
+                .unwrap_or_default(),
             written_backlog: None,
             written_active: None,
             missing_since: None,
@@ -704,13 +706,7 @@ impl AppLoop {
 
     /// Publishes a change of health as one event, and writes the status when something
     /// changed or the last write is old.
-    async fn conclude_with(
-        &mut self,
-        shared: &Shared,
-        status: &mut AutoscalerStatus,
-        health: Health,
-        changed: bool,
-    ) {
+    async fn conclude_with(&mut self, shared: &Shared, status: &mut AutoscalerStatus, health: Health, changed: bool) {
         let transition = self.health.as_ref().is_none_or(|h| h.reason != health.reason);
         if transition {
             if health.ok() {

@@ -91,7 +91,10 @@ pub fn decide(
             let Ok(choice) = &answers[best] else { unreachable!("combine picks an answer") };
             let target = damper.next(now_ms, current, choice.bounded);
             let (health, reason) = if failures.is_empty() {
-                (Health { reason: POLICY_DECIDING, message: format!("{}: {}", choice.policy, choice.reason) }, choice.reason.clone())
+                (
+                    Health { reason: POLICY_DECIDING, message: format!("{}: {}", choice.policy, choice.reason) },
+                    choice.reason.clone(),
+                )
             } else {
                 // Scale up on what is known; the failure still shows.
                 let health = failed();

@@ -114,9 +114,10 @@ impl redis::io::AsyncDNSResolver for Resolver {
         port: u16,
     ) -> redis::RedisFuture<'a, Box<dyn Iterator<Item = SocketAddr> + Send + 'a>> {
         Box::pin(async move {
-            let addrs = self.lookup(host, port).await.map_err(|e| {
-                redis::RedisError::from(std::io::Error::new(std::io::ErrorKind::NotFound, e.to_string()))
-            })?;
+            let addrs = self
+                .lookup(host, port)
+                .await
+                .map_err(|e| redis::RedisError::from(std::io::Error::new(std::io::ErrorKind::NotFound, e.to_string())))?;
             Ok(Box::new(addrs.into_iter()) as Box<dyn Iterator<Item = SocketAddr> + Send>)
         })
     }

@@ -119,7 +119,11 @@ pub fn unchanged(cached: &Cached, celery: &Celery, scaling: &Scaling) -> Option<
     let (flower, service) = (flower?, service?);
     let fresh = as_applied(&*flower, &build::flower_deployment(celery).ok()?, celery)
         && as_applied(&*service, &build::flower_service(celery).ok()?, celery);
-    fresh.then(|| Applied { worker: (*worker).clone(), flower: Some((*flower).clone()), flower_service: Some(service.name_any()) })
+    fresh.then(|| Applied {
+        worker: (*worker).clone(),
+        flower: Some((*flower).clone()),
+        flower_service: Some(service.name_any()),
+    })
 }
 
 /// `existing` is controlled by `celery`, was last applied from `desired` and written since by

@@ -131,7 +131,11 @@ pub fn reconciler_part(status: &CeleryStatus) -> CeleryStatus {
 /// as before. Such a change can wait a moment and be written together with the next one.
 pub fn only_progress(old: &CeleryStatus, new: &CeleryStatus) -> bool {
     let same_conditions = old.conditions.len() == new.conditions.len()
-        && old.conditions.iter().zip(&new.conditions).all(|(a, b)| (&a.type_, &a.status, &a.reason) == (&b.type_, &b.status, &b.reason));
+        && old
+            .conditions
+            .iter()
+            .zip(&new.conditions)
+            .all(|(a, b)| (&a.type_, &a.status, &a.reason) == (&b.type_, &b.status, &b.reason));
     same_conditions
         && old.observed_generation == new.observed_generation
         && old.flower_service == new.flower_service
@@ -302,7 +306,8 @@ spec: {{replicas: 2, selector: {{}}, template: {{}}}}
 status: {{observedGeneration: {generation}, replicas: 2, readyReplicas: {ready}, updatedReplicas: 2}}
 "
             ));
-            let outcome = Outcome::Applied { scaling: &scaling, worker: &worker, flower: None, flower_service: None, problem: None };
+            let outcome =
+                Outcome::Applied { scaling: &scaling, worker: &worker, flower: None, flower_service: None, problem: None };
             compute(&celery, &outcome, &time("2026-01-01T00:00:00Z"))
         };
         let (none, one, two) = (status_with(0, 1), status_with(1, 1), status_with(2, 1));

@@ -11,9 +11,9 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::ResourceRequirements;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use crate::spec::Tuning;
 use crate::crd::{Autoscaling, CelerySpec, MetricName, ScaleKind};
 use crate::quantity;
+use crate::spec::Tuning;
 use crate::spec::names::{self, RESERVED_POD_LABELS};
 
 /// A problem with a field of the spec that only the operator can judge.

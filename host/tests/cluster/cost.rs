@@ -14,7 +14,9 @@ use crate::support::{OPERATOR_USER, WAIT, eventually, http_get};
 /// Every test: name, whether it needs the control plane to itself, body.
 pub const TESTS: &[crate::TestCase] = &[
     ("a_steady_app_writes_almost_nothing", false, |h| Box::pin(a_steady_app_writes_almost_nothing(h))),
-    ("a_reconcile_that_changes_nothing_writes_no_child", false, |h| Box::pin(a_reconcile_that_changes_nothing_writes_no_child(h))),
+    ("a_reconcile_that_changes_nothing_writes_no_child", false, |h| {
+        Box::pin(a_reconcile_that_changes_nothing_writes_no_child(h))
+    }),
 ];
 
 /// An autoscaled app with a flat backlog, watched for 40 s once settled: no apply of its

@@ -10,12 +10,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use celery_operator::scope::Scope;
 use celery_operator::crd::Celery;
 use celery_operator::leader::LeaseConfig;
 use celery_operator::operator::{self, RunError, RunOptions};
-use celery_operator::policy::registry::RegistrySettings;
 use celery_operator::policy::check::PolicyCheck;
+use celery_operator::policy::registry::RegistrySettings;
+use celery_operator::scope::Scope;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::discovery::{ApiCapabilities, ApiResource, Discovery, Scope as DiscoveryScope};

@@ -212,17 +212,11 @@ async fn runs_for_real(node: Arc<Node>) {
     assert!(warnings.iter().all(|w| !w.starts_with("FlowerUnavailable")), "warnings: {warnings:?}");
 
     // The figures.
-    let now = jiff::Timestamp::now();
-    let first_task_after_apply = {
-        let since_epoch = Duration::from_secs_f64(first_end);
-        let applied_at = now - jiff::SignedDuration::try_from(applied.elapsed()).unwrap_or_default();
-        let first = jiff::Timestamp::UNIX_EPOCH + jiff::SignedDuration::try_from(since_epoch).unwrap_or_default();
-        (first - applied_at).as_secs_f64()
-    };
-    let starts: Vec<f64> = workers
-        .iter()
-        .filter_map(|p| Some((ready_since(p)? - created(p)?).as_secs_f64()))
-        .collect();
+    // The task log's times are seconds since the epoch.
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("after 1970").as_secs_f64();
+    let first_task_after_apply = first_end - (now - applied.elapsed().as_secs_f64());
+    let starts: Vec<f64> =
+        workers.iter().filter_map(|p| Some(ready_since(p)?.duration_since(created(p)?).as_secs_f64())).collect();
     eprintln!(
         "figures: first task completed {first_task_after_apply:.1} s after the apply (the producer sent its burst once both \
          workers were Ready); worker pod created -> Ready {starts:?} s; Flower read {busy_seen} running tasks"

@@ -14,10 +14,7 @@ pub const TESTS: &[TestCase] = &[("images::configured_as_their_dockerfiles_say",
 /// `ctr` of the node, talking to its containerd.
 fn ctr(node: &Node, args: &[&str]) -> String {
     let env = std::fs::read_to_string(node.control_plane.state.join("cluster.env")).expect("cluster.env");
-    let bin = env
-        .lines()
-        .find_map(|l| l.strip_prefix("BIN='").and_then(|v| v.strip_suffix('\'')))
-        .expect("BIN in cluster.env");
+    let bin = env.lines().find_map(|l| l.strip_prefix("BIN='").and_then(|v| v.strip_suffix('\''))).expect("BIN in cluster.env");
     let sock = node.control_plane.state.join("node/containerd.sock");
     let out = Command::new(format!("{bin}/node/ctr"))
         .arg("--address")
@@ -50,10 +47,9 @@ fn exec_form(args: Option<String>) -> serde_json::Value {
 }
 
 async fn configured_as_dockerfiles(node: Arc<Node>) {
-    for (reference, dockerfile) in [
-        ("docker.io/library/celery-operator:dev", "Dockerfile"),
-        ("docker.io/library/example-image:dev", "example/Dockerfile"),
-    ] {
+    for (reference, dockerfile) in
+        [("docker.io/library/celery-operator:dev", "Dockerfile"), ("docker.io/library/example-image:dev", "example/Dockerfile")]
+    {
         let text = std::fs::read_to_string(repo_root().join(dockerfile)).expect("the Dockerfile");
         let config = image_config(&node, reference);
         let c = &config["config"];

@@ -63,13 +63,7 @@ impl Node {
     /// Runs `kubectl ARGS`, panicking with its output when it fails; returns its stdout.
     pub fn kubectl_ok(&self, args: &[&str]) -> String {
         let out = self.kubectl().args(args).output().expect("runs kubectl");
-        assert!(
-            out.status.success(),
-            "kubectl {}: {}\n{}",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "kubectl {}: {}\n{}", args.join(" "), out.status, String::from_utf8_lossy(&out.stderr));
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 }

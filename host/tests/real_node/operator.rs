@@ -10,10 +10,8 @@ use kube::api::ListParams;
 use crate::support::eventually;
 use crate::{Node, TestCase};
 
-pub const TESTS: &[TestCase] = &[(
-    "operator::runs_in_cluster_as_deployed_read_only_non_root_probes_passing",
-    |n| Box::pin(runs_in_cluster_as_deployed(n)),
-)];
+pub const TESTS: &[TestCase] =
+    &[("operator::runs_in_cluster_as_deployed_read_only_non_root_probes_passing", |n| Box::pin(runs_in_cluster_as_deployed(n)))];
 
 pub const NAMESPACE: &str = "celery-operator";
 
@@ -98,7 +96,8 @@ pub async fn http_get_at(addr: &str, path: &str) -> Result<(u16, String), String
     stream.write_all(request.as_bytes()).await.map_err(|e| e.to_string())?;
     let mut response = String::new();
     stream.read_to_string(&mut response).await.map_err(|e| e.to_string())?;
-    let code = response.split(' ').nth(1).and_then(|c| c.parse().ok()).ok_or_else(|| format!("no status line: {response:.80}"))?;
+    let code =
+        response.split(' ').nth(1).and_then(|c| c.parse().ok()).ok_or_else(|| format!("no status line: {response:.80}"))?;
     Ok((code, response))
 }
 
@@ -127,7 +126,8 @@ async fn runs_in_cluster_as_deployed(node: Arc<Node>) {
 
     // No shell in the image (distroless, as the Dockerfile's base).
     let pod_name = pod.metadata.name.as_deref().expect("a name");
-    let shell = node.kubectl().args(["-n", NAMESPACE, "exec", pod_name, "--", "/bin/sh", "-c", "true"]).output().expect("kubectl");
+    let shell =
+        node.kubectl().args(["-n", NAMESPACE, "exec", pod_name, "--", "/bin/sh", "-c", "true"]).output().expect("kubectl");
     assert!(!shell.status.success(), "the operator's image has no shell");
 
     // Its endpoints, from the pod network, as a Prometheus scraping the pod would.
