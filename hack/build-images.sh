@@ -15,6 +15,7 @@
 #
 #   hack/build-images.sh DIR        build (cached where nothing changed) and import into DIR's node
 #   hack/build-images.sh --no-import  only build, into the cache
+#   IMAGES=example-image hack/build-images.sh DIR   only some of them (celery-operator, example-image)
 #
 # The Debian root filesystem both start from is made once by debootstrap (minbase, with python3)
 # and cached by the recipe's digest, as is example-image (by its inputs): a second run builds only
@@ -213,15 +214,32 @@ import_into() {
   ctr=$(find "$(sed -n "s/^BIN='\(.*\)'$/\1/p" "$state/cluster.env")/node" -maxdepth 1 -name ctr 2>/dev/null | head -n1)
   sock="$state/node/containerd.sock"
   [ -x "$ctr" ] && [ -S "$sock" ] || die "no real node runs in $state (REAL_NODE=1 hack/control-plane.sh start $state)"
-  "$ctr" --address "$sock" -n k8s.io images import --base-name docker.io/library/celery-operator "$OPERATOR_TAR" >/dev/null
-  "$ctr" --address "$sock" -n k8s.io images import --base-name docker.io/library/example-image "$EXAMPLE_TAR" >/dev/null
-  log "imported celery-operator:dev and example-image:dev into $state's node"
+  local image tar
+  for image in "${WANTED[@]}"; do
+    case $image in
+      celery-operator) tar=$OPERATOR_TAR ;;
+      example-image) tar=$EXAMPLE_TAR ;;
+    esac
+    "$ctr" --address "$sock" -n k8s.io images import --base-name "docker.io/library/$image" "$tar" >/dev/null
+    # Also as `latest`, the tag of the README's `docker build -t NAME`, so that deploy/ and the
+    # examples run on the node as users apply them.
+    "$ctr" --address "$sock" -n k8s.io images tag --force "docker.io/library/$image:dev" "docker.io/library/$image:latest" >/dev/null
+    log "imported $image:dev (and :latest) into $state's node"
+  done
 }
 
-[ $# -eq 1 ] || { sed -n '16,17p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+[ $# -eq 1 ] || { sed -n '16,18p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 [ "$(id -u)" = 0 ] || die "building the images needs root (debootstrap, chroot)"
+read -r -a WANTED <<<"${IMAGES:-celery-operator example-image}"
+for image in "${WANTED[@]}"; do
+  case $image in celery-operator | example-image) ;; *) die "IMAGES: no image named $image (celery-operator, example-image)" ;; esac
+done
 mkdir -p "$CACHE"
 debian_rootfs
-example_image
-operator_image
+for image in "${WANTED[@]}"; do
+  case $image in
+    celery-operator) operator_image ;;
+    example-image) example_image ;;
+  esac
+done
 if [ "$1" != --no-import ]; then import_into "$(realpath -m -- "$1")"; fi

@@ -13,7 +13,8 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    Affinity, EnvFromSource, EnvVar, LocalObjectReference, PodSecurityContext, ResourceRequirements, SecurityContext, Toleration,
+    Affinity, EnvFromSource, EnvVar, LocalObjectReference, PodSecurityContext, Probe, ResourceRequirements, SecurityContext,
+    Toleration,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -231,6 +232,17 @@ pub struct WorkerSpec {
     #[serde(default = "default_grace")]
     #[schemars(range(min = 0))]
     pub termination_grace_period_seconds: i64,
+
+    /// Replaces the worker container's liveness probe. The default reads `/proc` only: the
+    /// worker's main thread ran in the last 10 s (a stuck worker is restarted, one waiting for
+    /// its broker is not); there is none for the `solo` pool, whose tasks block that thread.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub liveness_probe: Option<Probe>,
+
+    /// Replaces the worker container's readiness probe. The default reads `/proc` only: the
+    /// worker holds an open TCP connection (to its broker).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub readiness_probe: Option<Probe>,
 }
 
 impl Default for WorkerSpec {
@@ -244,6 +256,8 @@ impl Default for WorkerSpec {
             resources: None,
             extra_args: Vec::new(),
             termination_grace_period_seconds: default_grace(),
+            liveness_probe: None,
+            readiness_probe: None,
         }
     }
 }
@@ -948,6 +962,8 @@ mod tests {
             "affinity",
             "podSecurityContext",
             "securityContext",
+            "livenessProbe",
+            "readinessProbe",
         ];
         fn walk(path: &str, schema: &serde_json::Value, out: &mut Vec<String>) {
             let Some(props) = schema.get("properties").and_then(|p| p.as_object()) else {

@@ -19,6 +19,8 @@ use kube::{Resource, ResourceExt};
 use crate::crd::{Celery, FLOWER_PORT, SecretKeyRef};
 use crate::spec::names::*;
 
+use super::probes;
+
 /// Why a child cannot be built.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
@@ -49,6 +51,8 @@ pub fn worker_deployment(celery: &Celery, replicas: Option<i32>) -> Result<Deplo
 
     let container = Container {
         name: "worker".into(),
+        liveness_probe: w.liveness_probe.clone().or_else(|| probes::worker_liveness(&args)),
+        readiness_probe: Some(w.readiness_probe.clone().unwrap_or_else(probes::worker_readiness)),
         command: Some(vec!["celery".into()]),
         args: Some(args),
         resources: w.resources.clone(),

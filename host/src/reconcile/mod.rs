@@ -12,6 +12,7 @@
 pub mod adopt;
 pub mod apply;
 pub mod build;
+pub mod probes;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

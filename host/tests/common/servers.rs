@@ -70,6 +70,11 @@ pub fn redis_server(extra: &[&str]) -> (Server, u16) {
 /// where readiness is checked), for pods that reach it on the real node's address.
 pub fn redis_server_on(addresses: &str, extra: &[&str]) -> (Server, u16) {
     let port = free_port();
+    (redis_server_at(addresses, port, extra), port)
+}
+
+/// A Redis server on `port` of `addresses`: a broker that comes back where its clients left it.
+pub fn redis_server_at(addresses: &str, port: u16, extra: &[&str]) -> Server {
     let dir = tempfile::tempdir().expect("temp dir");
     let mut command = Command::new("redis-server");
     command.args(["--port", &port.to_string(), "--bind", addresses, "--save", "", "--appendonly", "no"]);
@@ -78,7 +83,7 @@ pub fn redis_server_on(addresses: &str, extra: &[&str]) -> (Server, u16) {
     command.args(["--daemonize", "no", "--dir"]).arg(dir.path()).args(extra);
     let server = Server::spawn(command, dir);
     wait_for("redis-server", || TcpStream::connect(("127.0.0.1", port)).is_ok());
-    (server, port)
+    server
 }
 
 /// The venv's Python with Celery, made by `hack/install-test-deps.sh`.

@@ -14,21 +14,26 @@ use kube::api::{ListParams, Patch, PatchParams};
 use serde::Deserialize;
 
 use crate::operator::{install, ready};
-use crate::servers::{Server, python, redis_server_on};
+use crate::servers::{Server, python, redis_server_at, redis_server_on};
 use crate::support::{apply_yaml, eventually, repo_root};
 use crate::{Node, TestCase, node_ip};
 
 pub const TESTS: &[TestCase] = &[
     ("app::workers_and_flower_run_for_real_and_every_task_completes_once", |n| Box::pin(runs_for_real(n))),
     ("app::a_scale_down_lets_the_running_task_finish", |n| Box::pin(scale_down_finishes_the_task(n))),
+    ("app::a_stuck_worker_is_restarted_and_a_broker_outage_restarts_none", |n| Box::pin(probes_act(n))),
 ];
 
 /// The Redis list the example app records each task's start and end in (EXAMPLE_TASK_LOG).
 const TASK_LOG: &str = "example:task-log";
 
 /// Redis on loopback (for the producer and the test) and on the node's address (for the pods).
-fn redis() -> (Server, u16) {
-    redis_server_on(&format!("127.0.0.1 {}", node_ip()), &[])
+pub fn redis() -> (Server, u16) {
+    redis_server_on(&redis_addresses(), &[])
+}
+
+fn redis_addresses() -> String {
+    format!("127.0.0.1 {}", node_ip())
 }
 
 /// A namespace, the broker Secret and Flower's basic-auth Secret, and a Celery resource.
@@ -87,7 +92,7 @@ fn produce(redis_port: u16, args: &[&str]) {
     assert!(status.success(), "producer failed: {status}");
 }
 
-async fn pods(node: &Node, ns: &str, component: &str) -> Vec<Pod> {
+pub async fn pods(node: &Node, ns: &str, component: &str) -> Vec<Pod> {
     let api: Api<Pod> = Api::namespaced(node.admin.clone(), ns);
     let selector = format!("app.kubernetes.io/component={component}");
     api.list(&ListParams::default().labels(&selector)).await.map(|l| l.items).unwrap_or_default()
@@ -280,4 +285,83 @@ async fn scale_down_finishes_the_task(node: Arc<Node>) {
     // Nothing went back to the queue to run again elsewhere.
     let out = Command::new("redis-cli").args(["-p", &port.to_string(), "llen", "celery"]).output().expect("redis-cli");
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "0", "the queue is empty");
+}
+
+/// The host PID of `pod`'s worker container's PID 1 (the `celery` process): the process in the
+/// pod's cgroup that is PID 1 of its own PID namespace and runs Celery (not the pause process).
+fn worker_main_process(pod: &Pod) -> Option<u32> {
+    let uid = pod.metadata.uid.as_deref()?;
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|entry| {
+        let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+        let cgroup = std::fs::read_to_string(entry.path().join("cgroup")).ok()?;
+        let status = std::fs::read_to_string(entry.path().join("status")).ok()?;
+        let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+        let in_pod = cgroup.contains(&format!("pod{uid}")) || cgroup.contains(&format!("pod{}", uid.replace('-', "_")));
+        let pid_one = status.lines().any(|l| l.starts_with("NSpid:") && l.split_whitespace().last() == Some("1"));
+        let celery = String::from_utf8_lossy(&cmdline).contains("celery");
+        (in_pod && pid_one && celery).then_some(pid)
+    })
+}
+
+fn restarts(pod: &Pod) -> i32 {
+    pod.status.as_ref().and_then(|s| s.container_statuses.as_ref()).map_or(0, |c| c.iter().map(|c| c.restart_count).sum())
+}
+
+/// The worker probes (`reconcile::probes`) as the kubelet runs them: a worker whose main process
+/// is stopped (stuck) is restarted; a broker outage longer than the liveness probe's failure
+/// window takes the workers out of Ready and restarts none; when the broker is back they are
+/// Ready again.
+async fn probes_act(node: Arc<Node>) {
+    install(&node).await;
+    let (redis, port) = redis();
+    let spec = resource(
+        "probed",
+        r#"  workerSpec:
+    numOfWorkers: 2
+    concurrency: 1
+    terminationGracePeriodSeconds: 5
+  flowerSpec:
+    enabled: false
+"#,
+    );
+    let ns = app(&node, "real-probes", port, &spec).await;
+    let workers = ready_pods(&node, &ns, "worker", 2).await;
+    let (stuck, waiting) = (&workers[0], &workers[1]);
+    let name = |p: &Pod| p.metadata.name.clone().unwrap_or_default();
+    let stuck_pid = worker_main_process(stuck).expect("the stuck-to-be worker's process on this machine");
+
+    // The broker goes away, and one worker's main process stops (as if deadlocked).
+    drop(redis);
+    let status = Command::new("kill").args(["-STOP", &stuck_pid.to_string()]).status().expect("runs kill");
+    assert!(status.success(), "kill -STOP {stuck_pid}");
+    let outage = Instant::now();
+
+    let api: Api<Pod> = Api::namespaced(node.admin.clone(), &ns);
+    // The waiting worker is taken out of Ready, not restarted.
+    eventually("the worker without its broker to be not Ready", Duration::from_secs(60), || async {
+        let p = api.get(&name(waiting)).await.map_err(|e| e.to_string())?;
+        if ready(&p) { Err("still Ready".into()) } else { Ok(()) }
+    })
+    .await;
+    // The stuck one is restarted by its liveness probe (three failures, 20 s apart).
+    eventually("the stuck worker to be restarted", Duration::from_secs(180), || async {
+        let p = api.get(&name(stuck)).await.map_err(|e| e.to_string())?;
+        if restarts(&p) > 0 { Ok(()) } else { Err("not restarted".into()) }
+    })
+    .await;
+    // Longer than the liveness window (3 × 20 s) without a broker: the other is never restarted.
+    while outage.elapsed() < Duration::from_secs(80) {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let p = api.get(&name(waiting)).await.expect("the waiting worker");
+    assert_eq!(restarts(&p), 0, "a broker outage of {:?} restarted {}", outage.elapsed(), name(waiting));
+    let without_broker = outage.elapsed();
+
+    // The broker comes back where it was: both are Ready again, the waiting one never restarted.
+    let _redis = redis_server_at(&redis_addresses(), port, &[]);
+    let back = ready_pods(&node, &ns, "worker", 2).await;
+    let restarted: BTreeMap<String, i32> = back.iter().map(|p| (name(p), restarts(p))).collect();
+    assert_eq!(restarted.get(&name(waiting)), Some(&0), "{restarted:?}");
+    assert!(restarted.get(&name(stuck)).is_some_and(|&n| n >= 1), "{restarted:?}");
+    eprintln!("figures: broker outage of {without_broker:.0?}: restarts {restarted:?}");
 }

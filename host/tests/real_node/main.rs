@@ -15,7 +15,7 @@
 //! Needs root (containers, mounts, a bridge). Off root, outside CI, every test is reported as
 //! ignored with the reason; under CI (`CI=true`) that is a failure instead.
 //!
-//! Run with `cargo test --test real_node` (the first run builds the node's binaries and the
+//! Part of `make test`; alone: `make test-real-node` (the first run builds the node's binaries and
 //! images: about 10 minutes more than the cluster tests).
 
 #[allow(dead_code)]
@@ -31,6 +31,7 @@ mod support;
 mod app;
 mod images;
 mod operator;
+mod quick_start;
 
 use std::process::{Command, ExitCode};
 use std::sync::{Arc, LazyLock};
@@ -91,7 +92,8 @@ fn run(what: &str, command: &mut Command) -> Result<(), String> {
 
 fn main() -> ExitCode {
     let mut args = Arguments::from_args();
-    let tests: Vec<TestCase> = images::TESTS.iter().chain(operator::TESTS).chain(app::TESTS).copied().collect();
+    let tests: Vec<TestCase> =
+        images::TESTS.iter().chain(operator::TESTS).chain(app::TESTS).chain(quick_start::TESTS).copied().collect();
 
     let skip = if args.list { None } else { unable() };
     if let Some(why) = &skip {

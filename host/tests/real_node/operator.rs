@@ -10,20 +10,23 @@ use kube::api::ListParams;
 use crate::support::eventually;
 use crate::{Node, TestCase};
 
-pub const TESTS: &[TestCase] =
-    &[("operator::runs_in_cluster_as_deployed_read_only_non_root_probes_passing", |n| Box::pin(runs_in_cluster_as_deployed(n)))];
+pub const TESTS: &[TestCase] = &[
+    ("operator::runs_in_cluster_as_deployed_read_only_non_root_probes_passing", |n| Box::pin(runs_in_cluster_as_deployed(n))),
+    ("operator::a_hundred_apps_in_cluster_figures", |n| Box::pin(a_hundred_apps(n))),
+];
 
 pub const NAMESPACE: &str = "celery-operator";
 
-/// `kubectl apply -k` of the test overlay (deploy/ with the image swapped), as a user would,
-/// once per run: every test that needs the operator in the cluster calls this.
+/// `kubectl apply -k deploy/`, word for word the README's quick start (the image it names,
+/// `celery-operator:latest`, is the one hack/build-images.sh imported), once per run: every test
+/// that needs the operator in the cluster calls this.
 pub async fn install(node: &Node) {
     static ONCE: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
     ONCE.get_or_init(|| async {
-        let overlay = crate::support::repo_root().join("host/tests/fixtures/real-node");
-        // The CRD is established a moment after it is created: the Celery objects of the same
-        // apply are not in the overlay, so one apply is enough.
-        node.kubectl_ok(&["apply", "--server-side", "-k", overlay.to_str().expect("a UTF-8 path")]);
+        let deploy = crate::support::repo_root().join("deploy");
+        // The CRD is established a moment after it is created: no Celery object is in deploy/'s
+        // kustomization, so one apply is enough.
+        node.kubectl_ok(&["apply", "-k", deploy.to_str().expect("a UTF-8 path")]);
         node.kubectl_ok(&["-n", NAMESPACE, "rollout", "status", "deployment/celery-operator", "--timeout=240s"]);
     })
     .await;
@@ -108,7 +111,7 @@ async fn runs_in_cluster_as_deployed(node: Arc<Node>) {
     let status = pod.status.as_ref().expect("a pod status");
     assert_eq!(spec.node_name.as_deref(), Some("real-0"), "scheduled on the real node");
     let container = &status.container_statuses.as_ref().expect("container statuses")[0];
-    assert!(container.image.ends_with("celery-operator:dev"), "the built image: {}", container.image);
+    assert!(container.image.ends_with("celery-operator:latest"), "the built image: {}", container.image);
     assert_eq!(container.restart_count, 0, "never restarted (probes pass, nothing crashed)");
     let pod_ip = status.pod_ip.clone().expect("a pod IP");
     let subnet_prefix = crate::node_ip().rsplit_once('.').map(|(p, _)| format!("{p}.")).unwrap_or_default();
@@ -143,4 +146,57 @@ async fn runs_in_cluster_as_deployed(node: Arc<Node>) {
     let logs = node.kubectl_ok(&["-n", NAMESPACE, "logs", pod.metadata.name.as_deref().expect("a name")]);
     assert!(logs.contains("became leader"), "its log:\n{logs}");
     assert!(!logs.contains("\"level\":\"ERROR\""), "no error in its log:\n{logs}");
+}
+
+/// The resident memory of a process, in MiB.
+fn rss_mib(pid: u32) -> f64 {
+    let kib: f64 = proc_status(pid, "VmRSS").trim_end_matches("kB").trim().parse().unwrap_or(f64::NAN);
+    kib / 1024.0
+}
+
+/// 100 apps (each a worker Deployment with one pod on the simulated node, which has room for
+/// 110, and a Flower Deployment at 0 replicas and its Service) handled by the operator pod: all
+/// become Ready; prints the pod's memory before and after.
+async fn a_hundred_apps(node: Arc<Node>) {
+    install(&node).await;
+    operator_pod(&node).await;
+    let pid = process_with_argv(&["/usr/bin/celery-operator", "run"]).expect("the operator's process");
+    let idle = rss_mib(pid);
+
+    let ns = "real-hundred";
+    node.kubectl_ok(&["create", "namespace", ns]);
+    let apps: String = (0..100)
+        .map(|i| {
+            format!(
+                "apiVersion: celeryproject.org/v1alpha1\nkind: Celery\nmetadata: {{name: app-{i}}}\nspec:\n  common:\n    \
+                 appName: app-{i}\n    celeryApp: app:celery_app\n    image: example-image:dev\n    nodeSelector: {{type: kwok}}\n    tolerations:\n      - \
+                 {{key: kwok.x-k8s.io/node, operator: Exists, effect: NoSchedule}}\n  broker: {{url: \"redis://127.0.0.1:1/0\"}}\n  \
+                 flowerSpec: {{replicas: 0}}\n---\n"
+            )
+        })
+        .collect();
+    let mut apply =
+        node.kubectl().args(["-n", ns, "apply", "-f", "-"]).stdin(std::process::Stdio::piped()).spawn().expect("kubectl");
+    {
+        use std::io::Write;
+        apply.stdin.take().expect("stdin").write_all(apps.as_bytes()).expect("writes the apps");
+    }
+    assert!(apply.wait().expect("kubectl apply").success(), "the 100 apps apply");
+    let celery: Api<celery_operator::crd::Celery> = Api::namespaced(node.admin.clone(), ns);
+    eventually("100 apps Ready", Duration::from_secs(300), || async {
+        let list = celery.list(&ListParams::default()).await.map_err(|e| e.to_string())?;
+        let ready = list
+            .items
+            .iter()
+            .filter(|c| c.status.as_ref().is_some_and(|s| s.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True")))
+            .count();
+        if ready == 100 { Ok(()) } else { Err(format!("{ready} of 100 Ready")) }
+    })
+    .await;
+    // Settled: what the process keeps, not what a burst of work briefly took.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let loaded = rss_mib(pid);
+    assert!(loaded.is_finite() && idle.is_finite(), "VmRSS of {pid}");
+    eprintln!("figures: the operator pod's RSS: {idle:.1} MiB idle, {loaded:.1} MiB with 100 apps (300 children, 100 pods)");
+    node.kubectl_ok(&["delete", "namespace", ns, "--wait=false"]);
 }
