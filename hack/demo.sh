@@ -86,7 +86,7 @@ export KUBECONFIG=$STATE/admin.kubeconfig
 if [ "$REAL_NODE" = 1 ]; then
   NODE_IP=$(kubectl get node real-0 -o jsonpath='{.status.addresses[?(@.type=="InternalIP")].address}')
   say "Building the example app's image without Docker (hack/build-images.sh: debootstrap, pip, umoci)"
-  progress "example-image:dev" env IMAGES=example-image hack/build-images.sh "$STATE"
+  progress "example-image (:dev and :latest)" env IMAGES=example-image hack/build-images.sh "$STATE"
 fi
 kubectl get nodes -o wide
 
@@ -116,19 +116,18 @@ if [ "$REAL_NODE" = 1 ]; then
   redis-server --port "$REDIS_PORT" --bind "127.0.0.1 $NODE_IP" --protected-mode no --save '' --appendonly no \
     >"$STATE/logs/redis.log" 2>&1 &
   BROKER=redis://$NODE_IP:$REDIS_PORT/0
-  IMAGE=example-image:dev
 else
   say "Starting a Redis broker on 127.0.0.1"
   redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no >"$STATE/logs/redis.log" 2>&1 &
   BROKER=redis://127.0.0.1:$REDIS_PORT/0
-  IMAGE=example-image
 fi
 redis_pid=$!
 for _ in $(seq 50); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.2; done
 echo "    $BROKER (the examples say redis://redis:6379/0, the in-cluster Redis; here it runs beside the operator)"
 
-# The examples as written, with this machine's broker and (on the real node) the image built here.
-localize() { sed -e "s#redis://redis:6379/0#$BROKER#" -e "s#image: example-image\$#image: $IMAGE#" "$1"; }
+# The examples as written, with this machine's broker (on the real node, example-image is the
+# image hack/build-images.sh imported, as `kind load` would).
+localize() { sed -e "s#redis://redis:6379/0#$BROKER#" "$1"; }
 
 say "Applying a Celery resource written for the Python operator (deploy/example-celery.yaml)"
 cat deploy/example-celery.yaml

@@ -19,7 +19,7 @@ use std::time::{Duration, SystemTime};
 
 use super::PolicyError;
 use super::cache::ArtifactCache;
-use super::engine::PolicyEngine;
+use super::engine::{PolicyEngine, compile_threads, memory_limit};
 use super::loader::{Interface, LoadedPolicy, Metadata, Source, sha256};
 
 /// Where the registry looks.
@@ -195,10 +195,12 @@ impl Registry {
     }
 
     /// [`refresh_one`](Self::refresh_one) for each module, on as many threads as there are
-    /// cores: at start every module loads, and the large ones (a Python component is ~20 MB)
-    /// dominate. Returns the names whose entry changed.
+    /// cores and the memory limit allows ([`compile_threads`]): at start every module loads,
+    /// and the large ones (a Python component is ~20 MB) dominate. Returns the names whose entry
+    /// changed.
     fn refresh_all(&self, modules: &[(String, PathBuf, bool)]) -> Vec<String> {
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(modules.len());
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let threads = compile_threads(memory_limit(), cores).min(modules.len());
         let next = AtomicUsize::new(0);
         let changed = Mutex::new(Vec::new());
         let work = || {
