@@ -85,7 +85,18 @@ fn unable() -> Option<String> {
     (!root).then(|| "the real node needs root (containers, mounts, a bridge)".to_string())
 }
 
+/// Runs a build script of the repository as it runs from a shell. NB: without cargo's
+/// environment for tests (`CARGO_PKG_*`, `CARGO_MANIFEST_*`, `LD_LIBRARY_PATH`...), else the
+/// `cargo build --release` inside hack/build-images.sh fingerprints differently from the one in
+/// `.ci/run` and rebuilds every dependency (10 minutes), and so does the next build from a shell.
 fn run(what: &str, command: &mut Command) -> Result<(), String> {
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy();
+        let cargos = key.starts_with("CARGO") && key != "CARGO_HOME";
+        if cargos || ["LD_LIBRARY_PATH", "RUST_RECURSION_COUNT", "RUSTUP_TOOLCHAIN_SOURCE"].contains(&key.as_ref()) {
+            command.env_remove(key.as_ref());
+        }
+    }
     let status = command.status().map_err(|e| format!("cannot run {what}: {e}"))?;
     status.success().then_some(()).ok_or_else(|| format!("{what} failed: {status}"))
 }
