@@ -67,6 +67,19 @@ pub fn compile_threads(limit: Option<u64>, cores: usize) -> usize {
     cores.min(fit).max(1)
 }
 
+/// Hands the memory that compilations freed back to the system. NB: glibc's allocator keeps
+/// freed heap memory for reuse, so after compiling the large built-ins (hundreds of MB of
+/// short-lived allocations, see [`COMPILE_MEMORY`]) the operator stayed at 421 MiB of RSS in
+/// its pod for good, where it needs under 100.
+pub fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks the allocator's own free lists; it has no preconditions
+    // and is safe to call from any thread at any time.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// The memory limit of this process's cgroup (v2 `memory.max`, v1 `memory.limit_in_bytes`),
 /// if it has one.
 pub fn memory_limit() -> Option<u64> {

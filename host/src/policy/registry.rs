@@ -19,7 +19,7 @@ use std::time::{Duration, SystemTime};
 
 use super::PolicyError;
 use super::cache::ArtifactCache;
-use super::engine::{PolicyEngine, compile_threads, memory_limit};
+use super::engine::{PolicyEngine, compile_threads, memory_limit, release_freed_memory};
 use super::loader::{Interface, LoadedPolicy, Metadata, Source, sha256};
 
 /// Where the registry looks.
@@ -220,6 +220,9 @@ impl Registry {
             });
         }
         let mut changed = changed.into_inner().unwrap_or_else(|p| p.into_inner());
+        if !changed.is_empty() {
+            release_freed_memory();
+        }
         changed.sort();
         changed
     }

@@ -166,7 +166,20 @@ fn rss_mib(pid: u32) -> f64 {
 /// become Ready; prints the pod's memory before and after.
 async fn a_hundred_apps(node: Arc<Node>) {
     install(&node).await;
-    operator_pod(&node).await;
+    let pod = operator_pod(&node).await;
+    let pod_name = pod.metadata.name.clone().expect("a name");
+    // Idle: once every built-in policy is loaded (compiled, at the pod's first start).
+    let builtins = std::fs::read_dir(crate::support::repo_root().join("target/policies"))
+        .expect("target/policies")
+        .filter(|e| e.as_ref().is_ok_and(|e| e.path().extension().is_some_and(|x| x == "wasm")))
+        .count();
+    eventually("the operator to load the built-in policies", Duration::from_secs(180), || async {
+        let logs = node.kubectl_ok(&["-n", NAMESPACE, "logs", &pod_name]);
+        let loaded = logs.lines().filter(|l| l.contains("\"policy loaded\"")).count();
+        if loaded >= builtins { Ok(()) } else { Err(format!("{loaded} of {builtins} loaded")) }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
     let pid = process_with_argv(&["/usr/bin/celery-operator", "run"]).expect("the operator's process");
     let idle = rss_mib(pid);
 
