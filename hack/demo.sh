@@ -62,7 +62,7 @@ PYTHON=${CELERY_OPERATOR_TEST_VENV:-$HOME/.cache/celery-operator/venv}/bin/pytho
 
 # NB: the three builds run at once: each waits on downloads part of the time, and the first run
 # of all three takes ~30 minutes on 2 cores (later runs, seconds).
-say "Building the operator, the built-in scaling policies and Kubernetes (first run: about 30 minutes; logs in $STATE/logs)"
+say "Building the operator, the built-in scaling policies and Kubernetes (first run: about 40 minutes on 2 cores; logs in $STATE/logs)"
 job_start "operator (cargo build)" "$STATE/logs/build-operator.log" cargo build -p celery-operator
 job_start "policies (policies/build.sh)" "$STATE/logs/build-policies.log" policies/build.sh
 job_start "Kubernetes (hack/build-control-plane.sh)" "$STATE/logs/build-control-plane.log" \
@@ -81,8 +81,6 @@ if [ "$REAL_NODE" = 0 ]; then
   hack/control-plane.sh start "$STATE"
 fi
 export KUBECONFIG=$STATE/admin.kubeconfig
-# shellcheck disable=SC1091
-. "$STATE/cluster.env"
 if [ "$REAL_NODE" = 1 ]; then
   NODE_IP=$(kubectl get node real-0 -o jsonpath='{.status.addresses[?(@.type=="InternalIP")].address}')
   say "Building the example app's image without Docker (hack/build-images.sh: debootstrap, pip, umoci)"
@@ -133,7 +131,7 @@ say "Applying a Celery resource written for the Python operator (deploy/example-
 cat deploy/example-celery.yaml
 if [ "$REAL_NODE" = 0 ]; then
   echo "    (on the simulated node no Flower runs, and its Service's name does not resolve here:"
-  echo "     expect a FlowerUnavailable warning below; the real node has both)"
+  echo "     a FlowerUnavailable warning follows once it has had a minute to start; the real node has both)"
 fi
 localize deploy/example-celery.yaml | kubectl apply -f -
 kubectl wait --for condition=Ready --timeout=180s celery/celery-crd-example
@@ -163,7 +161,7 @@ follow_until() {
     replicas=$(kubectl get deployment shop-celery-worker -o jsonpath='{.spec.replicas}' 2>/dev/null || true)
     line=$(kubectl get celery shop -o jsonpath='{.status.queueBacklog}|{.status.autoscaler.lastDecision.reason}' 2>/dev/null || true)
     pods=$(kubectl get pods -l app.kubernetes.io/instance=shop,app.kubernetes.io/component=worker --no-headers 2>/dev/null |
-      awk '{n[$3]++} END {for (s in n) printf "%s%d %s", sep, n[s], s; sep=", "}' || true)
+      awk '{n[$3]++} END {for (s in n) {printf "%s%d %s", sep, n[s], s; sep=", "}}' || true)
     running=$(kubectl get pods -l app.kubernetes.io/instance=shop,app.kubernetes.io/component=worker --no-headers 2>/dev/null | wc -l)
     printf '    %3ds  backlog %-5s workers %-3s pods: %-28s %s\n' $((SECONDS - start)) "${line%%|*}" "${replicas:-?}" \
       "${pods:-none}" "${line#*|}"

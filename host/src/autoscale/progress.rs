@@ -20,6 +20,10 @@ use crate::spec::names;
 pub const READ_EVERY: Duration = Duration::from_secs(2);
 /// After a failed read, Flower is asked again after this long.
 pub const RETRY_AFTER: Duration = Duration::from_secs(10);
+/// A Flower that has never answered is not reported unavailable for this long after the loop
+/// starts following it: a new app's Flower pod starts beside its workers (seconds on a real node),
+/// and its Service refuses connections until it is Ready.
+pub const STARTING: Duration = Duration::from_secs(60);
 /// Limit for one request to Flower. Shorter than the broker's: the loop waits for Flower before
 /// it decides, and Flower in the app's namespace answers in milliseconds when it answers at all.
 pub const TIMEOUT: Duration = Duration::from_secs(1);
@@ -101,6 +105,11 @@ pub struct Progress {
     active: HashMap<String, u32>,
     last_read: Option<Instant>,
     failing: Option<String>,
+    /// The failure last reported, so it is reported once.
+    reported: Option<String>,
+    /// When this Flower was first asked, and whether it has ever answered (see [`STARTING`]).
+    first_asked: Option<Instant>,
+    answered: bool,
     /// When the client was made (its credentials read), or why it could not be, and when.
     client_made: Option<Instant>,
     client_failed: Option<(Instant, String)>,
@@ -126,6 +135,7 @@ impl Progress {
             return None;
         }
         self.last_read = Some(Instant::now());
+        self.first_asked.get_or_insert_with(Instant::now);
         let read = match self.client(credentials).await {
             Ok(flower) => flower.workers().await.map_err(|e| self.describe(&e)),
             Err(message) => Err(message),
@@ -138,13 +148,19 @@ impl Progress {
                         self.active.insert(hostname(&w.name).to_string(), active);
                     }
                 }
-                self.failing.take().map(|_| Change::Recovered)
+                self.answered = true;
+                self.failing = None;
+                self.reported.take().map(|_| Change::Recovered)
             }
             Err(message) => {
                 self.active.clear();
-                let first = self.failing.as_deref() != Some(message.as_str());
                 self.failing = Some(message.clone());
-                first.then_some(Change::Failed(message))
+                let starting = !self.answered && self.first_asked.is_some_and(|at| at.elapsed() < STARTING);
+                if starting || self.reported.as_ref() == Some(&message) {
+                    return None;
+                }
+                self.reported = Some(message.clone());
+                Some(Change::Failed(message))
             }
         }
     }
@@ -310,12 +326,27 @@ spec:
         progress.reconfigure(Some(source));
         progress.active.insert("stale".into(), 1);
         let no_secret = async |_: &SecretKeyRef| -> Result<String, String> { unreachable!("no Secret named") };
+        assert_eq!(progress.refresh(no_secret).await, None, "a Flower that never answered may still be starting");
+        assert!(progress.active.is_empty(), "figures from before the failure are dropped");
+        progress.first_asked = Some(Instant::now() - STARTING);
+        progress.last_read = Some(Instant::now() - RETRY_AFTER);
         let Some(Change::Failed(message)) = progress.refresh(no_secret).await else { panic!("nothing listens") };
         assert!(message.starts_with("spec.autoscaling.flowerUrl: Flower http://127.0.0.1"), "{message}");
         assert!(progress.active.is_empty(), "figures from before the failure are dropped");
         assert_eq!(progress.refresh(no_secret).await, None, "not retried before RETRY_AFTER");
         progress.last_read = Some(Instant::now() - RETRY_AFTER);
         assert_eq!(progress.refresh(no_secret).await, None, "the same failure is not reported twice");
+    }
+
+    #[tokio::test]
+    async fn a_flower_that_answered_once_is_reported_at_its_first_failure() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("port").port();
+        let mut progress = Progress::default();
+        let source = Source { url: format!("http://127.0.0.1:{port}"), basic_auth: None, field: "spec.autoscaling.flowerUrl" };
+        progress.reconfigure(Some(source));
+        progress.answered = true;
+        let no_secret = async |_: &SecretKeyRef| -> Result<String, String> { unreachable!("no Secret named") };
+        assert!(matches!(progress.refresh(no_secret).await, Some(Change::Failed(_))), "no grace once it has answered");
     }
 
     #[tokio::test]
