@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use celery_operator::crd::Celery;
+use k8s_openapi::api::apps::v1::Deployment;
 use kube::Api;
 
 use crate::app::{pods, redis};
@@ -63,6 +64,21 @@ async fn the_readmes_example_runs_as_written(node: Arc<Node>) {
             assert_eq!(pod.spec.as_ref().and_then(|s| s.node_name.as_deref()), Some("real-0"), "{component}");
         }
     }
+
+    // Its policy (queue-length, 50 messages a worker, at least 1) finds nothing waiting and,
+    // after its 60 s stabilisation window, leaves one worker: the burst below (20 messages) keeps
+    // it at one, so every task's log line is in that pod's log.
+    let deployments: Api<Deployment> = Api::namespaced(node.admin.clone(), ns);
+    eventually("the example's workers scaled to its minimum, 1", Duration::from_secs(180), || async {
+        let d = deployments.get("celery-crd-example-celery-worker").await.map_err(|e| e.to_string())?;
+        let running: Vec<_> =
+            pods(&node, ns, "worker").await.into_iter().filter(|p| p.metadata.deletion_timestamp.is_none() && ready(p)).collect();
+        match (d.spec.and_then(|s| s.replicas), running.len()) {
+            (Some(1), 1) => Ok(()),
+            other => Err(format!("replicas and Ready pods {other:?}")),
+        }
+    })
+    .await;
 
     // The README's burst, as a pod of the example image (`-i` without a terminal here).
     let sent = 20;
