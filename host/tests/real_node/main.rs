@@ -18,10 +18,8 @@
 //! Part of `make test`; alone: `make test-real-node` (the first run builds the node's binaries and
 //! images: about 10 minutes more than the cluster tests).
 
-#[allow(dead_code)]
 #[path = "../common/dockerfile.rs"]
 mod dockerfile;
-#[allow(dead_code)]
 #[path = "../common/servers.rs"]
 mod servers;
 #[allow(dead_code)]

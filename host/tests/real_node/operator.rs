@@ -80,12 +80,7 @@ pub fn proc_status(pid: u32, field: &str) -> String {
 fn root_mount_options(pid: u32) -> String {
     let info = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap_or_default();
     // Fields: id parent major:minor root mount-point options ...; the last mount on / wins.
-    info.lines()
-        .filter(|l| l.split(' ').nth(4) == Some("/"))
-        .last()
-        .and_then(|l| l.split(' ').nth(5))
-        .unwrap_or_default()
-        .to_string()
+    info.lines().rfind(|l| l.split(' ').nth(4) == Some("/")).and_then(|l| l.split(' ').nth(5)).unwrap_or_default().to_string()
 }
 
 /// A plain HTTP GET to a pod's address from the node (the host reaches the pod network).
