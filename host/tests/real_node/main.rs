@@ -88,9 +88,11 @@ fn unable() -> Option<String> {
 /// `cargo build --release` inside hack/build-images.sh fingerprints differently from the one in
 /// `.ci/run` and rebuilds every dependency (10 minutes), and so does the next build from a shell.
 fn run(what: &str, command: &mut Command) -> Result<(), String> {
+    // What the user's shell sets for cargo is kept: the build in .ci/run saw it too.
+    const USERS: &[&str] = &["CARGO_HOME", "CARGO_INCREMENTAL", "CARGO_TARGET_DIR", "CARGO_BUILD_JOBS"];
     for (key, _) in std::env::vars_os() {
         let key = key.to_string_lossy();
-        let cargos = key.starts_with("CARGO") && key != "CARGO_HOME";
+        let cargos = key.starts_with("CARGO") && !USERS.contains(&key.as_ref());
         if cargos || ["LD_LIBRARY_PATH", "RUST_RECURSION_COUNT", "RUSTUP_TOOLCHAIN_SOURCE"].contains(&key.as_ref()) {
             command.env_remove(key.as_ref());
         }
