@@ -420,6 +420,23 @@ spec:
     }
 
     #[test]
+    fn workers_get_the_operators_probes_unless_the_spec_replaces_them() {
+        let worker = |c: &Celery| worker_deployment(c, None).unwrap().spec.unwrap().template.spec.unwrap().containers.remove(0);
+        let seed = worker(&celery(SEED));
+        assert_eq!(seed.liveness_probe, probes::worker_liveness(&[]));
+        assert_eq!(seed.readiness_probe, Some(probes::worker_readiness()));
+
+        let own = SEED.replace(
+            "    maxTasksPerChild: 100\n",
+            "    maxTasksPerChild: 100\n    extraArgs: [\"--pool=solo\"]\n    readinessProbe: {tcpSocket: {port: 8000}}\n",
+        );
+        let own = worker(&celery(&own));
+        assert_eq!(own.liveness_probe, None, "the solo pool runs tasks on the thread the liveness probe watches");
+        let tcp = own.readiness_probe.and_then(|p| p.tcp_socket).expect("the spec's readiness probe");
+        assert_eq!(tcp.port, IntOrString::Int(8000));
+    }
+
+    #[test]
     fn a_celery_without_uid_cannot_own_children() {
         let mut c = celery(SEED);
         c.metadata.uid = None;
