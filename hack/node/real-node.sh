@@ -402,8 +402,11 @@ kill_pod_processes() {
 kill_shims() {
   local n p; n=$(node_dir)
   for p in /proc/[0-9]*; do
+    # NB: `|| true`: a shim exits by itself once its container is killed (kill_pod_processes,
+    # just before), and a failed kill as the last command of an && list ends the script under
+    # set -e, silently, with containerd and the bridge left behind.
     tr '\0' ' ' 2>/dev/null <"$p/cmdline" | grep -q "containerd-shim-runc-v2 .*-address $n/containerd.sock" \
-      && kill -KILL "${p#/proc/}" 2>/dev/null
+      && { kill -KILL "${p#/proc/}" 2>/dev/null || true; }
   done
   return 0
 }

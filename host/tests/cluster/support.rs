@@ -147,14 +147,8 @@ impl ControlPlane {
 
 impl Drop for ControlPlane {
     fn drop(&mut self) {
-        // NB: a stop of the real node has been seen to fail once, silently, leaving its
-        // containerd, the API server and the pod bridge behind (a second stop removed them): a
-        // leftover node keeps the next one (the demo's) from starting, so try twice.
         if let Err(e) = self.script("stop") {
-            eprintln!("{e}; stopping again");
-            if let Err(e) = self.script("stop") {
-                eprintln!("{e}");
-            }
+            eprintln!("{e}");
         }
     }
 }
