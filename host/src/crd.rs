@@ -538,6 +538,30 @@ pub struct ScaleDown {
     #[serde(default = "default_step_period")]
     #[schemars(range(min = 0, max = 3600))]
     pub period_seconds: i32,
+
+    /// What a scale-down does with workers that are running tasks. Idle workers always go
+    /// first (when Flower tells which are idle). `Terminate` lowers the count at once: a busy
+    /// worker that must go gets Celery's warm shutdown and finishes its running tasks within
+    /// `workerSpec.terminationGracePeriodSeconds`. `Wait` removes only idle (or not Ready)
+    /// workers, and the busy ones once they are idle, for at most `maxWaitSeconds`.
+    #[serde(default)]
+    pub busy_workers: BusyWorkers,
+
+    /// With `busyWorkers: Wait`, the longest a scale-down waits for busy workers; then they are
+    /// removed as with `Terminate`.
+    #[serde(default = "default_max_wait")]
+    #[schemars(range(min = 0, max = 86400))]
+    pub max_wait_seconds: i32,
+}
+
+/// What a scale-down does with busy workers.
+#[derive(JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum BusyWorkers {
+    /// Lower the count at once; busy workers finish their tasks in their grace period.
+    #[default]
+    Terminate,
+    /// Keep busy workers until they are idle, up to `maxWaitSeconds`.
+    Wait,
 }
 
 impl Default for ScaleDown {
@@ -546,6 +570,8 @@ impl Default for ScaleDown {
             stabilization_window_seconds: default_stabilization(),
             max_step_percent: default_step_percent(),
             period_seconds: default_step_period(),
+            busy_workers: BusyWorkers::default(),
+            max_wait_seconds: default_max_wait(),
         }
     }
 }
@@ -558,6 +584,9 @@ fn default_step_percent() -> i32 {
 }
 fn default_step_period() -> i32 {
     15
+}
+fn default_max_wait() -> i32 {
+    1800
 }
 
 /// One entry of the Python operator's `scaleTargetRef`.
@@ -718,6 +747,23 @@ pub struct AutoscalerStatus {
     /// When the autoscaler last changed the worker replicas.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_scale_time: Option<Time>,
+
+    /// A scale-down still under way: it waits for busy workers (`busyWorkers: Wait`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale_in: Option<ScaleInStatus>,
+}
+
+/// A scale-down that waits for busy workers.
+#[derive(JsonSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ScaleInStatus {
+    /// The worker count it goes to.
+    pub replicas: i32,
+    /// When it started waiting; after `maxWaitSeconds` the busy workers are removed anyway.
+    pub since: Time,
+    /// The workers it waits for, with their tasks (`worker-abc (2 tasks running)`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub waiting_for: Vec<String>,
 }
 
 /// One worker queue at the last sample.

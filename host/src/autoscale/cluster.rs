@@ -21,6 +21,7 @@ use kube::runtime::watcher::{self, Event};
 use kube::{Client, ResourceExt};
 use tracing::{info, warn};
 
+use crate::decide::scalein;
 use crate::policy::PodSample;
 use crate::quantity;
 use crate::scope::Scope;
@@ -40,6 +41,12 @@ pub struct PodState {
     pub ready: bool,
     pub cpu_request_millis: Option<u64>,
     pub memory_request_bytes: Option<u64>,
+    /// Creation time in milliseconds (0 when the API server gave none).
+    pub created_ms: i64,
+    /// Being deleted (it has a deletion timestamp).
+    pub terminating: bool,
+    /// Carries the autoscaler's deletion-cost mark ([`scalein::MARK`]).
+    pub marked: bool,
 }
 
 /// CPU and memory of one pod, summed over its containers.
@@ -101,6 +108,12 @@ impl ClusterView {
                 }
             })
             .collect()
+    }
+
+    /// The worker pods of one app as the API server last showed them, sorted by name.
+    pub fn pod_states(&self, namespace: &str, app: &str) -> Vec<PodState> {
+        let pods = self.pods.read().expect("pods lock");
+        pods.get(&(namespace.to_string(), app.to_string())).map(|own| own.values().cloned().collect()).unwrap_or_default()
     }
 
     fn apply_pod(&self, pod: &Pod) {
@@ -330,6 +343,9 @@ pub fn pod_state(pod: &Pod) -> PodState {
         ready,
         cpu_request_millis: request("cpu", 1000.0),
         memory_request_bytes: request("memory", 1.0),
+        created_ms: pod.metadata.creation_timestamp.as_ref().map_or(0, |t| t.0.as_millisecond()),
+        terminating: pod.metadata.deletion_timestamp.is_some(),
+        marked: pod.annotations().get(scalein::DELETION_COST).is_some_and(|v| v == scalein::MARK),
     }
 }
 

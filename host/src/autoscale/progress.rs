@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use crate::crd::{Celery, SecretKeyRef};
+use crate::decide::scalein;
 use crate::metrics::flower::{Flower, FlowerError, hostname};
 use crate::metrics::{self, QueueStats};
 use crate::policy::PodSample;
@@ -103,6 +104,8 @@ pub struct Progress {
     client: Option<Flower>,
     /// Tasks in progress by worker hostname (its pod's name), online workers only.
     active: HashMap<String, u32>,
+    /// Tasks prefetched (received, not started) by worker hostname, online workers only.
+    reserved: HashMap<String, u32>,
     last_read: Option<Instant>,
     failing: Option<String>,
     /// The failure last reported, so it is reported once.
@@ -143,9 +146,11 @@ impl Progress {
         match read {
             Ok(workers) => {
                 self.active.clear();
+                self.reserved.clear();
                 for w in workers.iter().filter(|w| w.online) {
                     if let Some(active) = w.active {
                         self.active.insert(hostname(&w.name).to_string(), active);
+                        self.reserved.insert(hostname(&w.name).to_string(), w.prefetched.unwrap_or(0));
                     }
                 }
                 self.answered = true;
@@ -154,6 +159,7 @@ impl Progress {
             }
             Err(message) => {
                 self.active.clear();
+                self.reserved.clear();
                 self.failing = Some(message.clone());
                 let starting = !self.answered && self.first_asked.is_some_and(|at| at.elapsed() < STARTING);
                 if starting || self.reported.as_ref() == Some(&message) {
@@ -171,6 +177,23 @@ impl Progress {
         for pod in pods {
             pod.active_tasks = self.active.get(&pod.name).copied();
         }
+    }
+
+    /// Whether the last read of Flower gave per-worker figures, or why not (for a scale-down's
+    /// reason: without them Kubernetes chooses which workers go).
+    pub fn figures(&self) -> Result<(), String> {
+        match (&self.source, &self.failing) {
+            (None, _) => Err("no Flower: flowerSpec is off and spec.autoscaling.flowerUrl is not set".into()),
+            (Some(_), Some(failing)) => Err(failing.clone()),
+            (Some(_), None) if !self.answered => Err("Flower has not answered yet".into()),
+            (Some(_), None) => Ok(()),
+        }
+    }
+
+    /// A worker pod's running and prefetched tasks, when Flower has an online worker for it.
+    pub fn load(&self, pod: &str) -> Option<scalein::Load> {
+        let running = *self.active.get(pod)?;
+        Some(scalein::Load { running, reserved: self.reserved.get(pod).copied().unwrap_or(0) })
     }
 
     /// The backlog of `queues` as Flower measures it, for an app whose broker only Flower

@@ -74,6 +74,7 @@ pub fn measured_status(time: Time, queues: &[QueueStats], pods: &[PodSample]) ->
         active_tasks: pods.iter().filter_map(|p| p.active_tasks).map(i64::from).reduce(|a, b| a + b),
         last_decision: None,
         last_scale_time: None,
+        scale_in: None,
     }
 }
 

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ObjectReference, Secret};
+use k8s_openapi::api::core::v1::{ObjectReference, Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::events::EventType;
@@ -34,9 +34,9 @@ use super::cluster::ClusterView;
 use super::progress::{self, Progress};
 use super::sampler;
 use crate::conditions::*;
-use crate::crd::{AutoscalerStatus, Celery, CelerySpec, DecisionStatus, SecretKeyRef, TransportOptions};
+use crate::crd::{AutoscalerStatus, Celery, CelerySpec, DecisionStatus, ScaleInStatus, SecretKeyRef, TransportOptions};
 use crate::decide::stabilize::Damper;
-use crate::decide::{self, Bounds, Choice, Health};
+use crate::decide::{self, Bounds, Choice, Health, scalein};
 use crate::leader::Leadership;
 use crate::metrics::{self, Broker, BrokerError, BrokerOptions, QueueStats, RedisLayout};
 use crate::policy::check::PolicyCheck;
@@ -66,6 +66,8 @@ const BROKER_RETRY_MAX: Duration = Duration::from_secs(60);
 const SECRET_RETRY: Duration = Duration::from_secs(10);
 /// How often the set of loops is checked against the controllers' caches for deleted apps.
 const SWEEP: Duration = Duration::from_secs(2);
+/// How long the loop waits for the pod watch to show the deletion costs it wrote.
+const MARK_SEEN: Duration = Duration::from_secs(2);
 /// The action of the autoscaler's events.
 const ACTION: &str = "Autoscale";
 
@@ -305,6 +307,19 @@ struct AppLoop {
     missing_since: Option<Instant>,
     /// After a failed broker read: when to try again, the pause, and the failure.
     broker_retry: Option<Retry>,
+    /// A scale-down still under way (waiting for busy workers), as the status shows it.
+    scale_in: Option<Pending>,
+}
+
+/// A scale-down that has not reached its count yet (`busyWorkers: Wait`).
+#[derive(Clone, Debug, PartialEq)]
+struct Pending {
+    goal: u32,
+    /// When it started waiting: `maxWaitSeconds` counts from here, across operator restarts
+    /// (it is read back from the status).
+    since: jiff::Timestamp,
+    /// The busy workers waited for, as the status lists them.
+    waiting_for: Vec<String>,
 }
 
 /// The backoff of an unreachable broker (or Flower standing in for one): the pause doubles
@@ -364,6 +379,11 @@ impl AppLoop {
             written_active: None,
             missing_since: None,
             broker_retry: None,
+            scale_in: status.and_then(|s| s.autoscaler.as_ref()).and_then(|a| a.scale_in.as_ref()).map(|p| Pending {
+                goal: u32::try_from(p.replicas).unwrap_or(0),
+                since: p.since.0,
+                waiting_for: p.waiting_for.clone(),
+            }),
         };
         app.reconfigure(plan);
         info!(app = %app.label, policy = %app.policy_label(), "autoscaling starts");
@@ -477,10 +497,16 @@ impl AppLoop {
             let cause = if decision.health.reason == POLICY_FAILED { FailureCause::Policy } else { FailureCause::Metrics };
             shared.metrics.observe_failure(&self.label, cause);
         }
-        let decide::Decision { target, health, reason, proposed, policy, .. } = decision;
+        let decide::Decision { target, health, mut reason, proposed, policy, held, recommended } = decision;
+        let waiting_before = self.scale_in.as_ref().map(|p| p.waiting_for.clone());
+        let (target, note) = self.scale_in(shared, now, current, target, held, recommended).await;
+        if !note.is_empty() {
+            reason = format!("{reason}; {note}");
+        }
         shared.metrics.observe_decision(&self.label, current, target);
 
-        let mut changed = self.last_decision.as_ref().map(|d| d.replicas) != Some(target as i32);
+        let mut changed = self.last_decision.as_ref().map(|d| d.replicas) != Some(target as i32)
+            || waiting_before != self.scale_in.as_ref().map(|p| p.waiting_for.clone());
         if target != current {
             match self.scale(shared, current, target, &format!("{policy}: {reason}")).await {
                 Ok(()) => {
@@ -502,6 +528,131 @@ impl AppLoop {
             reason: crate::policy::truncate(&reason, 512),
         });
         self.conclude_with(shared, &mut status, health, changed).await;
+    }
+
+    /// Carries out the decided `target` as far as the workers allow, and returns the count to
+    /// write with what was chosen (see [`scalein`]). A lower count marks the workers that must
+    /// go before it is written; with `busyWorkers: Wait` the busy ones are kept until they are
+    /// idle or `maxWaitSeconds` has passed. Marks left from a scale-down that did not happen
+    /// are cleared, so a steady app costs no pod writes.
+    async fn scale_in(
+        &mut self,
+        shared: &Shared,
+        now: jiff::Timestamp,
+        current: u32,
+        target: u32,
+        held: bool,
+        recommended: Option<u32>,
+    ) -> (u32, String) {
+        let goal = match (target.cmp(&current), self.scale_in.as_mut()) {
+            (std::cmp::Ordering::Greater, _) => {
+                self.scale_in = None;
+                target
+            }
+            (std::cmp::Ordering::Less, Some(pending)) => {
+                pending.goal = target;
+                target
+            }
+            (std::cmp::Ordering::Less, None) => {
+                self.scale_in = Some(Pending { goal: target, since: now, waiting_for: Vec::new() });
+                target
+            }
+            // Missing data never scales down: a waiting scale-down holds, too.
+            (std::cmp::Ordering::Equal, Some(_)) if held => current,
+            (std::cmp::Ordering::Equal, Some(pending)) => {
+                // The load came back: the policy now wants more than the goal.
+                pending.goal = pending.goal.max(recommended.unwrap_or(current));
+                if pending.goal >= current {
+                    info!(app = %self.label, "the scale-down waiting for busy workers is called off: the policy wants {current} again");
+                    self.scale_in = None;
+                }
+                current.min(self.scale_in.as_ref().map_or(current, |p| p.goal))
+            }
+            (std::cmp::Ordering::Equal, None) => current,
+        };
+        let pods = shared.cluster.pod_states(&self.namespace, &self.name);
+        let workers: Vec<scalein::Worker> = pods
+            .iter()
+            .map(|p| scalein::Worker {
+                name: p.name.clone(),
+                ready: p.ready,
+                terminating: p.terminating,
+                created_ms: p.created_ms,
+                marked: p.marked,
+                load: self.progress.load(&p.name),
+            })
+            .collect();
+        if goal >= current {
+            self.scale_in = None;
+            let stale = scalein::steady(&workers);
+            self.mark(shared, &[], &stale).await;
+            return (current, String::new());
+        }
+        let figures = self.progress.figures();
+        let figures = match &figures {
+            Ok(()) => scalein::Figures::Known,
+            Err(why) => scalein::Figures::Unknown(why),
+        };
+        let since = self.scale_in.as_ref().map_or(now, |p| p.since);
+        let over = now.duration_since(since).unsigned_abs() >= self.tuning.max_wait;
+        let plan = scalein::plan(current, goal, &workers, figures, scalein::Mode::of(self.tuning.busy_workers, over));
+        let new_marks: Vec<String> =
+            plan.mark.iter().filter(|name| !pods.iter().any(|p| &p.name == *name && p.marked)).cloned().collect();
+        self.mark(shared, &new_marks, &plan.unmark).await;
+        if plan.waiting.is_empty() {
+            self.scale_in = None;
+        } else if let Some(pending) = self.scale_in.as_mut() {
+            pending.waiting_for = plan
+                .waiting
+                .iter()
+                .map(|(name, n)| match figures {
+                    scalein::Figures::Known => format!("{name} ({})", scalein::running(*n)),
+                    scalein::Figures::Unknown(_) => format!("{name} (tasks unknown)"),
+                })
+                .collect();
+        }
+        (plan.replicas, plan.note)
+    }
+
+    /// Gives `mark` the autoscaler's deletion cost and takes it from `unmark`, then waits (a
+    /// moment at most) until the pod watch shows the marks, so the ReplicaSet controller, which
+    /// watches the same pods, has them when the count falls. Written by the autoscaler's field
+    /// manager; a failed write is logged and the scale goes on: the marks only order removals.
+    async fn mark(&self, shared: &Shared, mark: &[String], unmark: &[String]) {
+        if (mark.is_empty() && unmark.is_empty()) || !shared.leadership.holds() {
+            return;
+        }
+        let api: Api<Pod> = Api::namespaced(shared.client.clone(), &self.namespace);
+        let params = PatchParams::apply(SCALER_MANAGER).force();
+        for (names, on) in [(mark, true), (unmark, false)] {
+            for name in names {
+                let annotations =
+                    if on { serde_json::json!({ scalein::DELETION_COST: scalein::MARK }) } else { serde_json::json!({}) };
+                let body = serde_json::json!({
+                    "apiVersion": "v1",
+                    "kind": "Pod",
+                    "metadata": { "name": name, "annotations": annotations },
+                });
+                match api.patch(name, &params, &Patch::Apply(body)).await {
+                    Ok(_) => debug!(app = %self.label, pod = %name, marked = on, "deletion cost written"),
+                    // A pod deleted meanwhile needs no mark.
+                    Err(kube::Error::Api(status)) if status.code == 404 => {}
+                    Err(error) => {
+                        warn!(app = %self.label, pod = %name, error = %crate::telemetry::chain(&error), "cannot write the pod's deletion cost; Kubernetes may remove another worker")
+                    }
+                }
+            }
+        }
+        let deadline = Instant::now() + MARK_SEEN;
+        while Instant::now() < deadline {
+            let pods = shared.cluster.pod_states(&self.namespace, &self.name);
+            let shows = |name: &String, on: bool| pods.iter().find(|p| &p.name == name).is_none_or(|p| p.marked == on);
+            if mark.iter().all(|n| shows(n, true)) && unmark.iter().all(|n| shows(n, false)) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        debug!(app = %self.label, "the pod watch has not shown the deletion costs yet; scaling anyway");
     }
 
     /// Asks every policy for its answer, in the order of the spec. A policy that needs the
@@ -732,6 +883,11 @@ impl AppLoop {
         }
         status.last_decision = self.last_decision.clone();
         status.last_scale_time = self.last_scale_time.clone();
+        status.scale_in = self.scale_in.as_ref().filter(|p| !p.waiting_for.is_empty()).map(|p| ScaleInStatus {
+            replicas: i32::try_from(p.goal).unwrap_or(i32::MAX),
+            since: Time(p.since),
+            waiting_for: p.waiting_for.clone(),
+        });
         let now = Time(jiff::Timestamp::now());
         let condition = report::status::scaling_condition(&self.condition, &health, self.celery.metadata.generation, &now);
         let body = report::status::autoscaler_part(backlog, status, &condition);

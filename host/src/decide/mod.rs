@@ -6,7 +6,10 @@
 //!
 //! - [`stabilize`]: the bounds of the resource, the combining of several answers, the
 //!   stabilisation window and gradual steps down.
+//! - [`scalein`]: which workers a scale-down removes (idle first), and whether it waits for
+//!   busy ones.
 
+pub mod scalein;
 pub mod stabilize;
 
 use crate::conditions::{METRICS_UNAVAILABLE, POLICY_DECIDING, POLICY_FAILED};
@@ -61,6 +64,9 @@ pub struct Decision {
     pub policy: String,
     /// The count was held (or raised to the fallback) because no usable answer came.
     pub held: bool,
+    /// The answer that won, within the bounds and before damping; `None` when held. A
+    /// scale-down that waits for busy workers ends when this rises to the current count.
+    pub recommended: Option<u32>,
 }
 
 /// Decides the replica count at `now_ms` from `current` and one answer (or failure) per
@@ -101,7 +107,15 @@ pub fn decide(
                 let reason = format!("{} (scaled up on the signals known; {})", choice.reason, health.message);
                 (health, reason)
             };
-            Decision { target, health, reason, proposed: Some(choice.proposed), policy: choice.policy.clone(), held: false }
+            Decision {
+                target,
+                health,
+                reason,
+                proposed: Some(choice.proposed),
+                policy: choice.policy.clone(),
+                held: false,
+                recommended: Some(choice.bounded),
+            }
         }
         Verdict::Hold => {
             let health = failed();
@@ -111,7 +125,7 @@ pub fn decide(
             } else {
                 format!("holding {current} workers: {}", health.message)
             };
-            Decision { target, health, reason, proposed: None, policy: policies.to_string(), held: true }
+            Decision { target, health, reason, proposed: None, policy: policies.to_string(), held: true, recommended: None }
         }
     }
 }

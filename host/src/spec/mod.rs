@@ -82,6 +82,10 @@ pub struct Tuning {
     pub fallback: Option<u32>,
     /// Memory of one policy call, in bytes; `None` for the runner's default.
     pub policy_memory: Option<u64>,
+    /// What a scale-down does with busy workers.
+    pub busy_workers: crate::crd::BusyWorkers,
+    /// The longest a scale-down waits for busy workers (`busyWorkers: Wait`).
+    pub max_wait: Duration,
 }
 
 impl Default for Tuning {
@@ -93,6 +97,8 @@ impl Default for Tuning {
             step_period: Duration::from_secs(15),
             fallback: None,
             policy_memory: None,
+            busy_workers: crate::crd::BusyWorkers::Terminate,
+            max_wait: Duration::from_secs(1800),
         }
     }
 }

@@ -401,6 +401,8 @@ fn tuning(a: &Autoscaling) -> Result<Tuning, SpecError> {
         step_period: secs(a.scale_down.period_seconds),
         fallback: a.fallback_replicas.and_then(|n| u32::try_from(n).ok()),
         policy_memory,
+        busy_workers: a.scale_down.busy_workers,
+        max_wait: secs(a.scale_down.max_wait_seconds),
     })
 }
 
