@@ -1,5 +1,6 @@
-//! The controller: watches `Celery` objects and the Deployments and Services they own, and
-//! runs [`crate::reconcile::reconcile`] whenever one of them changes.
+//! The controller: watches `Celery` objects and the Deployments, Services and
+//! PodDisruptionBudgets they own, and runs [`crate::reconcile::reconcile`] whenever one of them
+//! changes.
 //!
 //! Children are watched through the `app.kubernetes.io/managed-by=celery-operator` label, so
 //! the operator caches only its own objects. With a list of namespaces it runs one controller
@@ -11,6 +12,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::Client;
 use kube::api::ListParams;
 use kube::runtime::controller::Error as ControllerError;
@@ -105,12 +107,14 @@ pub async fn run(
     let celery_apis = scope.apis::<Celery>(&client);
     let deployment_apis = scope.apis::<Deployment>(&client);
     let service_apis = scope.apis::<Service>(&client);
+    let budget_apis = scope.apis::<PodDisruptionBudget>(&client);
 
     let controllers = celery_apis
         .into_iter()
         .zip(deployment_apis)
         .zip(service_apis)
-        .map(|((celery, deployments), services)| {
+        .zip(budget_apis)
+        .map(|(((celery, deployments), services), budgets)| {
             // The cache sees every change (the loops and the status step read it); a reconcile
             // is triggered by a change of the spec (generation), not by a status write, the
             // autoscaler's every few seconds included. Children's changes and the periodic
@@ -127,17 +131,21 @@ pub async fn run(
             let deployments = watcher::watcher(deployments, children.clone()).backoff(watch_backoff()).reflect(writer);
             let (service_cache, writer) = reflector::store();
             let services = watcher::watcher(services, children.clone()).backoff(watch_backoff()).reflect(writer);
+            let (budget_cache, writer) = reflector::store();
+            let budgets = watcher::watcher(budgets, children.clone()).backoff(watch_backoff()).reflect(writer);
             let controller = Controller::for_stream(apps, reader)
                 .owns_stream(deployments.touched_objects())
                 .owns_stream(services.touched_objects())
+                .owns_stream(budgets.touched_objects())
                 .trigger_backoff(watch_backoff());
-            (controller, (deployment_cache, service_cache))
+            (controller, (deployment_cache, service_cache, budget_cache))
         })
         .unzip::<_, _, Vec<_>, Vec<_>>();
     let (controllers, caches) = controllers;
     let cached = apply::Cached {
-        deployments: caches.iter().map(|(d, _)| d.clone()).collect(),
-        services: caches.into_iter().map(|(_, s)| s).collect(),
+        deployments: caches.iter().map(|(d, _, _)| d.clone()).collect(),
+        services: caches.iter().map(|(_, s, _)| s.clone()).collect(),
+        budgets: caches.into_iter().map(|(_, _, b)| b).collect(),
     };
 
     // The reconciler hands each app's validated scaling to the autoscaler, one way.

@@ -243,6 +243,26 @@ pub struct WorkerSpec {
     /// worker holds an open TCP connection (to its broker).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub readiness_probe: Option<Probe>,
+
+    /// A PodDisruptionBudget `<appName>-celery-worker` for the worker pods, so that a node drain
+    /// or a cluster upgrade evicts no more workers at once than the app can spare. Removing it
+    /// removes the budget. It limits evictions only: the autoscaler's scale-downs are not
+    /// evictions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disruption_budget: Option<DisruptionBudget>,
+}
+
+/// How many worker pods a voluntary disruption must leave, or may take.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.minAvailable) != has(self.maxUnavailable)").message("give exactly one of minAvailable and maxUnavailable"))]
+pub struct DisruptionBudget {
+    /// Worker pods that must stay available: a count or a percentage (`"50%"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_available: Option<IntOrString>,
+    /// Worker pods that may be unavailable at once: a count or a percentage (`"25%"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_unavailable: Option<IntOrString>,
 }
 
 impl Default for WorkerSpec {
@@ -258,6 +278,7 @@ impl Default for WorkerSpec {
             termination_grace_period_seconds: default_grace(),
             liveness_probe: None,
             readiness_probe: None,
+            disruption_budget: None,
         }
     }
 }

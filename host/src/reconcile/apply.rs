@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, Resource, ResourceExt};
@@ -60,6 +61,7 @@ pub enum ApplyError {
 pub struct Cached {
     pub deployments: Vec<Store<Deployment>>,
     pub services: Vec<Store<Service>>,
+    pub budgets: Vec<Store<PodDisruptionBudget>>,
 }
 
 impl Cached {
@@ -104,6 +106,13 @@ pub fn unchanged(cached: &Cached, celery: &Celery, scaling: &Scaling) -> Option<
     };
     if !as_applied(&*worker, &desired_worker, celery) {
         return None;
+    }
+    let budget = Cached::find(&cached.budgets, &names::worker_name(celery), &ns);
+    match (build::worker_disruption_budget(celery).ok()?, budget) {
+        (Some(desired), Some(budget)) if as_applied(&*budget, &desired, celery) => {}
+        (None, None) => {}
+        // To be applied, or (when the cache holds one and the spec no longer asks) deleted.
+        _ => return None,
     }
     let flower_name = names::flower_name(celery);
     let flower = Cached::find(&cached.deployments, &flower_name, &ns);
@@ -152,7 +161,7 @@ fn digest<K: Serialize>(object: &K) -> String {
 /// alone and reported. NB: the API server would not catch this by itself, because every
 /// Celery app applies with the same field manager, so a second app's apply would silently
 /// replace the first app's owner reference and the two would take the object in turns.
-pub async fn children(client: &Client, celery: &Celery, scaling: &Scaling) -> Result<Applied, ApplyError> {
+pub async fn children(client: &Client, cached: &Cached, celery: &Celery, scaling: &Scaling) -> Result<Applied, ApplyError> {
     let ns = celery.namespace().unwrap_or_default();
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
     let services: Api<Service> = Api::namespaced(client.clone(), &ns);
@@ -176,7 +185,12 @@ pub async fn children(client: &Client, celery: &Celery, scaling: &Scaling) -> Re
             return Err(e);
         }
     };
-    let worker = apply_worker(&deployments, celery, scaling, worker);
+    // The budget is read and written beside the worker, costing no extra round trip in sequence.
+    let worker = async {
+        let (worker, ()) =
+            tokio::try_join!(apply_worker(&deployments, celery, scaling, worker), apply_budget(client, cached, celery))?;
+        Ok::<_, ApplyError>(worker)
+    };
     let (worker, flower, flower_service) = if celery.spec.flower_spec.enabled {
         let (flower_deployment, flower_service) = (build::flower_deployment(celery)?, build::flower_service(celery)?);
         let (worker, flower, service) = tokio::try_join!(
@@ -203,6 +217,26 @@ pub async fn children(client: &Client, celery: &Celery, scaling: &Scaling) -> Re
         (worker, None, None)
     };
     Ok(Applied { worker, flower, flower_service })
+}
+
+/// Applies the workers' PodDisruptionBudget when the spec asks for one (read first, like every
+/// child, for a name another object controls), else deletes the one this app controls. NB:
+/// without a budget in the spec the watch cache decides, so an app that never had one costs
+/// no request for it; a budget the cache has not seen yet triggers a reconcile when it does.
+async fn apply_budget(client: &Client, cached: &Cached, celery: &Celery) -> Result<(), ApplyError> {
+    let ns = celery.namespace().unwrap_or_default();
+    let api: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), &ns);
+    let name = names::worker_name(celery);
+    match build::worker_disruption_budget(celery)? {
+        Some(budget) => {
+            read_own(&api, &name, celery).await?;
+            apply(&api, &budget, FIELD_MANAGER).await.map(|_| ())
+        }
+        None => match Cached::find(&cached.budgets, &name, &ns) {
+            Some(b) if controlled_by(&*b, celery) => delete(&api, &name, celery).await,
+            _ => Ok(()),
+        },
+    }
 }
 
 fn controlled_by<K: Resource>(object: &K, celery: &Celery) -> bool {

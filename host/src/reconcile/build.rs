@@ -1,7 +1,8 @@
 //! Step 3 of a reconcile: the children of a Celery app, built as plain values.
 //!
 //! The worker Deployment `<appName>-celery-worker`, the Flower Deployment `<appName>-flower`
-//! and the Flower Service `<appName>-flower`, with the names, selectors and command lines of
+//! and the Flower Service `<appName>-flower` (and, when asked for, the workers'
+//! PodDisruptionBudget `<appName>-celery-worker`), with the names, selectors and command lines of
 //! the Python operator this project replaces, so a migrating user finds the same objects.
 //! Everything here is a pure function of the `Celery` object: no client, tested from YAML.
 
@@ -12,6 +13,7 @@ use k8s_openapi::api::core::v1::{
     Container, ContainerPort, EnvVar, EnvVarSource, PodSpec, PodTemplateSpec, Probe, SecretKeySelector, Service, ServicePort,
     ServiceSpec, TCPSocketAction,
 };
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
@@ -159,6 +161,30 @@ pub fn flower_service(celery: &Celery) -> Result<Service, BuildError> {
         }),
         status: None,
     })
+}
+
+/// The worker pods' PodDisruptionBudget, when `workerSpec.disruptionBudget` asks for one. It
+/// selects the worker pods by the labels only they carry (this app's instance, component worker).
+pub fn worker_disruption_budget(celery: &Celery) -> Result<Option<PodDisruptionBudget>, BuildError> {
+    let Some(budget) = &celery.spec.worker_spec.disruption_budget else {
+        return Ok(None);
+    };
+    let labels = child_labels(celery, "worker");
+    let selector: BTreeMap<String, String> = labels
+        .iter()
+        .filter(|(k, _)| matches!(k.as_str(), "app.kubernetes.io/instance" | "app.kubernetes.io/component"))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    Ok(Some(PodDisruptionBudget {
+        metadata: child_meta(celery, worker_name(celery), labels)?,
+        spec: Some(PodDisruptionBudgetSpec {
+            min_available: budget.min_available.clone(),
+            max_unavailable: budget.max_unavailable.clone(),
+            selector: Some(LabelSelector { match_labels: Some(selector), ..Default::default() }),
+            ..Default::default()
+        }),
+        status: None,
+    }))
 }
 
 /// Labels on every child and its pods (besides the Python operator's selector labels).
@@ -434,6 +460,25 @@ spec:
         assert_eq!(own.liveness_probe, None, "the solo pool runs tasks on the thread the liveness probe watches");
         let tcp = own.readiness_probe.and_then(|p| p.tcp_socket).expect("the spec's readiness probe");
         assert_eq!(tcp.port, IntOrString::Int(8000));
+    }
+
+    #[test]
+    fn a_disruption_budget_covers_the_worker_pods_only_when_asked_for() {
+        assert_eq!(worker_disruption_budget(&celery(SEED)).unwrap(), None);
+        let with = SEED
+            .replace("    maxTasksPerChild: 100\n", "    maxTasksPerChild: 100\n    disruptionBudget: {maxUnavailable: '25%'}\n");
+        let pdb = worker_disruption_budget(&celery(&with)).unwrap().expect("a budget");
+        let worker = worker_deployment(&celery(&with), None).unwrap();
+        assert_eq!(pdb.metadata.name, worker.metadata.name);
+        assert_eq!(pdb.metadata.owner_references, worker.metadata.owner_references);
+        let spec = pdb.spec.unwrap();
+        assert_eq!((spec.max_unavailable, spec.min_available), (Some(IntOrString::String("25%".into())), None));
+        // Its selector matches the worker pods and not Flower's.
+        let selector = spec.selector.and_then(|s| s.match_labels).unwrap();
+        let pod_labels = |d: Deployment| d.spec.unwrap().template.metadata.unwrap().labels.unwrap();
+        let (workers, flower) = (pod_labels(worker), pod_labels(flower_deployment(&celery(&with)).unwrap()));
+        assert!(selector.iter().all(|(k, v)| workers.get(k) == Some(v)), "{selector:?} ⊂ {workers:?}");
+        assert!(selector.iter().any(|(k, v)| flower.get(k) != Some(v)), "{selector:?} ⊄ {flower:?}");
     }
 
     #[test]

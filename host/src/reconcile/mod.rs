@@ -152,7 +152,7 @@ async fn run_pipeline(celery: &Arc<Celery>, ctx: &Context, app: &str) -> Result<
             };
             let applied_now = match apply::unchanged(&ctx.children, celery, &scaling) {
                 Some(cached) => Ok(cached),
-                None => apply::children(&ctx.client, celery, &scaling).await,
+                None => apply::children(&ctx.client, &ctx.children, celery, &scaling).await,
             };
             match applied_now {
                 Ok(a) => {

@@ -12,6 +12,7 @@ mod chart;
 mod cost;
 mod faults;
 mod lifecycle;
+mod scale_in;
 #[path = "../common/servers.rs"]
 mod servers;
 mod support;
@@ -129,6 +130,7 @@ fn main() -> ExitCode {
     let trials = lifecycle::TESTS
         .iter()
         .chain(autoscaling::TESTS)
+        .chain(scale_in::TESTS)
         .chain(chart::TESTS)
         .chain(faults::TESTS)
         .chain(cost::TESTS)

@@ -47,6 +47,11 @@ impl Server {
         Server { child, _dir: dir, log }
     }
 
+    /// Sends `signal` (`TERM`, `STOP`, …) to the process, as `kill -<signal>` does.
+    pub fn signal(&self, signal: &str) {
+        let _ = Command::new("kill").arg(format!("-{signal}")).arg(self.child.id().to_string()).status();
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
