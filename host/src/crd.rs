@@ -573,6 +573,13 @@ pub struct ScaleDown {
     #[serde(default = "default_max_wait")]
     #[schemars(range(min = 0, max = 86400))]
     pub max_wait_seconds: i32,
+
+    /// With `busyWorkers: Wait`, ask each busy worker the scale-down waits for to stop taking
+    /// new tasks (Celery's `cancel_consumer`, sent through the app's broker), so it finishes
+    /// what it holds and becomes idle instead of picking up more; if the scale-down is called
+    /// off, it is asked to consume again (`add_consumer`).
+    #[serde(default)]
+    pub drain_busy_workers: bool,
 }
 
 /// What a scale-down does with busy workers.
@@ -593,6 +600,7 @@ impl Default for ScaleDown {
             period_seconds: default_step_period(),
             busy_workers: BusyWorkers::default(),
             max_wait_seconds: default_max_wait(),
+            drain_busy_workers: false,
         }
     }
 }
@@ -785,6 +793,11 @@ pub struct ScaleInStatus {
     /// The workers it waits for, with their tasks (`worker-abc (2 tasks running)`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub waiting_for: Vec<String>,
+
+    /// The worker pods told to stop taking tasks (`drainBusyWorkers`); told to take them again
+    /// if the scale-down is called off, by this operator or the next one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub draining: Vec<String>,
 }
 
 /// One worker queue at the last sample.

@@ -15,7 +15,7 @@
 //! raised to `fallbackReplicas`), `ScalingActive` turns False with the cause, and one Warning
 //! event says so. Missing data never scales an app down.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -30,7 +30,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
-use super::cluster::ClusterView;
+use super::cluster::{ClusterView, PodState};
 use super::progress::{self, Progress};
 use super::sampler;
 use crate::conditions::*;
@@ -38,7 +38,7 @@ use crate::crd::{AutoscalerStatus, Celery, CelerySpec, DecisionStatus, ScaleInSt
 use crate::decide::stabilize::Damper;
 use crate::decide::{self, Bounds, Choice, Health, scalein};
 use crate::leader::Leadership;
-use crate::metrics::{self, Broker, BrokerError, BrokerOptions, QueueStats, RedisLayout};
+use crate::metrics::{self, Broker, BrokerError, BrokerOptions, QueueStats, RedisLayout, control};
 use crate::policy::check::PolicyCheck;
 use crate::policy::{CallLimits, HISTORY, PolicyInput, Sample};
 use crate::report::{self, Writer};
@@ -309,6 +309,8 @@ struct AppLoop {
     broker_retry: Option<Retry>,
     /// A scale-down still under way (waiting for busy workers), as the status shows it.
     scale_in: Option<Pending>,
+    /// Worker pods told to stop taking tasks (`drainBusyWorkers`) and not told to resume.
+    draining: BTreeSet<String>,
 }
 
 /// A scale-down that has not reached its count yet (`busyWorkers: Wait`).
@@ -384,6 +386,11 @@ impl AppLoop {
                 since: p.since.0,
                 waiting_for: p.waiting_for.clone(),
             }),
+            draining: status
+                .and_then(|s| s.autoscaler.as_ref())
+                .and_then(|a| a.scale_in.as_ref())
+                .map(|p| p.draining.iter().cloned().collect())
+                .unwrap_or_default(),
         };
         app.reconfigure(plan);
         info!(app = %app.label, policy = %app.policy_label(), "autoscaling starts");
@@ -580,12 +587,14 @@ impl AppLoop {
                 created_ms: p.created_ms,
                 marked: p.marked,
                 load: self.progress.load(&p.name),
+                draining: self.draining.contains(&p.name),
             })
             .collect();
         if goal >= current {
             self.scale_in = None;
             let stale = scalein::steady(&workers);
             self.mark(shared, &[], &stale).await;
+            self.drain(shared, BTreeSet::new(), &pods).await;
             return (current, String::new());
         }
         let figures = self.progress.figures();
@@ -595,7 +604,11 @@ impl AppLoop {
         };
         let since = self.scale_in.as_ref().map_or(now, |p| p.since);
         let over = now.duration_since(since).unsigned_abs() >= self.tuning.max_wait;
-        let plan = scalein::plan(current, goal, &workers, figures, scalein::Mode::of(self.tuning.busy_workers, over));
+        let mode = scalein::Mode::of(self.tuning.busy_workers, over);
+        let plan = scalein::plan(current, goal, &workers, figures, mode);
+        let drain = self.tuning.drain && mode == scalein::Mode::Wait { over: false };
+        let want = if drain { plan.waiting.iter().map(|(name, _)| name.clone()).collect() } else { BTreeSet::new() };
+        self.drain(shared, want, &pods).await;
         let new_marks: Vec<String> =
             plan.mark.iter().filter(|name| !pods.iter().any(|p| &p.name == *name && p.marked)).cloned().collect();
         self.mark(shared, &new_marks, &plan.unmark).await;
@@ -612,6 +625,60 @@ impl AppLoop {
                 .collect();
         }
         (plan.replicas, plan.note)
+    }
+
+    /// Tells the workers of `want` to stop taking tasks and the others it told so before (whose
+    /// pods still run) to take them again, through the app's broker, one command per worker
+    /// queue. A command that cannot be sent is logged and tried again at the next tick.
+    async fn drain(&mut self, shared: &Shared, want: BTreeSet<String>, pods: &[PodState]) {
+        let alive = |name: &String| pods.iter().any(|p| &p.name == name && !p.terminating);
+        let stop: Vec<String> = want.difference(&self.draining).cloned().collect();
+        let resume: Vec<String> = self.draining.difference(&want).filter(|n| alive(n)).cloned().collect();
+        // A drained pod that is gone needs nothing more.
+        self.draining.retain(|n| want.contains(n) || alive(n));
+        if stop.is_empty() && resume.is_empty() {
+            return;
+        }
+        if self.broker.is_none() {
+            match self.connect(shared).await {
+                Ok(broker) => self.broker = Some(broker),
+                Err(error) => {
+                    warn!(app = %self.label, %error, "cannot tell workers to stop or resume taking tasks");
+                    return;
+                }
+            }
+        }
+        let broker = self.broker.as_ref().expect("connected above");
+        for (names, stopping) in [(stop, true), (resume, false)] {
+            if names.is_empty() {
+                continue;
+            }
+            let destination: Vec<String> = names.iter().map(|n| format!("celery@{n}")).collect();
+            let mut sent = true;
+            for queue in &self.queues {
+                let command = if stopping {
+                    control::Command::cancel_consumer(queue, destination.clone())
+                } else {
+                    control::Command::add_consumer(queue, destination.clone())
+                };
+                match broker.control(&command).await {
+                    Ok(heard) => info!(app = %self.label, workers = ?names, queue, method = command.method, heard, "remote control sent"),
+                    Err(error) => {
+                        warn!(app = %self.label, workers = ?names, method = command.method, error = %crate::telemetry::chain(&error), "cannot send a remote-control command; tried again at the next sample");
+                        sent = false;
+                    }
+                }
+            }
+            if sent {
+                for name in names {
+                    if stopping {
+                        self.draining.insert(name);
+                    } else {
+                        self.draining.remove(&name);
+                    }
+                }
+            }
+        }
     }
 
     /// Gives `mark` the autoscaler's deletion cost and takes it from `unmark`, then waits (a
@@ -887,6 +954,7 @@ impl AppLoop {
             replicas: i32::try_from(p.goal).unwrap_or(i32::MAX),
             since: Time(p.since),
             waiting_for: p.waiting_for.clone(),
+            draining: self.draining.iter().cloned().collect(),
         });
         let now = Time(jiff::Timestamp::now());
         let condition = report::status::scaling_condition(&self.condition, &health, self.celery.metadata.generation, &now);

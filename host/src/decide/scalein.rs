@@ -10,9 +10,11 @@
 //!
 //! 1. pods not Ready (starting, or unable to reach their broker),
 //! 2. idle pods: Flower says they run no task and hold none prefetched,
-//! 3. pods whose tasks Flower does not know (a worker with no heartbeat yet): never taken for
+//! 3. busy pods already told to stop taking tasks (`drainBusyWorkers`), so the choice does not
+//!    swing to another worker while they drain,
+//! 4. pods whose tasks Flower does not know (a worker with no heartbeat yet): never taken for
 //!    idle,
-//! 4. busy pods, the fewest running tasks first, then the fewest prefetched (a warm shutdown
+//! 5. busy pods, the fewest running tasks first, then the fewest prefetched (a warm shutdown
 //!    hands those back to the broker),
 //!
 //! and within each, the youngest first. The `k` pods that must go get the lowest cost there
@@ -45,6 +47,9 @@ pub struct Worker {
     pub marked: bool,
     /// Tasks running and tasks prefetched, from Flower; `None` when Flower has no figure for it.
     pub load: Option<Load>,
+    /// Told to stop taking tasks (`drainBusyWorkers`) by the scale-down under way: it stays
+    /// among the victims, so the order does not swing to another worker while it drains.
+    pub draining: bool,
 }
 
 /// A worker's tasks, from Flower.
@@ -184,8 +189,9 @@ fn rank(w: &Worker, known: bool) -> (u8, u32, u32) {
     match (w.ready, known.then_some(w.load).flatten()) {
         (false, _) => (0, 0, 0),
         (true, Some(l)) if l.idle() => (1, 0, 0),
-        (true, None) => (2, 0, 0),
-        (true, Some(l)) => (3, l.running, l.reserved),
+        (true, _) if w.draining => (2, 0, 0),
+        (true, None) => (3, 0, 0),
+        (true, Some(l)) => (4, l.running, l.reserved),
     }
 }
 
@@ -209,6 +215,7 @@ mod tests {
             created_ms,
             marked: false,
             load: load.map(|(running, reserved)| Load { running, reserved }),
+            draining: false,
         }
     }
 
@@ -244,6 +251,15 @@ mod tests {
         assert_eq!(s.mark, ["c"], "unknown ranks before busy");
         let s = plan(4, 2, &pods, Figures::Known, Mode::Terminate);
         assert_eq!(s.mark, ["c", "a"], "one prefetched task before two running");
+    }
+
+    #[test]
+    fn a_draining_worker_stays_chosen_though_another_became_less_busy() {
+        let mut pods = four();
+        pods[1].load = Some(Load { running: 3, reserved: 0 });
+        pods[1].draining = true;
+        let s = plan(4, 1, &pods, Figures::Known, Mode::Wait { over: false });
+        assert_eq!(s.waiting, [("b".to_string(), 3)], "b (3 tasks, draining) before d (1 task)");
     }
 
     #[test]

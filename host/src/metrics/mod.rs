@@ -6,11 +6,14 @@
 //! - [`flower`]: work in progress per worker (and queue lengths) from Flower.
 //! - [`observe`]: `celery-operator observe`, what the host would hand a policy.
 //! - [`dns`]: the one asynchronous resolver every broker and Flower client looks names up with.
+//! - [`control`]: Celery's remote control through the broker (`cancel_consumer`, `add_consumer`),
+//!   the one thing sent to a broker rather than read from it.
 //!
 //! This module talks to brokers and Flower only, never to the Kubernetes API. A value that could not be
 //! measured is `None` ("unknown"), never 0: the autoscaling loop holds the replica count on
 //! unknown data, whereas a 0 would scale an app down because its broker is unreachable.
 
+pub mod control;
 pub mod dns;
 pub mod flower;
 pub mod observe;
@@ -186,6 +189,15 @@ impl Broker {
         match self {
             Broker::Redis(b) => b.queues(names).await,
             Broker::RabbitMq(b) => b.queues(names).await,
+        }
+    }
+
+    /// Sends a Celery remote-control command to the app's workers through this broker;
+    /// whether anyone received it.
+    pub async fn control(&self, command: &control::Command) -> Result<bool, BrokerError> {
+        match self {
+            Broker::Redis(b) => b.control(command).await,
+            Broker::RabbitMq(b) => b.control(command).await,
         }
     }
 

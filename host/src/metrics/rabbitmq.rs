@@ -206,6 +206,37 @@ impl RabbitMqBroker {
         }
     }
 
+    /// Publishes a remote-control command to the app's pidbox exchange; whether a queue (a
+    /// worker's pidbox) received it. No exchange yet means no worker ever started: false.
+    pub async fn control(&self, command: &super::control::Command) -> Result<bool, BrokerError> {
+        let path = format!(
+            "/api/exchanges/{}/{}/publish",
+            utf8_percent_encode(&self.vhost, NON_ALPHANUMERIC),
+            utf8_percent_encode(super::control::PIDBOX, NON_ALPHANUMERIC)
+        );
+        let response = self
+            .http
+            .post(format!("{}{path}", self.api))
+            .basic_auth(&self.username, Some(&self.password))
+            .json(&super::control::rabbitmq_publish(command))
+            .send()
+            .await
+            .map_err(|e| self.transport_error(e))?;
+        match response.status() {
+            status if status.is_success() => {
+                let body = super::read_body(response, super::MAX_BODY).await.unwrap_or_default();
+                let body: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+                Ok(body["routed"].as_bool().unwrap_or(false))
+            }
+            StatusCode::NOT_FOUND => Ok(false),
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => Err(self.unauthorized(response).await),
+            status => Err(BrokerError::Unexpected {
+                broker: self.display.clone(),
+                detail: format!("publishing {} to {}: HTTP {status}", command.method, super::control::PIDBOX),
+            }),
+        }
+    }
+
     async fn vhost_exists(&self) -> Result<bool, BrokerError> {
         let path = format!("/api/vhosts/{}", utf8_percent_encode(&self.vhost, NON_ALPHANUMERIC));
         let response = self.get(&path).await?;

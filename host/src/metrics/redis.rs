@@ -34,6 +34,8 @@ use super::{BrokerError, BrokerOptions, QueueStats, RedisLayout, redact};
 /// A Redis broker with its connection kept between reads.
 pub struct RedisBroker {
     client: redis::Client,
+    /// The database number, which names the pidbox channel (see [`super::control`]).
+    db: i64,
     display: String,
     layout: RedisLayout,
     timeout: Duration,
@@ -241,6 +243,7 @@ impl RedisBroker {
             redis::Client::open(info).map_err(|e| BrokerError::InvalidUrl { broker: display.clone(), reason: e.to_string() })?;
         Ok(Self {
             client,
+            db: target.db,
             display,
             layout: options.redis.clone(),
             timeout: options.timeout,
@@ -298,6 +301,27 @@ impl RedisBroker {
             Err(error) => return Err(self.error("reading the queues", error)),
         };
         tally(&self.layout, names, &replies).map_err(|detail| BrokerError::Unexpected { broker: self.display.clone(), detail })
+    }
+
+    /// Publishes a remote-control command on the app's pidbox channel; whether any worker
+    /// (a subscriber of the channel) received it.
+    pub async fn control(&self, command: &super::control::Command) -> Result<bool, BrokerError> {
+        let channel = super::control::redis_channel(&self.layout.global_keyprefix, self.db);
+        let envelope = super::control::redis_envelope(command, &super::control::delivery_tag());
+        let publish = async {
+            let mut connection = self.connection().await?;
+            let receivers: i64 = redis::cmd("PUBLISH")
+                .arg(&channel)
+                .arg(envelope)
+                .query_async(&mut connection)
+                .await
+                .map_err(|e| self.error("publishing a remote-control command", e))?;
+            Ok::<_, BrokerError>(receivers > 0)
+        };
+        match tokio::time::timeout(self.timeout, publish).await {
+            Ok(outcome) => outcome,
+            Err(_) => Err(BrokerError::Timeout { broker: self.display.clone(), what: "publishing a remote-control command", limit: self.timeout }),
+        }
     }
 
     async fn connection(&self) -> Result<MultiplexedConnection, BrokerError> {

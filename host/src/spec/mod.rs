@@ -86,6 +86,8 @@ pub struct Tuning {
     pub busy_workers: crate::crd::BusyWorkers,
     /// The longest a scale-down waits for busy workers (`busyWorkers: Wait`).
     pub max_wait: Duration,
+    /// Busy workers waited for are told to stop taking tasks.
+    pub drain: bool,
 }
 
 impl Default for Tuning {
@@ -99,6 +101,7 @@ impl Default for Tuning {
             policy_memory: None,
             busy_workers: crate::crd::BusyWorkers::Terminate,
             max_wait: Duration::from_secs(1800),
+            drain: false,
         }
     }
 }

@@ -403,6 +403,7 @@ fn tuning(a: &Autoscaling) -> Result<Tuning, SpecError> {
         policy_memory,
         busy_workers: a.scale_down.busy_workers,
         max_wait: secs(a.scale_down.max_wait_seconds),
+        drain: a.scale_down.drain_busy_workers,
     })
 }
 
