@@ -402,3 +402,115 @@ async fn rabbitmq_management_api() {
     let error = broker.queues(&names(&["work"])).await.expect_err("down");
     assert!(error.to_string().contains(&format!("127.0.0.1:{management}")), "{error}");
 }
+
+/// A worker of the example app under the node name `celery@<node>`, killed on drop.
+fn example_worker(url: &str, node: &str) -> Server {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../example");
+    let mut command = Command::new(python());
+    command.env("CELERY_BROKER_URL", url).env("PYTHONPATH", example);
+    command.args(["-m", "celery", "--app=app:celery_app", "worker", "--queues=celery", "--concurrency=1", "--loglevel=info"]);
+    command.arg(format!("--hostname=celery@{node}"));
+    Server::spawn(command, dir)
+}
+
+/// The queues `celery@<node>` consumes from, as `celery inspect active_queues` reports them;
+/// `None` while it does not answer.
+fn active_queues(url: &str, node: &str) -> Option<Vec<String>> {
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../example");
+    let out = Command::new(python())
+        .current_dir(example)
+        .env("CELERY_BROKER_URL", url)
+        .args(["-m", "celery", "--app=app:celery_app", "inspect", "active_queues", "-j", "--timeout=3"])
+        .arg(format!("--destination=celery@{node}"))
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let json: serde_json::Value = serde_json::from_str(text.lines().last()?).ok()?;
+    let queues = json.get(format!("celery@{node}"))?.as_array()?;
+    Some(queues.iter().filter_map(|q| q["name"].as_str().map(String::from)).collect())
+}
+
+/// Waits until `celery@<node>` consumes from exactly `want`.
+fn wait_queues(url: &str, node: &str, want: &[&str]) {
+    let deadline = Instant::now() + STARTUP;
+    loop {
+        let got = active_queues(url, node);
+        if got.as_deref().is_some_and(|q| q == want) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "celery@{node} consumes from {got:?}, expected {want:?}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+/// `cancel_consumer` and `add_consumer` as the operator sends them reach real Celery workers on
+/// both brokers, addressed to one worker only: the other keeps consuming. On Redis through a
+/// `globalKeyprefix` too, which moves the pidbox channel with the rest of the app's keys.
+#[tokio::test]
+async fn remote_control_stops_and_resumes_a_real_worker() {
+    use celery_operator::metrics::control::Command as Control;
+    let (_redis, port) = redis_server(&[]);
+    let (_rabbit, amqp, management) = rabbitmq_server();
+    let cases = [
+        (format!("redis://127.0.0.1:{port}/2"), BrokerOptions { ..options() }),
+        (
+            format!("amqp://guest:guest@127.0.0.1:{amqp}//"),
+            BrokerOptions { management_url: Some(format!("http://127.0.0.1:{management}")), ..options() },
+        ),
+    ];
+    for (url, options) in cases {
+        let broker = connect(&url, &options).expect("connects");
+        let (_w1, _w2) = (example_worker(&url, "w1"), example_worker(&url, "w2"));
+        wait_queues(&url, "w1", &["celery"]);
+        wait_queues(&url, "w2", &["celery"]);
+
+        let heard = broker.control(&Control::cancel_consumer("celery", vec!["celery@w1".into()])).await.expect("sent");
+        assert!(heard, "{url}: the broker delivered it to someone");
+        wait_queues(&url, "w1", &[]);
+        assert_eq!(active_queues(&url, "w2").as_deref(), Some(&["celery".to_string()][..]), "{url}: w2 was not addressed");
+
+        broker.control(&Control::add_consumer("celery", vec!["celery@w1".into()])).await.expect("sent");
+        wait_queues(&url, "w1", &["celery"]);
+    }
+
+    // Redis with a global key prefix: the workers listen on the prefixed channel.
+    let url = format!("redis://127.0.0.1:{port}/3");
+    let prefixed =
+        BrokerOptions { redis: RedisLayout { global_keyprefix: "shop:".into(), ..RedisLayout::default() }, ..options() };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("prefixed.py");
+    std::fs::write(
+        &config,
+        "from app import celery_app\ncelery_app.conf.broker_transport_options = {'global_keyprefix': 'shop:'}\n",
+    )
+    .expect("config");
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../example");
+    let mut command = Command::new(python());
+    command.env("CELERY_BROKER_URL", &url).env("PYTHONPATH", format!("{}:{}", example.display(), dir.path().display()));
+    command.args([
+        "-m",
+        "celery",
+        "--app=prefixed:celery_app",
+        "worker",
+        "--queues=celery",
+        "--concurrency=1",
+        "--hostname=celery@w3",
+    ]);
+    let _w3 = Server::spawn(command, tempfile::tempdir().expect("temp dir"));
+    let broker = connect(&url, &prefixed).expect("connects");
+    let unprefixed = connect(&url, &options()).expect("connects");
+    // The inspect command runs without the prefix, so the effect is read from the worker's log.
+    let deadline = Instant::now() + STARTUP;
+    loop {
+        if broker.control(&Control::cancel_consumer("celery", vec!["celery@w3".into()])).await.expect("sent") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no worker listens on the prefixed channel");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert!(
+        !unprefixed.control(&Control::cancel_consumer("celery", vec!["celery@w3".into()])).await.expect("sent"),
+        "nobody listens on the unprefixed channel"
+    );
+}

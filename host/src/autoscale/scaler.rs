@@ -662,7 +662,9 @@ impl AppLoop {
                     control::Command::add_consumer(queue, destination.clone())
                 };
                 match broker.control(&command).await {
-                    Ok(heard) => info!(app = %self.label, workers = ?names, queue, method = command.method, heard, "remote control sent"),
+                    Ok(heard) => {
+                        info!(app = %self.label, workers = ?names, queue, method = command.method, heard, "remote control sent")
+                    }
                     Err(error) => {
                         warn!(app = %self.label, workers = ?names, method = command.method, error = %crate::telemetry::chain(&error), "cannot send a remote-control command; tried again at the next sample");
                         sent = false;

@@ -126,7 +126,10 @@ mod tests {
             json!({"method": "cancel_consumer", "arguments": {"queue": "celery"}, "destination": ["celery@x"], "pattern": null, "matcher": null})
         );
         assert_eq!(envelope["properties"]["delivery_info"], json!({"exchange": "celery.pidbox", "routing_key": ""}));
-        assert_eq!((envelope["properties"]["body_encoding"].as_str(), envelope["properties"]["delivery_tag"].as_str()), (Some("base64"), Some("t1")));
+        assert_eq!(
+            (envelope["properties"]["body_encoding"].as_str(), envelope["properties"]["delivery_tag"].as_str()),
+            (Some("base64"), Some("t1"))
+        );
         assert!(envelope["headers"]["expires"].as_f64().unwrap() > 1.7e9);
 
         let publish = rabbitmq_publish(&Command::add_consumer("q", vec!["celery@y".into()]));

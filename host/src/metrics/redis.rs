@@ -320,7 +320,11 @@ impl RedisBroker {
         };
         match tokio::time::timeout(self.timeout, publish).await {
             Ok(outcome) => outcome,
-            Err(_) => Err(BrokerError::Timeout { broker: self.display.clone(), what: "publishing a remote-control command", limit: self.timeout }),
+            Err(_) => Err(BrokerError::Timeout {
+                broker: self.display.clone(),
+                what: "publishing a remote-control command",
+                limit: self.timeout,
+            }),
         }
     }
 
