@@ -34,7 +34,7 @@ use super::cluster::{ClusterView, PodState};
 use super::progress::{self, Progress};
 use super::sampler;
 use crate::conditions::*;
-use crate::crd::{AutoscalerStatus, Celery, CelerySpec, DecisionStatus, ScaleInStatus, SecretKeyRef, TransportOptions};
+use crate::crd::{AutoscalerStatus, BusyWorkers, Celery, CelerySpec, DecisionStatus, ScaleInStatus, SecretKeyRef, TransportOptions};
 use crate::decide::stabilize::Damper;
 use crate::decide::{self, Bounds, Choice, Health, scalein};
 use crate::leader::Leadership;
@@ -606,8 +606,14 @@ impl AppLoop {
         let over = now.duration_since(since).unsigned_abs() >= self.tuning.max_wait;
         let mode = scalein::Mode::of(self.tuning.busy_workers, over);
         let plan = scalein::plan(current, goal, &workers, figures, mode);
-        let drain = self.tuning.drain && mode == scalein::Mode::Wait { over: false };
-        let want = if drain { plan.waiting.iter().map(|(name, _)| name.clone()).collect() } else { BTreeSet::new() };
+        // Drained: the workers waited for, and those drained before that go now (a worker
+        // about to get SIGTERM is not told to take tasks again).
+        let want: BTreeSet<String> = if self.tuning.drain && self.tuning.busy_workers == BusyWorkers::Wait {
+            let going = plan.mark.iter().filter(|name| self.draining.contains(*name));
+            plan.waiting.iter().map(|(name, _)| name).chain(going).cloned().collect()
+        } else {
+            BTreeSet::new()
+        };
         self.drain(shared, want, &pods).await;
         let new_marks: Vec<String> =
             plan.mark.iter().filter(|name| !pods.iter().any(|p| &p.name == *name && p.marked)).cloned().collect();

@@ -196,6 +196,30 @@ fn every_task_ran_once(redis_port: u16, sent: usize) {
     }
 }
 
+/// The queues `celery@<pod>` consumes from, as `celery inspect active_queues` reports them.
+fn active_queues(broker: &str, pod: &str) -> Option<Vec<String>> {
+    let out = Command::new(python())
+        .current_dir(repo_root().join("example"))
+        .env("CELERY_BROKER_URL", broker)
+        .args(["-m", "celery", "--app=app:celery_app", "inspect", "active_queues", "-j", "--timeout=3"])
+        .arg(format!("--destination=celery@{pod}"))
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let json: serde_json::Value = serde_json::from_str(text.lines().last()?).ok()?;
+    let queues = json.get(format!("celery@{pod}"))?.as_array()?;
+    Some(queues.iter().filter_map(|q| q["name"].as_str().map(String::from)).collect())
+}
+
+async fn wait_queues(broker: &str, pod: &str, want: &[&str]) {
+    eventually(&format!("celery@{pod} consuming from {want:?}"), WAIT, || async {
+        let (broker, pod) = (broker.to_string(), pod.to_string());
+        let got = tokio::task::spawn_blocking(move || active_queues(&broker, &pod)).await.ok().flatten();
+        if got.as_deref().is_some_and(|q| q == want) { Ok(()) } else { Err(format!("{got:?}")) }
+    })
+    .await
+}
+
 /// A resource of the example app: 4 workers whatever the queue (`minReplicas: 4`), Flower on
 /// the host, scale-downs applied at once, `extra` in `scaleDown`.
 fn resource(name: &str, broker: &str, flower_port: u16, extra: &str) -> String {
@@ -283,7 +307,8 @@ async fn idle_first(h: Arc<Harness>) {
 }
 
 /// `busyWorkers: Wait` with all 4 workers busy: the count stays at 4, the status says whom it
-/// waits for, and it steps down as the tasks end, taking the workers that became idle. Then
+/// waits for, and those two stop taking tasks (`drainBusyWorkers`). It steps down as tasks end,
+/// taking the workers that became idle, and a drained worker that stays consumes again. Then
 /// `maxWaitSeconds` bounds a wait: the busy worker is removed, and its warm shutdown still
 /// finishes the task.
 async fn waits_for_busy(h: Arc<Harness>) {
@@ -294,7 +319,7 @@ async fn waits_for_busy(h: Arc<Harness>) {
     let _flower = flower(&broker, flower_port);
     let ns = env.namespace("scalewait").await;
     let operator = env.start_operator(&[&ns], None);
-    let yaml = resource("patient", &broker, flower_port, ", busyWorkers: Wait, maxWaitSeconds: 3600");
+    let yaml = resource("patient", &broker, flower_port, ", busyWorkers: Wait, maxWaitSeconds: 3600, drainBusyWorkers: true");
     create(&env.admin, &ns, &yaml).await.expect("created");
     wait_condition(&env.admin, &ns, "patient", SCALING_ACTIVE, "True", POLICY_DECIDING).await;
     let pods = wait_pods(&env.admin, &ns, "patient", 4).await;
@@ -305,19 +330,26 @@ async fn waits_for_busy(h: Arc<Harness>) {
     produce_long(&broker, 2, 600);
     wait_active(&env.admin, &ns, "patient", 4).await;
     patch_autoscaling(&env.admin, &ns, "patient", serde_json::json!({ "minReplicas": 2 })).await;
-    let waiting = eventually("the scale-down waits", WAIT, || async {
+    let waiting = eventually("the scale-down waits, its busy workers told to stop taking tasks", WAIT, || async {
         let c = celery(&env.admin, &ns, "patient").await;
         let auto = c.status.and_then(|s| s.autoscaler).unwrap_or_default();
         match (&auto.scale_in, &auto.last_decision) {
-            (Some(s), Some(d)) if s.replicas == 2 => Ok((s.waiting_for.clone(), d.reason.clone())),
+            (Some(s), Some(d)) if s.replicas == 2 && s.draining.len() == 2 => {
+                Ok((s.waiting_for.clone(), d.reason.clone(), s.draining.clone()))
+            }
             other => Err(format!("{other:?}")),
         }
     })
     .await;
     // While it waits, all four still run: none was cut short.
     let still = replicas(&env.admin, &ns, "patient").await;
-    let (waiting_for, reason) = waiting;
+    let (waiting_for, reason, draining) = waiting;
     assert_eq!(waiting_for.len(), 2, "{waiting_for:?}");
+    // The two waited for no longer consume (Celery's cancel_consumer), the other two do.
+    for pod in &pods {
+        let want: &[&str] = if draining.contains(pod) { &[] } else { &["celery"] };
+        wait_queues(&broker, pod, want).await;
+    }
     assert!(waiting_for.iter().all(|w| w.ends_with("(1 task running)")), "{waiting_for:?}");
     assert!(reason.contains("4 → 2: waiting for"), "{reason}");
     if still == 4 {
@@ -341,6 +373,10 @@ async fn waits_for_busy(h: Arc<Harness>) {
         }
     })
     .await;
+    // A worker told to stop that stays (the idle ones went instead) consumes again.
+    for pod in &left {
+        wait_queues(&broker, pod, &["celery"]).await;
+    }
 
     // Both remaining workers run a 600 s task; a wait of at most 3 s removes one anyway, and its
     // warm shutdown is what the test then stops (the task ran on, it was not killed).
