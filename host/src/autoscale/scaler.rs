@@ -34,7 +34,9 @@ use super::cluster::{ClusterView, PodState};
 use super::progress::{self, Progress};
 use super::sampler;
 use crate::conditions::*;
-use crate::crd::{AutoscalerStatus, BusyWorkers, Celery, CelerySpec, DecisionStatus, ScaleInStatus, SecretKeyRef, TransportOptions};
+use crate::crd::{
+    AutoscalerStatus, BusyWorkers, Celery, CelerySpec, DecisionStatus, ScaleInStatus, SecretKeyRef, TransportOptions,
+};
 use crate::decide::stabilize::Damper;
 use crate::decide::{self, Bounds, Choice, Health, scalein};
 use crate::leader::Leadership;

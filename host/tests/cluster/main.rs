@@ -11,6 +11,8 @@ mod autoscaling;
 mod chart;
 mod cost;
 mod faults;
+#[path = "../common/fleet.rs"]
+mod fleet;
 mod lifecycle;
 mod scale_in;
 #[path = "../common/servers.rs"]

@@ -4,23 +4,22 @@
 //! would send it: Celery's warm shutdown. The example app records every task's start and end in
 //! Redis, so the tests tell which worker ran what and that every task ran to its end once.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::process::Command;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
+use crate::Harness;
+use crate::fleet::{Fleet, busy_pods, flower, produce, runs, task_log};
+use crate::lifecycle::{create, deployment, events_of, wait_condition};
+use crate::servers::{free_port, python, redis_server};
+use crate::support::{WAIT, eventually, repo_root};
 use celery_operator::conditions::*;
 use celery_operator::crd::Celery;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::Client;
 use kube::api::{Api, EvictParams, ListParams, Patch, PatchParams};
-use serde::Deserialize;
-
-use crate::Harness;
-use crate::lifecycle::{create, deployment, events_of, wait_condition};
-use crate::servers::{Server, free_port, python, redis_server, wait_for};
-use crate::support::{WAIT, eventually, repo_root};
 
 pub const TESTS: &[crate::TestCase] = &[
     ("scale_in_takes_idle_workers_first_and_busy_ones_finish", false, |h| Box::pin(idle_first(h))),
@@ -28,119 +27,7 @@ pub const TESTS: &[crate::TestCase] = &[
     ("disruption_budget_limits_evictions_and_goes_with_the_field", false, |h| Box::pin(disruption_budget(h))),
 ];
 
-/// The Redis list the example app records each task's start and end in (`EXAMPLE_TASK_LOG`).
-const TASK_LOG: &str = "example:task-log";
 const LONG: Duration = Duration::from_secs(120);
-
-/// One line of the example app's task log.
-#[derive(Debug, Deserialize)]
-struct Recorded {
-    event: String,
-    id: String,
-    worker: String,
-}
-
-fn task_log(redis_port: u16) -> Vec<Recorded> {
-    let out = Command::new("redis-cli")
-        .args(["-p", &redis_port.to_string(), "--raw", "lrange", TASK_LOG, "0", "-1"])
-        .output()
-        .expect("runs redis-cli");
-    String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
-}
-
-/// Per task id: (starts, ends, the pod it started on).
-fn runs(log: &[Recorded]) -> BTreeMap<String, (u32, u32, String)> {
-    let mut m: BTreeMap<String, (u32, u32, String)> = BTreeMap::new();
-    for r in log {
-        let e = m.entry(r.id.clone()).or_default();
-        match r.event.as_str() {
-            "start" => {
-                e.0 += 1;
-                e.2 = r.worker.trim_start_matches("celery@").to_string();
-            }
-            "end" => e.1 += 1,
-            _ => {}
-        }
-    }
-    m
-}
-
-/// Sends `count` `report` tasks of `seconds` each.
-fn produce_long(broker: &str, count: u32, seconds: u32) {
-    let status = Command::new(python())
-        .current_dir(repo_root().join("example"))
-        .env("CELERY_BROKER_URL", broker)
-        .args(["producer.py", "--task", "report", "--burst", &count.to_string(), "--duration", &seconds.to_string()])
-        .status()
-        .expect("runs the producer");
-    assert!(status.success(), "producer failed: {status}");
-}
-
-/// Flower of the example app on the host (no credentials), killed on drop.
-fn flower(broker: &str, port: u16) -> Server {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let mut command = Command::new(python());
-    command.env("CELERY_BROKER_URL", broker).env("PYTHONPATH", repo_root().join("example"));
-    command.args(["-m", "celery", "--app=app:celery_app", "flower", "--address=127.0.0.1", &format!("--port={port}")]);
-    let server = Server::spawn(command, dir);
-    wait_for("flower", || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
-    server
-}
-
-/// The real Celery workers standing in for the worker pods' containers, one per pod, and the
-/// pods whose worker got SIGTERM because the pod was deleted.
-struct Fleet {
-    workers: Mutex<BTreeMap<String, Server>>,
-    terminated: Mutex<BTreeSet<String>>,
-}
-
-impl Fleet {
-    /// Starts a worker (concurrency 1, one message prefetched) for each of `pods`, and a task
-    /// that sends SIGTERM to the worker of every pod that is deleted.
-    fn start(broker: &str, pods: &[String], client: Client, ns: String) -> Arc<Self> {
-        let mut workers = BTreeMap::new();
-        for pod in pods {
-            let dir = tempfile::tempdir().expect("temp dir");
-            let mut command = Command::new(python());
-            command.env("CELERY_BROKER_URL", broker).env("PYTHONPATH", repo_root().join("example"));
-            command.env("EXAMPLE_TASK_LOG", TASK_LOG);
-            command.args(["-m", "celery", "--app=app:celery_app", "worker", "--queues=celery", "--loglevel=info"]);
-            command.args(["--concurrency=1", "--prefetch-multiplier=1", &format!("--hostname=celery@{pod}")]);
-            workers.insert(pod.clone(), Server::spawn(command, dir));
-        }
-        let fleet = Arc::new(Self { workers: Mutex::new(workers), terminated: Mutex::new(BTreeSet::new()) });
-        let follower = Arc::clone(&fleet);
-        tokio::spawn(async move {
-            let api: Api<Pod> = Api::namespaced(client, &ns);
-            loop {
-                if Arc::strong_count(&follower) == 1 {
-                    return;
-                }
-                if let Ok(list) = api.list(&ListParams::default()).await {
-                    let live: BTreeSet<String> = list
-                        .items
-                        .iter()
-                        .filter(|p| p.metadata.deletion_timestamp.is_none())
-                        .filter_map(|p| p.metadata.name.clone())
-                        .collect();
-                    let workers = follower.workers.lock().unwrap();
-                    let mut terminated = follower.terminated.lock().unwrap();
-                    for (pod, server) in workers.iter() {
-                        if !live.contains(pod) && terminated.insert(pod.clone()) {
-                            server.signal("TERM");
-                        }
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        });
-        fleet
-    }
-
-    fn terminated(&self) -> BTreeSet<String> {
-        self.terminated.lock().unwrap().clone()
-    }
-}
 
 async fn worker_pods(client: &Client, ns: &str, app: &str) -> Vec<Pod> {
     let api: Api<Pod> = Api::namespaced(client.clone(), ns);
@@ -182,17 +69,12 @@ async fn wait_active(client: &Client, ns: &str, app: &str, n: i64) {
     .await
 }
 
-/// The pods running a task that has not ended, by the task log.
-fn busy_pods(redis_port: u16) -> BTreeSet<String> {
-    runs(&task_log(redis_port)).into_values().filter(|(_, ends, _)| *ends == 0).map(|(_, _, pod)| pod).collect()
-}
-
 /// Every task started once and ended once.
 fn every_task_ran_once(redis_port: u16, sent: usize) {
     let runs = runs(&task_log(redis_port));
     assert_eq!(runs.len(), sent, "every task sent started: {runs:?}");
-    for (id, (starts, ends, pod)) in &runs {
-        assert_eq!((*starts, *ends), (1, 1), "task {id} on {pod} started and ended once");
+    for (id, run) in &runs {
+        assert_eq!((run.starts, run.ends), (1, 1), "task {id} on {} started and ended once", run.pod);
     }
 }
 
@@ -257,9 +139,9 @@ async fn idle_first(h: Arc<Harness>) {
     create(&env.admin, &ns, &resource("idle", &broker, flower_port, "")).await.expect("created");
     wait_condition(&env.admin, &ns, "idle", SCALING_ACTIVE, "True", POLICY_DECIDING).await;
     let pods = wait_pods(&env.admin, &ns, "idle", 4).await;
-    let fleet = Fleet::start(&broker, &pods, env.admin.clone(), ns.clone());
+    let fleet = Fleet::start(&broker, &pods, env.admin.clone(), ns.clone(), None);
 
-    produce_long(&broker, 2, 40);
+    produce(&broker, "report", 2, 40);
     wait_active(&env.admin, &ns, "idle", 2).await;
     let busy = busy_pods(redis_port);
     assert_eq!(busy.len(), 2, "two workers run a long task each: {busy:?}");
@@ -323,11 +205,11 @@ async fn waits_for_busy(h: Arc<Harness>) {
     create(&env.admin, &ns, &yaml).await.expect("created");
     wait_condition(&env.admin, &ns, "patient", SCALING_ACTIVE, "True", POLICY_DECIDING).await;
     let pods = wait_pods(&env.admin, &ns, "patient", 4).await;
-    let fleet = Fleet::start(&broker, &pods, env.admin.clone(), ns.clone());
+    let fleet = Fleet::start(&broker, &pods, env.admin.clone(), ns.clone(), None);
 
     // Tasks of different lengths: the workers become idle one pair at a time.
-    produce_long(&broker, 2, 15);
-    produce_long(&broker, 2, 600);
+    produce(&broker, "report", 2, 15);
+    produce(&broker, "report", 2, 600);
     wait_active(&env.admin, &ns, "patient", 4).await;
     patch_autoscaling(&env.admin, &ns, "patient", serde_json::json!({ "minReplicas": 2 })).await;
     let waiting = eventually("the scale-down waits, its busy workers told to stop taking tasks", WAIT, || async {
@@ -359,7 +241,7 @@ async fn waits_for_busy(h: Arc<Harness>) {
     // The 15 s tasks end: their two workers (now idle) are the ones removed.
     let short: BTreeSet<String> = eventually("the short tasks ended", LONG, || async {
         let runs = runs(&task_log(redis_port));
-        let ended: BTreeSet<String> = runs.values().filter(|(_, e, _)| *e == 1).map(|(_, _, pod)| pod.clone()).collect();
+        let ended: BTreeSet<String> = runs.values().filter(|r| r.ends == 1).map(|r| r.pod.clone()).collect();
         if ended.len() == 2 { Ok(ended) } else { Err(format!("{runs:?}")) }
     })
     .await;
@@ -400,7 +282,7 @@ async fn waits_for_busy(h: Arc<Harness>) {
     .await;
     let runs = runs(&task_log(redis_port));
     assert_eq!(runs.len(), 4, "no task was started twice: {runs:?}");
-    assert!(runs.values().all(|(starts, _, _)| *starts == 1), "{runs:?}");
+    assert!(runs.values().all(|r| r.starts == 1), "{runs:?}");
     operator.stop().await;
 }
 

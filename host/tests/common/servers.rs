@@ -52,6 +52,11 @@ impl Server {
         let _ = Command::new("kill").arg(format!("-{signal}")).arg(self.child.id().to_string()).status();
     }
 
+    /// Whether the process has exited (reaped here if so).
+    pub fn exited(&mut self) -> bool {
+        self.child.try_wait().ok().flatten().is_some()
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
