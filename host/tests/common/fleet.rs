@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::Client;
@@ -107,12 +107,17 @@ pub fn flower(broker: &str, port: u16) -> Server {
 /// What happened to the worker of a deleted pod.
 #[derive(Clone, Debug)]
 pub struct Stop {
-    /// When its pod was seen deleted and it got SIGTERM.
-    pub terminated: Instant,
+    /// When its pod was seen deleted and it got SIGTERM, in seconds since the epoch.
+    pub terminated: f64,
     /// When it had exited (by itself, or killed at the end of the grace period).
-    pub exited: Option<Instant>,
+    pub exited: Option<f64>,
     /// It was still running at the end of the grace period and got SIGKILL.
     pub killed: bool,
+}
+
+/// Now, in seconds since the epoch (the task log's clock).
+pub fn epoch() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
 }
 
 /// The workers of a fleet and what became of them.
@@ -159,7 +164,7 @@ impl Fleet {
     fn follow(&self, live: &BTreeSet<String>, grace: Option<Duration>) {
         let mut workers = self.workers.lock().unwrap();
         let mut stops = self.stops.lock().unwrap();
-        let now = Instant::now();
+        let now = epoch();
         for (pod, server) in workers.iter_mut() {
             match stops.get_mut(pod) {
                 None if !live.contains(pod) => {
@@ -169,7 +174,7 @@ impl Fleet {
                 Some(stop) if stop.exited.is_none() => {
                     if server.exited() {
                         stop.exited = Some(now);
-                    } else if grace.is_some_and(|g| now >= stop.terminated + g) {
+                    } else if grace.is_some_and(|g| now >= stop.terminated + g.as_secs_f64()) {
                         server.signal("KILL");
                         stop.killed = true;
                     }
