@@ -418,7 +418,9 @@ apiserver_ready() {
 
 start_controller_manager() {
   local kc="$STATE/pki/kube-controller-manager.kubeconfig"
-  local controllers=deployment-controller,replicaset-controller,garbage-collector-controller,namespace-controller,serviceaccount-controller,serviceaccount-token-controller
+  # The disruption controller keeps PodDisruptionBudgets' status, which the eviction API (a node
+  # drain) checks: workerSpec.disruptionBudget is tested against it.
+  local controllers=deployment-controller,replicaset-controller,garbage-collector-controller,namespace-controller,serviceaccount-controller,serviceaccount-token-controller,disruption-controller
   # The real node routes Services (kube-proxy) and names them (CoreDNS) from their EndpointSlices,
   # and its pods mount the cluster CA from the kube-root-ca.crt ConfigMap of their namespace.
   [ "$REAL_NODE" = 1 ] && controllers+=,endpointslice-controller,root-ca-certificate-publisher-controller

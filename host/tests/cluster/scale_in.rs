@@ -313,9 +313,13 @@ spec:
     // The disruption controller counts the healthy pods first; until then evictions are refused too.
     eventually("the budget counted the workers", WAIT, || async {
         let b = budgets.get("guarded-celery-worker").await.map_err(|e| e.to_string())?;
-        match b.status.map(|s| (s.current_healthy, s.disruptions_allowed)) {
+        match b.status.as_ref().map(|s| (s.current_healthy, s.disruptions_allowed)) {
             Some((Some(2), Some(0))) => Ok(()),
-            other => Err(format!("(healthy, allowed) {other:?}")),
+            other => {
+                let pods: Vec<_> = api.list(&ListParams::default()).await.map(|l| l.items).unwrap_or_default();
+                let pods: Vec<_> = pods.iter().map(|p| (p.metadata.name.clone(), p.metadata.labels.clone(), p.status.as_ref().and_then(|s| s.conditions.clone()))).collect();
+                Err(format!("(healthy, allowed) {other:?}; budget {:?}; pods {pods:?}", b.status))
+            }
         }
     })
     .await;
