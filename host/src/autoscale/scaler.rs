@@ -597,7 +597,7 @@ impl AppLoop {
             let stale = scalein::steady(&workers);
             self.mark(shared, &[], &stale).await;
             self.drain(shared, BTreeSet::new(), &pods).await;
-            return (current, String::new());
+            return (goal, String::new());
         }
         let figures = self.progress.figures();
         let figures = match &figures {
