@@ -27,7 +27,7 @@ async fn unanswered_lookups_hold_no_thread_each() {
     dns::use_server(silent.local_addr().expect("its address"));
 
     let before = threads();
-    let options = BrokerOptions { timeout: Duration::from_secs(4), ..BrokerOptions::default() };
+    let options = BrokerOptions { timeout: Duration::from_secs(10), ..BrokerOptions::default() };
     let queues = vec!["celery".to_string()];
     let mut reads = tokio::task::JoinSet::new();
     for i in 0..32 {
@@ -41,18 +41,24 @@ async fn unanswered_lookups_hold_no_thread_each() {
         }
         let queues = queues.clone();
         reads.spawn(async move {
-            let flower = Flower::new(&format!("http://app-{i}-flower.shop.svc:5555"), None, Duration::from_secs(4))
+            let flower = Flower::new(&format!("http://app-{i}-flower.shop.svc:5555"), None, Duration::from_secs(10))
                 .map_err(|e| e.to_string())?;
             flower.queues(&queues).await.map(drop).map_err(|e| e.to_string())
         });
     }
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let during = threads();
+    // Count threads once every lookup has sent its query (or the lookups' own deadline nears):
+    // a fixed sleep here raced a busy machine, where only 58 of 96 had been sent after a second.
     let mut queries = 0;
     let mut buf = [0u8; 512];
-    while silent.recv_from(&mut buf).is_ok() {
-        queries += 1;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(8);
+    while queries < 96 && tokio::time::Instant::now() < deadline {
+        match silent.recv_from(&mut buf) {
+            Ok(_) => queries += 1,
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
     }
+    let during = threads();
+    assert!(reads.try_join_next().is_none(), "a lookup ended before the threads were counted: fewer than 96 were pending");
     let mut failures = Vec::new();
     while let Some(done) = reads.join_next().await {
         failures.push(done.expect("a read task").expect_err("no name resolves"));

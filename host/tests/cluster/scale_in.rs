@@ -317,7 +317,12 @@ spec:
             Some((Some(2), Some(0))) => Ok(()),
             other => {
                 let pods: Vec<_> = api.list(&ListParams::default()).await.map(|l| l.items).unwrap_or_default();
-                let pods: Vec<_> = pods.iter().map(|p| (p.metadata.name.clone(), p.metadata.labels.clone(), p.status.as_ref().and_then(|s| s.conditions.clone()))).collect();
+                let pods: Vec<_> = pods
+                    .iter()
+                    .map(|p| {
+                        (p.metadata.name.clone(), p.metadata.labels.clone(), p.status.as_ref().and_then(|s| s.conditions.clone()))
+                    })
+                    .collect();
                 Err(format!("(healthy, allowed) {other:?}; budget {:?}; pods {pods:?}", b.status))
             }
         }
