@@ -335,8 +335,10 @@ pub async fn http_get(port: u16, path: &str) -> Result<String, String> {
     Ok(response)
 }
 
-/// The default deadline of a wait: generous, because the machines are shared and slow.
-pub const WAIT: Duration = Duration::from_secs(60);
+/// The default deadline of a wait: only a hang should reach it. Generous, because the machines
+/// are shared and slow: with the tier's tests side by side on 2 cores, kwok once took over a
+/// minute to mark a new app's pods Ready after another test restarted the API server.
+pub const WAIT: Duration = Duration::from_secs(180);
 
 /// Installs what `kubectl apply -k deploy/` would, but the operator Deployment: the tests run
 /// the operator in-process instead, with the same ServiceAccount.

@@ -1,7 +1,7 @@
 //! The example app as real containers: Celery workers and Flower from `example-image:dev` on the
 //! real node, managed by the in-cluster operator, against a Redis on the node's address.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,6 +22,7 @@ pub const TESTS: &[TestCase] = &[
     ("app::workers_and_flower_run_for_real_and_every_task_completes_once", |n| Box::pin(runs_for_real(n))),
     ("app::a_scale_down_lets_the_running_task_finish", |n| Box::pin(scale_down_finishes_the_task(n))),
     ("app::a_stuck_worker_is_restarted_and_a_broker_outage_restarts_none", |n| Box::pin(probes_act(n))),
+    ("app::scale_in_removes_the_idle_workers_and_busy_ones_finish", |n| Box::pin(scale_in_idle_first(n))),
 ];
 
 /// The Redis list the example app records each task's start and end in (EXAMPLE_TASK_LOG).
@@ -55,6 +56,7 @@ async fn app(node: &Node, ns_prefix: &str, redis_port: u16, spec: &str) -> Strin
 struct Recorded {
     event: String,
     id: String,
+    task: String,
     worker: String,
     at: f64,
 }
@@ -361,4 +363,135 @@ async fn probes_act(node: Arc<Node>) {
     assert_eq!(restarted.get(&name(waiting)), Some(&0), "{restarted:?}");
     assert!(restarted.get(&name(stuck)).is_some_and(|&n| n >= 1), "{restarted:?}");
     eprintln!("figures: broker outage of {without_broker:.0?}: restarts {restarted:?}");
+}
+
+/// The worker pods of `ns` not being deleted, by name.
+async fn live_workers(node: &Node, ns: &str) -> BTreeSet<String> {
+    let all = pods(node, ns, "worker").await;
+    all.into_iter().filter(|p| p.metadata.deletion_timestamp.is_none()).filter_map(|p| p.metadata.name).collect()
+}
+
+/// The pods (`celery@<pod>`) that have started a task and not ended it, per the task log.
+fn busy_pods(redis_port: u16) -> BTreeSet<String> {
+    let log = task_log(redis_port);
+    runs(&log)
+        .into_iter()
+        .filter(|(_, (starts, ends))| starts > ends)
+        .filter_map(|(id, _)| log.iter().find(|r| r.id == id).map(|r| r.worker.trim_start_matches("celery@").to_string()))
+        .collect()
+}
+
+async fn patch_autoscaling(node: &Node, ns: &str, name: &str, autoscaling: serde_json::Value) {
+    let api: Api<Celery> = Api::namespaced(node.admin.clone(), ns);
+    let patch = serde_json::json!({"spec": {"autoscaling": autoscaling}});
+    api.patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await.expect("the resource is patched");
+}
+
+async fn autoscaler(node: &Node, ns: &str, name: &str) -> celery_operator::crd::AutoscalerStatus {
+    let api: Api<Celery> = Api::namespaced(node.admin.clone(), ns);
+    let c = api.get(name).await.expect("the Celery resource");
+    c.status.and_then(|s| s.autoscaler).unwrap_or_default()
+}
+
+/// Issue 14's scenario with real containers: 4 workers, 2 of them running long tasks, the policy
+/// asks for 2. The operator marks the idle pods (pod-deletion-cost), so those are the ones the
+/// ReplicaSet controller deletes and the kubelet stops; the long tasks run to their end on the
+/// pods that stay. Then, with `busyWorkers: Wait`, a scale to 1 waits for the shorter task and
+/// takes its worker, and the longer task still ends where it runs. Every task ran once.
+async fn scale_in_idle_first(node: Arc<Node>) {
+    install(&node).await;
+    let (_redis, port) = redis();
+    let spec = resource(
+        "batch",
+        r#"  workerSpec:
+    concurrency: 1
+    terminationGracePeriodSeconds: 120
+  flowerSpec:
+    replicas: 1
+  autoscaling:
+    policy: queue-length
+    settings: {target: "1"}
+    minReplicas: 4
+    maxReplicas: 4
+    intervalSeconds: 2
+    scaleDown: {stabilizationWindowSeconds: 0, maxStepPercent: 100, periodSeconds: 0}
+"#,
+    );
+    let ns = app(&node, "real-scalein", port, &spec).await;
+    let all: BTreeSet<String> = ready_pods(&node, &ns, "worker", 4).await.into_iter().filter_map(|p| p.metadata.name).collect();
+    ready_pods(&node, &ns, "flower", 1).await;
+
+    // A 30 s `sleep` and a 60 s `report`: two workers busy (each holds one message: prefetch 1).
+    produce(port, &["--burst", "1", "--task", "sleep", "--duration", "30"]);
+    produce(port, &["--burst", "1", "--task", "report", "--duration", "60"]);
+    let busy = eventually("Flower to count the two tasks running", Duration::from_secs(60), || async {
+        let running = autoscaler(&node, &ns, "batch").await.active_tasks;
+        let busy = busy_pods(port);
+        if running == Some(2) && busy.len() == 2 { Ok(busy) } else { Err(format!("activeTasks {running:?}, busy {busy:?}")) }
+    })
+    .await;
+    let idle: BTreeSet<String> = all.difference(&busy).cloned().collect();
+
+    // The policy asks for 2: the idle two go, for real.
+    patch_autoscaling(&node, &ns, "batch", serde_json::json!({"minReplicas": 2, "maxReplicas": 2})).await;
+    eventually("the idle workers' pods gone", Duration::from_secs(120), || async {
+        let names: BTreeSet<String> = pods(&node, &ns, "worker").await.into_iter().filter_map(|p| p.metadata.name).collect();
+        if names == busy { Ok(()) } else { Err(format!("worker pods {names:?}, busy {busy:?}")) }
+    })
+    .await;
+    let reason = autoscaler(&node, &ns, "batch").await.last_decision.map(|d| d.reason).unwrap_or_default();
+    assert!(reason.contains("removing idle"), "{reason}");
+    for pod in &idle {
+        assert!(reason.contains(pod.as_str()), "the reason names {pod}: {reason}");
+    }
+    let log = task_log(port);
+    assert!(log.iter().all(|r| busy.contains(r.worker.trim_start_matches("celery@"))), "tasks ran on the busy two only: {log:?}");
+
+    // Wait: a scale to 1 takes the worker whose task ends first, when it ends.
+    let short_worker = log
+        .iter()
+        .find(|r| r.event == "start" && r.task.ends_with(".sleep"))
+        .map(|r| r.worker.trim_start_matches("celery@").to_string())
+        .expect("the 30 s task started");
+    let long_worker = busy.iter().find(|p| **p != short_worker).expect("the other busy worker").clone();
+    patch_autoscaling(
+        &node,
+        &ns,
+        "batch",
+        serde_json::json!({"minReplicas": 1, "maxReplicas": 1, "scaleDown": {"busyWorkers": "Wait", "maxWaitSeconds": 600}}),
+    )
+    .await;
+    let patched_at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("after 1970").as_secs_f64();
+    eventually("one worker pod left", Duration::from_secs(150), || async {
+        let names = live_workers(&node, &ns).await;
+        if names.len() == 1 { Ok(()) } else { Err(format!("{names:?}")) }
+    })
+    .await;
+    assert_eq!(live_workers(&node, &ns).await, BTreeSet::from([long_worker.clone()]), "the worker of the longer task stays");
+    let short_end = task_log(port)
+        .iter()
+        .find(|r| r.event == "end" && r.worker.ends_with(&format!("@{short_worker}")))
+        .map(|r| r.at)
+        .expect("the shorter task ended on its worker before the worker went");
+    eprintln!(
+        "figures: the scale to 1 (Wait) waited {:.1} s for {short_worker}'s task to end",
+        (short_end - patched_at).max(0.0)
+    );
+
+    // The longer task ends where it ran; every task ran once, to its end; none went back.
+    let log = eventually("both tasks ended", Duration::from_secs(120), || async {
+        let log = task_log(port);
+        if log.iter().filter(|r| r.event == "end").count() == 2 { Ok(log) } else { Err(format!("{log:?}")) }
+    })
+    .await;
+    let per_task = runs(&log);
+    assert_eq!(per_task.len(), 2, "{log:?}");
+    assert!(per_task.values().all(|&(s, e)| s == 1 && e == 1), "each ran once, to its end: {log:?}");
+    let out = Command::new("redis-cli").args(["-p", &port.to_string(), "llen", "celery"]).output().expect("redis-cli");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "0", "the queue is empty");
+    let left = pods(&node, &ns, "worker").await;
+    for pod in &left {
+        let cost = pod.metadata.annotations.clone().unwrap_or_default().remove("controller.kubernetes.io/pod-deletion-cost");
+        assert_eq!(cost, None, "{:?} carries no mark at rest", pod.metadata.name);
+    }
 }
