@@ -18,6 +18,8 @@ pub const ALL_REPLICAS_READY: &str = "AllReplicasReady";
 pub const WORKERS_NOT_READY: &str = "WorkersNotReady";
 /// Fewer Flower replicas are ready than desired.
 pub const FLOWER_NOT_READY: &str = "FlowerNotReady";
+/// The beat pod is not ready.
+pub const BEAT_NOT_READY: &str = "BeatNotReady";
 /// A child Deployment is rolling out a new template or scaling.
 pub const ROLLING_OUT: &str = "RollingOut";
 /// The children run the current spec.

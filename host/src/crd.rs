@@ -80,7 +80,26 @@ pub struct CelerySpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 2))]
     pub scale_target_ref: Vec<ScaleTarget>,
+
+    /// More pools of workers of the same app, each a Deployment
+    /// `<appName>-celery-worker-<name>` with its own queues, command line, resources, placement
+    /// and autoscaling. `workerSpec` stays the pool it always was (`<appName>-celery-worker`).
+    /// Group names are unique; removing a group deletes its Deployment, and renaming one is a
+    /// removal and an addition.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = MAX_WORKER_GROUPS), extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub worker_groups: Vec<WorkerGroup>,
+
+    /// Celery beat, the scheduler of periodic tasks: a Deployment `<appName>-celery-beat` of
+    /// exactly one pod, replaced with the `Recreate` strategy so that two beats never run at
+    /// once (two would send every periodic task twice).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub beat: Option<Beat>,
 }
+
+/// Most worker groups of one app: each is a Deployment and, when autoscaled, a policy call per
+/// interval.
+pub const MAX_WORKER_GROUPS: u32 = 20;
 
 /// Settings shared by the worker and Flower pods.
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
@@ -213,6 +232,11 @@ pub struct WorkerSpec {
     #[schemars(range(min = 1))]
     pub concurrency: i32,
 
+    /// The execution pool, passed as `--pool`: `prefork` (Celery's default), `threads`,
+    /// `gevent`, `eventlet` or `solo`. Without it the command line has no `--pool`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<Pool>,
+
     /// Tasks a pool process runs before it is replaced, passed as `--max-tasks-per-child`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
@@ -265,6 +289,186 @@ pub struct DisruptionBudget {
     pub max_unavailable: Option<IntOrString>,
 }
 
+/// One more pool of workers of the app (`spec.workerGroups[]`). Fields left out take the
+/// defaults of `workerSpec`'s; placement fields left out take `common`'s.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkerGroup {
+    /// The group's name, a DNS label: its Deployment is `<appName>-celery-worker-<name>` and its
+    /// pods carry the label `celeryproject.org/worker-group: <name>`.
+    #[schemars(length(min = 1, max = 40), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    pub name: String,
+
+    /// Queues this group's workers consume, comma-separated, passed as `--queues`. Required. A
+    /// queue may be consumed by several groups: each group's policy then sees that queue's whole
+    /// backlog.
+    #[schemars(length(min = 1), regex(pattern = r"^[^,\s]+(,[^,\s]+)*$"))]
+    pub queues: String,
+
+    /// Worker replicas when autoscaling is off; the starting count when it is on.
+    #[serde(default = "default_workers")]
+    #[schemars(range(min = 0, max = MAX_WORKER_REPLICAS))]
+    pub num_of_workers: i32,
+
+    /// Processes, threads or greenlets per worker pod, passed as `--concurrency`.
+    #[serde(default = "default_concurrency")]
+    #[schemars(range(min = 1))]
+    pub concurrency: i32,
+
+    /// The execution pool, passed as `--pool`: `prefork` (Celery's default), `threads`,
+    /// `gevent`, `eventlet` or `solo`. `gevent` and `eventlet` need those packages in the image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<Pool>,
+
+    /// Worker log level, passed as `--loglevel`.
+    #[serde(default = "default_log_level")]
+    #[schemars(regex(pattern = r"^(?i)(debug|info|warning|warn|error|critical|fatal)$"))]
+    pub log_level: String,
+
+    /// Tasks a pool process runs before it is replaced, passed as `--max-tasks-per-child`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_tasks_per_child: Option<i32>,
+
+    /// Compute resources of this group's worker container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+
+    /// Extra arguments appended to this group's worker command line.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extra_args: Vec<String>,
+
+    /// Seconds a worker pod of this group gets to finish its running tasks when it stops.
+    #[serde(default = "default_grace")]
+    #[schemars(range(min = 0))]
+    pub termination_grace_period_seconds: i64,
+
+    /// Replaces the worker container's liveness probe (see `workerSpec.livenessProbe`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub liveness_probe: Option<Probe>,
+
+    /// Replaces the worker container's readiness probe (see `workerSpec.readinessProbe`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub readiness_probe: Option<Probe>,
+
+    /// A PodDisruptionBudget for this group's pods, named like its Deployment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disruption_budget: Option<DisruptionBudget>,
+
+    /// Replaces `common.nodeSelector` for this group's pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_selector: Option<BTreeMap<String, String>>,
+
+    /// Replaces `common.tolerations` for this group's pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tolerations: Option<Vec<Toleration>>,
+
+    /// Replaces `common.affinity` for this group's pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+
+    /// Autoscaling of this group by a scaling policy, as `spec.autoscaling` does it for
+    /// `workerSpec`: its own policy, settings, bounds and scale-down damping, fed this group's
+    /// queues and pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<Autoscaling>,
+}
+
+impl WorkerGroup {
+    /// The group's worker settings in `workerSpec`'s shape, which the builder takes.
+    pub fn worker_spec(&self) -> WorkerSpec {
+        WorkerSpec {
+            num_of_workers: self.num_of_workers,
+            queues: self.queues.clone(),
+            log_level: self.log_level.clone(),
+            concurrency: self.concurrency,
+            pool: self.pool,
+            max_tasks_per_child: self.max_tasks_per_child,
+            resources: self.resources.clone(),
+            extra_args: self.extra_args.clone(),
+            termination_grace_period_seconds: self.termination_grace_period_seconds,
+            liveness_probe: self.liveness_probe.clone(),
+            readiness_probe: self.readiness_probe.clone(),
+            disruption_budget: self.disruption_budget.clone(),
+        }
+    }
+}
+
+/// Celery's execution pools (`--pool`).
+#[derive(JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Pool {
+    /// Child processes (Celery's default): CPU-bound work.
+    Prefork,
+    /// Threads: I/O-bound work without extra packages.
+    Threads,
+    /// Greenlets (the `gevent` package): many concurrent I/O-bound tasks.
+    Gevent,
+    /// Greenlets (the `eventlet` package).
+    Eventlet,
+    /// The worker's own thread, one task at a time.
+    Solo,
+}
+
+impl Pool {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Pool::Prefork => "prefork",
+            Pool::Threads => "threads",
+            Pool::Gevent => "gevent",
+            Pool::Eventlet => "eventlet",
+            Pool::Solo => "solo",
+        }
+    }
+}
+
+/// Celery beat (`spec.beat`).
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.scheduler) || !has(self.schedule)").message("give scheduler or schedule, not both: a scheduler class keeps the schedule itself"))]
+pub struct Beat {
+    /// Whether beat runs. Switching it off deletes its Deployment.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+
+    /// A scheduler class that keeps the schedule itself, passed as `--scheduler`, e.g.
+    /// `django_celery_beat.schedulers:DatabaseScheduler` or `redbeat.RedBeatScheduler`. Without
+    /// it Celery's file scheduler keeps its state in `schedule`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub scheduler: Option<String>,
+
+    /// Where the file scheduler keeps its state (`celerybeat-schedule`, the time each periodic
+    /// task last ran): a volume mounted at `/var/lib/celery-beat`, an `emptyDir` unless a
+    /// PersistentVolumeClaim is named. With an `emptyDir` a restarted beat starts afresh.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<BeatSchedule>,
+
+    /// Compute resources of the beat container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+
+    /// Extra arguments appended to the beat command line.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extra_args: Vec<String>,
+
+    /// Beat's log level, passed as `--loglevel`.
+    #[serde(default = "default_log_level")]
+    #[schemars(regex(pattern = r"^(?i)(debug|info|warning|warn|error|critical|fatal)$"))]
+    pub log_level: String,
+}
+
+/// The volume of the file scheduler's state.
+#[derive(JsonSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct BeatSchedule {
+    /// A PersistentVolumeClaim (in the app's namespace) to keep the schedule across restarts;
+    /// an `emptyDir` without it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub persistent_volume_claim: Option<String>,
+}
+
 impl Default for WorkerSpec {
     fn default() -> Self {
         Self {
@@ -272,6 +476,7 @@ impl Default for WorkerSpec {
             queues: default_queues(),
             log_level: default_log_level(),
             concurrency: default_concurrency(),
+            pool: None,
             max_tasks_per_child: None,
             resources: None,
             extra_args: Vec::new(),
@@ -711,9 +916,21 @@ pub struct CeleryStatus {
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
 
-    /// Replica counts of the worker Deployment.
+    /// Replica counts of the worker Deployments together (`workerSpec`'s and every group's):
+    /// the app's totals, which `kubectl get celery` shows. Each group's own are in
+    /// `workerGroups`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workers: Option<ReplicaStatus>,
+
+    /// Each of `spec.workerGroups`: its replica counts, its policy and what its autoscaler
+    /// measured and decided last.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub worker_groups: Vec<GroupStatus>,
+
+    /// Celery beat (absent when it is off).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub beat: Option<BeatStatus>,
 
     /// Replica counts of the Flower Deployment (absent when Flower is off).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -734,6 +951,38 @@ pub struct CeleryStatus {
     /// What the autoscaler measured and decided last (absent while the count is fixed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub autoscaler: Option<AutoscalerStatus>,
+}
+
+/// One worker group as the operator last saw it.
+#[derive(JsonSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct GroupStatus {
+    /// The group's name (`spec.workerGroups[].name`).
+    pub name: String,
+
+    /// Replica counts of the group's Deployment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workers: Option<ReplicaStatus>,
+
+    /// The group's scaling policy, or `none` when its count is fixed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
+
+    /// What the group's autoscaler measured (its queues, its pods) and decided last.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaler: Option<AutoscalerStatus>,
+}
+
+/// Celery beat as the operator last saw it.
+#[derive(JsonSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct BeatStatus {
+    /// Whether the beat pod is Ready.
+    pub ready: bool,
+
+    /// When the beat pod last started (a new pod, or its container restarted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_restart: Option<Time>,
 }
 
 /// What the autoscaler measured and decided last.

@@ -100,7 +100,7 @@ async fn run(celery: Celery, worker: Option<Value>) -> Vec<Call> {
     let client = Client::new(service, "default");
     let server = tokio::spawn(serve(handle, api_server(worker)));
     let scaling = validate::validate(&celery.spec).unwrap();
-    apply::children(&client, &apply::Cached::default(), &celery, &scaling).await.expect("apply succeeds");
+    apply::children(&client, &apply::Cached::default(), &celery, &scaling, &[]).await.expect("apply succeeds");
     drop(client);
     server.await.unwrap()
 }
@@ -255,5 +255,5 @@ async fn the_reconcile_a_new_app_triggers_finds_its_children_as_applied() {
         budgets: vec![store(Vec::new())],
     };
     let scaling = validate::validate(&c.spec).unwrap();
-    assert!(apply::unchanged(&cached, &c, &scaling).is_some(), "the children just created are re-applied");
+    assert!(apply::unchanged(&cached, &c, &scaling, &[]).is_some(), "the children just created are re-applied");
 }

@@ -4,7 +4,7 @@
 //! of a field the operator sets is undone on the next reconcile, and fields others set are
 //! left alone. The one exception is the worker `replicas` when a scaling policy decides them:
 //! that field belongs to the manager [`SCALER_MANAGER`], so the reconciler never fights the
-//! autoscaler over it (see [`apply_worker`]). The API server's answers are returned, status
+//! autoscaler over it (see [`apply_pool`]). The API server's answers are returned, status
 //! included, so the status step needs no extra reads.
 
 use std::sync::Arc;
@@ -19,7 +19,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::conditions::{APPLY_REJECTED, NAME_CONFLICT};
-use crate::crd::Celery;
+use crate::crd::{Celery, WorkerGroup};
 use crate::reconcile::adopt;
 use crate::reconcile::build::{self, BuildError};
 use crate::spec::names::{self, FIELD_MANAGER, SCALER_MANAGER};
@@ -28,6 +28,9 @@ use crate::spec::validate::Scaling;
 /// The children as the API server holds them after the apply.
 pub struct Applied {
     pub worker: Deployment,
+    /// The groups' Deployments, in the order of `spec.workerGroups`.
+    pub groups: Vec<Deployment>,
+    pub beat: Option<Deployment>,
     pub flower: Option<Deployment>,
     pub flower_service: Option<String>,
 }
@@ -72,6 +75,25 @@ impl Cached {
         let key = ObjectRef::new(name).within(ns);
         stores.iter().find_map(|store| store.get(&key))
     }
+
+    /// The names of the objects in `stores` that `celery` controls and that belong to a worker
+    /// group its spec no longer has (by their group label).
+    fn stale_groups<K>(stores: &[Store<K>], celery: &Celery) -> Vec<String>
+    where
+        K: Resource<DynamicType = ()> + Clone + 'static,
+    {
+        let ns = celery.namespace();
+        let kept: std::collections::BTreeSet<&str> = celery.spec.worker_groups.iter().map(|g| g.name.as_str()).collect();
+        let mut stale: Vec<String> = stores
+            .iter()
+            .flat_map(|store| store.state())
+            .filter(|o| o.namespace() == ns && controlled_by(&**o, celery))
+            .filter(|o| o.labels().get(names::GROUP_LABEL).is_some_and(|g| !kept.contains(g.as_str())))
+            .map(|o| o.name_any())
+            .collect();
+        stale.sort();
+        stale
+    }
 }
 
 /// Annotation on every child: a digest of what the reconciler last applied to it.
@@ -89,38 +111,36 @@ const OURS: [(&str, &str); 3] = [(FIELD_MANAGER, "Apply"), (SCALER_MANAGER, "App
 /// written it since (its managed fields, status aside); with a scaling policy the scaler
 /// owns `replicas` within the bounds. Anything else, a child the cache does not hold
 /// included (it may be someone else's, unlabelled), takes the full path of [`children`].
-pub fn unchanged(cached: &Cached, celery: &Celery, scaling: &Scaling) -> Option<Applied> {
+pub fn unchanged(cached: &Cached, celery: &Celery, scaling: &Scaling, groups: &[Scaling]) -> Option<Applied> {
     let ns = celery.namespace()?;
-    let worker = Cached::find(&cached.deployments, &names::worker_name(celery), &ns)?;
-    let desired_worker = match *scaling {
-        Scaling::Fixed { .. } => {
-            build::worker_deployment(celery, Some(scaling.initial_replicas(celery.spec.worker_spec.num_of_workers))).ok()?
-        }
-        Scaling::Policies { min_replicas, max_replicas, .. } => {
-            let replicas = worker.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
-            if replicas != replicas.clamp(min_replicas, max_replicas) || !manages_replicas(&worker, SCALER_MANAGER) {
-                return None;
-            }
-            build::worker_deployment(celery, None).ok()?
-        }
-    };
-    if !as_applied(&*worker, &desired_worker, celery) {
+    let worker = pool_unchanged(cached, celery, None, scaling)?;
+    let mut applied_groups = Vec::with_capacity(groups.len());
+    for (group, scaling) in celery.spec.worker_groups.iter().zip(groups) {
+        applied_groups.push(pool_unchanged(cached, celery, Some(group), scaling)?);
+    }
+    if !Cached::stale_groups(&cached.deployments, celery).is_empty() || !Cached::stale_groups(&cached.budgets, celery).is_empty()
+    {
         return None;
     }
-    let budget = Cached::find(&cached.budgets, &names::worker_name(celery), &ns);
-    match (build::worker_disruption_budget(celery).ok()?, budget) {
-        (Some(desired), Some(budget)) if as_applied(&*budget, &desired, celery) => {}
-        (None, None) => {}
-        // To be applied, or (when the cache holds one and the spec no longer asks) deleted.
+    let beat = Cached::find(&cached.deployments, &names::beat_name(celery), &ns);
+    let beat = match (celery.spec.beat.as_ref().filter(|b| b.enabled), beat) {
+        (Some(spec), Some(beat)) if as_applied(&*beat, &build::beat_deployment(celery, spec).ok()?, celery) => {
+            Some((*beat).clone())
+        }
+        (None, None) => None,
+        // To be applied, or (the cache holds one and the spec no longer asks) deleted.
+        (None, Some(beat)) if !controlled_by(&*beat, celery) => None,
         _ => return None,
-    }
+    };
     let flower_name = names::flower_name(celery);
     let flower = Cached::find(&cached.deployments, &flower_name, &ns);
     let service = Cached::find(&cached.services, &flower_name, &ns);
     if !celery.spec.flower_spec.enabled {
         // Flower's children, if the cache holds them, are to be deleted.
-        return (flower.is_none() && service.is_none()).then(|| Applied {
-            worker: (*worker).clone(),
+        return (flower.is_none() && service.is_none()).then_some(Applied {
+            worker,
+            groups: applied_groups,
+            beat,
             flower: None,
             flower_service: None,
         });
@@ -129,10 +149,60 @@ pub fn unchanged(cached: &Cached, celery: &Celery, scaling: &Scaling) -> Option<
     let fresh = as_applied(&*flower, &build::flower_deployment(celery).ok()?, celery)
         && as_applied(&*service, &build::flower_service(celery).ok()?, celery);
     fresh.then(|| Applied {
-        worker: (*worker).clone(),
+        worker,
+        groups: applied_groups,
+        beat,
         flower: Some((*flower).clone()),
         flower_service: Some(service.name_any()),
     })
+}
+
+/// The Deployment of a pool of workers (`workerSpec`'s, or `group`'s) and its budget from the
+/// cache, when applying them would change nothing (see [`unchanged`]).
+fn pool_unchanged(cached: &Cached, celery: &Celery, group: Option<&WorkerGroup>, scaling: &Scaling) -> Option<Deployment> {
+    let ns = celery.namespace()?;
+    let name = pool_name(celery, group);
+    let worker = Cached::find(&cached.deployments, &name, &ns)?;
+    let desired_worker = match *scaling {
+        Scaling::Fixed { .. } => build_pool(celery, group, Some(scaling.initial_replicas(num_of_workers(celery, group)))).ok()?,
+        Scaling::Policies { min_replicas, max_replicas, .. } => {
+            let replicas = worker.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+            if replicas != replicas.clamp(min_replicas, max_replicas) || !manages_replicas(&worker, SCALER_MANAGER) {
+                return None;
+            }
+            build_pool(celery, group, None).ok()?
+        }
+    };
+    if !as_applied(&*worker, &desired_worker, celery) {
+        return None;
+    }
+    let budget = Cached::find(&cached.budgets, &name, &ns);
+    match (build::worker_disruption_budget(celery, group).ok()?, budget) {
+        (Some(desired), Some(budget)) if as_applied(&*budget, &desired, celery) => {}
+        (None, None) => {}
+        // To be applied, or (when the cache holds one and the spec no longer asks) deleted.
+        _ => return None,
+    }
+    Some((*worker).clone())
+}
+
+/// The name of a pool's Deployment (and budget).
+fn pool_name(celery: &Celery, group: Option<&WorkerGroup>) -> String {
+    match group {
+        None => names::worker_name(celery),
+        Some(g) => names::group_name(celery, &g.name),
+    }
+}
+
+fn num_of_workers(celery: &Celery, group: Option<&WorkerGroup>) -> i32 {
+    group.map_or(celery.spec.worker_spec.num_of_workers, |g| g.num_of_workers)
+}
+
+fn build_pool(celery: &Celery, group: Option<&WorkerGroup>, replicas: Option<i32>) -> Result<Deployment, BuildError> {
+    match group {
+        None => build::worker_deployment(celery, replicas),
+        Some(g) => build::group_deployment(celery, g, replicas),
+    }
 }
 
 /// `existing` is controlled by `celery`, was last applied from `desired` and written since by
@@ -161,7 +231,13 @@ fn digest<K: Serialize>(object: &K) -> String {
 /// alone and reported. NB: the API server would not catch this by itself, because every
 /// Celery app applies with the same field manager, so a second app's apply would silently
 /// replace the first app's owner reference and the two would take the object in turns.
-pub async fn children(client: &Client, cached: &Cached, celery: &Celery, scaling: &Scaling) -> Result<Applied, ApplyError> {
+pub async fn children(
+    client: &Client,
+    cached: &Cached,
+    celery: &Celery,
+    scaling: &Scaling,
+    groups: &[Scaling],
+) -> Result<Applied, ApplyError> {
     let ns = celery.namespace().unwrap_or_default();
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
     let services: Api<Service> = Api::namespaced(client.clone(), &ns);
@@ -181,17 +257,22 @@ pub async fn children(client: &Client, cached: &Cached, celery: &Celery, scaling
     let (flower, service) = match (flower, service) {
         (Ok(flower), Ok(service)) => (flower, service),
         (Err(e), _) | (_, Err(e)) => {
-            apply_worker(&deployments, celery, scaling, worker).await?;
+            apply_pool(&deployments, celery, None, scaling, worker).await?;
             return Err(e);
         }
     };
-    // The budget is read and written beside the worker, costing no extra round trip in sequence.
+    // The budget, the groups and beat are written beside the worker, costing no extra round
+    // trip in sequence.
     let worker = async {
-        let (worker, ()) =
-            tokio::try_join!(apply_worker(&deployments, celery, scaling, worker), apply_budget(client, cached, celery))?;
-        Ok::<_, ApplyError>(worker)
+        let (worker, (), groups, beat) = tokio::try_join!(
+            apply_pool(&deployments, celery, None, scaling, worker),
+            apply_budget(client, cached, celery, None),
+            apply_groups(client, cached, celery, groups),
+            apply_beat(&deployments, cached, celery),
+        )?;
+        Ok::<_, ApplyError>((worker, groups, beat))
     };
-    let (worker, flower, flower_service) = if celery.spec.flower_spec.enabled {
+    let ((worker, groups, beat), flower, flower_service) = if celery.spec.flower_spec.enabled {
         let (flower_deployment, flower_service) = (build::flower_deployment(celery)?, build::flower_service(celery)?);
         let (worker, flower, service) = tokio::try_join!(
             worker,
@@ -216,18 +297,75 @@ pub async fn children(client: &Client, cached: &Cached, celery: &Celery, scaling
         let (worker, (), ()) = tokio::try_join!(worker, delete_flower, delete_service)?;
         (worker, None, None)
     };
-    Ok(Applied { worker, flower, flower_service })
+    Ok(Applied { worker, groups, beat, flower, flower_service })
 }
 
-/// Applies the workers' PodDisruptionBudget when the spec asks for one (read first, like every
-/// child, for a name another object controls), else deletes the one this app controls. NB:
-/// without a budget in the spec the watch cache decides, so an app that never had one costs
-/// no request for it; a budget the cache has not seen yet triggers a reconcile when it does.
-async fn apply_budget(client: &Client, cached: &Cached, celery: &Celery) -> Result<(), ApplyError> {
+/// Applies every group's Deployment and budget (side by side), and deletes those of groups the
+/// spec no longer has: the ones this app controls, as the watch cache shows them.
+async fn apply_groups(
+    client: &Client,
+    cached: &Cached,
+    celery: &Celery,
+    scalings: &[Scaling],
+) -> Result<Vec<Deployment>, ApplyError> {
+    let ns = celery.namespace().unwrap_or_default();
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    let budgets: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), &ns);
+    let applied = futures::future::try_join_all(celery.spec.worker_groups.iter().zip(scalings).map(|(group, scaling)| {
+        let deployments = &deployments;
+        async move {
+            let name = names::group_name(celery, &group.name);
+            let current = read_own(deployments, &name, celery).await?;
+            let (deployment, ()) = tokio::try_join!(
+                apply_pool(deployments, celery, Some(group), scaling, current),
+                apply_budget(client, cached, celery, Some(group)),
+            )?;
+            Ok::<_, ApplyError>(deployment)
+        }
+    }));
+    let stale_deployments = Cached::stale_groups(&cached.deployments, celery);
+    let stale_budgets = Cached::stale_groups(&cached.budgets, celery);
+    let removed = async {
+        for name in &stale_deployments {
+            tracing::info!(deployment = %format!("{ns}/{name}"), "removing the Deployment of a worker group the spec no longer has");
+            delete(&deployments, name, celery).await?;
+        }
+        for name in &stale_budgets {
+            delete(&budgets, name, celery).await?;
+        }
+        Ok::<_, ApplyError>(())
+    };
+    let (applied, ()) = tokio::try_join!(applied, removed)?;
+    Ok(applied)
+}
+
+/// Applies the beat Deployment while `spec.beat` runs it, else deletes the one this app
+/// controls (the watch cache decides, so an app without beat costs no request for it).
+async fn apply_beat(api: &Api<Deployment>, cached: &Cached, celery: &Celery) -> Result<Option<Deployment>, ApplyError> {
+    let ns = celery.namespace().unwrap_or_default();
+    let name = names::beat_name(celery);
+    match celery.spec.beat.as_ref().filter(|b| b.enabled) {
+        Some(beat) => {
+            let current = read_own(api, &name, celery).await?;
+            apply_deployment(api, &build::beat_deployment(celery, beat)?, current.as_ref()).await.map(Some)
+        }
+        None => match Cached::find(&cached.deployments, &name, &ns) {
+            Some(d) if controlled_by(&*d, celery) => delete(api, &name, celery).await.map(|()| None),
+            _ => Ok(None),
+        },
+    }
+}
+
+/// Applies the workers' PodDisruptionBudget (`workerSpec`'s, or `group`'s) when the spec asks
+/// for one (read first, like every child, for a name another object controls), else deletes
+/// the one this app controls. NB: without a budget in the spec the watch cache decides, so an
+/// app that never had one costs no request for it; a budget the cache has not seen yet
+/// triggers a reconcile when it does.
+async fn apply_budget(client: &Client, cached: &Cached, celery: &Celery, group: Option<&WorkerGroup>) -> Result<(), ApplyError> {
     let ns = celery.namespace().unwrap_or_default();
     let api: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), &ns);
-    let name = names::worker_name(celery);
-    match build::worker_disruption_budget(celery)? {
+    let name = pool_name(celery, group);
+    match build::worker_disruption_budget(celery, group)? {
         Some(budget) => {
             read_own(&api, &name, celery).await?;
             apply(&api, &budget, FIELD_MANAGER).await.map(|_| ())
@@ -269,32 +407,33 @@ where
     }
 }
 
-/// Applies the worker Deployment.
+/// Applies the Deployment of a pool of workers (`workerSpec`'s, or `group`'s).
 ///
 /// With a fixed count the reconciler owns `replicas`. With a scaling policy it leaves the
 /// field out, and [`SCALER_MANAGER`] owns it instead: a new Deployment starts at
 /// `numOfWorkers` clamped to the bounds, an existing one keeps its count unless it is out of
 /// bounds. NB: the scaler must own the field *before* the reconciler's apply drops it, or the
 /// API server would reset it to its default of 1 and kill workers for a moment.
-async fn apply_worker(
+async fn apply_pool(
     api: &Api<Deployment>,
     celery: &Celery,
+    group: Option<&WorkerGroup>,
     scaling: &Scaling,
     current: Option<Deployment>,
 ) -> Result<Deployment, ApplyError> {
-    let name = names::worker_name(celery);
+    let name = pool_name(celery, group);
     let Scaling::Policies { min_replicas, max_replicas, .. } = *scaling else {
-        let replicas = scaling.initial_replicas(celery.spec.worker_spec.num_of_workers);
-        return apply_deployment(api, &build::worker_deployment(celery, Some(replicas))?, current.as_ref()).await;
+        let replicas = scaling.initial_replicas(num_of_workers(celery, group));
+        return apply_deployment(api, &build_pool(celery, group, Some(replicas))?, current.as_ref()).await;
     };
     match current {
         None => {
             // Created with its first count, but stamped as the worker later reconciles build
             // (without `replicas`), so that the reconcile its creation triggers finds it as
             // applied and writes nothing (it re-applied all three children before).
-            let initial = scaling.initial_replicas(celery.spec.worker_spec.num_of_workers);
-            let stamp = digest(&build::worker_deployment(celery, None)?);
-            apply_stamped(api, &build::worker_deployment(celery, Some(initial))?, FIELD_MANAGER, Some(stamp)).await?;
+            let initial = scaling.initial_replicas(num_of_workers(celery, group));
+            let stamp = digest(&build_pool(celery, group, None)?);
+            apply_stamped(api, &build_pool(celery, group, Some(initial))?, FIELD_MANAGER, Some(stamp)).await?;
             scale(api, celery, &name, initial).await
         }
         Some(existing) => {
@@ -303,7 +442,7 @@ async fn apply_worker(
             if bounded != replicas || !manages_replicas(&existing, SCALER_MANAGER) {
                 scale(api, celery, &name, bounded).await?;
             }
-            apply_deployment(api, &build::worker_deployment(celery, None)?, Some(&existing)).await
+            apply_deployment(api, &build_pool(celery, group, None)?, Some(&existing)).await
         }
     }
 }

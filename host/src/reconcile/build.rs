@@ -10,15 +10,15 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment};
 use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, EnvVar, EnvVarSource, PodSpec, PodTemplateSpec, Probe, SecretKeySelector, Service, ServicePort,
-    ServiceSpec, TCPSocketAction,
+    Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, PersistentVolumeClaimVolumeSource, PodSpec,
+    PodTemplateSpec, Probe, SecretKeySelector, Service, ServicePort, ServiceSpec, TCPSocketAction, Volume, VolumeMount,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
 
-use crate::crd::{Celery, FLOWER_PORT, SecretKeyRef};
+use crate::crd::{Beat, Celery, FLOWER_PORT, SecretKeyRef, WorkerGroup, WorkerSpec};
 use crate::spec::names::*;
 
 use super::probes;
@@ -34,11 +34,28 @@ pub enum BuildError {
 /// the field out of the applied object is what keeps the reconciler from fighting the
 /// autoscaler over it.
 pub fn worker_deployment(celery: &Celery, replicas: Option<i32>) -> Result<Deployment, BuildError> {
+    pool_deployment(celery, &celery.spec.worker_spec, None, replicas)
+}
+
+/// A worker group's Deployment `<appName>-celery-worker-<group>`; `replicas` as for
+/// [`worker_deployment`].
+pub fn group_deployment(celery: &Celery, group: &WorkerGroup, replicas: Option<i32>) -> Result<Deployment, BuildError> {
+    pool_deployment(celery, &group.worker_spec(), Some(group), replicas)
+}
+
+/// The Deployment of a pool of workers: `workerSpec`'s (`group` is `None`) or a group's.
+///
+/// NB: `workerSpec`'s keeps the Python operator's selector (`app: <appName>`): a Deployment
+/// selector is immutable, so changing it would break adopting the Deployments that operator
+/// made. A group's pods therefore never carry that label (the default pool's Deployment would
+/// count them as its own); they are selected by the app and the group instead.
+fn pool_deployment(
+    celery: &Celery,
+    w: &WorkerSpec,
+    group: Option<&WorkerGroup>,
+    replicas: Option<i32>,
+) -> Result<Deployment, BuildError> {
     let spec = &celery.spec;
-    let w = &spec.worker_spec;
-    // NB: the selector is the Python operator's (`app: <appName>`). A Deployment selector is
-    // immutable, so changing it would break adopting the Deployments that operator made.
-    let selector = BTreeMap::from([("app".to_string(), spec.common.app_name.clone())]);
     let mut args = vec![
         format!("--app={}", spec.common.celery_app),
         "worker".into(),
@@ -46,6 +63,9 @@ pub fn worker_deployment(celery: &Celery, replicas: Option<i32>) -> Result<Deplo
         format!("--loglevel={}", w.log_level),
         format!("--concurrency={}", w.concurrency),
     ];
+    if let Some(pool) = w.pool {
+        args.push(format!("--pool={}", pool.as_str()));
+    }
     if let Some(n) = w.max_tasks_per_child {
         args.push(format!("--max-tasks-per-child={n}"));
     }
@@ -64,10 +84,35 @@ pub fn worker_deployment(celery: &Celery, replicas: Option<i32>) -> Result<Deplo
     pod.termination_grace_period_seconds = Some(w.termination_grace_period_seconds);
 
     let mut labels = child_labels(celery, "worker");
-    labels.insert("app".into(), spec.common.app_name.clone());
-    labels.insert("celery".into(), "true".into());
+    let (name, selector, mut meta_labels) = match group {
+        None => {
+            labels.insert("app".into(), spec.common.app_name.clone());
+            labels.insert("celery".into(), "true".into());
+            let selector = BTreeMap::from([("app".to_string(), spec.common.app_name.clone())]);
+            (worker_name(celery), selector, labels.clone())
+        }
+        Some(g) => {
+            labels.insert(COMPONENT_LABEL.into(), "worker".into());
+            labels.insert(GROUP_LABEL.into(), g.name.clone());
+            let selector = BTreeMap::from([
+                ("app.kubernetes.io/instance".to_string(), celery.name_any()),
+                (GROUP_LABEL.to_string(), g.name.clone()),
+            ]);
+            if let Some(n) = &g.node_selector {
+                pod.node_selector = (!n.is_empty()).then(|| n.clone());
+            }
+            if let Some(t) = &g.tolerations {
+                pod.tolerations = (!t.is_empty()).then(|| t.clone());
+            }
+            if let Some(a) = &g.affinity {
+                pod.affinity = Some(a.clone());
+            }
+            (group_name(celery, &g.name), selector, labels.clone())
+        }
+    };
+    meta_labels.insert(COMPONENT_LABEL.into(), "worker".into());
     Ok(Deployment {
-        metadata: child_meta(celery, worker_name(celery), labels.clone())?,
+        metadata: child_meta(celery, name, meta_labels)?,
         spec: Some(DeploymentSpec {
             replicas,
             selector: LabelSelector { match_labels: Some(selector), ..Default::default() },
@@ -85,6 +130,64 @@ pub fn worker_deployment(celery: &Celery, replicas: Option<i32>) -> Result<Deplo
         status: None,
     })
 }
+
+/// The beat Deployment `<appName>-celery-beat`: one pod, replaced with `Recreate` (the old pod
+/// is gone before the new one starts), so two beats never send the same periodic task.
+pub fn beat_deployment(celery: &Celery, beat: &Beat) -> Result<Deployment, BuildError> {
+    let spec = &celery.spec;
+    let mut args = vec![format!("--app={}", spec.common.celery_app), "beat".into(), format!("--loglevel={}", beat.log_level)];
+    let mut mounts = Vec::new();
+    let mut volumes = Vec::new();
+    match &beat.scheduler {
+        Some(class) => args.push(format!("--scheduler={class}")),
+        None => {
+            args.push(format!("--schedule={BEAT_SCHEDULE_DIR}/celerybeat-schedule"));
+            mounts.push(VolumeMount { name: BEAT_VOLUME.into(), mount_path: BEAT_SCHEDULE_DIR.into(), ..Default::default() });
+            let claim = beat.schedule.as_ref().and_then(|s| s.persistent_volume_claim.clone());
+            volumes.push(Volume {
+                name: BEAT_VOLUME.into(),
+                empty_dir: claim.is_none().then(EmptyDirVolumeSource::default),
+                persistent_volume_claim: claim
+                    .map(|claim_name| PersistentVolumeClaimVolumeSource { claim_name, read_only: None }),
+                ..Default::default()
+            });
+        }
+    }
+    args.extend(beat.extra_args.iter().cloned());
+    let container = Container {
+        name: "beat".into(),
+        command: Some(vec!["celery".into()]),
+        args: Some(args),
+        resources: beat.resources.clone(),
+        volume_mounts: (!mounts.is_empty()).then_some(mounts),
+        ..app_container(celery, Vec::new())
+    };
+    let mut pod = pod_spec(celery, container);
+    pod.volumes = (!volumes.is_empty()).then_some(volumes);
+
+    let name = beat_name(celery);
+    let mut labels = child_labels(celery, "beat");
+    labels.insert(COMPONENT_LABEL.into(), "beat".into());
+    let selector = BTreeMap::from([
+        ("app.kubernetes.io/instance".to_string(), celery.name_any()),
+        (COMPONENT_LABEL.to_string(), "beat".to_string()),
+    ]);
+    Ok(Deployment {
+        metadata: child_meta(celery, name, labels.clone())?,
+        spec: Some(DeploymentSpec {
+            replicas: Some(1),
+            selector: LabelSelector { match_labels: Some(selector), ..Default::default() },
+            strategy: Some(DeploymentStrategy { type_: Some("Recreate".into()), rolling_update: None }),
+            template: pod_template(celery, labels, pod),
+            ..Default::default()
+        }),
+        status: None,
+    })
+}
+
+/// Where beat's file scheduler keeps its state, and the volume there.
+pub const BEAT_SCHEDULE_DIR: &str = "/var/lib/celery-beat";
+const BEAT_VOLUME: &str = "beat-schedule";
 
 /// The Flower Deployment.
 pub fn flower_deployment(celery: &Celery) -> Result<Deployment, BuildError> {
@@ -123,6 +226,7 @@ pub fn flower_deployment(celery: &Celery) -> Result<Deployment, BuildError> {
     labels.insert("run".into(), name.clone());
     let mut meta_labels = labels.clone();
     meta_labels.insert("app".into(), name.clone());
+    meta_labels.insert(COMPONENT_LABEL.into(), "flower".into());
     Ok(Deployment {
         metadata: child_meta(celery, name, meta_labels)?,
         spec: Some(DeploymentSpec {
@@ -141,6 +245,7 @@ pub fn flower_service(celery: &Celery) -> Result<Service, BuildError> {
     let name = flower_name(celery);
     let mut labels = child_labels(celery, "flower");
     labels.insert("app".into(), name.clone());
+    labels.insert(COMPONENT_LABEL.into(), "flower".into());
     let mut metadata = child_meta(celery, name.clone(), labels)?;
     if !f.service.annotations.is_empty() {
         metadata.annotations = Some(f.service.annotations.clone());
@@ -163,24 +268,42 @@ pub fn flower_service(celery: &Celery) -> Result<Service, BuildError> {
     })
 }
 
-/// The worker pods' PodDisruptionBudget, when `workerSpec.disruptionBudget` asks for one. It
-/// selects the worker pods by the labels only they carry (this app's instance, component worker).
-pub fn worker_disruption_budget(celery: &Celery) -> Result<Option<PodDisruptionBudget>, BuildError> {
-    let Some(budget) = &celery.spec.worker_spec.disruption_budget else {
+/// The worker pods' PodDisruptionBudget, when `workerSpec.disruptionBudget` asks for one (a
+/// group's, with `group`), named like their Deployment. It selects the pool's pods by the labels
+/// only they carry: this app's instance, component worker, and the group (`workerSpec`'s pods
+/// have no group label).
+pub fn worker_disruption_budget(celery: &Celery, group: Option<&WorkerGroup>) -> Result<Option<PodDisruptionBudget>, BuildError> {
+    let budget = match group {
+        None => celery.spec.worker_spec.disruption_budget.as_ref(),
+        Some(g) => g.disruption_budget.as_ref(),
+    };
+    let Some(budget) = budget else {
         return Ok(None);
     };
-    let labels = child_labels(celery, "worker");
-    let selector: BTreeMap<String, String> = labels
+    let mut labels = child_labels(celery, "worker");
+    let mut selector: BTreeMap<String, String> = labels
         .iter()
         .filter(|(k, _)| matches!(k.as_str(), "app.kubernetes.io/instance" | "app.kubernetes.io/component"))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
+    labels.insert(COMPONENT_LABEL.into(), "worker".into());
+    let (name, expressions) = match group {
+        None => {
+            let not_a_group = LabelSelectorRequirement { key: GROUP_LABEL.into(), operator: "DoesNotExist".into(), values: None };
+            (worker_name(celery), Some(vec![not_a_group]))
+        }
+        Some(g) => {
+            selector.insert(GROUP_LABEL.into(), g.name.clone());
+            labels.insert(GROUP_LABEL.into(), g.name.clone());
+            (group_name(celery, &g.name), None)
+        }
+    };
     Ok(Some(PodDisruptionBudget {
-        metadata: child_meta(celery, worker_name(celery), labels)?,
+        metadata: child_meta(celery, name, labels)?,
         spec: Some(PodDisruptionBudgetSpec {
             min_available: budget.min_available.clone(),
             max_unavailable: budget.max_unavailable.clone(),
-            selector: Some(LabelSelector { match_labels: Some(selector), ..Default::default() }),
+            selector: Some(LabelSelector { match_labels: Some(selector), match_expressions: expressions }),
             ..Default::default()
         }),
         status: None,
@@ -464,10 +587,10 @@ spec:
 
     #[test]
     fn a_disruption_budget_covers_the_worker_pods_only_when_asked_for() {
-        assert_eq!(worker_disruption_budget(&celery(SEED)).unwrap(), None);
+        assert_eq!(worker_disruption_budget(&celery(SEED), None).unwrap(), None);
         let with = SEED
             .replace("    maxTasksPerChild: 100\n", "    maxTasksPerChild: 100\n    disruptionBudget: {maxUnavailable: '25%'}\n");
-        let pdb = worker_disruption_budget(&celery(&with)).unwrap().expect("a budget");
+        let pdb = worker_disruption_budget(&celery(&with), None).unwrap().expect("a budget");
         let worker = worker_deployment(&celery(&with), None).unwrap();
         assert_eq!(pdb.metadata.name, worker.metadata.name);
         assert_eq!(pdb.metadata.owner_references, worker.metadata.owner_references);
@@ -505,5 +628,142 @@ spec:
                 built.iter().filter_map(|a| a.strip_prefix("--")).map(|a| a.split('=').next().unwrap()).collect();
             assert_eq!(set, refused, "the command line {built:?}");
         }
+    }
+    const GROUPS: &str = r#"
+apiVersion: celeryproject.org/v1alpha1
+kind: Celery
+metadata: {name: shop, namespace: prod}
+spec:
+  common:
+    appName: shop
+    celeryApp: shop.celery
+    image: shop:1
+    nodeSelector: {pool: general}
+  workerSpec: {queues: celery}
+  workerGroups:
+  - name: reports
+    queues: reports
+    concurrency: 1
+    pool: solo
+    nodeSelector: {pool: big-memory}
+    disruptionBudget: {minAvailable: 1}
+  - name: hooks
+    queues: webhooks,callbacks
+    pool: gevent
+    concurrency: 100
+  beat: {}
+"#;
+
+    fn labels(d: &Deployment) -> BTreeMap<String, String> {
+        d.spec.as_ref().unwrap().template.metadata.as_ref().unwrap().labels.clone().unwrap()
+    }
+
+    #[test]
+    fn a_group_is_a_deployment_of_its_own_that_the_default_pool_does_not_select() {
+        let c = celery(GROUPS);
+        let default = worker_deployment(&c, Some(1)).unwrap();
+        let reports = group_deployment(&c, &c.spec.worker_groups[0], Some(1)).unwrap();
+        let hooks = group_deployment(&c, &c.spec.worker_groups[1], None).unwrap();
+        assert_eq!(reports.metadata.name.as_deref(), Some("shop-celery-worker-reports"));
+        assert_eq!(hooks.metadata.name.as_deref(), Some("shop-celery-worker-hooks"));
+        assert_eq!(hooks.spec.as_ref().unwrap().replicas, None);
+        // Each Deployment's selector matches its own pods and none of the others'.
+        let pools = [&default, &reports, &hooks];
+        for (i, d) in pools.iter().enumerate() {
+            let selector = d.spec.as_ref().unwrap().selector.match_labels.clone().unwrap();
+            for (j, other) in pools.iter().enumerate() {
+                let matches = selector.iter().all(|(k, v)| labels(other).get(k) == Some(v));
+                assert_eq!(matches, i == j, "{:?} selects {:?}", d.metadata.name, other.metadata.name);
+            }
+        }
+        let group_labels = labels(&reports);
+        assert_eq!(group_labels[GROUP_LABEL], "reports");
+        assert_eq!(group_labels[COMPONENT_LABEL], "worker");
+        assert_eq!(group_labels["app.kubernetes.io/component"], "worker");
+        assert_eq!(reports.metadata.labels.as_ref().unwrap()[GROUP_LABEL], "reports");
+        let pod = reports.spec.unwrap().template.spec.unwrap();
+        assert_eq!(pod.node_selector.unwrap()["pool"], "big-memory", "the group's placement replaces common's");
+        let args = pod.containers[0].args.clone().unwrap();
+        assert!(args.contains(&"--queues=reports".into()) && args.contains(&"--pool=solo".into()), "{args:?}");
+        assert_eq!(pod.containers[0].liveness_probe, None, "no liveness probe with the solo pool");
+        let hooks_pod = hooks.spec.unwrap().template.spec.unwrap();
+        assert_eq!(hooks_pod.node_selector.unwrap()["pool"], "general", "common's placement without the group's");
+        assert!(hooks_pod.containers[0].args.as_ref().unwrap().contains(&"--pool=gevent".into()));
+    }
+
+    /// The Python operator's children keep their pod templates: a new pod label would restart
+    /// every worker when the operator is upgraded.
+    #[test]
+    fn the_default_pools_pods_carry_no_new_label() {
+        let c = celery(SEED);
+        let pod_labels = labels(&worker_deployment(&c, Some(1)).unwrap());
+        assert!(!pod_labels.contains_key(COMPONENT_LABEL) && !pod_labels.contains_key(GROUP_LABEL), "{pod_labels:?}");
+        let flower_labels = labels(&flower_deployment(&c).unwrap());
+        assert!(!flower_labels.contains_key(COMPONENT_LABEL), "{flower_labels:?}");
+        // The objects themselves carry the component.
+        let worker = worker_deployment(&c, Some(1)).unwrap();
+        assert_eq!(worker.metadata.labels.unwrap()[COMPONENT_LABEL], "worker");
+        assert_eq!(flower_deployment(&c).unwrap().metadata.labels.unwrap()[COMPONENT_LABEL], "flower");
+    }
+
+    #[test]
+    fn budgets_cover_their_own_pool_only() {
+        let c =
+            celery(&GROUPS.replace(
+                "  workerSpec: {queues: celery}",
+                "  workerSpec: {queues: celery, disruptionBudget: {maxUnavailable: 1}}",
+            ));
+        let default = worker_disruption_budget(&c, None).unwrap().unwrap().spec.unwrap().selector.unwrap();
+        let group = worker_disruption_budget(&c, Some(&c.spec.worker_groups[0])).unwrap().unwrap();
+        assert_eq!(group.metadata.name.as_deref(), Some("shop-celery-worker-reports"));
+        let group = group.spec.unwrap().selector.unwrap();
+        assert_eq!(worker_disruption_budget(&c, Some(&c.spec.worker_groups[1])).unwrap(), None);
+        let selects = |s: &LabelSelector, pod: &BTreeMap<String, String>| {
+            s.match_labels.iter().flatten().all(|(k, v)| pod.get(k) == Some(v))
+                && s.match_expressions.iter().flatten().all(|e| e.operator == "DoesNotExist" && !pod.contains_key(&e.key))
+        };
+        let default_pods = labels(&worker_deployment(&c, None).unwrap());
+        let reports_pods = labels(&group_deployment(&c, &c.spec.worker_groups[0], None).unwrap());
+        let hooks_pods = labels(&group_deployment(&c, &c.spec.worker_groups[1], None).unwrap());
+        assert!(selects(&default, &default_pods) && !selects(&default, &reports_pods) && !selects(&default, &hooks_pods));
+        assert!(selects(&group, &reports_pods) && !selects(&group, &default_pods) && !selects(&group, &hooks_pods));
+    }
+
+    #[test]
+    fn beat_is_one_pod_replaced_with_recreate_and_keeps_its_schedule_on_a_volume() {
+        let c = celery(GROUPS);
+        let beat = beat_deployment(&c, c.spec.beat.as_ref().unwrap()).unwrap();
+        assert_eq!(beat.metadata.name.as_deref(), Some("shop-celery-beat"));
+        let spec = beat.spec.clone().unwrap();
+        assert_eq!(spec.replicas, Some(1));
+        assert_eq!(spec.strategy.unwrap().type_.as_deref(), Some("Recreate"));
+        assert_eq!(labels(&beat)[COMPONENT_LABEL], "beat");
+        let pod = spec.template.spec.unwrap();
+        let container = &pod.containers[0];
+        assert_eq!(
+            container.args.as_deref().unwrap(),
+            ["--app=shop.celery", "beat", "--loglevel=info", "--schedule=/var/lib/celery-beat/celerybeat-schedule"]
+        );
+        assert_eq!(container.volume_mounts.as_ref().unwrap()[0].mount_path, BEAT_SCHEDULE_DIR);
+        let volume = &pod.volumes.as_ref().unwrap()[0];
+        assert!(volume.empty_dir.is_some() && volume.persistent_volume_claim.is_none());
+        // No worker Deployment selects the beat pod, nor beat's a worker.
+        let beat_selector = spec.selector.match_labels.unwrap();
+        for worker in [worker_deployment(&c, None).unwrap(), group_deployment(&c, &c.spec.worker_groups[0], None).unwrap()] {
+            assert!(!beat_selector.iter().all(|(k, v)| labels(&worker).get(k) == Some(v)));
+            let selector = worker.spec.unwrap().selector.match_labels.unwrap();
+            assert!(!selector.iter().all(|(k, v)| labels(&beat).get(k) == Some(v)));
+        }
+
+        let claim = celery(&GROUPS.replace("  beat: {}", "  beat: {schedule: {persistentVolumeClaim: beat-state}}"));
+        let pod = beat_deployment(&claim, claim.spec.beat.as_ref().unwrap()).unwrap().spec.unwrap().template.spec.unwrap();
+        let volume = &pod.volumes.as_ref().unwrap()[0];
+        assert_eq!(volume.persistent_volume_claim.as_ref().unwrap().claim_name, "beat-state");
+        assert!(volume.empty_dir.is_none());
+
+        let class = celery(&GROUPS.replace("  beat: {}", "  beat: {scheduler: 'redbeat.RedBeatScheduler'}"));
+        let pod = beat_deployment(&class, class.spec.beat.as_ref().unwrap()).unwrap().spec.unwrap().template.spec.unwrap();
+        assert!(pod.volumes.is_none() && pod.containers[0].volume_mounts.is_none());
+        assert!(pod.containers[0].args.as_ref().unwrap().contains(&"--scheduler=redbeat.RedBeatScheduler".into()));
     }
 }

@@ -28,7 +28,7 @@ use crate::conditions::{INVALID_SPEC, NAME_CONFLICT};
 use crate::crd::{Celery, CeleryStatus};
 use crate::leader::Leadership;
 use crate::policy::check::PolicyCheck;
-use crate::report::status::{self, Outcome};
+use crate::report::status::{self, GroupOutcome, Outcome};
 use crate::report::{WriteError, Writer};
 use crate::spec::names::FIELD_MANAGER;
 use crate::spec::validate::{self, Scaling};
@@ -136,6 +136,7 @@ pub async fn reconcile(celery: Arc<Celery>, ctx: Arc<Context>) -> Result<Action,
 async fn run_pipeline(celery: &Arc<Celery>, ctx: &Context, app: &str) -> Result<Action, Error> {
     // Kept alive here because the outcome borrows from them.
     let scaling;
+    let groups;
     let applied;
     let outcome = match validate::validate(&celery.spec) {
         Err(invalid) => {
@@ -150,9 +151,11 @@ async fn run_pipeline(celery: &Arc<Celery>, ctx: &Context, app: &str) -> Result<
                 Some(check) => check.check(&scaling).await.err().map(|p| (p.reason, p.message)),
                 None => None,
             };
-            let applied_now = match apply::unchanged(&ctx.children, celery, &scaling) {
+            // Validated with the rest: cannot fail here.
+            groups = validate::groups(&celery.spec).unwrap_or_default();
+            let applied_now = match apply::unchanged(&ctx.children, celery, &scaling, &groups) {
                 Some(cached) => Ok(cached),
-                None => apply::children(&ctx.client, &ctx.children, celery, &scaling).await,
+                None => apply::children(&ctx.client, &ctx.children, celery, &scaling, &groups).await,
             };
             match applied_now {
                 Ok(a) => {
@@ -161,6 +164,15 @@ async fn run_pipeline(celery: &Arc<Celery>, ctx: &Context, app: &str) -> Result<
                     Outcome::Applied {
                         scaling: &scaling,
                         worker: &applied.worker,
+                        groups: celery
+                            .spec
+                            .worker_groups
+                            .iter()
+                            .zip(&applied.groups)
+                            .zip(&groups)
+                            .map(|((g, deployment), scaling)| GroupOutcome { name: &g.name, deployment, scaling })
+                            .collect(),
+                        beat: applied.beat.as_ref(),
                         flower: applied.flower.as_ref(),
                         flower_service: applied.flower_service.clone(),
                         problem,

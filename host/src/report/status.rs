@@ -15,7 +15,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::runtime::events::EventType;
 
 use crate::conditions::*;
-use crate::crd::{AutoscalerStatus, Celery, CeleryStatus, ReplicaStatus};
+use crate::crd::{AutoscalerStatus, BeatStatus, Celery, CeleryStatus, GroupStatus, ReplicaStatus};
 use crate::decide::Health;
 use crate::spec::validate::Scaling;
 
@@ -28,6 +28,9 @@ pub enum Outcome<'a> {
     Applied {
         scaling: &'a Scaling,
         worker: &'a Deployment,
+        /// Each of `spec.workerGroups`, in its order.
+        groups: Vec<GroupOutcome<'a>>,
+        beat: Option<&'a Deployment>,
         flower: Option<&'a Deployment>,
         flower_service: Option<String>,
         /// A problem that did not stop the children from being applied (a policy that cannot
@@ -37,6 +40,14 @@ pub enum Outcome<'a> {
     /// The spec failed validation, or the API server refused a child: `reason` is one of the
     /// `Degraded` reasons and `message` says what to fix.
     Failed { reason: &'static str, message: String },
+}
+
+/// A worker group after the apply: its name, its Deployment as the API server returned it, and
+/// how it scales.
+pub struct GroupOutcome<'a> {
+    pub name: &'a str,
+    pub deployment: &'a Deployment,
+    pub scaling: &'a Scaling,
 }
 
 /// The new status of `celery` after a reconcile.
@@ -59,32 +70,49 @@ pub fn compute(celery: &Celery, outcome: &Outcome<'_>, now: &Time) -> CeleryStat
                 (true, reason, message.clone()),
             ),
             workers: old.workers,
+            worker_groups: old.worker_groups.into_iter().map(|g| GroupStatus { autoscaler: None, ..g }).collect(),
+            beat: old.beat,
             flower: old.flower,
             flower_service: old.flower_service,
             policy: old.policy,
             queue_backlog: None,
             autoscaler: None,
         },
-        Outcome::Applied { scaling, worker, flower, flower_service, problem } => {
-            let workers = replicas(worker);
+        Outcome::Applied { scaling, worker, groups, beat, flower, flower_service, problem } => {
+            let pools = std::iter::once((None, *worker)).chain(groups.iter().map(|g| (Some(g.name), g.deployment)));
+            let mut workers = ReplicaStatus::default();
+            for (_, d) in pools.clone() {
+                let r = replicas(d);
+                workers.desired += r.desired;
+                workers.ready += r.ready;
+                workers.updated += r.updated;
+            }
             let flower_replicas = flower.map(replicas);
-            let stuck = [Some(*worker), *flower].into_iter().flatten().find_map(progress_deadline_exceeded);
+            let stuck = pools.clone().map(|(_, d)| d).chain(*flower).chain(*beat).find_map(progress_deadline_exceeded);
 
-            let worker_ok = converged(worker);
+            let unready_pool = pools.clone().find(|(_, d)| !converged(d));
             let flower_ok = flower.is_none_or(converged);
+            let beat_ok = beat.is_none_or(converged);
             // NB: a problem comes first. Its children run, but an app whose spec cannot be
             // acted on (no usable policy: the count is held) is not what was asked for, and
             // `Ready=True` beside `Degraded=True` would contradict itself.
             let ready = if let Some((reason, message)) = problem {
                 (false, *reason, message.clone())
-            } else if !worker_ok {
-                (false, WORKERS_NOT_READY, format!("{}/{} worker replicas ready", workers.ready, workers.desired))
+            } else if let Some((group, d)) = unready_pool {
+                let r = replicas(d);
+                let message = match group {
+                    None => format!("{}/{} worker replicas ready", r.ready, r.desired),
+                    Some(g) => format!("worker group {g}: {}/{} replicas ready", r.ready, r.desired),
+                };
+                (false, WORKERS_NOT_READY, message)
             } else if let (false, Some(f)) = (flower_ok, &flower_replicas) {
                 (false, FLOWER_NOT_READY, format!("{}/{} Flower replicas ready", f.ready, f.desired))
+            } else if !beat_ok {
+                (false, BEAT_NOT_READY, "the beat pod is not ready".to_string())
             } else {
                 (true, ALL_REPLICAS_READY, format!("{} worker replicas ready", workers.ready))
             };
-            let progressing = if worker_ok && flower_ok {
+            let progressing = if unready_pool.is_none() && flower_ok && beat_ok {
                 (false, ROLLOUT_COMPLETE, "the children run the current spec".to_string())
             } else {
                 (true, ROLLING_OUT, "waiting for the Deployments to roll out".to_string())
@@ -98,6 +126,16 @@ pub fn compute(celery: &Celery, outcome: &Outcome<'_>, now: &Time) -> CeleryStat
                 observed_generation: generation,
                 conditions: conditions_at(ready, progressing, degraded),
                 workers: Some(workers),
+                worker_groups: groups
+                    .iter()
+                    .map(|g| GroupStatus {
+                        name: g.name.to_string(),
+                        workers: Some(replicas(g.deployment)),
+                        policy: Some(g.scaling.policy_label()),
+                        autoscaler: None,
+                    })
+                    .collect(),
+                beat: beat.map(beat_status),
                 flower: flower_replicas,
                 flower_service: flower_service.clone(),
                 policy: Some(scaling.policy_label()),
@@ -106,6 +144,18 @@ pub fn compute(celery: &Celery, outcome: &Outcome<'_>, now: &Time) -> CeleryStat
             }
         }
     }
+}
+
+/// Beat's readiness, and when its pod last became ready: the time the Deployment last became
+/// available (one pod, replaced with `Recreate`: it is unavailable while its pod starts or
+/// restarts).
+fn beat_status(d: &Deployment) -> BeatStatus {
+    let available = d
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|c| c.iter().find(|c| c.type_ == "Available" && c.status == "True"));
+    BeatStatus { ready: replicas(d).ready >= 1, last_restart: available.and_then(|c| c.last_transition_time.clone()) }
 }
 
 /// The part of a status the reconciler writes: everything but what the autoscaler writes
@@ -122,6 +172,7 @@ pub fn reconciler_part(status: &CeleryStatus) -> CeleryStatus {
             .collect(),
         queue_backlog: None,
         autoscaler: None,
+        worker_groups: status.worker_groups.iter().map(|g| GroupStatus { autoscaler: None, ..g.clone() }).collect(),
         ..status.clone()
     }
 }
@@ -284,7 +335,15 @@ status: {observedGeneration: 2, replicas: 2, readyReplicas: 2, updatedReplicas: 
         let celery = celery_with_status("[]");
         let worker = deployment(READY_WORKERS);
         let scaling = Scaling::Fixed { replicas: 2 };
-        let outcome = Outcome::Applied { scaling: &scaling, worker: &worker, flower: None, flower_service: None, problem: None };
+        let outcome = Outcome::Applied {
+            scaling: &scaling,
+            worker: &worker,
+            groups: Vec::new(),
+            beat: None,
+            flower: None,
+            flower_service: None,
+            problem: None,
+        };
         let s = compute(&celery, &outcome, &time("2026-01-01T00:00:00Z"));
         assert_eq!(s.observed_generation, Some(3));
         assert_eq!(get(&s, READY).status, "True");
@@ -306,8 +365,15 @@ spec: {{replicas: 2, selector: {{}}, template: {{}}}}
 status: {{observedGeneration: {generation}, replicas: 2, readyReplicas: {ready}, updatedReplicas: 2}}
 "
             ));
-            let outcome =
-                Outcome::Applied { scaling: &scaling, worker: &worker, flower: None, flower_service: None, problem: None };
+            let outcome = Outcome::Applied {
+                scaling: &scaling,
+                worker: &worker,
+                groups: Vec::new(),
+                beat: None,
+                flower: None,
+                flower_service: None,
+                problem: None,
+            };
             compute(&celery, &outcome, &time("2026-01-01T00:00:00Z"))
         };
         let (none, one, two) = (status_with(0, 1), status_with(1, 1), status_with(2, 1));
@@ -332,6 +398,8 @@ status: {observedGeneration: 2, replicas: 3, readyReplicas: 3, updatedReplicas: 
         let outcome = Outcome::Applied {
             scaling: &scaling,
             worker: &worker,
+            groups: Vec::new(),
+            beat: None,
             flower: Some(&flower),
             flower_service: Some("f".into()),
             problem: None,
@@ -355,7 +423,15 @@ status:
 ",
         );
         let scaling = Scaling::Fixed { replicas: 1 };
-        let outcome = Outcome::Applied { scaling: &scaling, worker: &worker, flower: None, flower_service: None, problem: None };
+        let outcome = Outcome::Applied {
+            scaling: &scaling,
+            worker: &worker,
+            groups: Vec::new(),
+            beat: None,
+            flower: None,
+            flower_service: None,
+            problem: None,
+        };
         let s = compute(&celery, &outcome, &time("2026-01-01T00:00:00Z"));
         let d = get(&s, DEGRADED);
         assert_eq!((d.status.as_str(), d.reason.as_str()), ("True", ROLLOUT_STUCK));
@@ -372,7 +448,15 @@ status:
         let worker = deployment(READY_WORKERS);
         let scaling = Scaling::Fixed { replicas: 2 };
         let problem = Some((reason, "spec.autoscaling: no policy named no-such".to_string()));
-        let outcome = Outcome::Applied { scaling: &scaling, worker: &worker, flower: None, flower_service: None, problem };
+        let outcome = Outcome::Applied {
+            scaling: &scaling,
+            worker: &worker,
+            groups: Vec::new(),
+            beat: None,
+            flower: None,
+            flower_service: None,
+            problem,
+        };
         let s = compute(&celery, &outcome, &time("2026-01-01T00:00:00Z"));
         let (ready, degraded) = (get(&s, READY), get(&s, DEGRADED));
         assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", reason));
@@ -400,7 +484,15 @@ status:
         let worker = deployment(READY_WORKERS);
         let scaling = Scaling::Fixed { replicas: 2 };
         let now = time("2026-06-01T00:00:00Z");
-        let outcome = Outcome::Applied { scaling: &scaling, worker: &worker, flower: None, flower_service: None, problem: None };
+        let outcome = Outcome::Applied {
+            scaling: &scaling,
+            worker: &worker,
+            groups: Vec::new(),
+            beat: None,
+            flower: None,
+            flower_service: None,
+            problem: None,
+        };
         let s = compute(&celery, &outcome, &now);
         assert_eq!(get(&s, READY).last_transition_time, time("2025-01-01T00:00:00Z"));
         let old = &celery.status.as_ref().unwrap().conditions;

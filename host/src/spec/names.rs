@@ -17,7 +17,16 @@ pub const RESERVED_POD_LABELS: &[&str] = &[
     "app.kubernetes.io/instance",
     "app.kubernetes.io/component",
     "app.kubernetes.io/managed-by",
+    COMPONENT_LABEL,
+    GROUP_LABEL,
 ];
+
+/// Every child's component (`worker`, `flower`, `beat`), on the objects and on the pods of the
+/// children that came after the Python operator's (on its children's pods the labels stay as
+/// they were: a new pod label would restart every worker when the operator is upgraded).
+pub const COMPONENT_LABEL: &str = "celeryproject.org/component";
+/// The worker group of a group's Deployment and pods (`spec.workerGroups[].name`).
+pub const GROUP_LABEL: &str = "celeryproject.org/worker-group";
 
 /// Environment variables the operator sets from the spec.
 pub const BROKER_ENV: &str = "CELERY_BROKER_URL";
@@ -27,6 +36,26 @@ pub const FLOWER_AUTH_ENV: &str = "FLOWER_BASIC_AUTH";
 /// Name of the worker Deployment.
 pub fn worker_name(celery: &Celery) -> String {
     format!("{}-celery-worker", celery.spec.common.app_name)
+}
+
+/// Name of a worker group's Deployment.
+pub fn group_name(celery: &Celery, group: &str) -> String {
+    format!("{}-celery-worker-{group}", celery.spec.common.app_name)
+}
+
+/// Name of the beat Deployment.
+pub fn beat_name(celery: &Celery) -> String {
+    format!("{}-celery-beat", celery.spec.common.app_name)
+}
+
+/// The key of a pool of workers in the autoscaler's view of the pods: the app (the Celery
+/// object's name) for `workerSpec`'s workers, `<app>/<group>` for a group's. A slash never
+/// appears in a name, so the two never meet.
+pub fn pool_key(app: &str, group: Option<&str>) -> String {
+    match group {
+        None => app.to_string(),
+        Some(g) => format!("{app}/{g}"),
+    }
 }
 
 /// Name of the Flower Deployment and Service.

@@ -86,9 +86,79 @@ pub fn validate(spec: &CelerySpec) -> Result<Scaling, SpecError> {
     }
     check_env(spec)?;
     check_urls(spec)?;
-    check_extra_args("spec.workerSpec.extraArgs", &spec.worker_spec.extra_args, WORKER_OPTIONS)?;
+    check_worker_args("spec.workerSpec", &spec.worker_spec)?;
     check_extra_args("spec.flowerSpec.extraArgs", &spec.flower_spec.extra_args, FLOWER_OPTIONS)?;
+    if let Some(beat) = &spec.beat {
+        check_resources("spec.beat.resources", beat.resources.as_ref())?;
+        check_extra_args("spec.beat.extraArgs", &beat.extra_args, BEAT_OPTIONS)?;
+    }
+    // NB: refused until the autoscaler runs a loop per group, rather than accepted and never
+    // acted on.
+    if let Some(i) = groups(spec)?.iter().position(|g| matches!(g, Scaling::Policies { .. })) {
+        return Err(SpecError::new(
+            format!("spec.workerGroups[{i}].autoscaling"),
+            "this operator version does not autoscale worker groups yet; give the group numOfWorkers, or enabled: false",
+        ));
+    }
     scaling(spec)
+}
+
+/// The longest name of a group's Deployment: the names of the children are DNS labels (a
+/// pod's hostname, which Celery names its worker after, is cut to 63 characters).
+const MAX_DEPLOYMENT_NAME: usize = 63;
+
+/// Checks `spec.workerGroups` and resolves how each group scales, in the spec's order.
+pub fn groups(spec: &CelerySpec) -> Result<Vec<Scaling>, SpecError> {
+    let mut seen = std::collections::BTreeMap::new();
+    let mut out = Vec::with_capacity(spec.worker_groups.len());
+    for (i, group) in spec.worker_groups.iter().enumerate() {
+        let field = format!("spec.workerGroups[{i}]");
+        if let Some(first) = seen.insert(group.name.as_str(), i) {
+            return Err(SpecError::new(
+                format!("{field}.name"),
+                format!("{:?} is also the name of spec.workerGroups[{first}]; group names are unique", group.name),
+            ));
+        }
+        let deployment = format!("{}-celery-worker-{}", spec.common.app_name, group.name);
+        if deployment.len() > MAX_DEPLOYMENT_NAME {
+            return Err(SpecError::new(
+                format!("{field}.name"),
+                format!(
+                    "the group's Deployment {deployment} would be {} characters, over {MAX_DEPLOYMENT_NAME}; shorten the group \
+                     name or spec.common.appName",
+                    deployment.len()
+                ),
+            ));
+        }
+        if group.queues.split(',').all(|q| q.trim().is_empty()) {
+            return Err(SpecError::new(format!("{field}.queues"), "a group consumes at least one queue"));
+        }
+        check_resources(&format!("{field}.resources"), group.resources.as_ref())?;
+        check_worker_args(&field, &group.worker_spec())?;
+        out.push(match group.autoscaling.as_ref().filter(|a| a.enabled) {
+            Some(a) => policies(a, &format!("{field}.autoscaling"))?,
+            None => Scaling::Fixed { replicas: group.num_of_workers },
+        });
+    }
+    Ok(out)
+}
+
+/// The extra arguments of a pool of workers (`spec.workerSpec` or a group, at `field`).
+fn check_worker_args(field: &str, w: &crate::crd::WorkerSpec) -> Result<(), SpecError> {
+    let args_field = format!("{field}.extraArgs");
+    check_extra_args(&args_field, &w.extra_args, WORKER_OPTIONS).map_err(|mut e| {
+        e.message = e.message.replace(POOL_FIELD, field);
+        e
+    })?;
+    // NB: `--pool` in extraArgs predates the `pool` field and stays welcome without it.
+    if w.pool.is_some() {
+        let pool = SetOption { long: "--pool", short: Some('P'), by: "{pool}.pool", instead: FROM_THE_FIELD };
+        check_extra_args(&args_field, &w.extra_args, &[pool]).map_err(|mut e| {
+            e.message = e.message.replace(POOL_FIELD, field);
+            e
+        })?;
+    }
+    Ok(())
 }
 
 /// Environment names must be unique: the API server merges the list by name, so a duplicate
@@ -136,12 +206,22 @@ const APP: SetOption = SetOption { long: "--app", short: Some('A'), by: "spec.co
 
 /// The options of `celery --app=… worker …` ([`build::worker_deployment`]). `--max-tasks-per-child`
 /// is refused even while `maxTasksPerChild` is unset: the field is the one place for it.
+/// `{pool}` in a `by` stands for the pool of workers at fault: `spec.workerSpec` or a group.
 const WORKER_OPTIONS: &[SetOption] = &[
     APP,
-    SetOption { long: "--queues", short: Some('Q'), by: "spec.workerSpec.queues", instead: FROM_THE_FIELD },
-    SetOption { long: "--loglevel", short: Some('l'), by: "spec.workerSpec.logLevel", instead: FROM_THE_FIELD },
-    SetOption { long: "--concurrency", short: Some('c'), by: "spec.workerSpec.concurrency", instead: FROM_THE_FIELD },
-    SetOption { long: "--max-tasks-per-child", short: None, by: "spec.workerSpec.maxTasksPerChild", instead: FROM_THE_FIELD },
+    SetOption { long: "--queues", short: Some('Q'), by: "{pool}.queues", instead: FROM_THE_FIELD },
+    SetOption { long: "--loglevel", short: Some('l'), by: "{pool}.logLevel", instead: FROM_THE_FIELD },
+    SetOption { long: "--concurrency", short: Some('c'), by: "{pool}.concurrency", instead: FROM_THE_FIELD },
+    SetOption { long: "--max-tasks-per-child", short: None, by: "{pool}.maxTasksPerChild", instead: FROM_THE_FIELD },
+];
+const POOL_FIELD: &str = "{pool}";
+
+/// The options of `celery --app=… beat …` ([`build::beat_deployment`]).
+const BEAT_OPTIONS: &[SetOption] = &[
+    APP,
+    SetOption { long: "--loglevel", short: Some('l'), by: "spec.beat.logLevel", instead: FROM_THE_FIELD },
+    SetOption { long: "--schedule", short: Some('s'), by: "spec.beat.schedule", instead: FROM_THE_FIELD },
+    SetOption { long: "--scheduler", short: Some('S'), by: "spec.beat.scheduler", instead: FROM_THE_FIELD },
 ];
 
 /// The options of `celery --app=… flower …` ([`build::flower_deployment`]).
@@ -290,14 +370,19 @@ fn check_resources(field: &str, resources: Option<&ResourceRequirements>) -> Res
     Ok(())
 }
 
+/// The scaling an `autoscaling` section at `field` asks for.
+fn policies(a: &Autoscaling, field: &str) -> Result<Scaling, SpecError> {
+    Ok(Scaling::Policies {
+        policies: vec![PolicyRef { name: a.policy.clone(), settings: a.settings.clone(), field: field.into() }],
+        min_replicas: a.min_replicas,
+        max_replicas: a.max_replicas,
+        tuning: tuning(a, field)?,
+    })
+}
+
 fn scaling(spec: &CelerySpec) -> Result<Scaling, SpecError> {
     if let Some(a) = spec.autoscaling.as_ref().filter(|a| a.enabled) {
-        return Ok(Scaling::Policies {
-            policies: vec![PolicyRef { name: a.policy.clone(), settings: a.settings.clone(), field: "spec.autoscaling".into() }],
-            min_replicas: a.min_replicas,
-            max_replicas: a.max_replicas,
-            tuning: tuning(a)?,
-        });
+        return policies(a, "spec.autoscaling");
     }
     if spec.autoscaling.is_some() {
         return Ok(Scaling::Fixed { replicas: spec.worker_spec.num_of_workers });
@@ -374,23 +459,23 @@ fn scaling(spec: &CelerySpec) -> Result<Scaling, SpecError> {
 
 /// The loop's timing and damping from `spec.autoscaling`. The schema bounds the numbers; what
 /// is left is the memory quantity.
-fn tuning(a: &Autoscaling) -> Result<Tuning, SpecError> {
+fn tuning(a: &Autoscaling, field: &str) -> Result<Tuning, SpecError> {
     let policy_memory = match &a.policy_memory {
         None => None,
         Some(text) => {
-            let field = "spec.autoscaling.policyMemory";
-            let bytes = quantity::parse(text).map_err(|e| SpecError::new(field, e.to_string()))?;
+            let field = format!("{field}.policyMemory");
+            let bytes = quantity::parse(text).map_err(|e| SpecError::new(&field, e.to_string()))?;
             if bytes < f64::from(1u32 << 20) {
-                return Err(SpecError::new(field, "a policy needs at least 1Mi"));
+                return Err(SpecError::new(&field, "a policy needs at least 1Mi"));
             }
             Some(bytes as u64)
         }
     };
     if let Some(url) = &a.flower_url {
-        let field = "spec.autoscaling.flowerUrl";
-        let parsed = url::Url::parse(url).map_err(|e| SpecError::new(field, format!("not a URL: {e}")))?;
+        let field = format!("{field}.flowerUrl");
+        let parsed = url::Url::parse(url).map_err(|e| SpecError::new(&field, format!("not a URL: {e}")))?;
         if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none_or(str::is_empty) {
-            return Err(SpecError::new(field, "give an http:// or https:// URL with a host, e.g. http://flower:5555"));
+            return Err(SpecError::new(&field, "give an http:// or https:// URL with a host, e.g. http://flower:5555"));
         }
     }
     let secs = |n: i32| std::time::Duration::from_secs(u64::try_from(n).unwrap_or(0));
@@ -424,6 +509,27 @@ metadata: {name: demo, namespace: default}
 spec:
   common: {appName: demo, celeryApp: 'app:celery_app', image: example}
 ";
+
+    #[test]
+    fn each_group_scales_on_its_own() {
+        let s = spec(&format!(
+            "{BASE}
+  autoscaling: {{policy: queue-length, maxReplicas: 4}}
+  workerGroups:
+  - {{name: fixed, queues: a, numOfWorkers: 3}}
+  - {{name: scaled, queues: b, autoscaling: {{policy: load, minReplicas: 0, maxReplicas: 9, scaleDown: {{busyWorkers: Wait}}}}}}
+  - {{name: off, queues: c, numOfWorkers: 2, autoscaling: {{enabled: false, policy: load, maxReplicas: 9}}}}
+"
+        ));
+        let groups = groups(&s).unwrap();
+        assert_eq!(groups[0], Scaling::Fixed { replicas: 3 });
+        let Scaling::Policies { policies, min_replicas: 0, max_replicas: 9, tuning } = &groups[1] else {
+            panic!("{:?}", groups[1]);
+        };
+        assert_eq!((policies[0].name.as_str(), policies[0].field.as_str()), ("load", "spec.workerGroups[1].autoscaling"));
+        assert_eq!(tuning.busy_workers, crate::crd::BusyWorkers::Wait);
+        assert_eq!(groups[2], Scaling::Fixed { replicas: 2 });
+    }
 
     #[test]
     fn fixed_replicas_by_default() {
@@ -631,6 +737,21 @@ spec:
         "spec.flowerSpec.extraArgs[0]",
         "-A (--app) is set by spec.common.celeryApp"
     )]
+    #[case::group_queues(
+        "workerGroups: [{name: a, queues: a}, {name: b, queues: b, extraArgs: ['-Q', c]}]",
+        "spec.workerGroups[1].extraArgs[0]",
+        "-Q (--queues) is set by spec.workerGroups[1].queues"
+    )]
+    #[case::pool_field_and_arg(
+        "workerSpec: {pool: threads, extraArgs: ['--pool=solo']}",
+        "spec.workerSpec.extraArgs[0]",
+        "--pool is set by spec.workerSpec.pool"
+    )]
+    #[case::beat_schedule(
+        "beat: {extraArgs: ['-s', '/tmp/x']}",
+        "spec.beat.extraArgs[0]",
+        "-s (--schedule) is set by spec.beat.schedule"
+    )]
     fn extra_args_may_not_repeat_what_the_spec_sets(#[case] extra: &str, #[case] field: &str, #[case] message: &str) {
         let err = validate(&spec(&format!("{BASE}  {extra}\n"))).unwrap_err();
         assert_eq!(err.field, field, "{err}");
@@ -682,6 +803,23 @@ spec:
         "scaleTargetRef: [{kind: worker, maxReplicas: 2, metrics: [{name: message_queue, target: {type: length}}]}]",
         "spec.scaleTargetRef[0].metrics[0].target.averageValue"
     )]
+    #[case::group_name_twice(
+        "workerGroups: [{name: a, queues: x}, {name: b, queues: y}, {name: a, queues: z}]",
+        "spec.workerGroups[2].name"
+    )]
+    #[case::group_deployment_too_long(
+        "workerGroups: [{name: a-very-long-group-name-that-goes-on-and-on-and-on, queues: x}]",
+        "spec.workerGroups[0].name"
+    )]
+    #[case::group_resources(
+        "workerGroups: [{name: a, queues: x}, {name: b, queues: y, resources: {requests: {cpu: lots}}}]",
+        "spec.workerGroups[1].resources.requests.cpu"
+    )]
+    #[case::group_policy_memory(
+        "workerGroups: [{name: a, queues: x, autoscaling: {policy: queue-length, maxReplicas: 3, policyMemory: 10Ki}}]",
+        "spec.workerGroups[0].autoscaling.policyMemory"
+    )]
+    #[case::beat_resources("beat: {resources: {limits: {memory: lots}}}", "spec.beat.resources.limits.memory")]
     fn names_the_field_at_fault(#[case] extra: &str, #[case] field: &str) {
         let mut yaml = BASE.to_string();
         if extra.contains("common:") {
