@@ -48,6 +48,22 @@ def burn(seconds: float = 1.0) -> int:
     return n
 
 
+@celery_app.task
+def tick() -> float:
+    """The periodic task: `celery beat` sends it every EXAMPLE_BEAT_SECONDS (60 by default) to the
+    queue EXAMPLE_BEAT_QUEUE (`celery` by default)."""
+    return time.time()
+
+
+celery_app.conf.beat_schedule = {
+    "tick": {
+        "task": "app.tick",
+        "schedule": float(os.environ.get("EXAMPLE_BEAT_SECONDS", "60")),
+        "options": {"queue": os.environ.get("EXAMPLE_BEAT_QUEUE", "celery")},
+    },
+}
+
+
 TASK_LOG = os.environ.get("EXAMPLE_TASK_LOG", "")
 _log_client = None
 

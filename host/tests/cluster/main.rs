@@ -13,6 +13,7 @@ mod cost;
 mod faults;
 #[path = "../common/fleet.rs"]
 mod fleet;
+mod groups;
 mod lifecycle;
 mod scale_in;
 #[path = "../common/servers.rs"]
@@ -133,6 +134,7 @@ fn main() -> ExitCode {
         .iter()
         .chain(autoscaling::TESTS)
         .chain(scale_in::TESTS)
+        .chain(groups::TESTS)
         .chain(chart::TESTS)
         .chain(faults::TESTS)
         .chain(cost::TESTS)

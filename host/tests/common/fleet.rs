@@ -33,6 +33,9 @@ fn example_dir() -> PathBuf {
 pub struct Recorded {
     pub event: String,
     pub id: String,
+    /// The task's name (`app.report`, `app.tick`, …).
+    #[serde(default)]
+    pub task: String,
     pub worker: String,
     /// Seconds since the epoch.
     pub at: f64,
@@ -131,13 +134,25 @@ impl Fleet {
     /// that stops the worker of every pod deleted from `ns`: SIGTERM, then SIGKILL after `grace`
     /// (never, without one).
     pub fn start(broker: &str, pods: &[String], client: Client, ns: String, grace: Option<Duration>) -> Arc<Self> {
+        Self::start_on(broker, pods, "celery", client, ns, grace)
+    }
+
+    /// As [`start`](Self::start), the workers consuming `queues` (comma-separated).
+    pub fn start_on(
+        broker: &str,
+        pods: &[String],
+        queues: &str,
+        client: Client,
+        ns: String,
+        grace: Option<Duration>,
+    ) -> Arc<Self> {
         let mut workers = BTreeMap::new();
         for pod in pods {
             let dir = tempfile::tempdir().expect("temp dir");
             let mut command = Command::new(python());
             command.env("CELERY_BROKER_URL", broker).env("PYTHONPATH", example_dir());
             command.env("EXAMPLE_TASK_LOG", TASK_LOG);
-            command.args(["-m", "celery", "--app=app:celery_app", "worker", "--queues=celery", "--loglevel=info"]);
+            command.args(["-m", "celery", "--app=app:celery_app", "worker", &format!("--queues={queues}"), "--loglevel=info"]);
             command.args(["--concurrency=1", "--prefetch-multiplier=1", &format!("--hostname=celery@{pod}")]);
             workers.insert(pod.clone(), Server::spawn(command, dir));
         }

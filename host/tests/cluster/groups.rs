@@ -1,0 +1,287 @@
+//! A whole Celery deployment in one resource: worker groups beside `workerSpec`, and beat.
+//!
+//! Beat runs for real: while the beat pod (a kwok pod) exists, the test runs a real
+//! `celery beat` of the example app on the host for it, and stops it (SIGTERM) when the pod is
+//! deleted, as the kubelet would. Its periodic task goes to a queue that one group consumes, and
+//! that group's pod has a real Celery worker (`tests/common/fleet.rs`), so the test sees the
+//! periodic tasks executed. Through a rollout of beat it counts the beat pods and processes
+//! alive at once: never two.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::Harness;
+use crate::fleet::{Fleet, task_log};
+use crate::lifecycle::{create, deployment, wait_condition};
+use crate::servers::{Server, python, redis_server};
+use crate::support::{WAIT, apply_yaml, eventually, repo_root};
+use celery_operator::conditions::*;
+use celery_operator::crd::Celery;
+use k8s_openapi::api::core::v1::Pod;
+use kube::Client;
+use kube::api::{Api, ListParams, Patch, PatchParams};
+
+pub const TESTS: &[crate::TestCase] = &[
+    ("worker_groups_and_beat_run_the_whole_app", false, |h| Box::pin(whole_app(h))),
+    ("an_invalid_worker_group_is_refused_naming_the_field", false, |h| Box::pin(invalid_groups(h))),
+];
+
+/// The live (not deleting) pods of `ns` matching `selector`, by name.
+async fn live_pods(client: &Client, ns: &str, selector: &str) -> BTreeSet<String> {
+    let api: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let list = api.list(&ListParams::default().labels(selector)).await.map(|l| l.items).unwrap_or_default();
+    list.into_iter().filter(|p| p.metadata.deletion_timestamp.is_none()).filter_map(|p| p.metadata.name).collect()
+}
+
+async fn wait_pods(client: &Client, ns: &str, selector: &str, count: usize) -> BTreeSet<String> {
+    eventually(&format!("{count} pods with {selector}"), WAIT, || async {
+        let pods = live_pods(client, ns, selector).await;
+        if pods.len() == count { Ok(pods) } else { Err(format!("{pods:?}")) }
+    })
+    .await
+}
+
+async fn patch_spec(client: &Client, ns: &str, name: &str, spec: serde_json::Value) -> Result<Celery, kube::Error> {
+    let api: Api<Celery> = Api::namespaced(client.clone(), ns);
+    api.patch(name, &PatchParams::default(), &Patch::Merge(&serde_json::json!({ "spec": spec }))).await
+}
+
+/// Real `celery beat` processes for the beat pods of `ns`: one per live pod, stopped with
+/// SIGTERM when its pod is deleted. Counts the most beat pods (deleting ones included) and
+/// processes that existed at once.
+struct Beats {
+    running: Mutex<BTreeMap<String, Server>>,
+    most_pods: AtomicUsize,
+    most_processes: AtomicUsize,
+    started: Mutex<Vec<String>>,
+}
+
+impl Beats {
+    fn follow(client: Client, ns: String, app: String, broker: String) -> Arc<Self> {
+        let beats = Arc::new(Self {
+            running: Mutex::default(),
+            most_pods: AtomicUsize::new(0),
+            most_processes: AtomicUsize::new(0),
+            started: Mutex::default(),
+        });
+        let follower = Arc::clone(&beats);
+        tokio::spawn(async move {
+            let api: Api<Pod> = Api::namespaced(client, &ns);
+            let selector = format!("app.kubernetes.io/instance={app},celeryproject.org/component=beat");
+            while Arc::strong_count(&follower) > 1 {
+                if let Ok(list) = api.list(&ListParams::default().labels(&selector)).await {
+                    follower.most_pods.fetch_max(list.items.len(), Ordering::Relaxed);
+                    let live: BTreeSet<String> = list
+                        .items
+                        .iter()
+                        .filter(|p| p.metadata.deletion_timestamp.is_none())
+                        .filter_map(|p| p.metadata.name.clone())
+                        .collect();
+                    follower.sync(&live, &broker);
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+        beats
+    }
+
+    fn sync(&self, live: &BTreeSet<String>, broker: &str) {
+        let mut running = self.running.lock().unwrap();
+        running.retain(|pod, server| {
+            let keep = live.contains(pod);
+            if !keep {
+                server.signal("TERM");
+            }
+            keep
+        });
+        let new: Vec<&String> = live.iter().filter(|p| !running.contains_key(*p)).collect();
+        for pod in new {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let mut command = Command::new(python());
+            command.env("CELERY_BROKER_URL", broker).env("PYTHONPATH", repo_root().join("example"));
+            command.env("EXAMPLE_BEAT_SECONDS", "1").env("EXAMPLE_BEAT_QUEUE", "ticks");
+            command.args(["-m", "celery", "--app=app:celery_app", "beat", "--loglevel=info", "--max-interval=1"]);
+            command.arg(format!("--schedule={}", dir.path().join("celerybeat-schedule").display()));
+            running.insert(pod.clone(), Server::spawn(command, dir));
+            self.started.lock().unwrap().push(pod.clone());
+        }
+        self.most_processes.fetch_max(running.len(), Ordering::Relaxed);
+    }
+}
+
+/// Ticks (the example app's periodic task) that ran to their end.
+fn ticks(redis_port: u16) -> usize {
+    task_log(redis_port).iter().filter(|r| r.task == "app.tick" && r.event == "end").count()
+}
+
+async fn wait_ticks(redis_port: u16, at_least: usize) {
+    eventually(&format!("{at_least} periodic tasks executed"), WAIT, || async {
+        let n = ticks(redis_port);
+        if n >= at_least { Ok(()) } else { Err(format!("{n} executed")) }
+    })
+    .await
+}
+
+/// `workerSpec` and two groups, each its own Deployment and pods; beat sends a periodic task
+/// that the `periodic` group's real worker executes; beat rolls out with never two at once;
+/// removing a group removes only its Deployment; switching beat off removes it.
+async fn whole_app(h: Arc<Harness>) {
+    let env = &h.env;
+    let (_redis, redis_port) = redis_server(&[]);
+    let broker = format!("redis://127.0.0.1:{redis_port}/0");
+    let ns = env.namespace("groups").await;
+    let operator = env.start_operator(&[&ns], None);
+    let yaml = format!(
+        "
+apiVersion: celeryproject.org/v1alpha1
+kind: Celery
+metadata: {{name: shop}}
+spec:
+  common: {{appName: shop, celeryApp: 'app:celery_app', image: example-image}}
+  broker: {{url: '{broker}'}}
+  flowerSpec: {{enabled: false}}
+  workerSpec: {{queues: celery, numOfWorkers: 1}}
+  workerGroups:
+  - {{name: periodic, queues: ticks, numOfWorkers: 1, concurrency: 1}}
+  - {{name: spare, queues: spare, numOfWorkers: 2, pool: threads, concurrency: 8}}
+  beat: {{}}
+"
+    );
+    create(&env.admin, &ns, &yaml).await.expect("created");
+    let default_pods = wait_pods(&env.admin, &ns, "app=shop", 1).await;
+    let periodic = wait_pods(&env.admin, &ns, "celeryproject.org/worker-group=periodic", 1).await;
+    wait_pods(&env.admin, &ns, "celeryproject.org/worker-group=spare", 2).await;
+    assert!(default_pods.is_disjoint(&periodic), "the default pool's selector does not take a group's pods");
+    for name in ["shop-celery-worker", "shop-celery-worker-periodic", "shop-celery-worker-spare", "shop-celery-beat"] {
+        deployment(&env.admin, &ns, name).await.expect("a Deployment per pool, and beat");
+    }
+    let spare = deployment(&env.admin, &ns, "shop-celery-worker-spare").await.expect("spare");
+    let args = spare.spec.and_then(|s| s.template.spec).map(|p| p.containers[0].args.clone().unwrap_or_default());
+    assert!(args.is_some_and(|a| a.contains(&"--pool=threads".into()) && a.contains(&"--queues=spare".into())));
+
+    // The status: app totals, each group, beat.
+    let c = wait_condition(&env.admin, &ns, "shop", READY, "True", ALL_REPLICAS_READY).await;
+    let status = c.status.expect("a status");
+    assert_eq!(status.workers.map(|w| w.desired), Some(4), "the app's total");
+    let groups: Vec<(String, Option<i32>)> =
+        status.worker_groups.iter().map(|g| (g.name.clone(), g.workers.as_ref().map(|w| w.desired))).collect();
+    assert_eq!(groups, [("periodic".to_string(), Some(1)), ("spare".to_string(), Some(2))]);
+    assert!(status.worker_groups.iter().all(|g| g.policy.as_deref() == Some("none")));
+    let c = eventually("beat Ready in the status", WAIT, || async {
+        let c = Api::<Celery>::namespaced(env.admin.clone(), &ns).get("shop").await.map_err(|e| e.to_string())?;
+        match c.status.as_ref().and_then(|s| s.beat.clone()) {
+            Some(b) if b.ready && b.last_restart.is_some() => Ok(c),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    let first_start = c.status.and_then(|s| s.beat).and_then(|b| b.last_restart).expect("a start time");
+
+    // Real beat and a real worker of the `periodic` group: the periodic task runs.
+    let periodic: Vec<String> = periodic.into_iter().collect();
+    let _fleet = Fleet::start_on(&broker, &periodic, "ticks", env.admin.clone(), ns.clone(), None);
+    let beats = Beats::follow(env.admin.clone(), ns.clone(), "shop".into(), broker.clone());
+    wait_ticks(redis_port, 3).await;
+    let on = task_log(redis_port).into_iter().filter(|r| r.task == "app.tick").map(|r| r.worker).collect::<BTreeSet<_>>();
+    assert_eq!(on, BTreeSet::from([format!("celery@{}", periodic[0])]), "ticks run on the periodic group's worker");
+
+    // A change of beat's spec rolls it out with Recreate: the old beat is gone before the new
+    // one starts, and the ticks go on.
+    let beat_pod = wait_pods(&env.admin, &ns, "celeryproject.org/component=beat", 1).await;
+    patch_spec(&env.admin, &ns, "shop", serde_json::json!({"beat": {"logLevel": "debug"}})).await.expect("patched");
+    eventually("a new beat pod", WAIT, || async {
+        let now = live_pods(&env.admin, &ns, "celeryproject.org/component=beat").await;
+        if now.len() == 1 && now.is_disjoint(&beat_pod) { Ok(()) } else { Err(format!("{now:?}")) }
+    })
+    .await;
+    let before = ticks(redis_port);
+    wait_ticks(redis_port, before + 3).await;
+    assert_eq!(beats.most_pods.load(Ordering::Relaxed), 1, "never two beat pods, also during the rollout");
+    assert_eq!(beats.most_processes.load(Ordering::Relaxed), 1, "never two beats running");
+    assert_eq!(beats.started.lock().unwrap().len(), 2, "one beat, then its replacement");
+    eventually("beat's restart in the status", WAIT, || async {
+        let c = Api::<Celery>::namespaced(env.admin.clone(), &ns).get("shop").await.map_err(|e| e.to_string())?;
+        match c.status.and_then(|s| s.beat).and_then(|b| b.last_restart) {
+            Some(t) if t != first_start => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+
+    // Removing a group removes its Deployment and pods, and leaves the others as they were.
+    let periodic_before = deployment(&env.admin, &ns, "shop-celery-worker-periodic").await.expect("periodic");
+    patch_spec(
+        &env.admin,
+        &ns,
+        "shop",
+        serde_json::json!({"workerGroups": [{"name": "periodic", "queues": "ticks", "numOfWorkers": 1, "concurrency": 1}]}),
+    )
+    .await
+    .expect("patched");
+    eventually("the spare group's Deployment gone", WAIT, || async {
+        match deployment(&env.admin, &ns, "shop-celery-worker-spare").await {
+            Err(_) => Ok(()),
+            Ok(_) => Err("still there".to_string()),
+        }
+    })
+    .await;
+    wait_pods(&env.admin, &ns, "celeryproject.org/worker-group=spare", 0).await;
+    let periodic_after = deployment(&env.admin, &ns, "shop-celery-worker-periodic").await.expect("periodic");
+    assert_eq!(periodic_after.metadata.generation, periodic_before.metadata.generation, "the other group is untouched");
+    eventually("the status without the spare group", WAIT, || async {
+        let c = Api::<Celery>::namespaced(env.admin.clone(), &ns).get("shop").await.map_err(|e| e.to_string())?;
+        let s = c.status.unwrap_or_default();
+        let names: Vec<String> = s.worker_groups.iter().map(|g| g.name.clone()).collect();
+        match (names.as_slice(), s.workers.map(|w| w.desired)) {
+            ([only], Some(2)) if only == "periodic" => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+
+    // Beat off: its Deployment goes.
+    patch_spec(&env.admin, &ns, "shop", serde_json::json!({"beat": {"enabled": false}})).await.expect("patched");
+    eventually("the beat Deployment gone", WAIT, || async {
+        match deployment(&env.admin, &ns, "shop-celery-beat").await {
+            Err(_) => Ok(()),
+            Ok(_) => Err("still there".to_string()),
+        }
+    })
+    .await;
+    operator.stop().await;
+}
+
+/// Two groups of one name are refused by the API server (the list is keyed by name), a group
+/// without queues too; a group whose Deployment name would be too long is refused by the
+/// operator, naming the field.
+async fn invalid_groups(h: Arc<Harness>) {
+    let env = &h.env;
+    let ns = env.namespace("badgroups").await;
+    let operator = env.start_operator(&[&ns], None);
+    let base = "
+apiVersion: celeryproject.org/v1alpha1
+kind: Celery
+metadata: {name: shop}
+spec:
+  common: {appName: shop, celeryApp: 'app:celery_app', image: example-image}
+  flowerSpec: {enabled: false}
+";
+    let twice = format!("{base}  workerGroups: [{{name: a, queues: x}}, {{name: a, queues: y}}]\n");
+    let refused = create(&env.admin, &ns, &twice).await.expect_err("a duplicate group name is refused");
+    assert!(refused.to_string().contains("spec.workerGroups[1]"), "{refused}");
+    let no_queue = format!("{base}  workerGroups: [{{name: a, queues: x}}, {{name: b}}]\n");
+    // Sent as YAML, untyped: the operator's own types would not even hold it.
+    let refused = apply_yaml(&env.admin, &no_queue, Some(&ns)).await.expect_err("a group without queues is refused");
+    assert!(refused.contains("spec.workerGroups[1].queues"), "{refused}");
+
+    let long = format!("{base}  workerGroups: [{{name: a, queues: x}}, {{name: {}, queues: y}}]\n", "g".repeat(40));
+    let long = long.replace("appName: shop", &format!("appName: {}", "s".repeat(20)));
+    create(&env.admin, &ns, &long).await.expect("the schema cannot judge the length of a name built from two");
+    let c = wait_condition(&env.admin, &ns, "shop", DEGRADED, "True", INVALID_SPEC).await;
+    let message = c.status.unwrap_or_default().conditions.into_iter().find(|c| c.type_ == DEGRADED).map(|c| c.message);
+    assert!(message.as_deref().is_some_and(|m| m.starts_with("spec.workerGroups[1].name:")), "{message:?}");
+    operator.stop().await;
+}
