@@ -28,6 +28,14 @@ use crate::scope::Scope;
 
 /// Pods and Deployments of workers: the children's labels plus the worker component.
 pub const WORKER_SELECTOR: &str = "app.kubernetes.io/managed-by=celery-operator,app.kubernetes.io/component=worker";
+/// The pool of workers a worker pod belongs to ([`pool_key`](crate::spec::names::pool_key)): its app, and its group
+/// if it has one.
+fn pool_of(pod: &Pod) -> Option<String> {
+    let labels = pod.labels();
+    let app = labels.get(INSTANCE_LABEL)?;
+    Some(crate::spec::names::pool_key(app, labels.get(crate::spec::names::GROUP_LABEL).map(String::as_str)))
+}
+
 /// The label naming the Celery object a child belongs to.
 const INSTANCE_LABEL: &str = "app.kubernetes.io/instance";
 
@@ -87,7 +95,7 @@ impl ClusterView {
         map.insert((namespace.to_string(), deployment.to_string()), replicas);
     }
 
-    /// The worker pods of one app, with their CPU and memory where known, sorted by name.
+    /// The worker pods of one pool (an app, or `app/group`: [`names::pool_key`](crate::spec::names::pool_key)), with their CPU and memory where known, sorted by name.
     pub fn pods(&self, namespace: &str, app: &str) -> Vec<PodSample> {
         let pods = self.pods.read().expect("pods lock");
         let Some(own) = pods.get(&(namespace.to_string(), app.to_string())) else {
@@ -110,14 +118,14 @@ impl ClusterView {
             .collect()
     }
 
-    /// The worker pods of one app as the API server last showed them, sorted by name.
+    /// The worker pods of one pool (as for [`pods`](Self::pods)) as the API server last showed them, sorted by name.
     pub fn pod_states(&self, namespace: &str, app: &str) -> Vec<PodState> {
         let pods = self.pods.read().expect("pods lock");
         pods.get(&(namespace.to_string(), app.to_string())).map(|own| own.values().cloned().collect()).unwrap_or_default()
     }
 
     fn apply_pod(&self, pod: &Pod) {
-        let (Some(ns), Some(app)) = (pod.namespace(), pod.labels().get(INSTANCE_LABEL).cloned()) else {
+        let (Some(ns), Some(app)) = (pod.namespace(), pool_of(pod)) else {
             return;
         };
         let state = pod_state(pod);
@@ -149,7 +157,7 @@ impl ClusterView {
         pods.retain(|(ns, _), _| !within(namespace, ns));
         pod_apps.retain(|(ns, _), _| !within(namespace, ns));
         for pod in &all {
-            let (Some(ns), Some(app)) = (pod.namespace(), pod.labels().get(INSTANCE_LABEL).cloned()) else {
+            let (Some(ns), Some(app)) = (pod.namespace(), pool_of(pod)) else {
                 continue;
             };
             let state = pod_state(pod);

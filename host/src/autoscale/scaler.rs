@@ -1,4 +1,5 @@
-//! The autoscaling loops: one task per autoscaled app, every `intervalSeconds`:
+//! The autoscaling loops: one task per autoscaled pool of workers (an app's `workerSpec`, or
+//! one of its worker groups), every `intervalSeconds`:
 //! sample (broker, pods) → policy → [decision](crate::decide) → write `replicas` when it
 //! changes → status, events and metrics.
 //!
@@ -79,11 +80,14 @@ pub struct Autoscaler {
     /// The controllers' caches of Celery objects (one per watched namespace, or one in all):
     /// read only to notice deleted apps.
     apps: Vec<Store<Celery>>,
-    loops: HashMap<ObjectRef<Celery>, Running>,
+    loops: HashMap<LoopKey, Running>,
     /// Loops told to stop, still clearing what they wrote: a loop started again for the same
-    /// app waits for its predecessor, so the clearing cannot land after its first status.
-    retiring: HashMap<ObjectRef<Celery>, JoinHandle<()>>,
+    /// pool waits for its predecessor, so the clearing cannot land after its first status.
+    retiring: HashMap<LoopKey, JoinHandle<()>>,
 }
+
+/// One loop's pool: the app, and the worker group (`None` for `workerSpec`'s workers).
+type LoopKey = (ObjectRef<Celery>, Option<String>);
 
 /// One running loop: the object it serves, the plan it runs on, its task.
 struct Running {
@@ -142,11 +146,27 @@ impl Autoscaler {
         }
     }
 
-    /// Starts, changes or stops the loop of one app.
-    fn take(&mut self, Handoff { celery, plan }: Handoff) {
-        let key = ObjectRef::from_obj(&*celery);
+    /// Starts, changes or stops the loops of one app's pools.
+    fn take(&mut self, Handoff { celery, plans }: Handoff) {
+        let app = ObjectRef::from_obj(&*celery);
         let uid = celery.uid().unwrap_or_default();
         self.prune();
+        // Every pool that has a loop, has had one (its status part), or gets one now.
+        let mut pools: BTreeSet<Option<String>> =
+            self.loops.keys().filter(|(a, _)| *a == app).map(|(_, group)| group.clone()).collect();
+        pools.insert(None);
+        pools.extend(plans.iter().map(|p| p.pool.group.clone()));
+        if let Some(status) = &celery.status {
+            pools.extend(status.worker_groups.iter().filter(|g| g.autoscaler.is_some()).map(|g| Some(g.name.clone())));
+        }
+        for group in pools {
+            let plan = plans.iter().find(|p| p.pool.group == group).cloned();
+            self.take_pool((app.clone(), group), &uid, &celery, plan);
+        }
+    }
+
+    /// Starts, changes or stops the loop of one pool.
+    fn take_pool(&mut self, key: LoopKey, uid: &str, celery: &Arc<Celery>, plan: Option<Arc<Plan>>) {
         if let Some(running) = self.loops.get(&key) {
             if running.uid != uid {
                 // The loop of an earlier object of this name: it must not act on this one.
@@ -177,12 +197,22 @@ impl Autoscaler {
                 let (tx, rx) = watch::channel(Some(plan));
                 let predecessor = self.retiring.remove(&key);
                 let task = tokio::spawn(run(Arc::clone(&self.shared), rx, predecessor));
-                self.loops.insert(key, Running { uid, plan: tx, task });
+                self.loops.insert(key, Running { uid: uid.to_string(), plan: tx, task });
             }
-            None if report::status::has_autoscaler_part(celery.status.as_ref()) => {
+            None if written_by_a_loop(celery, key.1.as_deref()) && !self.retiring.contains_key(&key) => {
                 // Autoscaling was switched off (or the spec broke) while no loop ran to clear it.
                 let shared = Arc::clone(&self.shared);
-                self.retiring.insert(key, tokio::spawn(async move { shared.writer.clear(&celery).await }));
+                let celery = Arc::clone(celery);
+                let writer = status_writer(&shared.writer, key.1.as_deref());
+                self.retiring.insert(
+                    key,
+                    tokio::spawn(async move {
+                        match writer {
+                            Some(group) => group.clear(&celery).await,
+                            None => shared.writer.clear(&celery).await,
+                        }
+                    }),
+                );
             }
             None => {}
         }
@@ -195,7 +225,7 @@ impl Autoscaler {
         let cached = |key: &ObjectRef<Celery>, uid: &str| {
             apps.iter().find_map(|store| store.get(key)).is_some_and(|c| c.uid().as_deref() == Some(uid))
         };
-        self.loops.retain(|key, running| cached(key, &running.uid));
+        self.loops.retain(|(key, _), running| cached(key, &running.uid));
         self.prune();
     }
 
@@ -217,7 +247,21 @@ impl Drop for Autoscaler {
     }
 }
 
-/// The loop of one app, until its plan is withdrawn (`None`: it retires and clears what it
+/// Whether the status of `celery` holds what the loop of `group` (`workerSpec`'s with `None`)
+/// writes.
+fn written_by_a_loop(celery: &Celery, group: Option<&str>) -> bool {
+    match group {
+        None => report::status::has_autoscaler_part(celery.status.as_ref()),
+        Some(g) => celery.status.as_ref().is_some_and(|s| s.worker_groups.iter().any(|w| w.name == g && w.autoscaler.is_some())),
+    }
+}
+
+/// The writer of a group's status part (its own field manager), `None` for `workerSpec`'s.
+fn status_writer(writer: &Writer, group: Option<&str>) -> Option<Writer> {
+    group.map(|g| writer.with_manager(names::group_scaler_manager(g)))
+}
+
+/// The loop of one pool, until its plan is withdrawn (`None`: it retires and clears what it
 /// wrote) or its sender is dropped (the app is gone). It starts once `predecessor`, the
 /// app's previous loop, has finished retiring.
 async fn run(shared: Arc<Shared>, mut plans: watch::Receiver<Option<Arc<Plan>>>, predecessor: Option<JoinHandle<()>>) {
@@ -227,6 +271,7 @@ async fn run(shared: Arc<Shared>, mut plans: watch::Receiver<Option<Arc<Plan>>>,
     shared.policies.loaded().await;
     let Some(plan) = plans.borrow_and_update().clone() else { return };
     let mut app = AppLoop::new(&plan);
+    app.group_writer = status_writer(&shared.writer, app.group.as_deref());
     let mut ticker = pacer(app.tuning.interval);
     loop {
         tokio::select! {
@@ -271,10 +316,18 @@ struct AppLoop {
     celery: Arc<Celery>,
     /// The object's reference, which every event names.
     reference: ObjectReference,
-    /// `namespace/name`, for logs, metrics and the policy input.
+    /// `namespace/name` (`namespace/name/group` for a group), for logs, metrics and the policy
+    /// input.
     label: String,
     namespace: String,
-    name: String,
+    /// The worker group it scales; `None` for `workerSpec`'s workers.
+    group: Option<String>,
+    /// Its pods' key in the cluster view ([`names::pool_key`]).
+    pool_key: String,
+    /// Writes a group's part of the status (`status.workerGroups[group].autoscaler`) as the
+    /// group's own field manager; `None` for `workerSpec`'s, which the shared writer writes.
+    group_writer: Option<Writer>,
+    /// The Deployment it scales.
     worker: String,
     queues: Vec<String>,
     policies: Vec<PolicyRef>,
@@ -349,14 +402,25 @@ impl AppLoop {
         let celery = &plan.celery;
         let namespace = celery.namespace().unwrap_or_default();
         let name = celery.name_any();
+        let group = plan.pool.group.clone();
         let status = celery.status.as_ref();
+        // What the pool's loop wrote before (this process's or an earlier one's).
+        let written = match &group {
+            None => status.and_then(|s| s.autoscaler.as_ref()),
+            Some(g) => status.and_then(|s| s.worker_groups.iter().find(|w| &w.name == g)).and_then(|w| w.autoscaler.as_ref()),
+        };
         let tuning = plan.tuning.clone();
         let mut app = Self {
             celery: Arc::clone(celery),
             reference: celery.object_ref(&()),
-            label: format!("{namespace}/{name}"),
+            label: match &group {
+                None => format!("{namespace}/{name}"),
+                Some(g) => format!("{namespace}/{name}/{g}"),
+            },
             namespace,
-            name,
+            pool_key: names::pool_key(&name, group.as_deref()),
+            group_writer: None,
+            group,
             worker: String::new(),
             queues: Vec::new(),
             policies: Vec::new(),
@@ -373,7 +437,7 @@ impl AppLoop {
             input: None,
             health: None,
             last_decision: None,
-            last_scale_time: status.and_then(|s| s.autoscaler.as_ref()).and_then(|a| a.last_scale_time.clone()),
+            last_scale_time: written.and_then(|a| a.last_scale_time.clone()),
             last_status: None,
             written_health: None,
             condition: status
@@ -383,17 +447,17 @@ impl AppLoop {
             written_active: None,
             missing_since: None,
             broker_retry: None,
-            scale_in: status.and_then(|s| s.autoscaler.as_ref()).and_then(|a| a.scale_in.as_ref()).map(|p| Pending {
+            scale_in: written.and_then(|a| a.scale_in.as_ref()).map(|p| Pending {
                 goal: u32::try_from(p.replicas).unwrap_or(0),
                 since: p.since.0,
                 waiting_for: p.waiting_for.clone(),
             }),
-            draining: status
-                .and_then(|s| s.autoscaler.as_ref())
-                .and_then(|a| a.scale_in.as_ref())
-                .map(|p| p.draining.iter().cloned().collect())
-                .unwrap_or_default(),
+            draining: written.and_then(|a| a.scale_in.as_ref()).map(|p| p.draining.iter().cloned().collect()).unwrap_or_default(),
         };
+        if app.group.is_some() {
+            // A group's loop writes no condition: `ScalingActive` is `workerSpec`'s.
+            app.condition.clear();
+        }
         app.reconfigure(plan);
         info!(app = %app.label, policy = %app.policy_label(), "autoscaling starts");
         app
@@ -406,13 +470,13 @@ impl AppLoop {
         let spec = &celery.spec;
         self.celery = Arc::clone(celery);
         self.reference = celery.object_ref(&());
-        self.worker = names::worker_name(celery);
-        self.queues = spec.worker_spec.queues.split(',').map(str::trim).filter(|q| !q.is_empty()).map(String::from).collect();
+        self.worker.clone_from(&plan.pool.deployment);
+        self.queues.clone_from(&plan.pool.queues);
         self.needs_broker = plan.policies.iter().any(|p| p.name != CPU_MEMORY_POLICY);
         self.policies.clone_from(&plan.policies);
         self.min = u32::try_from(plan.min_replicas).unwrap_or(0);
         self.max = u32::try_from(plan.max_replicas).unwrap_or(0);
-        self.concurrency = u32::try_from(spec.worker_spec.concurrency).unwrap_or(1);
+        self.concurrency = plan.pool.concurrency;
         let tuning = &plan.tuning;
         if self.tuning != *tuning {
             self.damper.retune(tuning.stabilization, tuning.step_percent, tuning.step_period);
@@ -462,12 +526,12 @@ impl AppLoop {
         match self.progress.refresh(async |secret| read_secret(&shared.client, namespace, secret).await).await {
             Some(progress::Change::Failed(message)) => {
                 warn!(app = %self.label, %message, "Flower cannot be read: the policy sees no tasks in progress");
-                shared.writer.event(&self.reference, EventType::Warning, FLOWER_UNAVAILABLE, &message, ACTION).await;
+                self.event(shared, EventType::Warning, FLOWER_UNAVAILABLE, &message).await;
             }
             Some(progress::Change::Recovered) => info!(app = %self.label, "Flower can be read again"),
             None => {}
         }
-        let mut pods = shared.cluster.pods(&self.namespace, &self.name);
+        let mut pods = shared.cluster.pods(&self.namespace, &self.pool_key);
         self.progress.fill(&mut pods);
         // Borrowed, not copied: the sample below reads the same figures.
         let unknown: Vec<QueueStats>;
@@ -579,7 +643,7 @@ impl AppLoop {
             }
             (std::cmp::Ordering::Equal, None) => current,
         };
-        let pods = shared.cluster.pod_states(&self.namespace, &self.name);
+        let pods = shared.cluster.pod_states(&self.namespace, &self.pool_key);
         let workers: Vec<scalein::Worker> = pods
             .iter()
             .map(|p| scalein::Worker {
@@ -722,7 +786,7 @@ impl AppLoop {
         }
         let deadline = Instant::now() + MARK_SEEN;
         while Instant::now() < deadline {
-            let pods = shared.cluster.pod_states(&self.namespace, &self.name);
+            let pods = shared.cluster.pod_states(&self.namespace, &self.pool_key);
             let shows = |name: &String, on: bool| pods.iter().find(|p| &p.name == name).is_none_or(|p| p.marked == on);
             if mark.iter().all(|n| shows(n, true)) && unmark.iter().all(|n| shows(n, false)) {
                 return;
@@ -922,9 +986,20 @@ impl AppLoop {
         shared.cluster.set_worker_replicas(&self.namespace, &self.worker, to);
         let event_reason = if to > from { SCALED_UP } else { SCALED_DOWN };
         info!(app = %self.label, from, to, %reason, "scaled the workers");
-        let note = format!("{from} → {to} workers: {reason}");
+        let note = format!("{}{from} → {to} workers: {reason}", self.group_prefix());
         shared.writer.event(&self.reference, EventType::Normal, event_reason, &note, ACTION).await;
         Ok(())
+    }
+
+    /// `worker group <name>: ` before what an event says of a group, nothing for `workerSpec`.
+    fn group_prefix(&self) -> String {
+        self.group.as_ref().map(|g| format!("worker group {g}: ")).unwrap_or_default()
+    }
+
+    /// Publishes an event about the app, naming the group when the loop scales one.
+    async fn event(&self, shared: &Shared, type_: EventType, reason: &str, note: &str) {
+        let note = format!("{}{note}", self.group_prefix());
+        shared.writer.event(&self.reference, type_, reason, &note, ACTION).await;
     }
 
     async fn conclude(&mut self, shared: &Shared, health: Health, changed: bool) {
@@ -939,11 +1014,11 @@ impl AppLoop {
         if transition {
             if health.ok() {
                 if self.health.is_some() {
-                    shared.writer.event(&self.reference, EventType::Normal, POLICY_DECIDING, &health.message, ACTION).await;
+                    self.event(shared, EventType::Normal, POLICY_DECIDING, &health.message).await;
                 }
             } else {
                 warn!(app = %self.label, reason = health.reason, message = %health.message, "autoscaling holds the replica count");
-                shared.writer.event(&self.reference, EventType::Warning, health.reason, &health.message, ACTION).await;
+                self.event(shared, EventType::Warning, health.reason, &health.message).await;
             }
         }
         let since = self.last_status.map(|at| at.elapsed());
@@ -968,13 +1043,18 @@ impl AppLoop {
         });
         let now = Time(jiff::Timestamp::now());
         let condition = report::status::scaling_condition(&self.condition, &health, self.celery.metadata.generation, &now);
-        let body = report::status::autoscaler_part(backlog, status, &condition);
-        match shared.writer.status(&self.celery, &body).await {
+        let (body, writer) = match (&self.group, &self.group_writer) {
+            (Some(group), Some(writer)) => (report::status::group_autoscaler_part(group, status), writer),
+            _ => (report::status::autoscaler_part(backlog, status, &condition), &shared.writer),
+        };
+        match writer.status(&self.celery, &body).await {
             Ok(()) => {
                 self.last_status = Some(Instant::now());
                 self.written_backlog = backlog;
                 self.written_active = status.active_tasks;
-                self.condition = vec![condition];
+                if self.group.is_none() {
+                    self.condition = vec![condition];
+                }
                 self.written_health = Some(health);
             }
             Err(error) => {
@@ -987,7 +1067,7 @@ impl AppLoop {
     async fn retire(self, shared: &Shared) {
         info!(app = %self.label, "autoscaling stops");
         self.forget_metrics(shared);
-        shared.writer.clear(&self.celery).await;
+        self.group_writer.as_ref().unwrap_or(&shared.writer).clear(&self.celery).await;
     }
 
     fn forget_metrics(&self, shared: &Shared) {

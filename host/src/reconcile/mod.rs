@@ -160,7 +160,7 @@ async fn run_pipeline(celery: &Arc<Celery>, ctx: &Context, app: &str) -> Result<
             match applied_now {
                 Ok(a) => {
                     applied = a;
-                    hand_off(ctx, celery, Some(&scaling));
+                    hand_off(ctx, celery, Some((&scaling, &groups)));
                     Outcome::Applied {
                         scaling: &scaling,
                         worker: &applied.worker,
@@ -221,7 +221,7 @@ async fn run_pipeline(celery: &Arc<Celery>, ctx: &Context, app: &str) -> Result<
 
 /// Tells the autoscaler how `celery` scales now (`None`: its spec is invalid). NB: the
 /// receiver lives as long as the controllers, so a failed send can only happen while they stop.
-fn hand_off(ctx: &Context, celery: &Arc<Celery>, scaling: Option<&Scaling>) {
+fn hand_off(ctx: &Context, celery: &Arc<Celery>, scaling: Option<(&Scaling, &[Scaling])>) {
     if let Some(handoff) = &ctx.handoff {
         let _ = handoff.send(Handoff::new(Arc::clone(celery), scaling));
     }

@@ -9,6 +9,7 @@
 
 pub mod status;
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::ObjectReference;
@@ -37,7 +38,7 @@ pub enum WriteError {
 pub struct Writer {
     client: Client,
     recorder: Recorder,
-    manager: &'static str,
+    manager: Cow<'static, str>,
     /// Nothing is written outside this replica's leader term.
     leadership: Arc<Leadership>,
 }
@@ -47,7 +48,18 @@ impl Writer {
     /// controller (with the pod's name as the instance, when `POD_NAME` is set).
     pub fn new(client: Client, manager: &'static str, leadership: Arc<Leadership>) -> Self {
         let reporter = Reporter { controller: manager.into(), instance: std::env::var("POD_NAME").ok() };
-        Self { recorder: Recorder::new(client.clone(), reporter), client, manager, leadership }
+        Self { recorder: Recorder::new(client.clone(), reporter), client, manager: Cow::Borrowed(manager), leadership }
+    }
+
+    /// A writer of the same events whose status writes apply as `manager` instead: the part of
+    /// a status one autoscaling loop of several owns (a worker group's).
+    pub fn with_manager(&self, manager: String) -> Self {
+        Self {
+            client: self.client.clone(),
+            recorder: self.recorder.clone(),
+            manager: Cow::Owned(manager),
+            leadership: Arc::clone(&self.leadership),
+        }
     }
 
     /// Whether this replica may write now.
@@ -67,7 +79,7 @@ impl Writer {
             "status": status,
         });
         let api: Api<Celery> = Api::namespaced(self.client.clone(), &celery.namespace().unwrap_or_default());
-        api.patch_status(&celery.name_any(), &PatchParams::apply(self.manager).force(), &Patch::Apply(&patch))
+        api.patch_status(&celery.name_any(), &PatchParams::apply(&self.manager).force(), &Patch::Apply(&patch))
             .await
             .map(drop)
             .map_err(WriteError::Api)
@@ -79,7 +91,7 @@ impl Writer {
         match self.status(celery, &serde_json::json!({})).await {
             Ok(()) | Err(WriteError::NotLeader) => {}
             Err(error) => warn!(
-                app = %celery.name_any(), manager = self.manager, error = %crate::telemetry::chain(&error),
+                app = %celery.name_any(), manager = %self.manager, error = %crate::telemetry::chain(&error),
                 "cannot clear the status"
             ),
         }

@@ -233,6 +233,14 @@ pub fn autoscaler_part(backlog: Option<i64>, autoscaler: &AutoscalerStatus, scal
     })
 }
 
+/// A worker group's autoscaler part of the status, which the group's loop applies as its own
+/// field manager: its entry of `workerGroups` (merged by name with the reconciler's) holding
+/// what it measured and decided. A group's health shows in its decision and its events, not in
+/// a condition (`ScalingActive` is `workerSpec`'s).
+pub fn group_autoscaler_part(group: &str, autoscaler: &AutoscalerStatus) -> serde_json::Value {
+    serde_json::json!({ "workerGroups": [{ "name": group, "autoscaler": autoscaler }] })
+}
+
 /// A condition of `type_`, keeping the transition time of `old`'s condition of that type
 /// while its status is the same.
 pub fn condition(

@@ -16,12 +16,13 @@ use std::sync::Arc;
 use crate::crd::Celery;
 use validate::{PolicyRef, Scaling};
 
-/// What one autoscaling loop runs on: the app as the reconciler saw it and the scaling it
-/// validated from that spec.
+/// What one autoscaling loop runs on: the app as the reconciler saw it, the pool of workers the
+/// loop scales, and the scaling it validated from that spec.
 #[derive(Debug)]
 pub struct Plan {
     /// The object as reconciled (its spec, generation and the status it had then).
     pub celery: Arc<Celery>,
+    pub pool: PoolRef,
     pub policies: Vec<PolicyRef>,
     pub min_replicas: i32,
     pub max_replicas: i32,
@@ -35,29 +36,79 @@ impl Plan {
     }
 }
 
-/// One hand-off from the reconciler to the autoscaler, after a reconcile of `celery`: the app
-/// is autoscaled by `plan` from now on or, with `None`, no longer (a fixed count, or a spec
-/// that failed validation).
+/// The pool of workers a loop scales: `workerSpec`'s (`group` is `None`) or a worker group's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolRef {
+    pub group: Option<String>,
+    /// Its Deployment.
+    pub deployment: String,
+    /// The queues it consumes.
+    pub queues: Vec<String>,
+    /// Tasks one of its workers runs at once.
+    pub concurrency: u32,
+}
+
+impl PoolRef {
+    /// `workerSpec`'s pool.
+    pub fn default_pool(celery: &Celery) -> Self {
+        let w = &celery.spec.worker_spec;
+        Self {
+            group: None,
+            deployment: names::worker_name(celery),
+            queues: split_queues(&w.queues),
+            concurrency: u32::try_from(w.concurrency).unwrap_or(1),
+        }
+    }
+
+    /// The pool of the group `name`, if the spec has it.
+    pub fn group(celery: &Celery, name: &str) -> Option<Self> {
+        let g = celery.spec.worker_groups.iter().find(|g| g.name == name)?;
+        Some(Self {
+            group: Some(g.name.clone()),
+            deployment: names::group_name(celery, &g.name),
+            queues: split_queues(&g.queues),
+            concurrency: u32::try_from(g.concurrency).unwrap_or(1),
+        })
+    }
+}
+
+fn split_queues(queues: &str) -> Vec<String> {
+    queues.split(',').map(str::trim).filter(|q| !q.is_empty()).map(String::from).collect()
+}
+
+/// One hand-off from the reconciler to the autoscaler, after a reconcile of `celery`: the
+/// pools of the app that a policy scales from now on, one plan each (`workerSpec`'s first,
+/// then the groups'); a pool without a plan (a fixed count, or a spec that failed validation)
+/// is no longer autoscaled.
 #[derive(Debug)]
 pub struct Handoff {
     pub celery: Arc<Celery>,
-    pub plan: Option<Arc<Plan>>,
+    pub plans: Vec<Arc<Plan>>,
 }
 
 impl Handoff {
-    /// The hand-off for `celery` reconciled with `scaling` (`None`: the spec is invalid).
-    pub fn new(celery: Arc<Celery>, scaling: Option<&Scaling>) -> Self {
-        let plan = match scaling {
-            Some(Scaling::Policies { policies, min_replicas, max_replicas, tuning }) => Some(Arc::new(Plan {
-                celery: Arc::clone(&celery),
-                policies: policies.clone(),
-                min_replicas: *min_replicas,
-                max_replicas: *max_replicas,
-                tuning: tuning.clone(),
-            })),
-            _ => None,
+    /// The hand-off for `celery` reconciled with `scaling` for `workerSpec` and `groups` for
+    /// its groups, in the spec's order (`None`: the spec is invalid).
+    pub fn new(celery: Arc<Celery>, scaling: Option<(&Scaling, &[Scaling])>) -> Self {
+        let Some((scaling, groups)) = scaling else {
+            return Self { celery, plans: Vec::new() };
         };
-        Self { celery, plan }
+        let pools = std::iter::once((Some(PoolRef::default_pool(&celery)), scaling))
+            .chain(celery.spec.worker_groups.iter().zip(groups).map(|(g, scaling)| (PoolRef::group(&celery, &g.name), scaling)));
+        let plans = pools
+            .filter_map(|(pool, scaling)| match scaling {
+                Scaling::Policies { policies, min_replicas, max_replicas, tuning } => Some(Arc::new(Plan {
+                    celery: Arc::clone(&celery),
+                    pool: pool?,
+                    policies: policies.clone(),
+                    min_replicas: *min_replicas,
+                    max_replicas: *max_replicas,
+                    tuning: tuning.clone(),
+                })),
+                Scaling::Fixed { .. } => None,
+            })
+            .collect();
+        Self { celery, plans }
     }
 }
 
@@ -103,5 +154,45 @@ impl Default for Tuning {
             max_wait: Duration::from_secs(1800),
             drain: false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_hand_off_plans_each_autoscaled_pool() {
+        let mut celery: Celery = serde_yaml::from_str(
+            "
+apiVersion: celeryproject.org/v1alpha1
+kind: Celery
+metadata: {name: shop, namespace: prod}
+spec:
+  common: {appName: web, celeryApp: app, image: i}
+  workerSpec: {queues: celery}
+  workerGroups:
+  - {name: fixed, queues: a, numOfWorkers: 2}
+  - {name: scaled, queues: 'b, c', concurrency: 4, autoscaling: {policy: load, maxReplicas: 5}}
+",
+        )
+        .unwrap();
+        celery.metadata.uid = Some("uid".into());
+        let celery = Arc::new(celery);
+        let scaling = validate::validate(&celery.spec).unwrap();
+        let groups = validate::groups(&celery.spec).unwrap();
+        let handoff = Handoff::new(Arc::clone(&celery), Some((&scaling, &groups)));
+        // workerSpec's count is fixed, one group is too: one loop, the scaled group's.
+        assert_eq!(handoff.plans.len(), 1);
+        let plan = &handoff.plans[0];
+        let want = PoolRef {
+            group: Some("scaled".into()),
+            deployment: "web-celery-worker-scaled".into(),
+            queues: vec!["b".into(), "c".into()],
+            concurrency: 4,
+        };
+        assert_eq!(plan.pool, want);
+        assert_eq!((plan.min_replicas, plan.max_replicas), (1, 5));
+        assert!(Handoff::new(celery, None).plans.is_empty(), "an invalid spec stops every loop");
     }
 }

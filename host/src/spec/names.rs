@@ -79,6 +79,12 @@ pub const FIELD_MANAGER: &str = "celery-operator";
 /// Field manager of the worker `replicas` while a scaling policy decides them.
 pub const SCALER_MANAGER: &str = "celery-operator-autoscaler";
 
+/// Field manager of a worker group's autoscaler status (`status.workerGroups[name]`): one per
+/// group, since a server-side apply removes what its manager wrote before and left out.
+pub fn group_scaler_manager(group: &str) -> String {
+    format!("{SCALER_MANAGER}.{group}")
+}
+
 /// Names of the environment variables the operator itself adds to the worker and Flower
 /// containers, so validation can refuse a user variable that would collide with one.
 pub fn generated_env_names(celery_spec: &CelerySpec) -> Vec<&'static str> {

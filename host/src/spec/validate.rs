@@ -92,14 +92,7 @@ pub fn validate(spec: &CelerySpec) -> Result<Scaling, SpecError> {
         check_resources("spec.beat.resources", beat.resources.as_ref())?;
         check_extra_args("spec.beat.extraArgs", &beat.extra_args, BEAT_OPTIONS)?;
     }
-    // NB: refused until the autoscaler runs a loop per group, rather than accepted and never
-    // acted on.
-    if let Some(i) = groups(spec)?.iter().position(|g| matches!(g, Scaling::Policies { .. })) {
-        return Err(SpecError::new(
-            format!("spec.workerGroups[{i}].autoscaling"),
-            "this operator version does not autoscale worker groups yet; give the group numOfWorkers, or enabled: false",
-        ));
-    }
+    groups(spec)?;
     scaling(spec)
 }
 

@@ -27,6 +27,7 @@ use kube::api::{Api, ListParams, Patch, PatchParams};
 pub const TESTS: &[crate::TestCase] = &[
     ("worker_groups_and_beat_run_the_whole_app", false, |h| Box::pin(whole_app(h))),
     ("an_invalid_worker_group_is_refused_naming_the_field", false, |h| Box::pin(invalid_groups(h))),
+    ("each_worker_group_scales_on_its_own_queues", false, |h| Box::pin(groups_scale_apart(h))),
 ];
 
 /// The live (not deleting) pods of `ns` matching `selector`, by name.
@@ -283,5 +284,114 @@ spec:
     let c = wait_condition(&env.admin, &ns, "shop", DEGRADED, "True", INVALID_SPEC).await;
     let message = c.status.unwrap_or_default().conditions.into_iter().find(|c| c.type_ == DEGRADED).map(|c| c.message);
     assert!(message.as_deref().is_some_and(|m| m.starts_with("spec.workerGroups[1].name:")), "{message:?}");
+    operator.stop().await;
+}
+
+fn replicas_of(d: &k8s_openapi::api::apps::v1::Deployment) -> i32 {
+    d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1)
+}
+
+async fn wait_replicas(client: &Client, ns: &str, name: &str, want: i32) {
+    eventually(&format!("{name} at {want} replicas"), WAIT, || async {
+        let got = replicas_of(&deployment(client, ns, name).await?);
+        if got == want { Ok(()) } else { Err(format!("{got} replicas")) }
+    })
+    .await
+}
+
+/// Three autoscaled pools on one Redis, each on its own queue: a burst on the `reports` queue
+/// scales only the `reports` group; `workerSpec`'s workers and the `hooks` group hold. Each
+/// group's status shows its own queues and decision, and the events name the group. A group
+/// whose autoscaling is switched off gets its fixed count, and its autoscaler status goes.
+async fn groups_scale_apart(h: Arc<Harness>) {
+    let env = &h.env;
+    let (_redis, redis_port) = redis_server(&[]);
+    let broker = format!("redis://127.0.0.1:{redis_port}/0");
+    let ns = env.namespace("groupscale").await;
+    let operator = env.start_operator(&[&ns], None);
+    let scaling = "{policy: queue-length, settings: {target: '5'}, minReplicas: 1, maxReplicas: 4, \
+                   scaleDown: {stabilizationWindowSeconds: 0, maxStepPercent: 100, periodSeconds: 0}}";
+    let yaml = format!(
+        "
+apiVersion: celeryproject.org/v1alpha1
+kind: Celery
+metadata: {{name: shop}}
+spec:
+  common: {{appName: shop, celeryApp: 'app:celery_app', image: example-image}}
+  broker: {{url: '{broker}'}}
+  flowerSpec: {{enabled: false}}
+  workerSpec: {{queues: celery}}
+  autoscaling: {scaling}
+  workerGroups:
+  - {{name: reports, queues: reports, autoscaling: {scaling}}}
+  - {{name: hooks, queues: hooks, autoscaling: {scaling}}}
+"
+    );
+    create(&env.admin, &ns, &yaml).await.expect("created");
+    wait_condition(&env.admin, &ns, "shop", SCALING_ACTIVE, "True", POLICY_DECIDING).await;
+    let status = eventually("every group's autoscaler status", WAIT, || async {
+        let c = Api::<Celery>::namespaced(env.admin.clone(), &ns).get("shop").await.map_err(|e| e.to_string())?;
+        let s = c.status.unwrap_or_default();
+        if s.worker_groups.len() == 2 && s.worker_groups.iter().all(|g| g.autoscaler.is_some()) {
+            Ok(s)
+        } else {
+            Err(format!("{s:?}"))
+        }
+    })
+    .await;
+    let queues = |g: &celery_operator::crd::GroupStatus| -> Vec<String> {
+        g.autoscaler.iter().flat_map(|a| a.queues.iter().map(|q| q.name.clone())).collect()
+    };
+    assert_eq!(queues(&status.worker_groups[0]), ["reports"]);
+    assert_eq!(queues(&status.worker_groups[1]), ["hooks"]);
+    let own: Vec<String> = status.autoscaler.iter().flat_map(|a| a.queues.iter().map(|q| q.name.clone())).collect();
+    assert_eq!(own, ["celery"], "workerSpec's loop reads its own queue");
+    assert_eq!(status.worker_groups[0].policy.as_deref(), Some("queue-length"));
+
+    // 20 reports at 5 per worker: the reports group goes to 4, the others stay at 1.
+    let sent = Command::new(python())
+        .current_dir(repo_root().join("example"))
+        .env("CELERY_BROKER_URL", &broker)
+        .args(["producer.py", "--burst", "20", "--queue", "reports", "--duration", "0.1"])
+        .status()
+        .expect("runs the producer");
+    assert!(sent.success());
+    wait_replicas(&env.admin, &ns, "shop-celery-worker-reports", 4).await;
+    let c = eventually("the reports group's decision in its status", WAIT, || async {
+        let c = Api::<Celery>::namespaced(env.admin.clone(), &ns).get("shop").await.map_err(|e| e.to_string())?;
+        let reports = c.status.as_ref().and_then(|s| s.worker_groups.iter().find(|g| g.name == "reports").cloned());
+        let decided = reports.and_then(|g| g.autoscaler).and_then(|a| a.last_decision).map(|d| d.replicas);
+        if decided == Some(4) { Ok(c) } else { Err(format!("{decided:?}")) }
+    })
+    .await;
+    let status = c.status.expect("a status");
+    let hooks = status.worker_groups.iter().find(|g| g.name == "hooks").and_then(|g| g.autoscaler.clone()).expect("hooks");
+    assert_eq!(hooks.queues.iter().map(|q| (q.name.as_str(), q.backlog)).collect::<Vec<_>>(), [("hooks", Some(0))]);
+    assert_eq!(replicas_of(&deployment(&env.admin, &ns, "shop-celery-worker").await.expect("default")), 1);
+    assert_eq!(replicas_of(&deployment(&env.admin, &ns, "shop-celery-worker-hooks").await.expect("hooks")), 1);
+    assert_eq!(status.workers.map(|w| w.desired), Some(6), "the app's total");
+    let events = eventually("a ScaledUp event", WAIT, || crate::lifecycle::events_of(&env.admin, &ns, "shop", SCALED_UP)).await;
+    assert!(events.iter().all(|e| e.contains("\"worker group reports: 1 → ")), "{events:?}");
+
+    // The reports group's autoscaling off: its fixed count, and its autoscaler status cleared.
+    let groups = serde_json::json!([
+        {"name": "reports", "queues": "reports", "numOfWorkers": 2},
+        {"name": "hooks", "queues": "hooks", "autoscaling": {"policy": "queue-length", "settings": {"target": "5"}, "maxReplicas": 4}},
+    ]);
+    patch_spec(&env.admin, &ns, "shop", serde_json::json!({"workerGroups": groups})).await.expect("patched");
+    wait_replicas(&env.admin, &ns, "shop-celery-worker-reports", 2).await;
+    eventually("the reports group without autoscaler status", WAIT, || async {
+        let c = Api::<Celery>::namespaced(env.admin.clone(), &ns).get("shop").await.map_err(|e| e.to_string())?;
+        let s = c.status.unwrap_or_default();
+        let reports = s.worker_groups.iter().find(|g| g.name == "reports").cloned();
+        let hooks = s.worker_groups.iter().find(|g| g.name == "hooks").cloned();
+        match (reports, hooks) {
+            (Some(r), Some(h)) if r.autoscaler.is_none() && r.policy.as_deref() == Some("none") && h.autoscaler.is_some() => {
+                Ok(())
+            }
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
     operator.stop().await;
 }
