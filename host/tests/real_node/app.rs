@@ -434,6 +434,25 @@ async fn scale_in_idle_first(node: Arc<Node>) {
 
     // The policy asks for 2: the idle two go, for real.
     patch_autoscaling(&node, &ns, "batch", serde_json::json!({"minReplicas": 2, "maxReplicas": 2})).await;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let left: BTreeSet<String> = live_workers(&node, &ns).await;
+        if left.len() <= 2 {
+            if left != busy {
+                // What the operator saw and did, for the failure's diagnosis.
+                let logs = node.kubectl().args(["-n", crate::operator::NAMESPACE, "logs", "deployment/celery-operator"]).output();
+                let logs = logs.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
+                let ours: Vec<&str> = logs.lines().filter(|l| l.contains("real-scalein")).collect();
+                panic!(
+                    "the workers left are {left:?}, the busy ones {busy:?}; the operator's log of the app:\n{}",
+                    ours.join("\n")
+                );
+            }
+            break;
+        }
+        assert!(Instant::now() < deadline, "still {left:?} after 120 s");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     eventually("the idle workers' pods gone", Duration::from_secs(120), || async {
         let names: BTreeSet<String> = pods(&node, &ns, "worker").await.into_iter().filter_map(|p| p.metadata.name).collect();
         if names == busy { Ok(()) } else { Err(format!("worker pods {names:?}, busy {busy:?}")) }
