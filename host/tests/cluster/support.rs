@@ -145,6 +145,16 @@ impl ControlPlane {
     }
 }
 
+impl ControlPlane {
+    /// Stops everything it runs now (also when something still holds it): stopping is
+    /// idempotent, so its drop later does nothing more.
+    pub fn stop_now(&self) {
+        if let Err(e) = self.script("stop") {
+            eprintln!("{e}");
+        }
+    }
+}
+
 impl Drop for ControlPlane {
     fn drop(&mut self) {
         if let Err(e) = self.script("stop") {

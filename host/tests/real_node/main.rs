@@ -162,6 +162,11 @@ fn main() -> ExitCode {
     {
         n.control_plane.dump_logs();
     }
+    // NB: stopped explicitly, not by the last drop: a task a test left on the runtime may hold
+    // the node, and a real node left running (its bridge, its containers) stops the next run.
+    if let Some(n) = &node {
+        n.control_plane.stop_now();
+    }
     drop(node);
     conclusion.exit_code()
 }
