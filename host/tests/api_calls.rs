@@ -151,7 +151,8 @@ async fn the_scaler_takes_replicas_before_the_reconciler_lets_go() {
     let worker = worker_calls(&calls);
     assert_eq!(worker.len(), 3, "a read, the scale, the apply");
     assert!(worker[1].uri.contains("fieldManager=celery-operator-autoscaler"), "the scaler writes first");
-    assert_eq!(worker[1].body["spec"], json!({"replicas": 6}), "9 clamped to the new maximum");
+    // NB: not lowered to the maximum here: that is the autoscaling loop's, which chooses who goes.
+    assert_eq!(worker[1].body["spec"], json!({"replicas": 9}), "the count handed to the scaler as it is");
     assert!(worker[1].uri.contains("force=true"));
     assert!(worker[2].body["spec"].get("replicas").is_none(), "the reconciler leaves replicas to the scaler");
     assert_eq!(worker[2].body["spec"]["template"]["spec"]["containers"][0]["image"], "shop:1");

@@ -92,11 +92,14 @@ pub fn decide(
             failures.iter().map(|f| f.message.as_str()).collect::<Vec<_>>().join("; ")
         },
     };
+    let ceiling = bounds.max.max(bounds.min);
     match stabilize::combine(current, &bounded) {
         Verdict::All(best) | Verdict::UpOnKnown(best) => {
             let Ok(choice) = &answers[best] else { unreachable!("combine picks an answer") };
-            let target = damper.next(now_ms, current, choice.bounded);
-            let (health, reason) = if failures.is_empty() {
+            // NB: the damping of a scale-down never keeps the count above maxReplicas: a
+            // lowered bound applies at once (the window still holds the answers of before).
+            let target = damper.next(now_ms, current, choice.bounded).min(ceiling);
+            let (health, mut reason) = if failures.is_empty() {
                 (
                     Health { reason: POLICY_DECIDING, message: format!("{}: {}", choice.policy, choice.reason) },
                     choice.reason.clone(),
@@ -107,6 +110,9 @@ pub fn decide(
                 let reason = format!("{} (scaled up on the signals known; {})", choice.reason, health.message);
                 (health, reason)
             };
+            if target < current && target == ceiling && choice.bounded == ceiling && ceiling < choice.proposed {
+                reason = format!("{reason}; at most maxReplicas {ceiling}");
+            }
             Decision {
                 target,
                 health,
@@ -119,9 +125,13 @@ pub fn decide(
         }
         Verdict::Hold => {
             let health = failed();
-            let target = bounds.fallback.map_or(current, |f| f.clamp(bounds.min, bounds.max.max(bounds.min)).max(current));
+            let target = bounds.fallback.map_or(current, |f| f.clamp(bounds.min, ceiling).max(current));
+            // Missing data never lowers the count, but the user's bound does.
+            let target = target.min(ceiling);
             let reason = if target > current {
                 format!("raised to fallbackReplicas {target}: {}", health.message)
+            } else if target < current {
+                format!("lowered to maxReplicas {target}, no lower: {}", health.message)
             } else {
                 format!("holding {current} workers: {}", health.message)
             };
@@ -152,6 +162,28 @@ mod tests {
         let mut damper = Damper::new(Duration::from_secs(60), 50, Duration::from_secs(15));
         damper.seed(0, current, None);
         (damper, 120_000)
+    }
+
+    /// A lowered maxReplicas applies at once, whatever the window holds, also while the
+    /// figures are missing (which alone never lower the count).
+    #[test]
+    fn a_lowered_max_applies_at_once() {
+        let (mut damper, now) = settled(5);
+        // The window remembers 5; the policy still wants 5, bounded to the new maximum 2.
+        let _ = decide(now, 5, &[answer("queue", 5)], &mut damper, BOUNDS, "queue");
+        let bounds = Bounds { min: 1, max: 2, fallback: None };
+        let d = decide(
+            now + 1000,
+            5,
+            &[Ok(Choice { bounded: 2, proposed: 5, reason: "5 wanted".into(), policy: "queue".into() })],
+            &mut damper,
+            bounds,
+            "queue",
+        );
+        assert_eq!(d.target, 2, "{d:?}");
+        let held = decide(now + 2000, 5, &[failure(METRICS_UNAVAILABLE, "broker down")], &mut damper, bounds, "queue");
+        assert_eq!((held.target, held.held), (2, true), "{held:?}");
+        assert!(held.reason.starts_with("lowered to maxReplicas 2"), "{}", held.reason);
     }
 
     #[test]

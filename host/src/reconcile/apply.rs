@@ -165,9 +165,9 @@ fn pool_unchanged(cached: &Cached, celery: &Celery, group: Option<&WorkerGroup>,
     let worker = Cached::find(&cached.deployments, &name, &ns)?;
     let desired_worker = match *scaling {
         Scaling::Fixed { .. } => build_pool(celery, group, Some(scaling.initial_replicas(num_of_workers(celery, group)))).ok()?,
-        Scaling::Policies { min_replicas, max_replicas, .. } => {
+        Scaling::Policies { min_replicas, .. } => {
             let replicas = worker.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
-            if replicas != replicas.clamp(min_replicas, max_replicas) || !manages_replicas(&worker, SCALER_MANAGER) {
+            if replicas < min_replicas || !manages_replicas(&worker, SCALER_MANAGER) {
                 return None;
             }
             build_pool(celery, group, None).ok()?
@@ -411,9 +411,12 @@ where
 ///
 /// With a fixed count the reconciler owns `replicas`. With a scaling policy it leaves the
 /// field out, and [`SCALER_MANAGER`] owns it instead: a new Deployment starts at
-/// `numOfWorkers` clamped to the bounds, an existing one keeps its count unless it is out of
-/// bounds. NB: the scaler must own the field *before* the reconciler's apply drops it, or the
-/// API server would reset it to its default of 1 and kill workers for a moment.
+/// `numOfWorkers` clamped to the bounds, an existing one keeps its count unless it is below a
+/// raised `minReplicas`. One above a lowered `maxReplicas` is left to the autoscaling loop,
+/// which lowers it at its next sample choosing who goes (idle workers first, see
+/// [`crate::decide::scalein`]): a scale-down here would let Kubernetes pick the victims.
+/// NB: the scaler must own the field *before* the reconciler's apply drops it, or the API
+/// server would reset it to its default of 1 and kill workers for a moment.
 async fn apply_pool(
     api: &Api<Deployment>,
     celery: &Celery,
@@ -422,7 +425,7 @@ async fn apply_pool(
     current: Option<Deployment>,
 ) -> Result<Deployment, ApplyError> {
     let name = pool_name(celery, group);
-    let Scaling::Policies { min_replicas, max_replicas, .. } = *scaling else {
+    let Scaling::Policies { min_replicas, .. } = *scaling else {
         let replicas = scaling.initial_replicas(num_of_workers(celery, group));
         return apply_deployment(api, &build_pool(celery, group, Some(replicas))?, current.as_ref()).await;
     };
@@ -438,7 +441,7 @@ async fn apply_pool(
         }
         Some(existing) => {
             let replicas = existing.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
-            let bounded = replicas.clamp(min_replicas, max_replicas);
+            let bounded = replicas.max(min_replicas);
             if bounded != replicas || !manages_replicas(&existing, SCALER_MANAGER) {
                 scale(api, celery, &name, bounded).await?;
             }

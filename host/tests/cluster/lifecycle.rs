@@ -244,7 +244,8 @@ spec:
     assert_eq!(d.spec.unwrap().replicas, Some(4), "the reconciler does not fight the autoscaler");
     wait_condition(&env.admin, &ns, "shop", READY, "True", ALL_REPLICAS_READY).await;
 
-    // Lowering the bound below the current count clamps it.
+    // Lowering the bound below the current count clamps it (the autoscaling loop does, at once,
+    // also while it cannot read the queues: this app names no broker).
     celery
         .patch("shop", &PatchParams::default(), &Patch::Merge(serde_json::json!({"spec": {"autoscaling": {"maxReplicas": 3}}})))
         .await

@@ -147,7 +147,8 @@ async fn idle_first(h: Arc<Harness>) {
     assert_eq!(busy.len(), 2, "two workers run a long task each: {busy:?}");
     let idle: BTreeSet<String> = pods.iter().filter(|p| !busy.contains(*p)).cloned().collect();
 
-    patch_autoscaling(&env.admin, &ns, "idle", serde_json::json!({ "minReplicas": 2 })).await;
+    // Both bounds: a lowered maxReplicas is carried out by the loop, which chooses who goes.
+    patch_autoscaling(&env.admin, &ns, "idle", serde_json::json!({ "minReplicas": 2, "maxReplicas": 2 })).await;
     let left = wait_pods(&env.admin, &ns, "idle", 2).await;
     assert_eq!(left.into_iter().collect::<BTreeSet<_>>(), busy, "the busy workers stay");
     eventually("the idle workers terminated", WAIT, || async {

@@ -441,10 +441,27 @@ async fn scale_in_idle_first(node: Arc<Node>) {
             if left != busy {
                 // What the operator saw and did, for the failure's diagnosis.
                 let logs = node.kubectl().args(["-n", crate::operator::NAMESPACE, "logs", "deployment/celery-operator"]).output();
-                let logs = logs.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
-                let ours: Vec<&str> = logs.lines().filter(|l| l.contains("real-scalein")).collect();
+                let logs = logs
+                    .map(|o| format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)))
+                    .unwrap_or_default();
+                let ours: Vec<&str> = logs.lines().filter(|l| l.contains(&ns) || !l.starts_with('{')).collect();
+                let decision = autoscaler(&node, &ns, "batch").await.last_decision;
+                let states: Vec<String> = pods(&node, &ns, "worker")
+                    .await
+                    .iter()
+                    .map(|p| {
+                        let cost =
+                            p.metadata.annotations.as_ref().and_then(|a| a.get("controller.kubernetes.io/pod-deletion-cost"));
+                        format!(
+                            "{:?} ready={} deleting={} cost={cost:?}",
+                            p.metadata.name,
+                            ready(p),
+                            p.metadata.deletion_timestamp.is_some()
+                        )
+                    })
+                    .collect();
                 panic!(
-                    "the workers left are {left:?}, the busy ones {busy:?}; the operator's log of the app:\n{}",
+                    "the workers left are {left:?}, the busy ones {busy:?}; pods {states:#?}; decision {decision:?}; the operator's log:\n{}",
                     ours.join("\n")
                 );
             }
