@@ -40,10 +40,12 @@ use serde::{Deserialize, Serialize};
     printcolumn = r#"{"name":"Policy","type":"string","description":"Scaling policy in effect","jsonPath":".status.policy"}"#,
     printcolumn = r#"{"name":"Backlog","type":"integer","description":"Messages waiting in the worker queues at the last sample","jsonPath":".status.queueBacklog"}"#,
     printcolumn = r#"{"name":"Status","type":"string","description":"Reason of the Ready condition","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    scale(spec_replicas_path = ".spec.workerSpec.numOfWorkers", status_replicas_path = ".status.replicas")
 )]
 #[serde(rename_all = "camelCase")]
 #[schemars(transform = kubernetes_formats_only)]
+#[x_kube(validation = Rule::new(HAND_SCALED_RULE).message(HAND_SCALED_MESSAGE))]
 pub struct CelerySpec {
     /// Settings shared by the worker and Flower pods: the application, its image and where it
     /// runs.
@@ -96,6 +98,21 @@ pub struct CelerySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub beat: Option<Beat>,
 }
+
+/// `kubectl scale celery` (the scale subresource writes `workerSpec.numOfWorkers`) and any
+/// other change of `numOfWorkers` are refused while a scaling policy decides the count, before
+/// and after the change: it would do nothing. Enabling autoscaling with a new starting count in
+/// one edit stays allowed.
+/// In CEL: not (autoscaled before and after: `autoscaling` on, or without it a worker entry in
+/// `scaleTargetRef`), or `numOfWorkers` (1 by default) unchanged.
+const HAND_SCALED_RULE: &str = concat!(
+    "!((has(oldSelf.autoscaling) ? (!has(oldSelf.autoscaling.enabled) || oldSelf.autoscaling.enabled) : (has(oldSelf.scaleTargetRef) && oldSelf.scaleTargetRef.exists(t, t.kind == 'worker')))\n",
+    "  && (has(self.autoscaling) ? (!has(self.autoscaling.enabled) || self.autoscaling.enabled) : (has(self.scaleTargetRef) && self.scaleTargetRef.exists(t, t.kind == 'worker'))))\n",
+    "|| (has(self.workerSpec) && has(self.workerSpec.numOfWorkers) ? self.workerSpec.numOfWorkers : 1)\n",
+    "   == (has(oldSelf.workerSpec) && has(oldSelf.workerSpec.numOfWorkers) ? oldSelf.workerSpec.numOfWorkers : 1)"
+);
+const HAND_SCALED_MESSAGE: &str = "workerSpec.numOfWorkers (what kubectl scale sets) has no effect while a scaling policy decides the \
+     worker count: change spec.autoscaling's minReplicas/maxReplicas, or set its enabled to false, instead";
 
 /// Most worker groups of one app: each is a Deployment and, when autoscaled, a policy call per
 /// interval.
@@ -921,6 +938,11 @@ pub struct CeleryStatus {
     /// `workerGroups`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workers: Option<ReplicaStatus>,
+
+    /// Replicas of `workerSpec`'s Deployment, as its status counts them: what `kubectl scale
+    /// celery` and `kubectl get --subresource=scale` read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<i32>,
 
     /// Each of `spec.workerGroups`: its replica counts, its policy and what its autoscaler
     /// measured and decided last.

@@ -70,6 +70,7 @@ pub fn compute(celery: &Celery, outcome: &Outcome<'_>, now: &Time) -> CeleryStat
                 (true, reason, message.clone()),
             ),
             workers: old.workers,
+            replicas: old.replicas,
             worker_groups: old.worker_groups.into_iter().map(|g| GroupStatus { autoscaler: None, ..g }).collect(),
             beat: old.beat,
             flower: old.flower,
@@ -126,6 +127,7 @@ pub fn compute(celery: &Celery, outcome: &Outcome<'_>, now: &Time) -> CeleryStat
                 observed_generation: generation,
                 conditions: conditions_at(ready, progressing, degraded),
                 workers: Some(workers),
+                replicas: Some(worker.status.as_ref().and_then(|s| s.replicas).unwrap_or(0)),
                 worker_groups: groups
                     .iter()
                     .map(|g| GroupStatus {

@@ -28,6 +28,7 @@ pub const TESTS: &[crate::TestCase] = &[
     ("worker_groups_and_beat_run_the_whole_app", false, |h| Box::pin(whole_app(h))),
     ("an_invalid_worker_group_is_refused_naming_the_field", false, |h| Box::pin(invalid_groups(h))),
     ("each_worker_group_scales_on_its_own_queues", false, |h| Box::pin(groups_scale_apart(h))),
+    ("kubectl_scale_sets_the_default_workers_unless_a_policy_decides", false, |h| Box::pin(kubectl_scale(h))),
 ];
 
 /// The live (not deleting) pods of `ns` matching `selector`, by name.
@@ -393,5 +394,58 @@ spec:
         }
     })
     .await;
+    operator.stop().await;
+}
+
+/// `kubectl scale celery NAME --replicas N` sets `workerSpec.numOfWorkers` (the scale
+/// subresource) and the workers follow; with a policy deciding the count it is refused, saying
+/// why; switching the policy on with a new starting count in one edit is allowed.
+async fn kubectl_scale(h: Arc<Harness>) {
+    let env = &h.env;
+    let ns = env.namespace("kscale").await;
+    let operator = env.start_operator(&[&ns], None);
+    let yaml = "
+apiVersion: celeryproject.org/v1alpha1
+kind: Celery
+metadata: {name: shop}
+spec:
+  common: {appName: shop, celeryApp: 'app:celery_app', image: example-image}
+  flowerSpec: {enabled: false}
+  workerSpec: {numOfWorkers: 1}
+";
+    create(&env.admin, &ns, yaml).await.expect("created");
+    wait_replicas(&env.admin, &ns, "shop-celery-worker", 1).await;
+    let kubectl = |args: &[&str]| {
+        Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(h.control_plane.admin_kubeconfig())
+            .args(["-n", &ns])
+            .args(args)
+            .output()
+            .expect("runs kubectl")
+    };
+    let out = kubectl(&["scale", "celery/shop", "--replicas=3"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    wait_replicas(&env.admin, &ns, "shop-celery-worker", 3).await;
+    let c = Api::<Celery>::namespaced(env.admin.clone(), &ns).get("shop").await.expect("the app");
+    assert_eq!(c.spec.worker_spec.num_of_workers, 3);
+    eventually("the scale subresource's status count", WAIT, || async {
+        let out = kubectl(&["get", "celery/shop", "--subresource=scale", "-o", "jsonpath={.status.replicas}"]);
+        let got = String::from_utf8_lossy(&out.stdout).into_owned();
+        if got == "3" { Ok(()) } else { Err(got) }
+    })
+    .await;
+
+    // A policy on, with a new starting count, in one edit: allowed.
+    let autoscaled = serde_json::json!({
+        "workerSpec": {"numOfWorkers": 2},
+        "autoscaling": {"policy": "queue-length", "minReplicas": 1, "maxReplicas": 4},
+    });
+    patch_spec(&env.admin, &ns, "shop", autoscaled).await.expect("switching the policy on with a starting count");
+    // While it decides, kubectl scale is refused, and says why.
+    let out = kubectl(&["scale", "celery/shop", "--replicas=4"]);
+    assert!(!out.status.success(), "kubectl scale of an autoscaled app succeeded");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("has no effect while a scaling policy decides"), "{said}");
     operator.stop().await;
 }
