@@ -671,7 +671,16 @@ cmd_restart_apiserver() {
   running etcd || die "etcd is not running in $STATE"
   stop_components kube-apiserver
   start_apiserver
+  restart_kwok
   log "kube-apiserver restarted on https://127.0.0.1:$APISERVER_PORT"
+}
+
+# NB: kwok's pod watch did not always come back after the API server went away (the cluster
+# tests then waited minutes for new pods to run, twice in three runs): kwok, which stands in for
+# the nodes' kubelets, starts afresh with the API server and lists everything again.
+restart_kwok() {
+  stop_components kwok
+  start_kwok
 }
 
 cmd_stop_apiserver() {
@@ -683,7 +692,10 @@ cmd_stop_apiserver() {
 cmd_start_apiserver() {
   load_cluster_env
   running etcd || die "etcd is not running in $STATE"
-  running kube-apiserver || start_apiserver
+  if ! running kube-apiserver; then
+    start_apiserver
+    restart_kwok
+  fi
   log "kube-apiserver started on https://127.0.0.1:$APISERVER_PORT"
 }
 

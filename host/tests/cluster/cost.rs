@@ -107,8 +107,9 @@ spec:
             .get("quiet")
             .await
             .map_err(|e| e.to_string())?;
-        let ready = c.status.unwrap_or_default().conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True");
-        ready.then_some(()).ok_or("not ready".to_string())
+        let status = c.status.unwrap_or_default();
+        let ready = status.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True");
+        ready.then_some(()).ok_or_else(|| format!("not ready: {:?}", status.conditions))
     })
     .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
