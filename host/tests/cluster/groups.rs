@@ -31,6 +31,22 @@ pub const TESTS: &[crate::TestCase] = &[
     ("kubectl_scale_sets_the_default_workers_unless_a_policy_decides", false, |h| Box::pin(kubectl_scale(h))),
 ];
 
+/// The test's app, `shop`.
+async fn shop(client: &Client, ns: &str) -> Result<Celery, String> {
+    Api::<Celery>::namespaced(client.clone(), ns).get("shop").await.map_err(|e| e.to_string())
+}
+
+/// Waits until the Deployment `name` no longer exists.
+async fn wait_gone(client: &Client, ns: &str, name: &str) {
+    eventually(&format!("Deployment {name} gone"), WAIT, || async {
+        match deployment(client, ns, name).await {
+            Err(_) => Ok(()),
+            Ok(_) => Err("still there".to_string()),
+        }
+    })
+    .await
+}
+
 /// The live (not deleting) pods of `ns` matching `selector`, by name.
 async fn live_pods(client: &Client, ns: &str, selector: &str) -> BTreeSet<String> {
     let api: Api<Pod> = Api::namespaced(client.clone(), ns);
@@ -173,7 +189,7 @@ spec:
     assert_eq!(groups, [("periodic".to_string(), Some(1)), ("spare".to_string(), Some(2))]);
     assert!(status.worker_groups.iter().all(|g| g.policy.as_deref() == Some("none")));
     let c = eventually("beat Ready in the status", WAIT, || async {
-        let c = Api::<Celery>::namespaced(env.admin.clone(), &ns).get("shop").await.map_err(|e| e.to_string())?;
+        let c = shop(&env.admin, &ns).await?;
         match c.status.as_ref().and_then(|s| s.beat.clone()) {
             Some(b) if b.ready && b.last_restart.is_some() => Ok(c),
             other => Err(format!("{other:?}")),
@@ -205,7 +221,7 @@ spec:
     assert_eq!(beats.most_processes.load(Ordering::Relaxed), 1, "never two beats running");
     assert_eq!(beats.started.lock().unwrap().len(), 2, "one beat, then its replacement");
     eventually("beat's restart in the status", WAIT, || async {
-        let c = Api::<Celery>::namespaced(env.admin.clone(), &ns).get("shop").await.map_err(|e| e.to_string())?;
+        let c = shop(&env.admin, &ns).await?;
         match c.status.and_then(|s| s.beat).and_then(|b| b.last_restart) {
             Some(t) if t != first_start => Ok(()),
             other => Err(format!("{other:?}")),
@@ -223,18 +239,12 @@ spec:
     )
     .await
     .expect("patched");
-    eventually("the spare group's Deployment gone", WAIT, || async {
-        match deployment(&env.admin, &ns, "shop-celery-worker-spare").await {
-            Err(_) => Ok(()),
-            Ok(_) => Err("still there".to_string()),
-        }
-    })
-    .await;
+    wait_gone(&env.admin, &ns, "shop-celery-worker-spare").await;
     wait_pods(&env.admin, &ns, "celeryproject.org/worker-group=spare", 0).await;
     let periodic_after = deployment(&env.admin, &ns, "shop-celery-worker-periodic").await.expect("periodic");
     assert_eq!(periodic_after.metadata.generation, periodic_before.metadata.generation, "the other group is untouched");
     eventually("the status without the spare group", WAIT, || async {
-        let c = Api::<Celery>::namespaced(env.admin.clone(), &ns).get("shop").await.map_err(|e| e.to_string())?;
+        let c = shop(&env.admin, &ns).await?;
         let s = c.status.unwrap_or_default();
         let names: Vec<String> = s.worker_groups.iter().map(|g| g.name.clone()).collect();
         match (names.as_slice(), s.workers.map(|w| w.desired)) {
@@ -246,13 +256,7 @@ spec:
 
     // Beat off: its Deployment goes.
     patch_spec(&env.admin, &ns, "shop", serde_json::json!({"beat": {"enabled": false}})).await.expect("patched");
-    eventually("the beat Deployment gone", WAIT, || async {
-        match deployment(&env.admin, &ns, "shop-celery-beat").await {
-            Err(_) => Ok(()),
-            Ok(_) => Err("still there".to_string()),
-        }
-    })
-    .await;
+    wait_gone(&env.admin, &ns, "shop-celery-beat").await;
     operator.stop().await;
 }
 
@@ -331,7 +335,7 @@ spec:
     create(&env.admin, &ns, &yaml).await.expect("created");
     wait_condition(&env.admin, &ns, "shop", SCALING_ACTIVE, "True", POLICY_DECIDING).await;
     let status = eventually("every group's autoscaler status", WAIT, || async {
-        let c = Api::<Celery>::namespaced(env.admin.clone(), &ns).get("shop").await.map_err(|e| e.to_string())?;
+        let c = shop(&env.admin, &ns).await?;
         let s = c.status.unwrap_or_default();
         if s.worker_groups.len() == 2 && s.worker_groups.iter().all(|g| g.autoscaler.is_some()) {
             Ok(s)
@@ -359,7 +363,7 @@ spec:
     assert!(sent.success());
     wait_replicas(&env.admin, &ns, "shop-celery-worker-reports", 4).await;
     let c = eventually("the reports group's decision in its status", WAIT, || async {
-        let c = Api::<Celery>::namespaced(env.admin.clone(), &ns).get("shop").await.map_err(|e| e.to_string())?;
+        let c = shop(&env.admin, &ns).await?;
         let reports = c.status.as_ref().and_then(|s| s.worker_groups.iter().find(|g| g.name == "reports").cloned());
         let decided = reports.and_then(|g| g.autoscaler).and_then(|a| a.last_decision).map(|d| d.replicas);
         if decided == Some(4) { Ok(c) } else { Err(format!("{decided:?}")) }
@@ -370,7 +374,12 @@ spec:
     assert_eq!(hooks.queues.iter().map(|q| (q.name.as_str(), q.backlog)).collect::<Vec<_>>(), [("hooks", Some(0))]);
     assert_eq!(replicas_of(&deployment(&env.admin, &ns, "shop-celery-worker").await.expect("default")), 1);
     assert_eq!(replicas_of(&deployment(&env.admin, &ns, "shop-celery-worker-hooks").await.expect("hooks")), 1);
-    assert_eq!(status.workers.map(|w| w.desired), Some(6), "the app's total");
+    // The reconciler writes the totals after the Deployment's change reaches its watch.
+    eventually("the app's total of 6 workers", WAIT, || async {
+        let total = shop(&env.admin, &ns).await?.status.and_then(|s| s.workers).map(|w| w.desired);
+        if total == Some(6) { Ok(()) } else { Err(format!("{total:?}")) }
+    })
+    .await;
     let events = eventually("a ScaledUp event", WAIT, || crate::lifecycle::events_of(&env.admin, &ns, "shop", SCALED_UP)).await;
     assert!(events.iter().all(|e| e.contains("\"worker group reports: 1 → ")), "{events:?}");
 
@@ -382,7 +391,7 @@ spec:
     patch_spec(&env.admin, &ns, "shop", serde_json::json!({"workerGroups": groups})).await.expect("patched");
     wait_replicas(&env.admin, &ns, "shop-celery-worker-reports", 2).await;
     eventually("the reports group without autoscaler status", WAIT, || async {
-        let c = Api::<Celery>::namespaced(env.admin.clone(), &ns).get("shop").await.map_err(|e| e.to_string())?;
+        let c = shop(&env.admin, &ns).await?;
         let s = c.status.unwrap_or_default();
         let reports = s.worker_groups.iter().find(|g| g.name == "reports").cloned();
         let hooks = s.worker_groups.iter().find(|g| g.name == "hooks").cloned();
