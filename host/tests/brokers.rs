@@ -514,3 +514,75 @@ async fn remote_control_stops_and_resumes_a_real_worker() {
         "nobody listens on the unprefixed channel"
     );
 }
+
+/// The calls of a Redis command the server has answered since it started.
+async fn calls(raw: &mut redis::aio::MultiplexedConnection, command: &str) -> u64 {
+    let info: String = redis::cmd("INFO").arg("commandstats").query_async(raw).await.expect("INFO");
+    let prefix = format!("cmdstat_{command}:calls=");
+    info.lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |n| n.parse().expect("a count"))
+}
+
+/// An app's loops (its workerSpec and two worker groups) share one reader: three loops asking
+/// within the freshness window cost one round trip for all their queues (one EVAL: the queue
+/// read is one pipeline with one script), and each gets its own queues, in its own order.
+#[tokio::test]
+async fn the_loops_of_one_app_share_one_broker_read() {
+    use celery_operator::autoscale::reader::AppReader;
+    let (server, port) = redis_server(&[]);
+    let url = format!("redis://127.0.0.1:{port}/0");
+    let client = redis::Client::open(url.as_str()).expect("client");
+    let mut raw = client.get_multiplexed_async_connection().await.expect("connects");
+    for (queue, n) in [("default", 3), ("reports", 2)] {
+        for _ in 0..n {
+            let _: i64 = redis::cmd("LPUSH").arg(queue).arg("{}").query_async(&mut raw).await.expect("LPUSH");
+        }
+    }
+    let celery: celery_operator::crd::Celery = serde_yaml::from_str(&format!(
+        "
+apiVersion: celeryproject.org/v1alpha1
+kind: Celery
+metadata: {{name: shop, namespace: web}}
+spec:
+  common: {{appName: shop, celeryApp: 'app:celery_app', image: img}}
+  broker: {{url: '{url}'}}
+"
+    ))
+    .expect("parses");
+    // Never used: the broker URL is inline, so no Secret is read.
+    let kube = kube::Client::try_from(kube::Config::new("http://127.0.0.1:9".parse().expect("URL"))).expect("client");
+    let mut reader = AppReader::new(kube, &celery, options());
+    reader.want(None, Some(&names(&["default"])));
+    reader.want(Some("reports"), Some(&names(&["reports", "default"])));
+    reader.want(Some("webhooks"), Some(&names(&["webhooks"])));
+    reader.want(Some("cpu-only"), None);
+
+    let before = calls(&mut raw, "eval").await;
+    let (fresh, interval) = (Duration::from_secs(600), Duration::from_secs(1));
+    let default = reader.queues(&names(&["default"]), fresh, interval).await.expect("reads");
+    let reports = reader.queues(&names(&["reports", "default"]), fresh, interval).await.expect("reads");
+    let webhooks = reader.queues(&names(&["webhooks"]), fresh, interval).await.expect("reads");
+    assert_eq!(calls(&mut raw, "eval").await - before, 1, "one round trip for the three loops");
+    // Each queue once: its four lists, one per priority step of kombu's default [0, 3, 6, 9].
+    assert_eq!(calls(&mut raw, "llen").await, 3 * 4, "each queue read once");
+    assert_eq!(default, [stats("default", 3, 0, None)]);
+    assert_eq!(reports, [stats("reports", 2, 0, None), stats("default", 3, 0, None)]);
+    assert_eq!(webhooks, [stats("webhooks", 0, 0, None)]);
+
+    // A read older than the window is made again, still for all of them.
+    let again = reader.queues(&names(&["webhooks"]), Duration::ZERO, interval).await.expect("reads");
+    assert_eq!(again, [stats("webhooks", 0, 0, None)]);
+    assert_eq!(calls(&mut raw, "eval").await - before, 2);
+    assert_eq!(calls(&mut raw, "llen").await, 2 * 3 * 4);
+
+    // A broker that does not answer is backed off once for the app: the next loop gets the
+    // failure without a request of its own, and with when it is tried again.
+    drop(server);
+    let failed = reader.queues(&names(&["default"]), Duration::ZERO, interval).await.unwrap_err();
+    assert!(failed.starts_with("spec.broker: broker redis://127.0.0.1:"), "{failed}");
+    assert!(reader.retry_at().is_some(), "backing off");
+    let second = reader.queues(&names(&["reports"]), Duration::ZERO, interval).await.unwrap_err();
+    assert_eq!(second, failed, "the same failure, not another attempt");
+}

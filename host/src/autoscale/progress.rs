@@ -8,6 +8,7 @@
 //! loop one timeout per retry, not one per tick.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::crd::{Celery, SecretKeyRef};
@@ -97,15 +98,51 @@ pub enum Change {
     Recovered,
 }
 
+/// Flower's online workers at one read.
+#[derive(Debug, Default)]
+struct Workers {
+    /// Tasks in progress by worker hostname (its pod's name).
+    active: HashMap<String, u32>,
+    /// Tasks prefetched (received, not started) by worker hostname.
+    reserved: HashMap<String, u32>,
+}
+
+/// What Flower said at its last read, as one loop uses it through a tick (cheap to take: the
+/// figures are shared, not copied).
+#[derive(Debug)]
+pub struct View {
+    workers: Arc<Workers>,
+    figures: Result<(), String>,
+}
+
+impl View {
+    /// Sets each pod's tasks in progress: unknown for a pod Flower has no online worker for.
+    pub fn fill(&self, pods: &mut [PodSample]) {
+        for pod in pods {
+            pod.active_tasks = self.workers.active.get(&pod.name).copied();
+        }
+    }
+
+    /// Whether the read gave per-worker figures, or why not (for a scale-down's reason: without
+    /// them Kubernetes chooses which workers go).
+    pub fn figures(&self) -> Result<(), &str> {
+        self.figures.as_ref().map(|_| ()).map_err(String::as_str)
+    }
+
+    /// A worker pod's running and prefetched tasks, when Flower has an online worker for it.
+    pub fn load(&self, pod: &str) -> Option<scalein::Load> {
+        let running = *self.workers.active.get(pod)?;
+        Some(scalein::Load { running, reserved: self.workers.reserved.get(pod).copied().unwrap_or(0) })
+    }
+}
+
 /// One app's Flower and what it last said.
 #[derive(Default)]
 pub struct Progress {
     source: Option<Source>,
     client: Option<Flower>,
-    /// Tasks in progress by worker hostname (its pod's name), online workers only.
-    active: HashMap<String, u32>,
-    /// Tasks prefetched (received, not started) by worker hostname, online workers only.
-    reserved: HashMap<String, u32>,
+    /// The online workers as last read, shared with the loops' [`View`]s.
+    workers: Arc<Workers>,
     last_read: Option<Instant>,
     failing: Option<String>,
     /// The failure last reported, so it is reported once.
@@ -145,21 +182,20 @@ impl Progress {
         };
         match read {
             Ok(workers) => {
-                self.active.clear();
-                self.reserved.clear();
+                let mut online = Workers::default();
                 for w in workers.iter().filter(|w| w.online) {
                     if let Some(active) = w.active {
-                        self.active.insert(hostname(&w.name).to_string(), active);
-                        self.reserved.insert(hostname(&w.name).to_string(), w.prefetched.unwrap_or(0));
+                        online.active.insert(hostname(&w.name).to_string(), active);
+                        online.reserved.insert(hostname(&w.name).to_string(), w.prefetched.unwrap_or(0));
                     }
                 }
+                self.workers = Arc::new(online);
                 self.answered = true;
                 self.failing = None;
                 self.reported.take().map(|_| Change::Recovered)
             }
             Err(message) => {
-                self.active.clear();
-                self.reserved.clear();
+                self.workers = Arc::default();
                 self.failing = Some(message.clone());
                 let starting = !self.answered && self.first_asked.is_some_and(|at| at.elapsed() < STARTING);
                 if starting || self.reported.as_ref() == Some(&message) {
@@ -171,29 +207,19 @@ impl Progress {
         }
     }
 
-    /// Sets each pod's tasks in progress from the last read: unknown for a pod Flower has no
-    /// online worker for.
-    pub fn fill(&self, pods: &mut [PodSample]) {
-        for pod in pods {
-            pod.active_tasks = self.active.get(&pod.name).copied();
-        }
+    /// What the last read said, for one tick of a loop.
+    pub fn view(&self) -> View {
+        View { workers: Arc::clone(&self.workers), figures: self.figures() }
     }
 
-    /// Whether the last read of Flower gave per-worker figures, or why not (for a scale-down's
-    /// reason: without them Kubernetes chooses which workers go).
-    pub fn figures(&self) -> Result<(), String> {
+    /// Whether the last read of Flower gave per-worker figures, or why not.
+    fn figures(&self) -> Result<(), String> {
         match (&self.source, &self.failing) {
             (None, _) => Err("no Flower: flowerSpec is off and spec.autoscaling.flowerUrl is not set".into()),
             (Some(_), Some(failing)) => Err(failing.clone()),
             (Some(_), None) if !self.answered => Err("Flower has not answered yet".into()),
             (Some(_), None) => Ok(()),
         }
-    }
-
-    /// A worker pod's running and prefetched tasks, when Flower has an online worker for it.
-    pub fn load(&self, pod: &str) -> Option<scalein::Load> {
-        let running = *self.active.get(pod)?;
-        Some(scalein::Load { running, reserved: self.reserved.get(pod).copied().unwrap_or(0) })
     }
 
     /// The backlog of `queues` as Flower measures it, for an app whose broker only Flower
@@ -326,7 +352,9 @@ spec:
     #[test]
     fn pods_get_the_tasks_of_their_online_worker_only() {
         let mut progress = Progress::default();
-        progress.active.insert("shop-celery-worker-a".into(), 3);
+        let mut online = Workers::default();
+        online.active.insert("shop-celery-worker-a".into(), 3);
+        progress.workers = Arc::new(online);
         let pod = |name: &str| PodSample {
             name: name.into(),
             ready: true,
@@ -337,7 +365,7 @@ spec:
             active_tasks: Some(99),
         };
         let mut pods = vec![pod("shop-celery-worker-a"), pod("shop-celery-worker-b")];
-        progress.fill(&mut pods);
+        progress.view().fill(&mut pods);
         assert_eq!((pods[0].active_tasks, pods[1].active_tasks), (Some(3), None));
     }
 
@@ -347,15 +375,15 @@ spec:
         let mut progress = Progress::default();
         let source = Source { url: format!("http://127.0.0.1:{port}"), basic_auth: None, field: "spec.autoscaling.flowerUrl" };
         progress.reconfigure(Some(source));
-        progress.active.insert("stale".into(), 1);
+        progress.workers = Arc::new(Workers { active: [("stale".to_string(), 1)].into(), reserved: HashMap::new() });
         let no_secret = async |_: &SecretKeyRef| -> Result<String, String> { unreachable!("no Secret named") };
         assert_eq!(progress.refresh(no_secret).await, None, "a Flower that never answered may still be starting");
-        assert!(progress.active.is_empty(), "figures from before the failure are dropped");
+        assert!(progress.workers.active.is_empty(), "figures from before the failure are dropped");
         progress.first_asked = Some(Instant::now() - STARTING);
         progress.last_read = Some(Instant::now() - RETRY_AFTER);
         let Some(Change::Failed(message)) = progress.refresh(no_secret).await else { panic!("nothing listens") };
         assert!(message.starts_with("spec.autoscaling.flowerUrl: Flower http://127.0.0.1"), "{message}");
-        assert!(progress.active.is_empty(), "figures from before the failure are dropped");
+        assert!(progress.workers.active.is_empty(), "figures from before the failure are dropped");
         assert_eq!(progress.refresh(no_secret).await, None, "not retried before RETRY_AFTER");
         progress.last_read = Some(Instant::now() - RETRY_AFTER);
         assert_eq!(progress.refresh(no_secret).await, None, "the same failure is not reported twice");

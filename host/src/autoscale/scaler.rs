@@ -17,31 +17,30 @@
 //! event says so. Missing data never scales an app down.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ObjectReference, Pod, Secret};
+use k8s_openapi::api::core::v1::{ObjectReference, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, Resource, ResourceExt};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Mutex, mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use super::cluster::{ClusterView, PodState};
-use super::progress::{self, Progress};
+use super::progress::{self, View};
+use super::reader::{self, AppReader};
 use super::sampler;
 use crate::conditions::*;
-use crate::crd::{
-    AutoscalerStatus, BusyWorkers, Celery, CelerySpec, DecisionStatus, ScaleInStatus, SecretKeyRef, TransportOptions,
-};
+use crate::crd::{AutoscalerStatus, BusyWorkers, Celery, DecisionStatus, ScaleInStatus};
 use crate::decide::stabilize::Damper;
 use crate::decide::{self, Bounds, Choice, Health, scalein};
 use crate::leader::Leadership;
-use crate::metrics::{self, Broker, BrokerError, BrokerOptions, QueueStats, RedisLayout, control};
+use crate::metrics::{BrokerOptions, QueueStats, control};
 use crate::policy::check::PolicyCheck;
 use crate::policy::{CallLimits, HISTORY, PolicyInput, Sample};
 use crate::report::{self, Writer};
@@ -63,10 +62,6 @@ const STATUS_REFRESH_HELD: Duration = Duration::from_secs(300);
 const STATUS_REFRESH_MOVING: Duration = Duration::from_secs(2);
 /// How long the worker Deployment may be missing before the loop reports it.
 const MISSING_GRACE: Duration = Duration::from_secs(30);
-/// The longest pause between two reads of a broker (or Flower) that does not answer.
-const BROKER_RETRY_MAX: Duration = Duration::from_secs(60);
-/// A Secret holding the broker URL is read again at most this often after a failed read.
-const SECRET_RETRY: Duration = Duration::from_secs(10);
 /// How often the set of loops is checked against the controllers' caches for deleted apps.
 const SWEEP: Duration = Duration::from_secs(2);
 /// How long the loop waits for the pod watch to show the deletion costs it wrote.
@@ -84,6 +79,9 @@ pub struct Autoscaler {
     /// Loops told to stop, still clearing what they wrote: a loop started again for the same
     /// pool waits for its predecessor, so the clearing cannot land after its first status.
     retiring: HashMap<LoopKey, JoinHandle<()>>,
+    /// The broker and Flower of each app (of the UID given), shared by the app's loops; it
+    /// goes with the last of them.
+    readers: HashMap<ObjectRef<Celery>, (String, Weak<Mutex<AppReader>>)>,
 }
 
 /// One loop's pool: the app, and the worker group (`None` for `workerSpec`'s workers).
@@ -127,7 +125,7 @@ impl Autoscaler {
             broker: BrokerOptions::default(),
             leadership,
         };
-        Self { shared: Arc::new(shared), apps, loops: HashMap::new(), retiring: HashMap::new() }
+        Self { shared: Arc::new(shared), apps, loops: HashMap::new(), retiring: HashMap::new(), readers: HashMap::new() }
     }
 
     /// Takes the reconciler's hand-offs until it drops its end (or this future is dropped),
@@ -194,9 +192,10 @@ impl Autoscaler {
         }
         match plan {
             Some(plan) => {
+                let reader = self.reader(&key.0, uid, celery);
                 let (tx, rx) = watch::channel(Some(plan));
                 let predecessor = self.retiring.remove(&key);
-                let task = tokio::spawn(run(Arc::clone(&self.shared), rx, predecessor));
+                let task = tokio::spawn(run(Arc::clone(&self.shared), rx, predecessor, reader));
                 self.loops.insert(key, Running { uid: uid.to_string(), plan: tx, task });
             }
             None if written_by_a_loop(celery, key.1.as_deref()) && !self.retiring.contains_key(&key) => {
@@ -218,6 +217,19 @@ impl Autoscaler {
         }
     }
 
+    /// The reader the loops of the app share: the one they have, or a new one.
+    fn reader(&mut self, app: &ObjectRef<Celery>, uid: &str, celery: &Celery) -> Arc<Mutex<AppReader>> {
+        if let Some((of, reader)) = self.readers.get(app)
+            && of == uid
+            && let Some(reader) = reader.upgrade()
+        {
+            return reader;
+        }
+        let reader = Arc::new(Mutex::new(AppReader::new(self.shared.client.clone(), celery, self.shared.broker.clone())));
+        self.readers.insert(app.clone(), (uid.to_string(), Arc::downgrade(&reader)));
+        reader
+    }
+
     /// Ends the loops whose app no cache holds any more (deleted, or replaced by an object of
     /// another UID that is not autoscaled): dropping a loop's sender tells it its app is gone.
     fn sweep(&mut self) {
@@ -233,6 +245,7 @@ impl Autoscaler {
     fn prune(&mut self) {
         self.loops.retain(|_, running| !running.task.is_finished());
         self.retiring.retain(|_, task| !task.is_finished());
+        self.readers.retain(|_, (_, reader)| reader.strong_count() > 0);
     }
 }
 
@@ -263,14 +276,19 @@ fn status_writer(writer: &Writer, group: Option<&str>) -> Option<Writer> {
 
 /// The loop of one pool, until its plan is withdrawn (`None`: it retires and clears what it
 /// wrote) or its sender is dropped (the app is gone). It starts once `predecessor`, the
-/// app's previous loop, has finished retiring.
-async fn run(shared: Arc<Shared>, mut plans: watch::Receiver<Option<Arc<Plan>>>, predecessor: Option<JoinHandle<()>>) {
+/// app's previous loop, has finished retiring. The app's loops share `reader`.
+async fn run(
+    shared: Arc<Shared>,
+    mut plans: watch::Receiver<Option<Arc<Plan>>>,
+    predecessor: Option<JoinHandle<()>>,
+    reader: Arc<Mutex<AppReader>>,
+) {
     if let Some(predecessor) = predecessor {
         let _ = predecessor.await;
     }
     shared.policies.loaded().await;
     let Some(plan) = plans.borrow_and_update().clone() else { return };
-    let mut app = AppLoop::new(&plan);
+    let mut app = AppLoop::new(&plan, reader).await;
     app.group_writer = status_writer(&shared.writer, app.group.as_deref());
     let mut ticker = pacer(app.tuning.interval);
     loop {
@@ -279,22 +297,23 @@ async fn run(shared: Arc<Shared>, mut plans: watch::Receiver<Option<Arc<Plan>>>,
                 let started = Instant::now();
                 app.tick(&shared).await;
                 shared.metrics.observe_cycle(started.elapsed());
-                if let Some(at) = app.resting_until() {
-                    // Nothing can be decided before the broker is tried again: no tick till then.
-                    ticker.reset_at(tokio::time::Instant::from_std(at));
-                }
+                // At the app's phase, so its loops read the broker together; and nothing can be
+                // decided before the broker is tried again: no tick till then.
+                let next = reader::next_tick(app.epoch, app.tuning.interval, Instant::now());
+                let next = app.resting_until().map_or(next, |at| at.max(next));
+                ticker.reset_at(tokio::time::Instant::from_std(next));
             }
             changed = plans.changed() => {
                 if changed.is_err() {
                     debug!(app = %app.label, "the app is gone; its autoscaler stops");
-                    app.forget_metrics(&shared);
+                    app.forget(&shared).await;
                     return;
                 }
                 let Some(plan) = plans.borrow_and_update().clone() else {
                     app.retire(&shared).await;
                     return;
                 };
-                app.reconfigure(&plan);
+                app.reconfigure(&plan).await;
                 // A changed spec is acted on at once (and at its own pace from then on), even
                 // while the broker's backoff runs.
                 ticker = pacer(app.tuning.interval);
@@ -338,12 +357,12 @@ struct AppLoop {
     damper: Damper,
     /// Whether any policy needs the queues (all but the CPU/memory one).
     needs_broker: bool,
-    broker: Option<Broker>,
-    broker_source: Option<BrokerSource>,
-    /// When the broker Secret was last read, and why that read failed if it did.
-    last_secret_read: Option<(Instant, Option<String>)>,
-    /// Tasks in progress from the app's Flower, if it has one.
-    progress: Progress,
+    /// The app's broker and Flower, shared with its other loops.
+    reader: Arc<Mutex<AppReader>>,
+    /// The phase of the app's ticks (see [`reader::next_tick`]).
+    epoch: Instant,
+    /// While a failed broker read's backoff runs: when it is tried again.
+    retry_at: Option<Instant>,
     /// The input lent to every policy call, history included.
     input: Option<PolicyInput>,
     health: Option<Health>,
@@ -360,8 +379,6 @@ struct AppLoop {
     written_active: Option<i64>,
     /// Since when the worker Deployment is missing from the cluster view.
     missing_since: Option<Instant>,
-    /// After a failed broker read: when to try again, the pause, and the failure.
-    broker_retry: Option<Retry>,
     /// A scale-down still under way (waiting for busy workers), as the status shows it.
     scale_in: Option<Pending>,
     /// Worker pods told to stop taking tasks (`drainBusyWorkers`) and not told to resume.
@@ -379,26 +396,8 @@ struct Pending {
     waiting_for: Vec<String>,
 }
 
-/// The backoff of an unreachable broker (or Flower standing in for one): the pause doubles
-/// from the sampling interval up to [`BROKER_RETRY_MAX`], with a tenth of jitter so that many
-/// apps on one dead broker do not knock together, and resets on the first good read.
-#[derive(Clone, Debug)]
-struct Retry {
-    at: Instant,
-    pause: Duration,
-    error: String,
-}
-
-impl Retry {
-    /// The failure, and how it is retried. NB: not the pause of the moment, which doubles
-    /// five times in the first two minutes: a message that stays the same is not written again.
-    fn describe(&self) -> String {
-        format!("{} (tried again after a pause that doubles up to {}s)", self.error, BROKER_RETRY_MAX.as_secs())
-    }
-}
-
 impl AppLoop {
-    fn new(plan: &Plan) -> Self {
+    async fn new(plan: &Plan, reader: Arc<Mutex<AppReader>>) -> Self {
         let celery = &plan.celery;
         let namespace = celery.namespace().unwrap_or_default();
         let name = celery.name_any();
@@ -410,6 +409,7 @@ impl AppLoop {
             Some(g) => status.and_then(|s| s.worker_groups.iter().find(|w| &w.name == g)).and_then(|w| w.autoscaler.as_ref()),
         };
         let tuning = plan.tuning.clone();
+        let epoch = reader.lock().await.epoch();
         let mut app = Self {
             celery: Arc::clone(celery),
             reference: celery.object_ref(&()),
@@ -430,10 +430,9 @@ impl AppLoop {
             damper: Damper::new(tuning.stabilization, tuning.step_percent, tuning.step_period),
             tuning,
             needs_broker: true,
-            broker: None,
-            broker_source: None,
-            last_secret_read: None,
-            progress: Progress::default(),
+            epoch,
+            reader,
+            retry_at: None,
             input: None,
             health: None,
             last_decision: None,
@@ -446,7 +445,6 @@ impl AppLoop {
             written_backlog: None,
             written_active: None,
             missing_since: None,
-            broker_retry: None,
             scale_in: written.and_then(|a| a.scale_in.as_ref()).map(|p| Pending {
                 goal: u32::try_from(p.replicas).unwrap_or(0),
                 since: p.since.0,
@@ -458,16 +456,15 @@ impl AppLoop {
             // A group's loop writes no condition: `ScalingActive` is `workerSpec`'s.
             app.condition.clear();
         }
-        app.reconfigure(plan);
+        app.reconfigure(plan).await;
         info!(app = %app.label, policy = %app.policy_label(), "autoscaling starts");
         app
     }
 
     /// Takes a newer plan: what the spec changed, keeping the history, the damping's past
     /// and (when the broker did not change) the connection.
-    fn reconfigure(&mut self, plan: &Plan) {
+    async fn reconfigure(&mut self, plan: &Plan) {
         let celery = &plan.celery;
-        let spec = &celery.spec;
         self.celery = Arc::clone(celery);
         self.reference = celery.object_ref(&());
         self.worker.clone_from(&plan.pool.deployment);
@@ -482,14 +479,9 @@ impl AppLoop {
             self.damper.retune(tuning.stabilization, tuning.step_percent, tuning.step_period);
             self.tuning = tuning.clone();
         }
-        let source = broker_source(spec);
-        if self.broker_source != source {
-            self.broker_source = source;
-            self.broker = None;
-            self.last_secret_read = None;
-            self.broker_retry = None;
-        }
-        self.progress.reconfigure(progress::source(celery));
+        let mut reader = self.reader.lock().await;
+        reader.follow(celery);
+        reader.want(self.group.as_deref(), self.needs_broker.then_some(&self.queues[..]));
     }
 
     /// When every policy of the app needs the queues and the broker (or Flower standing in
@@ -497,8 +489,8 @@ impl AppLoop {
     /// hold the count again.
     fn resting_until(&self) -> Option<Instant> {
         let all_need_the_broker = self.policies.iter().all(|p| p.name != CPU_MEMORY_POLICY);
-        let retry = self.broker_retry.as_ref()?;
-        (all_need_the_broker && !self.policies.is_empty() && retry.at > Instant::now()).then_some(retry.at)
+        let at = self.retry_at?;
+        (all_need_the_broker && !self.policies.is_empty() && at > Instant::now()).then_some(at)
     }
 
     fn policy_label(&self) -> String {
@@ -521,18 +513,27 @@ impl AppLoop {
         };
         self.missing_since = None;
 
-        let queues = if self.needs_broker { Some(self.read_broker_or_wait(shared).await) } else { None };
-        let namespace = &self.namespace;
-        match self.progress.refresh(async |secret| read_secret(&shared.client, namespace, secret).await).await {
+        // One read for the app's loops: the first of them to get here reads the queues of all.
+        let (queues, change, flower) = {
+            let mut reader = self.reader.lock().await;
+            let fresh = self.tuning.interval / 2;
+            let queues =
+                if self.needs_broker { Some(reader.queues(&self.queues, fresh, self.tuning.interval).await) } else { None };
+            self.retry_at = reader.retry_at();
+            let change = reader.refresh_flower().await;
+            (queues, change, reader.flower())
+        };
+        match change {
+            // Of the app's Flower, whichever loop read it: the event names no group.
             Some(progress::Change::Failed(message)) => {
                 warn!(app = %self.label, %message, "Flower cannot be read: the policy sees no tasks in progress");
-                self.event(shared, EventType::Warning, FLOWER_UNAVAILABLE, &message).await;
+                shared.writer.event(&self.reference, EventType::Warning, FLOWER_UNAVAILABLE, &message, ACTION).await;
             }
             Some(progress::Change::Recovered) => info!(app = %self.label, "Flower can be read again"),
             None => {}
         }
         let mut pods = shared.cluster.pods(&self.namespace, &self.pool_key);
-        self.progress.fill(&mut pods);
+        flower.fill(&mut pods);
         // Borrowed, not copied: the sample below reads the same figures.
         let unknown: Vec<QueueStats>;
         let measured: &[QueueStats] = match &queues {
@@ -572,7 +573,7 @@ impl AppLoop {
         }
         let decide::Decision { target, health, mut reason, proposed, policy, held, recommended } = decision;
         let waiting_before = self.scale_in.as_ref().map(|p| p.waiting_for.clone());
-        let (target, note) = self.scale_in(shared, now, current, target, held, recommended).await;
+        let (target, note) = self.scale_in(shared, &flower, now, current, target, held, recommended).await;
         if !note.is_empty() {
             reason = format!("{reason}; {note}");
         }
@@ -608,9 +609,11 @@ impl AppLoop {
     /// go before it is written; with `busyWorkers: Wait` the busy ones are kept until they are
     /// idle or `maxWaitSeconds` has passed. Marks left from a scale-down that did not happen
     /// are cleared, so a steady app costs no pod writes.
+    #[allow(clippy::too_many_arguments)]
     async fn scale_in(
         &mut self,
         shared: &Shared,
+        flower: &View,
         now: jiff::Timestamp,
         current: u32,
         target: u32,
@@ -652,7 +655,7 @@ impl AppLoop {
                 terminating: p.terminating,
                 created_ms: p.created_ms,
                 marked: p.marked,
-                load: self.progress.load(&p.name),
+                load: flower.load(&p.name),
                 draining: self.draining.contains(&p.name),
             })
             .collect();
@@ -660,11 +663,10 @@ impl AppLoop {
             self.scale_in = None;
             let stale = scalein::steady(&workers);
             self.mark(shared, &[], &stale).await;
-            self.drain(shared, BTreeSet::new(), &pods).await;
+            self.drain(BTreeSet::new(), &pods).await;
             return (goal, String::new());
         }
-        let figures = self.progress.figures();
-        let figures = match &figures {
+        let figures = match flower.figures() {
             Ok(()) => scalein::Figures::Known,
             Err(why) => scalein::Figures::Unknown(why),
         };
@@ -680,7 +682,7 @@ impl AppLoop {
         } else {
             BTreeSet::new()
         };
-        self.drain(shared, want, &pods).await;
+        self.drain(want, &pods).await;
         let new_marks: Vec<String> =
             plan.mark.iter().filter(|name| !pods.iter().any(|p| &p.name == *name && p.marked)).cloned().collect();
         self.mark(shared, &new_marks, &plan.unmark).await;
@@ -702,7 +704,7 @@ impl AppLoop {
     /// Tells the workers of `want` to stop taking tasks and the others it told so before (whose
     /// pods still run) to take them again, through the app's broker, one command per worker
     /// queue. A command that cannot be sent is logged and tried again at the next tick.
-    async fn drain(&mut self, shared: &Shared, want: BTreeSet<String>, pods: &[PodState]) {
+    async fn drain(&mut self, want: BTreeSet<String>, pods: &[PodState]) {
         let alive = |name: &String| pods.iter().any(|p| &p.name == name && !p.terminating);
         let stop: Vec<String> = want.difference(&self.draining).cloned().collect();
         let resume: Vec<String> = self.draining.difference(&want).filter(|n| alive(n)).cloned().collect();
@@ -711,16 +713,14 @@ impl AppLoop {
         if stop.is_empty() && resume.is_empty() {
             return;
         }
-        if self.broker.is_none() {
-            match self.connect(shared).await {
-                Ok(broker) => self.broker = Some(broker),
-                Err(error) => {
-                    warn!(app = %self.label, %error, "cannot tell workers to stop or resume taking tasks");
-                    return;
-                }
+        let mut reader = self.reader.lock().await;
+        let broker = match reader.broker().await {
+            Ok(broker) => broker,
+            Err(error) => {
+                warn!(app = %self.label, %error, "cannot tell workers to stop or resume taking tasks");
+                return;
             }
-        }
-        let broker = self.broker.as_ref().expect("connected above");
+        };
         for (names, stopping) in [(stop, true), (resume, false)] {
             if names.is_empty() {
                 continue;
@@ -873,101 +873,6 @@ impl AppLoop {
         answers
     }
 
-    /// [`read_broker`](Self::read_broker), unless a failed read's backoff is still running: then
-    /// the last failure, without a request.
-    async fn read_broker_or_wait(&mut self, shared: &Shared) -> Result<Vec<QueueStats>, String> {
-        if let Some(retry) = self.broker_retry.as_ref().filter(|r| Instant::now() < r.at) {
-            return Err(retry.describe());
-        }
-        match self.read_broker(shared).await {
-            Ok(stats) => {
-                self.broker_retry = None;
-                Ok(stats)
-            }
-            Err(error) => {
-                let pause = next_pause(self.broker_retry.as_ref().map(|r| r.pause), self.tuning.interval);
-                let jitter = pause.mul_f64(jitter_fraction() / 10.0);
-                let retry = Retry { at: Instant::now() + pause + jitter, pause, error };
-                let message = retry.describe();
-                self.broker_retry = Some(retry);
-                Err(message)
-            }
-        }
-    }
-
-    /// The queues as the broker reports them, or why not.
-    async fn read_broker(&mut self, shared: &Shared) -> Result<Vec<QueueStats>, String> {
-        if self.broker_source.is_none() && self.progress.source().is_some() {
-            // As the Python operator did: Flower knows the broker from the app's own config.
-            let namespace = &self.namespace;
-            return self.progress.queues(&self.queues, async |secret| read_secret(&shared.client, namespace, secret).await).await;
-        }
-        if self.broker.is_none() {
-            self.broker = Some(self.connect(shared).await?);
-        }
-        let broker = self.broker.as_ref().expect("connected above");
-        match broker.queues(&self.queues).await {
-            Ok(stats) => Ok(stats),
-            Err(error) => {
-                // New credentials may have been put in the Secret: read it again next time.
-                if matches!(error, BrokerError::Unauthorized { .. }) && self.broker_from_secret() {
-                    self.broker = None;
-                }
-                let field = self.broker_source.as_ref().map_or("spec.broker", |s| s.field.as_str());
-                Err(format!("{field}: {}", crate::telemetry::chain(&error)))
-            }
-        }
-    }
-
-    fn broker_from_secret(&self) -> bool {
-        self.broker_source.as_ref().is_some_and(|b| b.secret.is_some())
-    }
-
-    async fn connect(&mut self, shared: &Shared) -> Result<Broker, String> {
-        let Some(source) = &self.broker_source else {
-            return Err("spec.broker is not set (nor CELERY_BROKER_URL in spec.common.env) and Flower is off, so the queue \
-                 backlog cannot be measured; set spec.broker.url or spec.broker.secretRef"
-                .into());
-        };
-        let field = &source.field;
-        let url = match (&source.url, &source.secret) {
-            (_, Some(secret)) => {
-                if let Some((at, Some(error))) = &self.last_secret_read
-                    && at.elapsed() < SECRET_RETRY
-                {
-                    return Err(format!("{field}: {error} (read again every {}s)", SECRET_RETRY.as_secs()));
-                }
-                let read = read_secret(&shared.client, &self.namespace, secret).await;
-                self.last_secret_read = Some((Instant::now(), read.as_ref().err().cloned()));
-                let url = read.map_err(|e| format!("{field}: {e}"))?;
-                // NB: a Secret's value is never quoted back, even when it is not a URL at all:
-                // it may be a bare password put in the wrong key.
-                if let Err(error) = url::Url::parse(&url) {
-                    return Err(format!(
-                        "{field}: key {} of Secret {} does not hold a URL ({error}); the value is not shown",
-                        secret.key, secret.name
-                    ));
-                }
-                url
-            }
-            (Some(url), None) => url.clone(),
-            (None, None) => return Err(format!("{field}: give url or secretRef")),
-        };
-        let url = metrics::in_namespace(&url, &self.namespace);
-        if let Some(why) = metrics::forbidden_destination(&url) {
-            return Err(format!("{field}: {why}"));
-        }
-        if let Some(why) = source.management_url.as_deref().and_then(metrics::forbidden_destination) {
-            return Err(format!("spec.broker.managementUrl: {why}"));
-        }
-        let options = BrokerOptions {
-            redis: RedisLayout::with(source.transport_options.as_ref()),
-            management_url: source.management_url.as_deref().map(|m| metrics::in_namespace(m, &self.namespace)),
-            ..shared.broker.clone()
-        };
-        metrics::connect(&url, &options).map_err(|e| format!("{field}: {e}"))
-    }
-
     /// Writes the replica count as the scaler, and records why.
     async fn scale(&self, shared: &Shared, from: u32, to: u32, reason: &str) -> Result<(), String> {
         if !shared.leadership.holds() {
@@ -1066,140 +971,18 @@ impl AppLoop {
     /// The app is no longer autoscaled: remove what the autoscaler wrote in its status.
     async fn retire(self, shared: &Shared) {
         info!(app = %self.label, "autoscaling stops");
-        self.forget_metrics(shared);
+        self.forget(shared).await;
         self.group_writer.as_ref().unwrap_or(&shared.writer).clear(&self.celery).await;
     }
 
-    fn forget_metrics(&self, shared: &Shared) {
+    /// Drops the loop's metrics, and its queues from the app's reads.
+    async fn forget(&self, shared: &Shared) {
         shared.metrics.forget_app(&self.label, &self.queues);
+        self.reader.lock().await.want(self.group.as_deref(), None);
     }
-}
-
-/// Where the loop finds the broker: `spec.broker`, or else a `CELERY_BROKER_URL` set in
-/// `spec.common.env` (inline or from a Secret), which Celery in the pods reads just the same.
-#[derive(Clone, Debug, PartialEq)]
-struct BrokerSource {
-    url: Option<String>,
-    secret: Option<SecretKeyRef>,
-    /// The spec field it comes from, for messages.
-    field: String,
-    transport_options: Option<TransportOptions>,
-    management_url: Option<String>,
-}
-
-fn broker_source(spec: &CelerySpec) -> Option<BrokerSource> {
-    if let Some(b) = &spec.broker {
-        return Some(BrokerSource {
-            url: b.url.clone(),
-            secret: b.secret_ref.clone(),
-            field: "spec.broker".into(),
-            transport_options: b.transport_options.clone(),
-            management_url: b.management_url.clone(),
-        });
-    }
-    let var = spec.common.env.iter().find(|v| v.name == names::BROKER_ENV)?;
-    let secret = var
-        .value_from
-        .as_ref()
-        .and_then(|f| f.secret_key_ref.as_ref())
-        .map(|s| SecretKeyRef { name: s.name.clone(), key: s.key.clone() });
-    Some(BrokerSource {
-        url: var.value.clone(),
-        secret,
-        field: format!("spec.common.env[{}]", names::BROKER_ENV),
-        transport_options: None,
-        management_url: None,
-    })
-}
-
-/// The value of one key of a Secret in `namespace`, trimmed. The error says which of the three
-/// it is: no such Secret, no such key, or not allowed to read it; never the value.
-async fn read_secret(client: &Client, namespace: &str, secret: &SecretKeyRef) -> Result<String, String> {
-    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
-    let found = match api.get_opt(&secret.name).await {
-        Ok(found) => found,
-        Err(kube::Error::Api(status)) if status.code == 403 => {
-            return Err(format!(
-                "the operator may not read Secret {namespace}/{} (forbidden: is {namespace} a namespace the operator's RBAC covers?)",
-                secret.name
-            ));
-        }
-        Err(e) => return Err(format!("cannot read Secret {}: {}", secret.name, crate::telemetry::chain(&e))),
-    };
-    let Some(found) = found else {
-        return Err(format!("there is no Secret {} in namespace {namespace}", secret.name));
-    };
-    let mut data = found.data.unwrap_or_default();
-    let Some(data) = data.remove(&secret.key) else {
-        // Key names are not secret; they help spot a typo.
-        let keys: Vec<&str> = data.keys().map(String::as_str).collect();
-        let keys = if keys.is_empty() { "none".into() } else { keys.join(", ") };
-        return Err(format!("Secret {} has no key {} (its keys: {keys})", secret.name, secret.key));
-    };
-    let text = String::from_utf8(data.0).map_err(|_| format!("key {} of Secret {} is not UTF-8", secret.key, secret.name))?;
-    Ok(text.trim().to_string())
-}
-
-/// The pause after a failed broker read: twice the interval after the first failure, then
-/// doubling, up to [`BROKER_RETRY_MAX`].
-fn next_pause(previous: Option<Duration>, interval: Duration) -> Duration {
-    previous.map_or(interval * 2, |p| p * 2).min(BROKER_RETRY_MAX)
-}
-
-/// A number in [0, 1) that differs between calls and processes (std's randomly keyed hasher;
-/// jitter needs no better randomness).
-fn jitter_fraction() -> f64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u64(u64::from(std::process::id()));
-    (hasher.finish() >> 11) as f64 / (1u64 << 53) as f64
 }
 
 /// An empty sample, standing in for the current one between two ticks (allocates nothing).
 fn sample_placeholder() -> Sample {
     Sample { timestamp_ms: 0, replicas: 0, queues: Vec::new(), pods: Vec::new() }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A spec from YAML; without a `common` of its own it gets a minimal one.
-    fn spec(yaml: &str) -> CelerySpec {
-        let base = if yaml.contains("common:") { "" } else { "common: {appName: a, celeryApp: 'app:celery_app', image: i}\n" };
-        serde_yaml::from_str(&format!("{base}{yaml}")).expect("test spec parses")
-    }
-
-    #[test]
-    fn an_unreachable_broker_is_tried_less_and_less_often() {
-        let mut pauses = Vec::new();
-        let mut pause = None;
-        for _ in 0..8 {
-            let next = next_pause(pause, Duration::from_secs(1));
-            pauses.push(next.as_secs());
-            pause = Some(next);
-        }
-        assert_eq!(pauses, [2, 4, 8, 16, 32, 60, 60, 60]);
-        let j = jitter_fraction();
-        assert!((0.0..1.0).contains(&j));
-    }
-
-    #[test]
-    fn the_broker_comes_from_spec_broker_then_from_the_env_celery_reads() {
-        let s = spec("broker: {url: 'redis://r/0', transportOptions: {globalKeyprefix: 'p:'}}");
-        let b = broker_source(&s).expect("from spec.broker");
-        assert_eq!((b.url.as_deref(), b.field.as_str()), (Some("redis://r/0"), "spec.broker"));
-        assert!(b.transport_options.is_some());
-
-        let s = spec("common: {appName: a, celeryApp: x, image: i, env: [{name: CELERY_BROKER_URL, value: 'amqp://mq//'}]}");
-        let b = broker_source(&s).expect("from the env");
-        assert_eq!((b.url.as_deref(), b.field.as_str()), (Some("amqp://mq//"), "spec.common.env[CELERY_BROKER_URL]"));
-
-        let s = spec(
-            "common: {appName: a, celeryApp: x, image: i, env: [{name: CELERY_BROKER_URL, valueFrom: {secretKeyRef: {name: s, key: k}}}]}",
-        );
-        assert_eq!(broker_source(&s).and_then(|b| b.secret), Some(SecretKeyRef { name: "s".into(), key: "k".into() }));
-
-        assert_eq!(broker_source(&spec("")), None);
-    }
 }
