@@ -684,8 +684,13 @@ cmd_restart_apiserver() {
 # created for a new app (CI, once in three runs). These stand in for the cluster's control plane,
 # not for what is tested: they start afresh with the API server and list everything again. The
 # operator's own watches are never restarted; the fault tests check that they recover.
+#
+# kwok 0.8 manages a node's pods only while it holds the node's Lease: the Lease of the kwok it
+# replaces would keep its pods Pending for the Lease's 40 s (and a test's new app with them), so
+# it goes with the old kwok.
 restart_clients() {
   stop_components kwok kube-scheduler kube-controller-manager
+  kubectl_admin -n kube-node-lease delete lease "$NODE_NAME" --ignore-not-found >/dev/null
   start_controller_manager
   start_scheduler
   start_kwok

@@ -14,6 +14,8 @@
 //! The operator runs in this process, as the cluster tests run it, with the RBAC of
 //! `deploy/rbac.yaml`. A benchmark, never a test: nothing here passes or fails on a timing.
 
+#[path = "shared/measure.rs"]
+mod measure;
 #[path = "../tests/common/servers.rs"]
 mod servers;
 #[path = "../tests/cluster/support.rs"]
@@ -34,8 +36,8 @@ use support::{ControlPlane, Env, eventually};
 const WAIT: Duration = Duration::from_secs(600);
 
 fn main() {
-    let trials: usize = env_number("TRIALS", 40);
-    let window = Duration::from_secs(env_number("WINDOW", 20) as u64);
+    let trials: usize = measure::env_number("TRIALS", 40);
+    let window = Duration::from_secs(measure::env_number("WINDOW", 20) as u64);
     let sizes: Vec<usize> = std::env::var("APPS")
         .ok()
         .map(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect())
@@ -53,7 +55,7 @@ fn main() {
         support::install(&env).await;
         let ns = env.namespace("bench").await;
         let listen: SocketAddr = format!("127.0.0.1:{}", servers::free_port()).parse().expect("address");
-        let baseline_rss = rss_kib();
+        let baseline_rss = measure::rss_kib();
         let operator = env.start_operator_serving(&[&ns], None, Some(listen));
         let redis = redis::Client::open(broker.as_str()).expect("redis client");
         let mut conn = redis.get_multiplexed_async_connection().await.expect("redis connection");
@@ -62,10 +64,6 @@ fn main() {
         cost(&env, &ns, &broker, listen, &sizes, window, baseline_rss).await;
         operator.stop().await;
     });
-}
-
-fn env_number(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
 fn app_yaml(name: &str, queue: &str, broker: &str, min: u32, start: u32, window: u32) -> String {
@@ -157,7 +155,7 @@ async fn reaction(env: &Env, ns: &str, broker: &str, conn: &mut redis::aio::Mult
         "Reaction time: 50 messages pushed to Redis → replicas 1 → 5 on the Deployment ({trials} trials, intervalSeconds 1)"
     );
     println!("{:<34} {:>10} {:>10} {:>10}", "", "p50", "p95", "max");
-    println!("{:<34} {:>10} {:>10} {:>10}", "celery-operator", fmt(p50), fmt(p95), fmt(max));
+    println!("{:<34} {:>10} {:>10} {:>10}", "celery-operator", measure::fmt(p50), measure::fmt(p95), measure::fmt(max));
     println!("{:<34} {:>10} {:>10} {:>10}", "floor of any 1 s poller (wait only)", "500ms", "950ms", "1000ms");
     println!("{:<34} {:>10} {:>10} {:>10}", "floor of a 30 s poller (wait only)", "15.0s", "28.5s", "30.0s");
 }
@@ -204,14 +202,14 @@ async fn cost(env: &Env, ns: &str, broker: &str, listen: SocketAddr, sizes: &[us
         println!(
             "{:>6} {:>16} {:>16} {:>16.2} {:>13.1}% {:>12}",
             apps,
-            fmt(cpu.div_f64(cycles.max(1.0))),
-            fmt(Duration::from_secs_f64(wall)),
+            measure::fmt(cpu.div_f64(cycles.max(1.0))),
+            measure::fmt(Duration::from_secs_f64(wall)),
             per_app,
             100.0 * cpu.as_secs_f64() / window.as_secs_f64(),
-            format!("{} MiB", rss_kib() / 1024),
+            format!("{} MiB", measure::rss_kib() / 1024),
         );
     }
-    println!("(CPU share: of one core, for this whole process; the machine has {} cores)", num_cores());
+    println!("(CPU share: of one core, for this whole process; the machine has {} cores)", measure::num_cores());
 }
 
 /// The operator's counters and this process's CPU time at one instant.
@@ -223,55 +221,12 @@ struct Snapshot {
 
 impl Snapshot {
     async fn take(listen: SocketAddr) -> Self {
-        let text = metrics_text(listen).await;
-        let value = |name: &str| -> f64 {
-            text.lines().filter(|l| l.starts_with(name)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
-        };
+        let text = measure::metrics_text(listen).await;
+        let value = |name: &str| -> f64 { measure::metric_sum(&text, name) };
         Self {
             cycles: value("celery_operator_autoscaler_cycle_duration_seconds_count"),
             cycle_seconds: value("celery_operator_autoscaler_cycle_duration_seconds_sum"),
-            cpu: process_cpu(),
+            cpu: measure::process_cpu(),
         }
-    }
-}
-
-async fn metrics_text(listen: SocketAddr) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(listen).await.expect("metrics endpoint");
-    stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: bench\r\n\r\n").await.expect("request");
-    let mut body = String::new();
-    stream.read_to_string(&mut body).await.expect("response");
-    body
-}
-
-/// User plus system CPU time of this process.
-fn process_cpu() -> Duration {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let fields: Vec<&str> = stat.rsplit_once(") ").map(|(_, rest)| rest.split(' ').collect()).unwrap_or_default();
-    // utime and stime are fields 14 and 15 of stat, 12 and 13 after the command name.
-    let ticks: u64 = fields.get(11..13).map(|f| f.iter().filter_map(|v| v.parse::<u64>().ok()).sum()).unwrap_or(0);
-    Duration::from_secs_f64(ticks as f64 / 100.0)
-}
-
-fn rss_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
-fn num_cores() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
-}
-
-fn fmt(d: Duration) -> String {
-    if d >= Duration::from_secs(1) {
-        format!("{:.2}s", d.as_secs_f64())
-    } else if d >= Duration::from_millis(1) {
-        format!("{:.1}ms", d.as_secs_f64() * 1e3)
-    } else {
-        format!("{:.1}µs", d.as_secs_f64() * 1e6)
     }
 }

@@ -34,6 +34,10 @@ pub const APPLY_REJECTED: &str = "ApplyRejected";
 pub const NAME_CONFLICT: &str = "NameConflict";
 /// A child Deployment exceeded its progress deadline (image pull errors, crash loops, quota).
 pub const ROLLOUT_STUCK: &str = "RolloutStuck";
+/// A HorizontalPodAutoscaler (one of KEDA's too) scales a worker Deployment of the app: two
+/// autoscalers would fight over its replicas, so the operator leaves them to it; the message
+/// names it.
+pub const CONFLICTING_AUTOSCALER: &str = "ConflictingAutoscaler";
 /// The selected scaling policy is unknown, does not load, or is built for another contract.
 pub const INVALID_POLICY: &str = "InvalidPolicy";
 /// The selected scaling policy rejected its settings; the message quotes it.

@@ -3,7 +3,9 @@
 //! changes.
 //!
 //! Children are watched through the `app.kubernetes.io/managed-by=celery-operator` label, so
-//! the operator caches only its own objects. With a list of namespaces it runs one controller
+//! the operator caches only its own objects. HorizontalPodAutoscalers are watched too (all of
+//! them: they are not the operator's), so one that targets a worker Deployment reconciles its
+//! app, which then leaves that Deployment's replicas to it (`ConflictingAutoscaler`). With a list of namespaces it runs one controller
 //! per namespace (and needs only namespaced permissions there); without, one for the cluster.
 
 use std::sync::Arc;
@@ -11,13 +13,15 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use kube::Client;
 use kube::api::ListParams;
 use kube::runtime::controller::Error as ControllerError;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::utils::Backoff;
 use kube::runtime::{Controller, WatchStreamExt, predicates, reflector, watcher};
+use kube::{Client, ResourceExt};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, error, info, warn};
 
@@ -92,6 +96,19 @@ pub async fn wait_for_crd(client: &Client, scope: &Scope, shutdown: &mut watch::
     }
 }
 
+/// The app whose worker Deployment `hpa` targets, found through the Deployment's controller
+/// (only the operator's Deployments are cached).
+fn app_scaled_by(deployments: &Store<Deployment>, hpa: &HorizontalPodAutoscaler) -> Option<ObjectRef<Celery>> {
+    let target = &hpa.spec.scale_target_ref;
+    if target.kind != "Deployment" {
+        return None;
+    }
+    let ns = hpa.namespace()?;
+    let deployment = deployments.get(&ObjectRef::new(&target.name).within(&ns))?;
+    let owner = deployment.owner_references().iter().find(|o| o.controller == Some(true) && o.kind == "Celery")?;
+    Some(ObjectRef::new(&owner.name).within(&ns))
+}
+
 /// Runs the controllers until `shutdown` turns true, then lets running reconciles finish.
 /// With a policy runtime, the autoscaling loops and the cluster view they read run alongside,
 /// and end with the controllers (when this future completes or is dropped on lost leadership).
@@ -108,13 +125,15 @@ pub async fn run(
     let deployment_apis = scope.apis::<Deployment>(&client);
     let service_apis = scope.apis::<Service>(&client);
     let budget_apis = scope.apis::<PodDisruptionBudget>(&client);
+    let autoscaler_apis = scope.apis::<HorizontalPodAutoscaler>(&client);
 
     let controllers = celery_apis
         .into_iter()
         .zip(deployment_apis)
         .zip(service_apis)
         .zip(budget_apis)
-        .map(|(((celery, deployments), services), budgets)| {
+        .zip(autoscaler_apis)
+        .map(|((((celery, deployments), services), budgets), autoscalers)| {
             // The cache sees every change (the loops and the status step read it); a reconcile
             // is triggered by a change of the spec (generation), not by a status write, the
             // autoscaler's every few seconds included. Children's changes and the periodic
@@ -133,19 +152,24 @@ pub async fn run(
             let services = watcher::watcher(services, children.clone()).backoff(watch_backoff()).reflect(writer);
             let (budget_cache, writer) = reflector::store();
             let budgets = watcher::watcher(budgets, children.clone()).backoff(watch_backoff()).reflect(writer);
+            let (autoscaler_cache, writer) = reflector::store();
+            let autoscalers = watcher::watcher(autoscalers, watcher::Config::default()).backoff(watch_backoff()).reflect(writer);
+            let targets = deployment_cache.clone();
             let controller = Controller::for_stream(apps, reader)
                 .owns_stream(deployments.touched_objects())
                 .owns_stream(services.touched_objects())
                 .owns_stream(budgets.touched_objects())
+                .watches_stream(autoscalers.touched_objects(), move |hpa| app_scaled_by(&targets, &hpa))
                 .trigger_backoff(watch_backoff());
-            (controller, (deployment_cache, service_cache, budget_cache))
+            (controller, (deployment_cache, service_cache, budget_cache, autoscaler_cache))
         })
         .unzip::<_, _, Vec<_>, Vec<_>>();
     let (controllers, caches) = controllers;
     let cached = apply::Cached {
-        deployments: caches.iter().map(|(d, _, _)| d.clone()).collect(),
-        services: caches.iter().map(|(_, s, _)| s.clone()).collect(),
-        budgets: caches.into_iter().map(|(_, _, b)| b).collect(),
+        deployments: caches.iter().map(|(d, _, _, _)| d.clone()).collect(),
+        services: caches.iter().map(|(_, s, _, _)| s.clone()).collect(),
+        budgets: caches.iter().map(|(_, _, b, _)| b.clone()).collect(),
+        autoscalers: caches.into_iter().map(|(_, _, _, a)| a).collect(),
     };
 
     // The reconciler hands each app's validated scaling to the autoscaler, one way.

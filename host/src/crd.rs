@@ -13,8 +13,8 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    Affinity, EnvFromSource, EnvVar, LocalObjectReference, PodSecurityContext, Probe, ResourceRequirements, SecurityContext,
-    Toleration,
+    Affinity, Container, EnvFromSource, EnvVar, LocalObjectReference, PodSecurityContext, Probe, ResourceRequirements,
+    SecurityContext, Toleration, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -143,15 +143,18 @@ pub struct Common {
 
     /// Secrets used to pull the image.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(transform = kubernetes_type)]
     pub image_pull_secrets: Vec<LocalObjectReference>,
 
     /// Extra environment variables for every container (Celery settings, credentials from
     /// Secrets, ...).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(transform = kubernetes_type)]
     pub env: Vec<EnvVar>,
 
     /// ConfigMaps and Secrets whose keys become environment variables of every container.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(transform = kubernetes_type)]
     pub env_from: Vec<EnvFromSource>,
 
     /// Service account the pods run as. Defaults to the namespace's `default`.
@@ -164,10 +167,12 @@ pub struct Common {
 
     /// Tolerations of the pods.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(transform = kubernetes_type)]
     pub tolerations: Vec<Toleration>,
 
     /// Affinity rules of the pods.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(transform = kubernetes_type)]
     pub affinity: Option<Affinity>,
 
     /// Extra labels on the pods. They cannot replace the labels the operator selects pods by.
@@ -180,11 +185,67 @@ pub struct Common {
 
     /// Pod-level security context (user, group, fsGroup, seccomp profile, ...).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(transform = kubernetes_type)]
     pub pod_security_context: Option<PodSecurityContext>,
 
     /// Container-level security context of every container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(transform = kubernetes_type)]
     pub security_context: Option<SecurityContext>,
+
+    /// Volumes, mounts and extra containers of every pod of the app (workers, beat, Flower).
+    #[serde(flatten)]
+    pub pod: PodParts,
+}
+
+/// Volumes, mounts and extra containers of pods. In `common` they go to every pod of the app;
+/// in `workerSpec`, a worker group or `beat`, to that one's pods, merged with `common`'s by name
+/// (mounts by their path): an entry named like one of `common`'s replaces it there.
+#[derive(JsonSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PodParts {
+    /// Volumes of the pods (ConfigMaps, Secrets, `emptyDir`s, claims, ...), for the mounts of
+    /// `volumeMounts` and of the extra containers, as in a Pod's `spec.volumes`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        transform = kubernetes_type,
+        extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"])
+    )]
+    pub volumes: Vec<Volume>,
+
+    /// Mounts of those volumes into the operator's container of the pods (`worker`, `beat`,
+    /// `flower`). Each names a volume of `volumes` (here or in `common`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        transform = kubernetes_type,
+        extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["mountPath"])
+    )]
+    pub volume_mounts: Vec<VolumeMount>,
+
+    /// Containers run before the operator's container starts (migrations, fetching
+    /// configuration), and native sidecars (`restartPolicy: Always`), as in a Pod's
+    /// `spec.initContainers`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        transform = kubernetes_type,
+        extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"])
+    )]
+    pub init_containers: Vec<Container>,
+
+    /// Containers run beside the operator's (sidecars: a proxy, a log shipper, ...), after it in
+    /// the pod. None may take the name of the operator's container (`worker`, `beat`, `flower`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        transform = kubernetes_type,
+        extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"])
+    )]
+    pub containers: Vec<Container>,
+}
+
+impl PodParts {
+    pub fn is_empty(&self) -> bool {
+        self.volumes.is_empty() && self.volume_mounts.is_empty() && self.init_containers.is_empty() && self.containers.is_empty()
+    }
 }
 
 /// Image pull policy of a container.
@@ -262,6 +323,7 @@ pub struct WorkerSpec {
     /// Compute resources of the worker container (`requests`/`limits` of `cpu`, `memory`, ...).
     /// CPU-based scaling needs a CPU request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(transform = kubernetes_type)]
     pub resources: Option<ResourceRequirements>,
 
     /// Extra arguments appended to the worker command line, e.g. `["-Ofair", "--prefetch-multiplier=1"]`.
@@ -278,11 +340,13 @@ pub struct WorkerSpec {
     /// worker's main thread ran in the last 10 s (a stuck worker is restarted, one waiting for
     /// its broker is not); there is none for the `solo` pool, whose tasks block that thread.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(transform = kubernetes_type)]
     pub liveness_probe: Option<Probe>,
 
     /// Replaces the worker container's readiness probe. The default reads `/proc` only: the
     /// worker holds an open TCP connection (to its broker).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(transform = kubernetes_type)]
     pub readiness_probe: Option<Probe>,
 
     /// A PodDisruptionBudget `<appName>-celery-worker` for the worker pods, so that a node drain
@@ -291,6 +355,10 @@ pub struct WorkerSpec {
     /// evictions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disruption_budget: Option<DisruptionBudget>,
+
+    /// Volumes, mounts and extra containers of the worker pods, merged with `common`'s.
+    #[serde(flatten)]
+    pub pod: PodParts,
 }
 
 /// How many worker pods a voluntary disruption must leave, or may take.
@@ -349,6 +417,7 @@ pub struct WorkerGroup {
 
     /// Compute resources of this group's worker container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(transform = kubernetes_type)]
     pub resources: Option<ResourceRequirements>,
 
     /// Extra arguments appended to this group's worker command line.
@@ -362,10 +431,12 @@ pub struct WorkerGroup {
 
     /// Replaces the worker container's liveness probe (see `workerSpec.livenessProbe`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(transform = kubernetes_type)]
     pub liveness_probe: Option<Probe>,
 
     /// Replaces the worker container's readiness probe (see `workerSpec.readinessProbe`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(transform = kubernetes_type)]
     pub readiness_probe: Option<Probe>,
 
     /// A PodDisruptionBudget for this group's pods, named like its Deployment.
@@ -378,10 +449,12 @@ pub struct WorkerGroup {
 
     /// Replaces `common.tolerations` for this group's pods.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(transform = kubernetes_type)]
     pub tolerations: Option<Vec<Toleration>>,
 
     /// Replaces `common.affinity` for this group's pods.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(transform = kubernetes_type)]
     pub affinity: Option<Affinity>,
 
     /// Autoscaling of this group by a scaling policy, as `spec.autoscaling` does it for
@@ -389,6 +462,10 @@ pub struct WorkerGroup {
     /// queues and pods.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub autoscaling: Option<Autoscaling>,
+
+    /// Volumes, mounts and extra containers of this group's pods, merged with `common`'s.
+    #[serde(flatten)]
+    pub pod: PodParts,
 }
 
 impl WorkerGroup {
@@ -407,6 +484,7 @@ impl WorkerGroup {
             liveness_probe: self.liveness_probe.clone(),
             readiness_probe: self.readiness_probe.clone(),
             disruption_budget: self.disruption_budget.clone(),
+            pod: self.pod.clone(),
         }
     }
 }
@@ -463,6 +541,7 @@ pub struct Beat {
 
     /// Compute resources of the beat container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(transform = kubernetes_type)]
     pub resources: Option<ResourceRequirements>,
 
     /// Extra arguments appended to the beat command line.
@@ -473,6 +552,10 @@ pub struct Beat {
     #[serde(default = "default_log_level")]
     #[schemars(regex(pattern = r"^(?i)(debug|info|warning|warn|error|critical|fatal)$"))]
     pub log_level: String,
+
+    /// Volumes, mounts and extra containers of the beat pod, merged with `common`'s.
+    #[serde(flatten)]
+    pub pod: PodParts,
 }
 
 /// The volume of the file scheduler's state.
@@ -501,6 +584,7 @@ impl Default for WorkerSpec {
             liveness_probe: None,
             readiness_probe: None,
             disruption_budget: None,
+            pod: PodParts::default(),
         }
     }
 }
@@ -536,6 +620,7 @@ pub struct FlowerSpec {
 
     /// Compute resources of the Flower container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(transform = kubernetes_type)]
     pub resources: Option<ResourceRequirements>,
 
     /// The Service in front of Flower.
@@ -1143,6 +1228,26 @@ fn kubernetes_formats_only(schema: &mut schemars::Schema) {
     schemars::transform::transform_subschemas(&mut kubernetes_formats_only, schema);
 }
 
+/// The schema of a field of one of Kubernetes' own types (a Container, a Volume, an Affinity,
+/// ...) without the descriptions of its inner fields, which `kubectl explain pod.spec` gives.
+/// NB: with them the CRD outgrew what `kubectl apply` (client-side) can store of it in its
+/// annotation, 256 KiB; without them it is a fraction of that. The field's own description stays.
+fn kubernetes_type(schema: &mut schemars::Schema) {
+    fn strip(value: &mut serde_json::Value) {
+        match value {
+            serde_json::Value::Object(map) => {
+                map.remove("description");
+                map.values_mut().for_each(strip);
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(strip),
+            _ => {}
+        }
+    }
+    if let Some(map) = schema.as_object_mut() {
+        map.values_mut().for_each(strip);
+    }
+}
+
 /// Whether the API server knows `format` on a schema of `type_`: what `GetUnrecognizedFormats`
 /// of apiextensions-apiserver (`pkg/apiserver/validation/formats.go`) accepts without a
 /// warning. Integers take `int32` and `int64`, numbers `float` and `double`, strings and
@@ -1193,6 +1298,26 @@ pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
 mod tests {
     use super::*;
 
+    /// The fields of Kubernetes' own types, which Kubernetes documents (`kubectl explain pod.spec`):
+    /// below them the schema keeps no descriptions ([`kubernetes_type`]), and the README's
+    /// reference names the field, not its inner ones.
+    const KUBERNETES_TYPES: &[&str] = &[
+        "resources",
+        "env",
+        "envFrom",
+        "imagePullSecrets",
+        "tolerations",
+        "affinity",
+        "podSecurityContext",
+        "securityContext",
+        "livenessProbe",
+        "readinessProbe",
+        "volumes",
+        "volumeMounts",
+        "initContainers",
+        "containers",
+    ];
+
     /// `deploy/crd.yaml` and the Helm chart's copy are generated; a change of the types must
     /// regenerate them (`make crd`).
     #[test]
@@ -1202,6 +1327,14 @@ mod tests {
             let committed = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{file}: {e}"));
             assert!(committed == crd_yaml().unwrap(), "{file} is stale: run `make crd` and commit it");
         }
+    }
+
+    /// `kubectl apply` (client-side, as the quick start does it) keeps the whole object in an
+    /// annotation, and the API server refuses annotations over 256 KiB.
+    #[test]
+    fn the_crd_fits_in_kubectl_applys_annotation() {
+        let json = serde_json::to_string(&Celery::crd()).unwrap();
+        assert!(json.len() < 256 * 1024 * 9 / 10, "the CRD is {} bytes of JSON, too close to 256 KiB", json.len());
     }
 
     /// `kubectl explain` teaches the API only if every field says what it is.
@@ -1214,7 +1347,9 @@ mod tests {
                     if prop.get("description").is_none() {
                         missing.push(here.clone());
                     }
-                    walk(&here, prop, missing);
+                    if !KUBERNETES_TYPES.contains(&name.as_str()) {
+                        walk(&here, prop, missing);
+                    }
                 }
             }
             for key in ["items", "additionalProperties"] {
@@ -1304,18 +1439,6 @@ mod tests {
     /// (fields of Kubernetes types, like `resources`, are documented by Kubernetes).
     #[test]
     fn readme_reference_covers_every_spec_field() {
-        const KUBERNETES_TYPES: &[&str] = &[
-            "resources",
-            "env",
-            "envFrom",
-            "imagePullSecrets",
-            "tolerations",
-            "affinity",
-            "podSecurityContext",
-            "securityContext",
-            "livenessProbe",
-            "readinessProbe",
-        ];
         fn walk(path: &str, schema: &serde_json::Value, out: &mut Vec<String>) {
             let Some(props) = schema.get("properties").and_then(|p| p.as_object()) else {
                 return;

@@ -10,6 +10,7 @@
 use std::sync::Arc;
 
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
@@ -65,9 +66,47 @@ pub struct Cached {
     pub deployments: Vec<Store<Deployment>>,
     pub services: Vec<Store<Service>>,
     pub budgets: Vec<Store<PodDisruptionBudget>>,
+    /// Every HorizontalPodAutoscaler of the watched namespaces (not only the operator's: it
+    /// makes none), to find one that scales a worker Deployment too.
+    pub autoscalers: Vec<Store<HorizontalPodAutoscaler>>,
+}
+
+/// A HorizontalPodAutoscaler that scales a pool of workers of an app.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForeignAutoscaler {
+    /// The pool: `None` for `workerSpec`'s workers, else the worker group.
+    pub group: Option<String>,
+    pub deployment: String,
+    pub autoscaler: String,
 }
 
 impl Cached {
+    /// The HorizontalPodAutoscalers (KEDA's ScaledObjects make one each) whose target is a
+    /// worker Deployment of `celery`, by the HPA's name.
+    pub fn foreign_autoscalers(&self, celery: &Celery) -> Vec<ForeignAutoscaler> {
+        let Some(ns) = celery.namespace() else { return Vec::new() };
+        let pools: Vec<(Option<String>, String)> = std::iter::once((None, names::worker_name(celery)))
+            .chain(celery.spec.worker_groups.iter().map(|g| (Some(g.name.clone()), names::group_name(celery, &g.name))))
+            .collect();
+        let mut found: Vec<ForeignAutoscaler> = self
+            .autoscalers
+            .iter()
+            .flat_map(|store| store.state())
+            .filter(|hpa| hpa.namespace().as_deref() == Some(ns.as_str()))
+            .filter_map(|hpa| {
+                let target = &hpa.spec.scale_target_ref;
+                let apps = target.api_version.as_deref().is_none_or(|v| v.split('/').next() == Some("apps"));
+                if target.kind != "Deployment" || !apps {
+                    return None;
+                }
+                let (group, deployment) = pools.iter().find(|(_, d)| *d == target.name)?;
+                Some(ForeignAutoscaler { group: group.clone(), deployment: deployment.clone(), autoscaler: hpa.name_any() })
+            })
+            .collect();
+        found.sort_by(|a, b| a.autoscaler.cmp(&b.autoscaler));
+        found
+    }
+
     fn find<K>(stores: &[Store<K>], name: &str, ns: &str) -> Option<Arc<K>>
     where
         K: Resource<DynamicType = ()> + Clone + 'static,
@@ -163,11 +202,11 @@ fn pool_unchanged(cached: &Cached, celery: &Celery, group: Option<&WorkerGroup>,
     let ns = celery.namespace()?;
     let name = pool_name(celery, group);
     let worker = Cached::find(&cached.deployments, &name, &ns)?;
-    let desired_worker = match *scaling {
-        Scaling::Fixed { .. } => build_pool(celery, group, Some(scaling.initial_replicas(num_of_workers(celery, group)))).ok()?,
-        Scaling::Policies { min_replicas, .. } => {
+    let desired_worker = match scaling.floor() {
+        None => build_pool(celery, group, Some(scaling.initial_replicas(num_of_workers(celery, group)))).ok()?,
+        Some(min_replicas) => {
             let replicas = worker.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
-            if replicas < min_replicas || !manages_replicas(&worker, SCALER_MANAGER) {
+            if replicas < min_replicas || !replicas_kept(&worker, scaling) {
                 return None;
             }
             build_pool(celery, group, None).ok()?
@@ -425,7 +464,7 @@ async fn apply_pool(
     current: Option<Deployment>,
 ) -> Result<Deployment, ApplyError> {
     let name = pool_name(celery, group);
-    let Scaling::Policies { min_replicas, .. } = *scaling else {
+    let Some(min_replicas) = scaling.floor() else {
         let replicas = scaling.initial_replicas(num_of_workers(celery, group));
         return apply_deployment(api, &build_pool(celery, group, Some(replicas))?, current.as_ref()).await;
     };
@@ -442,7 +481,7 @@ async fn apply_pool(
         Some(existing) => {
             let replicas = existing.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
             let bounded = replicas.max(min_replicas);
-            if bounded != replicas || !manages_replicas(&existing, SCALER_MANAGER) {
+            if bounded != replicas || !replicas_kept(&existing, scaling) {
                 scale(api, celery, &name, bounded).await?;
             }
             apply_deployment(api, &build_pool(celery, group, None)?, Some(&existing)).await
@@ -518,6 +557,22 @@ async fn scale(api: &Api<Deployment>, celery: &Celery, name: &str, replicas: i32
 }
 
 /// Whether `manager` holds `spec.replicas` of the Deployment.
+/// Whether the count of `d` stays when the reconciler's apply leaves `replicas` out: the
+/// scaler owns it, or (for a pool left to a HorizontalPodAutoscaler) anyone but the reconciler,
+/// the HPA included: taking it back from the HPA after each of its scales would be a write per
+/// reconcile for nothing.
+fn replicas_kept(d: &Deployment, scaling: &Scaling) -> bool {
+    match scaling {
+        Scaling::External { .. } => {
+            !manages_replicas(d, FIELD_MANAGER)
+                && d.metadata.managed_fields.iter().flatten().any(|entry| {
+                    entry.fields_v1.as_ref().is_some_and(|f| f.0.get("f:spec").and_then(|s| s.get("f:replicas")).is_some())
+                })
+        }
+        _ => manages_replicas(d, SCALER_MANAGER),
+    }
+}
+
 fn manages_replicas(d: &Deployment, manager: &str) -> bool {
     d.metadata.managed_fields.iter().flatten().any(|entry| {
         entry.manager.as_deref() == Some(manager)

@@ -18,7 +18,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelecto
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
 
-use crate::crd::{Beat, Celery, FLOWER_PORT, SecretKeyRef, WorkerGroup, WorkerSpec};
+use crate::crd::{Beat, Celery, FLOWER_PORT, PodParts, SecretKeyRef, WorkerGroup, WorkerSpec};
 use crate::spec::names::*;
 
 use super::probes;
@@ -72,7 +72,7 @@ fn pool_deployment(
     args.extend(w.extra_args.iter().cloned());
 
     let container = Container {
-        name: "worker".into(),
+        name: WORKER_CONTAINER.into(),
         liveness_probe: w.liveness_probe.clone().or_else(|| probes::worker_liveness(&args)),
         readiness_probe: Some(w.readiness_probe.clone().unwrap_or_else(probes::worker_readiness)),
         command: Some(vec!["celery".into()]),
@@ -81,6 +81,7 @@ fn pool_deployment(
         ..app_container(celery, Vec::new())
     };
     let mut pod = pod_spec(celery, container);
+    add_parts(&mut pod, merged_parts(&spec.common.pod, Some(&w.pod)));
     pod.termination_grace_period_seconds = Some(w.termination_grace_period_seconds);
 
     let mut labels = child_labels(celery, "worker");
@@ -155,7 +156,7 @@ pub fn beat_deployment(celery: &Celery, beat: &Beat) -> Result<Deployment, Build
     }
     args.extend(beat.extra_args.iter().cloned());
     let container = Container {
-        name: "beat".into(),
+        name: BEAT_CONTAINER.into(),
         command: Some(vec!["celery".into()]),
         args: Some(args),
         resources: beat.resources.clone(),
@@ -164,6 +165,7 @@ pub fn beat_deployment(celery: &Celery, beat: &Beat) -> Result<Deployment, Build
     };
     let mut pod = pod_spec(celery, container);
     pod.volumes = (!volumes.is_empty()).then_some(volumes);
+    add_parts(&mut pod, merged_parts(&spec.common.pod, Some(&beat.pod)));
 
     let name = beat_name(celery);
     let mut labels = child_labels(celery, "beat");
@@ -185,10 +187,6 @@ pub fn beat_deployment(celery: &Celery, beat: &Beat) -> Result<Deployment, Build
     })
 }
 
-/// Where beat's file scheduler keeps its state, and the volume there.
-pub const BEAT_SCHEDULE_DIR: &str = "/var/lib/celery-beat";
-const BEAT_VOLUME: &str = "beat-schedule";
-
 /// The Flower Deployment.
 pub fn flower_deployment(celery: &Celery) -> Result<Deployment, BuildError> {
     let spec = &celery.spec;
@@ -200,7 +198,7 @@ pub fn flower_deployment(celery: &Celery) -> Result<Deployment, BuildError> {
     let extra_env = f.basic_auth.iter().map(|auth| secret_env(FLOWER_AUTH_ENV, &auth.name, &auth.key)).collect();
 
     let container = Container {
-        name: "flower".into(),
+        name: FLOWER_CONTAINER.into(),
         // NB: Flower 1.0 dropped its own `flower` executable; `celery flower` is the same
         // program the Python operator's `flower --app=...` started.
         command: Some(vec!["celery".into()]),
@@ -220,7 +218,8 @@ pub fn flower_deployment(celery: &Celery) -> Result<Deployment, BuildError> {
         }),
         ..app_container(celery, extra_env)
     };
-    let pod = pod_spec(celery, container);
+    let mut pod = pod_spec(celery, container);
+    add_parts(&mut pod, merged_parts(&spec.common.pod, None));
 
     let mut labels = child_labels(celery, "flower");
     labels.insert("run".into(), name.clone());
@@ -362,6 +361,44 @@ fn pod_spec(celery: &Celery, container: Container) -> PodSpec {
         security_context: c.pod_security_context.clone(),
         ..Default::default()
     }
+}
+
+/// `common`'s volumes, mounts and extra containers with those of one kind of pod (`own`)
+/// merged in: an entry of `own` replaces `common`'s of the same name (a mount, of the same
+/// path) where it stood, the others follow `common`'s.
+pub fn merged_parts(common: &PodParts, own: Option<&PodParts>) -> PodParts {
+    let Some(own) = own else { return common.clone() };
+    PodParts {
+        volumes: merge_by(&common.volumes, &own.volumes, |v| &v.name),
+        volume_mounts: merge_by(&common.volume_mounts, &own.volume_mounts, |m| &m.mount_path),
+        init_containers: merge_by(&common.init_containers, &own.init_containers, |c| &c.name),
+        containers: merge_by(&common.containers, &own.containers, |c| &c.name),
+    }
+}
+
+/// `base`, each entry replaced by the one of `over` with the same key, then the rest of `over`.
+pub fn merge_by<T: Clone>(base: &[T], over: &[T], key: impl Fn(&T) -> &String) -> Vec<T> {
+    let mut merged: Vec<T> = base.iter().map(|b| over.iter().find(|o| key(o) == key(b)).unwrap_or(b).clone()).collect();
+    merged.extend(over.iter().filter(|o| !base.iter().any(|b| key(b) == key(o))).cloned());
+    merged
+}
+
+/// Adds the user's volumes, mounts and containers to a pod whose first container is the
+/// operator's: the mounts go to it, the extra containers after it (so `kubectl logs` and
+/// `kubectl exec` still default to Celery's). Nothing is added when there is nothing to add:
+/// a spec without them builds exactly the pods it built before.
+fn add_parts(pod: &mut PodSpec, parts: PodParts) {
+    let PodParts { volumes, volume_mounts, init_containers, containers } = parts;
+    if !volume_mounts.is_empty() {
+        pod.containers[0].volume_mounts.get_or_insert_with(Vec::new).extend(volume_mounts);
+    }
+    if !volumes.is_empty() {
+        pod.volumes.get_or_insert_with(Vec::new).extend(volumes);
+    }
+    if !init_containers.is_empty() {
+        pod.init_containers = Some(init_containers);
+    }
+    pod.containers.extend(containers);
 }
 
 /// The parts of a container the worker and Flower share: image, environment, security.
@@ -765,5 +802,52 @@ spec:
         let pod = beat_deployment(&class, class.spec.beat.as_ref().unwrap()).unwrap().spec.unwrap().template.spec.unwrap();
         assert!(pod.volumes.is_none() && pod.containers[0].volume_mounts.is_none());
         assert!(pod.containers[0].args.as_ref().unwrap().contains(&"--scheduler=redbeat.RedBeatScheduler".into()));
+    }
+
+    #[test]
+    fn volumes_mounts_and_sidecars_reach_each_pod_merged_with_commons() {
+        let yaml = GROUPS
+            .replace(
+                "    nodeSelector: {pool: general}\n",
+                "    nodeSelector: {pool: general}\n    volumes: [{name: cfg, configMap: {name: shop-config}}]\n    volumeMounts: [{name: cfg, mountPath: /etc/shop}]\n    initContainers: [{name: migrate, image: shop:1}]\n    containers: [{name: proxy, image: proxy:1}]\n",
+            )
+            .replace(
+                "    disruptionBudget: {minAvailable: 1}\n",
+                "    disruptionBudget: {minAvailable: 1}\n    volumes: [{name: cfg, secret: {secretName: reports-config}}, {name: scratch, emptyDir: {}}]\n    volumeMounts: [{name: scratch, mountPath: /scratch}]\n    containers: [{name: proxy, image: proxy:2}, {name: shipper, image: logs:1}]\n",
+            );
+        let c = celery(&yaml);
+        let pod = |d: Deployment| d.spec.unwrap().template.spec.unwrap();
+        let names = |cs: &[Container]| cs.iter().map(|c| c.name.clone()).collect::<Vec<_>>();
+        let mounts =
+            |c: &Container| c.volume_mounts.iter().flatten().map(|m| format!("{}:{}", m.name, m.mount_path)).collect::<Vec<_>>();
+
+        // workerSpec's pods: common's, with the operator's container first.
+        let default = pod(worker_deployment(&c, None).unwrap());
+        assert_eq!(names(&default.containers), ["worker", "proxy"]);
+        assert_eq!(names(default.init_containers.as_deref().unwrap()), ["migrate"]);
+        assert_eq!(mounts(&default.containers[0]), ["cfg:/etc/shop"]);
+        assert_eq!(default.volumes.as_ref().unwrap()[0].config_map.as_ref().unwrap().name, "shop-config");
+
+        // The reports group replaces common's `cfg` and `proxy` in place and adds its own.
+        let reports = pod(group_deployment(&c, &c.spec.worker_groups[0], None).unwrap());
+        assert_eq!(names(&reports.containers), ["worker", "proxy", "shipper"]);
+        assert_eq!(reports.containers[1].image.as_deref(), Some("proxy:2"));
+        assert_eq!(mounts(&reports.containers[0]), ["cfg:/etc/shop", "scratch:/scratch"]);
+        let volumes = reports.volumes.unwrap();
+        assert_eq!(volumes.iter().map(|v| v.name.as_str()).collect::<Vec<_>>(), ["cfg", "scratch"]);
+        assert_eq!(volumes[0].secret.as_ref().unwrap().secret_name.as_deref(), Some("reports-config"));
+
+        // Beat keeps its schedule volume first; Flower gets common's.
+        let beat = pod(beat_deployment(&c, c.spec.beat.as_ref().unwrap()).unwrap());
+        assert_eq!(mounts(&beat.containers[0]), [format!("{BEAT_VOLUME}:{BEAT_SCHEDULE_DIR}"), "cfg:/etc/shop".into()]);
+        assert_eq!(beat.volumes.unwrap().iter().map(|v| v.name.clone()).collect::<Vec<_>>(), [BEAT_VOLUME, "cfg"]);
+        let flower = pod(flower_deployment(&c).unwrap());
+        assert_eq!(names(&flower.containers), ["flower", "proxy"]);
+        assert_eq!(mounts(&flower.containers[0]), ["cfg:/etc/shop"]);
+
+        // Without them, nothing is added (a spec's pods are those it built before).
+        let plain = pod(group_deployment(&celery(GROUPS), &celery(GROUPS).spec.worker_groups[1], None).unwrap());
+        assert!(plain.volumes.is_none() && plain.init_containers.is_none() && plain.containers.len() == 1);
+        assert!(plain.containers[0].volume_mounts.is_none());
     }
 }

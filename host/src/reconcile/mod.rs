@@ -24,7 +24,7 @@ use kube::runtime::reflector::ObjectRef;
 use kube::{Client, Resource, ResourceExt};
 use tracing::{info, warn};
 
-use crate::conditions::{INVALID_SPEC, NAME_CONFLICT};
+use crate::conditions::{CONFLICTING_AUTOSCALER, INVALID_SPEC, NAME_CONFLICT};
 use crate::crd::{Celery, CeleryStatus};
 use crate::leader::Leadership;
 use crate::policy::check::PolicyCheck;
@@ -144,15 +144,34 @@ async fn run_pipeline(celery: &Arc<Celery>, ctx: &Context, app: &str) -> Result<
             Outcome::Failed { reason: INVALID_SPEC, message: invalid.to_string() }
         }
         Ok(s) => {
-            scaling = s;
             // A policy that cannot be used does not hold back the rest of the spec: the
             // children are still applied, and the scaler keeps the current count.
-            let problem = match &ctx.policies {
-                Some(check) => check.check(&scaling).await.err().map(|p| (p.reason, p.message)),
+            let mut problem = match &ctx.policies {
+                Some(check) => check.check(&s).await.err().map(|p| (p.reason, p.message)),
                 None => None,
             };
             // Validated with the rest: cannot fail here.
-            groups = validate::groups(&celery.spec).unwrap_or_default();
+            let mut g = validate::groups(&celery.spec).unwrap_or_default();
+            let mut s = s;
+            // A pool another autoscaler also scales is left to it: no tug of war over its
+            // replicas, and a condition that names it.
+            let foreign = ctx.children.foreign_autoscalers(celery);
+            for f in &foreign {
+                let external = Scaling::External { autoscaler: f.autoscaler.clone() };
+                match &f.group {
+                    None => s = external,
+                    Some(name) => {
+                        if let Some(i) = celery.spec.worker_groups.iter().position(|w| &w.name == name) {
+                            g[i] = external;
+                        }
+                    }
+                }
+            }
+            if !foreign.is_empty() {
+                problem = Some((CONFLICTING_AUTOSCALER, conflict_message(&foreign)));
+            }
+            scaling = s;
+            groups = g;
             let applied_now = match apply::unchanged(&ctx.children, celery, &scaling, &groups) {
                 Some(cached) => Ok(cached),
                 None => apply::children(&ctx.client, &ctx.children, celery, &scaling, &groups).await,
@@ -217,6 +236,22 @@ async fn run_pipeline(celery: &Arc<Celery>, ctx: &Context, app: &str) -> Result<
             }
         }
     }
+}
+
+/// What a `ConflictingAutoscaler` condition says: each HPA, the Deployment it scales, and what to
+/// do about it.
+fn conflict_message(foreign: &[apply::ForeignAutoscaler]) -> String {
+    let each: Vec<String> = foreign
+        .iter()
+        .map(|f| {
+            let pool = f.group.as_ref().map_or_else(|| "workerSpec".to_string(), |g| format!("worker group {g}"));
+            format!("HorizontalPodAutoscaler {} scales Deployment {} ({pool})", f.autoscaler, f.deployment)
+        })
+        .collect();
+    format!(
+        "{}: two autoscalers would fight over its replicas, so the operator leaves them to the HPA; delete the          HPA (or its KEDA ScaledObject) to have the spec decide the count again",
+        each.join("; ")
+    )
 }
 
 /// Tells the autoscaler how `celery` scales now (`None`: its spec is invalid). NB: the

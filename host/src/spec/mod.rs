@@ -105,7 +105,7 @@ impl Handoff {
                     max_replicas: *max_replicas,
                     tuning: tuning.clone(),
                 })),
-                Scaling::Fixed { .. } => None,
+                Scaling::Fixed { .. } | Scaling::External { .. } => None,
             })
             .collect();
         Self { celery, plans }
@@ -193,6 +193,11 @@ spec:
         };
         assert_eq!(plan.pool, want);
         assert_eq!((plan.min_replicas, plan.max_replicas), (1, 5));
+        // A pool left to a HorizontalPodAutoscaler has no loop, whatever its spec says.
+        let mut left = groups.clone();
+        left[1] = validate::Scaling::External { autoscaler: "keda-hpa-scaled".into() };
+        assert!(Handoff::new(Arc::clone(&celery), Some((&scaling, &left))).plans.is_empty());
+        assert_eq!(left[1].policy_label(), "hpa/keda-hpa-scaled");
         assert!(Handoff::new(celery, None).plans.is_empty(), "an invalid spec stops every loop");
     }
 }

@@ -29,6 +29,15 @@ pub const COMPONENT_LABEL: &str = "celeryproject.org/component";
 pub const GROUP_LABEL: &str = "celeryproject.org/worker-group";
 
 /// Environment variables the operator sets from the spec.
+/// The operator's container in each kind of pod; extra containers may not take these names.
+pub const WORKER_CONTAINER: &str = "worker";
+pub const BEAT_CONTAINER: &str = "beat";
+pub const FLOWER_CONTAINER: &str = "flower";
+
+/// Where beat's file scheduler keeps its state, and the volume the operator mounts there.
+pub const BEAT_SCHEDULE_DIR: &str = "/var/lib/celery-beat";
+pub const BEAT_VOLUME: &str = "beat-schedule";
+
 pub const BROKER_ENV: &str = "CELERY_BROKER_URL";
 pub const RESULT_BACKEND_ENV: &str = "CELERY_RESULT_BACKEND";
 pub const FLOWER_AUTH_ENV: &str = "FLOWER_BASIC_AUTH";

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::ResourceRequirements;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use crate::crd::{Autoscaling, CelerySpec, MetricName, ScaleKind};
+use crate::crd::{Autoscaling, CelerySpec, MetricName, PodParts, ScaleKind};
 use crate::quantity;
 use crate::spec::Tuning;
 use crate::spec::names::{self, RESERVED_POD_LABELS};
@@ -39,6 +39,10 @@ pub enum Scaling {
     Fixed { replicas: i32 },
     /// Scaling policies within bounds; with several policies the largest answer wins.
     Policies { policies: Vec<PolicyRef>, min_replicas: i32, max_replicas: i32, tuning: Tuning },
+    /// Left to a HorizontalPodAutoscaler (named) that scales the Deployment too: the operator
+    /// writes no count and runs no loop for it, whatever the spec says (see
+    /// [`crate::conditions::CONFLICTING_AUTOSCALER`]).
+    External { autoscaler: String },
 }
 
 /// A scaling policy module and the settings handed to it.
@@ -60,6 +64,7 @@ impl Scaling {
         match self {
             Scaling::Fixed { .. } => "none".into(),
             Scaling::Policies { policies, .. } => policies.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join("+"),
+            Scaling::External { autoscaler } => format!("hpa/{autoscaler}"),
         }
     }
 
@@ -68,6 +73,17 @@ impl Scaling {
         match *self {
             Scaling::Fixed { replicas } => replicas,
             Scaling::Policies { min_replicas, max_replicas, .. } => num_of_workers.clamp(min_replicas, max_replicas),
+            Scaling::External { .. } => num_of_workers,
+        }
+    }
+
+    /// The lowest count the reconciler keeps a pool at while another manager owns `replicas`
+    /// (`None`: the reconciler owns it, a fixed count).
+    pub fn floor(&self) -> Option<i32> {
+        match *self {
+            Scaling::Fixed { .. } => None,
+            Scaling::Policies { min_replicas, .. } => Some(min_replicas),
+            Scaling::External { .. } => Some(0),
         }
     }
 }
@@ -93,7 +109,144 @@ pub fn validate(spec: &CelerySpec) -> Result<Scaling, SpecError> {
         check_extra_args("spec.beat.extraArgs", &beat.extra_args, BEAT_OPTIONS)?;
     }
     groups(spec)?;
+    check_pod_parts(spec)?;
     scaling(spec)
+}
+
+/// One kind of pod of the app, as its volumes and containers are checked.
+struct PodKind<'a> {
+    /// What the messages call its pods.
+    what: String,
+    /// The field of its own volumes and containers (`spec.workerGroups[1]`), if it has any.
+    field: Option<String>,
+    own: Option<&'a PodParts>,
+    /// The operator's container in it.
+    container: &'static str,
+    /// The volume (and its mount path) the operator adds to it, if any.
+    operator_volume: Option<(&'static str, &'static str)>,
+}
+
+/// The volumes, mounts and extra containers of every pod the app runs, after merging
+/// `common`'s with each pod's own: no extra container takes the name of the operator's or of
+/// another one, every mount names a volume of that pod, and none takes the operator's volume.
+fn check_pod_parts(spec: &CelerySpec) -> Result<(), SpecError> {
+    let mut kinds = vec![PodKind {
+        what: "the worker pods of workerSpec".into(),
+        field: Some("spec.workerSpec".into()),
+        own: Some(&spec.worker_spec.pod),
+        container: names::WORKER_CONTAINER,
+        operator_volume: None,
+    }];
+    for (i, group) in spec.worker_groups.iter().enumerate() {
+        kinds.push(PodKind {
+            what: format!("the pods of worker group {}", group.name),
+            field: Some(format!("spec.workerGroups[{i}]")),
+            own: Some(&group.pod),
+            container: names::WORKER_CONTAINER,
+            operator_volume: None,
+        });
+    }
+    if let Some(beat) = spec.beat.as_ref().filter(|b| b.enabled) {
+        kinds.push(PodKind {
+            what: "the beat pod".into(),
+            field: Some("spec.beat".into()),
+            own: Some(&beat.pod),
+            container: names::BEAT_CONTAINER,
+            operator_volume: beat.scheduler.is_none().then_some((names::BEAT_VOLUME, names::BEAT_SCHEDULE_DIR)),
+        });
+    }
+    if spec.flower_spec.enabled {
+        kinds.push(PodKind {
+            what: "the Flower pods".into(),
+            field: None,
+            own: None,
+            container: names::FLOWER_CONTAINER,
+            operator_volume: None,
+        });
+    }
+    for kind in &kinds {
+        check_pod_kind(&spec.common.pod, kind)?;
+    }
+    Ok(())
+}
+
+/// The entries of one list after merging (see `build::merged_parts`), each with its field.
+fn merged<'a, T>(common: &'a [T], own: Option<(&str, &'a [T])>, list: &str, key: impl Fn(&T) -> &String) -> Vec<(String, &'a T)> {
+    let own_list = own.map_or(&[][..], |(_, o)| o);
+    let own_field = |i: usize| format!("{}.{list}[{i}]", own.map_or("", |(f, _)| f));
+    let mut out: Vec<(String, &T)> = common
+        .iter()
+        .enumerate()
+        .map(|(i, c)| match own_list.iter().position(|o| key(o) == key(c)) {
+            Some(j) => (own_field(j), &own_list[j]),
+            None => (format!("spec.common.{list}[{i}]"), c),
+        })
+        .collect();
+    for (j, o) in own_list.iter().enumerate() {
+        if !common.iter().any(|c| key(c) == key(o)) {
+            out.push((own_field(j), o));
+        }
+    }
+    out
+}
+
+fn check_pod_kind(common: &PodParts, kind: &PodKind) -> Result<(), SpecError> {
+    let own: Option<(&str, &PodParts)> = kind.own.map(|parts| (kind.field.as_deref().unwrap_or(""), parts));
+    let volumes = merged(&common.volumes, own.map(|(f, p)| (f, &p.volumes[..])), "volumes", |v| &v.name);
+    let mounts = merged(&common.volume_mounts, own.map(|(f, p)| (f, &p.volume_mounts[..])), "volumeMounts", |m| &m.mount_path);
+    let inits = merged(&common.init_containers, own.map(|(f, p)| (f, &p.init_containers[..])), "initContainers", |c| &c.name);
+    let sidecars = merged(&common.containers, own.map(|(f, p)| (f, &p.containers[..])), "containers", |c| &c.name);
+
+    let where_volumes = match &kind.field {
+        Some(field) => format!("spec.common.volumes or {field}.volumes"),
+        None => "spec.common.volumes".into(),
+    };
+    if let Some((volume, path)) = kind.operator_volume {
+        if let Some((field, _)) = volumes.iter().find(|(_, v)| v.name == volume) {
+            return Err(SpecError::new(
+                format!("{field}.name"),
+                format!("{volume:?} is the volume the operator mounts at {path} in {}; choose another name", kind.what),
+            ));
+        }
+        if let Some((field, _)) = mounts.iter().find(|(_, m)| m.mount_path.trim_end_matches('/') == path) {
+            return Err(SpecError::new(
+                format!("{field}.mountPath"),
+                format!("{path} is where the operator mounts beat's schedule in {}; mount elsewhere", kind.what),
+            ));
+        }
+    }
+    let known = |name: &str| volumes.iter().any(|(_, v)| v.name == name) || kind.operator_volume.is_some_and(|(v, _)| v == name);
+    let container_mounts = mounts.iter().map(|(field, m)| (field.clone(), &m.name));
+    let extra_mounts = inits.iter().chain(&sidecars).flat_map(|(field, c)| {
+        c.volume_mounts.iter().flatten().enumerate().map(move |(k, m)| (format!("{field}.volumeMounts[{k}]"), &m.name))
+    });
+    for (field, name) in container_mounts.chain(extra_mounts) {
+        if !known(name) {
+            return Err(SpecError::new(
+                format!("{field}.name"),
+                format!("there is no volume {name:?} in {} (volumes come from {where_volumes})", kind.what),
+            ));
+        }
+    }
+    let mut seen: BTreeMap<&str, &str> = BTreeMap::new();
+    for (field, container) in inits.iter().chain(&sidecars) {
+        if container.name == kind.container {
+            return Err(SpecError::new(
+                format!("{field}.name"),
+                format!(
+                    "{:?} is the name of the operator's container in {}; give this container another name",
+                    container.name, kind.what
+                ),
+            ));
+        }
+        if let Some(first) = seen.insert(&container.name, field) {
+            return Err(SpecError::new(
+                format!("{field}.name"),
+                format!("{first} has the same name in {}; container names are unique in a pod", kind.what),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The longest name of a group's Deployment: the names of the children are DNS labels (a
@@ -813,6 +966,39 @@ spec:
         "spec.workerGroups[0].autoscaling.policyMemory"
     )]
     #[case::beat_resources("beat: {resources: {limits: {memory: lots}}}", "spec.beat.resources.limits.memory")]
+    #[case::sidecar_named_like_the_worker(
+        "common: {appName: demo, celeryApp: app, image: i, containers: [{name: proxy, image: p}, {name: worker, image: p}]}",
+        "spec.common.containers[1].name"
+    )]
+    #[case::sidecar_named_like_flower(
+        "common: {appName: demo, celeryApp: app, image: i, initContainers: [{name: flower, image: p}]}",
+        "spec.common.initContainers[0].name"
+    )]
+    #[case::group_sidecar_named_like_the_worker(
+        "workerGroups: [{name: a, queues: x, containers: [{name: worker, image: p}]}]",
+        "spec.workerGroups[0].containers[0].name"
+    )]
+    #[case::mount_of_a_missing_volume(
+        "workerGroups: [{name: a, queues: x}, {name: b, queues: y, volumeMounts: [{name: cfg, mountPath: /etc/app}]}]",
+        "spec.workerGroups[1].volumeMounts[0].name"
+    )]
+    #[case::a_groups_volume_is_not_anothers(
+        "workerGroups: [{name: a, queues: x, volumes: [{name: cfg, emptyDir: {}}]}, {name: b, queues: y, volumeMounts: [{name: cfg, mountPath: /etc/app}]}]",
+        "spec.workerGroups[1].volumeMounts[0].name"
+    )]
+    #[case::sidecar_mount_of_a_missing_volume(
+        "workerSpec: {containers: [{name: proxy, image: p, volumeMounts: [{name: nope, mountPath: /x}]}]}",
+        "spec.workerSpec.containers[0].volumeMounts[0].name"
+    )]
+    #[case::init_and_sidecar_of_one_name(
+        "workerSpec: {initContainers: [{name: a, image: i}], containers: [{name: a, image: i}]}",
+        "spec.workerSpec.containers[0].name"
+    )]
+    #[case::beats_own_volume("beat: {volumes: [{name: beat-schedule, emptyDir: {}}]}", "spec.beat.volumes[0].name")]
+    #[case::beats_own_mount_path(
+        "beat: {volumes: [{name: v, emptyDir: {}}], volumeMounts: [{name: v, mountPath: /var/lib/celery-beat/}]}",
+        "spec.beat.volumeMounts[0].mountPath"
+    )]
     fn names_the_field_at_fault(#[case] extra: &str, #[case] field: &str) {
         let mut yaml = BASE.to_string();
         if extra.contains("common:") {
@@ -824,5 +1010,23 @@ spec:
         let err = validate(&spec(&yaml)).unwrap_err();
         assert_eq!(err.field, field, "{err}");
         assert!(!err.message.is_empty());
+    }
+
+    #[test]
+    fn volumes_and_containers_merge_with_commons() {
+        let mut yaml = BASE.replace(
+            "  common: {appName: demo, celeryApp: 'app:celery_app', image: example}\n",
+            "  common: {appName: demo, celeryApp: app, image: i, volumes: [{name: cfg, configMap: {name: c}}], volumeMounts: [{name: cfg, mountPath: /etc/app}], containers: [{name: proxy, image: p}]}\n",
+        );
+        // A group mounts common's volume, replaces its sidecar and adds its own volume; beat
+        // with the file scheduler keeps its schedule volume beside them; a Flower sidecar named
+        // `beat` is no clash (only the beat pod's container is called so).
+        yaml.push_str(
+            "  workerGroups: [{name: a, queues: x, volumes: [{name: tmp, emptyDir: {}}], volumeMounts: [{name: tmp, mountPath: /tmp}], containers: [{name: proxy, image: p2, volumeMounts: [{name: cfg, mountPath: /cfg}]}]}]\n  beat: {volumeMounts: [{name: cfg, mountPath: /etc/beat}]}\n  flowerSpec: {enabled: false}\n",
+        );
+        validate(&spec(&yaml)).expect("valid");
+        let with_beat_sidecar =
+            yaml.replace("beat: {volumeMounts", "beat: {containers: [{name: flower, image: f}], volumeMounts");
+        validate(&spec(&with_beat_sidecar)).expect("flower is off: its name is free in the beat pod");
     }
 }

@@ -29,6 +29,7 @@ pub const TESTS: &[crate::TestCase] = &[
     ("an_invalid_worker_group_is_refused_naming_the_field", false, |h| Box::pin(invalid_groups(h))),
     ("each_worker_group_scales_on_its_own_queues", false, |h| Box::pin(groups_scale_apart(h))),
     ("kubectl_scale_sets_the_default_workers_unless_a_policy_decides", false, |h| Box::pin(kubectl_scale(h))),
+    ("an_hpa_on_a_worker_deployment_is_named_and_left_its_replicas", false, |h| Box::pin(foreign_hpa(h))),
 ];
 
 /// The test's app, `shop`.
@@ -456,5 +457,81 @@ spec:
     assert!(!out.status.success(), "kubectl scale of an autoscaled app succeeded");
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(said.contains("has no effect while a scaling policy decides"), "{said}");
+    operator.stop().await;
+}
+
+/// A HorizontalPodAutoscaler a user put on a group's Deployment (as KEDA's ScaledObject makes
+/// one): the app turns Degraded naming it and the group, the group's status shows it as the
+/// policy, and the reconciler stops writing that Deployment's count, so a count the HPA sets
+/// (written here through the scale subresource, as the HPA controller does; none runs here)
+/// survives the next reconcile. Deleting the HPA hands the count back to the spec. The other
+/// pool keeps its count throughout.
+async fn foreign_hpa(h: Arc<Harness>) {
+    let env = &h.env;
+    let ns = env.namespace("hpa").await;
+    let operator = env.start_operator(&[&ns], None);
+    let yaml = "
+apiVersion: celeryproject.org/v1alpha1
+kind: Celery
+metadata: {name: shop}
+spec:
+  common: {appName: shop, celeryApp: 'app:celery_app', image: example-image}
+  flowerSpec: {enabled: false}
+  workerSpec: {numOfWorkers: 2}
+  workerGroups: [{name: hooks, queues: webhooks, numOfWorkers: 1}]
+";
+    create(&env.admin, &ns, yaml).await.expect("created");
+    wait_condition(&env.admin, &ns, "shop", READY, "True", ALL_REPLICAS_READY).await;
+    let hpa = "
+apiVersion: autoscaling/v2
+kind: HorizontalPodAutoscaler
+metadata: {name: hooks-by-cpu}
+spec:
+  scaleTargetRef: {apiVersion: apps/v1, kind: Deployment, name: shop-celery-worker-hooks}
+  minReplicas: 1
+  maxReplicas: 5
+  metrics: [{type: Resource, resource: {name: cpu, target: {type: Utilization, averageUtilization: 50}}}]
+";
+    apply_yaml(&env.admin, hpa, Some(&ns)).await.expect("HPA created");
+    let c = wait_condition(&env.admin, &ns, "shop", DEGRADED, "True", CONFLICTING_AUTOSCALER).await;
+    let status = c.status.unwrap_or_default();
+    let message = status.conditions.iter().find(|c| c.type_ == DEGRADED).map(|c| c.message.clone()).unwrap_or_default();
+    assert!(
+        message.starts_with(
+            "HorizontalPodAutoscaler hooks-by-cpu scales Deployment shop-celery-worker-hooks (worker group hooks): two autoscalers"
+        ),
+        "{message}"
+    );
+    let group = status.worker_groups.iter().find(|g| g.name == "hooks").expect("the group's status");
+    assert_eq!(group.policy.as_deref(), Some("hpa/hooks-by-cpu"));
+
+    // The HPA's count stays through a reconcile (a spec change), which rolls both pools out.
+    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> = Api::namespaced(env.admin.clone(), &ns);
+    let scale = serde_json::json!({"spec": {"replicas": 3}});
+    deployments
+        .patch_scale("shop-celery-worker-hooks", &PatchParams::default(), &Patch::Merge(&scale))
+        .await
+        .expect("scaled as an HPA does");
+    let changed = patch_spec(&env.admin, &ns, "shop", serde_json::json!({"common": {"podAnnotations": {"touched": "1"}}}))
+        .await
+        .expect("spec changed");
+    let generation = changed.metadata.generation;
+    eventually("the change reconciled", WAIT, || async {
+        let c = shop(&env.admin, &ns).await?;
+        let seen = c.status.and_then(|s| s.observed_generation);
+        if seen == generation { Ok(()) } else { Err(format!("observed {seen:?}, generation {generation:?}")) }
+    })
+    .await;
+    let hooks = deployment(&env.admin, &ns, "shop-celery-worker-hooks").await.expect("the group's Deployment");
+    let annotated = hooks.spec.as_ref().and_then(|s| s.template.metadata.as_ref()).and_then(|m| m.annotations.as_ref());
+    assert!(annotated.is_some_and(|a| a.get("touched").is_some()), "the group's pods still follow the spec");
+    assert_eq!(replicas_of(&hooks), 3, "the reconciler wrote the HPA's count back");
+    assert_eq!(replicas_of(&deployment(&env.admin, &ns, "shop-celery-worker").await.expect("workerSpec's")), 2);
+
+    // Without the HPA the spec decides again.
+    let hpas: Api<k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler> = Api::namespaced(env.admin.clone(), &ns);
+    hpas.delete("hooks-by-cpu", &Default::default()).await.expect("HPA deleted");
+    wait_condition(&env.admin, &ns, "shop", DEGRADED, "False", AS_EXPECTED).await;
+    wait_replicas(&env.admin, &ns, "shop-celery-worker-hooks", 1).await;
     operator.stop().await;
 }

@@ -129,8 +129,21 @@ impl ControlPlane {
         self.state.join("operator.kubeconfig")
     }
 
-    /// Prints the tail of every component's log, for a failed run.
+    /// Prints the pods and ReplicaSets of every namespace and the tail of every component's
+    /// log, for a failed run.
     pub fn dump_logs(&self) {
+        let listed = std::process::Command::new("kubectl")
+            .arg(format!("--kubeconfig={}", self.admin_kubeconfig().display()))
+            .args(["get", "replicasets,pods", "--all-namespaces", "-o", "wide"])
+            .output();
+        match listed {
+            Ok(out) => eprintln!(
+                "===== kubectl get replicasets,pods -A =====\n{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+            Err(e) => eprintln!("kubectl get pods: {e}"),
+        }
         let Ok(entries) = std::fs::read_dir(self.state.join("logs")) else {
             return;
         };
