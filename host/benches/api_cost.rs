@@ -14,6 +14,8 @@
 
 #[path = "../tests/common/servers.rs"]
 mod servers;
+#[path = "shared/stage.rs"]
+mod stage;
 #[path = "../tests/cluster/support.rs"]
 #[allow(dead_code)]
 mod support;
@@ -24,7 +26,7 @@ use std::time::Duration;
 use celery_operator::crd::Celery;
 use kube::Client;
 use kube::api::{Api, ListParams, PostParams};
-use support::{ControlPlane, Env, eventually};
+use support::{Env, eventually};
 
 const WAIT: Duration = Duration::from_secs(600);
 /// The resources the operator reads or writes.
@@ -33,12 +35,7 @@ const RESOURCES: [&str; 6] = ["celery", "deployments", "services", "pods", "even
 fn main() {
     let apps: usize = std::env::var("APPS").ok().and_then(|v| v.parse().ok()).unwrap_or(22);
     let window = Duration::from_secs(std::env::var("WINDOW").ok().and_then(|v| v.parse().ok()).unwrap_or(120));
-    let built = std::process::Command::new(support::repo_root().join("policies/build.sh")).status();
-    assert!(built.is_ok_and(|s| s.success()), "policies/build.sh failed");
-    support::keep_lookups_on_loopback();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
-    let control_plane = ControlPlane::start().expect("control plane");
-    let (_redis, port) = servers::redis_server(&[]);
+    let stage::Stage { runtime, control_plane, redis: _redis, broker } = stage::stage();
     runtime.block_on(async {
         let env = Env::connect(&control_plane).await;
         support::install(&env).await;
@@ -53,7 +50,7 @@ kind: Celery
 metadata: {{name: app-{i}}}
 spec:
   common: {{appName: app-{i}, celeryApp: 'app:celery_app', image: example-image}}
-  broker: {{url: 'redis://127.0.0.1:{port}/0'}}
+  broker: {{url: '{broker}'}}
   workerSpec: {{queues: q{i}}}
   autoscaling: {{policy: queue-length, settings: {{target: '10'}}, minReplicas: 1, maxReplicas: 5}}
 "

@@ -18,6 +18,8 @@
 mod measure;
 #[path = "../tests/common/servers.rs"]
 mod servers;
+#[path = "shared/stage.rs"]
+mod stage;
 #[path = "../tests/cluster/support.rs"]
 #[allow(dead_code)]
 mod support;
@@ -31,7 +33,7 @@ use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::{Api, ListParams, PostParams};
 use kube::runtime::watcher;
-use support::{ControlPlane, Env, eventually};
+use support::{Env, eventually};
 
 const WAIT: Duration = Duration::from_secs(600);
 
@@ -43,13 +45,7 @@ fn main() {
         .map(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect())
         .unwrap_or_else(|| vec![1, 100, 1000]);
 
-    let built = std::process::Command::new(support::repo_root().join("policies/build.sh")).status();
-    assert!(built.is_ok_and(|s| s.success()), "policies/build.sh failed");
-    support::keep_lookups_on_loopback();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
-    let control_plane = ControlPlane::start().expect("control plane");
-    let (_redis, port) = servers::redis_server(&[]);
-    let broker = format!("redis://127.0.0.1:{port}/0");
+    let stage::Stage { runtime, control_plane, redis: _redis, broker } = stage::stage();
     runtime.block_on(async {
         let env = Env::connect(&control_plane).await;
         support::install(&env).await;

@@ -13,6 +13,8 @@
 
 #[path = "../tests/common/servers.rs"]
 mod servers;
+#[path = "shared/stage.rs"]
+mod stage;
 #[path = "../tests/cluster/support.rs"]
 #[allow(dead_code)]
 mod support;
@@ -27,20 +29,14 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::{Api, PostParams};
 use kube::runtime::watcher;
-use support::{ControlPlane, Env, eventually};
+use support::{Env, eventually};
 
 const WAIT: Duration = Duration::from_secs(300);
 
 fn main() {
     let trials: usize = std::env::var("TRIALS").ok().and_then(|v| v.parse().ok()).unwrap_or(10);
     let lease_seconds: u64 = std::env::var("LEASE").ok().and_then(|v| v.parse().ok()).unwrap_or(5);
-    let built = std::process::Command::new(support::repo_root().join("policies/build.sh")).status();
-    assert!(built.is_ok_and(|s| s.success()), "policies/build.sh failed");
-    support::keep_lookups_on_loopback();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
-    let control_plane = ControlPlane::start().expect("control plane");
-    let (_redis, port) = servers::redis_server(&[]);
-    let broker = format!("redis://127.0.0.1:{port}/0");
+    let stage::Stage { runtime, control_plane, redis: _redis, broker } = stage::stage();
     runtime.block_on(async {
         let env = Env::connect(&control_plane).await;
         support::install(&env).await;

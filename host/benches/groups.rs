@@ -19,6 +19,8 @@
 mod measure;
 #[path = "../tests/common/servers.rs"]
 mod servers;
+#[path = "shared/stage.rs"]
+mod stage;
 #[path = "../tests/cluster/support.rs"]
 #[allow(dead_code)]
 mod support;
@@ -37,13 +39,7 @@ const BACKLOG: usize = 25;
 fn main() {
     let window = Duration::from_secs(measure::env_number("WINDOW", 120) as u64);
     let pools = measure::env_number("POOLS", 10);
-    let built = std::process::Command::new(support::repo_root().join("policies/build.sh")).status();
-    assert!(built.is_ok_and(|s| s.success()), "policies/build.sh failed");
-    support::keep_lookups_on_loopback();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
-    let control_plane = ControlPlane::start().expect("control plane");
-    let (_redis, port) = servers::redis_server(&[]);
-    let broker = format!("redis://127.0.0.1:{port}/0");
+    let stage::Stage { runtime, control_plane, redis: _redis, broker } = stage::stage();
     runtime.block_on(async {
         let env = Env::connect(&control_plane).await;
         support::install(&env).await;
