@@ -817,9 +817,13 @@ pub struct Autoscaling {
     #[schemars(range(min = 1, max = 3600))]
     pub interval_seconds: i32,
 
-    /// How scaling down is damped. Scaling up is never delayed.
+    /// How scaling down is damped.
     #[serde(default)]
     pub scale_down: ScaleDown,
+
+    /// How fast workers are added. Without it a scale-up is applied at once, whatever its size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale_up: Option<ScaleUp>,
 
     /// Worker replicas to run while the metrics are unknown or the policy fails. The count is
     /// only ever raised to it, never lowered: missing data never scales an app down. Without
@@ -844,6 +848,34 @@ pub struct Autoscaling {
 
 fn default_interval() -> i32 {
     1
+}
+
+/// Limits on adding workers, as the Kubernetes HPA's `behavior.scaleUp` policies: for workers
+/// that hit a database or a rate-limited API. With both limits the larger allowance applies
+/// (the HPA's default `selectPolicy: Max`).
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.maxPods) || has(self.maxPercent)").message("give maxPods, maxPercent or both"))]
+pub struct ScaleUp {
+    /// At most this many workers added within `periodSeconds`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = MAX_WORKER_REPLICAS))]
+    pub max_pods: Option<i32>,
+
+    /// At most this percentage of the workers running at the start of the period added within
+    /// it (at least one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 10000))]
+    pub max_percent: Option<i32>,
+
+    /// The period the limits count over, in seconds.
+    #[serde(default = "default_scale_up_period")]
+    #[schemars(range(min = 1, max = 3600))]
+    pub period_seconds: i32,
+}
+
+fn default_scale_up_period() -> i32 {
+    60
 }
 
 /// Damping of scale-down decisions, as the Kubernetes HPA does it.

@@ -479,6 +479,7 @@ impl AppLoop {
             self.damper.retune(tuning.stabilization, tuning.step_percent, tuning.step_period);
             self.tuning = tuning.clone();
         }
+        self.damper.set_scale_up(tuning.scale_up);
         let mut reader = self.reader.lock().await;
         reader.follow(celery);
         reader.want(self.group.as_deref(), self.needs_broker.then_some(&self.queues[..]));

@@ -113,6 +113,14 @@ pub fn decide(
             if target < current && target == ceiling && choice.bounded == ceiling && ceiling < choice.proposed {
                 reason = format!("{reason}; at most maxReplicas {ceiling}");
             }
+            if target > current && target < choice.bounded.min(ceiling) {
+                reason = format!(
+                    "{reason}; {} asked for {}, {} added this period (scaleUp)",
+                    choice.policy,
+                    choice.bounded,
+                    damper.added_this_period()
+                );
+            }
             Decision {
                 target,
                 health,
@@ -184,6 +192,18 @@ mod tests {
         let held = decide(now + 2000, 5, &[failure(METRICS_UNAVAILABLE, "broker down")], &mut damper, bounds, "queue");
         assert_eq!((held.target, held.held), (2, true), "{held:?}");
         assert!(held.reason.starts_with("lowered to maxReplicas 2"), "{}", held.reason);
+    }
+
+    #[test]
+    fn a_limited_scale_up_says_what_was_asked_and_what_was_added() {
+        let (mut damper, now) = settled(2);
+        let limit = stabilize::UpLimit { max_pods: Some(8), max_percent: None, period: Duration::from_secs(60) };
+        damper.set_scale_up(Some(limit));
+        let bounds = Bounds { min: 1, max: 50, fallback: None };
+        let d = decide(now, 2, &[answer("queue", 40)], &mut damper, bounds, "queue");
+        assert_eq!(d.target, 10, "{d:?}");
+        assert_eq!(d.reason, "queue wants 40; queue asked for 40, 8 added this period (scaleUp)");
+        assert_eq!(d.recommended, Some(40), "what the policy wants stays known");
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! The host, not the policy, enforces `minReplicas`/`maxReplicas` ([`clamp`]). Scaling down is
 //! damped like the Kubernetes HPA: the replica count applied is the highest recommendation
 //! seen within the window, so a brief dip does not kill workers that are needed a minute
-//! later ([`stabilized`], [`Stabilizer`]). Scaling up is immediate.
+//! later ([`stabilized`], [`Stabilizer`]). Scaling up is immediate, unless `scaleUp` limits
+//! how many workers a period may add ([`UpLimit`]).
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -117,6 +118,28 @@ pub struct Damper {
     step_period: Duration,
     last_step_ms: Option<u64>,
     seeded: bool,
+    up: Option<UpLimit>,
+    /// The scale-ups within the last period of `up`: when, and how many workers each added.
+    ups: VecDeque<(u64, u32)>,
+}
+
+/// How many workers a period may add (`spec.autoscaling.scaleUp`): at most `max_pods`, or
+/// `max_percent` of the workers that ran when the period began (at least one); with both, the
+/// larger allowance.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UpLimit {
+    pub max_pods: Option<u32>,
+    pub max_percent: Option<u32>,
+    pub period: Duration,
+}
+
+impl UpLimit {
+    /// Workers a period may add when it began with `base` running.
+    pub fn allowance(&self, base: u32) -> u32 {
+        let pods = self.max_pods.unwrap_or(0);
+        let percent = self.max_percent.map_or(0, |p| (u64::from(base) * u64::from(p)).div_ceil(100).max(1));
+        pods.max(u32::try_from(percent).unwrap_or(u32::MAX))
+    }
 }
 
 impl Damper {
@@ -127,7 +150,14 @@ impl Damper {
             step_period,
             last_step_ms: None,
             seeded: false,
+            up: None,
+            ups: VecDeque::new(),
         }
+    }
+
+    /// Limits scale-ups to `up` (`None`: none), keeping the scale-ups of the current period.
+    pub fn set_scale_up(&mut self, up: Option<UpLimit>) {
+        self.up = up;
     }
 
     /// Whether [`seed`](Self::seed) has run.
@@ -156,7 +186,10 @@ impl Damper {
     /// The replica count to run at `now_ms`, from `current` and the (bounded) recommendation.
     pub fn next(&mut self, now_ms: u64, current: u32, recommendation: u32) -> u32 {
         let stable = self.stabilizer.apply(now_ms, recommendation);
-        if stable >= current {
+        if stable > current {
+            return self.limit_up(now_ms, current, stable);
+        }
+        if stable == current {
             return stable;
         }
         let period = self.step_period.as_millis() as u64;
@@ -167,6 +200,29 @@ impl Damper {
         let next = u64::from(current).saturating_sub(step).max(u64::from(stable)) as u32;
         self.last_step_ms = Some(now_ms);
         next
+    }
+
+    /// `wanted` (above `current`) as far as the scale-up limit allows this period.
+    /// NB: the period's scale-ups live in this process: after an operator restart the period
+    /// starts afresh (at most one period's allowance more than a process that kept running).
+    fn limit_up(&mut self, now_ms: u64, current: u32, wanted: u32) -> u32 {
+        let Some(up) = self.up else { return wanted };
+        let period = up.period.as_millis() as u64;
+        while self.ups.front().is_some_and(|(at, _)| now_ms.saturating_sub(*at) >= period) {
+            self.ups.pop_front();
+        }
+        let added: u32 = self.ups.iter().map(|(_, n)| *n).sum();
+        let allowed = up.allowance(current.saturating_sub(added)).saturating_sub(added);
+        let next = wanted.min(current.saturating_add(allowed));
+        if next > current {
+            self.ups.push_back((now_ms, next - current));
+        }
+        next
+    }
+
+    /// Workers the scale-up limit has let in within its current period (0 without a limit).
+    pub fn added_this_period(&self) -> u32 {
+        self.ups.iter().map(|(_, n)| *n).sum()
     }
 }
 
@@ -229,6 +285,34 @@ mod tests {
         let recs = [(0, 9), (50_000, 4), (200_000, 20)];
         assert_eq!(stabilized(&recs, 100_000, Duration::from_secs(60)), Some(4));
         assert_eq!(stabilized(&recs, 300_000, Duration::from_secs(60)), None);
+    }
+
+    #[test]
+    fn a_scale_up_limit_lets_in_so_many_workers_a_period() {
+        let second = Duration::from_secs(1);
+        let mut d = Damper::new(Duration::ZERO, 100, Duration::ZERO);
+        d.set_scale_up(Some(UpLimit { max_pods: Some(2), max_percent: None, period: 60 * second }));
+        assert_eq!(d.next(0, 1, 10), 3, "two added");
+        assert_eq!(d.added_this_period(), 2);
+        assert_eq!(d.next(10_000, 3, 10), 3, "the period's two are used");
+        assert_eq!(d.next(59_000, 3, 10), 3);
+        assert_eq!(d.next(60_000, 3, 10), 5, "a new period");
+        assert_eq!(d.next(61_000, 5, 4), 4, "scaling down is not limited by it");
+        assert_eq!(d.next(70_000, 4, 4), 4);
+
+        // A percentage of the workers at the start of the period, at least one.
+        let mut d = Damper::new(Duration::ZERO, 100, Duration::ZERO);
+        d.set_scale_up(Some(UpLimit { max_pods: None, max_percent: Some(100), period: 10 * second }));
+        assert_eq!(d.next(0, 4, 40), 8, "doubled");
+        assert_eq!(d.next(1_000, 8, 40), 8, "4 of 4 used this period");
+        assert_eq!(d.next(10_000, 8, 40), 16);
+        assert_eq!(d.next(20_000, 0, 40), 1, "from zero: at least one");
+        // With both, the larger allowance.
+        let both = UpLimit { max_pods: Some(1), max_percent: Some(50), period: second };
+        assert_eq!((both.allowance(4), both.allowance(1), both.allowance(0)), (2, 1, 1));
+        // Without a limit, at once.
+        let mut d = Damper::new(Duration::ZERO, 100, Duration::ZERO);
+        assert_eq!(d.next(0, 1, 40), 40);
     }
 
     #[test]

@@ -139,6 +139,8 @@ pub struct Tuning {
     pub max_wait: Duration,
     /// Busy workers waited for are told to stop taking tasks.
     pub drain: bool,
+    /// How fast workers may be added; `None`: at once.
+    pub scale_up: Option<crate::decide::stabilize::UpLimit>,
 }
 
 impl Default for Tuning {
@@ -153,6 +155,7 @@ impl Default for Tuning {
             busy_workers: crate::crd::BusyWorkers::Terminate,
             max_wait: Duration::from_secs(1800),
             drain: false,
+            scale_up: None,
         }
     }
 }

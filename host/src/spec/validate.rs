@@ -635,6 +635,11 @@ fn tuning(a: &Autoscaling, field: &str) -> Result<Tuning, SpecError> {
         busy_workers: a.scale_down.busy_workers,
         max_wait: secs(a.scale_down.max_wait_seconds),
         drain: a.scale_down.drain_busy_workers,
+        scale_up: a.scale_up.as_ref().map(|up| crate::decide::stabilize::UpLimit {
+            max_pods: up.max_pods.and_then(|n| u32::try_from(n).ok()),
+            max_percent: up.max_percent.and_then(|n| u32::try_from(n).ok()),
+            period: secs(up.period_seconds.max(1)),
+        }),
     })
 }
 
@@ -724,6 +729,14 @@ spec:
         assert_eq!(set.interval, std::time::Duration::from_secs(5));
         assert_eq!((set.fallback, set.policy_memory, set.step_percent), (Some(2), Some(16 << 20), 100));
         assert_eq!(set.stabilization, std::time::Duration::ZERO);
+        assert_eq!(set.scale_up, None, "no scale-up limit unless asked for");
+        let limited = tuning_of("\n  autoscaling: {policy: steps, maxReplicas: 30, scaleUp: {maxPercent: 50}}\n").unwrap();
+        let want = crate::decide::stabilize::UpLimit {
+            max_pods: None,
+            max_percent: Some(50),
+            period: std::time::Duration::from_secs(60),
+        };
+        assert_eq!(limited.scale_up, Some(want));
         let error = tuning_of("\n  autoscaling: {policy: steps, maxReplicas: 3, policyMemory: 12k}\n").unwrap_err();
         assert_eq!(error.field, "spec.autoscaling.policyMemory");
         let error = tuning_of("\n  autoscaling: {policy: steps, maxReplicas: 3, policyMemory: lots}\n").unwrap_err();
