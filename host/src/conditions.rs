@@ -43,6 +43,9 @@ pub const INVALID_POLICY: &str = "InvalidPolicy";
 /// The selected scaling policy rejected its settings; the message quotes it.
 pub const INVALID_SETTINGS: &str = "InvalidSettings";
 
+/// An annotation on the resource overrides the autoscaler (`celeryproject.org/autoscaling-paused`,
+/// `paused-replicas`, `paused-scale-in`, `paused-scale-out`); the message names it.
+pub const PAUSED: &str = "Paused";
 /// The autoscaler sampled the app and the policy answered.
 pub const POLICY_DECIDING: &str = "PolicyDeciding";
 /// A figure the policy needs could not be measured (broker down, wrong credentials, timeout);

@@ -38,7 +38,7 @@ use super::sampler;
 use crate::conditions::*;
 use crate::crd::{AutoscalerStatus, BusyWorkers, Celery, DecisionStatus, ScaleInStatus};
 use crate::decide::stabilize::Damper;
-use crate::decide::{self, Bounds, Choice, Health, scalein};
+use crate::decide::{self, Bounds, Choice, Health, overrides, scalein};
 use crate::leader::Leadership;
 use crate::metrics::{BrokerOptions, QueueStats, control};
 use crate::policy::check::PolicyCheck;
@@ -105,6 +105,9 @@ struct Shared {
     broker: BrokerOptions,
     /// Every scale is made only while this replica's term lasts.
     leadership: Arc<Leadership>,
+    /// The controllers' caches of Celery objects: a loop reads its app's annotations (manual
+    /// overrides) from here each tick, since changing them is no new generation to hand off.
+    apps: Vec<Store<Celery>>,
 }
 
 impl Autoscaler {
@@ -124,6 +127,7 @@ impl Autoscaler {
             cluster,
             broker: BrokerOptions::default(),
             leadership,
+            apps: apps.clone(),
         };
         Self { shared: Arc::new(shared), apps, loops: HashMap::new(), retiring: HashMap::new(), readers: HashMap::new() }
     }
@@ -568,6 +572,7 @@ impl AppLoop {
         let bounds = Bounds { min: self.min, max: self.max, fallback: self.tuning.fallback };
         let policies = self.policy_label();
         let decision = decide::decide(now_ms, current, &answers, &mut self.damper, bounds, &policies);
+        let decision = self.overridden(shared, current, decision);
         if decision.held {
             let cause = if decision.health.reason == POLICY_FAILED { FailureCause::Policy } else { FailureCause::Metrics };
             shared.metrics.observe_failure(&self.label, cause);
@@ -586,6 +591,10 @@ impl AppLoop {
             match self.scale(shared, current, target, &format!("{policy}: {reason}")).await {
                 Ok(()) => {
                     self.last_scale_time = Some(Time(now));
+                    // A count an annotation set is not the policies' scale-up.
+                    if health.reason != PAUSED {
+                        self.damper.scaled_up(now_ms, target.saturating_sub(current));
+                    }
                     changed = true;
                 }
                 Err(message) => {
@@ -603,6 +612,33 @@ impl AppLoop {
             reason: crate::policy::truncate(&reason, 512),
         });
         self.conclude_with(shared, &mut status, health, changed).await;
+    }
+
+    /// `decision` as the app's override annotations allow it (see [`overrides`]), read from the
+    /// controllers' cache. While the count is held the damping starts afresh, so that when the
+    /// hold ends it resumes from the held count (no step down before a whole window).
+    fn overridden(&mut self, shared: &Shared, current: u32, decision: decide::Decision) -> decide::Decision {
+        let key = ObjectRef::from_obj(&*self.celery);
+        let cached = shared.apps.iter().find_map(|s| s.get(&key)).filter(|c| c.uid() == self.celery.uid());
+        let annotations = cached.as_deref().unwrap_or(&*self.celery).annotations();
+        match overrides::Override::from_annotations(annotations) {
+            Ok(o) if o.is_none() => decision,
+            Ok(o) => {
+                if o.holds() {
+                    self.damper.forget();
+                }
+                o.apply(current, decision)
+            }
+            Err(message) => decide::Decision {
+                target: current,
+                reason: format!("holding {current} workers: {message}"),
+                health: Health { reason: INVALID_SPEC, message },
+                proposed: None,
+                held: true,
+                recommended: None,
+                ..decision
+            },
+        }
     }
 
     /// Carries out the decided `target` as far as the workers allow, and returns the count to
@@ -922,6 +958,9 @@ impl AppLoop {
                 if self.health.is_some() {
                     self.event(shared, EventType::Normal, POLICY_DECIDING, &health.message).await;
                 }
+            } else if health.reason == PAUSED {
+                info!(app = %self.label, message = %health.message, "autoscaling overridden by an annotation");
+                self.event(shared, EventType::Normal, PAUSED, &health.message).await;
             } else {
                 warn!(app = %self.label, reason = health.reason, message = %health.message, "autoscaling holds the replica count");
                 self.event(shared, EventType::Warning, health.reason, &health.message).await;

@@ -6,9 +6,11 @@
 //!
 //! - [`stabilize`]: the bounds of the resource, the combining of several answers, the
 //!   stabilisation window and gradual steps down.
+//! - [`overrides`]: the annotations that hold the count, set it, or block one direction.
 //! - [`scalein`]: which workers a scale-down removes (idle first), and whether it waits for
 //!   busy ones.
 
+pub mod overrides;
 pub mod scalein;
 pub mod stabilize;
 
@@ -113,13 +115,15 @@ pub fn decide(
             if target < current && target == ceiling && choice.bounded == ceiling && ceiling < choice.proposed {
                 reason = format!("{reason}; at most maxReplicas {ceiling}");
             }
-            if target > current && target < choice.bounded.min(ceiling) {
-                reason = format!(
-                    "{reason}; {} asked for {}, {} added this period (scaleUp)",
-                    choice.policy,
-                    choice.bounded,
-                    damper.added_this_period()
-                );
+            if target >= current && target < choice.bounded.min(ceiling) && choice.bounded > current {
+                let (policy, asked) = (&choice.policy, choice.bounded);
+                reason = match target - current {
+                    0 => format!(
+                        "{reason}; {policy} asked for {asked}, {} were added this period (scaleUp)",
+                        damper.added_this_period()
+                    ),
+                    n => format!("{reason}; {policy} asked for {asked}, {n} may be added this period (scaleUp)"),
+                };
             }
             Decision {
                 target,
@@ -202,7 +206,11 @@ mod tests {
         let bounds = Bounds { min: 1, max: 50, fallback: None };
         let d = decide(now, 2, &[answer("queue", 40)], &mut damper, bounds, "queue");
         assert_eq!(d.target, 10, "{d:?}");
-        assert_eq!(d.reason, "queue wants 40; queue asked for 40, 8 added this period (scaleUp)");
+        assert_eq!(d.reason, "queue wants 40; queue asked for 40, 8 may be added this period (scaleUp)");
+        damper.scaled_up(now, 8);
+        let d = decide(now + 1000, 10, &[answer("queue", 40)], &mut damper, bounds, "queue");
+        assert_eq!(d.target, 10, "{d:?}");
+        assert_eq!(d.reason, "queue wants 40; queue asked for 40, 8 were added this period (scaleUp)");
         assert_eq!(d.recommended, Some(40), "what the policy wants stays known");
     }
 

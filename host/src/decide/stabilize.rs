@@ -160,6 +160,21 @@ impl Damper {
         self.up = up;
     }
 
+    /// Forgets the recommendations, to be [`seed`](Self::seed)ed again from the count that
+    /// runs then (while an annotation holds the count); the step period and the scale-ups of
+    /// the current period stay.
+    pub fn forget(&mut self) {
+        self.stabilizer = Stabilizer::new(self.stabilizer.window);
+        self.seeded = false;
+    }
+
+    /// Records a scale-up of `added` workers made at `now_ms`, which the scale-up limit counts.
+    pub fn scaled_up(&mut self, now_ms: u64, added: u32) {
+        if self.up.is_some() && added > 0 {
+            self.ups.push_back((now_ms, added));
+        }
+    }
+
     /// Whether [`seed`](Self::seed) has run.
     pub fn is_seeded(&self) -> bool {
         self.seeded
@@ -202,9 +217,11 @@ impl Damper {
         next
     }
 
-    /// `wanted` (above `current`) as far as the scale-up limit allows this period.
-    /// NB: the period's scale-ups live in this process: after an operator restart the period
-    /// starts afresh (at most one period's allowance more than a process that kept running).
+    /// `wanted` (above `current`) as far as the scale-up limit allows this period, counting the
+    /// scale-ups [`scaled_up`](Self::scaled_up) recorded (only those made: one an annotation
+    /// blocked took nothing). NB: they live in this process: after an operator restart the
+    /// period starts afresh (at most one period's allowance more than a process that kept
+    /// running).
     fn limit_up(&mut self, now_ms: u64, current: u32, wanted: u32) -> u32 {
         let Some(up) = self.up else { return wanted };
         let period = up.period.as_millis() as u64;
@@ -213,11 +230,7 @@ impl Damper {
         }
         let added: u32 = self.ups.iter().map(|(_, n)| *n).sum();
         let allowed = up.allowance(current.saturating_sub(added)).saturating_sub(added);
-        let next = wanted.min(current.saturating_add(allowed));
-        if next > current {
-            self.ups.push_back((now_ms, next - current));
-        }
-        next
+        wanted.min(current.saturating_add(allowed))
     }
 
     /// Workers the scale-up limit has let in within its current period (0 without a limit).
@@ -292,11 +305,14 @@ mod tests {
         let second = Duration::from_secs(1);
         let mut d = Damper::new(Duration::ZERO, 100, Duration::ZERO);
         d.set_scale_up(Some(UpLimit { max_pods: Some(2), max_percent: None, period: 60 * second }));
-        assert_eq!(d.next(0, 1, 10), 3, "two added");
+        assert_eq!(d.next(0, 1, 10), 3, "two may be added");
+        assert_eq!(d.added_this_period(), 0, "none was, yet");
+        d.scaled_up(0, 2);
         assert_eq!(d.added_this_period(), 2);
         assert_eq!(d.next(10_000, 3, 10), 3, "the period's two are used");
         assert_eq!(d.next(59_000, 3, 10), 3);
         assert_eq!(d.next(60_000, 3, 10), 5, "a new period");
+        d.scaled_up(60_000, 2);
         assert_eq!(d.next(61_000, 5, 4), 4, "scaling down is not limited by it");
         assert_eq!(d.next(70_000, 4, 4), 4);
 
@@ -304,8 +320,10 @@ mod tests {
         let mut d = Damper::new(Duration::ZERO, 100, Duration::ZERO);
         d.set_scale_up(Some(UpLimit { max_pods: None, max_percent: Some(100), period: 10 * second }));
         assert_eq!(d.next(0, 4, 40), 8, "doubled");
+        d.scaled_up(0, 4);
         assert_eq!(d.next(1_000, 8, 40), 8, "4 of 4 used this period");
         assert_eq!(d.next(10_000, 8, 40), 16);
+        d.scaled_up(10_000, 8);
         assert_eq!(d.next(20_000, 0, 40), 1, "from zero: at least one");
         // With both, the larger allowance.
         let both = UpLimit { max_pods: Some(1), max_percent: Some(50), period: second };

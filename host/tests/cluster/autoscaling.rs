@@ -31,6 +31,9 @@ pub const TESTS: &[crate::TestCase] = &[
     ("cpu_utilisation_scales_through_the_metrics_api", false, |h| Box::pin(cpu_utilisation_scales_through_the_metrics_api(h))),
     ("broken_broker_or_policy_holds_replicas", false, |h| Box::pin(broken_broker_or_policy_holds_replicas(h))),
     ("flower_work_in_progress_reaches_the_policy", false, |h| Box::pin(flower_work_in_progress_reaches_the_policy(h))),
+    ("annotations_pause_set_and_block_scaling_and_scale_up_is_limited", false, |h| {
+        Box::pin(annotations_pause_set_and_block_scaling_and_scale_up_is_limited(h))
+    }),
 ];
 
 /// Scaling waits include the scale-down window and the metrics-server scrapes.
@@ -387,5 +390,113 @@ spec:
     let decision = c.status.and_then(|s| s.autoscaler).and_then(|a| a.last_decision).expect("a decision");
     assert!(decision.reason.contains("2 tasks running + 3 waiting"), "the policy saw the running tasks: {}", decision.reason);
     assert!(events_of(&env.admin, &ns, "busy", FLOWER_UNAVAILABLE).await.is_err(), "Flower was readable throughout");
+    operator.stop().await;
+}
+
+/// Sets (`Some`) or removes (`None`) annotations of the app, as a user with kubectl does.
+async fn annotate(client: &Client, ns: &str, name: &str, pairs: &[(&str, Option<&str>)]) {
+    let annotations: serde_json::Map<String, serde_json::Value> =
+        pairs.iter().map(|(k, v)| (k.to_string(), v.map_or(serde_json::Value::Null, |v| v.into()))).collect();
+    let patch = serde_json::json!({"metadata": {"annotations": annotations}});
+    Api::<Celery>::namespaced(client.clone(), ns)
+        .patch(name, &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&patch))
+        .await
+        .expect("annotated");
+}
+
+/// Waits until the app's `ScalingActive` condition has `reason` and a message starting with
+/// `message`.
+async fn wait_scaling(client: &Client, ns: &str, reason: &str, message: &str) {
+    eventually(&format!("ScalingActive {reason}: {message}"), WAIT, || async {
+        let c = Api::<Celery>::namespaced(client.clone(), ns).get("shop").await.map_err(|e| e.to_string())?;
+        match condition(&c, SCALING_ACTIVE) {
+            Some((_, r, m)) if r == reason && m.starts_with(message) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await
+}
+
+/// The manual overrides, on the real control plane and a real Redis: `paused-replicas` sets
+/// and holds a count, `autoscaling-paused` holds it, `paused-scale-out` blocks scaling up, each
+/// shown in `ScalingActive` (reason `Paused`) and an event; removing them resumes. And
+/// `scaleUp` lets in only so many workers a period, saying so in the decision.
+async fn annotations_pause_set_and_block_scaling_and_scale_up_is_limited(h: Arc<Harness>) {
+    use celery_operator::decide::overrides::*;
+    let env = &h.env;
+    let (_redis, port) = redis_server(&[]);
+    let broker = format!("redis://127.0.0.1:{port}/0");
+    let ns = env.namespace("paused").await;
+    let operator = env.start_operator(&[&ns], None);
+    let yaml = format!(
+        "
+apiVersion: celeryproject.org/v1alpha1
+kind: Celery
+metadata: {{name: shop}}
+spec:
+  common: {{appName: shop, celeryApp: 'app:celery_app', image: example-image}}
+  broker: {{url: '{broker}'}}
+  flowerSpec: {{enabled: false}}
+  workerSpec: {{queues: celery, numOfWorkers: 1}}
+  autoscaling:
+    policy: queue-length
+    settings: {{target: '10'}}
+    minReplicas: 1
+    maxReplicas: 8
+    scaleDown: {{stabilizationWindowSeconds: 2, maxStepPercent: 100, periodSeconds: 0}}
+    scaleUp: {{maxPods: 2, periodSeconds: 3600}}
+"
+    );
+    create(&env.admin, &ns, &yaml).await.expect("created");
+    wait_condition(&env.admin, &ns, "shop", SCALING_ACTIVE, "True", POLICY_DECIDING).await;
+    let redis = redis::Client::open(broker.as_str()).expect("redis client");
+    let mut conn = redis.get_multiplexed_async_connection().await.expect("redis");
+    let push = |n: usize| (0..n).map(|i| format!("{{\"m\": {i}}}")).collect::<Vec<_>>();
+    let _: () = redis::cmd("LPUSH").arg("celery").arg(push(60)).query_async(&mut conn).await.expect("LPUSH");
+
+    // 60 messages want 6 workers; the period lets 2 in, and the decision says so.
+    wait_replicas(&env.admin, &ns, "shop", 3, SCALE_WAIT).await;
+    let c = celery(&env.admin, &ns, "shop").await;
+    let reason = c.status.and_then(|s| s.autoscaler).and_then(|a| a.last_decision).map(|d| d.reason).unwrap_or_default();
+    assert!(reason.contains("queue-length asked for 6, 2 ") && reason.ends_with(" this period (scaleUp)"), "{reason}");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(worker_replicas(&env.admin, &ns, "shop-celery-worker").await, Ok(3), "no more this period");
+
+    // paused-replicas sets and holds a count.
+    annotate(&env.admin, &ns, "shop", &[(PAUSED_REPLICAS_ANNOTATION, Some("5"))]).await;
+    wait_replicas(&env.admin, &ns, "shop", 5, SCALE_WAIT).await;
+    wait_scaling(&env.admin, &ns, PAUSED, "5 workers set by annotation celeryproject.org/paused-replicas").await;
+    let paused = eventually("a Paused event", WAIT, || events_of(&env.admin, &ns, "shop", PAUSED)).await;
+    assert!(paused.iter().any(|e| e.contains("paused-replicas")), "{paused:?}");
+
+    // autoscaling-paused holds it, though the queue is now empty (the policy wants 1).
+    annotate(&env.admin, &ns, "shop", &[(PAUSED_REPLICAS_ANNOTATION, None), (PAUSED_ANNOTATION, Some("true"))]).await;
+    let _: () = redis::cmd("DEL").arg("celery").query_async(&mut conn).await.expect("DEL");
+    wait_scaling(&env.admin, &ns, PAUSED, "5 workers held by annotation celeryproject.org/autoscaling-paused").await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(worker_replicas(&env.admin, &ns, "shop-celery-worker").await, Ok(5), "held past the scale-down window");
+
+    // paused-scale-out alone (and no scale-up limit left to hold anything): the empty queue
+    // scales down, a backlog does not scale up.
+    let unlimited = serde_json::json!({"spec": {"autoscaling": {"scaleUp": null}}});
+    Api::<Celery>::namespaced(env.admin.clone(), &ns)
+        .patch("shop", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&unlimited))
+        .await
+        .expect("scaleUp removed");
+    annotate(&env.admin, &ns, "shop", &[(PAUSED_ANNOTATION, None), (PAUSED_SCALE_OUT_ANNOTATION, Some("true"))]).await;
+    wait_replicas(&env.admin, &ns, "shop", 1, SCALE_WAIT).await;
+    let _: () = redis::cmd("LPUSH").arg("celery").arg(push(30)).query_async(&mut conn).await.expect("LPUSH");
+    eventually("the blocked scale-up in the decision", WAIT, || async {
+        let c = Api::<Celery>::namespaced(env.admin.clone(), &ns).get("shop").await.map_err(|e| e.to_string())?;
+        let reason = c.status.and_then(|s| s.autoscaler).and_then(|a| a.last_decision).map(|d| d.reason).unwrap_or_default();
+        reason.starts_with("scaling up blocked by annotation celeryproject.org/paused-scale-out").then_some(()).ok_or(reason)
+    })
+    .await;
+    assert_eq!(worker_replicas(&env.admin, &ns, "shop-celery-worker").await, Ok(1));
+
+    // Removed: the policies decide again.
+    annotate(&env.admin, &ns, "shop", &[(PAUSED_SCALE_OUT_ANNOTATION, None)]).await;
+    wait_replicas(&env.admin, &ns, "shop", 3, SCALE_WAIT).await;
+    wait_scaling(&env.admin, &ns, POLICY_DECIDING, "queue-length: ").await;
     operator.stop().await;
 }
