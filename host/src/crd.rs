@@ -844,6 +844,54 @@ pub struct Autoscaling {
     /// of `flowerSpec.basicAuth` (Flower's API needs them for the backlog; its metrics do not).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub flower_url: Option<String>,
+
+    /// Time windows that override `minReplicas`/`maxReplicas` while they are active (office
+    /// hours, a nightly batch, a known Monday peak). Overlapping windows take the largest
+    /// minimum and the largest maximum; a window that leaves a bound out keeps this section's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 20), extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub schedules: Vec<ScalingSchedule>,
+}
+
+/// A time window of other bounds (`spec.autoscaling.schedules[]`).
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.minReplicas) || has(self.maxReplicas)").message("give minReplicas, maxReplicas or both"))]
+#[x_kube(validation = Rule::new("!has(self.minReplicas) || !has(self.maxReplicas) || self.minReplicas <= self.maxReplicas").message("minReplicas must not exceed maxReplicas"))]
+pub struct ScalingSchedule {
+    /// The window's name, shown in the status while it is active.
+    #[schemars(length(min = 1, max = 63))]
+    pub name: String,
+
+    /// When the window starts: five fields (minute hour day-of-month month day-of-week, e.g.
+    /// `0 9 * * Mon-Fri`), six with seconds first, or a nickname (`@daily`, `@weekly`). Days of
+    /// the week are given by name: cron dialects number them differently.
+    #[schemars(length(min = 1, max = 200))]
+    pub cron: String,
+
+    /// How long the window lasts from each start, in seconds.
+    #[schemars(range(min = 1, max = 2_678_400))]
+    pub duration_seconds: i64,
+
+    /// The IANA time zone the cron expression is read in (`Europe/Paris`, `America/New_York`),
+    /// daylight saving time included.
+    #[serde(default = "default_time_zone")]
+    #[schemars(length(min = 1, max = 100))]
+    pub time_zone: String,
+
+    /// Fewest worker replicas while the window is active.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = MAX_WORKER_REPLICAS))]
+    pub min_replicas: Option<i32>,
+
+    /// Most worker replicas while the window is active.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = MAX_WORKER_REPLICAS))]
+    pub max_replicas: Option<i32>,
+}
+
+fn default_time_zone() -> String {
+    "UTC".into()
 }
 
 fn default_interval() -> i32 {
@@ -1168,6 +1216,10 @@ pub struct AutoscalerStatus {
     /// A scale-down still under way: it waits for busy workers (`busyWorkers: Wait`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scale_in: Option<ScaleInStatus>,
+
+    /// The schedules (`spec.autoscaling.schedules`) whose bounds were in effect at the sample.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub active_schedules: Vec<String>,
 }
 
 /// A scale-down that waits for busy workers.

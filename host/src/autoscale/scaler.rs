@@ -38,7 +38,7 @@ use super::sampler;
 use crate::conditions::*;
 use crate::crd::{AutoscalerStatus, BusyWorkers, Celery, DecisionStatus, ScaleInStatus};
 use crate::decide::stabilize::Damper;
-use crate::decide::{self, Bounds, Choice, Health, overrides, scalein};
+use crate::decide::{self, Bounds, Choice, Health, overrides, scalein, schedule};
 use crate::leader::Leadership;
 use crate::metrics::{BrokerOptions, QueueStats, control};
 use crate::policy::check::PolicyCheck;
@@ -354,8 +354,13 @@ struct AppLoop {
     worker: String,
     queues: Vec<String>,
     policies: Vec<PolicyRef>,
+    /// The bounds in effect this tick: the spec's, or an active schedule's.
     min: u32,
     max: u32,
+    /// The spec's bounds, and its schedules that change them.
+    spec_min: u32,
+    spec_max: u32,
+    schedules: Vec<schedule::Parsed>,
     concurrency: u32,
     tuning: Tuning,
     damper: Damper,
@@ -430,6 +435,9 @@ impl AppLoop {
             policies: Vec::new(),
             min: 0,
             max: 0,
+            spec_min: 0,
+            spec_max: 0,
+            schedules: Vec::new(),
             concurrency: 1,
             damper: Damper::new(tuning.stabilization, tuning.step_percent, tuning.step_period),
             tuning,
@@ -475,8 +483,11 @@ impl AppLoop {
         self.queues.clone_from(&plan.pool.queues);
         self.needs_broker = plan.policies.iter().any(|p| p.name != CPU_MEMORY_POLICY);
         self.policies.clone_from(&plan.policies);
-        self.min = u32::try_from(plan.min_replicas).unwrap_or(0);
-        self.max = u32::try_from(plan.max_replicas).unwrap_or(0);
+        self.spec_min = u32::try_from(plan.min_replicas).unwrap_or(0);
+        self.spec_max = u32::try_from(plan.max_replicas).unwrap_or(0);
+        (self.min, self.max) = (self.spec_min, self.spec_max);
+        // Checked by validation: a window that does not parse cannot be here.
+        self.schedules = plan.tuning.schedules.iter().filter_map(|w| w.parse().ok()).collect();
         self.concurrency = plan.pool.concurrency;
         let tuning = &plan.tuning;
         if self.tuning != *tuning {
@@ -553,6 +564,9 @@ impl AppLoop {
             shared.metrics.observe_queue(&self.label, &q.name, q.backlog);
         }
         let mut status = sampler::measured_status(Time(now), measured, &pods);
+        let effective = schedule::bounds(now, self.spec_min, self.spec_max, &self.schedules);
+        (self.min, self.max) = (effective.min, effective.max);
+        status.active_schedules = effective.active;
         // A broker that cannot be read fails the policies that need it, and only those.
         let without_queues = |pods| Sample { timestamp_ms: now_ms, replicas: current, queues: Vec::new(), pods };
         let (sample, broker_failure) = match queues {

@@ -7,11 +7,13 @@
 //! - [`stabilize`]: the bounds of the resource, the combining of several answers, the
 //!   stabilisation window and gradual steps down.
 //! - [`overrides`]: the annotations that hold the count, set it, or block one direction.
+//! - [`schedule`]: time windows that override the bounds while they are active.
 //! - [`scalein`]: which workers a scale-down removes (idle first), and whether it waits for
 //!   busy ones.
 
 pub mod overrides;
 pub mod scalein;
+pub mod schedule;
 pub mod stabilize;
 
 use crate::conditions::{METRICS_UNAVAILABLE, POLICY_DECIDING, POLICY_FAILED};
@@ -138,9 +140,12 @@ pub fn decide(
         Verdict::Hold => {
             let health = failed();
             let target = bounds.fallback.map_or(current, |f| f.clamp(bounds.min, ceiling).max(current));
-            // Missing data never lowers the count, but the user's bound does.
-            let target = target.min(ceiling);
-            let reason = if target > current {
+            // Missing data never lowers the count, but the user's bounds move it (a schedule's
+            // raised minimum too: adding workers is safe without figures).
+            let target = target.max(bounds.min).min(ceiling);
+            let reason = if target > current && bounds.fallback.is_none_or(|f| target > f) {
+                format!("raised to minReplicas {target}: {}", health.message)
+            } else if target > current {
                 format!("raised to fallbackReplicas {target}: {}", health.message)
             } else if target < current {
                 format!("lowered to maxReplicas {target}, no lower: {}", health.message)
@@ -196,6 +201,21 @@ mod tests {
         let held = decide(now + 2000, 5, &[failure(METRICS_UNAVAILABLE, "broker down")], &mut damper, bounds, "queue");
         assert_eq!((held.target, held.held), (2, true), "{held:?}");
         assert!(held.reason.starts_with("lowered to maxReplicas 2"), "{}", held.reason);
+    }
+
+    /// A minimum raised (by a schedule) while the figures are missing still adds workers:
+    /// missing data never lowers the count, and adding them is safe.
+    #[test]
+    fn a_raised_minimum_applies_while_held() {
+        let (mut damper, now) = settled(1);
+        let bounds = Bounds { min: 3, max: 6, fallback: None };
+        let d = decide(now, 1, &[failure(METRICS_UNAVAILABLE, "broker down")], &mut damper, bounds, "queue");
+        assert_eq!((d.target, d.held), (3, true), "{d:?}");
+        assert_eq!(d.reason, "raised to minReplicas 3: broker down");
+        let with_fallback = Bounds { fallback: Some(5), ..bounds };
+        let d = decide(now, 1, &[failure(METRICS_UNAVAILABLE, "broker down")], &mut damper, with_fallback, "queue");
+        assert_eq!(d.target, 5);
+        assert!(d.reason.starts_with("raised to fallbackReplicas 5"), "{}", d.reason);
     }
 
     #[test]

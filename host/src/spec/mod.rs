@@ -141,6 +141,8 @@ pub struct Tuning {
     pub drain: bool,
     /// How fast workers may be added; `None`: at once.
     pub scale_up: Option<crate::decide::stabilize::UpLimit>,
+    /// Time windows of other bounds, checked (they parse).
+    pub schedules: Vec<crate::decide::schedule::Window>,
 }
 
 impl Default for Tuning {
@@ -156,6 +158,7 @@ impl Default for Tuning {
             max_wait: Duration::from_secs(1800),
             drain: false,
             scale_up: None,
+            schedules: Vec::new(),
         }
     }
 }

@@ -625,6 +625,19 @@ fn tuning(a: &Autoscaling, field: &str) -> Result<Tuning, SpecError> {
         }
     }
     let secs = |n: i32| std::time::Duration::from_secs(u64::try_from(n).unwrap_or(0));
+    let mut schedules = Vec::with_capacity(a.schedules.len());
+    for (i, s) in a.schedules.iter().enumerate() {
+        let window = crate::decide::schedule::Window {
+            name: s.name.clone(),
+            cron: s.cron.clone(),
+            time_zone: s.time_zone.clone(),
+            duration: std::time::Duration::from_secs(u64::try_from(s.duration_seconds).unwrap_or(1)),
+            min: s.min_replicas.and_then(|n| u32::try_from(n).ok()),
+            max: s.max_replicas.and_then(|n| u32::try_from(n).ok()),
+        };
+        window.parse().map_err(|(key, message)| SpecError::new(format!("{field}.schedules[{i}].{key}"), message))?;
+        schedules.push(window);
+    }
     Ok(Tuning {
         interval: secs(a.interval_seconds.max(1)),
         stabilization: secs(a.scale_down.stabilization_window_seconds),
@@ -640,6 +653,7 @@ fn tuning(a: &Autoscaling, field: &str) -> Result<Tuning, SpecError> {
             max_percent: up.max_percent.and_then(|n| u32::try_from(n).ok()),
             period: secs(up.period_seconds.max(1)),
         }),
+        schedules,
     })
 }
 
@@ -979,6 +993,14 @@ spec:
         "spec.workerGroups[0].autoscaling.policyMemory"
     )]
     #[case::beat_resources("beat: {resources: {limits: {memory: lots}}}", "spec.beat.resources.limits.memory")]
+    #[case::schedule_with_numbered_days(
+        "autoscaling: {policy: steps, maxReplicas: 3, schedules: [{name: office, cron: '0 9 * * 1-5', durationSeconds: 60, minReplicas: 2}]}",
+        "spec.autoscaling.schedules[0].cron"
+    )]
+    #[case::schedule_time_zone(
+        "workerGroups: [{name: a, queues: x, autoscaling: {policy: steps, maxReplicas: 3, schedules: [{name: n, cron: '@daily', durationSeconds: 60, maxReplicas: 1}, {name: o, cron: '@daily', durationSeconds: 60, minReplicas: 2, timeZone: Paris}]}}]",
+        "spec.workerGroups[0].autoscaling.schedules[1].timeZone"
+    )]
     #[case::sidecar_named_like_the_worker(
         "common: {appName: demo, celeryApp: app, image: i, containers: [{name: proxy, image: p}, {name: worker, image: p}]}",
         "spec.common.containers[1].name"

@@ -31,6 +31,9 @@ pub const TESTS: &[crate::TestCase] = &[
     ("cpu_utilisation_scales_through_the_metrics_api", false, |h| Box::pin(cpu_utilisation_scales_through_the_metrics_api(h))),
     ("broken_broker_or_policy_holds_replicas", false, |h| Box::pin(broken_broker_or_policy_holds_replicas(h))),
     ("flower_work_in_progress_reaches_the_policy", false, |h| Box::pin(flower_work_in_progress_reaches_the_policy(h))),
+    ("a_schedule_raises_the_minimum_while_it_is_active", false, |h| {
+        Box::pin(a_schedule_raises_the_minimum_while_it_is_active(h))
+    }),
     ("annotations_pause_set_and_block_scaling_and_scale_up_is_limited", false, |h| {
         Box::pin(annotations_pause_set_and_block_scaling_and_scale_up_is_limited(h))
     }),
@@ -498,5 +501,52 @@ spec:
     annotate(&env.admin, &ns, "shop", &[(PAUSED_SCALE_OUT_ANNOTATION, None)]).await;
     wait_replicas(&env.admin, &ns, "shop", 3, SCALE_WAIT).await;
     wait_scaling(&env.admin, &ns, POLICY_DECIDING, "queue-length: ").await;
+    operator.stop().await;
+}
+
+/// A schedule window that starts a few seconds after the app is created (a cron expression with
+/// seconds, in UTC) raises the minimum while it lasts, shows in the status, and when it ends
+/// the policy's own count comes back.
+async fn a_schedule_raises_the_minimum_while_it_is_active(h: Arc<Harness>) {
+    let env = &h.env;
+    let (_redis, port) = redis_server(&[]);
+    let broker = format!("redis://127.0.0.1:{port}/0");
+    let ns = env.namespace("schedule").await;
+    let operator = env.start_operator(&[&ns], None);
+    let start =
+        jiff::Timestamp::now().checked_add(jiff::SignedDuration::from_secs(10)).expect("time").to_zoned(jiff::tz::TimeZone::UTC);
+    let cron = format!("{} {} {} * * *", start.second(), start.minute(), start.hour());
+    let yaml = format!(
+        "
+apiVersion: celeryproject.org/v1alpha1
+kind: Celery
+metadata: {{name: shop}}
+spec:
+  common: {{appName: shop, celeryApp: 'app:celery_app', image: example-image}}
+  broker: {{url: '{broker}'}}
+  flowerSpec: {{enabled: false}}
+  workerSpec: {{queues: celery, numOfWorkers: 1}}
+  autoscaling:
+    policy: queue-length
+    settings: {{target: '10'}}
+    minReplicas: 1
+    maxReplicas: 6
+    scaleDown: {{stabilizationWindowSeconds: 2, maxStepPercent: 100, periodSeconds: 0}}
+    schedules: [{{name: burst, cron: '{cron}', durationSeconds: 15, minReplicas: 3}}]
+"
+    );
+    create(&env.admin, &ns, &yaml).await.expect("created");
+    wait_condition(&env.admin, &ns, "shop", SCALING_ACTIVE, "True", POLICY_DECIDING).await;
+    assert_eq!(worker_replicas(&env.admin, &ns, "shop-celery-worker").await, Ok(1), "before the window: the spec's minimum");
+    wait_replicas(&env.admin, &ns, "shop", 3, SCALE_WAIT).await;
+    assert!(jiff::Timestamp::now() >= start.timestamp(), "raised before the window started");
+    let c = celery(&env.admin, &ns, "shop").await;
+    let active = c.status.and_then(|s| s.autoscaler).map(|a| a.active_schedules).unwrap_or_default();
+    assert_eq!(active, ["burst"]);
+    wait_replicas(&env.admin, &ns, "shop", 1, SCALE_WAIT).await;
+    assert!(
+        jiff::Timestamp::now() >= start.timestamp().checked_add(jiff::SignedDuration::from_secs(15)).expect("time"),
+        "lowered before the window ended"
+    );
     operator.stop().await;
 }
