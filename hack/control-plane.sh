@@ -688,12 +688,40 @@ cmd_restart_apiserver() {
 # kwok 0.8 manages a node's pods only while it holds the node's Lease: the Lease of the kwok it
 # replaces would keep its pods Pending for the Lease's 40 s (and a test's new app with them), so
 # it goes with the old kwok.
+#
+# Even fresh, they did not always act on new pods (kube-scheduler 1.36 once left every new pod
+# unscheduled for minutes, with nothing in its log): a canary Deployment must run a pod before
+# the restart counts as done, and they start again when it does not.
 restart_clients() {
-  stop_components kwok kube-scheduler kube-controller-manager
-  kubectl_admin -n kube-node-lease delete lease "$NODE_NAME" --ignore-not-found >/dev/null
-  start_controller_manager
-  start_scheduler
-  start_kwok
+  local attempt
+  for attempt in 1 2 3; do
+    stop_components kwok kube-scheduler kube-controller-manager
+    kubectl_admin -n kube-node-lease delete lease "$NODE_NAME" --ignore-not-found >/dev/null
+    start_controller_manager
+    start_scheduler
+    start_kwok
+    if clients_act; then
+      return 0
+    fi
+    log "the controllers, the scheduler or kwok did not run a new pod after the restart (attempt $attempt); starting them again"
+  done
+  die "a new pod does not run after restarting the API server's clients (see $STATE/logs)"
+}
+
+# clients_act: a Deployment made now gets a Running pod within 20 s (the controller manager,
+# the scheduler and kwok all act on new objects). It is deleted either way.
+clients_act() {
+  local name="restart-canary-$RANDOM" ok=1
+  kubectl_admin -n default create deployment "$name" --image=canary >/dev/null || return 1
+  for _ in $(seq 1 40); do
+    if [ "$(kubectl_admin -n default get deployment "$name" -o 'jsonpath={.status.readyReplicas}')" = 1 ]; then
+      ok=0
+      break
+    fi
+    sleep 0.5
+  done
+  kubectl_admin -n default delete deployment "$name" --wait=false >/dev/null 2>&1 || true
+  return $ok
 }
 
 cmd_stop_apiserver() {

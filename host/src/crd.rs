@@ -851,6 +851,26 @@ pub struct Autoscaling {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 20), extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     pub schedules: Vec<ScalingSchedule>,
+
+    /// A policy evaluated every interval on the same input as the real one, whose answer is
+    /// recorded (`status.autoscaler.shadow`, the metric `celery_operator_shadow_desired_workers`)
+    /// and never applied: try a new or custom policy on production traffic at no risk, then
+    /// promote it. A shadow that fails affects nothing but its own status.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<ShadowPolicy>,
+}
+
+/// The policy `spec.autoscaling.shadow` evaluates beside the real one.
+#[derive(JsonSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ShadowPolicy {
+    /// Name of the policy module, as `spec.autoscaling.policy` takes it.
+    #[schemars(length(min = 1, max = 253))]
+    pub policy: String,
+
+    /// Settings handed to it, as string pairs.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub settings: BTreeMap<String, String>,
 }
 
 /// A time window of other bounds (`spec.autoscaling.schedules[]`).
@@ -1220,6 +1240,26 @@ pub struct AutoscalerStatus {
     /// The schedules (`spec.autoscaling.schedules`) whose bounds were in effect at the sample.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub active_schedules: Vec<String>,
+
+    /// What the shadow policy (`spec.autoscaling.shadow`) would have done at the sample.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<ShadowStatus>,
+}
+
+/// The shadow policy's last answer, never applied.
+#[derive(JsonSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ShadowStatus {
+    /// The shadow policy's name.
+    pub policy: String,
+    /// Worker replicas it would have set (within the bounds); absent when it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<i32>,
+    /// Its reason, or why it failed.
+    pub reason: String,
+    /// Percentage of the samples of the last hour at which it answered what was applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agreement_percent: Option<i32>,
 }
 
 /// A scale-down that waits for busy workers.

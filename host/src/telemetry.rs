@@ -93,6 +93,7 @@ pub struct Metrics {
     policy_seconds: HistogramFamily<AppLabel>,
     cycle_seconds: Histogram,
     watch_errors: Family<NamespaceLabel, Counter>,
+    shadow_desired: Family<AppLabel, Gauge<i64, AtomicI64>>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -150,8 +151,15 @@ impl Default for Metrics {
             "Failed watches of Celery apps and their children, by watched namespace ((all) for every namespace)",
             watch_errors.clone(),
         );
+        let shadow_desired = Family::default();
+        registry.register(
+            "shadow_desired_workers",
+            "Worker replicas the shadow policy (spec.autoscaling.shadow) would have set, never applied",
+            shadow_desired.clone(),
+        );
         Self {
             watch_errors,
+            shadow_desired,
             registry,
             reconciliations,
             reconcile_seconds,
@@ -218,6 +226,19 @@ impl Metrics {
         self.failures.get_or_create(&FailureLabel { app: app.to_string(), cause }).inc();
     }
 
+    /// What the shadow policy would have set (`None`: it failed, so no figure).
+    pub fn observe_shadow(&self, app: &str, replicas: Option<u32>) {
+        let label = AppLabel { app: app.to_string() };
+        match replicas {
+            Some(n) => {
+                self.shadow_desired.get_or_create(&label).set(i64::from(n));
+            }
+            None => {
+                self.shadow_desired.remove(&label);
+            }
+        }
+    }
+
     pub fn observe_cycle(&self, took: Duration) {
         self.cycle_seconds.observe(took.as_secs_f64());
     }
@@ -233,6 +254,7 @@ impl Metrics {
             self.queue_backlog.remove(&QueueLabel { app: app.to_string(), queue: queue.clone() });
         }
         self.desired_workers.remove(&AppLabel { app: app.to_string() });
+        self.shadow_desired.remove(&AppLabel { app: app.to_string() });
         self.policy_seconds.remove(&AppLabel { app: app.to_string() });
         for direction in DIRECTIONS {
             self.decisions.remove(&DecisionLabel { app: app.to_string(), direction });

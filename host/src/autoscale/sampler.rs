@@ -76,6 +76,7 @@ pub fn measured_status(time: Time, queues: &[QueueStats], pods: &[PodSample]) ->
         last_scale_time: None,
         scale_in: None,
         active_schedules: Vec::new(),
+        shadow: None,
     }
 }
 

@@ -392,7 +392,14 @@ struct AppLoop {
     scale_in: Option<Pending>,
     /// Worker pods told to stop taking tasks (`drainBusyWorkers`) and not told to resume.
     draining: BTreeSet<String>,
+    /// The shadow policy's answer this tick (its name, and its replicas and reason or why it
+    /// failed), and whether it matched the applied count at each sample of the last hour.
+    shadow_answer: Option<(String, ShadowAnswer)>,
+    shadow_agreement: std::collections::VecDeque<(u64, bool)>,
 }
+
+/// What the shadow policy answered: the replicas it would set and its reason, or why it failed.
+type ShadowAnswer = Result<(u32, String), String>;
 
 /// A scale-down that has not reached its count yet (`busyWorkers: Wait`).
 #[derive(Clone, Debug, PartialEq)]
@@ -463,6 +470,8 @@ impl AppLoop {
                 waiting_for: p.waiting_for.clone(),
             }),
             draining: written.and_then(|a| a.scale_in.as_ref()).map(|p| p.draining.iter().cloned().collect()).unwrap_or_default(),
+            shadow_answer: None,
+            shadow_agreement: std::collections::VecDeque::new(),
         };
         if app.group.is_some() {
             // A group's loop writes no condition: `ScalingActive` is `workerSpec`'s.
@@ -598,6 +607,7 @@ impl AppLoop {
             reason = format!("{reason}; {note}");
         }
         shared.metrics.observe_decision(&self.label, current, target);
+        status.shadow = self.shadow_status(shared, now_ms, target);
 
         let mut changed = self.last_decision.as_ref().map(|d| d.replicas) != Some(target as i32)
             || waiting_before != self.scale_in.as_ref().map(|p| p.waiting_for.clone());
@@ -626,6 +636,35 @@ impl AppLoop {
             reason: crate::policy::truncate(&reason, 512),
         });
         self.conclude_with(shared, &mut status, health, changed).await;
+    }
+
+    /// The shadow policy's answer for the status and its metric, with how often it matched the
+    /// applied count (`target`) over the last hour.
+    fn shadow_status(&mut self, shared: &Shared, now_ms: u64, target: u32) -> Option<crate::crd::ShadowStatus> {
+        const HOUR_MS: u64 = 3_600_000;
+        let Some((policy, answer)) = self.shadow_answer.take() else {
+            self.shadow_agreement.clear();
+            return None;
+        };
+        while self.shadow_agreement.front().is_some_and(|(at, _)| now_ms.saturating_sub(*at) >= HOUR_MS) {
+            self.shadow_agreement.pop_front();
+        }
+        let (replicas, reason) = match answer {
+            Ok((replicas, reason)) => {
+                self.shadow_agreement.push_back((now_ms, replicas == target));
+                (Some(replicas), reason)
+            }
+            Err(why) => (None, why),
+        };
+        shared.metrics.observe_shadow(&self.label, replicas);
+        let agreed = self.shadow_agreement.iter().filter(|(_, same)| *same).count();
+        let samples = self.shadow_agreement.len();
+        Some(crate::crd::ShadowStatus {
+            policy,
+            replicas: replicas.map(|r| i32::try_from(r).unwrap_or(i32::MAX)),
+            reason: crate::policy::truncate(&reason, 512),
+            agreement_percent: (samples > 0).then(|| i32::try_from(agreed * 100 / samples).unwrap_or(100)),
+        })
     }
 
     /// `decision` as the app's override annotations allow it (see [`overrides`]), read from the
@@ -851,6 +890,7 @@ impl AppLoop {
     /// queues fails with `broker_failure` when the broker could not be read; the others are
     /// asked all the same. The sample joins the history only when it is whole.
     async fn ask(&mut self, shared: &Shared, sample: Sample, broker_failure: Option<&str>) -> Vec<Result<Choice, Health>> {
+        self.shadow_answer = None;
         let mut input = self.input.take().unwrap_or_else(|| PolicyInput {
             app: String::new(),
             current_replicas: 0,
@@ -916,6 +956,14 @@ impl AppLoop {
                 Err(e) => failed(POLICY_FAILED, format!("{}: {e}", policy.name)),
             });
         }
+        self.shadow_answer = match &self.tuning.shadow {
+            None => None,
+            Some(shadow) if broker_failure.is_some() && shadow.name != CPU_MEMORY_POLICY => {
+                Some((shadow.name.clone(), Err(broker_failure.unwrap_or_default().to_string())))
+            }
+            // On a copy of the input: whatever the shadow does, the real policies' history stays.
+            Some(shadow) => Some((shadow.name.clone(), ask_shadow(shared, shadow, &input, limits.clone()).await)),
+        };
         let finished = std::mem::replace(&mut input.current, sample_placeholder());
         if broker_failure.is_none() {
             sampler::remember(&mut input.history, finished);
@@ -1034,6 +1082,21 @@ impl AppLoop {
         shared.metrics.forget_app(&self.label, &self.queues);
         self.reader.lock().await.want(self.group.as_deref(), None);
     }
+}
+
+/// The shadow policy's answer on a copy of `input` with its own settings: the replicas it
+/// would set (within the bounds) and its reason, or why it failed.
+async fn ask_shadow(
+    shared: &Shared,
+    shadow: &PolicyRef,
+    input: &PolicyInput,
+    limits: CallLimits,
+) -> Result<(u32, String), String> {
+    let loaded = shared.policies.registry().resolve(&shadow.name).map_err(|e| format!("{}: {e}", shadow.field))?;
+    let mut copy = input.clone();
+    copy.settings.clone_from(&shadow.settings);
+    let (_, outcome) = shared.policies.runner().decide_lending(loaded, copy, Some(limits)).await;
+    outcome.map(|(verdict, _)| (verdict.decision.replicas, verdict.decision.reason)).map_err(|e| format!("{}: {e}", shadow.name))
 }
 
 /// An empty sample, standing in for the current one between two ticks (allocates nothing).

@@ -103,7 +103,7 @@ impl Handoff {
                     policies: policies.clone(),
                     min_replicas: *min_replicas,
                     max_replicas: *max_replicas,
-                    tuning: tuning.clone(),
+                    tuning: Tuning::clone(tuning),
                 })),
                 Scaling::Fixed { .. } | Scaling::External { .. } => None,
             })
@@ -143,6 +143,8 @@ pub struct Tuning {
     pub scale_up: Option<crate::decide::stabilize::UpLimit>,
     /// Time windows of other bounds, checked (they parse).
     pub schedules: Vec<crate::decide::schedule::Window>,
+    /// A policy asked beside the real ones, never applied.
+    pub shadow: Option<crate::spec::validate::PolicyRef>,
 }
 
 impl Default for Tuning {
@@ -159,6 +161,7 @@ impl Default for Tuning {
             drain: false,
             scale_up: None,
             schedules: Vec::new(),
+            shadow: None,
         }
     }
 }

@@ -38,7 +38,7 @@ pub enum Scaling {
     /// A fixed count (`workerSpec.numOfWorkers`).
     Fixed { replicas: i32 },
     /// Scaling policies within bounds; with several policies the largest answer wins.
-    Policies { policies: Vec<PolicyRef>, min_replicas: i32, max_replicas: i32, tuning: Tuning },
+    Policies { policies: Vec<PolicyRef>, min_replicas: i32, max_replicas: i32, tuning: Box<Tuning> },
     /// Left to a HorizontalPodAutoscaler (named) that scales the Deployment too: the operator
     /// writes no count and runs no loop for it, whatever the spec says (see
     /// [`crate::conditions::CONFLICTING_AUTOSCALER`]).
@@ -522,7 +522,7 @@ fn policies(a: &Autoscaling, field: &str) -> Result<Scaling, SpecError> {
         policies: vec![PolicyRef { name: a.policy.clone(), settings: a.settings.clone(), field: field.into() }],
         min_replicas: a.min_replicas,
         max_replicas: a.max_replicas,
-        tuning: tuning(a, field)?,
+        tuning: Box::new(tuning(a, field)?),
     })
 }
 
@@ -599,7 +599,7 @@ fn scaling(spec: &CelerySpec) -> Result<Scaling, SpecError> {
         policies,
         min_replicas: target.min_replicas.unwrap_or(1),
         max_replicas: target.max_replicas,
-        tuning: Tuning::default(),
+        tuning: Box::default(),
     })
 }
 
@@ -654,6 +654,11 @@ fn tuning(a: &Autoscaling, field: &str) -> Result<Tuning, SpecError> {
             period: secs(up.period_seconds.max(1)),
         }),
         schedules,
+        shadow: a.shadow.as_ref().map(|s| PolicyRef {
+            name: s.policy.clone(),
+            settings: s.settings.clone(),
+            field: format!("{field}.shadow"),
+        }),
     })
 }
 
@@ -730,7 +735,7 @@ spec:
     #[test]
     fn autoscaling_tuning_defaults_match_the_loop_and_can_be_set() {
         let tuning_of = |yaml: &str| match validate(&spec(&format!("{BASE}{yaml}"))) {
-            Ok(Scaling::Policies { tuning, .. }) => Ok(tuning),
+            Ok(Scaling::Policies { tuning, .. }) => Ok(*tuning),
             Ok(other) => panic!("expected policies, got {other:?}"),
             Err(e) => Err(e),
         };

@@ -37,6 +37,7 @@ pub const TESTS: &[crate::TestCase] = &[
     ("annotations_pause_set_and_block_scaling_and_scale_up_is_limited", false, |h| {
         Box::pin(annotations_pause_set_and_block_scaling_and_scale_up_is_limited(h))
     }),
+    ("a_shadow_policy_is_recorded_and_never_applied", false, |h| Box::pin(a_shadow_policy_is_recorded_and_never_applied(h))),
 ];
 
 /// Scaling waits include the scale-down window and the metrics-server scrapes.
@@ -548,5 +549,69 @@ spec:
         jiff::Timestamp::now() >= start.timestamp().checked_add(jiff::SignedDuration::from_secs(15)).expect("time"),
         "lowered before the window ended"
     );
+    operator.stop().await;
+}
+
+/// A shadow `steps` beside the real `queue-length` on a real Redis: its answer shows in the
+/// status and the metric and never reaches the Deployment; a shadow that cannot run (no such
+/// policy) leaves the real decisions and the app's conditions untouched.
+async fn a_shadow_policy_is_recorded_and_never_applied(h: Arc<Harness>) {
+    let env = &h.env;
+    let (_redis, port) = redis_server(&[]);
+    let broker = format!("redis://127.0.0.1:{port}/0");
+    let ns = env.namespace("shadow").await;
+    let listen = free_port();
+    let operator = env.start_operator_serving(&[&ns], None, Some(([127, 0, 0, 1], listen).into()));
+    let yaml = format!(
+        "
+apiVersion: celeryproject.org/v1alpha1
+kind: Celery
+metadata: {{name: shop}}
+spec:
+  common: {{appName: shop, celeryApp: 'app:celery_app', image: example-image}}
+  broker: {{url: '{broker}'}}
+  flowerSpec: {{enabled: false}}
+  workerSpec: {{queues: celery, numOfWorkers: 1}}
+  autoscaling:
+    policy: queue-length
+    settings: {{target: '10'}}
+    minReplicas: 1
+    maxReplicas: 8
+    shadow: {{policy: steps, settings: {{steps: '0:1,10:5'}}}}
+"
+    );
+    create(&env.admin, &ns, &yaml).await.expect("created");
+    let redis = redis::Client::open(broker.as_str()).expect("redis client");
+    let mut conn = redis.get_multiplexed_async_connection().await.expect("redis");
+    let messages: Vec<String> = (0..25).map(|i| format!("{{\"m\": {i}}}")).collect();
+    let _: () = redis::cmd("LPUSH").arg("celery").arg(&messages).query_async(&mut conn).await.expect("LPUSH");
+    wait_replicas(&env.admin, &ns, "shop", 3, SCALE_WAIT).await;
+    let shadow = eventually("the shadow's answer in the status", WAIT, || async {
+        let c = Api::<Celery>::namespaced(env.admin.clone(), &ns).get("shop").await.map_err(|e| e.to_string())?;
+        let shadow = c.status.and_then(|s| s.autoscaler).and_then(|a| a.shadow).ok_or("no shadow status")?;
+        if shadow.replicas == Some(5) { Ok(shadow) } else { Err(format!("{shadow:?}")) }
+    })
+    .await;
+    assert_eq!(shadow.policy, "steps");
+    assert_eq!(shadow.agreement_percent, Some(0), "it never agreed with 3: {shadow:?}");
+    let metrics = crate::support::http_get(listen, "/metrics").await.expect("/metrics");
+    assert!(metrics.contains("celery_operator_shadow_desired_workers{app=\"shadow-"), "{metrics}");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(worker_replicas(&env.admin, &ns, "shop-celery-worker").await, Ok(3), "the shadow's 5 was never applied");
+
+    // A shadow that cannot run: the real policy decides on, nothing turns Degraded.
+    let patch = serde_json::json!({"spec": {"autoscaling": {"shadow": {"policy": "no-such-policy", "settings": null}}}});
+    Api::<Celery>::namespaced(env.admin.clone(), &ns)
+        .patch("shop", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&patch))
+        .await
+        .expect("shadow changed");
+    let _: () = redis::cmd("LPUSH").arg("celery").arg(&messages).query_async(&mut conn).await.expect("LPUSH");
+    wait_replicas(&env.admin, &ns, "shop", 5, SCALE_WAIT).await;
+    let c = celery(&env.admin, &ns, "shop").await;
+    let shadow = c.status.clone().and_then(|s| s.autoscaler).and_then(|a| a.shadow).expect("the shadow's status");
+    assert_eq!((shadow.policy.as_str(), shadow.replicas), ("no-such-policy", None));
+    assert!(shadow.reason.contains("no-such-policy"), "{shadow:?}");
+    assert_eq!(condition(&c, SCALING_ACTIVE).map(|(s, r, _)| (s, r)), Some(("True".into(), POLICY_DECIDING.into())));
+    assert_eq!(condition(&c, DEGRADED).map(|(s, _, _)| s), Some("False".into()));
     operator.stop().await;
 }

@@ -272,9 +272,14 @@ async fn waits_for_busy(h: Arc<Harness>) {
         if gone.len() == 1 && now.len() == 1 { Ok(gone[0].clone()) } else { Err(format!("{now:?}")) }
     })
     .await;
-    let c = celery(&env.admin, &ns, "patient").await;
-    let reason = c.status.and_then(|s| s.autoscaler).and_then(|a| a.last_decision).map(|d| d.reason).unwrap_or_default();
-    assert!(reason.contains("maxWaitSeconds passed") && reason.contains(&gone), "{reason}");
+    // NB: from the event of that scale, not the last decision, which a later sample may have
+    // replaced before the watch showed the new count.
+    eventually("the ScaledDown event saying maxWaitSeconds passed", WAIT, || async {
+        let events = crate::lifecycle::events_of(&env.admin, &ns, "patient", SCALED_DOWN).await?;
+        let said = events.iter().any(|e| e.contains("maxWaitSeconds passed") && e.contains(&gone));
+        said.then_some(()).ok_or(format!("{events:?}"))
+    })
+    .await;
     // Celery's warm shutdown keeps the task running (the kubelet would kill it after the grace
     // period; here nobody does): it has not ended, and it did not start again elsewhere.
     eventually("SIGTERM sent to the removed worker", WAIT, || async {
