@@ -991,7 +991,11 @@ impl AppLoop {
         let event_reason = if to > from { SCALED_UP } else { SCALED_DOWN };
         info!(app = %self.label, from, to, %reason, "scaled the workers");
         let note = format!("{}{from} → {to} workers: {reason}", self.group_prefix());
-        shared.writer.event(&self.reference, EventType::Normal, event_reason, &note, ACTION).await;
+        // NB: Kubernetes' event recorder folds an event into an earlier one of the same action
+        // and reason (a series, which keeps the first note): naming the counts in the action
+        // keeps each different scale's reason visible.
+        let action = format!("{ACTION} {}{from}→{to}", self.group_prefix());
+        shared.writer.event(&self.reference, EventType::Normal, event_reason, &note, &action).await;
         Ok(())
     }
 
