@@ -14,7 +14,7 @@
 #
 # Components: etcd, kube-apiserver, kube-controller-manager (deployments, replicasets, garbage
 # collection, namespaces, service accounts), kube-scheduler, kwok, which keeps one fake node
-# (kwok-node-0: 32 CPUs, 256Gi, 110 pods) and makes the pods scheduled on it Running and Ready,
+# (kwok-node-0: 32 CPUs, 256Gi, 1000 pods) and makes the pods scheduled on it Running and Ready,
 # and metrics-server, which serves the real metrics.k8s.io/v1beta1 API (`kubectl top`).
 # Binaries come from hack/build-control-plane.sh (cached; the first build takes 10-20 minutes).
 #
@@ -511,11 +511,11 @@ status:
   allocatable:
     cpu: "32"
     memory: 256Gi
-    pods: "110"
+    pods: "1000"
   capacity:
     cpu: "32"
     memory: 256Gi
-    pods: "110"
+    pods: "1000"
 EOF
 }
 
@@ -677,21 +677,22 @@ cmd_restart_apiserver() {
   log "kube-apiserver restarted on https://127.0.0.1:$APISERVER_PORT"
 }
 
-# NB: the API server's clients did not always catch up after it went away. kwok's pod watch did not
-# come back (the cluster tests then waited minutes for new pods to run, twice in three runs), and
-# kube-controller-manager 1.36 kept a pod cache older than its own writes, so its ReplicaSet
-# controller refused to act ("read version ... is not as new as written version") and no pod was
-# created for a new app (CI, once in three runs). These stand in for the cluster's control plane,
-# not for what is tested: they start afresh with the API server and list everything again. The
-# operator's own watches are never restarted; the fault tests check that they recover.
+# The API server's clients in here (kube-controller-manager, kube-scheduler, kwok) start afresh
+# with it and list everything again: they stand in for the cluster's control plane, not for what
+# is tested. The operator's own watches are never restarted; the fault tests check that they
+# recover.
 #
 # kwok 0.8 manages a node's pods only while it holds the node's Lease: the Lease of the kwok it
 # replaces would keep its pods Pending for the Lease's 40 s (and a test's new app with them), so
 # it goes with the old kwok.
 #
-# Even fresh, they did not always act on new pods (kube-scheduler 1.36 once left every new pod
-# unscheduled for minutes, with nothing in its log): a canary Deployment must run a pod before
-# the restart counts as done, and they start again when it does not.
+# A canary Deployment must then run a pod before the restart counts as done (and they start
+# again when it does not), so a control plane that did not come back fails here, by name, not as
+# a test waiting minutes for pods.
+#
+# NB: new pods that stayed Pending after the fault tests (no node, nothing in the scheduler's
+# log; CI failed on it) were the fake node full: its 110-pod capacity (a kubelet's default) was
+# below what the tier's tests leave running, hence 1000 in create_node.
 restart_clients() {
   local attempt
   for attempt in 1 2 3; do

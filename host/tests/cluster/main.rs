@@ -141,10 +141,9 @@ fn main() -> ExitCode {
         .chain(cost::TESTS)
         .copied()
         .collect();
-    // NB: the tests that restart the API server run last. After a restart the control plane's
-    // own controllers did not always catch up (kube-controller-manager 1.36 once created no pod
-    // for an app made 20 s later, though it had been restarted too), and a test after it then
-    // waited for pods that never came; the operator is what is tested, not them.
+    // The tests that restart the API server run last: no other test's pods then wait on a
+    // control plane that is coming back (the harness restarts the API server's clients and
+    // checks that a new pod runs, see hack/control-plane.sh `restart_clients`).
     cases.sort_by_key(|&(_, exclusive, _)| exclusive);
     let trials = cases.into_iter().map(|(name, exclusive, f)| trial(name, exclusive, &harness, f)).collect();
     let conclusion = libtest_mimic::run(&args, trials);
