@@ -408,6 +408,29 @@ async fn annotate(client: &Client, ns: &str, name: &str, pairs: &[(&str, Option<
         .expect("annotated");
 }
 
+/// The app `shop` on `broker`'s `celery` queue, `queue-length` at 10 messages per worker from 1 to
+/// `max` workers, scaling down after 2 s, with `extra` lines at the end of its `autoscaling`.
+fn shop_yaml(broker: &str, max: u32, extra: &str) -> String {
+    format!(
+        "
+apiVersion: celeryproject.org/v1alpha1
+kind: Celery
+metadata: {{name: shop}}
+spec:
+  common: {{appName: shop, celeryApp: 'app:celery_app', image: example-image}}
+  broker: {{url: '{broker}'}}
+  flowerSpec: {{enabled: false}}
+  workerSpec: {{queues: celery, numOfWorkers: 1}}
+  autoscaling:
+    policy: queue-length
+    settings: {{target: '10'}}
+    minReplicas: 1
+    maxReplicas: {max}
+    scaleDown: {{stabilizationWindowSeconds: 2, maxStepPercent: 100, periodSeconds: 0}}
+{extra}"
+    )
+}
+
 /// Waits until the app's `ScalingActive` condition has `reason` and a message starting with
 /// `message`.
 async fn wait_scaling(client: &Client, ns: &str, reason: &str, message: &str) {
@@ -432,25 +455,7 @@ async fn annotations_pause_set_and_block_scaling_and_scale_up_is_limited(h: Arc<
     let broker = format!("redis://127.0.0.1:{port}/0");
     let ns = env.namespace("paused").await;
     let operator = env.start_operator(&[&ns], None);
-    let yaml = format!(
-        "
-apiVersion: celeryproject.org/v1alpha1
-kind: Celery
-metadata: {{name: shop}}
-spec:
-  common: {{appName: shop, celeryApp: 'app:celery_app', image: example-image}}
-  broker: {{url: '{broker}'}}
-  flowerSpec: {{enabled: false}}
-  workerSpec: {{queues: celery, numOfWorkers: 1}}
-  autoscaling:
-    policy: queue-length
-    settings: {{target: '10'}}
-    minReplicas: 1
-    maxReplicas: 8
-    scaleDown: {{stabilizationWindowSeconds: 2, maxStepPercent: 100, periodSeconds: 0}}
-    scaleUp: {{maxPods: 2, periodSeconds: 3600}}
-"
-    );
+    let yaml = shop_yaml(&broker, 8, "    scaleUp: {maxPods: 2, periodSeconds: 3600}\n");
     create(&env.admin, &ns, &yaml).await.expect("created");
     wait_condition(&env.admin, &ns, "shop", SCALING_ACTIVE, "True", POLICY_DECIDING).await;
     let redis = redis::Client::open(broker.as_str()).expect("redis client");
@@ -517,24 +522,10 @@ async fn a_schedule_raises_the_minimum_while_it_is_active(h: Arc<Harness>) {
     let start =
         jiff::Timestamp::now().checked_add(jiff::SignedDuration::from_secs(10)).expect("time").to_zoned(jiff::tz::TimeZone::UTC);
     let cron = format!("{} {} {} * * *", start.second(), start.minute(), start.hour());
-    let yaml = format!(
-        "
-apiVersion: celeryproject.org/v1alpha1
-kind: Celery
-metadata: {{name: shop}}
-spec:
-  common: {{appName: shop, celeryApp: 'app:celery_app', image: example-image}}
-  broker: {{url: '{broker}'}}
-  flowerSpec: {{enabled: false}}
-  workerSpec: {{queues: celery, numOfWorkers: 1}}
-  autoscaling:
-    policy: queue-length
-    settings: {{target: '10'}}
-    minReplicas: 1
-    maxReplicas: 6
-    scaleDown: {{stabilizationWindowSeconds: 2, maxStepPercent: 100, periodSeconds: 0}}
-    schedules: [{{name: burst, cron: '{cron}', durationSeconds: 15, minReplicas: 3}}]
-"
+    let yaml = shop_yaml(
+        &broker,
+        6,
+        &format!("    schedules: [{{name: burst, cron: '{cron}', durationSeconds: 15, minReplicas: 3}}]\n"),
     );
     create(&env.admin, &ns, &yaml).await.expect("created");
     wait_condition(&env.admin, &ns, "shop", SCALING_ACTIVE, "True", POLICY_DECIDING).await;
@@ -562,24 +553,7 @@ async fn a_shadow_policy_is_recorded_and_never_applied(h: Arc<Harness>) {
     let ns = env.namespace("shadow").await;
     let listen = free_port();
     let operator = env.start_operator_serving(&[&ns], None, Some(([127, 0, 0, 1], listen).into()));
-    let yaml = format!(
-        "
-apiVersion: celeryproject.org/v1alpha1
-kind: Celery
-metadata: {{name: shop}}
-spec:
-  common: {{appName: shop, celeryApp: 'app:celery_app', image: example-image}}
-  broker: {{url: '{broker}'}}
-  flowerSpec: {{enabled: false}}
-  workerSpec: {{queues: celery, numOfWorkers: 1}}
-  autoscaling:
-    policy: queue-length
-    settings: {{target: '10'}}
-    minReplicas: 1
-    maxReplicas: 8
-    shadow: {{policy: steps, settings: {{steps: '0:1,10:5'}}}}
-"
-    );
+    let yaml = shop_yaml(&broker, 8, "    shadow: {policy: steps, settings: {steps: '0:1,10:5'}}\n");
     create(&env.admin, &ns, &yaml).await.expect("created");
     let redis = redis::Client::open(broker.as_str()).expect("redis client");
     let mut conn = redis.get_multiplexed_async_connection().await.expect("redis");
