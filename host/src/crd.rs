@@ -242,12 +242,6 @@ pub struct PodParts {
     pub containers: Vec<Container>,
 }
 
-impl PodParts {
-    pub fn is_empty(&self) -> bool {
-        self.volumes.is_empty() && self.volume_mounts.is_empty() && self.init_containers.is_empty() && self.containers.is_empty()
-    }
-}
-
 /// Image pull policy of a container.
 #[derive(JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ImagePullPolicy {

@@ -97,10 +97,6 @@ impl Parsed {
         let since = Duration::try_from(since).unwrap_or(Duration::MAX);
         since < duration
     }
-
-    pub fn window(&self) -> &Window {
-        &self.window
-    }
 }
 
 /// The bounds at `now` from the spec's `min`/`max` and the `windows`: the largest minimum and
