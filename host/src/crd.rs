@@ -782,6 +782,7 @@ pub struct SecretKeyRef {
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("self.minReplicas <= self.maxReplicas").message("minReplicas must not exceed maxReplicas"))]
+#[x_kube(validation = Rule::new("has(self.policy) != has(self.policies)").message("give policy (one policy) or policies (several), not both"))]
 pub struct Autoscaling {
     /// Whether the policy drives the worker replicas. When false, `numOfWorkers` does.
     #[serde(default = "default_true")]
@@ -789,12 +790,28 @@ pub struct Autoscaling {
 
     /// Name of the scaling policy module: a built-in (`queue-length`, `cpu-memory`, `load`,
     /// `drain-time`, `steps`) or a module installed in the operator's policy directory.
+    /// Shorthand for a `policies` list of one; give one or the other.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     #[schemars(length(min = 1, max = 253), regex(pattern = r"^[a-z0-9]([-a-z0-9_.]*[a-z0-9])?(@sha256:[0-9a-f]{64})?$"))]
     pub policy: String,
 
     /// Settings handed to the policy as string pairs; their meaning is the policy's.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub settings: BTreeMap<String, String>,
+
+    /// Several policies, each with its own settings, asked every interval in this order; their
+    /// answers are combined as `combine` says. A policy whose signal fails (a broker that cannot
+    /// be read) or that fails itself leaves the others to scale up on what is known; scaling
+    /// down waits until every policy answers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(min = 1, max = 10))]
+    pub policies: Vec<PolicySelection>,
+
+    /// How the answers of several policies become one: `Max` (the largest, as the Kubernetes
+    /// HPA does over its metrics), `Min` (the smallest), or `First` (the first policy in the
+    /// list that does not decline; see the policy-writing guide).
+    #[serde(default)]
+    pub combine: Combine,
 
     /// Fewest worker replicas. 0 allows scaling to zero when the queues are empty.
     #[serde(default = "default_one")]
@@ -851,20 +868,42 @@ pub struct Autoscaling {
     /// and never applied: try a new or custom policy on production traffic at no risk, then
     /// promote it. A shadow that fails affects nothing but its own status.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub shadow: Option<ShadowPolicy>,
+    pub shadow: Option<PolicySelection>,
 }
 
-/// The policy `spec.autoscaling.shadow` evaluates beside the real one.
+/// A policy and its settings: an entry of `spec.autoscaling.policies`, or the shadow policy.
 #[derive(JsonSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
-pub struct ShadowPolicy {
+pub struct PolicySelection {
     /// Name of the policy module, as `spec.autoscaling.policy` takes it.
-    #[schemars(length(min = 1, max = 253))]
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[a-z0-9]([-a-z0-9_.]*[a-z0-9])?(@sha256:[0-9a-f]{64})?$"))]
     pub policy: String,
 
     /// Settings handed to it, as string pairs.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub settings: BTreeMap<String, String>,
+}
+
+/// How the answers of `spec.autoscaling.policies` are combined.
+#[derive(JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Combine {
+    /// The largest answer wins.
+    #[default]
+    Max,
+    /// The smallest answer wins.
+    Min,
+    /// The first policy, in the list's order, that answers rather than declines.
+    First,
+}
+
+impl std::fmt::Display for Combine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Combine::Max => "Max",
+            Combine::Min => "Min",
+            Combine::First => "First",
+        })
+    }
 }
 
 /// A time window of other bounds (`spec.autoscaling.schedules[]`).

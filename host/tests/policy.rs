@@ -449,7 +449,8 @@ fn builtins_dir() -> Option<PathBuf> {
 
 /// One case of `policies/test/cases.json`, the table every built-in policy is held to (also
 /// run outside the operator by `policies/test/run.mjs`). `input` overrides top-level fields of
-/// `base-input.json`; a case with `validate` checks settings instead of deciding.
+/// `base-input.json`; a case with `validate` checks settings instead of deciding; one with
+/// `declined` expects the policy to decline.
 #[derive(serde::Deserialize)]
 struct Case {
     policy: String,
@@ -458,6 +459,9 @@ struct Case {
     input: serde_json::Map<String, serde_json::Value>,
     validate: Option<BTreeMap<String, String>>,
     replicas: Option<u32>,
+    /// The policy declines (its reason starts with `decline:`).
+    #[serde(default)]
+    declined: bool,
     error: Option<String>,
 }
 
@@ -507,7 +511,12 @@ fn builtins_pass_the_shared_table_through_the_host() {
                 }
                 let input: PolicyInput = serde_json::from_value(input).expect("case input is a PolicyInput");
                 match (policy.decide(&limits, &input), &case.error, case.replicas) {
-                    (Ok(decision), None, Some(want)) if decision.replicas == want => Ok(()),
+                    (Ok(decision), None, None) if case.declined && decision.declined().is_some() => Ok(()),
+                    (Ok(decision), None, Some(want))
+                        if !case.declined && decision.declined().is_none() && decision.replicas == want =>
+                    {
+                        Ok(())
+                    }
                     (Err(PolicyError::Rejected { message, .. }), Some(e), _) if message.contains(e.as_str()) => Ok(()),
                     (got, error, replicas) => Err(format!("got {got:?}, expected replicas {replicas:?} / error {error:?}")),
                 }

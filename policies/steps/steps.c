@@ -3,7 +3,8 @@
 //   steps: "0:1,100:3,1000:10"   →  backlog 0–99: 1 worker, 100–999: 3, 1000 and up: 10
 //
 // The row with the highest threshold not above the backlog wins; a backlog below the first
-// threshold asks for 0 (the host raises that to the app's minimum). Built as a component with
+// threshold asks for 0 (the host raises that to the app's minimum), or, with
+// `declineBelowFirst: "true"`, declines so that the next policy decides. Built as a component with
 // `wit-bindgen c` bindings (../build.sh). Only memory allocation comes from wasi-libc, so the
 // component imports nothing from WASI; formatting is done by hand to keep stdio out.
 
@@ -23,6 +24,8 @@ typedef struct {
 typedef struct {
   step_t rows[MAX_STEPS];
   size_t len;
+  // `declineBelowFirst: "true"`: below the first threshold, decline (see wit/policy.wit).
+  int decline_below_first;
 } table_t;
 
 // A growable message, owned by the caller until handed to the bindings.
@@ -96,14 +99,25 @@ static void fail_entry(msg_t *m, size_t index, const uint8_t *s, size_t from, si
 // Parses "THRESHOLD:REPLICAS,…". On failure writes the reason to err and returns 0.
 static int parse_table(const scaling_policy_list_tuple2_string_string_t *settings, table_t *t, msg_t *err) {
   const scaling_policy_string_t *raw = NULL;
+  t->decline_below_first = 0;
   for (size_t k = 0; k < settings->len; k++) {
     const scaling_policy_string_t *key = &settings->ptr[k].f0;
+    const scaling_policy_string_t *value = &settings->ptr[k].f1;
     if (key_is(key, "steps")) {
-      raw = &settings->ptr[k].f1;
+      raw = value;
+    } else if (key_is(key, "declineBelowFirst")) {
+      if (key_is(value, "true")) {
+        t->decline_below_first = 1;
+      } else if (!key_is(value, "false")) {
+        put(err, "setting declineBelowFirst: \"");
+        put_n(err, value->ptr, value->len);
+        put(err, "\" is neither \"true\" nor \"false\"");
+        return 0;
+      }
     } else {
       put(err, "setting ");
       put_n(err, key->ptr, key->len);
-      put(err, ": unknown (known: steps)");
+      put(err, ": unknown (known: steps, declineBelowFirst)");
       return 0;
     }
   }
@@ -181,6 +195,19 @@ bool exports_celery_autoscaler_policy_decide(exports_celery_autoscaler_policy_in
   const step_t *row = NULL;
   for (size_t r = 0; r < table.len && table.rows[r].threshold <= backlog; r++) row = &table.rows[r];
 
+  if (!row && table.decline_below_first) {
+    // Declining: the current count, so that a host without the convention holds it.
+    ret->replicas = input->current_replicas;
+    put(&m, "decline: ");
+    put_u64(&m, backlog);
+    put(&m, backlog == 1 ? " message" : " messages");
+    put(&m, ", below the first step (");
+    put_u64(&m, table.rows[0].threshold);
+    put(&m, ")");
+    set_string(&ret->reason, &m);
+    exports_celery_autoscaler_policy_input_free(input);
+    return true;
+  }
   ret->replicas = row ? row->replicas : 0;
   put_u64(&m, backlog);
   put(&m, backlog == 1 ? " message" : " messages");

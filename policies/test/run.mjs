@@ -125,7 +125,8 @@ for (const c of cases) {
   let ok;
   if (c.error !== undefined) ok = got.err !== undefined && got.err.includes(c.error);
   else if (c.validate !== undefined) ok = got.err === undefined;
-  else ok = got.ok !== undefined && got.ok.replicas === c.replicas;
+  else if (c.declined) ok = got.ok !== undefined && got.ok.reason.startsWith('decline:');
+  else ok = got.ok !== undefined && !got.ok.reason.startsWith('decline:') && got.ok.replicas === c.replicas;
   const shown = got.err !== undefined ? `error: ${got.err}` : c.validate !== undefined ? 'ok' : `${got.ok.replicas} (${got.ok.reason})`;
   console.log(`${ok ? 'ok  ' : 'FAIL'} ${label} → ${shown}`);
   ok ? passed++ : failed++;

@@ -38,7 +38,7 @@ use super::sampler;
 use crate::conditions::*;
 use crate::crd::{AutoscalerStatus, BusyWorkers, Celery, DecisionStatus, ScaleInStatus};
 use crate::decide::stabilize::Damper;
-use crate::decide::{self, Bounds, Choice, Health, overrides, scalein, schedule};
+use crate::decide::{self, Answer, Bounds, Choice, Health, overrides, scalein, schedule};
 use crate::leader::Leadership;
 use crate::metrics::{BrokerOptions, QueueStats, control};
 use crate::policy::check::PolicyCheck;
@@ -594,9 +594,9 @@ impl AppLoop {
         let answers = self.ask(shared, sample, broker_failure.as_deref()).await;
         let bounds = Bounds { min: self.min, max: self.max, fallback: self.tuning.fallback };
         let policies = self.policy_label();
-        let decision = decide::decide(now_ms, current, &answers, &mut self.damper, bounds, &policies);
+        let decision = decide::decide(now_ms, current, &answers, &mut self.damper, bounds, self.tuning.combine, &policies);
         let decision = self.overridden(shared, current, decision);
-        if decision.held {
+        if decision.held && !decision.health.ok() {
             let cause = if decision.health.reason == POLICY_FAILED { FailureCause::Policy } else { FailureCause::Metrics };
             shared.metrics.observe_failure(&self.label, cause);
         }
@@ -889,7 +889,7 @@ impl AppLoop {
     /// Asks every policy for its answer, in the order of the spec. A policy that needs the
     /// queues fails with `broker_failure` when the broker could not be read; the others are
     /// asked all the same. The sample joins the history only when it is whole.
-    async fn ask(&mut self, shared: &Shared, sample: Sample, broker_failure: Option<&str>) -> Vec<Result<Choice, Health>> {
+    async fn ask(&mut self, shared: &Shared, sample: Sample, broker_failure: Option<&str>) -> Vec<Answer> {
         self.shadow_answer = None;
         let mut input = self.input.take().unwrap_or_else(|| PolicyInput {
             app: String::new(),
@@ -918,7 +918,8 @@ impl AppLoop {
         .within(shared.policies.registry().engine());
         let mut answers = Vec::with_capacity(self.policies.len());
         for policy in &mut self.policies {
-            let failed = |reason, message: String| Err(Health { reason, message });
+            let failed =
+                |reason, message: String| Answer::Failed { policy: policy.name.clone(), health: Health { reason, message } };
             if let Some(message) = broker_failure
                 && policy.name != CPU_MEMORY_POLICY
             {
@@ -944,9 +945,13 @@ impl AppLoop {
             std::mem::swap(&mut back.settings, &mut policy.settings);
             input = back;
             answers.push(match outcome {
+                Ok((verdict, took)) if verdict.declined.is_some() => {
+                    shared.metrics.observe_policy(&self.label, took);
+                    Answer::Declined { policy: policy.name.clone(), reason: verdict.declined.unwrap_or_default() }
+                }
                 Ok((verdict, took)) => {
                     shared.metrics.observe_policy(&self.label, took);
-                    Ok(Choice {
+                    Answer::Decided(Choice {
                         bounded: verdict.decision.replicas,
                         proposed: verdict.proposed,
                         reason: verdict.decision.reason,
@@ -1100,7 +1105,13 @@ async fn ask_shadow(
     let mut copy = input.clone();
     copy.settings.clone_from(&shadow.settings);
     let (_, outcome) = shared.policies.runner().decide_lending(loaded, copy, Some(limits)).await;
-    outcome.map(|(verdict, _)| (verdict.decision.replicas, verdict.decision.reason)).map_err(|e| format!("{}: {e}", shadow.name))
+    match outcome {
+        Ok((verdict, _)) if verdict.declined.is_some() => {
+            Err(format!("{} declined: {}", shadow.name, verdict.declined.unwrap_or_default()))
+        }
+        Ok((verdict, _)) => Ok((verdict.decision.replicas, verdict.decision.reason)),
+        Err(e) => Err(format!("{}: {e}", shadow.name)),
+    }
 }
 
 /// An empty sample, standing in for the current one between two ticks (allocates nothing).

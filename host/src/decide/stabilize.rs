@@ -9,6 +9,8 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
+use crate::crd::Combine;
+
 /// Which bound a decision was clamped to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -20,9 +22,9 @@ pub enum Bound {
 /// What the answers of an app's policies allow.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Verdict {
-    /// Every policy answered: this one asked for the most workers.
+    /// Every policy that counts answered or declined: this answer wins.
     All(usize),
-    /// Some policies could not answer, and this one, the largest of the known answers, asks
+    /// Some policies could not answer, and this one, the winner among the known answers, asks
     /// for more workers than run now: the known signals may scale up.
     UpOnKnown(usize),
     /// No answer, or the known answers would not add workers: scaling down needs every
@@ -30,22 +32,46 @@ pub enum Verdict {
     Hold,
 }
 
-/// Combines the (bounded) answers of an app's policies, `None` where a policy or its signal
-/// failed. The largest answer wins, the first of equals.
-pub fn combine(current: u32, answers: &[Option<u32>]) -> Verdict {
-    let mut best: Option<(usize, u32)> = None;
-    for (i, answer) in answers.iter().enumerate() {
-        if let Some(n) = *answer
-            && best.is_none_or(|(_, b)| n > b)
-        {
-            best = Some((i, n));
-        }
-    }
-    match best {
-        None => Verdict::Hold,
-        Some((i, _)) if answers.iter().all(Option::is_some) => Verdict::All(i),
-        Some((i, n)) if n > current => Verdict::UpOnKnown(i),
-        Some(_) => Verdict::Hold,
+/// One policy's part in a combination: its (bounded) answer, a decline, or a failure (of the
+/// policy or of the signal it needs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Vote {
+    Answer(u32),
+    Declined,
+    Failed,
+}
+
+/// Combines the votes of an app's policies, in the spec's order, as `mode` says: the largest
+/// or the smallest answer (the first of equals), or the first answer in order. A decline is
+/// no vote. A failure that could have changed the outcome (any failure for `Max`/`Min`; one
+/// before the winner for `First`) lets the known answers only scale up.
+pub fn combine(current: u32, votes: &[Vote], mode: Combine) -> Verdict {
+    let mut answers = votes.iter().enumerate().filter_map(|(i, v)| match v {
+        Vote::Answer(n) => Some((i, *n)),
+        _ => None,
+    });
+    let best = match mode {
+        Combine::Max => answers.fold(None, |best: Option<(usize, u32)>, (i, n)| match best {
+            Some((_, b)) if n <= b => best,
+            _ => Some((i, n)),
+        }),
+        Combine::Min => answers.fold(None, |best: Option<(usize, u32)>, (i, n)| match best {
+            Some((_, b)) if n >= b => best,
+            _ => Some((i, n)),
+        }),
+        Combine::First => answers.next(),
+    };
+    let Some((winner, n)) = best else { return Verdict::Hold };
+    let counted = match mode {
+        Combine::First => &votes[..winner],
+        Combine::Max | Combine::Min => votes,
+    };
+    if !counted.contains(&Vote::Failed) {
+        Verdict::All(winner)
+    } else if n > current {
+        Verdict::UpOnKnown(winner)
+    } else {
+        Verdict::Hold
     }
 }
 
@@ -262,17 +288,44 @@ mod tests {
         assert_eq!(clamp(proposed, min, max), (applied, bound));
     }
 
+    const A: fn(u32) -> Vote = Vote::Answer;
+    const D: Vote = Vote::Declined;
+    const F: Vote = Vote::Failed;
+
     #[rstest]
-    #[case::all_answer(3, &[Some(2), Some(5)], Verdict::All(1))]
-    #[case::all_answer_down(3, &[Some(1), Some(2)], Verdict::All(1))]
-    #[case::first_of_equals(3, &[Some(4), Some(4)], Verdict::All(0))]
-    #[case::cpu_down_queue_up(2, &[Some(6), None], Verdict::UpOnKnown(0))]
-    #[case::cpu_down_queue_level(6, &[Some(6), None], Verdict::Hold)]
-    #[case::cpu_down_queue_lower(6, &[Some(1), None], Verdict::Hold)]
-    #[case::nothing_known(2, &[None, None], Verdict::Hold)]
+    #[case::all_answer(3, &[A(2), A(5)], Verdict::All(1))]
+    #[case::all_answer_down(3, &[A(1), A(2)], Verdict::All(1))]
+    #[case::first_of_equals(3, &[A(4), A(4)], Verdict::All(0))]
+    #[case::cpu_down_queue_up(2, &[A(6), F], Verdict::UpOnKnown(0))]
+    #[case::cpu_down_queue_level(6, &[A(6), F], Verdict::Hold)]
+    #[case::cpu_down_queue_lower(6, &[A(1), F], Verdict::Hold)]
+    #[case::nothing_known(2, &[F, F], Verdict::Hold)]
     #[case::no_policy(2, &[], Verdict::Hold)]
-    fn a_failing_signal_fails_alone(#[case] current: u32, #[case] answers: &[Option<u32>], #[case] verdict: Verdict) {
-        assert_eq!(combine(current, answers), verdict);
+    #[case::a_decline_is_no_vote(6, &[D, A(2)], Verdict::All(1))]
+    #[case::all_declined(6, &[D, D], Verdict::Hold)]
+    fn max_a_failing_signal_fails_alone(#[case] current: u32, #[case] votes: &[Vote], #[case] verdict: Verdict) {
+        assert_eq!(combine(current, votes, Combine::Max), verdict);
+    }
+
+    #[rstest]
+    #[case::smallest(3, &[A(2), A(5)], Verdict::All(0))]
+    #[case::first_of_equals(3, &[A(4), A(4)], Verdict::All(0))]
+    #[case::failure_up_on_known(2, &[F, A(6), A(4)], Verdict::UpOnKnown(2))]
+    #[case::failure_never_down(6, &[A(3), F], Verdict::Hold)]
+    #[case::declines_ignored(6, &[A(3), D], Verdict::All(0))]
+    fn min_takes_the_smallest(#[case] current: u32, #[case] votes: &[Vote], #[case] verdict: Verdict) {
+        assert_eq!(combine(current, votes, Combine::Min), verdict);
+    }
+
+    #[rstest]
+    #[case::first_answer(3, &[A(2), A(5)], Verdict::All(0))]
+    #[case::past_declines(3, &[D, D, A(1), A(9)], Verdict::All(2))]
+    #[case::failure_after_the_winner(3, &[A(1), F], Verdict::All(0))]
+    #[case::failure_before_may_scale_up(3, &[F, A(5)], Verdict::UpOnKnown(1))]
+    #[case::failure_before_never_down(3, &[F, D, A(1)], Verdict::Hold)]
+    #[case::all_declined(3, &[D, D], Verdict::Hold)]
+    fn first_takes_the_first_answer(#[case] current: u32, #[case] votes: &[Vote], #[case] verdict: Verdict) {
+        assert_eq!(combine(current, votes, Combine::First), verdict);
     }
 
     #[test]

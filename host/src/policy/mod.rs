@@ -121,6 +121,18 @@ pub struct Decision {
     pub reason: String,
 }
 
+/// The start of the reason of a policy that declines to decide (`wit/policy.wit`, "Declining").
+pub const DECLINE_PREFIX: &str = "decline:";
+
+impl Decision {
+    /// Why the policy declined, when its reason says it does: it has no opinion this time
+    /// (`combine: First` asks the next policy; with `Max`/`Min` it does not vote). The
+    /// convention keeps modules built before it valid: their reasons never start so.
+    pub fn declined(&self) -> Option<&str> {
+        self.reason.strip_prefix(DECLINE_PREFIX).map(str::trim)
+    }
+}
+
 /// Everything that can go wrong with a policy, naming the policy.
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {

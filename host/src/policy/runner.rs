@@ -48,12 +48,18 @@ pub struct Verdict {
     pub proposed: u32,
     /// The bound that applied, if any.
     pub clamped: Option<Bound>,
+    /// The policy declined to decide (see [`Decision::declined`]), and why: no bounds apply.
+    pub declined: Option<String>,
 }
 
 impl Verdict {
     /// Applies `[min, max]` to a policy's decision.
     pub fn bounded(decision: Decision, min: u32, max: u32) -> Self {
         let proposed = decision.replicas;
+        if let Some(why) = decision.declined() {
+            let declined = Some(why.to_string());
+            return Self { decision, proposed, clamped: None, declined };
+        }
         let (replicas, clamped) = clamp(proposed, min, max);
         let reason = match clamped {
             None => decision.reason,
@@ -64,7 +70,7 @@ impl Verdict {
                 format!("{} (policy asked for {proposed}, capped at maxReplicas {replicas})", decision.reason)
             }
         };
-        Self { decision: Decision { replicas, reason }, proposed, clamped }
+        Self { decision: Decision { replicas, reason }, proposed, clamped, declined: None }
     }
 }
 

@@ -148,6 +148,9 @@ pub fn simulate(policy: &LoadedPolicy, limits: &CallLimits, rows: &[TraceRow], o
             settings: options.settings.clone(),
         };
         let (proposed, reason) = match policy.decide(limits, &input) {
+            Ok(decision) if decision.declined().is_some() => {
+                (None, format!("held: the policy declined: {}", decision.declined().unwrap_or_default()))
+            }
             Ok(decision) => {
                 let verdict = Verdict::bounded(decision, options.min_replicas, options.max_replicas);
                 replicas = damper.next(current.timestamp_ms, replicas, verdict.decision.replicas);

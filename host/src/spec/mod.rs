@@ -143,6 +143,8 @@ pub struct Tuning {
     pub scale_up: Option<crate::decide::stabilize::UpLimit>,
     /// Time windows of other bounds, checked (they parse).
     pub schedules: Vec<crate::decide::schedule::Window>,
+    /// How the answers of several policies become one.
+    pub combine: crate::crd::Combine,
     /// A policy asked beside the real ones, never applied.
     pub shadow: Option<crate::spec::validate::PolicyRef>,
 }
@@ -161,6 +163,7 @@ impl Default for Tuning {
             drain: false,
             scale_up: None,
             schedules: Vec::new(),
+            combine: crate::crd::Combine::Max,
             shadow: None,
         }
     }

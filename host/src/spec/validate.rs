@@ -518,8 +518,36 @@ fn check_resources(field: &str, resources: Option<&ResourceRequirements>) -> Res
 
 /// The scaling an `autoscaling` section at `field` asks for.
 fn policies(a: &Autoscaling, field: &str) -> Result<Scaling, SpecError> {
+    let policies = match (a.policy.is_empty(), a.policies.is_empty()) {
+        (false, true) => vec![PolicyRef { name: a.policy.clone(), settings: a.settings.clone(), field: field.into() }],
+        (true, false) if a.settings.is_empty() => a
+            .policies
+            .iter()
+            .enumerate()
+            .map(|(i, p)| PolicyRef {
+                name: p.policy.clone(),
+                settings: p.settings.clone(),
+                field: format!("{field}.policies[{i}]"),
+            })
+            .collect(),
+        (true, false) => {
+            return Err(SpecError::new(
+                format!("{field}.settings"),
+                "settings belong to one policy: with policies, give each entry its own settings",
+            ));
+        }
+        (false, false) => {
+            return Err(SpecError::new(format!("{field}.policies"), "give policy (one policy) or policies (several), not both"));
+        }
+        (true, true) => {
+            return Err(SpecError::new(
+                format!("{field}.policy"),
+                "required: name a scaling policy (or list several in policies)",
+            ));
+        }
+    };
     Ok(Scaling::Policies {
-        policies: vec![PolicyRef { name: a.policy.clone(), settings: a.settings.clone(), field: field.into() }],
+        policies,
         min_replicas: a.min_replicas,
         max_replicas: a.max_replicas,
         tuning: Box::new(tuning(a, field)?),
@@ -654,6 +682,7 @@ fn tuning(a: &Autoscaling, field: &str) -> Result<Tuning, SpecError> {
             period: secs(up.period_seconds.max(1)),
         }),
         schedules,
+        combine: a.combine,
         shadow: a.shadow.as_ref().map(|s| PolicyRef {
             name: s.policy.clone(),
             settings: s.settings.clone(),

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use celery_operator::conditions::*;
-use celery_operator::crd::Celery;
+use celery_operator::crd::{AutoscalerStatus, Celery};
 use k8s_openapi::api::core::v1::Pod;
 use kube::Client;
 use kube::api::{Api, ListParams};
@@ -38,6 +38,7 @@ pub const TESTS: &[crate::TestCase] = &[
         Box::pin(annotations_pause_set_and_block_scaling_and_scale_up_is_limited(h))
     }),
     ("a_shadow_policy_is_recorded_and_never_applied", false, |h| Box::pin(a_shadow_policy_is_recorded_and_never_applied(h))),
+    ("several_policies_combine_by_first_max_and_min", false, |h| Box::pin(several_policies_combine_by_first_max_and_min(h))),
 ];
 
 /// Scaling waits include the scale-down window and the metrics-server scrapes.
@@ -55,6 +56,23 @@ async fn wait_replicas(client: &Client, ns: &str, app: &str, want: i32, timeout:
         let got = worker_replicas(client, ns, &name).await?;
         let status = Api::<Celery>::namespaced(client.clone(), ns).get(app).await.map_err(|e| e.to_string())?.status;
         if got == want { Ok(()) } else { Err(format!("{got} replicas; status {status:?}")) }
+    })
+    .await
+}
+
+/// Waits until `app`'s `status.autoscaler` passes `check`: the status write follows the scale it
+/// records, so a read right after [`wait_replicas`] can still see the one before.
+async fn wait_autoscaler<T>(
+    client: &Client,
+    ns: &str,
+    app: &str,
+    what: &str,
+    check: impl Fn(&AutoscalerStatus) -> Option<T>,
+) -> T {
+    eventually(what, WAIT, || async {
+        let c = Api::<Celery>::namespaced(client.clone(), ns).get(app).await.map_err(|e| e.to_string())?;
+        let auto = c.status.and_then(|s| s.autoscaler).ok_or("no autoscaler status")?;
+        check(&auto).ok_or_else(|| format!("{auto:?}"))
     })
     .await
 }
@@ -411,6 +429,11 @@ async fn annotate(client: &Client, ns: &str, name: &str, pairs: &[(&str, Option<
 /// The app `shop` on `broker`'s `celery` queue, `queue-length` at 10 messages per worker from 1 to
 /// `max` workers, scaling down after 2 s, with `extra` lines at the end of its `autoscaling`.
 fn shop_yaml(broker: &str, max: u32, extra: &str) -> String {
+    shop_yaml_with(broker, max, "    policy: queue-length\n    settings: {target: '10'}\n", extra)
+}
+
+/// [`shop_yaml`] with other policy lines (`policy`/`settings` or `policies`/`combine`).
+fn shop_yaml_with(broker: &str, max: u32, policies: &str, extra: &str) -> String {
     format!(
         "
 apiVersion: celeryproject.org/v1alpha1
@@ -422,9 +445,7 @@ spec:
   flowerSpec: {{enabled: false}}
   workerSpec: {{queues: celery, numOfWorkers: 1}}
   autoscaling:
-    policy: queue-length
-    settings: {{target: '10'}}
-    minReplicas: 1
+{policies}    minReplicas: 1
     maxReplicas: {max}
     scaleDown: {{stabilizationWindowSeconds: 2, maxStepPercent: 100, periodSeconds: 0}}
 {extra}"
@@ -465,9 +486,11 @@ async fn annotations_pause_set_and_block_scaling_and_scale_up_is_limited(h: Arc<
 
     // 60 messages want 6 workers; the period lets 2 in, and the decision says so.
     wait_replicas(&env.admin, &ns, "shop", 3, SCALE_WAIT).await;
-    let c = celery(&env.admin, &ns, "shop").await;
-    let reason = c.status.and_then(|s| s.autoscaler).and_then(|a| a.last_decision).map(|d| d.reason).unwrap_or_default();
-    assert!(reason.contains("queue-length asked for 6, 2 ") && reason.ends_with(" this period (scaleUp)"), "{reason}");
+    wait_autoscaler(&env.admin, &ns, "shop", "the scaleUp limit in the decision", |a| {
+        let reason = &a.last_decision.as_ref()?.reason;
+        (reason.contains("queue-length asked for 6, 2 ") && reason.ends_with(" this period (scaleUp)")).then_some(())
+    })
+    .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(worker_replicas(&env.admin, &ns, "shop-celery-worker").await, Ok(3), "no more this period");
 
@@ -532,9 +555,10 @@ async fn a_schedule_raises_the_minimum_while_it_is_active(h: Arc<Harness>) {
     assert_eq!(worker_replicas(&env.admin, &ns, "shop-celery-worker").await, Ok(1), "before the window: the spec's minimum");
     wait_replicas(&env.admin, &ns, "shop", 3, SCALE_WAIT).await;
     assert!(jiff::Timestamp::now() >= start.timestamp(), "raised before the window started");
-    let c = celery(&env.admin, &ns, "shop").await;
-    let active = c.status.and_then(|s| s.autoscaler).map(|a| a.active_schedules).unwrap_or_default();
-    assert_eq!(active, ["burst"]);
+    wait_autoscaler(&env.admin, &ns, "shop", "burst among the active schedules", |a| {
+        (a.active_schedules == ["burst"]).then_some(())
+    })
+    .await;
     wait_replicas(&env.admin, &ns, "shop", 1, SCALE_WAIT).await;
     assert!(
         jiff::Timestamp::now() >= start.timestamp().checked_add(jiff::SignedDuration::from_secs(15)).expect("time"),
@@ -581,11 +605,81 @@ async fn a_shadow_policy_is_recorded_and_never_applied(h: Arc<Harness>) {
         .expect("shadow changed");
     let _: () = redis::cmd("LPUSH").arg("celery").arg(&messages).query_async(&mut conn).await.expect("LPUSH");
     wait_replicas(&env.admin, &ns, "shop", 5, SCALE_WAIT).await;
-    let c = celery(&env.admin, &ns, "shop").await;
-    let shadow = c.status.clone().and_then(|s| s.autoscaler).and_then(|a| a.shadow).expect("the shadow's status");
-    assert_eq!((shadow.policy.as_str(), shadow.replicas), ("no-such-policy", None));
+    // The Deployment can reach 5 before the status write that follows the decision lands.
+    let (c, shadow) = eventually("the failing shadow in the status", WAIT, || async {
+        let c = celery(&env.admin, &ns, "shop").await;
+        let shadow = c.status.clone().and_then(|s| s.autoscaler).and_then(|a| a.shadow).ok_or("no shadow status")?;
+        if shadow.policy == "no-such-policy" { Ok((c, shadow)) } else { Err(format!("{shadow:?}")) }
+    })
+    .await;
+    assert_eq!(shadow.replicas, None, "{shadow:?}");
     assert!(shadow.reason.contains("no-such-policy"), "{shadow:?}");
     assert_eq!(condition(&c, SCALING_ACTIVE).map(|(s, r, _)| (s, r)), Some(("True".into(), POLICY_DECIDING.into())));
     assert_eq!(condition(&c, DEGRADED).map(|(s, _, _)| s), Some("False".into()));
+    operator.stop().await;
+}
+
+/// Several real built-ins through the real host on a real Redis: `First` passes over a
+/// declining `steps` to `queue-length`, and `steps` decides once past its first step; `Max`
+/// and `Min` take the larger and the smaller answer; with one policy failing (no module of
+/// that name) the other may scale up but never down. Each decision names the winner and what
+/// each policy proposed.
+async fn several_policies_combine_by_first_max_and_min(h: Arc<Harness>) {
+    let env = &h.env;
+    let (_redis, port) = redis_server(&[]);
+    let broker = format!("redis://127.0.0.1:{port}/0");
+    let ns = env.namespace("combine").await;
+    let operator = env.start_operator(&[&ns], None);
+    let policies = "    combine: First
+    policies:
+    - {policy: steps, settings: {steps: '100:6', declineBelowFirst: 'true'}}
+    - {policy: queue-length, settings: {target: '10'}}
+";
+    create(&env.admin, &ns, &shop_yaml_with(&broker, 8, policies, "")).await.expect("created");
+    let redis = redis::Client::open(broker.as_str()).expect("redis client");
+    let mut conn = redis.get_multiplexed_async_connection().await.expect("redis");
+    let push = |n: usize| (0..n).map(|i| format!("{{\"m\": {i}}}")).collect::<Vec<_>>();
+    let _: () = redis::cmd("LPUSH").arg("celery").arg(push(30)).query_async(&mut conn).await.expect("LPUSH");
+    let reason_has = |want: &'static str| {
+        move |a: &AutoscalerStatus| a.last_decision.as_ref().filter(|d| d.reason.contains(want)).map(|d| d.reason.clone())
+    };
+
+    // 30 messages: below steps' first step, it declines; queue-length decides 3.
+    wait_replicas(&env.admin, &ns, "shop", 3, SCALE_WAIT).await;
+    wait_autoscaler(&env.admin, &ns, "shop", "First past a decline", reason_has("[First: steps declined, queue-length 3 (won)]"))
+        .await;
+    // 130: steps is past its first step and, first in the list, decides 6 (queue-length: 13).
+    let _: () = redis::cmd("LPUSH").arg("celery").arg(push(100)).query_async(&mut conn).await.expect("LPUSH");
+    wait_replicas(&env.admin, &ns, "shop", 6, SCALE_WAIT).await;
+    wait_autoscaler(&env.admin, &ns, "shop", "First: steps", reason_has("[First: steps 6 (won), queue-length 13]")).await;
+
+    let api = Api::<Celery>::namespaced(env.admin.clone(), &ns);
+    let set = |patch: serde_json::Value| {
+        let api = api.clone();
+        async move { api.patch("shop", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&patch)).await.expect("patched") }
+    };
+    set(serde_json::json!({"spec": {"autoscaling": {"combine": "Max"}}})).await;
+    wait_replicas(&env.admin, &ns, "shop", 8, SCALE_WAIT).await;
+    wait_autoscaler(&env.admin, &ns, "shop", "Max", reason_has("[Max: steps 6, queue-length 13 (won)]")).await;
+    set(serde_json::json!({"spec": {"autoscaling": {"combine": "Min"}}})).await;
+    wait_replicas(&env.admin, &ns, "shop", 6, SCALE_WAIT).await;
+    wait_autoscaler(&env.admin, &ns, "shop", "Min", reason_has("[Min: steps 6 (won), queue-length 13]")).await;
+
+    // One policy fails: the other scales up on what is known...
+    let failing = serde_json::json!({"spec": {"autoscaling": {"combine": "Max", "policies": [
+        {"policy": "queue-length", "settings": {"target": "10"}},
+        {"policy": "no-such-policy"},
+    ]}}});
+    set(failing).await;
+    wait_replicas(&env.admin, &ns, "shop", 8, SCALE_WAIT).await;
+    let up = wait_autoscaler(&env.admin, &ns, "shop", "up on the known", reason_has("no-such-policy failed]")).await;
+    assert!(up.contains("scaled up on the signals known"), "{up}");
+    wait_scaling(&env.admin, &ns, POLICY_FAILED, "spec.autoscaling.policies[1]").await;
+    // ... and never down: an empty queue asks queue-length for 1, and 8 stay.
+    let _: () = redis::cmd("DEL").arg("celery").query_async(&mut conn).await.expect("DEL");
+    let held = wait_autoscaler(&env.admin, &ns, "shop", "held", reason_has("holding 8 workers")).await;
+    assert!(held.contains("no-such-policy"), "{held}");
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(worker_replicas(&env.admin, &ns, "shop-celery-worker").await, Ok(8), "a failing policy never lets the count fall");
     operator.stop().await;
 }
