@@ -1,4 +1,5 @@
-//! The command line: `celery-operator run`, `celery-operator crd` and `celery-operator policy …`.
+//! The command line: `celery-operator run`, `crd`, `policy …`, `observe`, `trace`, and the
+//! kubectl plugin (the binary run as `kubectl-celery`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -32,6 +33,12 @@ enum Command {
     Policy(crate::policy::cli::PolicyArgs),
     /// Print, as JSON, what the broker reports for some queues: what a policy would be handed.
     Observe(crate::metrics::observe::ObserveArgs),
+    /// Write an autoscaled app's recent ticks (from the running operator) as the CSV that
+    /// `policy simulate --trace` replays.
+    Trace(crate::kubectl::TraceArgs),
+    /// The kubectl plugin (`kubectl celery why|trace|simulate`); the binary linked as
+    /// `kubectl-celery` runs this.
+    Kubectl(crate::kubectl::Plugin),
 }
 
 #[derive(clap::Args, Debug)]
@@ -77,10 +84,21 @@ struct RunArgs {
     /// the operator runs outside the cluster.
     #[arg(long, env = "CELERY_OPERATOR_DNS_SERVER")]
     dns_server: Option<std::net::SocketAddr>,
+    /// Minutes of each autoscaled pool's past kept for `/trace` (`celery-operator trace`); 0
+    /// keeps none. About 40 bytes per pool per interval (35 KiB for 15 minutes at 1 s).
+    #[arg(long, default_value_t = 15, env = "CELERY_OPERATOR_TRACE_MINUTES")]
+    trace_minutes: u64,
+    /// A loopback address (127.0.0.1:PORT) serving `/trace` without a token, for
+    /// `kubectl port-forward` and `celery-operator trace`; `/trace` on --listen needs a token.
+    #[arg(long, env = "CELERY_OPERATOR_TRACE_LISTEN")]
+    trace_listen: Option<SocketAddr>,
 }
 
 /// Entry point of the binary.
 pub async fn main() -> anyhow::Result<()> {
+    if crate::kubectl::invoked_as_plugin() {
+        return crate::kubectl::plugin(crate::kubectl::Plugin::parse()).await;
+    }
     let Cli { command } = Cli::parse();
     match command {
         Command::Crd => {
@@ -90,6 +108,8 @@ pub async fn main() -> anyhow::Result<()> {
         Command::Run(args) => run(args).await,
         Command::Policy(args) => crate::policy::cli::run(args).await,
         Command::Observe(args) => crate::metrics::observe::run(args).await,
+        Command::Trace(args) => crate::kubectl::trace(args).await,
+        Command::Kubectl(plugin) => crate::kubectl::plugin(plugin).await,
     }
 }
 
@@ -107,6 +127,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         extra_policy_dir,
         policy_cache_dir,
         dns_server,
+        trace_minutes,
+        trace_listen,
     } = args;
     telemetry::init_logging(log_format);
     if let Some(server) = dns_server {
@@ -124,6 +146,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         scope: Scope { namespaces },
         policies: Some(policies),
         listen: Some(listen),
+        trace_window: Duration::from_secs(trace_minutes.saturating_mul(60)),
+        trace_listen,
         leader_election: leader_elect
             .then(|| LeaseConfig::new(lease_namespace, lease_name, identity, Duration::from_secs(lease_seconds.max(3)))),
     };

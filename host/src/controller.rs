@@ -118,6 +118,7 @@ pub async fn run(
     metrics: Arc<Metrics>,
     policies: Option<Arc<PolicyCheck>>,
     leadership: Arc<Leadership>,
+    traces: Arc<crate::autoscale::trace::Traces>,
     shutdown: watch::Receiver<bool>,
 ) {
     let children = watcher::Config::default().labels(CHILD_SELECTOR);
@@ -177,7 +178,7 @@ pub async fn run(
     let (handoff, handoffs) = mpsc::unbounded_channel();
     let autoscaler = policies.clone().map(|policies| {
         let stores = controllers.iter().map(Controller::store).collect();
-        Autoscaler::new(client.clone(), metrics.clone(), policies, cluster.clone(), stores, leadership.clone())
+        Autoscaler::new(client.clone(), metrics.clone(), policies, cluster.clone(), stores, leadership.clone(), traces.clone())
     });
     let handoff = autoscaler.is_some().then_some(handoff);
     let ctx = Arc::new(Context::new(client.clone(), metrics.clone(), policies, handoff, cached, leadership));

@@ -18,7 +18,8 @@
 //!    sample → policy → decide → scale → status), joined only by the one-way hand-off.
 //! 5. [`controller`] (the watches that trigger reconciles, and the autoscaler beside them),
 //!    [`server`] (HTTP endpoints), [`operator`] (`celery-operator run`: controllers, leader
-//!    election, endpoints) and [`cli`] (the command line).
+//!    election, endpoints), [`kubectl`] (`celery-operator trace` and the kubectl plugin) and
+//!    [`cli`] (the command line).
 
 pub mod autoscale;
 pub mod cli;
@@ -26,6 +27,7 @@ pub mod conditions;
 pub mod controller;
 pub mod crd;
 pub mod decide;
+pub mod kubectl;
 pub mod leader;
 pub mod metrics;
 pub mod operator;

@@ -14,6 +14,7 @@ use kube::{Client, Config};
 use tokio::sync::watch;
 use tracing::info;
 
+use crate::autoscale::trace::Traces;
 use crate::controller;
 use crate::leader::{Elector, Leadership, LeaseConfig};
 use crate::policy::check::PolicyCheck;
@@ -31,6 +32,10 @@ pub struct RunOptions {
     pub leader_election: Option<LeaseConfig>,
     /// The scaling-policy runtime; `None` runs without one (policies are then not checked).
     pub policies: Option<Arc<PolicyCheck>>,
+    /// How much of each autoscaled pool's past `/trace` keeps; zero keeps none.
+    pub trace_window: Duration,
+    /// A loopback address serving `/trace` without a token (for `kubectl port-forward`).
+    pub trace_listen: Option<SocketAddr>,
 }
 
 /// Why the operator stopped on its own.
@@ -87,9 +92,21 @@ pub async fn run(client: Client, options: RunOptions, shutdown: watch::Receiver<
     };
     // The endpoints stop when this function returns, whatever the reason.
     let (server_stop, server_shutdown) = watch::channel(false);
-    let server = options.listen.map(|addr| tokio::spawn(server::serve(addr, health.clone(), metrics.clone(), server_shutdown)));
+    let traces = Traces::new(options.trace_window);
+    let endpoints =
+        server::Endpoints { health: health.clone(), metrics: metrics.clone(), traces: traces.clone(), client: client.clone() };
+    let server = options.listen.map(|addr| tokio::spawn(server::serve(addr, endpoints.clone(), server_shutdown.clone())));
+    if let Some(addr) = options.trace_listen {
+        let serving = server::serve_loopback_trace(addr, endpoints, server_shutdown);
+        // Optional: a failure to serve it is logged, and the operator goes on.
+        tokio::spawn(async move {
+            if let Err(e) = serving.await {
+                tracing::error!(error = %e, "cannot serve /trace on loopback");
+            }
+        });
+    }
 
-    let result = elect_and_run(&client, &options, &metrics, &leadership, &health, shutdown).await;
+    let result = elect_and_run(&client, &options, &metrics, &leadership, &health, &traces, shutdown).await;
     if let Err(e) = &result {
         health.fail(e.to_string());
     }
@@ -111,6 +128,7 @@ async fn elect_and_run(
     metrics: &Arc<Metrics>,
     leadership: &Arc<Leadership>,
     health: &Health,
+    traces: &Arc<Traces>,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), RunError> {
     let mut stop = shutdown.clone();
@@ -126,6 +144,7 @@ async fn elect_and_run(
             metrics.clone(),
             options.policies.clone(),
             leadership.clone(),
+            traces.clone(),
             shutdown.clone(),
         )
     };

@@ -10,9 +10,12 @@
 //! - [`scaler`]: the loop of one pool of workers (sample → policy → bounds → damping → scale →
 //!   status), one task per autoscaled `workerSpec` or worker group, started by the reconciler
 //!   and stopped when the app or the group goes.
+//! - [`trace`]: each pool's recent ticks, in a ring bounded by time, served by `/trace` as the
+//!   CSV `policy simulate` replays.
 
 pub mod cluster;
 pub mod progress;
 pub mod reader;
 pub mod sampler;
 pub mod scaler;
+pub mod trace;

@@ -35,6 +35,7 @@ use super::cluster::{ClusterView, PodState};
 use super::progress::{self, View};
 use super::reader::{self, AppReader};
 use super::sampler;
+use super::trace::{self, Traces};
 use crate::conditions::*;
 use crate::crd::{AutoscalerStatus, BusyWorkers, Celery, DecisionStatus, ScaleInStatus};
 use crate::decide::stabilize::Damper;
@@ -108,6 +109,8 @@ struct Shared {
     /// The controllers' caches of Celery objects: a loop reads its app's annotations (manual
     /// overrides) from here each tick, since changing them is no new generation to hand off.
     apps: Vec<Store<Celery>>,
+    /// Every pool's recent ticks, for `/trace`.
+    traces: Arc<Traces>,
 }
 
 impl Autoscaler {
@@ -118,6 +121,7 @@ impl Autoscaler {
         cluster: Arc<ClusterView>,
         apps: Vec<Store<Celery>>,
         leadership: Arc<Leadership>,
+        traces: Arc<Traces>,
     ) -> Self {
         let shared = Shared {
             writer: Writer::new(client.clone(), SCALER_MANAGER, leadership.clone()),
@@ -128,6 +132,7 @@ impl Autoscaler {
             broker: BrokerOptions::default(),
             leadership,
             apps: apps.clone(),
+            traces,
         };
         Self { shared: Arc::new(shared), apps, loops: HashMap::new(), retiring: HashMap::new(), readers: HashMap::new() }
     }
@@ -294,6 +299,7 @@ async fn run(
     let Some(plan) = plans.borrow_and_update().clone() else { return };
     let mut app = AppLoop::new(&plan, reader).await;
     app.group_writer = status_writer(&shared.writer, app.group.as_deref());
+    app.trace = Some(shared.traces.ring(app.trace_setup()));
     let mut ticker = pacer(app.tuning.interval);
     loop {
         tokio::select! {
@@ -318,6 +324,7 @@ async fn run(
                     return;
                 };
                 app.reconfigure(&plan).await;
+                app.trace = Some(shared.traces.ring(app.trace_setup()));
                 // A changed spec is acted on at once (and at its own pace from then on), even
                 // while the broker's backoff runs.
                 ticker = pacer(app.tuning.interval);
@@ -396,6 +403,8 @@ struct AppLoop {
     /// failed), and whether it matched the applied count at each sample of the last hour.
     shadow_answer: Option<(String, ShadowAnswer)>,
     shadow_agreement: std::collections::VecDeque<(u64, bool)>,
+    /// The pool's recent ticks, shared with `/trace`.
+    trace: Option<Arc<std::sync::Mutex<trace::Trace>>>,
 }
 
 /// What the shadow policy answered: the replicas it would set and its reason, or why it failed.
@@ -472,6 +481,7 @@ impl AppLoop {
             draining: written.and_then(|a| a.scale_in.as_ref()).map(|p| p.draining.iter().cloned().collect()).unwrap_or_default(),
             shadow_answer: None,
             shadow_agreement: std::collections::VecDeque::new(),
+            trace: None,
         };
         if app.group.is_some() {
             // A group's loop writes no condition: `ScalingActive` is `workerSpec`'s.
@@ -516,6 +526,26 @@ impl AppLoop {
         let all_need_the_broker = self.policies.iter().all(|p| p.name != CPU_MEMORY_POLICY);
         let at = self.retry_at?;
         (all_need_the_broker && !self.policies.is_empty() && at > Instant::now()).then_some(at)
+    }
+
+    /// What the pool runs with, heading its trace.
+    fn trace_setup(&self) -> trace::Setup {
+        trace::Setup {
+            label: self.label.clone(),
+            policies: self
+                .policies
+                .iter()
+                .map(|p| (p.name.clone(), p.settings.iter().map(|(k, v)| (k.clone(), v.clone())).collect()))
+                .collect(),
+            combine: self.tuning.combine.to_string(),
+            min: self.spec_min,
+            max: self.spec_max,
+            concurrency: self.concurrency,
+            interval: self.tuning.interval,
+            stabilization: self.tuning.stabilization,
+            step_percent: self.tuning.step_percent,
+            step_period: self.tuning.step_period,
+        }
     }
 
     fn policy_label(&self) -> String {
@@ -591,6 +621,7 @@ impl AppLoop {
             self.damper.seed(now_ms, current, last_scale_ms);
         }
 
+        let measured = trace::Measured::of(&sample, broker_failure.is_some());
         let answers = self.ask(shared, sample, broker_failure.as_deref()).await;
         let bounds = Bounds { min: self.min, max: self.max, fallback: self.tuning.fallback };
         let policies = self.policy_label();
@@ -627,6 +658,10 @@ impl AppLoop {
                     return;
                 }
             }
+        }
+        if let Some(ring) = &self.trace {
+            let health_changed = self.health.as_ref().is_none_or(|h| h.reason != health.reason);
+            ring.lock().expect("trace lock").record(measured, target, health_changed, &format!("{policy}: {reason}"));
         }
         self.last_decision = Some(DecisionStatus {
             time: Time(now),
@@ -1089,6 +1124,7 @@ impl AppLoop {
     /// Drops the loop's metrics, and its queues from the app's reads.
     async fn forget(&self, shared: &Shared) {
         shared.metrics.forget_app(&self.label, &self.queues);
+        shared.traces.forget(&self.label);
         self.reader.lock().await.want(self.group.as_deref(), None);
     }
 }

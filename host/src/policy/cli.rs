@@ -24,14 +24,16 @@ pub struct PolicyArgs {
     #[command(subcommand)]
     command: PolicyCommand,
     /// Directory of the built-in policies (default: /usr/lib/celery-operator/policies, else
-    /// target/policies of a checkout).
-    #[arg(long, global = true, env = "CELERY_OPERATOR_POLICY_DIR")]
+    /// target/policies of a checkout), as `run --policy-dir`.
+    #[arg(long = "policy-dir", visible_alias = "builtin-dir", global = true, env = "CELERY_OPERATOR_POLICY_DIR")]
     builtin_dir: Option<PathBuf>,
-    /// Directory of user policies (a mounted ConfigMap in a cluster).
-    #[arg(long, global = true, env = "CELERY_OPERATOR_USER_POLICY_DIR")]
+    /// Directory of your own policies (a mounted ConfigMap in a cluster), as
+    /// `run --extra-policy-dir`.
+    #[arg(long = "extra-policy-dir", visible_alias = "user-dir", global = true, env = "CELERY_OPERATOR_USER_POLICY_DIR")]
     user_dir: Option<PathBuf>,
-    /// Directory of compiled policies (default: ~/.cache/celery-operator/policies).
-    #[arg(long, global = true, env = "CELERY_OPERATOR_POLICY_CACHE")]
+    /// Directory of compiled policies (default: ~/.cache/celery-operator/policies), as
+    /// `run --policy-cache-dir`.
+    #[arg(long = "policy-cache-dir", visible_alias = "cache-dir", global = true, env = "CELERY_OPERATOR_POLICY_CACHE")]
     cache_dir: Option<PathBuf>,
     /// Compile every module afresh, without reading or writing the cache.
     #[arg(long, global = true)]
@@ -65,40 +67,10 @@ enum PolicyCommand {
         #[arg(long = "settings", value_name = "KEY=VALUE")]
         settings: Vec<String>,
     },
-    /// Replay a recorded trace through the policy with the host's bounds and stabilisation.
-    Simulate {
-        policy: String,
-        /// CSV with columns t_seconds,backlog[,replicas,reserved,active_tasks,cpu_millis,cpu_request_millis].
-        #[arg(long)]
-        trace: PathBuf,
-        /// Write an SVG plot of backlog and replicas over time.
-        #[arg(long)]
-        plot: Option<PathBuf>,
-        #[arg(long, default_value_t = 1)]
-        min: u32,
-        #[arg(long, default_value_t = 10)]
-        max: u32,
-        /// Worker concurrency (tasks per pod).
-        #[arg(long, default_value_t = 4)]
-        concurrency: u32,
-        /// Replicas at the start (default: the trace's first recorded replicas, else min).
-        #[arg(long)]
-        initial: Option<u32>,
-        /// Scale-down stabilisation window, in seconds (`scaleDown.stabilizationWindowSeconds`).
-        #[arg(long, default_value_t = 60)]
-        stabilization_seconds: u64,
-        /// Most workers removed in one scale-down step, in percent (`scaleDown.maxStepPercent`).
-        #[arg(long, default_value_t = 50)]
-        step_percent: u32,
-        /// Seconds between scale-down steps (`scaleDown.periodSeconds`).
-        #[arg(long, default_value_t = 15)]
-        step_period_seconds: u64,
-        /// Samples of history handed to the policy (the operator hands 60).
-        #[arg(long, default_value_t = crate::policy::HISTORY)]
-        history: usize,
-        #[arg(long = "settings", value_name = "KEY=VALUE")]
-        settings: Vec<String>,
-    },
+    /// Replay a recorded trace through a policy with the host's bounds and stabilisation
+    /// (a trace from `celery-operator trace` brings its policies, bounds and damping; flags
+    /// override them), or through two side by side (`--compare`).
+    Simulate(SimulateArgs),
     /// Decisions per second and latency percentiles, with a fresh instance per decision.
     Bench {
         policy: String,
@@ -111,6 +83,79 @@ enum PolicyCommand {
         #[arg(long = "settings", value_name = "KEY=VALUE")]
         settings: Vec<String>,
     },
+}
+
+/// `policy simulate`: what to replay, through what, with which bounds.
+#[derive(Args, Debug)]
+pub struct SimulateArgs {
+    /// A policy name or a .wasm/.wat file; by default the policies the trace was recorded with.
+    pub policy: Option<String>,
+    /// CSV with columns t_seconds,backlog[,replicas,reserved,active_tasks,cpu_millis,cpu_request_millis,decided].
+    #[arg(long)]
+    pub trace: PathBuf,
+    /// Write an SVG plot of backlog and replicas over time.
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
+    /// Print the timeline (and the summaries) as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// A second policy to replay the same trace through, side by side, with a summary of
+    /// both: worker-seconds, backlog-seconds, peak backlog, scale events.
+    #[arg(long, value_name = "POLICY2")]
+    pub compare: Option<String>,
+    /// Settings of the `--compare` policy, as key=value.
+    #[arg(long = "settings2", value_name = "KEY=VALUE")]
+    pub settings2: Vec<String>,
+    /// Tasks one worker completes per second: the backlog then answers each policy's
+    /// workers (tasks arrive as recorded) instead of being replayed as recorded.
+    #[arg(long)]
+    pub rate_per_worker: Option<f64>,
+    /// Fewest replicas (default: the trace's, else 1).
+    #[arg(long)]
+    pub min: Option<u32>,
+    /// Most replicas (default: the trace's, else 10).
+    #[arg(long)]
+    pub max: Option<u32>,
+    /// Worker concurrency, tasks per pod (default: the trace's, else 4).
+    #[arg(long)]
+    pub concurrency: Option<u32>,
+    /// Replicas at the start (default: the trace's first recorded replicas, else min).
+    #[arg(long)]
+    pub initial: Option<u32>,
+    /// Scale-down stabilisation window, in seconds (`scaleDown.stabilizationWindowSeconds`;
+    /// default: the trace's, else 60).
+    #[arg(long)]
+    pub stabilization_seconds: Option<u64>,
+    /// Most workers removed in one scale-down step, in percent (`scaleDown.maxStepPercent`;
+    /// default: the trace's, else 50).
+    #[arg(long)]
+    pub step_percent: Option<u32>,
+    /// Seconds between scale-down steps (`scaleDown.periodSeconds`; default: the trace's,
+    /// else 15).
+    #[arg(long)]
+    pub step_period_seconds: Option<u64>,
+    /// Samples of history handed to the policy (the operator hands 60).
+    #[arg(long, default_value_t = crate::policy::HISTORY)]
+    pub history: usize,
+    /// Settings of the policy, as key=value (default: the trace's, for the policy it names).
+    #[arg(long = "settings", value_name = "KEY=VALUE")]
+    pub settings: Vec<String>,
+}
+
+impl PolicyArgs {
+    /// `policy simulate`, with the directories the environment names and the default limits.
+    pub fn simulate(args: SimulateArgs) -> Self {
+        let dir = |var: &str| std::env::var_os(var).map(PathBuf::from);
+        Self {
+            command: PolicyCommand::Simulate(args),
+            builtin_dir: dir("CELERY_OPERATOR_POLICY_DIR"),
+            user_dir: dir("CELERY_OPERATOR_USER_POLICY_DIR"),
+            cache_dir: dir("CELERY_OPERATOR_POLICY_CACHE"),
+            no_cache: false,
+            timeout_ms: 100,
+            memory_mib: 64,
+        }
+    }
 }
 
 /// Runs a `policy` subcommand.
@@ -156,35 +201,7 @@ impl Tools {
             PolicyCommand::List { json } => self.list(json),
             PolicyCommand::Check { file } => self.check(&file),
             PolicyCommand::Eval { policy, input, settings } => self.eval(&policy, &input, &settings),
-            PolicyCommand::Simulate {
-                policy,
-                trace,
-                plot,
-                min,
-                max,
-                concurrency,
-                initial,
-                stabilization_seconds,
-                step_percent,
-                step_period_seconds,
-                history,
-                settings,
-            } => {
-                let options = SimulateOptions {
-                    app: "simulation/app".into(),
-                    min_replicas: min,
-                    max_replicas: max,
-                    concurrency,
-                    initial_replicas: initial,
-                    stabilization: Duration::from_secs(stabilization_seconds),
-                    step_percent,
-                    step_period: Duration::from_secs(step_period_seconds),
-                    history,
-                    settings: parse_settings(&settings)?,
-                    epoch_ms: 1_764_000_000_000,
-                };
-                self.simulate(&policy, &trace, plot.as_deref(), &options)
-            }
+            PolicyCommand::Simulate(simulate) => self.simulate(simulate),
             PolicyCommand::Bench { policy, iterations, input, settings } => {
                 self.bench(&policy, iterations, input.as_deref(), &settings)
             }
@@ -281,17 +298,111 @@ impl Tools {
         Ok(())
     }
 
-    fn simulate(&self, policy: &str, trace: &Path, plot: Option<&Path>, options: &SimulateOptions) -> anyhow::Result<()> {
-        let loaded = self.resolve(policy)?;
-        loaded.validate_settings(&self.limits, &options.settings)?;
+    fn simulate(&self, args: SimulateArgs) -> anyhow::Result<()> {
+        let trace = &args.trace;
         let text = std::fs::read_to_string(trace).with_context(|| format!("reading {}", trace.display()))?;
+        let header = simulate::parse_header(&text).map_err(|e| anyhow::anyhow!("{}: {e}", trace.display()))?;
         let rows = simulate::parse_trace(&text).map_err(|e| anyhow::anyhow!("{}: {e}", trace.display()))?;
-        let steps = simulate::simulate(&loaded, &self.limits, &rows, options);
-        print!("{}", simulate::timeline(&steps));
-        if let Some(plot) = plot {
-            let title = format!("{} on {}", loaded.name(), trace.display());
-            std::fs::write(plot, simulate::plot_svg(&steps, &title)).with_context(|| format!("writing {}", plot.display()))?;
-            println!("plot written to {}", plot.display());
+        let option = |key: &str| header.options.get(key).copied();
+        let small = |key: &str| option(key).and_then(|v| u32::try_from(v).ok());
+        let options = SimulateOptions {
+            app: header.app.clone().unwrap_or_else(|| "simulation/app".into()),
+            min_replicas: args.min.or_else(|| small("min")).unwrap_or(1),
+            max_replicas: args.max.or_else(|| small("max")).unwrap_or(10),
+            concurrency: args.concurrency.or_else(|| small("concurrency")).unwrap_or(4),
+            initial_replicas: args.initial,
+            stabilization: Duration::from_secs(
+                args.stabilization_seconds.or_else(|| option("stabilization-seconds")).unwrap_or(60),
+            ),
+            step_percent: args.step_percent.or_else(|| small("step-percent")).unwrap_or(50),
+            step_period: Duration::from_secs(args.step_period_seconds.or_else(|| option("step-period-seconds")).unwrap_or(15)),
+            history: args.history,
+            combine: header.combine.unwrap_or_default(),
+            epoch_ms: header.epoch_ms.unwrap_or(1_764_000_000_000),
+            queue: args.rate_per_worker.map(|per_worker| simulate::QueueModel { per_worker }),
+        };
+        if options.min_replicas > options.max_replicas {
+            anyhow::bail!("--min {} is above --max {}", options.min_replicas, options.max_replicas);
+        }
+        if let Some(rate) = args.rate_per_worker
+            && !(rate.is_finite() && rate > 0.0)
+        {
+            anyhow::bail!("--rate-per-worker must be a positive number of tasks per second, not {rate}");
+        }
+        // The first run: the policy named (with the trace's settings for it, unless given),
+        // else every policy the trace was recorded with, combined as it was.
+        let first: Vec<(Arc<LoadedPolicy>, BTreeMap<String, String>)> = match &args.policy {
+            Some(policy) => {
+                let loaded = self.resolve(policy)?;
+                let recorded = header.policies.iter().find(|(name, _)| name == loaded.name()).map(|(_, s)| s.clone());
+                let settings =
+                    if args.settings.is_empty() { recorded.unwrap_or_default() } else { parse_settings(&args.settings)? };
+                vec![(loaded, settings)]
+            }
+            None if header.policies.is_empty() => {
+                anyhow::bail!("{}: the trace names no policy (it is not from `celery-operator trace`): name one", trace.display())
+            }
+            None => header
+                .policies
+                .iter()
+                .map(|(name, settings)| Ok((self.resolve(name)?, settings.clone())))
+                .collect::<anyhow::Result<_>>()?,
+        };
+        let mut first_options = options.clone();
+        if args.policy.is_some() {
+            first_options.combine = crate::crd::Combine::Max;
+        }
+        for (loaded, settings) in &first {
+            loaded.validate_settings(&self.limits, settings)?;
+        }
+        let selected: Vec<simulate::Selected<'_>> =
+            first.iter().map(|(p, s)| simulate::Selected { policy: p, settings: s.clone() }).collect();
+        let first_name = first.iter().map(|(p, _)| p.name()).collect::<Vec<_>>().join("+");
+        let steps = simulate::simulate(&selected, &self.limits, &rows, &first_options);
+
+        let second = match &args.compare {
+            None => None,
+            Some(policy) => {
+                let loaded = self.resolve(policy)?;
+                let settings = parse_settings(&args.settings2)?;
+                loaded.validate_settings(&self.limits, &settings)?;
+                let mut second_options = options.clone();
+                second_options.combine = crate::crd::Combine::Max;
+                let selected = [simulate::Selected { policy: &loaded, settings }];
+                let steps = simulate::simulate(&selected, &self.limits, &rows, &second_options);
+                Some((loaded.name().to_string(), steps))
+            }
+        };
+        if args.json {
+            let mut out = serde_json::json!({"policy": first_name, "steps": steps, "summary": simulate::summarize(&steps)});
+            if let Some((name, steps)) = &second {
+                out["compare"] = serde_json::json!({"policy": name, "steps": steps, "summary": simulate::summarize(steps)});
+            }
+            println!("{}", serde_json::to_string_pretty(&out)?);
+        } else {
+            match &second {
+                None => print!("{}", simulate::timeline(&steps)),
+                Some((name, other)) => {
+                    println!("{first_name}:");
+                    print!("{}", simulate::timeline(&steps));
+                    println!("\n{name}:");
+                    print!("{}", simulate::timeline(other));
+                    println!();
+                    print!("{}", simulate::comparison((&first_name, &steps), (name, other), options.queue.is_some()));
+                }
+            }
+        }
+        if let Some(plot) = &args.plot {
+            let mut runs: Vec<(&str, &[simulate::Step])> = vec![(&first_name, &steps)];
+            if let Some((name, other)) = &second {
+                runs.push((name, other));
+            }
+            let names = runs.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(" vs ");
+            let title = format!("{names} on {}", trace.display());
+            std::fs::write(plot, simulate::plot_svg(&runs, &title)).with_context(|| format!("writing {}", plot.display()))?;
+            if !args.json {
+                println!("plot written to {}", plot.display());
+            }
         }
         Ok(())
     }

@@ -20,6 +20,7 @@ mod scale_in;
 #[path = "../common/servers.rs"]
 mod servers;
 mod support;
+mod trace;
 
 use std::process::ExitCode;
 use std::sync::{Arc, LazyLock, RwLock};
@@ -139,6 +140,7 @@ fn main() -> ExitCode {
         .chain(chart::TESTS)
         .chain(faults::TESTS)
         .chain(cost::TESTS)
+        .chain(trace::TESTS)
         .copied()
         .collect();
     // The tests that restart the API server run last: no other test's pods then wait on a

@@ -255,6 +255,8 @@ impl Env {
             listen,
             leader_election: lease,
             policies: Some(self.policies.clone()),
+            trace_window: Duration::from_secs(900),
+            trace_listen: None,
         };
         let task = tokio::spawn(operator::run(self.operator.clone(), options, shutdown));
         OperatorHandle { stop, task }
