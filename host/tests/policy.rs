@@ -544,7 +544,7 @@ mod cli {
         Command::new(env!("CARGO_BIN_EXE_celery-operator"))
             .arg("policy")
             .args(args)
-            .arg("--cache-dir")
+            .arg("--policy-cache-dir")
             .arg(cache.path())
             .env("RUST_LOG", "off")
             .output()
@@ -565,6 +565,72 @@ mod cli {
         let out = policy_command(&["check", bad.to_str().expect("utf-8 path")]);
         assert!(!out.status.success());
         assert!(text(&out.stderr).contains("imports `env.open_socket`"), "{}", text(&out.stderr));
+    }
+
+    /// `check` makes a test call: a module that loads but loops, traps or answers garbage
+    /// fails it, naming the export; one that answers passes, saying what it answered.
+    #[test]
+    fn check_calls_the_module_and_names_the_export_that_fails() {
+        for (name, says) in [
+            ("endless_loop", "export `celery_policy_decide` failed on a test call: policy endless_loop: no answer within"),
+            ("trap_message", "export `celery_policy_decide` failed on a test call: policy trap_message: trapped"),
+            ("bad_json", "export `celery_policy_decide` failed on a test call: policy bad_json: invalid answer"),
+        ] {
+            let out = policy_command(&["check", fixture(name).to_str().expect("utf-8 path")]);
+            assert!(!out.status.success(), "{name} passed: {}", text(&out.stdout));
+            assert!(text(&out.stderr).contains(says), "{name}: {}", text(&out.stderr));
+        }
+        let out = policy_command(&["check", fixture("good").to_str().expect("utf-8 path")]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        assert!(text(&out.stdout).contains("test call: celery_policy_decide(a sample input) answers"), "{}", text(&out.stdout));
+    }
+
+    /// The limits and bounds an author gives are those the operator allows, and an unknown
+    /// name says where it was looked for.
+    #[test]
+    fn eval_refuses_what_the_operator_would_and_says_where_it_looked() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let input = dir.path().join("input.json");
+        let mut sample = celery_operator::policy::cli::sample_input();
+        let good = fixture("good");
+        let args = |input: &std::path::Path| {
+            ["eval".to_string(), good.display().to_string(), "--input".into(), input.display().to_string()]
+        };
+        std::fs::write(&input, serde_json::to_vec(&sample).expect("json")).expect("write");
+        let mut too_much: Vec<String> = args(&input).to_vec();
+        too_much.extend(["--memory-mib".into(), "1024".into()]);
+        let out = policy_command(&too_much.iter().map(String::as_str).collect::<Vec<_>>());
+        assert!(
+            !out.status.success() && text(&out.stderr).contains("--memory-mib 1024: a policy call may have 1 to 256 MiB"),
+            "{}",
+            text(&out.stderr)
+        );
+        sample.min_replicas = 8;
+        sample.max_replicas = 3;
+        std::fs::write(&input, serde_json::to_vec(&sample).expect("json")).expect("write");
+        let out = policy_command(&args(&input).iter().map(String::as_str).collect::<Vec<_>>());
+        assert!(
+            !out.status.success() && text(&out.stderr).contains("minReplicas 8 is above its maxReplicas 3"),
+            "{}",
+            text(&out.stderr)
+        );
+
+        let empty = tempfile::tempdir().expect("tempdir");
+        let out = Command::new(env!("CARGO_BIN_EXE_celery-operator"))
+            .args(["policy", "eval", "queue-length", "--input"])
+            .arg(&input)
+            .arg("--policy-dir")
+            .arg(empty.path())
+            .env("RUST_LOG", "off")
+            .output()
+            .expect("runs");
+        let stderr = text(&out.stderr);
+        assert!(!out.status.success());
+        assert!(
+            stderr.contains("unknown policy `queue-length`; known policies: none (built-in directory ")
+                && stderr.contains("--policy-dir"),
+            "{stderr}"
+        );
     }
 
     #[test]

@@ -17,7 +17,7 @@ use super::loader::{LoadedPolicy, Metadata, Source};
 use super::registry::{Registry, RegistrySettings};
 use super::runner::{CallLimits, Verdict};
 use super::simulate::{self, SimulateOptions};
-use super::{PodSample, PolicyInput, QueueSample, Sample};
+use super::{PodSample, PolicyError, PolicyInput, QueueSample, Sample};
 
 #[derive(Args, Debug)]
 pub struct PolicyArgs {
@@ -161,6 +161,12 @@ impl PolicyArgs {
 /// Runs a `policy` subcommand.
 pub async fn run(args: PolicyArgs) -> anyhow::Result<()> {
     let PolicyArgs { command, builtin_dir, user_dir, cache_dir, no_cache, timeout_ms, memory_mib } = args;
+    let cap_mib = EngineSettings::default().max_memory_bytes >> 20;
+    if memory_mib == 0 || memory_mib > cap_mib {
+        bail!(
+            "--memory-mib {memory_mib}: a policy call may have 1 to {cap_mib} MiB, as in the operator (spec.autoscaling.policyMemory)"
+        );
+    }
     // Guest log lines matter when evaluating or checking one module; elsewhere they are noise.
     let quiet = !matches!(command, PolicyCommand::Eval { .. } | PolicyCommand::Check { .. });
     init_logging(if quiet { "warn" } else { "info" });
@@ -186,7 +192,9 @@ pub async fn run(args: PolicyArgs) -> anyhow::Result<()> {
 fn init_logging(default: &str) {
     let filter =
         tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    // Colours only for a terminal: escape codes in a file are noise.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).try_init();
 }
 
 struct Tools {
@@ -229,7 +237,17 @@ impl Tools {
             let loaded = LoadedPolicy::load_file(&self.engine, self.cache().as_ref(), path, Source::File(path.into()), metadata)?;
             return Ok(Arc::new(loaded));
         }
-        Ok(self.registry().resolve(policy)?)
+        // Only the module named: the others need not be compiled (nor read from the cache).
+        let registry = Registry::new(self.engine.clone(), self.settings.clone());
+        registry.refresh_only(policy);
+        match registry.resolve(policy) {
+            Err(PolicyError::UnknownPolicy { name, known }) => {
+                let names = registry.names_on_disk();
+                let known = if names.is_empty() { known } else { names.join(", ") };
+                Err(PolicyError::UnknownPolicy { name, known }.into())
+            }
+            other => Ok(other?),
+        }
     }
 
     fn list(&self, json: bool) -> anyhow::Result<()> {
@@ -263,9 +281,9 @@ impl Tools {
 
     fn check(&self, file: &Path) -> anyhow::Result<()> {
         let metadata = Metadata::beside(file).map_err(anyhow::Error::msg)?;
-        let policy = LoadedPolicy::load_file(&self.engine, None, file, Source::File(file.into()), metadata)?;
+        let policy = LoadedPolicy::load_file(&self.engine, self.cache().as_ref(), file, Source::File(file.into()), metadata)?;
         let stats = policy.stats();
-        println!("{}: ok", file.display());
+        println!("{}: loaded", file.display());
         println!("  interface: {}", policy.interface());
         println!(
             "  version:   {}",
@@ -278,12 +296,42 @@ impl Tools {
         println!("  digest:    sha256:{}", policy.digest());
         println!("  pin as:    {}@sha256:{}", policy.name(), policy.digest());
         println!("  compiled in {:.1} ms", stats.artifact.as_secs_f64() * 1e3);
+        // A module can load and still loop, trap or answer garbage on every call: call it once.
+        let (validate, decide) = match policy.interface() {
+            super::Interface::Component => ("validate-settings", "decide"),
+            super::Interface::Core => ("celery_policy_validate_settings", "celery_policy_decide"),
+        };
+        let failed =
+            |export: &str, e: PolicyError| anyhow::anyhow!("{}: export `{export}` failed on a test call: {e}", file.display());
+        match policy.validate_settings(&self.limits, &BTreeMap::new()) {
+            Ok(()) => println!("  test call: {validate}({{}}) accepts empty settings"),
+            Err(PolicyError::InvalidSettings { message, .. }) => {
+                println!("  test call: {validate}({{}}) answers: {message}");
+            }
+            Err(e) => return Err(failed(validate, e)),
+        }
+        match policy.decide(&self.limits, &sample_input()) {
+            Ok(decision) => println!("  test call: {decide}(a sample input) answers {} ({})", decision.replicas, decision.reason),
+            Err(PolicyError::Rejected { message, .. }) => {
+                println!("  test call: {decide}(a sample input, no settings) answers an error: {message}");
+            }
+            Err(e) => return Err(failed(decide, e)),
+        }
+        println!("{}: ok", file.display());
         Ok(())
     }
 
     fn eval(&self, policy: &str, input: &Path, settings: &[String]) -> anyhow::Result<()> {
         let policy = self.resolve(policy)?;
         let mut input = read_input(input)?;
+        if input.min_replicas > input.max_replicas {
+            bail!(
+                "the input's minReplicas {} is above its maxReplicas {}: the operator refuses such bounds, so no policy is ever \
+                 asked with them",
+                input.min_replicas,
+                input.max_replicas
+            );
+        }
         input.settings.extend(parse_settings(settings)?);
         policy.validate_settings(&self.limits, &input.settings)?;
         let (min, max) = (input.min_replicas, input.max_replicas);
@@ -293,6 +341,7 @@ impl Tools {
             "reason": verdict.decision.reason,
             "proposed": verdict.proposed,
             "clamped": verdict.clamped,
+            "declined": verdict.declined,
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
         Ok(())

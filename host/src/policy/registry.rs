@@ -159,6 +159,52 @@ impl Registry {
         self.state.write().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// Where modules are looked for, and how to look elsewhere: for a name nobody knows.
+    fn where_looked(&self) -> String {
+        let dir = |d: &Option<PathBuf>| d.as_ref().map_or("not set".to_string(), |d| d.display().to_string());
+        format!(
+            "built-in directory {}{}, your own {}; point elsewhere with --policy-dir or --extra-policy-dir \
+             (CELERY_OPERATOR_POLICY_DIR, CELERY_OPERATOR_USER_POLICY_DIR)",
+            dir(&self.settings.builtin_dir),
+            match &self.settings.builtin_dir {
+                None => format!(" (neither {INSTALLED_BUILTINS} nor {DEV_BUILTINS} exists here)"),
+                Some(_) => String::new(),
+            },
+            dir(&self.settings.user_dir)
+        )
+    }
+
+    /// The names of the modules in both directories, loaded or not.
+    pub fn names_on_disk(&self) -> Vec<String> {
+        let mut names: Vec<String> = [&self.settings.builtin_dir, &self.settings.user_dir]
+            .iter()
+            .zip([false, true])
+            .filter_map(|(dir, user)| dir.as_ref().map(|d| scan(d, user)))
+            .flatten()
+            .map(|(name, _)| name)
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+
+    /// Loads the one module called `reference` (a name, maybe pinned), not the others: what
+    /// the author tools need to run one policy. Blocking.
+    pub fn refresh_only(&self, reference: &str) {
+        let name = reference.split_once('@').map_or(reference, |(n, _)| n);
+        let mut found: Vec<(String, PathBuf, bool)> = Vec::new();
+        if let Some(dir) = &self.settings.builtin_dir {
+            found.extend(scan(dir, false).into_iter().map(|(n, path)| (n, path, true)));
+        }
+        if let Some(dir) = &self.settings.user_dir {
+            found.extend(scan(dir, true).into_iter().map(|(n, path)| (n, path, false)));
+        }
+        // A built-in first: a user module cannot take its name.
+        if let Some((n, path, builtin)) = found.into_iter().find(|(n, _, _)| n == name) {
+            self.refresh_one(&n, &path, builtin);
+        }
+    }
+
     /// Rescans both directories, loading what changed. Blocking: compiling takes time.
     /// Returns the names whose module or problem changed.
     pub fn refresh(&self) -> Vec<String> {
@@ -329,7 +375,7 @@ impl Registry {
             let known: Vec<&str> = state.entries.keys().map(String::as_str).collect();
             return Err(PolicyError::UnknownPolicy {
                 name: name.to_string(),
-                known: if known.is_empty() { "none".into() } else { known.join(", ") },
+                known: if known.is_empty() { format!("none ({})", self.where_looked()) } else { known.join(", ") },
             });
         };
         let Some(current) = &entry.current else {

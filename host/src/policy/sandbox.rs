@@ -374,7 +374,55 @@ pub fn classify(
     if let Some(exit) = error.downcast_ref::<I32Exit>() {
         return PolicyError::Trap { policy, message: with_last_words(format!("exited with status {}", exit.0), output) };
     }
-    PolicyError::Host { policy, detail: truncate(&format!("{error:#}"), LOG_LINE_MAX) }
+    // The chain of causes, without the wasm backtrace wasmtime attaches.
+    let causes: Vec<String> =
+        error.chain().map(ToString::to_string).filter(|c| !c.starts_with("error while executing at wasm backtrace")).collect();
+    let text = causes.join(": ");
+    if text.contains("does not fit in pooling allocator requirements") {
+        // Said in the user's terms: the module declares more than a policy call may have.
+        let why = causes.last().cloned().unwrap_or_default();
+        return PolicyError::Invalid {
+            policy,
+            detail: truncate(
+                &format!("it needs more memory (or table space) than a policy call may have, before it runs at all: {why}"),
+                LOG_LINE_MAX,
+            ),
+        };
+    }
+    if text.contains("maximum concurrent limit") {
+        return PolicyError::Host {
+            policy,
+            detail: "every sandbox slot is in use by other policy calls; it is tried again at the next interval".into(),
+        };
+    }
+    if guest_fault(&text) {
+        // A component that lifts a bad string, variant or pointer (in its answer, or in a call
+        // to `log`) broke the calling convention: its fault, as an invalid answer of a core
+        // module is, not the host's.
+        return PolicyError::InvalidAnswer {
+            policy,
+            detail: truncate(&format!("broke the component calling convention: {text}"), LOG_LINE_MAX),
+        };
+    }
+    PolicyError::Host { policy, detail: truncate(&text, LOG_LINE_MAX) }
+}
+
+/// Whether a call's error is wasmtime refusing what the guest handed over (the canonical ABI's
+/// checks on strings, lists, variants and pointers), rather than a fault of the host.
+fn guest_fault(text: &str) -> bool {
+    const SIGNS: [&str; 9] = [
+        "out of bounds of memory",
+        "not aligned",
+        "invalid utf-8",
+        "invalid utf-16",
+        "discriminant",
+        "expected `",
+        "byte length too large",
+        "realloc return",
+        "pointer out of bounds",
+    ];
+    let lower = text.to_ascii_lowercase();
+    SIGNS.iter().any(|sign| lower.contains(sign))
 }
 
 fn with_last_words(message: String, output: &GuestOutput) -> String {
@@ -387,6 +435,45 @@ fn with_last_words(message: String, output: &GuestOutput) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn classified(causes: &[&str]) -> PolicyError {
+        let mut error = wasmtime::Error::msg(causes[causes.len() - 1].to_string());
+        for cause in causes[..causes.len() - 1].iter().rev() {
+            error = error.context(cause.to_string());
+        }
+        classify("p", error, false, 64 << 20, Duration::from_millis(100), &GuestOutput::default())
+    }
+
+    /// What a component hands over that the canonical ABI refuses (a bad string, variant or
+    /// pointer, in its answer or in a call to `log`) is the guest's fault, permanent like a
+    /// core module's invalid answer; the pooling allocator's words are put in the user's.
+    #[test]
+    fn guest_faults_are_the_guests_and_pooling_is_said_plainly() {
+        for fault in [
+            "string pointer/length out of bounds of memory",
+            "invalid utf-8 sequence of 1 bytes from index 3",
+            "unexpected discriminant: 7",
+            "expected `string` found `u32`",
+        ] {
+            let e = classified(&[fault]);
+            assert!(matches!(e, PolicyError::InvalidAnswer { .. }) && e.is_permanent(), "{fault}: {e:?}");
+            assert!(e.to_string().contains("broke the component calling convention"), "{e}");
+        }
+        let e = classified(&[
+            "module memory does not fit in pooling allocator requirements",
+            "memory has a minimum byte size of 1073741824 which exceeds the limit of 268435456 bytes",
+        ]);
+        assert!(matches!(e, PolicyError::Invalid { .. }), "{e:?}");
+        assert!(
+            e.to_string().contains("more memory (or table space) than a policy call may have")
+                && !e.to_string().contains("pooling"),
+            "{e}"
+        );
+        let e = classified(&["maximum concurrent limit of 64 for core instances reached"]);
+        assert!(matches!(e, PolicyError::Host { .. }) && !e.is_permanent(), "{e:?}");
+        let e = classified(&["Cannot allocate memory (os error 12)"]);
+        assert!(matches!(e, PolicyError::Host { .. }), "an unknown failure stays the host's: {e:?}");
+    }
 
     /// Log output of `f`, as the operator's text format writes it.
     fn logged(f: impl FnOnce()) -> String {
