@@ -569,7 +569,8 @@ async fn a_schedule_raises_the_minimum_while_it_is_active(h: Arc<Harness>) {
 
 /// A shadow `steps` beside the real `queue-length` on a real Redis: its answer shows in the
 /// status and the metric and never reaches the Deployment; a shadow that cannot run (no such
-/// policy) leaves the real decisions and the app's conditions untouched.
+/// policy, or one that traps on every call) leaves the real decisions and the app's conditions
+/// untouched.
 async fn a_shadow_policy_is_recorded_and_never_applied(h: Arc<Harness>) {
     let env = &h.env;
     let (_redis, port) = redis_server(&[]);
@@ -614,6 +615,23 @@ async fn a_shadow_policy_is_recorded_and_never_applied(h: Arc<Harness>) {
     .await;
     assert_eq!(shadow.replicas, None, "{shadow:?}");
     assert!(shadow.reason.contains("no-such-policy"), "{shadow:?}");
+    assert_eq!(condition(&c, SCALING_ACTIVE).map(|(s, r, _)| (s, r)), Some(("True".into(), POLICY_DECIDING.into())));
+    assert_eq!(condition(&c, DEGRADED).map(|(s, _, _)| s), Some("False".into()));
+
+    // A shadow that traps on every call: the real policy scales on, nothing turns Degraded.
+    let trapping = serde_json::json!({"spec": {"autoscaling": {"shadow": {"policy": crate::support::TRAP_POLICY}}}});
+    Api::<Celery>::namespaced(env.admin.clone(), &ns)
+        .patch("shop", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&trapping))
+        .await
+        .expect("shadow changed");
+    let _: () = redis::cmd("LPUSH").arg("celery").arg(&messages).query_async(&mut conn).await.expect("LPUSH");
+    wait_replicas(&env.admin, &ns, "shop", 8, SCALE_WAIT).await;
+    let shadow = wait_autoscaler(&env.admin, &ns, "shop", "the trapping shadow in the status", |a| {
+        a.shadow.clone().filter(|s| s.policy == crate::support::TRAP_POLICY && s.reason.contains("trapped"))
+    })
+    .await;
+    assert_eq!(shadow.replicas, None, "{shadow:?}");
+    let c = celery(&env.admin, &ns, "shop").await;
     assert_eq!(condition(&c, SCALING_ACTIVE).map(|(s, r, _)| (s, r)), Some(("True".into(), POLICY_DECIDING.into())));
     assert_eq!(condition(&c, DEGRADED).map(|(s, _, _)| s), Some("False".into()));
     operator.stop().await;
