@@ -661,7 +661,8 @@ impl AppLoop {
         }
         if let Some(ring) = &self.trace {
             let health_changed = self.health.as_ref().is_none_or(|h| h.reason != health.reason);
-            ring.lock().expect("trace lock").record(measured, target, health_changed, &format!("{policy}: {reason}"));
+            let shadow = status.shadow.as_ref().and_then(|s| s.replicas).and_then(|n| u32::try_from(n).ok());
+            ring.lock().expect("trace lock").record(measured, target, shadow, health_changed, &format!("{policy}: {reason}"));
         }
         self.last_decision = Some(DecisionStatus {
             time: Time(now),

@@ -37,6 +37,8 @@ struct Row {
     /// The count that ran, and the count decided (at most 1000 either: the CRD's bound).
     replicas: u16,
     decided: u16,
+    /// What the shadow policy answered; `u16::MAX` when there is none or it failed.
+    shadow: u16,
 }
 
 /// What one tick measured, taken before the sample goes to the policies (it is theirs then).
@@ -70,6 +72,7 @@ impl Measured {
             cpu_request_millis: mean(&mut pods.iter().filter_map(|p| p.cpu_request_millis)),
             replicas: u16::try_from(sample.replicas).unwrap_or(u16::MAX),
             decided: 0,
+            shadow: u16::MAX,
         })
     }
 }
@@ -132,12 +135,14 @@ impl Trace {
         self.setup = setup;
     }
 
-    /// Records one tick: what was measured, and what was decided and why.
-    pub fn record(&mut self, measured: Measured, decided: u32, health_changed: bool, reason: &str) {
+    /// Records one tick: what was measured, what was decided and why, and what the shadow
+    /// policy (if any) would have decided.
+    pub fn record(&mut self, measured: Measured, decided: u32, shadow: Option<u32>, health_changed: bool, reason: &str) {
         if self.capacity == 0 {
             return;
         }
-        let row = Row { decided: u16::try_from(decided).unwrap_or(u16::MAX), ..measured.0 };
+        let shadow = shadow.map_or(u16::MAX, |n| u16::try_from(n).unwrap_or(u16::MAX - 1));
+        let row = Row { decided: u16::try_from(decided).unwrap_or(u16::MAX), shadow, ..measured.0 };
         if self.rows.len() == self.capacity {
             self.rows.pop_front();
         }
@@ -166,8 +171,9 @@ impl Trace {
     }
 
     /// The ring as CSV: `#` lines naming what the pool ran with (as `policy simulate` reads
-    /// them), then `t_seconds` from the first row, the measured columns, and `replicas`
-    /// (what ran) and `decided` (what the operator decided).
+    /// them), then `t_seconds` from the first row, the measured columns, `replicas` (what
+    /// ran), `decided` (what the operator decided) and `shadow` (what the shadow policy would
+    /// have, when there is one).
     pub fn csv(&self) -> String {
         let s = &self.setup;
         let mut out = String::with_capacity(64 * (self.rows.len() + 8));
@@ -190,7 +196,7 @@ impl Trace {
             s.step_percent,
             s.step_period.as_secs()
         );
-        out.push_str("t_seconds,backlog,replicas,reserved,active_tasks,cpu_millis,cpu_request_millis,decided\n");
+        out.push_str("t_seconds,backlog,replicas,reserved,active_tasks,cpu_millis,cpu_request_millis,decided,shadow\n");
         let cell32 = |v: u32| if v == UNKNOWN_U32 { String::new() } else { v.to_string() };
         for r in &self.rows {
             if r.backlog == UNKNOWN_U64 {
@@ -198,9 +204,10 @@ impl Trace {
                 let _ = writeln!(out, "# {:.3}: backlog unknown, {} held", (r.t_ms - start) as f64 / 1000.0, r.replicas);
                 continue;
             }
+            let shadow = if r.shadow == u16::MAX { String::new() } else { r.shadow.to_string() };
             let _ = writeln!(
                 out,
-                "{:.3},{},{},{},{},{},{},{}",
+                "{:.3},{},{},{},{},{},{},{},{shadow}",
                 (r.t_ms - start) as f64 / 1000.0,
                 r.backlog,
                 r.replicas,
@@ -319,7 +326,7 @@ mod tests {
         let ring = traces.ring(setup());
         let mut trace = ring.lock().unwrap();
         for t in 0..8u64 {
-            trace.record(Measured::of(&sample(1_000 * t, t * 10, 2), false), 2, false, "same");
+            trace.record(Measured::of(&sample(1_000 * t, t * 10, 2), false), 2, None, false, "same");
         }
         assert_eq!(trace.len(), 5, "5 s at one row a second");
         let csv = trace.csv();
@@ -333,9 +340,9 @@ mod tests {
         let traces = Traces::new(Duration::from_secs(900));
         let ring = traces.ring(setup());
         let mut trace = ring.lock().unwrap();
-        trace.record(Measured::of(&sample(10_000, 30, 2), false), 3, false, "30 messages → 3");
-        trace.record(Measured::of(&sample(11_000, 0, 3), true), 3, true, "broker down");
-        trace.record(Measured::of(&sample(12_500, 5, 3), false), 3, false, "5 messages → 1");
+        trace.record(Measured::of(&sample(10_000, 30, 2), false), 3, Some(5), false, "30 messages → 3");
+        trace.record(Measured::of(&sample(11_000, 0, 3), true), 3, None, true, "broker down");
+        trace.record(Measured::of(&sample(12_500, 5, 3), false), 3, None, false, "5 messages → 1");
         let csv = trace.csv();
         assert!(csv.contains("# policy: queue-length target=10\n"), "{csv}");
         assert!(csv.contains("# options: min=1 max=8 concurrency=4 interval-seconds=1 stabilization-seconds=60"), "{csv}");
@@ -344,6 +351,10 @@ mod tests {
         assert_eq!((rows[0].t_seconds, rows[0].backlog, rows[0].replicas), (0.0, 30, Some(2)));
         assert_eq!((rows[0].active_tasks, rows[0].cpu_millis, rows[0].cpu_request_millis), (Some(1), Some(101), Some(500)));
         assert_eq!((rows[1].t_seconds, rows[1].backlog, rows[1].decided), (2.5, 5, Some(3)));
+        assert!(
+            csv.contains("\n0.000,30,2,,1,101,500,3,5\n") && csv.contains("\n2.500,5,3,,1,101,500,3,\n"),
+            "the shadow column: {csv}"
+        );
         let (notes, last) = trace.notes();
         assert_eq!(notes.iter().map(|n| n.reason.as_str()).collect::<Vec<_>>(), ["30 messages → 3", "broker down"]);
         assert_eq!(last, "5 messages → 1");

@@ -542,8 +542,10 @@ async fn a_schedule_raises_the_minimum_while_it_is_active(h: Arc<Harness>) {
     let broker = format!("redis://127.0.0.1:{port}/0");
     let ns = env.namespace("schedule").await;
     let operator = env.start_operator(&[&ns], None);
+    // A whole second, as cron names it: the window opens at its start, not up to a second before
+    // a start with a fraction (which once made the check below fail).
     let start =
-        jiff::Timestamp::now().checked_add(jiff::SignedDuration::from_secs(10)).expect("time").to_zoned(jiff::tz::TimeZone::UTC);
+        jiff::Timestamp::from_second(jiff::Timestamp::now().as_second() + 10).expect("time").to_zoned(jiff::tz::TimeZone::UTC);
     let cron = format!("{} {} {} * * *", start.second(), start.minute(), start.hour());
     let yaml = shop_yaml(
         &broker,
