@@ -187,6 +187,8 @@ pub async fn run(
     let running = controllers.into_iter().zip(namespaces).map(|(controller, namespace)| {
         let mut stop = shutdown.clone();
         let metrics = metrics.clone();
+        // At 0 from the start, so that a rate over it (an alert) exists before the first error.
+        metrics.watch_namespace(&namespace);
         controller
             .graceful_shutdown_on(async move {
                 let _ = stop.wait_for(|s| *s).await;

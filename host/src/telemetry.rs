@@ -96,6 +96,9 @@ pub struct Metrics {
     cycle_seconds: Histogram,
     watch_errors: Family<NamespaceLabel, Counter>,
     shadow_desired: Family<AppLabel, Gauge<i64, AtomicI64>>,
+    scaling_active: Family<AppLabel, Gauge<i64, AtomicI64>>,
+    scaling_paused: Family<AppLabel, Gauge<i64, AtomicI64>>,
+    overruns: Family<AppLabel, Counter>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -159,9 +162,30 @@ impl Default for Metrics {
             "Worker replicas the shadow policy (spec.autoscaling.shadow) would have set, never applied",
             shadow_desired.clone(),
         );
+        let scaling_active = Family::default();
+        registry.register(
+            "scaling_active",
+            "1 while the app's policies decide its workers (ScalingActive True), 0 while the count is held or overridden",
+            scaling_active.clone(),
+        );
+        let scaling_paused = Family::default();
+        registry.register(
+            "scaling_paused",
+            "1 while an annotation overrides the app's autoscaling (celeryproject.org/autoscaling-paused and the like)",
+            scaling_paused.clone(),
+        );
+        let overruns = Family::default();
+        registry.register(
+            "autoscaler_overruns",
+            "Autoscaling cycles that took longer than the app's interval, so that its next sample came late",
+            overruns.clone(),
+        );
         Self {
             watch_errors,
             shadow_desired,
+            scaling_active,
+            scaling_paused,
+            overruns,
             registry,
             reconciliations,
             reconcile_seconds,
@@ -229,6 +253,24 @@ impl Metrics {
     }
 
     /// What the shadow policy would have set (`None`: it failed, so no figure).
+    /// The app's `ScalingActive` (true while its policies decide), and whether an annotation
+    /// overrides it.
+    pub fn observe_health(&self, app: &str, active: bool, paused: bool) {
+        let label = AppLabel { app: app.to_string() };
+        self.scaling_active.get_or_create(&label).set(i64::from(active));
+        self.scaling_paused.get_or_create(&label).set(i64::from(paused));
+        // Present from the first cycle, so that a rate over them is 0 rather than absent.
+        let _ = self.overruns.get_or_create(&label);
+        for cause in CAUSES {
+            let _ = self.failures.get_or_create(&FailureLabel { app: app.to_string(), cause });
+        }
+    }
+
+    /// A cycle of `app` took longer than its interval.
+    pub fn observe_overrun(&self, app: &str) {
+        self.overruns.get_or_create(&AppLabel { app: app.to_string() }).inc();
+    }
+
     pub fn observe_shadow(&self, app: &str, replicas: Option<u32>) {
         let label = AppLabel { app: app.to_string() };
         match replicas {
@@ -245,6 +287,11 @@ impl Metrics {
         self.cycle_seconds.observe(took.as_secs_f64());
     }
 
+    /// A watched namespace, whose watch errors count from 0.
+    pub fn watch_namespace(&self, namespace: &str) {
+        let _ = self.watch_errors.get_or_create(&NamespaceLabel { namespace: namespace.to_string() });
+    }
+
     pub fn observe_watch_error(&self, namespace: &str) {
         self.watch_errors.get_or_create(&NamespaceLabel { namespace: namespace.to_string() }).inc();
     }
@@ -257,6 +304,9 @@ impl Metrics {
         }
         self.desired_workers.remove(&AppLabel { app: app.to_string() });
         self.shadow_desired.remove(&AppLabel { app: app.to_string() });
+        self.scaling_active.remove(&AppLabel { app: app.to_string() });
+        self.scaling_paused.remove(&AppLabel { app: app.to_string() });
+        self.overruns.remove(&AppLabel { app: app.to_string() });
         self.policy_seconds.remove(&AppLabel { app: app.to_string() });
         for direction in DIRECTIONS {
             self.decisions.remove(&DecisionLabel { app: app.to_string(), direction });

@@ -306,7 +306,11 @@ async fn run(
             _ = ticker.tick() => {
                 let started = Instant::now();
                 app.tick(&shared).await;
-                shared.metrics.observe_cycle(started.elapsed());
+                let took = started.elapsed();
+                shared.metrics.observe_cycle(took);
+                if took > app.tuning.interval {
+                    shared.metrics.observe_overrun(&app.label);
+                }
                 // At the app's phase, so its loops read the broker together; and nothing can be
                 // decided before the broker is tried again: no tick till then.
                 let next = reader::next_tick(app.epoch, app.tuning.interval, Instant::now());
@@ -1060,6 +1064,7 @@ impl AppLoop {
     /// changed or the last write is old.
     async fn conclude_with(&mut self, shared: &Shared, status: &mut AutoscalerStatus, health: Health, changed: bool) {
         let transition = self.health.as_ref().is_none_or(|h| h.reason != health.reason);
+        shared.metrics.observe_health(&self.label, health.ok(), health.reason == PAUSED);
         if transition {
             if health.ok() {
                 if self.health.is_some() {

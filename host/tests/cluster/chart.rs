@@ -26,6 +26,16 @@ fn helm() -> PathBuf {
     PathBuf::from(path)
 }
 
+/// The objects `helm template` renders from the chart with `args` (`--set …`).
+pub fn render(args: &[&str]) -> Vec<Value> {
+    let helm = helm();
+    let chart = chart();
+    let chart = chart.to_str().expect("a UTF-8 path");
+    let mut all = vec!["template", "celery-operator", chart, "--namespace", "celery-operator"];
+    all.extend_from_slice(args);
+    objects(&run_helm(&helm, &all))
+}
+
 fn chart() -> PathBuf {
     repo_root().join("deploy/helm/celery-operator")
 }

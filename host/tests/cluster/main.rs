@@ -16,6 +16,7 @@ mod faults;
 mod fleet;
 mod groups;
 mod lifecycle;
+mod monitoring;
 mod scale_in;
 #[path = "../common/servers.rs"]
 mod servers;
@@ -141,6 +142,7 @@ fn main() -> ExitCode {
         .chain(faults::TESTS)
         .chain(cost::TESTS)
         .chain(trace::TESTS)
+        .chain(monitoring::TESTS)
         .copied()
         .collect();
     // The tests that restart the API server run last: no other test's pods then wait on a
