@@ -167,6 +167,17 @@ spec:
     };
     let via_plugin = String::from_utf8(kubectl(&["trace", "shop"]).stdout).expect("UTF-8");
     assert_eq!(via_plugin.lines().take(6).collect::<Vec<_>>(), fetched.lines().take(6).collect::<Vec<_>>(), "the same header");
+    // The app's own trace through another policy (steps), beside its own, in one command.
+    let mut simulate = Command::new(&plugin);
+    simulate
+        .args(["simulate", "shop", "-n", &ns, "--url", &url, "--policy", "steps", "--settings", "steps=0:1,50:4"])
+        .args(["--compare", "queue-length", "--settings2", "target=10"])
+        .env("CELERY_OPERATOR_TOKEN", &token)
+        .env("CELERY_OPERATOR_POLICY_DIR", repo_root().join("target/policies"))
+        .env("CELERY_OPERATOR_POLICY_CACHE", Path::new(env!("CARGO_TARGET_TMPDIR")).join("policy-cache"));
+    let compared = String::from_utf8(run(&mut simulate).stdout).expect("UTF-8");
+    assert!(compared.contains("steps:") && compared.contains("queue-length:"), "{compared}");
+    assert!(compared.contains("worker-seconds") && compared.contains("scale events"), "the summary: {compared}");
     let why = String::from_utf8(kubectl(&["why", "shop"]).stdout).expect("UTF-8");
     assert!(why.contains("decisions that changed something") && why.contains("queue-length"), "{why}");
     assert!(why.contains(" 1 → 3 ") && why.contains(" 3 → 7 "), "the scale-ups with their inputs: {why}");
