@@ -29,8 +29,8 @@ test-cluster: ## Only the tests against the real control plane
 test-real-node: test-deps policies ## Only the tests on the real node (real containers; root)
 	$(CARGO) test -p celery-operator --test real_node
 
-bench: test-deps policies ## Benchmarks (figures, not tests): policy cost, autoscaling reaction time and sampling cost, failover, API cost, scale-in, worker groups
-	$(CARGO) bench -p celery-operator --bench policy --bench autoscale --bench failover --bench api_cost --bench scale_in --bench groups
+bench: test-deps policies ## Benchmarks (figures, not tests): policy cost, autoscaling reaction time and sampling cost, failover, API cost, scale-in, worker groups, trace memory
+	$(CARGO) bench -p celery-operator --bench policy --bench autoscale --bench failover --bench api_cost --bench scale_in --bench groups --bench trace
 
 build: ## Build the operator binary
 	$(CARGO) build -p celery-operator

@@ -50,7 +50,7 @@ async fn worker_replicas(client: &Client, ns: &str, deployment_name: &str) -> Re
 }
 
 /// Waits until the worker Deployment asks for `want` replicas.
-async fn wait_replicas(client: &Client, ns: &str, app: &str, want: i32, timeout: Duration) {
+pub async fn wait_replicas(client: &Client, ns: &str, app: &str, want: i32, timeout: Duration) {
     let name = format!("{app}-celery-worker");
     eventually(&format!("{name} at {want} replicas"), timeout, || async {
         let got = worker_replicas(client, ns, &name).await?;
@@ -429,11 +429,17 @@ async fn annotate(client: &Client, ns: &str, name: &str, pairs: &[(&str, Option<
 /// The app `shop` on `broker`'s `celery` queue, `queue-length` at 10 messages per worker from 1 to
 /// `max` workers, scaling down after 2 s, with `extra` lines at the end of its `autoscaling`.
 fn shop_yaml(broker: &str, max: u32, extra: &str) -> String {
-    shop_yaml_with(broker, max, "    policy: queue-length\n    settings: {target: '10'}\n", extra)
+    shop_yaml_with(broker, max, QUEUE_LENGTH_10, &format!("{QUICK_DAMPING}{extra}"))
 }
 
-/// [`shop_yaml`] with other policy lines (`policy`/`settings` or `policies`/`combine`).
-fn shop_yaml_with(broker: &str, max: u32, policies: &str, extra: &str) -> String {
+/// `queue-length` at 10 messages a worker, as the lines of an `autoscaling` section.
+pub const QUEUE_LENGTH_10: &str = "    policy: queue-length\n    settings: {target: '10'}\n";
+/// Scale-down damping short enough for a test.
+pub const QUICK_DAMPING: &str = "    scaleDown: {stabilizationWindowSeconds: 2, maxStepPercent: 100, periodSeconds: 0}\n";
+
+/// The `shop` app on `broker`, autoscaled between 1 and `max` workers by the `policies` lines
+/// (`policy`/`settings`, or `policies`/`combine`), with `extra` lines in its `autoscaling`.
+pub fn shop_yaml_with(broker: &str, max: u32, policies: &str, extra: &str) -> String {
     format!(
         "
 apiVersion: celeryproject.org/v1alpha1
@@ -447,7 +453,6 @@ spec:
   autoscaling:
 {policies}    minReplicas: 1
     maxReplicas: {max}
-    scaleDown: {{stabilizationWindowSeconds: 2, maxStepPercent: 100, periodSeconds: 0}}
 {extra}"
     )
 }
@@ -655,7 +660,7 @@ async fn several_policies_combine_by_first_max_and_min(h: Arc<Harness>) {
     - {policy: steps, settings: {steps: '100:6', declineBelowFirst: 'true'}}
     - {policy: queue-length, settings: {target: '10'}}
 ";
-    create(&env.admin, &ns, &shop_yaml_with(&broker, 8, policies, "")).await.expect("created");
+    create(&env.admin, &ns, &shop_yaml_with(&broker, 8, policies, QUICK_DAMPING)).await.expect("created");
     let redis = redis::Client::open(broker.as_str()).expect("redis client");
     let mut conn = redis.get_multiplexed_async_connection().await.expect("redis");
     let push = |n: usize| (0..n).map(|i| format!("{{\"m\": {i}}}")).collect::<Vec<_>>();

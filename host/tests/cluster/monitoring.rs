@@ -10,6 +10,7 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use crate::Harness;
+use crate::autoscaling::{QUEUE_LENGTH_10, shop_yaml_with};
 use crate::lifecycle::create;
 use crate::servers::{free_port, redis_server};
 use crate::support::{WAIT, eventually, repo_root};
@@ -118,24 +119,8 @@ async fn the_dashboard_and_alerts_use_only_what_the_operator_exports(h: Arc<Harn
     let ns = env.namespace("monitoring").await;
     let listen = free_port();
     let operator = env.start_operator_serving(&[&ns], None, Some(([127, 0, 0, 1], listen).into()));
-    let yaml = format!(
-        "
-apiVersion: celeryproject.org/v1alpha1
-kind: Celery
-metadata: {{name: shop}}
-spec:
-  common: {{appName: shop, celeryApp: 'app:celery_app', image: example-image}}
-  broker: {{url: 'redis://127.0.0.1:{port}/0'}}
-  flowerSpec: {{enabled: false}}
-  workerSpec: {{queues: celery, numOfWorkers: 1}}
-  autoscaling:
-    policy: queue-length
-    settings: {{target: '10'}}
-    minReplicas: 1
-    maxReplicas: 4
-    shadow: {{policy: steps, settings: {{steps: '0:1,10:3'}}}}
-"
-    );
+    let shadow = "    shadow: {policy: steps, settings: {steps: '0:1,10:3'}}\n";
+    let yaml = shop_yaml_with(&format!("redis://127.0.0.1:{port}/0"), 4, QUEUE_LENGTH_10, shadow);
     create(&env.admin, &ns, &yaml).await.expect("created");
     let scrape = eventually("the app's metrics", WAIT, || async {
         let text = crate::support::http_get(listen, "/metrics").await?;

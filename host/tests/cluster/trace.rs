@@ -16,7 +16,8 @@ use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{Api, PostParams};
 
 use crate::Harness;
-use crate::lifecycle::{create, deployment};
+use crate::autoscaling::{QUEUE_LENGTH_10, shop_yaml_with, wait_replicas};
+use crate::lifecycle::create;
 use crate::servers::{free_port, redis_server};
 use crate::support::{WAIT, eventually, repo_root};
 
@@ -40,10 +41,6 @@ fn run(command: &mut Command) -> Output {
     output
 }
 
-async fn replicas(client: &kube::Client, ns: &str) -> Result<i32, String> {
-    Ok(deployment(client, ns, "shop-celery-worker").await?.spec.and_then(|s| s.replicas).unwrap_or(1))
-}
-
 /// `GET /trace/NS/shop` on the operator's listener: the status code and the body.
 async fn get_trace(port: u16, ns: &str, token: Option<&str>) -> (u16, String) {
     let mut request = reqwest::Client::new().get(format!("http://127.0.0.1:{port}/trace/{ns}/shop"));
@@ -61,40 +58,15 @@ async fn a_trace_from_the_operator_is_guarded_and_replays_to_its_own_decisions(h
     let ns = env.namespace("trace").await;
     let listen = free_port();
     let operator = env.start_operator_serving(&[&ns], None, Some(([127, 0, 0, 1], listen).into()));
-    let yaml = format!(
-        "
-apiVersion: celeryproject.org/v1alpha1
-kind: Celery
-metadata: {{name: shop}}
-spec:
-  common: {{appName: shop, celeryApp: 'app:celery_app', image: example-image}}
-  broker: {{url: '{broker}'}}
-  flowerSpec: {{enabled: false}}
-  workerSpec: {{queues: celery, numOfWorkers: 1}}
-  autoscaling:
-    policy: queue-length
-    settings: {{target: '10'}}
-    minReplicas: 1
-    maxReplicas: 8
-    scaleDown: {{stabilizationWindowSeconds: 3, maxStepPercent: 50, periodSeconds: 2}}
-"
-    );
+    let damping = "    scaleDown: {stabilizationWindowSeconds: 3, maxStepPercent: 50, periodSeconds: 2}\n";
+    let yaml = shop_yaml_with(&broker, 8, QUEUE_LENGTH_10, damping);
     create(&env.admin, &ns, &yaml).await.expect("created");
 
     // A little production: up in two steps, then down in damped steps.
     let redis = redis::Client::open(broker.as_str()).expect("redis client");
     let mut conn = redis.get_multiplexed_async_connection().await.expect("redis");
     let push = |n: usize| (0..n).map(|i| format!("{{\"m\": {i}}}")).collect::<Vec<_>>();
-    let at = |want: i32| {
-        let (admin, ns) = (env.admin.clone(), ns.clone());
-        async move {
-            eventually(&format!("{want} workers"), WAIT, || async {
-                let got = replicas(&admin, &ns).await?;
-                if got == want { Ok(()) } else { Err(format!("{got} workers")) }
-            })
-            .await
-        }
-    };
+    let at = |want: i32| wait_replicas(&env.admin, &ns, "shop", want, WAIT);
     tokio::time::sleep(Duration::from_secs(3)).await;
     let _: () = redis::cmd("LPUSH").arg("celery").arg(push(30)).query_async(&mut conn).await.expect("LPUSH");
     at(3).await;
