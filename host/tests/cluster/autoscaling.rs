@@ -415,15 +415,19 @@ spec:
     operator.stop().await;
 }
 
+/// A JSON merge patch of the app, as `kubectl patch --type merge` makes.
+async fn merge_patch(client: &Client, ns: &str, name: &str, patch: serde_json::Value) {
+    Api::<Celery>::namespaced(client.clone(), ns)
+        .patch(name, &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&patch))
+        .await
+        .unwrap_or_else(|e| panic!("patching {ns}/{name} with {patch}: {e}"));
+}
+
 /// Sets (`Some`) or removes (`None`) annotations of the app, as a user with kubectl does.
 async fn annotate(client: &Client, ns: &str, name: &str, pairs: &[(&str, Option<&str>)]) {
     let annotations: serde_json::Map<String, serde_json::Value> =
         pairs.iter().map(|(k, v)| (k.to_string(), v.map_or(serde_json::Value::Null, |v| v.into()))).collect();
-    let patch = serde_json::json!({"metadata": {"annotations": annotations}});
-    Api::<Celery>::namespaced(client.clone(), ns)
-        .patch(name, &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&patch))
-        .await
-        .expect("annotated");
+    merge_patch(client, ns, name, serde_json::json!({"metadata": {"annotations": annotations}})).await;
 }
 
 /// The app `shop` on `broker`'s `celery` queue, `queue-length` at 10 messages per worker from 1 to
@@ -515,11 +519,7 @@ async fn annotations_pause_set_and_block_scaling_and_scale_up_is_limited(h: Arc<
 
     // paused-scale-out alone (and no scale-up limit left to hold anything): the empty queue
     // scales down, a backlog does not scale up.
-    let unlimited = serde_json::json!({"spec": {"autoscaling": {"scaleUp": null}}});
-    Api::<Celery>::namespaced(env.admin.clone(), &ns)
-        .patch("shop", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&unlimited))
-        .await
-        .expect("scaleUp removed");
+    merge_patch(&env.admin, &ns, "shop", serde_json::json!({"spec": {"autoscaling": {"scaleUp": null}}})).await;
     annotate(&env.admin, &ns, "shop", &[(PAUSED_ANNOTATION, None), (PAUSED_SCALE_OUT_ANNOTATION, Some("true"))]).await;
     wait_replicas(&env.admin, &ns, "shop", 1, SCALE_WAIT).await;
     let _: () = redis::cmd("LPUSH").arg("celery").arg(push(30)).query_async(&mut conn).await.expect("LPUSH");
@@ -607,10 +607,7 @@ async fn a_shadow_policy_is_recorded_and_never_applied(h: Arc<Harness>) {
 
     // A shadow that cannot run: the real policy decides on, nothing turns Degraded.
     let patch = serde_json::json!({"spec": {"autoscaling": {"shadow": {"policy": "no-such-policy", "settings": null}}}});
-    Api::<Celery>::namespaced(env.admin.clone(), &ns)
-        .patch("shop", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&patch))
-        .await
-        .expect("shadow changed");
+    merge_patch(&env.admin, &ns, "shop", patch).await;
     let _: () = redis::cmd("LPUSH").arg("celery").arg(&messages).query_async(&mut conn).await.expect("LPUSH");
     wait_replicas(&env.admin, &ns, "shop", 5, SCALE_WAIT).await;
     // The Deployment can reach 5 before the status write that follows the decision lands.
@@ -627,10 +624,7 @@ async fn a_shadow_policy_is_recorded_and_never_applied(h: Arc<Harness>) {
 
     // A shadow that traps on every call: the real policy scales on, nothing turns Degraded.
     let trapping = serde_json::json!({"spec": {"autoscaling": {"shadow": {"policy": crate::support::TRAP_POLICY}}}});
-    Api::<Celery>::namespaced(env.admin.clone(), &ns)
-        .patch("shop", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&trapping))
-        .await
-        .expect("shadow changed");
+    merge_patch(&env.admin, &ns, "shop", trapping).await;
     let _: () = redis::cmd("LPUSH").arg("celery").arg(&messages).query_async(&mut conn).await.expect("LPUSH");
     wait_replicas(&env.admin, &ns, "shop", 8, SCALE_WAIT).await;
     let shadow = wait_autoscaler(&env.admin, &ns, "shop", "the trapping shadow in the status", |a| {
@@ -678,11 +672,7 @@ async fn several_policies_combine_by_first_max_and_min(h: Arc<Harness>) {
     wait_replicas(&env.admin, &ns, "shop", 6, SCALE_WAIT).await;
     wait_autoscaler(&env.admin, &ns, "shop", "First: steps", reason_has("[First: steps 6 (won), queue-length 13]")).await;
 
-    let api = Api::<Celery>::namespaced(env.admin.clone(), &ns);
-    let set = |patch: serde_json::Value| {
-        let api = api.clone();
-        async move { api.patch("shop", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&patch)).await.expect("patched") }
-    };
+    let set = |patch: serde_json::Value| merge_patch(&env.admin, &ns, "shop", patch);
     set(serde_json::json!({"spec": {"autoscaling": {"combine": "Max"}}})).await;
     wait_replicas(&env.admin, &ns, "shop", 8, SCALE_WAIT).await;
     wait_autoscaler(&env.admin, &ns, "shop", "Max", reason_has("[Max: steps 6, queue-length 13 (won)]")).await;
