@@ -95,9 +95,25 @@ if [ "$REAL_NODE" = 1 ]; then
 fi
 kubectl get nodes -o wide
 
+# Waits until OBJECT's condition TYPE is True, for at most SECONDS.
+# NB: `kubectl wait --for condition=…` fails at once, rather than waiting, while the object has no
+# `.status.conditions` yet ("accessor error: <nil>"), which a just-created CRD or Celery may not:
+# that failed a CI run of the demo. Polling the condition has no such window.
+wait_condition() {
+  local object=$1 type=$2 seconds=$3 status=""
+  for _ in $(seq "$seconds"); do
+    status=$(kubectl get "$object" -o jsonpath="{.status.conditions[?(@.type==\"$type\")].status}" 2>/dev/null || true)
+    [ "$status" = True ] && return 0
+    sleep 1
+  done
+  echo "$object: condition $type is not True after ${seconds}s (${status:-no such condition})" >&2
+  kubectl get "$object" -o yaml >&2 || true
+  return 1
+}
+
 say "Installing the CRD and RBAC (kubectl apply -f deploy/)"
 kubectl apply -f deploy/namespace.yaml -f deploy/crd.yaml -f deploy/rbac.yaml
-kubectl wait --for condition=established --timeout=60s crd/celery.celeryproject.org
+wait_condition crd/celery.celeryproject.org Established 60
 
 say "Running celery-operator as system:serviceaccount:celery-operator:celery-operator"
 if [ "$REAL_NODE" = 1 ]; then
@@ -141,7 +157,7 @@ if [ "$REAL_NODE" = 0 ]; then
   echo "     a FlowerUnavailable warning follows once it has had a minute to start; the real node has both)"
 fi
 localize deploy/example-celery.yaml | kubectl apply -f -
-kubectl wait --for condition=Ready --timeout=180s celery/celery-crd-example
+wait_condition celery/celery-crd-example Ready 180
 
 say "What the operator made"
 kubectl get celery
@@ -149,7 +165,7 @@ kubectl get deployments,services,pods -l app.kubernetes.io/instance=celery-crd-e
 
 say "Self-healing: deleting the worker Deployment by hand"
 kubectl delete deployment celery-crd-example-celery-worker --wait=true
-kubectl wait --for condition=Available --timeout=60s deployment/celery-crd-example-celery-worker
+wait_condition deployment/celery-crd-example-celery-worker Available 60
 kubectl get deployment celery-crd-example-celery-worker
 
 say "Status and events"
