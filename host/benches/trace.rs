@@ -108,7 +108,13 @@ fn main() {
                 format!("{} messages / 30 per worker → {} workers", s.queues[0].backlog * 3, s.queues[0].backlog / 10 + 1);
             let started = Instant::now();
             let measured = Measured::of(&s, false);
-            ring.lock().expect("ring").record(measured, 10 + u32::from(tick % 90 == 0), Some(9), tick % 300 == 0, &reason);
+            ring.lock().expect("ring").record(
+                measured,
+                10 + u32::from(tick % 90 == 0),
+                Some(9),
+                tick % 300 == 0,
+                format_args!("{reason}"),
+            );
             record += started.elapsed();
         }
     }

@@ -666,7 +666,7 @@ impl AppLoop {
         if let Some(ring) = &self.trace {
             let health_changed = self.health.as_ref().is_none_or(|h| h.reason != health.reason);
             let shadow = status.shadow.as_ref().and_then(|s| s.replicas).and_then(|n| u32::try_from(n).ok());
-            ring.lock().expect("trace lock").record(measured, target, shadow, health_changed, &format!("{policy}: {reason}"));
+            ring.lock().expect("trace lock").record(measured, target, shadow, health_changed, format_args!("{policy}: {reason}"));
         }
         self.last_decision = Some(DecisionStatus {
             time: Time(now),

@@ -137,10 +137,20 @@ impl Trace {
 
     /// Records one tick: what was measured, what was decided and why, and what the shadow
     /// policy (if any) would have decided.
-    pub fn record(&mut self, measured: Measured, decided: u32, shadow: Option<u32>, health_changed: bool, reason: &str) {
+    /// The reason is formatted in place (into the latest reason's buffer), not allocated per tick.
+    pub fn record(
+        &mut self,
+        measured: Measured,
+        decided: u32,
+        shadow: Option<u32>,
+        health_changed: bool,
+        reason: std::fmt::Arguments<'_>,
+    ) {
         if self.capacity == 0 {
             return;
         }
+        self.last_reason.clear();
+        let _ = self.last_reason.write_fmt(reason);
         let shadow = shadow.map_or(u16::MAX, |n| u16::try_from(n).unwrap_or(u16::MAX - 1));
         let row = Row { decided: u16::try_from(decided).unwrap_or(u16::MAX), shadow, ..measured.0 };
         if self.rows.len() == self.capacity {
@@ -157,11 +167,8 @@ impl Trace {
                 backlog: (row.backlog != UNKNOWN_U64).then_some(row.backlog),
                 replicas,
                 decided,
-                reason: reason.to_string(),
+                reason: self.last_reason.clone(),
             });
-        }
-        if self.last_reason != reason {
-            self.last_reason = reason.to_string();
         }
     }
 
@@ -326,7 +333,7 @@ mod tests {
         let ring = traces.ring(setup());
         let mut trace = ring.lock().unwrap();
         for t in 0..8u64 {
-            trace.record(Measured::of(&sample(1_000 * t, t * 10, 2), false), 2, None, false, "same");
+            trace.record(Measured::of(&sample(1_000 * t, t * 10, 2), false), 2, None, false, format_args!("same"));
         }
         assert_eq!(trace.len(), 5, "5 s at one row a second");
         let csv = trace.csv();
@@ -340,9 +347,9 @@ mod tests {
         let traces = Traces::new(Duration::from_secs(900));
         let ring = traces.ring(setup());
         let mut trace = ring.lock().unwrap();
-        trace.record(Measured::of(&sample(10_000, 30, 2), false), 3, Some(5), false, "30 messages → 3");
-        trace.record(Measured::of(&sample(11_000, 0, 3), true), 3, None, true, "broker down");
-        trace.record(Measured::of(&sample(12_500, 5, 3), false), 3, None, false, "5 messages → 1");
+        trace.record(Measured::of(&sample(10_000, 30, 2), false), 3, Some(5), false, format_args!("30 messages → 3"));
+        trace.record(Measured::of(&sample(11_000, 0, 3), true), 3, None, true, format_args!("broker down"));
+        trace.record(Measured::of(&sample(12_500, 5, 3), false), 3, None, false, format_args!("5 messages → 1"));
         let csv = trace.csv();
         assert!(csv.contains("# policy: queue-length target=10\n"), "{csv}");
         assert!(csv.contains("# options: min=1 max=8 concurrency=4 interval-seconds=1 stabilization-seconds=60"), "{csv}");

@@ -174,15 +174,22 @@ impl Registry {
         )
     }
 
+    /// Every module in both directories, loaded or not: name, path, and whether it is a
+    /// built-in (those come first).
+    fn on_disk(&self) -> Vec<(String, PathBuf, bool)> {
+        let mut found: Vec<(String, PathBuf, bool)> = Vec::new();
+        if let Some(dir) = &self.settings.builtin_dir {
+            found.extend(scan(dir, false).into_iter().map(|(name, path)| (name, path, true)));
+        }
+        if let Some(dir) = &self.settings.user_dir {
+            found.extend(scan(dir, true).into_iter().map(|(name, path)| (name, path, false)));
+        }
+        found
+    }
+
     /// The names of the modules in both directories, loaded or not.
     pub fn names_on_disk(&self) -> Vec<String> {
-        let mut names: Vec<String> = [&self.settings.builtin_dir, &self.settings.user_dir]
-            .iter()
-            .zip([false, true])
-            .filter_map(|(dir, user)| dir.as_ref().map(|d| scan(d, user)))
-            .flatten()
-            .map(|(name, _)| name)
-            .collect();
+        let mut names: Vec<String> = self.on_disk().into_iter().map(|(name, _, _)| name).collect();
         names.sort();
         names.dedup();
         names
@@ -192,15 +199,8 @@ impl Registry {
     /// the author tools need to run one policy. Blocking.
     pub fn refresh_only(&self, reference: &str) {
         let name = reference.split_once('@').map_or(reference, |(n, _)| n);
-        let mut found: Vec<(String, PathBuf, bool)> = Vec::new();
-        if let Some(dir) = &self.settings.builtin_dir {
-            found.extend(scan(dir, false).into_iter().map(|(n, path)| (n, path, true)));
-        }
-        if let Some(dir) = &self.settings.user_dir {
-            found.extend(scan(dir, true).into_iter().map(|(n, path)| (n, path, false)));
-        }
         // A built-in first: a user module cannot take its name.
-        if let Some((n, path, builtin)) = found.into_iter().find(|(n, _, _)| n == name) {
+        if let Some((n, path, builtin)) = self.on_disk().into_iter().find(|(n, _, _)| n == name) {
             self.refresh_one(&n, &path, builtin);
         }
     }
@@ -208,13 +208,7 @@ impl Registry {
     /// Rescans both directories, loading what changed. Blocking: compiling takes time.
     /// Returns the names whose module or problem changed.
     pub fn refresh(&self) -> Vec<String> {
-        let mut found: Vec<(String, PathBuf, bool)> = Vec::new();
-        if let Some(dir) = &self.settings.builtin_dir {
-            found.extend(scan(dir, false).into_iter().map(|(name, path)| (name, path, true)));
-        }
-        if let Some(dir) = &self.settings.user_dir {
-            found.extend(scan(dir, true).into_iter().map(|(name, path)| (name, path, false)));
-        }
+        let found = self.on_disk();
         // Built-ins first: a user module cannot take the name of one.
         let (builtins, users): (Vec<_>, Vec<_>) = found.into_iter().partition(|(_, _, builtin)| *builtin);
         let mut changed = self.refresh_all(&builtins);

@@ -415,6 +415,12 @@ spec:
     operator.stop().await;
 }
 
+/// The app's policies decide (`ScalingActive` True) and nothing is `Degraded`.
+fn assert_policies_decide(c: &Celery) {
+    assert_eq!(condition(c, SCALING_ACTIVE).map(|(s, r, _)| (s, r)), Some(("True".into(), POLICY_DECIDING.into())));
+    assert_eq!(condition(c, DEGRADED).map(|(s, _, _)| s), Some("False".into()));
+}
+
 /// A JSON merge patch of the app, as `kubectl patch --type merge` makes.
 async fn merge_patch(client: &Client, ns: &str, name: &str, patch: serde_json::Value) {
     Api::<Celery>::namespaced(client.clone(), ns)
@@ -619,8 +625,7 @@ async fn a_shadow_policy_is_recorded_and_never_applied(h: Arc<Harness>) {
     .await;
     assert_eq!(shadow.replicas, None, "{shadow:?}");
     assert!(shadow.reason.contains("no-such-policy"), "{shadow:?}");
-    assert_eq!(condition(&c, SCALING_ACTIVE).map(|(s, r, _)| (s, r)), Some(("True".into(), POLICY_DECIDING.into())));
-    assert_eq!(condition(&c, DEGRADED).map(|(s, _, _)| s), Some("False".into()));
+    assert_policies_decide(&c);
 
     // A shadow that traps on every call: the real policy scales on, nothing turns Degraded.
     let trapping = serde_json::json!({"spec": {"autoscaling": {"shadow": {"policy": crate::support::TRAP_POLICY}}}});
@@ -632,9 +637,7 @@ async fn a_shadow_policy_is_recorded_and_never_applied(h: Arc<Harness>) {
     })
     .await;
     assert_eq!(shadow.replicas, None, "{shadow:?}");
-    let c = celery(&env.admin, &ns, "shop").await;
-    assert_eq!(condition(&c, SCALING_ACTIVE).map(|(s, r, _)| (s, r)), Some(("True".into(), POLICY_DECIDING.into())));
-    assert_eq!(condition(&c, DEGRADED).map(|(s, _, _)| s), Some("False".into()));
+    assert_policies_decide(&celery(&env.admin, &ns, "shop").await);
     operator.stop().await;
 }
 
