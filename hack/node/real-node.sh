@@ -68,6 +68,55 @@ make_node_pki() {
   chmod 600 "$d"/*.key
 }
 
+# The state directory of the real node holding this machine's bridge (written when the bridge is
+# made, removed by its stop). /run is a tmpfs: after a reboot neither the file nor the bridge is left.
+NODE_OWNER_FILE=${NODE_OWNER_FILE:-/run/celery-operator-real-node}
+
+# The state directory of the node that left the bridge: its owner file, or else (a node started
+# before owner files existed) the shared bind mount of its N, which holds its containerd.toml.
+stale_node_owner() {
+  local owner t
+  owner=$(cat "$NODE_OWNER_FILE" 2>/dev/null || true)
+  if [ -z "$owner" ]; then
+    for t in $(findmnt -rn -o TARGET | grep -E '/node$' || true); do
+      [ -f "$t/containerd.toml" ] && { owner=${t%/node}; break; }
+    done
+  fi
+  echo "$owner"
+}
+
+# reclaim_stale_node: the bridge exists. A harness killed before its stop (the end of a session, a
+# kill -9 of a test run) leaves the bridge, its forward rules, N's mounts and the kubepods cgroups
+# behind with nothing of the node running; the next start would refuse forever. Clean them up as
+# the owner's own stop would, and go on. Refuse, naming the owner, while any of its node runs.
+reclaim_stale_node() {
+  local owner c
+  owner=$(stale_node_owner)
+  if [ -n "$owner" ]; then
+    for c in "${REAL_NODE_COMPONENTS[@]}"; do
+      if (STATE=$owner; running "$c"); then
+        log "bridge $NODE_BRIDGE exists: the real node of $owner runs on this machine ($c); stop it first: hack/control-plane.sh stop $owner"
+        return 1
+      fi
+    done
+  elif pgrep -x kubelet >/dev/null; then
+    log "bridge $NODE_BRIDGE exists and a kubelet runs on this machine: another real node runs here (stop it first)"
+    return 1
+  fi
+  log "reclaiming the real node ${owner:+of $owner }left behind by a run that did not stop it (nothing of it runs)"
+  if [ -n "$owner" ] && [ -d "$owner/node" ]; then
+    (STATE=$owner; stop_real_node)
+  else
+    # No state directory: its network, which is all the next start would trip over.
+    (STATE=$(mktemp -d); mkdir -p "$STATE/node"; stop_real_node; rm -rf "$STATE")
+  fi
+  rm -f "$NODE_OWNER_FILE"
+  if ip link show "$NODE_BRIDGE" >/dev/null 2>&1; then
+    log "bridge $NODE_BRIDGE is still there after reclaiming the node left behind (ip link del $NODE_BRIDGE)"
+    return 1
+  fi
+}
+
 # Refuse early, and say why, where a real node cannot run: the demo falls back to simulated nodes.
 real_node_preflight() {
   [ "$(id -u)" = 0 ] || { log "the real node needs root (containers, mounts, a bridge)"; return 1; }
@@ -78,8 +127,7 @@ real_node_preflight() {
     command -v "$c" >/dev/null || { log "the real node needs $c"; return 1; }
   done
   if ip link show "$NODE_BRIDGE" >/dev/null 2>&1; then
-    log "bridge $NODE_BRIDGE exists: another real node runs on this machine (stop it first)"
-    return 1
+    reclaim_stale_node || return 1
   fi
   for c in containerd containerd-shim-runc-v2 ctr runc pause.tar cni/bridge cni/host-local cni/loopback cni/portmap; do
     [ -e "$BIN/node/$c" ] || { log "$BIN/node/$c is missing (REAL_NODE=1 hack/build-control-plane.sh builds it)"; return 1; }
@@ -114,6 +162,7 @@ setup_node_network() {
   local n ip gw
   n=$(node_dir); ip=$(node_ip)
   ip link add "$NODE_BRIDGE" type bridge
+  echo "$STATE" >"$NODE_OWNER_FILE"
   ip addr add "$ip/${NODE_SUBNET#*/}" dev "$NODE_BRIDGE"
   ip link set "$NODE_BRIDGE" up
   # Pod -> Service -> pod on the same bridge is routed through the node: forwarding, but only
@@ -471,6 +520,7 @@ stop_real_node() {
   fi
   ip route del blackhole 10.244.0.0/16 2>/dev/null || true
   ip link del "$NODE_BRIDGE" 2>/dev/null || true
+  if [ "$(cat "$NODE_OWNER_FILE" 2>/dev/null)" = "$STATE" ]; then rm -f "$NODE_OWNER_FILE"; fi
   # The veth ends of pods whose sandboxes were killed go with their network namespaces.
   if [ -f "$n/sysctl.saved" ]; then
     local name value

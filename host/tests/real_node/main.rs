@@ -10,7 +10,10 @@
 //!   Redis the test starts on the node's address, fed by `example/producer.py`; every task sent
 //!   runs to its end exactly once (the app's task log);
 //! - a scale-down that sends SIGTERM to a worker running a long task: Celery's warm shutdown
-//!   finishes it before the pod goes.
+//!   finishes it before the pod goes;
+//! - a node whose harness was killed before its stop, left behind and reclaimed by the next
+//!   start, and a second node refused while one runs (`left_behind`, staged before the tier's own
+//!   node starts).
 //!
 //! Needs root (containers, mounts, a bridge). Off root, outside CI, every test is reported as
 //! ignored with the reason; under CI (`CI=true`) that is a failure instead.
@@ -28,6 +31,7 @@ mod support;
 
 mod app;
 mod images;
+mod left_behind;
 mod operator;
 mod quick_start;
 
@@ -103,8 +107,14 @@ fn run(what: &str, command: &mut Command) -> Result<(), String> {
 
 fn main() -> ExitCode {
     let mut args = Arguments::from_args();
-    let tests: Vec<TestCase> =
-        images::TESTS.iter().chain(operator::TESTS).chain(app::TESTS).chain(quick_start::TESTS).copied().collect();
+    let tests: Vec<TestCase> = images::TESTS
+        .iter()
+        .chain(operator::TESTS)
+        .chain(app::TESTS)
+        .chain(quick_start::TESTS)
+        .chain(left_behind::TESTS)
+        .copied()
+        .collect();
 
     let skip = if args.list { None } else { unable() };
     if let Some(why) = &skip {
@@ -126,6 +136,7 @@ fn main() -> ExitCode {
             eprintln!("{e}");
             return ExitCode::FAILURE;
         }
+        *left_behind::STAGED.lock().unwrap() = Some(left_behind::stage());
         let control_plane = match ControlPlane::start_with_real_node() {
             Ok(cp) => cp,
             Err(e) => {
