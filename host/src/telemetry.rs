@@ -99,6 +99,7 @@ pub struct Metrics {
     scaling_active: Family<AppLabel, Gauge<i64, AtomicI64>>,
     scaling_paused: Family<AppLabel, Gauge<i64, AtomicI64>>,
     overruns: Family<AppLabel, Counter>,
+    wakeups: Family<AppLabel, Counter>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -180,7 +181,14 @@ impl Default for Metrics {
             "Autoscaling cycles that took longer than the app's interval, so that its next sample came late",
             overruns.clone(),
         );
+        let wakeups = Family::default();
+        registry.register(
+            "autoscaler_wakeups",
+            "Decisions made at once because a message landed on queues the last read found empty (Redis keyspace events)",
+            wakeups.clone(),
+        );
         Self {
+            wakeups,
             watch_errors,
             shadow_desired,
             scaling_active,
@@ -252,6 +260,11 @@ impl Metrics {
         self.failures.get_or_create(&FailureLabel { app: app.to_string(), cause }).inc();
     }
 
+    /// A push to an empty queue woke the loop of `app` before its tick.
+    pub fn observe_wakeup(&self, app: &str) {
+        self.wakeups.get_or_create(&AppLabel { app: app.to_string() }).inc();
+    }
+
     /// What the shadow policy would have set (`None`: it failed, so no figure).
     /// The app's `ScalingActive` (true while its policies decide), and whether an annotation
     /// overrides it.
@@ -307,6 +320,7 @@ impl Metrics {
         self.scaling_active.remove(&AppLabel { app: app.to_string() });
         self.scaling_paused.remove(&AppLabel { app: app.to_string() });
         self.overruns.remove(&AppLabel { app: app.to_string() });
+        self.wakeups.remove(&AppLabel { app: app.to_string() });
         self.policy_seconds.remove(&AppLabel { app: app.to_string() });
         for direction in DIRECTIONS {
             self.decisions.remove(&DecisionLabel { app: app.to_string(), direction });

@@ -586,3 +586,122 @@ spec:
     let second = reader.queues(&names(&["reports"]), Duration::ZERO, interval).await.unwrap_err();
     assert_eq!(second, failed, "the same failure, not another attempt");
 }
+
+/// How many subscribers the keyspace channel of `key` (database 0) has.
+async fn subscribers(raw: &mut redis::aio::MultiplexedConnection, key: &str) -> u64 {
+    let reply: (String, u64) =
+        redis::cmd("PUBSUB").arg("NUMSUB").arg(format!("__keyspace@0__:{key}")).query_async(raw).await.expect("PUBSUB");
+    reply.1
+}
+
+async fn notify_flags(raw: &mut redis::aio::MultiplexedConnection) -> String {
+    let pair: Vec<String> = redis::cmd("CONFIG").arg("GET").arg("notify-keyspace-events").query_async(raw).await.expect("CONFIG");
+    pair.get(1).cloned().unwrap_or_default()
+}
+
+fn app_on(url: &str) -> celery_operator::crd::Celery {
+    serde_yaml::from_str(&format!(
+        "
+apiVersion: celeryproject.org/v1alpha1
+kind: Celery
+metadata: {{name: shop, namespace: web}}
+spec:
+  common: {{appName: shop, celeryApp: 'app:celery_app', image: img}}
+  broker: {{url: '{url}'}}
+"
+    ))
+    .expect("parses")
+}
+
+/// A Redis whose owner turned keyspace events on: a push to queues the last read found empty
+/// (on any priority list, as Celery writes them) wakes the app's loops, once per empty read; a
+/// push to a queue with a backlog, or a pop, does not. The broker's configuration is read, never
+/// changed.
+#[tokio::test]
+async fn a_push_to_an_empty_queue_wakes_the_loops_where_redis_publishes_keyspace_events() {
+    use celery_operator::autoscale::reader::AppReader;
+    let (_server, port) = redis_server(&["--notify-keyspace-events", "Kl"]);
+    let url = format!("redis://127.0.0.1:{port}/0");
+    let client = redis::Client::open(url.as_str()).expect("client");
+    let mut raw = client.get_multiplexed_async_connection().await.expect("connects");
+    let kube = kube::Client::try_from(kube::Config::new("http://127.0.0.1:9".parse().expect("URL"))).expect("client");
+    let mut reader = AppReader::new(kube, &app_on(&url), options());
+    let work = names(&["work"]);
+    reader.want(None, Some(&work));
+    let mut pushes = reader.pushes();
+    let interval = Duration::from_secs(1);
+    let wake = async |pushes: &mut tokio::sync::watch::Receiver<u64>| {
+        tokio::time::timeout(Duration::from_secs(30), pushes.changed()).await.is_ok()
+    };
+    let quiet = async |pushes: &mut tokio::sync::watch::Receiver<u64>| {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        !pushes.has_changed().expect("the reader is alive")
+    };
+    let push = async |raw: &mut redis::aio::MultiplexedConnection, key: &str| {
+        let _: i64 = redis::cmd("LPUSH").arg(key).arg("{}").query_async(raw).await.expect("LPUSH");
+    };
+
+    assert_eq!(reader.queues(&work, Duration::ZERO, interval).await.expect("reads"), [stats("work", 0, 0, None)]);
+    // It follows every priority list of the queue, on one connection of its own.
+    let lists = ["work", "work\x06\x163", "work\x06\x166", "work\x06\x169"];
+    for _ in 0..300 {
+        if subscribers(&mut raw, "work\x06\x169").await > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for list in lists {
+        assert_eq!(subscribers(&mut raw, list).await, 1, "{list:?} is not followed");
+    }
+
+    push(&mut raw, "work\x06\x169").await;
+    assert!(wake(&mut pushes).await, "a push to an empty queue did not wake the loops");
+    push(&mut raw, "work").await;
+    assert!(quiet(&mut pushes).await, "woken twice for one empty read");
+
+    // The woken tick reads a backlog: pushes no longer wake anyone, nor do pops.
+    assert_eq!(reader.queues(&work, Duration::ZERO, interval).await.expect("reads"), [stats("work", 2, 0, None)]);
+    push(&mut raw, "work").await;
+    let _: Option<String> = redis::cmd("RPOP").arg("work").query_async(&mut raw).await.expect("RPOP");
+    assert!(quiet(&mut pushes).await, "a push to a queue with a backlog woke the loops");
+
+    // Empty again, read as empty: the next push wakes them again.
+    let _: i64 = redis::cmd("DEL").arg(&lists[..]).query_async(&mut raw).await.expect("DEL");
+    reader.queues(&work, Duration::ZERO, interval).await.expect("reads");
+    push(&mut raw, "work\x06\x163").await;
+    assert!(wake(&mut pushes).await, "a push after an empty read did not wake the loops");
+    assert_eq!(notify_flags(&mut raw).await, "lK", "the broker's configuration changed");
+
+    // The reader gone, so is its connection.
+    drop(reader);
+    for _ in 0..300 {
+        if subscribers(&mut raw, "work").await == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(subscribers(&mut raw, "work").await, 0, "the follower outlived its reader");
+}
+
+/// A Redis without keyspace events (the default) is only read: no subscription, no wake-up, and
+/// its configuration stays as its owner left it.
+#[tokio::test]
+async fn a_redis_without_keyspace_events_is_read_at_each_tick_and_left_as_it_is() {
+    use celery_operator::autoscale::reader::AppReader;
+    let (_server, port) = redis_server(&[]);
+    let url = format!("redis://127.0.0.1:{port}/0");
+    let client = redis::Client::open(url.as_str()).expect("client");
+    let mut raw = client.get_multiplexed_async_connection().await.expect("connects");
+    let kube = kube::Client::try_from(kube::Config::new("http://127.0.0.1:9".parse().expect("URL"))).expect("client");
+    let mut reader = AppReader::new(kube, &app_on(&url), options());
+    let work = names(&["work"]);
+    reader.want(None, Some(&work));
+    let pushes = reader.pushes();
+    reader.queues(&work, Duration::ZERO, Duration::from_secs(1)).await.expect("reads");
+    let _: i64 = redis::cmd("LPUSH").arg("work").arg("{}").query_async(&mut raw).await.expect("LPUSH");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!pushes.has_changed().expect("the reader is alive"), "woken without keyspace events");
+    assert_eq!(calls(&mut raw, "subscribe").await, 0, "subscribed to a broker that publishes nothing");
+    assert_eq!(calls(&mut raw, "config|get").await, 1, "asked once whether it publishes");
+    assert_eq!(notify_flags(&mut raw).await, "", "the broker's configuration changed");
+}

@@ -9,15 +9,27 @@
 //! fresh. Flower is read at most every [`progress::READ_EVERY`] for all of them, and a broker
 //! that does not answer is backed off once for the app, not once per group.
 //!
+//! Where the broker says at once that a message landed (Redis whose `notify-keyspace-events`
+//! already publishes list events: it is read, never set), the reader follows the pushes to the
+//! app's queues on a connection of its own. A push to queues the last read found empty wakes
+//! the app's loops at once ([`AppReader::pushes`]) instead of at their next tick: the first
+//! message of a burst is acted on within milliseconds whatever the interval. It wakes them once
+//! per empty read, so a steady stream of pushes costs no extra ticks.
+//!
 //! It touches the broker, Flower and the app's Secrets (the broker URL, Flower's credentials),
 //! nothing else.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
 use kube::{Client, ResourceExt};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::{debug, info};
 
 use super::progress::{self, Progress};
 use crate::crd::{Celery, CelerySpec, SecretKeyRef, TransportOptions};
@@ -28,6 +40,9 @@ use crate::spec::names;
 pub const BROKER_RETRY_MAX: Duration = Duration::from_secs(60);
 /// A Secret holding the broker URL is read again at most this often after a failed read.
 const SECRET_RETRY: Duration = Duration::from_secs(10);
+/// How often a broker that does not publish pushes is asked again (its owner may turn them on),
+/// and the pause before following them again after the connection that did ended.
+const PUSHES_RECHECK: Duration = Duration::from_secs(300);
 
 /// The broker and Flower of one app, and what they last said.
 pub struct AppReader {
@@ -49,6 +64,26 @@ pub struct AppReader {
     last: Option<(Instant, Vec<QueueStats>)>,
     /// The loops of the app tick at this phase of their interval.
     epoch: Instant,
+    /// Bumped when a push lands on queues the last read found empty (see the module's docs).
+    pushes: Arc<watch::Sender<u64>>,
+    /// Whether the last read found every queue empty, so that a push wakes the loops.
+    armed: Arc<AtomicBool>,
+    /// Following the pushes to these queues, or when it was last found impossible.
+    following: Option<Following>,
+}
+
+/// The task following a broker's pushes to `names` (`None`: the broker publishes none, or the
+/// task has ended), as of `since`.
+struct Following {
+    names: Vec<String>,
+    task: Option<JoinHandle<()>>,
+    since: Instant,
+}
+
+impl Drop for AppReader {
+    fn drop(&mut self) {
+        self.stop_following();
+    }
 }
 
 /// Where the loops find the broker: `spec.broker`, or else a `CELERY_BROKER_URL` set in
@@ -97,6 +132,9 @@ impl AppReader {
             union: Vec::new(),
             last: None,
             epoch: Instant::now(),
+            pushes: Arc::new(watch::channel(0).0),
+            armed: Arc::new(AtomicBool::new(false)),
+            following: None,
         };
         reader.follow(celery);
         reader
@@ -111,8 +149,15 @@ impl AppReader {
             self.last_secret_read = None;
             self.retry = None;
             self.last = None;
+            self.stop_following();
         }
         self.progress.reconfigure(progress::source(celery));
+    }
+
+    /// Changes each time a push lands on the app's queues after a read found them all empty:
+    /// the loops tick at once then, with a new read (see the module's docs).
+    pub fn pushes(&self) -> watch::Receiver<u64> {
+        self.pushes.subscribe()
     }
 
     /// Sets the queues the loop of `group` reads (`None`: it reads none, or it has ended).
@@ -158,6 +203,8 @@ impl AppReader {
             Ok(stats) => {
                 self.retry = None;
                 let picked = pick(&stats, queues).unwrap_or_else(|| queues.iter().map(QueueStats::unknown).collect());
+                self.armed.store(stats.iter().all(|q| q.backlog == Some(0)), Ordering::Relaxed);
+                self.follow_pushes(&names).await;
                 self.last = Some((Instant::now(), stats));
                 Ok(picked)
             }
@@ -170,6 +217,52 @@ impl AppReader {
                 self.last = None;
                 Err(message)
             }
+        }
+    }
+
+    /// Follows the broker's pushes to `names` when it publishes them, unless it already does or
+    /// was found not to lately.
+    async fn follow_pushes(&mut self, names: &[String]) {
+        if let Some(f) = &self.following {
+            let running = f.task.as_ref().is_some_and(|t| !t.is_finished());
+            if f.names == names && (running || f.since.elapsed() < PUSHES_RECHECK) {
+                return;
+            }
+        }
+        self.stop_following();
+        let (pushes, armed) = (Arc::clone(&self.pushes), Arc::clone(&self.armed));
+        let pushed = move || {
+            // Once per empty read: the tick it wakes reads again and re-arms only if empty.
+            if armed.swap(false, Ordering::Relaxed) {
+                pushes.send_modify(|n| *n = n.wrapping_add(1));
+            }
+        };
+        let Some(broker) = &self.broker else { return };
+        let task = match broker.push_follower(names, pushed).await {
+            Ok(Some(follow)) => {
+                let url = broker.display_url().to_string();
+                info!(broker = %url, "the broker publishes keyspace events: a message on an empty queue is acted on at once");
+                Some(tokio::spawn(async move {
+                    match follow.await {
+                        Ok(()) => debug!(broker = %url, "the connection following pushes ended"),
+                        Err(error) => {
+                            info!(broker = %url, error = %crate::telemetry::chain(&error), "cannot follow pushes; reading at each tick only")
+                        }
+                    }
+                }))
+            }
+            Ok(None) => None,
+            Err(error) => {
+                debug!(error = %crate::telemetry::chain(&error), "cannot tell whether the broker publishes pushes");
+                None
+            }
+        };
+        self.following = Some(Following { names: names.to_vec(), task, since: Instant::now() });
+    }
+
+    fn stop_following(&mut self) {
+        if let Some(task) = self.following.take().and_then(|f| f.task) {
+            task.abort();
         }
     }
 

@@ -301,22 +301,13 @@ async fn run(
     app.group_writer = status_writer(&shared.writer, app.group.as_deref());
     app.trace = Some(shared.traces.ring(app.trace_setup()));
     let mut ticker = pacer(app.tuning.interval);
+    let mut pushes = app.reader.lock().await.pushes();
     loop {
-        tokio::select! {
-            _ = ticker.tick() => {
-                let started = Instant::now();
-                app.tick(&shared).await;
-                let took = started.elapsed();
-                shared.metrics.observe_cycle(took);
-                if took > app.tuning.interval {
-                    shared.metrics.observe_overrun(&app.label);
-                }
-                // At the app's phase, so its loops read the broker together; and nothing can be
-                // decided before the broker is tried again: no tick till then.
-                let next = reader::next_tick(app.epoch, app.tuning.interval, Instant::now());
-                let next = app.resting_until().map_or(next, |at| at.max(next));
-                ticker.reset_at(tokio::time::Instant::from_std(next));
-            }
+        // A tick, or a push to queues the last read found empty (see reader's docs): that one
+        // is acted on at once, with a new read.
+        let woken = tokio::select! {
+            _ = ticker.tick() => false,
+            Ok(()) = pushes.changed() => true,
             changed = plans.changed() => {
                 if changed.is_err() {
                     debug!(app = %app.label, "the app is gone; its autoscaler stops");
@@ -332,8 +323,25 @@ async fn run(
                 // A changed spec is acted on at once (and at its own pace from then on), even
                 // while the broker's backoff runs.
                 ticker = pacer(app.tuning.interval);
+                continue;
             }
+        };
+        if woken {
+            debug!(app = %app.label, "a message landed on an empty queue: deciding now");
+            shared.metrics.observe_wakeup(&app.label);
         }
+        let started = Instant::now();
+        app.tick(&shared, woken).await;
+        let took = started.elapsed();
+        shared.metrics.observe_cycle(took);
+        if took > app.tuning.interval {
+            shared.metrics.observe_overrun(&app.label);
+        }
+        // At the app's phase, so its loops read the broker together; and nothing can be decided
+        // before the broker is tried again: no tick till then.
+        let next = reader::next_tick(app.epoch, app.tuning.interval, Instant::now());
+        let next = app.resting_until().map_or(next, |at| at.max(next));
+        ticker.reset_at(tokio::time::Instant::from_std(next));
     }
 }
 
@@ -557,7 +565,8 @@ impl AppLoop {
     }
 
     /// One sample, decision and (maybe) scale.
-    async fn tick(&mut self, shared: &Shared) {
+    /// One sample and decision; `woken` by a push (see [`run`]), it reads the broker anew.
+    async fn tick(&mut self, shared: &Shared, woken: bool) {
         let now = jiff::Timestamp::now();
         let now_ms = u64::try_from(now.as_millisecond()).unwrap_or(0);
         let Some(current) = shared.cluster.worker_replicas(&self.namespace, &self.worker) else {
@@ -575,7 +584,7 @@ impl AppLoop {
         // One read for the app's loops: the first of them to get here reads the queues of all.
         let (queues, change, flower) = {
             let mut reader = self.reader.lock().await;
-            let fresh = self.tuning.interval / 2;
+            let fresh = if woken { Duration::ZERO } else { self.tuning.interval / 2 };
             let queues =
                 if self.needs_broker { Some(reader.queues(&self.queues, fresh, self.tuning.interval).await) } else { None };
             self.retry_at = reader.retry_at();

@@ -201,6 +201,21 @@ impl Broker {
         }
     }
 
+    /// A task that calls `pushed` whenever a message lands on one of the lists of `names`, for
+    /// a broker that says so as it happens: Redis whose `notify-keyspace-events` already
+    /// publishes list events (see [`redis::RedisBroker::publishes_pushes`]). `None` for any
+    /// other: the loops then learn of new messages at their next read.
+    pub async fn push_follower(
+        &self,
+        names: &[String],
+        pushed: impl Fn() + Send + 'static,
+    ) -> Result<Option<futures::future::BoxFuture<'static, Result<(), BrokerError>>>, BrokerError> {
+        match self {
+            Broker::Redis(b) if b.publishes_pushes().await? => Ok(Some(Box::pin(b.follow_pushes(names, pushed)))),
+            Broker::Redis(_) | Broker::RabbitMq(_) => Ok(None),
+        }
+    }
+
     /// The broker's URL without its password, for logs and errors.
     pub fn display_url(&self) -> &str {
         match self {

@@ -45,6 +45,18 @@ pub struct RedisBroker {
     scripts: AtomicBool,
 }
 
+/// Whether `notify-keyspace-events` flags publish list commands on keyspace channels: `K`, and
+/// `l` or `A` (every class but a few, lists among them).
+pub fn publishes_list_events(flags: &str) -> bool {
+    flags.contains('K') && (flags.contains('l') || flags.contains('A'))
+}
+
+/// Whether a keyspace event adds to a list. `LMOVE`, `RPOPLPUSH` and their blocking forms
+/// report their destination as `lpush`/`rpush` too; pops, trims and deletions are not pushes.
+pub fn is_push(event: &[u8]) -> bool {
+    matches!(event, b"lpush" | b"rpush" | b"linsert")
+}
+
 /// Where and as whom to connect, from a kombu-style broker URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
@@ -328,6 +340,67 @@ impl RedisBroker {
         }
     }
 
+    /// Whether the server publishes keyspace events for list pushes: its
+    /// `notify-keyspace-events` holds `K` (keyspace channels) and `l` or `A` (list commands).
+    /// Read with `CONFIG GET`, never set: the broker's configuration is its owner's. A server
+    /// that refuses `CONFIG` (ACLs, managed services) counts as not publishing.
+    pub async fn publishes_pushes(&self) -> Result<bool, BrokerError> {
+        let ask = async {
+            let mut connection = self.connection().await?;
+            let reply: redis::RedisResult<Vec<String>> =
+                redis::cmd("CONFIG").arg("GET").arg("notify-keyspace-events").query_async(&mut connection).await;
+            Ok::<_, BrokerError>(
+                reply.ok().and_then(|pair| pair.into_iter().nth(1)).is_some_and(|flags| publishes_list_events(&flags)),
+            )
+        };
+        tokio::time::timeout(self.timeout, ask).await.unwrap_or_else(|_| {
+            Err(BrokerError::Timeout {
+                broker: self.display.clone(),
+                what: "reading notify-keyspace-events",
+                limit: self.timeout,
+            })
+        })
+    }
+
+    /// Follows pushes to the lists of `names` (every priority step) on their keyspace channels,
+    /// calling `pushed` for each, on a connection of its own, until that connection ends. Owns
+    /// what it needs: it runs as a task beside the reads.
+    pub fn follow_pushes(
+        &self,
+        names: &[String],
+        pushed: impl Fn() + Send + 'static,
+    ) -> impl std::future::Future<Output = Result<(), BrokerError>> + Send + 'static {
+        let channels: Vec<String> = names
+            .iter()
+            .flat_map(|name| queue_keys(&self.layout, name).collect::<Vec<_>>())
+            .map(|key| format!("__keyspace@{}__:{key}", self.db))
+            .collect();
+        let (client, display, timeout) = (self.client.clone(), self.display.clone(), self.timeout);
+        let broker = display.clone();
+        let failed =
+            move |what: &'static str, source: redis::RedisError| BrokerError::Redis { broker: broker.clone(), what, source };
+        async move {
+            let subscribe = async {
+                let mut pubsub = client.get_async_pubsub().await.map_err(|e| failed("connecting to follow pushes", e))?;
+                pubsub.subscribe(&channels).await.map_err(|e| failed("subscribing to keyspace events", e))?;
+                Ok::<_, BrokerError>(pubsub)
+            };
+            let pubsub = match tokio::time::timeout(timeout, subscribe).await {
+                Ok(subscribed) => subscribed?,
+                Err(_) => {
+                    return Err(BrokerError::Timeout { broker: display, what: "subscribing to keyspace events", limit: timeout });
+                }
+            };
+            let mut messages = pubsub.into_on_message();
+            while let Some(message) = futures::StreamExt::next(&mut messages).await {
+                if is_push(message.get_payload_bytes()) {
+                    pushed();
+                }
+            }
+            Ok(())
+        }
+    }
+
     async fn connection(&self) -> Result<MultiplexedConnection, BrokerError> {
         let mut slot = self.connection.lock().await;
         if let Some(connection) = slot.as_ref() {
@@ -375,6 +448,23 @@ mod tests {
 
     fn url(s: &str) -> Url {
         Url::parse(s).expect("valid URL")
+    }
+
+    #[test]
+    fn list_pushes_are_published_with_keyspace_channels_and_list_or_all_events() {
+        for on in ["Kl", "lK", "AK", "KEA", "Kgl$"] {
+            assert!(publishes_list_events(on), "{on:?}");
+        }
+        // Keyevent channels only, other classes only, nothing.
+        for off in ["El", "EA", "Kg$", "K", ""] {
+            assert!(!publishes_list_events(off), "{off:?}");
+        }
+        for push in ["lpush", "rpush", "linsert"] {
+            assert!(is_push(push.as_bytes()), "{push}");
+        }
+        for not in ["rpop", "lpop", "ltrim", "lset", "lrem", "del", "expired"] {
+            assert!(!is_push(not.as_bytes()), "{not}");
+        }
     }
 
     #[test]

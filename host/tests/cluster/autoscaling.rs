@@ -39,6 +39,9 @@ pub const TESTS: &[crate::TestCase] = &[
     }),
     ("a_shadow_policy_is_recorded_and_never_applied", false, |h| Box::pin(a_shadow_policy_is_recorded_and_never_applied(h))),
     ("several_policies_combine_by_first_max_and_min", false, |h| Box::pin(several_policies_combine_by_first_max_and_min(h))),
+    ("a_message_on_an_empty_queue_is_acted_on_at_once_with_redis_keyspace_events", false, |h| {
+        Box::pin(a_message_on_an_empty_queue_is_acted_on_at_once_with_redis_keyspace_events(h))
+    }),
 ];
 
 /// Scaling waits include the scale-down window and the metrics-server scrapes.
@@ -638,6 +641,50 @@ async fn a_shadow_policy_is_recorded_and_never_applied(h: Arc<Harness>) {
     .await;
     assert_eq!(shadow.replicas, None, "{shadow:?}");
     assert_policies_decide(&celery(&env.admin, &ns, "shop").await);
+    operator.stop().await;
+}
+
+/// On a Redis whose owner publishes keyspace events, a burst landing on an empty queue is acted
+/// on at once: with an interval of an hour, nothing but the push can bring the next decision
+/// within the wait. A second burst while the queue holds the first wakes nothing: the next tick
+/// will see it (the broker test covers waking again after an empty read).
+async fn a_message_on_an_empty_queue_is_acted_on_at_once_with_redis_keyspace_events(h: Arc<Harness>) {
+    let env = &h.env;
+    let (_redis, port) = redis_server(&["--notify-keyspace-events", "Kl"]);
+    let broker = format!("redis://127.0.0.1:{port}/0");
+    let ns = env.namespace("wakeup").await;
+    let operator = env.start_operator(&[&ns], None);
+    let yaml = shop_yaml_with(&broker, 8, QUEUE_LENGTH_10, "    intervalSeconds: 3600\n");
+    create(&env.admin, &ns, &yaml).await.expect("created");
+    // The first tick has read the queue, empty.
+    wait_condition(&env.admin, &ns, "shop", SCALING_ACTIVE, "True", POLICY_DECIDING).await;
+    let redis = redis::Client::open(broker.as_str()).expect("redis client");
+    let mut conn = redis.get_multiplexed_async_connection().await.expect("redis");
+    // The follower subscribes just after that read.
+    eventually("the operator following the queue's pushes", WAIT, || async {
+        let mut conn = conn.clone();
+        let (_, n): (String, u64) = redis::cmd("PUBSUB")
+            .arg("NUMSUB")
+            .arg("__keyspace@0__:celery")
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| e.to_string())?;
+        (n > 0).then_some(()).ok_or_else(|| "no subscriber".to_string())
+    })
+    .await;
+    let push = |n: usize| (0..n).map(|i| format!("{{\"m\": {i}}}")).collect::<Vec<_>>();
+    let _: () = redis::cmd("LPUSH").arg("celery").arg(push(25)).query_async(&mut conn).await.expect("LPUSH");
+    wait_replicas(&env.admin, &ns, "shop", 3, SCALE_WAIT).await;
+    wait_autoscaler(&env.admin, &ns, "shop", "the woken decision in the status", |a| {
+        let reason = &a.last_decision.as_ref()?.reason;
+        reason.contains("25").then_some(())
+    })
+    .await;
+
+    // Not empty at the last read: more messages wait for the tick, an hour away.
+    let _: () = redis::cmd("LPUSH").arg("celery").arg(push(30)).query_async(&mut conn).await.expect("LPUSH");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(worker_replicas(&env.admin, &ns, "shop-celery-worker").await, Ok(3), "woken by a push to a busy queue");
     operator.stop().await;
 }
 
