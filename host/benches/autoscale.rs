@@ -1,10 +1,13 @@
 //! What the autoscaling loop costs and how fast it reacts, on the real control plane with a
 //! real Redis, printed in one run:
 //!
-//! 1. Reaction time: from a backlog appearing in Redis to the new `replicas` on the worker
-//!    Deployment (seen through a watch), over repeated trials pushed at random phases of the
-//!    sampling interval, with default settings (`intervalSeconds: 1`). Beside it, the floor
-//!    any 1 s poller has (half the interval on average), and a 30 s poller's.
+//! 1. Reaction time: from a burst of messages on an empty queue in Redis to the first new and
+//!    the final `replicas` on the worker Deployment (seen through a watch), over trials pushed at
+//!    phases spread evenly over the sampling interval (`intervalSeconds: 1`): the operator
+//!    reading at each tick, split by Redis's `MONITOR` timestamps into the wait for its next read
+//!    and the rest; then the same with Redis's keyspace events on, which wake it at the first
+//!    message. Beside them, the floor any 1 s poller has (half the interval on average), and a
+//!    30 s poller's.
 //! 2. The cost of one sampling cycle (broker read, policy, status) at 1, 100 and 1,000
 //!    autoscaled apps: process CPU time per cycle, wall time per cycle (from the operator's own
 //!    histogram), cycles achieved against the interval, and resident memory, beside the same
@@ -57,8 +60,7 @@ fn main() {
         let redis = redis::Client::open(broker.as_str()).expect("redis client");
         let mut conn = redis.get_multiplexed_async_connection().await.expect("redis connection");
 
-        let monitor = monitor(&redis).await;
-        reaction(&env, &ns, &broker, &mut conn, monitor, trials).await;
+        reactions(&env, &ns, &broker, &mut conn, &redis, trials).await;
         cost(&env, &ns, &broker, listen, &sizes, window, baseline_rss).await;
         operator.stop().await;
     });
@@ -103,8 +105,8 @@ async fn wait_replicas(api: &Api<Deployment>, name: &str, want: i32) {
     .await;
 }
 
-/// Every command Redis runs on the reaction's queue, with Redis's own timestamp (`MONITOR`):
-/// when the backlog landed and when the operator next read it, on one clock.
+/// Every command Redis runs, with Redis's own timestamp (`MONITOR`): when a burst landed and
+/// when the operator next read its queue, on one clock.
 async fn monitor(redis: &redis::Client) -> mpsc::UnboundedReceiver<(f64, String)> {
     let (tx, rx) = mpsc::unbounded_channel();
     let monitor = redis.get_async_monitor().await.expect("redis MONITOR");
@@ -113,8 +115,7 @@ async fn monitor(redis: &redis::Client) -> mpsc::UnboundedReceiver<(f64, String)
         while let Some(line) = lines.next().await {
             // `1733238000.123456 [0 127.0.0.1:5555] "EVAL" "…" "1" "react"`
             let Some((at, rest)) = line.split_once(' ') else { continue };
-            if rest.contains("\"react\"")
-                && let Ok(at) = at.parse::<f64>()
+            if let Ok(at) = at.parse::<f64>()
                 && tx.send((at, rest.to_string())).is_err()
             {
                 return;
@@ -124,15 +125,19 @@ async fn monitor(redis: &redis::Client) -> mpsc::UnboundedReceiver<(f64, String)
     rx
 }
 
-/// From the monitor's lines since the last trial: the seconds from the LPUSH to the operator's
-/// first read of the queue after it.
-fn tick_wait(monitor: &mut mpsc::UnboundedReceiver<(f64, String)>) -> Option<Duration> {
+/// From the monitor's lines since the last trial: the time from the first LPUSH on `queue` to the
+/// operator's first read of it after that.
+fn tick_wait(monitor: &mut mpsc::UnboundedReceiver<(f64, String)>, queue: &str) -> Option<Duration> {
+    let key = format!("\"{queue}\"");
     let mut pushed = None;
     while let Ok((at, command)) = monitor.try_recv() {
+        if !command.contains(&key) {
+            continue;
+        }
         if command.contains("\"LPUSH\"") {
-            pushed = Some(at);
+            pushed.get_or_insert(at);
         } else if let Some(pushed) = pushed
-            && !command.contains("\"DEL\"")
+            && command.contains("\"LLEN\"")
         {
             return Some(Duration::from_secs_f64((at - pushed).max(0.0)));
         }
@@ -140,25 +145,40 @@ fn tick_wait(monitor: &mut mpsc::UnboundedReceiver<(f64, String)>) -> Option<Dur
     None
 }
 
-/// Part 1: backlog in Redis → `replicas` on the Deployment.
+/// What one series of trials measured.
+#[derive(Default)]
+struct Reaction {
+    /// Burst → the first new replica, and → the final count.
+    first: Vec<Duration>,
+    last: Vec<Duration>,
+    /// Burst → the operator's next read of the queue (Redis's clock), and from there to the first
+    /// new replica, for the trials the monitor split.
+    waits: Vec<Duration>,
+    rest: Vec<Duration>,
+}
+
+/// Part 1: a burst of 50 messages on the empty queue of app `name` (scaled to zero), pushed one
+/// LPUSH at a time as a producer sends them, → replicas 0 → 5 on its Deployment, seen through a
+/// watch, at phases spread evenly over the 1 s interval.
 async fn reaction(
     env: &Env,
     ns: &str,
+    name: &str,
     broker: &str,
     conn: &mut redis::aio::MultiplexedConnection,
-    mut monitor: mpsc::UnboundedReceiver<(f64, String)>,
+    monitor: &mut mpsc::UnboundedReceiver<(f64, String)>,
     trials: usize,
-) {
-    create(env, ns, &app_yaml("react", "react", broker, 1, 1, 0)).await;
+) -> Reaction {
+    create(env, ns, &app_yaml(name, name, broker, 0, 0, 0)).await;
     let deployments: Api<Deployment> = Api::namespaced(env.admin.clone(), ns);
-    wait_replicas(&deployments, "react-celery-worker", 1).await;
+    let worker = format!("{name}-celery-worker");
+    wait_replicas(&deployments, &worker, 0).await;
     // Let the loop settle into its rhythm.
     tokio::time::sleep(Duration::from_secs(3)).await;
 
-    let mut times = Vec::with_capacity(trials);
-    let (mut waits, mut works) = (Vec::with_capacity(trials), Vec::with_capacity(trials));
+    let mut seen = Reaction::default();
     for trial in 0..trials {
-        // Land the backlog at phases spread evenly over the 1 s interval. A trial ends at about
+        // Land the burst at phases spread evenly over the 1 s interval. A trial ends at about
         // the same phase each time (the scale-down happens at a tick), so pseudo-random sleeps
         // would leave the phases as uneven as their few draws: 12 of them once put 5 pushes in
         // the first third of the interval, and the p50 of the wait at 657 ms instead of 500.
@@ -166,7 +186,7 @@ async fn reaction(
         let phase = (trial as f64 * 0.618_033_988_75).fract();
         tokio::time::sleep(Duration::from_secs_f64(phase)).await;
 
-        let config = watcher::Config::default().fields("metadata.name=react-celery-worker");
+        let config = watcher::Config::default().fields(&format!("metadata.name={worker}"));
         let mut changes = watcher::watcher(deployments.clone(), config).boxed();
         // The watch is established once its initial list is through.
         while let Some(event) = changes.next().await {
@@ -175,46 +195,84 @@ async fn reaction(
             }
         }
         while monitor.try_recv().is_ok() {}
-        let messages: Vec<String> = (0..50).map(|i| format!("{{\"bench\": {i}}}")).collect();
         let pushed = Instant::now();
-        let _: () = redis::cmd("LPUSH").arg("react").arg(&messages).query_async(conn).await.expect("LPUSH");
-        let reacted = loop {
+        for i in 0..50 {
+            let _: () = redis::cmd("LPUSH").arg(name).arg(format!("{{\"bench\": {i}}}")).query_async(conn).await.expect("LPUSH");
+        }
+        let mut first = None;
+        let last = loop {
             match changes.next().await {
-                Some(Ok(watcher::Event::Apply(d))) if d.spec.as_ref().and_then(|s| s.replicas) == Some(5) => {
-                    break pushed.elapsed();
+                Some(Ok(watcher::Event::Apply(d))) => {
+                    let replicas = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0);
+                    if replicas > 0 {
+                        first.get_or_insert(pushed.elapsed());
+                    }
+                    if replicas == 5 {
+                        break pushed.elapsed();
+                    }
                 }
                 Some(_) => {}
                 None => panic!("the watch ended"),
             }
         };
-        times.push(reacted);
+        let first = first.unwrap_or(last);
+        seen.first.push(first);
+        seen.last.push(last);
         // The monitor's lines trail the commands by a moment.
         tokio::time::sleep(Duration::from_millis(50)).await;
-        if let Some(wait) = tick_wait(&mut monitor) {
-            waits.push(wait);
-            works.push(reacted.saturating_sub(wait));
+        if let Some(wait) = tick_wait(monitor, name) {
+            seen.waits.push(wait);
+            seen.rest.push(first.saturating_sub(wait));
         }
-        let _: () = redis::cmd("DEL").arg("react").query_async(conn).await.expect("DEL");
-        wait_replicas(&deployments, "react-celery-worker", 1).await;
+        let _: () = redis::cmd("DEL").arg(name).query_async(conn).await.expect("DEL");
+        wait_replicas(&deployments, &worker, 0).await;
     }
-    let row = |what: &str, times: &mut Vec<Duration>| {
+    Api::<Celery>::namespaced(env.admin.clone(), ns).delete(name, &Default::default()).await.expect("deleted");
+    seen
+}
+
+/// Both series, printed in one table.
+async fn reactions(
+    env: &Env,
+    ns: &str,
+    broker: &str,
+    conn: &mut redis::aio::MultiplexedConnection,
+    redis: &redis::Client,
+    trials: usize,
+) {
+    let mut monitor = monitor(redis).await;
+    let mut polled = reaction(env, ns, "polled", broker, conn, &mut monitor, trials).await;
+    // The bench owns this Redis: it turns keyspace events on for the second series (the
+    // operator only reads the setting), and off again for part 2.
+    let set = |flags: &'static str| redis::cmd("CONFIG").arg("SET").arg("notify-keyspace-events").arg(flags).clone();
+    let _: () = set("Kl").query_async(conn).await.expect("CONFIG SET");
+    let mut woken = reaction(env, ns, "woken", broker, conn, &mut monitor, trials).await;
+    let _: () = set("").query_async(conn).await.expect("CONFIG SET");
+
+    let cell = |times: &mut Vec<Duration>| {
         let (p50, _) = percentiles(times);
         let p95 = times.get(((times.len().max(1) - 1) as f64 * 0.95).round() as usize).copied().unwrap_or_default();
-        let max = times.last().copied().unwrap_or_default();
-        println!("{what:<34} {:>10} {:>10} {:>10}", measure::fmt(p50), measure::fmt(p95), measure::fmt(max));
+        (measure::fmt(p50), measure::fmt(p95))
+    };
+    let row = |what: &str, first: (String, String), last: (String, String)| {
+        println!("{what:<44} {:>10} {:>10} {:>10} {:>10}", first.0, first.1, last.0, last.1);
     };
     println!();
     println!(
-        "Reaction time: 50 messages pushed to Redis → replicas 1 → 5 on the Deployment ({trials} trials, intervalSeconds 1)"
+        "Reaction time: a burst of 50 messages (one LPUSH each) on an empty queue → replicas 0 → 5 ({trials} trials, intervalSeconds 1)"
     );
-    println!("{:<34} {:>10} {:>10} {:>10}", "", "p50", "p95", "max");
-    row("celery-operator", &mut times);
+    println!("{:<44} {:>21} {:>21}", "", "→ first replica", "→ all 5");
+    println!("{:<44} {:>10} {:>10} {:>10} {:>10}", "", "p50", "p95", "p50", "p95");
+    row("celery-operator, reading every 1 s", cell(&mut polled.first), cell(&mut polled.last));
+    let none = || ("–".to_string(), "–".to_string());
     // Redis's MONITOR timestamps split it: the wait for the loop's next read, and the rest.
-    println!("({} of {trials} trials split by Redis MONITOR timestamps)", waits.len());
-    row("  waiting for the next read", &mut waits);
-    row("  read → replicas seen by a watch", &mut works);
-    println!("{:<34} {:>10} {:>10} {:>10}", "floor of any 1 s poller (wait only)", "500ms", "950ms", "1000ms");
-    println!("{:<34} {:>10} {:>10} {:>10}", "floor of a 30 s poller (wait only)", "15.0s", "28.5s", "30.0s");
+    row(&format!("  waiting for its next read ({} trials)", polled.waits.len()), cell(&mut polled.waits), none());
+    row("  read → replica seen by a watch", cell(&mut polled.rest), none());
+    row("celery-operator, Redis keyspace events on", cell(&mut woken.first), cell(&mut woken.last));
+    row(&format!("  waiting for its next read ({} trials)", woken.waits.len()), cell(&mut woken.waits), none());
+    row("  read → replica seen by a watch", cell(&mut woken.rest), none());
+    row("floor of any 1 s poller (waiting only)", ("500ms".into(), "950ms".into()), none());
+    row("floor of a 30 s poller (waiting only)", ("15.0s".into(), "28.5s".into()), none());
 }
 
 /// Part 2: CPU, wall time and memory of sampling cycles at several numbers of apps.
@@ -254,8 +312,7 @@ async fn cost(env: &Env, ns: &str, broker: &str, listen: SocketAddr, sizes: &[us
         let cycles = after.cycles - before.cycles;
         let cpu = after.cpu - before.cpu;
         let wall = (after.cycle_seconds - before.cycle_seconds) / cycles.max(1.0);
-        // The reaction app keeps sampling too: count it.
-        let per_app = cycles / ((apps + 1) as f64 * window.as_secs_f64());
+        let per_app = cycles / (apps as f64 * window.as_secs_f64());
         println!(
             "{:>6} {:>16} {:>16} {:>16.2} {:>13.1}% {:>12}",
             apps,

@@ -274,6 +274,7 @@ impl Metrics {
         self.scaling_paused.get_or_create(&label).set(i64::from(paused));
         // Present from the first cycle, so that a rate over them is 0 rather than absent.
         let _ = self.overruns.get_or_create(&label);
+        let _ = self.wakeups.get_or_create(&label);
         for cause in CAUSES {
             let _ = self.failures.get_or_create(&FailureLabel { app: app.to_string(), cause });
         }

@@ -526,7 +526,7 @@ async fn calls(raw: &mut redis::aio::MultiplexedConnection, command: &str) -> u6
 }
 
 /// An app's loops (its workerSpec and two worker groups) share one reader: three loops asking
-/// within the freshness window cost one round trip for all their queues (one EVAL: the queue
+/// at the same tick cost one round trip for all their queues (one EVAL: the queue
 /// read is one pipeline with one script), and each gets its own queues, in its own order.
 #[tokio::test]
 async fn the_loops_of_one_app_share_one_broker_read() {
@@ -560,10 +560,11 @@ spec:
     reader.want(Some("cpu-only"), None);
 
     let before = calls(&mut raw, "eval").await;
-    let (fresh, interval) = (Duration::from_secs(600), Duration::from_secs(1));
-    let default = reader.queues(&names(&["default"]), fresh, interval).await.expect("reads");
-    let reports = reader.queues(&names(&["reports", "default"]), fresh, interval).await.expect("reads");
-    let webhooks = reader.queues(&names(&["webhooks"]), fresh, interval).await.expect("reads");
+    // The three loops' tick.
+    let (tick, interval) = (Instant::now(), Duration::from_secs(1));
+    let default = reader.queues(&names(&["default"]), tick, interval).await.expect("reads");
+    let reports = reader.queues(&names(&["reports", "default"]), tick, interval).await.expect("reads");
+    let webhooks = reader.queues(&names(&["webhooks"]), tick, interval).await.expect("reads");
     assert_eq!(calls(&mut raw, "eval").await - before, 1, "one round trip for the three loops");
     // Each queue once: its four lists, one per priority step of kombu's default [0, 3, 6, 9].
     assert_eq!(calls(&mut raw, "llen").await, 3 * 4, "each queue read once");
@@ -571,8 +572,8 @@ spec:
     assert_eq!(reports, [stats("reports", 2, 0, None), stats("default", 3, 0, None)]);
     assert_eq!(webhooks, [stats("webhooks", 0, 0, None)]);
 
-    // A read older than the window is made again, still for all of them.
-    let again = reader.queues(&names(&["webhooks"]), Duration::ZERO, interval).await.expect("reads");
+    // At the next tick, a new read, still for all of them.
+    let again = reader.queues(&names(&["webhooks"]), Instant::now(), interval).await.expect("reads");
     assert_eq!(again, [stats("webhooks", 0, 0, None)]);
     assert_eq!(calls(&mut raw, "eval").await - before, 2);
     assert_eq!(calls(&mut raw, "llen").await, 2 * 3 * 4);
@@ -580,10 +581,10 @@ spec:
     // A broker that does not answer is backed off once for the app: the next loop gets the
     // failure without a request of its own, and with when it is tried again.
     drop(server);
-    let failed = reader.queues(&names(&["default"]), Duration::ZERO, interval).await.unwrap_err();
+    let failed = reader.queues(&names(&["default"]), Instant::now(), interval).await.unwrap_err();
     assert!(failed.starts_with("spec.broker: broker redis://127.0.0.1:"), "{failed}");
     assert!(reader.retry_at().is_some(), "backing off");
-    let second = reader.queues(&names(&["reports"]), Duration::ZERO, interval).await.unwrap_err();
+    let second = reader.queues(&names(&["reports"]), Instant::now(), interval).await.unwrap_err();
     assert_eq!(second, failed, "the same failure, not another attempt");
 }
 
@@ -641,7 +642,7 @@ async fn a_push_to_an_empty_queue_wakes_the_loops_where_redis_publishes_keyspace
         let _: i64 = redis::cmd("LPUSH").arg(key).arg("{}").query_async(raw).await.expect("LPUSH");
     };
 
-    assert_eq!(reader.queues(&work, Duration::ZERO, interval).await.expect("reads"), [stats("work", 0, 0, None)]);
+    assert_eq!(reader.queues(&work, Instant::now(), interval).await.expect("reads"), [stats("work", 0, 0, None)]);
     // It follows every priority list of the queue, on one connection of its own.
     let lists = ["work", "work\x06\x163", "work\x06\x166", "work\x06\x169"];
     for _ in 0..300 {
@@ -660,14 +661,14 @@ async fn a_push_to_an_empty_queue_wakes_the_loops_where_redis_publishes_keyspace
     assert!(quiet(&mut pushes).await, "woken twice for one empty read");
 
     // The woken tick reads a backlog: pushes no longer wake anyone, nor do pops.
-    assert_eq!(reader.queues(&work, Duration::ZERO, interval).await.expect("reads"), [stats("work", 2, 0, None)]);
+    assert_eq!(reader.queues(&work, Instant::now(), interval).await.expect("reads"), [stats("work", 2, 0, None)]);
     push(&mut raw, "work").await;
     let _: Option<String> = redis::cmd("RPOP").arg("work").query_async(&mut raw).await.expect("RPOP");
     assert!(quiet(&mut pushes).await, "a push to a queue with a backlog woke the loops");
 
     // Empty again, read as empty: the next push wakes them again.
     let _: i64 = redis::cmd("DEL").arg(&lists[..]).query_async(&mut raw).await.expect("DEL");
-    reader.queues(&work, Duration::ZERO, interval).await.expect("reads");
+    reader.queues(&work, Instant::now(), interval).await.expect("reads");
     push(&mut raw, "work\x06\x163").await;
     assert!(wake(&mut pushes).await, "a push after an empty read did not wake the loops");
     assert_eq!(notify_flags(&mut raw).await, "lK", "the broker's configuration changed");
@@ -697,7 +698,7 @@ async fn a_redis_without_keyspace_events_is_read_at_each_tick_and_left_as_it_is(
     let work = names(&["work"]);
     reader.want(None, Some(&work));
     let pushes = reader.pushes();
-    reader.queues(&work, Duration::ZERO, Duration::from_secs(1)).await.expect("reads");
+    reader.queues(&work, Instant::now(), Duration::from_secs(1)).await.expect("reads");
     let _: i64 = redis::cmd("LPUSH").arg("work").arg("{}").query_async(&mut raw).await.expect("LPUSH");
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(!pushes.has_changed().expect("the reader is alive"), "woken without keyspace events");

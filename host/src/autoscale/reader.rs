@@ -5,8 +5,8 @@
 //! An app with worker groups runs one loop per autoscaled group ([`super::scaler`]), and every
 //! loop of an app shares one [`AppReader`] behind a lock. The loops of an app tick at the same
 //! phase ([`next_tick`]); the first to take the lock reads the broker for the queues of every
-//! loop at once, in one round trip, and the others take their queues from that read while it is
-//! fresh. Flower is read at most every [`progress::READ_EVERY`] for all of them, and a broker
+//! loop at once, in one round trip, and the others take their queues from that read, made at
+//! or after their tick. Flower is read at most every [`progress::READ_EVERY`] for all of them, and a broker
 //! that does not answer is backed off once for the app, not once per group.
 //!
 //! Where the broker says at once that a message landed (Redis whose `notify-keyspace-events`
@@ -184,15 +184,20 @@ impl AppReader {
         self.epoch
     }
 
-    /// The figures of `queues` from a read of every loop's queues younger than `fresh`, or
-    /// from a new read; while a failed read's backoff runs, the last failure without a request.
-    /// `interval` is the caller's, from which the backoff's pause starts.
-    pub async fn queues(&mut self, queues: &[String], fresh: Duration, interval: Duration) -> Result<Vec<QueueStats>, String> {
+    /// The figures of `queues` from a read of every loop's queues made at or after `since` (the
+    /// caller's tick, which the app's other loops share), or from a new read; while a failed
+    /// read's backoff runs, the last failure without a request. `interval` is the caller's, from
+    /// which the backoff's pause starts.
+    ///
+    /// NB: an instant, not an age: a read a push woke (see the module's docs) made just before a
+    /// tick would be young enough to pass for that tick's, and the tick would decide on the
+    /// first messages of the burst instead of all of them.
+    pub async fn queues(&mut self, queues: &[String], since: Instant, interval: Duration) -> Result<Vec<QueueStats>, String> {
         if let Some(retry) = self.retry.as_ref().filter(|r| Instant::now() < r.at) {
             return Err(retry.describe());
         }
         if let Some((at, stats)) = &self.last
-            && at.elapsed() < fresh
+            && *at >= since
             && let Some(picked) = pick(stats, queues)
         {
             return Ok(picked);

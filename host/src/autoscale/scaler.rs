@@ -17,6 +17,7 @@
 //! event says so. Missing data never scales an app down.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -61,6 +62,25 @@ const STATUS_REFRESH: Duration = Duration::from_secs(120);
 const STATUS_REFRESH_HELD: Duration = Duration::from_secs(300);
 /// While the backlog moves (see [`sampler::backlog_moved`]) the status follows it this often.
 const STATUS_REFRESH_MOVING: Duration = Duration::from_secs(2);
+/// Writes a second, all pools together, that only follow moving figures: past 100 pools the
+/// pause between two such writes of one pool grows with their number.
+const FOLLOW_WRITES_PER_SECOND: f64 = 50.0;
+/// Writes a second, all pools together, that only refresh figures standing still (or a hold
+/// that repeats itself): past 1,200 pools the refresh grows with their number.
+const REFRESH_WRITES_PER_SECOND: f64 = 10.0;
+
+/// The pauses between status writes that record no decision, scale or condition change, for
+/// `pools` autoscaled pools: (following moving figures, refreshing still ones, refreshing a
+/// hold). Writes that record a change are never delayed: they scale with changes, these with
+/// nothing, so however many pools there are, these make at most 60 writes a second.
+fn status_pace(pools: usize) -> (Duration, Duration, Duration) {
+    let spread = |floor: Duration, per_second: f64| floor.max(Duration::from_secs_f64(pools as f64 / per_second));
+    (
+        spread(STATUS_REFRESH_MOVING, FOLLOW_WRITES_PER_SECOND),
+        spread(STATUS_REFRESH, REFRESH_WRITES_PER_SECOND),
+        spread(STATUS_REFRESH_HELD, REFRESH_WRITES_PER_SECOND),
+    )
+}
 /// How long the worker Deployment may be missing before the loop reports it.
 const MISSING_GRACE: Duration = Duration::from_secs(30);
 /// How often the set of loops is checked against the controllers' caches for deleted apps.
@@ -111,6 +131,8 @@ struct Shared {
     apps: Vec<Store<Celery>>,
     /// Every pool's recent ticks, for `/trace`.
     traces: Arc<Traces>,
+    /// How many pools have a loop, which paces their status refreshes ([`status_pace`]).
+    pools: AtomicUsize,
 }
 
 impl Autoscaler {
@@ -133,6 +155,7 @@ impl Autoscaler {
             leadership,
             apps: apps.clone(),
             traces,
+            pools: AtomicUsize::new(0),
         };
         Self { shared: Arc::new(shared), apps, loops: HashMap::new(), retiring: HashMap::new(), readers: HashMap::new() }
     }
@@ -170,6 +193,7 @@ impl Autoscaler {
             let plan = plans.iter().find(|p| p.pool.group == group).cloned();
             self.take_pool((app.clone(), group), &uid, &celery, plan);
         }
+        self.shared.pools.store(self.loops.len(), Ordering::Relaxed);
     }
 
     /// Starts, changes or stops the loop of one pool.
@@ -248,6 +272,7 @@ impl Autoscaler {
         };
         self.loops.retain(|(key, _), running| cached(key, &running.uid));
         self.prune();
+        self.shared.pools.store(self.loops.len(), Ordering::Relaxed);
     }
 
     /// Forgets the loops that ended.
@@ -305,9 +330,9 @@ async fn run(
     loop {
         // A tick, or a push to queues the last read found empty (see reader's docs): that one
         // is acted on at once, with a new read.
-        let woken = tokio::select! {
-            _ = ticker.tick() => false,
-            Ok(()) = pushes.changed() => true,
+        let (tick, woken) = tokio::select! {
+            tick = ticker.tick() => (tick.into_std(), false),
+            Ok(()) = pushes.changed() => (Instant::now(), true),
             changed = plans.changed() => {
                 if changed.is_err() {
                     debug!(app = %app.label, "the app is gone; its autoscaler stops");
@@ -331,7 +356,7 @@ async fn run(
             shared.metrics.observe_wakeup(&app.label);
         }
         let started = Instant::now();
-        app.tick(&shared, woken).await;
+        app.tick(&shared, tick).await;
         let took = started.elapsed();
         shared.metrics.observe_cycle(took);
         if took > app.tuning.interval {
@@ -565,8 +590,9 @@ impl AppLoop {
     }
 
     /// One sample, decision and (maybe) scale.
-    /// One sample and decision; `woken` by a push (see [`run`]), it reads the broker anew.
-    async fn tick(&mut self, shared: &Shared, woken: bool) {
+    /// One sample and decision, for the tick due at `tick` (or woken then by a push: see
+    /// [`run`]); it takes the broker's figures from a read made since.
+    async fn tick(&mut self, shared: &Shared, tick: Instant) {
         let now = jiff::Timestamp::now();
         let now_ms = u64::try_from(now.as_millisecond()).unwrap_or(0);
         let Some(current) = shared.cluster.worker_replicas(&self.namespace, &self.worker) else {
@@ -584,9 +610,8 @@ impl AppLoop {
         // One read for the app's loops: the first of them to get here reads the queues of all.
         let (queues, change, flower) = {
             let mut reader = self.reader.lock().await;
-            let fresh = if woken { Duration::ZERO } else { self.tuning.interval / 2 };
             let queues =
-                if self.needs_broker { Some(reader.queues(&self.queues, fresh, self.tuning.interval).await) } else { None };
+                if self.needs_broker { Some(reader.queues(&self.queues, tick, self.tuning.interval).await) } else { None };
             self.retry_at = reader.retry_at();
             let change = reader.refresh_flower().await;
             (queues, change, reader.flower())
@@ -1088,10 +1113,11 @@ impl AppLoop {
             }
         }
         let since = self.last_status.map(|at| at.elapsed());
-        let refresh = if health.ok() { STATUS_REFRESH } else { STATUS_REFRESH_HELD };
+        let (following, refresh, refresh_held) = status_pace(shared.pools.load(Ordering::Relaxed));
+        let refresh = if health.ok() { refresh } else { refresh_held };
         let due = since.is_none_or(|t| t >= refresh);
         let backlog = sampler::total_backlog(status);
-        let moved = since.is_none_or(|t| t >= STATUS_REFRESH_MOVING)
+        let moved = since.is_none_or(|t| t >= following)
             && (sampler::backlog_moved(self.written_backlog, backlog) || self.written_active != status.active_tasks);
         // A held app's message says what fails and how often it is tried: shown when it changes.
         let reworded = !health.ok() && self.written_health.as_ref().is_none_or(|h| h.message != health.message);
@@ -1168,4 +1194,29 @@ async fn ask_shadow(
 /// An empty sample, standing in for the current one between two ticks (allocates nothing).
 fn sample_placeholder() -> Sample {
     Sample { timestamp_ms: 0, replicas: 0, queues: Vec::new(), pods: Vec::new() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_refreshes_spread_as_pools_grow_and_stay_within_their_budget() {
+        let secs = |d: Duration| d.as_secs_f64();
+        // Up to 100 pools: every 2 s while figures move, every 2 (5, held) minutes otherwise.
+        for pools in [0, 1, 22, 100] {
+            assert_eq!(status_pace(pools), (STATUS_REFRESH_MOVING, STATUS_REFRESH, STATUS_REFRESH_HELD), "{pools} pools");
+        }
+        let (following, refresh, held) = status_pace(1_000);
+        assert_eq!((secs(following), refresh, held), (20.0, STATUS_REFRESH, STATUS_REFRESH_HELD));
+        let (following, refresh, held) = status_pace(10_000);
+        assert_eq!((secs(following), secs(refresh), secs(held)), (200.0, 1_000.0, 1_000.0));
+        // Whatever the number, those writes stay within their budget, all pools together.
+        for pools in [1usize, 50, 100, 101, 999, 1_200, 5_000, 10_000, 100_000] {
+            let (following, refresh, held) = status_pace(pools);
+            let rate = |pause: Duration| pools as f64 / secs(pause);
+            assert!(rate(following) <= FOLLOW_WRITES_PER_SECOND + 1e-9, "{pools} pools follow at {}", rate(following));
+            assert!(rate(refresh).max(rate(held)) <= REFRESH_WRITES_PER_SECOND + 1e-9, "{pools} pools refresh too often");
+        }
+    }
 }
