@@ -540,20 +540,9 @@ async fn the_loops_of_one_app_share_one_broker_read() {
             let _: i64 = redis::cmd("LPUSH").arg(queue).arg("{}").query_async(&mut raw).await.expect("LPUSH");
         }
     }
-    let celery: celery_operator::crd::Celery = serde_yaml::from_str(&format!(
-        "
-apiVersion: celeryproject.org/v1alpha1
-kind: Celery
-metadata: {{name: shop, namespace: web}}
-spec:
-  common: {{appName: shop, celeryApp: 'app:celery_app', image: img}}
-  broker: {{url: '{url}'}}
-"
-    ))
-    .expect("parses");
     // Never used: the broker URL is inline, so no Secret is read.
     let kube = kube::Client::try_from(kube::Config::new("http://127.0.0.1:9".parse().expect("URL"))).expect("client");
-    let mut reader = AppReader::new(kube, &celery, options());
+    let mut reader = AppReader::new(kube, &app_on(&url), options());
     reader.want(None, Some(&names(&["default"])));
     reader.want(Some("reports"), Some(&names(&["reports", "default"])));
     reader.want(Some("webhooks"), Some(&names(&["webhooks"])));
@@ -600,6 +589,7 @@ async fn notify_flags(raw: &mut redis::aio::MultiplexedConnection) -> String {
     pair.get(1).cloned().unwrap_or_default()
 }
 
+/// The app `web/shop` on the broker at `url`.
 fn app_on(url: &str) -> celery_operator::crd::Celery {
     serde_yaml::from_str(&format!(
         "
@@ -614,21 +604,30 @@ spec:
     .expect("parses")
 }
 
+/// A Redis started with `extra` arguments, a connection to it, and the reader of an app on it
+/// whose one loop reads the queue `work`.
+async fn reader_of_work(
+    extra: &[&str],
+) -> (Server, redis::aio::MultiplexedConnection, celery_operator::autoscale::reader::AppReader) {
+    let (server, port) = redis_server(extra);
+    let url = format!("redis://127.0.0.1:{port}/0");
+    let client = redis::Client::open(url.as_str()).expect("client");
+    let raw = client.get_multiplexed_async_connection().await.expect("connects");
+    // Never used: the broker URL is inline, so no Secret is read.
+    let kube = kube::Client::try_from(kube::Config::new("http://127.0.0.1:9".parse().expect("URL"))).expect("client");
+    let mut reader = celery_operator::autoscale::reader::AppReader::new(kube, &app_on(&url), options());
+    reader.want(None, Some(&names(&["work"])));
+    (server, raw, reader)
+}
+
 /// A Redis whose owner turned keyspace events on: a push to queues the last read found empty
 /// (on any priority list, as Celery writes them) wakes the app's loops, once per empty read; a
 /// push to a queue with a backlog, or a pop, does not. The broker's configuration is read, never
 /// changed.
 #[tokio::test]
 async fn a_push_to_an_empty_queue_wakes_the_loops_where_redis_publishes_keyspace_events() {
-    use celery_operator::autoscale::reader::AppReader;
-    let (_server, port) = redis_server(&["--notify-keyspace-events", "Kl"]);
-    let url = format!("redis://127.0.0.1:{port}/0");
-    let client = redis::Client::open(url.as_str()).expect("client");
-    let mut raw = client.get_multiplexed_async_connection().await.expect("connects");
-    let kube = kube::Client::try_from(kube::Config::new("http://127.0.0.1:9".parse().expect("URL"))).expect("client");
-    let mut reader = AppReader::new(kube, &app_on(&url), options());
+    let (_server, mut raw, mut reader) = reader_of_work(&["--notify-keyspace-events", "Kl"]).await;
     let work = names(&["work"]);
-    reader.want(None, Some(&work));
     let mut pushes = reader.pushes();
     let interval = Duration::from_secs(1);
     let wake = async |pushes: &mut tokio::sync::watch::Receiver<u64>| {
@@ -688,15 +687,8 @@ async fn a_push_to_an_empty_queue_wakes_the_loops_where_redis_publishes_keyspace
 /// its configuration stays as its owner left it.
 #[tokio::test]
 async fn a_redis_without_keyspace_events_is_read_at_each_tick_and_left_as_it_is() {
-    use celery_operator::autoscale::reader::AppReader;
-    let (_server, port) = redis_server(&[]);
-    let url = format!("redis://127.0.0.1:{port}/0");
-    let client = redis::Client::open(url.as_str()).expect("client");
-    let mut raw = client.get_multiplexed_async_connection().await.expect("connects");
-    let kube = kube::Client::try_from(kube::Config::new("http://127.0.0.1:9".parse().expect("URL"))).expect("client");
-    let mut reader = AppReader::new(kube, &app_on(&url), options());
+    let (_server, mut raw, mut reader) = reader_of_work(&[]).await;
     let work = names(&["work"]);
-    reader.want(None, Some(&work));
     let pushes = reader.pushes();
     reader.queues(&work, Instant::now(), Duration::from_secs(1)).await.expect("reads");
     let _: i64 = redis::cmd("LPUSH").arg("work").arg("{}").query_async(&mut raw).await.expect("LPUSH");
