@@ -204,13 +204,16 @@ impl AppReader {
         }
         // Normally the union of what every loop wants; a loop that has not said yet is read alone.
         let names = if queues.iter().all(|q| self.union.contains(q)) { self.union.clone() } else { queues.to_vec() };
+        // NB: a read counts from when it was asked for: what landed before may be in it, what
+        // landed after may not, and a tick after that instant must read again.
+        let asked = Instant::now();
         match self.read(&names).await {
             Ok(stats) => {
                 self.retry = None;
                 let picked = pick(&stats, queues).unwrap_or_else(|| queues.iter().map(QueueStats::unknown).collect());
                 self.armed.store(stats.iter().all(|q| q.backlog == Some(0)), Ordering::Relaxed);
                 self.follow_pushes(&names).await;
-                self.last = Some((Instant::now(), stats));
+                self.last = Some((asked, stats));
                 Ok(picked)
             }
             Err(error) => {
