@@ -72,8 +72,8 @@ pub struct AppReader {
     following: Option<Following>,
 }
 
-/// The task following a broker's pushes to `names` (`None`: the broker publishes none, or the
-/// task has ended), as of `since`.
+/// The task following a broker's pushes to `names` (`None`: the broker publishes none, or could
+/// not say), started or found impossible at `since`.
 struct Following {
     names: Vec<String>,
     task: Option<JoinHandle<()>>,

@@ -68,6 +68,14 @@ const FOLLOW_WRITES_PER_SECOND: f64 = 50.0;
 /// Writes a second, all pools together, that only refresh figures standing still (or a hold
 /// that repeats itself): past 1,200 pools the refresh grows with their number.
 const REFRESH_WRITES_PER_SECOND: f64 = 10.0;
+/// How long the worker Deployment may be missing before the loop reports it.
+const MISSING_GRACE: Duration = Duration::from_secs(30);
+/// How often the set of loops is checked against the controllers' caches for deleted apps.
+const SWEEP: Duration = Duration::from_secs(2);
+/// How long the loop waits for the pod watch to show the deletion costs it wrote.
+const MARK_SEEN: Duration = Duration::from_secs(2);
+/// The action of the autoscaler's events.
+const ACTION: &str = "Autoscale";
 
 /// The pauses between status writes that record no decision, scale or condition change, for
 /// `pools` autoscaled pools: (following moving figures, refreshing still ones, refreshing a
@@ -81,14 +89,6 @@ fn status_pace(pools: usize) -> (Duration, Duration, Duration) {
         spread(STATUS_REFRESH_HELD, REFRESH_WRITES_PER_SECOND),
     )
 }
-/// How long the worker Deployment may be missing before the loop reports it.
-const MISSING_GRACE: Duration = Duration::from_secs(30);
-/// How often the set of loops is checked against the controllers' caches for deleted apps.
-const SWEEP: Duration = Duration::from_secs(2);
-/// How long the loop waits for the pod watch to show the deletion costs it wrote.
-const MARK_SEEN: Duration = Duration::from_secs(2);
-/// The action of the autoscaler's events.
-const ACTION: &str = "Autoscale";
 
 /// The loops of every autoscaled app, and the hand-offs that start, change and stop them.
 pub struct Autoscaler {
@@ -589,9 +589,8 @@ impl AppLoop {
         self.policies.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join("+")
     }
 
-    /// One sample, decision and (maybe) scale.
-    /// One sample and decision, for the tick due at `tick` (or woken then by a push: see
-    /// [`run`]); it takes the broker's figures from a read made since.
+    /// One sample, decision and (maybe) scale, for the tick due at `tick` (or woken then by a
+    /// push: see [`run`]); it takes the broker's figures from a read made since.
     async fn tick(&mut self, shared: &Shared, tick: Instant) {
         let now = jiff::Timestamp::now();
         let now_ms = u64::try_from(now.as_millisecond()).unwrap_or(0);
