@@ -70,6 +70,10 @@ const FOLLOW_WRITES_PER_SECOND: f64 = 50.0;
 const REFRESH_WRITES_PER_SECOND: f64 = 10.0;
 /// How long the worker Deployment may be missing before the loop reports it.
 const MISSING_GRACE: Duration = Duration::from_secs(30);
+/// While the worker Deployment is missing, how soon the loop looks again, whatever its
+/// interval: the watch usually brings a Deployment just created within moments, and an app
+/// with an hour's interval should not wait an hour for its first decision.
+const MISSING_RECHECK: Duration = Duration::from_secs(1);
 /// How often the set of loops is checked against the controllers' caches for deleted apps.
 const SWEEP: Duration = Duration::from_secs(2);
 /// How long the loop waits for the pod watch to show the deletion costs it wrote.
@@ -362,12 +366,21 @@ async fn run(
         if took > app.tuning.interval {
             shared.metrics.observe_overrun(&app.label);
         }
-        // At the app's phase, so its loops read the broker together; and nothing can be decided
-        // before the broker is tried again: no tick till then.
-        let next = reader::next_tick(app.epoch, app.tuning.interval, Instant::now());
-        let next = app.resting_until().map_or(next, |at| at.max(next));
+        let next = next_wake(app.epoch, app.tuning.interval, Instant::now(), app.resting_until(), app.missing_since.is_some());
         ticker.reset_at(tokio::time::Instant::from_std(next));
     }
+}
+
+/// When a loop ticks next: at the app's phase, so its loops read the broker together; not
+/// before `resting_until` (the broker's backoff: nothing could be decided before it is tried
+/// again); and within [`MISSING_RECHECK`] while the worker Deployment is `missing` (the tick
+/// that found it missing decided nothing).
+fn next_wake(epoch: Instant, interval: Duration, now: Instant, resting_until: Option<Instant>, missing: bool) -> Instant {
+    let next = reader::next_tick(epoch, interval, now);
+    if missing {
+        return next.min(now + MISSING_RECHECK);
+    }
+    resting_until.map_or(next, |at| at.max(next))
 }
 
 /// Ticks every `interval`, the first at once; a tick that overran delays the next.
@@ -1217,5 +1230,24 @@ mod tests {
             assert!(rate(following) <= FOLLOW_WRITES_PER_SECOND + 1e-9, "{pools} pools follow at {}", rate(following));
             assert!(rate(refresh).max(rate(held)) <= REFRESH_WRITES_PER_SECOND + 1e-9, "{pools} pools refresh too often");
         }
+    }
+
+    /// The CI run that found it: the first tick came before the watch showed the Deployment
+    /// the reconciler had just created, and with an hour's interval the next tick (the first
+    /// decision) was an hour away.
+    #[test]
+    fn a_tick_that_found_no_deployment_looks_again_within_a_second_whatever_the_interval() {
+        let epoch = Instant::now();
+        let now = epoch + Duration::from_millis(10);
+        let hour = Duration::from_secs(3600);
+        assert_eq!(next_wake(epoch, hour, now, None, false), epoch + hour);
+        assert_eq!(next_wake(epoch, hour, now, None, true), now + MISSING_RECHECK);
+        // Even while the broker rests: the Deployment's absence is what to report on time.
+        assert_eq!(next_wake(epoch, hour, now, Some(now + hour * 2), true), now + MISSING_RECHECK);
+        // A short interval keeps its phase.
+        let second = Duration::from_millis(500);
+        assert_eq!(next_wake(epoch, second, now, None, true), epoch + second);
+        // The broker's backoff delays a tick that found the Deployment.
+        assert_eq!(next_wake(epoch, second, now, Some(now + hour), false), now + hour);
     }
 }
