@@ -11,6 +11,8 @@
 #   hack/control-plane.sh start-apiserver STATE_DIR    start it again after stop-apiserver, wait for
 #                                                      /readyz, restart its clients as above
 #   hack/control-plane.sh status STATE_DIR             print which components run (exit 1 if any is down)
+#   hack/control-plane.sh start-keda STATE_DIR         KEDA beside it, for the peer benchmark
+#                                                      (hack/peers/keda.sh); restart-hpa too
 #
 # Components: etcd, kube-apiserver, kube-controller-manager (deployments, replicasets, garbage
 # collection, namespaces, service accounts), kube-scheduler, kwok, which keeps one fake node
@@ -65,12 +67,17 @@ NODE_NAME=kwok-node-0
 REAL_NODE=${REAL_NODE:-0}
 OPERATOR_USER=system:serviceaccount:celery-operator:celery-operator
 OPERATOR_GROUPS=system:serviceaccounts,system:serviceaccounts:celery-operator,system:authenticated
+# KEDA's operator, its metrics adapter and the HPA controller it needs, when the peer benchmark
+# starts them (start-keda): users of their own, so the audit log tells their requests apart.
+KEDA_OPERATOR_USER=keda-operator
+KEDA_ADAPTER_USER=keda-adapter
+HPA_USER=hpa-controller
 
 log() { printf '[control-plane] %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
 usage() {
-  sed -n '5,9p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+  sed -n '5,15p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
   exit 2
 }
 
@@ -242,7 +249,7 @@ make_pki() {
 write_cluster_env() {
   local p; read -r -a p <<<"$(free_ports 13)"
   local t=()
-  for _ in 1 2 3 4 5 6 7 8 9; do t+=("$(openssl rand -hex 24)"); done
+  for _ in 1 2 3 4 5 6 7 8 9 10 11 12; do t+=("$(openssl rand -hex 24)"); done
   cat >"$STATE/cluster.env" <<EOF
 BIN='$BIN'
 ETCD_PORT=${p[0]}
@@ -268,6 +275,9 @@ METRICS_SERVER_TOKEN=${t[5]}
 KUBELET_TOKEN=${t[6]}
 KUBE_PROXY_TOKEN=${t[7]}
 COREDNS_TOKEN=${t[8]}
+KEDA_OPERATOR_TOKEN=${t[9]}
+KEDA_ADAPTER_TOKEN=${t[10]}
+HPA_TOKEN=${t[11]}
 EOF
   chmod 600 "$STATE/cluster.env"
 }
@@ -293,6 +303,9 @@ $METRICS_SERVER_TOKEN,metrics-server,metrics-server,"system:masters"
 $KUBELET_TOKEN,system:node:real-0,system:node:real-0,"system:nodes,system:masters"
 $KUBE_PROXY_TOKEN,system:kube-proxy,system:kube-proxy,"system:masters"
 $COREDNS_TOKEN,coredns,coredns,"system:masters"
+$KEDA_OPERATOR_TOKEN,$KEDA_OPERATOR_USER,keda-operator,"system:masters"
+$KEDA_ADAPTER_TOKEN,$KEDA_ADAPTER_USER,keda-adapter,"system:masters"
+$HPA_TOKEN,$HPA_USER,hpa-controller,"system:masters"
 EOF
   chmod 600 "$STATE/pki/tokens.csv"
 }
@@ -331,6 +344,9 @@ write_kubeconfigs() {
   write_kubeconfig "$STATE/pki/kubelet.kubeconfig" system:node:real-0 "$KUBELET_TOKEN"
   write_kubeconfig "$STATE/pki/kube-proxy.kubeconfig" system:kube-proxy "$KUBE_PROXY_TOKEN"
   write_kubeconfig "$STATE/pki/coredns.kubeconfig" coredns "$COREDNS_TOKEN"
+  write_kubeconfig "$STATE/pki/keda-operator.kubeconfig" "$KEDA_OPERATOR_USER" "$KEDA_OPERATOR_TOKEN"
+  write_kubeconfig "$STATE/pki/keda-adapter.kubeconfig" "$KEDA_ADAPTER_USER" "$KEDA_ADAPTER_TOKEN"
+  write_kubeconfig "$STATE/pki/hpa-controller.kubeconfig" "$HPA_USER" "$HPA_TOKEN"
   cat >"$STATE/env" <<EOF
 export CONTROL_PLANE_STATE='$STATE'
 export KUBECONFIG='$STATE/admin.kubeconfig'
@@ -396,16 +412,17 @@ start_apiserver() {
   wait_for kube-apiserver "kube-apiserver /readyz" apiserver_ready
 }
 
-# Writes by the operator's ServiceAccount only: the rest of the cluster's traffic would make
-# the log large and slow the API server down.
+# Requests by the operator's ServiceAccount only (and by KEDA's parts, which only the peer
+# benchmark runs): the rest of the cluster's traffic would make the log large and slow the API
+# server down.
 write_audit_policy() {
-  cat > "$STATE/audit-policy.yaml" <<'YAML'
+  cat > "$STATE/audit-policy.yaml" <<YAML
 apiVersion: audit.k8s.io/v1
 kind: Policy
 omitStages: [RequestReceived]
 rules:
   - level: Metadata
-    users: ["system:serviceaccount:celery-operator:celery-operator"]
+    users: ["$OPERATOR_USER", "$KEDA_OPERATOR_USER", "$KEDA_ADAPTER_USER", "$HPA_USER"]
     verbs: [get, list, create, update, patch, delete]
   - level: Metadata
     verbs: [get]
@@ -618,6 +635,7 @@ cmd_stop() {
   [ -f "$STATE/cluster.env" ] && . "$STATE/cluster.env"
   # The node first: its kubelet would otherwise restart what is being stopped.
   stop_real_node
+  stop_keda
   stop_components "${COMPONENTS[@]}"
 }
 
@@ -633,8 +651,8 @@ cmd_start() {
   local t0=$SECONDS
   cmd_stop
   # A fresh cluster every time: stale etcd data or certificates would not match new ports/tokens.
-  rm -rf "$STATE"/{etcd,pki,pids,logs,kube-apiserver,kube-controller-manager,node} \
-    "$STATE"/{cluster.env,env,admin.kubeconfig,operator.kubeconfig}
+  rm -rf "$STATE"/{etcd,pki,pids,logs,kube-apiserver,kube-controller-manager,node,keda-certs,hpa-controller-manager} \
+    "$STATE"/{cluster.env,keda.env,env,admin.kubeconfig,operator.kubeconfig}
   mkdir -p "$STATE/pids" "$STATE/logs"
 
   BIN=$(REAL_NODE=$REAL_NODE "$HACK_DIR/build-control-plane.sh" | tail -n1)
@@ -759,6 +777,8 @@ cmd_status() {
 
 # shellcheck source=hack/node/real-node.sh
 . "$HACK_DIR/node/real-node.sh"
+# shellcheck source=hack/peers/keda.sh
+. "$HACK_DIR/peers/keda.sh"
 
 [ $# -eq 2 ] || usage
 STATE=$(realpath -m -- "$2")
@@ -769,5 +789,7 @@ case "$1" in
   stop-apiserver) cmd_stop_apiserver ;;
   start-apiserver) cmd_start_apiserver ;;
   status) cmd_status ;;
+  start-keda) cmd_start_keda ;;
+  restart-hpa) cmd_restart_hpa ;;
   *) usage ;;
 esac
