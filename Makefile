@@ -5,7 +5,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 STATE ?= $(CURDIR)/.state
 
-.PHONY: help demo test test-deps test-unit test-cluster test-real-node bench build crd chart policies control-plane images stop fmt lint
+.PHONY: help demo test test-deps test-unit test-cluster test-real-node bench bench-peers build crd chart policies control-plane images stop fmt lint
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -31,6 +31,9 @@ test-real-node: test-deps policies ## Only the tests on the real node (real cont
 
 bench: test-deps policies ## Benchmarks (figures, not tests): policy cost, autoscaling reaction time and sampling cost, failover, API cost, scale-in, worker groups, trace memory
 	$(CARGO) bench -p celery-operator --bench policy --bench autoscale --bench failover --bench api_cost --bench scale_in --bench groups --bench trace
+
+bench-peers: test-deps policies ## celery-operator beside KEDA v2.21.0 (built on first use, ~20 min): reaction, backlog seen, scale-in, CPU, memory, API requests
+	$(CARGO) bench -p celery-operator --bench peers
 
 build: ## Build the operator binary
 	$(CARGO) build -p celery-operator

@@ -28,7 +28,12 @@ pub fn metric_sum(text: &str, name: &str) -> f64 {
 
 /// User plus system CPU time of this process.
 pub fn process_cpu() -> Duration {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    cpu_of("self")
+}
+
+/// User plus system CPU time of process `pid` ("self": this one); zero once it is gone.
+pub fn cpu_of(pid: &str) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let fields: Vec<&str> = stat.rsplit_once(") ").map(|(_, rest)| rest.split(' ').collect()).unwrap_or_default();
     // utime and stime are fields 14 and 15 of stat, 12 and 13 after the command name.
     let ticks: u64 = fields.get(11..13).map(|f| f.iter().filter_map(|v| v.parse::<u64>().ok()).sum()).unwrap_or(0);
@@ -37,7 +42,12 @@ pub fn process_cpu() -> Duration {
 
 /// Resident memory of this process.
 pub fn rss_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    rss_kib_of("self")
+}
+
+/// Resident memory of process `pid` ("self": this one); zero once it is gone.
+pub fn rss_kib_of(pid: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))

@@ -111,10 +111,31 @@ impl ControlPlane {
             .collect()
     }
 
+    /// KEDA beside it (its operator, metrics adapter and an HPA controller syncing every
+    /// `hpa_sync`, e.g. "15s"), for the peer benchmark; built on first use (hack/build-keda.sh).
+    pub fn start_keda(&self, hpa_sync: &str) -> Result<(), String> {
+        self.script_with("start-keda", &[("HPA_SYNC_PERIOD", hpa_sync)])
+    }
+
+    /// The HPA controller started again, syncing every `hpa_sync`.
+    pub fn restart_hpa(&self, hpa_sync: &str) -> Result<(), String> {
+        self.script_with("restart-hpa", &[("HPA_SYNC_PERIOD", hpa_sync)])
+    }
+
+    /// The process id of a component the script started (`keda-operator`, `kube-apiserver`, …).
+    pub fn pid_of(&self, component: &str) -> Option<u32> {
+        std::fs::read_to_string(self.state.join("pids").join(format!("{component}.pid"))).ok()?.trim().parse().ok()
+    }
+
     fn script(&self, verb: &str) -> Result<(), String> {
+        self.script_with(verb, &[])
+    }
+
+    fn script_with(&self, verb: &str, env: &[(&str, &str)]) -> Result<(), String> {
         let status = Command::new(repo_root().join("hack/control-plane.sh"))
             .arg(verb)
             .arg(&self.state)
+            .envs(env.iter().copied())
             .env("REAL_NODE", if self.real_node { "1" } else { "0" })
             .status()
             .map_err(|e| format!("cannot run hack/control-plane.sh: {e}"))?;
