@@ -70,6 +70,10 @@ const FOLLOW_WRITES_PER_SECOND: f64 = 50.0;
 const REFRESH_WRITES_PER_SECOND: f64 = 10.0;
 /// How long the worker Deployment may be missing before the loop reports it.
 const MISSING_GRACE: Duration = Duration::from_secs(30);
+/// After a decision woken by a push to an empty queue, how soon the loop reads again: a burst
+/// lands over some milliseconds, and the read it woke saw only its first messages; the rest
+/// would otherwise wait for the next tick.
+const WAKE_FOLLOW_UP: Duration = Duration::from_millis(100);
 /// While the worker Deployment is missing, how soon the loop looks again, whatever its
 /// interval: the watch usually brings a Deployment just created within moments, and an app
 /// with an hour's interval should not wait an hour for its first decision.
@@ -366,20 +370,30 @@ async fn run(
         if took > app.tuning.interval {
             shared.metrics.observe_overrun(&app.label);
         }
-        let next = next_wake(app.epoch, app.tuning.interval, Instant::now(), app.resting_until(), app.missing_since.is_some());
+        let next =
+            next_wake(app.epoch, app.tuning.interval, Instant::now(), app.resting_until(), app.missing_since.is_some(), woken);
         ticker.reset_at(tokio::time::Instant::from_std(next));
     }
 }
 
 /// When a loop ticks next: at the app's phase, so its loops read the broker together; not
 /// before `resting_until` (the broker's backoff: nothing could be decided before it is tried
-/// again); and within [`MISSING_RECHECK`] while the worker Deployment is `missing` (the tick
-/// that found it missing decided nothing).
-fn next_wake(epoch: Instant, interval: Duration, now: Instant, resting_until: Option<Instant>, missing: bool) -> Instant {
+/// again); within [`MISSING_RECHECK`] while the worker Deployment is `missing` (the tick that
+/// found it missing decided nothing); and within [`WAKE_FOLLOW_UP`] after a tick `woken` by a
+/// push, for the rest of the burst.
+fn next_wake(
+    epoch: Instant,
+    interval: Duration,
+    now: Instant,
+    resting_until: Option<Instant>,
+    missing: bool,
+    woken: bool,
+) -> Instant {
     let next = reader::next_tick(epoch, interval, now);
     if missing {
         return next.min(now + MISSING_RECHECK);
     }
+    let next = if woken { next.min(now + WAKE_FOLLOW_UP) } else { next };
     resting_until.map_or(next, |at| at.max(next))
 }
 
@@ -1240,14 +1254,30 @@ mod tests {
         let epoch = Instant::now();
         let now = epoch + Duration::from_millis(10);
         let hour = Duration::from_secs(3600);
-        assert_eq!(next_wake(epoch, hour, now, None, false), epoch + hour);
-        assert_eq!(next_wake(epoch, hour, now, None, true), now + MISSING_RECHECK);
+        assert_eq!(next_wake(epoch, hour, now, None, false, false), epoch + hour);
+        assert_eq!(next_wake(epoch, hour, now, None, true, false), now + MISSING_RECHECK);
         // Even while the broker rests: the Deployment's absence is what to report on time.
-        assert_eq!(next_wake(epoch, hour, now, Some(now + hour * 2), true), now + MISSING_RECHECK);
+        assert_eq!(next_wake(epoch, hour, now, Some(now + hour * 2), true, false), now + MISSING_RECHECK);
         // A short interval keeps its phase.
         let second = Duration::from_millis(500);
-        assert_eq!(next_wake(epoch, second, now, None, true), epoch + second);
+        assert_eq!(next_wake(epoch, second, now, None, true, false), epoch + second);
         // The broker's backoff delays a tick that found the Deployment.
-        assert_eq!(next_wake(epoch, second, now, Some(now + hour), false), now + hour);
+        assert_eq!(next_wake(epoch, second, now, Some(now + hour), false, false), now + hour);
+    }
+
+    /// The read a push woke saw the burst's first messages: the loop reads again moments later
+    /// for the rest, not at its next tick; a later tick keeps its phase.
+    #[test]
+    fn a_woken_tick_reads_again_soon_for_the_rest_of_the_burst() {
+        let epoch = Instant::now();
+        let now = epoch + Duration::from_millis(10);
+        let second = Duration::from_secs(1);
+        assert_eq!(next_wake(epoch, second, now, None, false, true), now + WAKE_FOLLOW_UP);
+        assert_eq!(next_wake(epoch, second, now, None, false, false), epoch + second);
+        // A tick due sooner than the follow-up stays where it was.
+        let late = epoch + Duration::from_millis(950);
+        assert_eq!(next_wake(epoch, second, late, None, false, true), epoch + second);
+        // A broker in its backoff is not read again sooner for it.
+        assert_eq!(next_wake(epoch, second, now, Some(now + second * 5), false, true), now + second * 5);
     }
 }
