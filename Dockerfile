@@ -5,15 +5,15 @@
 # the same script CI runs (policies/build.sh installs its own toolchains); the final image
 # holds only the binary and the .wasm files, runs as a non-root user and has no shell.
 
-FROM rust:1.95-bookworm AS operator
+FROM rust:1.99.1-bookworm AS operator
 WORKDIR /src
-COPY Cargo.toml Cargo.lock ./
+COPY rust-toolchain.toml Cargo.toml Cargo.lock ./
 COPY host host
 COPY wit wit
 COPY deploy deploy
 RUN cargo build --release -p celery-operator --locked
 
-FROM rust:1.95-bookworm AS policies
+FROM rust:1.99.1-bookworm AS policies
 # Go >= 1.24 (wasmexport) and Node 20 (componentize-js): newer than Debian 12 ships.
 COPY --from=golang:1.26-bookworm /usr/local/go /usr/local/go
 COPY --from=node:20-bookworm-slim /usr/local/bin/node /usr/local/bin/node
@@ -23,6 +23,7 @@ RUN ln -s ../lib/node_modules/npm/bin/npm-cli.js /usr/local/bin/npm \
     && rm -rf /var/lib/apt/lists/*
 ENV PATH=/usr/local/go/bin:$PATH
 WORKDIR /src
+COPY rust-toolchain.toml ./
 COPY wit wit
 COPY policies policies
 RUN policies/build.sh

@@ -69,6 +69,8 @@ say "Building the operator, the built-in scaling policies and Kubernetes (first 
 if [ -n "${CELERY_OPERATOR_BIN:-}" ]; then
   [ -x "$BIN" ] || { echo "CELERY_OPERATOR_BIN=$BIN is not an executable" >&2; exit 1; }
 else
+  # The toolchain rust-toolchain.toml pins, before the two builds that use it start at once.
+  progress "rustup toolchain install" rustup toolchain install
   job_start "operator (cargo build)" "$STATE/logs/build-operator.log" cargo build -p celery-operator
 fi
 job_start "policies (policies/build.sh)" "$STATE/logs/build-policies.log" policies/build.sh

@@ -51,8 +51,9 @@ pub enum ApplyError {
         kind: String,
         namespace: String,
         name: String,
+        /// Boxed: kube's error is large, and every `Result` of this module carries it.
         #[source]
-        source: kube::Error,
+        source: Box<kube::Error>,
     },
 
     #[error(transparent)]
@@ -541,7 +542,7 @@ async fn json_patch(api: &Api<Deployment>, name: &str, ns: &str, ops: Vec<serde_
         kind: "Deployment".into(),
         namespace: ns.to_string(),
         name: name.to_string(),
-        source,
+        source: Box::new(source),
     };
     let patch: json_patch::Patch =
         serde_json::from_value(serde_json::Value::Array(ops)).map_err(|e| failed(kube::Error::SerdeError(e)))?;
@@ -626,7 +627,7 @@ fn api_error(action: &'static str, kind: &str, celery: &Celery, name: &str, sour
         kind: kind.to_string(),
         namespace: celery.namespace().unwrap_or_default(),
         name: name.to_string(),
-        source,
+        source: Box::new(source),
     }
 }
 
@@ -645,5 +646,5 @@ fn classify_in(action: &'static str, kind: &str, namespace: String, name: &str, 
             message: format!("the API server refused {kind} {namespace}/{name}: {}", status.message),
         };
     }
-    ApplyError::Api { action, kind: kind.to_string(), namespace, name: name.to_string(), source }
+    ApplyError::Api { action, kind: kind.to_string(), namespace, name: name.to_string(), source: Box::new(source) }
 }
