@@ -216,10 +216,11 @@ fn config(settings: &EngineSettings, pooling: bool) -> Config {
             .table_keep_resident(1 << 20);
         // NB: `pagemap_scan` (PAGEMAP_SCAN, Linux 6.7+) stays off although it would copy back
         // only the pages an instance wrote (Go 100 → 40 µs, Python 1.5 → 1.3 ms here):
-        // - in wasmtime 48 a written page the kernel has swapped out is neither reset nor
+        // - up to wasmtime 48 a written page the kernel has swapped out was neither reset nor
         //   unmapped, so the next instance in the slot could read the last one's data
-        //   (bytecodealliance/wasmtime#14357, open); a fresh instance per decision is the
-        //   isolation promise, and nodes may swap;
+        //   (bytecodealliance/wasmtime#14357, fixed in 50); a fresh instance per decision is
+        //   the isolation promise, and nodes may swap: turning it on waits for a test that
+        //   stages a swapped page;
         // - it keeps every page an instance touched resident in its slot, not just 4 MiB:
         //   two of seven autoscale bench runs here grew to ~600 MiB (34 MiB in the others).
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
