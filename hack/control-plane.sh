@@ -567,9 +567,10 @@ start_metrics_server() {
   wait_for metrics-server "GET /apis/metrics.k8s.io/v1beta1/nodes" \
     kubectl_admin get --raw /apis/metrics.k8s.io/v1beta1/nodes
 }
-metrics_api_available() {
-  [ "$(kubectl_admin get apiservice v1beta1.metrics.k8s.io \
-    -o 'jsonpath={.status.conditions[?(@.type=="Available")].status}')" = True ]
+metrics_api_available() { api_service_available v1beta1.metrics.k8s.io; }
+# api_service_available NAME: the aggregator has found APIService NAME's server answering.
+api_service_available() {
+  [ "$(kubectl_admin get apiservice "$1" -o 'jsonpath={.status.conditions[?(@.type=="Available")].status}')" = True ]
 }
 
 # kwok's pod cache for metrics is lazy: it starts (listing all pods) when a scrape first finds a
@@ -599,12 +600,18 @@ kwok_has_warmup_pod() {
 }
 
 register_metrics_api() {
+  register_api_service metrics.k8s.io v1beta1 kube-system metrics-server "$METRICS_SERVER_PORT"
+}
+
+# register_api_service GROUP VERSION NAMESPACE SERVICE PORT: the aggregator proxies GROUP/VERSION
+# to SERVICE.NAMESPACE.svc, an ExternalName for 127.0.0.1, on PORT, trusting the cluster's CA.
+register_api_service() {
   kubectl_admin apply -f - >/dev/null <<EOF
 apiVersion: v1
 kind: Service
 metadata:
-  name: metrics-server
-  namespace: kube-system
+  name: $4
+  namespace: $3
 spec:
   type: ExternalName
   externalName: 127.0.0.1
@@ -612,16 +619,16 @@ spec:
 apiVersion: apiregistration.k8s.io/v1
 kind: APIService
 metadata:
-  name: v1beta1.metrics.k8s.io
+  name: $2.$1
 spec:
-  group: metrics.k8s.io
-  version: v1beta1
+  group: $1
+  version: $2
   groupPriorityMinimum: 100
   versionPriority: 100
   service:
-    namespace: kube-system
-    name: metrics-server
-    port: $METRICS_SERVER_PORT
+    namespace: $3
+    name: $4
+    port: $5
   caBundle: $(base64 -w0 <"$STATE/pki/ca.crt")
 EOF
 }

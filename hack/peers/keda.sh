@@ -120,36 +120,9 @@ start_keda_adapter() {
     --metrics-service-address="127.0.0.1:$KEDA_GRPC_PORT"
   wait_for keda-adapter "keda-adapter /livez" \
     curl -fsS --max-time 2 --cacert "$STATE/pki/ca.crt" "https://127.0.0.1:$KEDA_ADAPTER_PORT/livez"
-  kubectl_admin apply -f - >/dev/null <<EOF
-apiVersion: v1
-kind: Service
-metadata:
-  name: keda-operator-metrics-apiserver
-  namespace: $KEDA_NAMESPACE
-spec:
-  type: ExternalName
-  externalName: 127.0.0.1
----
-apiVersion: apiregistration.k8s.io/v1
-kind: APIService
-metadata:
-  name: v1beta1.external.metrics.k8s.io
-spec:
-  group: external.metrics.k8s.io
-  version: v1beta1
-  groupPriorityMinimum: 100
-  versionPriority: 100
-  service:
-    namespace: $KEDA_NAMESPACE
-    name: keda-operator-metrics-apiserver
-    port: $KEDA_ADAPTER_PORT
-  caBundle: $(base64 -w0 <"$STATE/pki/ca.crt")
-EOF
-  wait_for keda-adapter "APIService v1beta1.external.metrics.k8s.io Available" external_metrics_api_available
-}
-external_metrics_api_available() {
-  [ "$(kubectl_admin get apiservice v1beta1.external.metrics.k8s.io \
-    -o 'jsonpath={.status.conditions[?(@.type=="Available")].status}')" = True ]
+  register_api_service external.metrics.k8s.io v1beta1 "$KEDA_NAMESPACE" keda-operator-metrics-apiserver "$KEDA_ADAPTER_PORT"
+  wait_for keda-adapter "APIService v1beta1.external.metrics.k8s.io Available" \
+    api_service_available v1beta1.external.metrics.k8s.io
 }
 
 start_hpa_controller() {
