@@ -104,10 +104,7 @@ fn main() {
         );
         let _ = operator.kill().await;
 
-        let keda = Processes {
-            pids: KEDA_PROCESSES.iter().map(|c| control_plane.pid_of(c).expect("KEDA runs").to_string()).collect(),
-            users: KEDA_USERS.to_vec(),
-        };
+        let keda = Processes::keda(&control_plane);
         let ns = env.namespace("keda").await;
         let fast = Keda { name: "fast", ns: ns.clone(), address: address.clone(), fast: true, fair: true };
         rows.push(fast.series(&env, &control_plane, &keda, &mut conn, trials, "KEDA fastest (poll 1 s, HPA sync 1 s)").await);
@@ -115,10 +112,7 @@ fn main() {
         rows.push(naive.held_only(&env, &mut conn, "KEDA fastest, one trigger on the queue key").await);
         control_plane.restart_hpa("15s").expect("the HPA controller restarts");
         // The HPA controller is a new process.
-        let keda = Processes {
-            pids: KEDA_PROCESSES.iter().map(|c| control_plane.pid_of(c).expect("KEDA runs").to_string()).collect(),
-            users: KEDA_USERS.to_vec(),
-        };
+        let keda = Processes::keda(&control_plane);
         let defaults = Keda { name: "defaults", ns, address, fast: false, fair: true };
         rows.push(
             defaults.series(&env, &control_plane, &keda, &mut conn, trials, "KEDA defaults (poll 30 s, HPA sync 15 s)").await,
@@ -135,6 +129,12 @@ struct Processes {
 }
 
 impl Processes {
+    /// KEDA's operator, metrics adapter and HPA controller, as `start-keda` runs them.
+    fn keda(cp: &ControlPlane) -> Self {
+        let pids = KEDA_PROCESSES.iter().map(|c| cp.pid_of(c).expect("KEDA runs").to_string()).collect();
+        Self { pids, users: KEDA_USERS.to_vec() }
+    }
+
     fn cpu(&self) -> Duration {
         self.pids.iter().map(|p| measure::cpu_of(p)).sum()
     }
