@@ -80,6 +80,7 @@ fn main() {
         let redis = redis::Client::open(broker.as_str()).expect("redis client");
         let mut conn = redis.get_multiplexed_async_connection().await.expect("redis connection");
         let mut rows = Vec::new();
+        let bench = Bench { env: &env, cp: &control_plane, trials };
 
         // celery-operator: its release binary, in a process of its own.
         let ns = env.namespace("ours").await;
@@ -95,31 +96,63 @@ fn main() {
             .expect("the operator's binary starts");
         let ours = Processes { pids: vec![operator.id().expect("running").to_string()], users: vec![support::OPERATOR_USER] };
         let polled = Ours { name: "polled", ns: ns.clone(), address: address.clone(), keyspace: false };
-        rows.push(
-            polled.series(&env, &control_plane, &ours, &mut conn, trials, "celery-operator, defaults (reads every 1 s)").await,
-        );
+        rows.push(polled.series(&bench, &ours, &mut conn, "celery-operator, defaults (reads every 1 s)").await);
         let woken = Ours { name: "woken", ns: ns.clone(), address: address.clone(), keyspace: true };
-        rows.push(
-            woken.series(&env, &control_plane, &ours, &mut conn, trials, "celery-operator, Redis keyspace events on").await,
-        );
+        rows.push(woken.series(&bench, &ours, &mut conn, "celery-operator, Redis keyspace events on").await);
         let _ = operator.kill().await;
 
         let keda = Processes::keda(&control_plane);
         let ns = env.namespace("keda").await;
         let fast = Keda { name: "fast", ns: ns.clone(), address: address.clone(), fast: true, fair: true };
-        rows.push(fast.series(&env, &control_plane, &keda, &mut conn, trials, "KEDA fastest (poll 1 s, HPA sync 1 s)").await);
+        rows.push(fast.series(&bench, &keda, &mut conn, "KEDA fastest (poll 1 s, HPA sync 1 s)").await);
         let naive = Keda { name: "naive", ns: ns.clone(), address: address.clone(), fast: true, fair: false };
         rows.push(naive.held_only(&env, &mut conn, "KEDA fastest, one trigger on the queue key").await);
         control_plane.restart_hpa("15s").expect("the HPA controller restarts");
         // The HPA controller is a new process.
         let keda = Processes::keda(&control_plane);
         let defaults = Keda { name: "defaults", ns, address, fast: false, fair: true };
-        rows.push(
-            defaults.series(&env, &control_plane, &keda, &mut conn, trials, "KEDA defaults (poll 30 s, HPA sync 15 s)").await,
-        );
+        rows.push(defaults.series(&bench, &keda, &mut conn, "KEDA defaults (poll 30 s, HPA sync 15 s)").await);
 
         print_table(&mut rows, trials);
     });
+}
+
+/// What every series runs against.
+struct Bench<'a> {
+    env: &'a Env,
+    cp: &'a ControlPlane,
+    trials: usize,
+}
+
+impl Bench<'_> {
+    /// The reaction trials of a system scaling `worker` from `queue`, at phases spread over
+    /// `interval`, each followed by `reset` (an empty queue and 0 replicas again); then the
+    /// system at rest. The row holds their figures.
+    #[allow(clippy::too_many_arguments)]
+    async fn reactions(
+        &self,
+        p: &Processes,
+        conn: &mut redis::aio::MultiplexedConnection,
+        deployments: &Api<Deployment>,
+        worker: &str,
+        queue: &str,
+        interval: Duration,
+        label: &str,
+        mut reset: impl AsyncFnMut(&mut redis::aio::MultiplexedConnection),
+    ) -> Row {
+        let mut row = Row { label: label.into(), ..Row::default() };
+        let usage = Usage::open(p);
+        for t in 0..self.trials {
+            let (first, last) = trial(deployments, worker, conn, queue, phase(t, interval)).await;
+            row.first.push(first);
+            row.last.push(last);
+            reset(conn).await;
+        }
+        let (_, requests, _) = usage.close(p, self.cp).await;
+        row.requests_per_trial = Some(requests as f64 / self.trials.max(1) as f64);
+        at_rest(p, self.cp, &mut row).await;
+        row
+    }
 }
 
 /// The processes and API users of one system.
@@ -338,15 +371,8 @@ spec:
         )
     }
 
-    async fn series(
-        &self,
-        env: &Env,
-        cp: &ControlPlane,
-        p: &Processes,
-        conn: &mut redis::aio::MultiplexedConnection,
-        trials: usize,
-        label: &str,
-    ) -> Row {
+    async fn series(&self, bench: &Bench<'_>, p: &Processes, conn: &mut redis::aio::MultiplexedConnection, label: &str) -> Row {
+        let env = bench.env;
         let set = |flags: &'static str| redis::cmd("CONFIG").arg("SET").arg("notify-keyspace-events").arg(flags).clone();
         let _: () = set(if self.keyspace { "Kl" } else { "" }).query_async(conn).await.expect("CONFIG SET");
         // Between trials the queue empties at once: a scale-down without a window resets them.
@@ -357,18 +383,11 @@ spec:
         wait_replicas(&deployments, &worker, |r| r == 0).await;
         tokio::time::sleep(Duration::from_secs(3)).await;
 
-        let mut row = Row { label: label.into(), ..Row::default() };
-        let usage = Usage::open(p);
-        for t in 0..trials {
-            let (first, last) = trial(&deployments, &worker, conn, self.name, phase(t, Duration::from_secs(1))).await;
-            row.first.push(first);
-            row.last.push(last);
+        let reset = async |conn: &mut redis::aio::MultiplexedConnection| {
             empty(conn, self.name).await;
             wait_replicas(&deployments, &worker, |r| r == 0).await;
-        }
-        let (_, requests, _) = usage.close(p, cp).await;
-        row.requests_per_trial = Some(requests as f64 / trials.max(1) as f64);
-        at_rest(p, cp, &mut row).await;
+        };
+        let mut row = bench.reactions(p, conn, &deployments, &worker, self.name, Duration::from_secs(1), label, reset).await;
 
         // Held, at the defaults' scale-down (without keyspace events), or the quickest.
         let (scale_down, rule) = if self.keyspace { (quick, "window 0") } else { ("", "window 60 s, 50 %/15 s") };
@@ -494,29 +513,12 @@ spec:
         wait_replicas(deployments, &self.worker(), |r| r == 0).await;
     }
 
-    async fn series(
-        &self,
-        env: &Env,
-        cp: &ControlPlane,
-        p: &Processes,
-        conn: &mut redis::aio::MultiplexedConnection,
-        trials: usize,
-        label: &str,
-    ) -> Row {
-        let deployments = self.apply(env).await;
+    async fn series(&self, bench: &Bench<'_>, p: &Processes, conn: &mut redis::aio::MultiplexedConnection, label: &str) -> Row {
+        let deployments = self.apply(bench.env).await;
         let polling = Duration::from_secs(if self.fast { 1 } else { 30 });
-        let mut row = Row { label: label.into(), ..Row::default() };
-        let usage = Usage::open(p);
-        for t in 0..trials {
-            let (first, last) = trial(&deployments, &self.worker(), conn, self.name, phase(t, polling)).await;
-            row.first.push(first);
-            row.last.push(last);
-            self.reset(&deployments, conn).await;
-        }
-        let (_, requests, _) = usage.close(p, cp).await;
-        row.requests_per_trial = Some(requests as f64 / trials.max(1) as f64);
-        at_rest(p, cp, &mut row).await;
-        self.held(env, &deployments, conn, &mut row).await;
+        let reset = async |conn: &mut redis::aio::MultiplexedConnection| self.reset(&deployments, conn).await;
+        let mut row = bench.reactions(p, conn, &deployments, &self.worker(), self.name, polling, label, reset).await;
+        self.held(bench.env, &deployments, conn, &mut row).await;
         row
     }
 
