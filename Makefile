@@ -5,7 +5,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 STATE ?= $(CURDIR)/.state
 
-.PHONY: help demo test test-deps test-unit test-cluster test-real-node bench bench-peers build crd chart policies control-plane images stop fmt lint
+.PHONY: help demo test test-deps test-unit test-cluster test-real-node bench bench-peers bench-scale build crd chart policies control-plane images stop fmt lint
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -34,6 +34,9 @@ bench: test-deps policies ## Benchmarks (figures, not tests): policy cost, autos
 
 bench-peers: test-deps policies ## celery-operator beside KEDA v2.21.0 (built on first use, ~20 min): reaction, backlog seen, scale-in, CPU, memory, API requests
 	$(CARGO) bench -p celery-operator --bench peers
+
+bench-scale: test-deps policies ## One operator at 1, 1,000 and 10,000 apps (APPS=…): CPU per cycle, cycles per app, RSS, API requests by verb, failover
+	$(CARGO) bench -p celery-operator --bench scale
 
 build: ## Build the operator binary
 	$(CARGO) build -p celery-operator

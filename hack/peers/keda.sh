@@ -22,7 +22,7 @@
 # write_tokens), whose requests the audit log records like the operator's.
 
 KEDA_COMPONENTS=(keda-operator keda-adapter hpa-controller-manager)
-# KEDA's own namespace: its cluster objects and leader lease would live here.
+# KEDA's own namespace: its cluster objects and its operator's leader Lease live here.
 KEDA_NAMESPACE=keda
 
 cmd_start_keda() {
@@ -93,9 +93,11 @@ export_keda_env() {
 start_keda_operator() {
   local kc="$STATE/pki/keda-operator.kubeconfig"
   export_keda_env "$kc"
-  # Certificates are given, not rotated, so nothing patches the APIService or webhooks.
+  # Certificates are given, not rotated, so nothing patches the APIService or webhooks. It
+  # elects a leader as KEDA's own manifests run it (a Lease in $KEDA_NAMESPACE), so its API
+  # requests at rest compare like for like with the operator's, whose Lease is on too.
   launch_cmd keda-operator "$1/keda" \
-    --kubeconfig="$kc" --leader-elect=false \
+    --kubeconfig="$kc" --leader-elect=true \
     --metrics-bind-address="127.0.0.1:$KEDA_METRICS_PORT" \
     --health-probe-bind-address="127.0.0.1:$KEDA_PROBE_PORT" \
     --metrics-service-bind-address="127.0.0.1:$KEDA_GRPC_PORT" \

@@ -85,7 +85,8 @@ pub async fn helm_chart_lints_renders_like_deploy_and_applies(h: Arc<Harness>) {
     let mut kinds: Vec<&str> = defaults.iter().filter_map(|o| o["kind"].as_str()).collect();
     kinds.sort_unstable();
     let mut expected: Vec<&str> =
-        ["ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding", "Deployment", "Service"].into();
+        ["ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding", "Deployment", "Service", "FlowSchema"]
+            .into();
     expected.sort_unstable();
     assert_eq!(kinds, expected, "what the chart renders by default");
 
@@ -94,6 +95,13 @@ pub async fn helm_chart_lints_renders_like_deploy_and_applies(h: Arc<Harness>) {
     for kind in ["ClusterRole", "Role"] {
         assert_eq!(find(&defaults, kind)["rules"], find(&rbac, kind)["rules"], "{kind} rules differ from deploy/rbac.yaml");
     }
+    // The same FlowSchema for the Lease, named after the release.
+    let (rendered, kustomized) = (find(&defaults, "FlowSchema"), &deploy_file("flowschema.yaml")[0]);
+    assert_eq!(rendered["spec"]["priorityLevelConfiguration"], kustomized["spec"]["priorityLevelConfiguration"]);
+    assert_eq!(
+        rendered["spec"]["rules"][0]["resourceRules"][0]["resources"],
+        kustomized["spec"]["rules"][0]["resourceRules"][0]["resources"]
+    );
     // The same container: security, probes, environment, resources, ports.
     let operator = deploy_file("operator.yaml");
     let (rendered, kustomized) = (container(find(&defaults, "Deployment")), container(&operator[0]));
@@ -133,6 +141,7 @@ pub async fn helm_chart_lints_renders_like_deploy_and_applies(h: Arc<Harness>) {
         assert!(args.contains(&arg), "{arg} missing from {args:?}");
     }
     assert!(!custom.iter().any(|o| o["kind"] == "Role"), "no Lease permissions without leader election");
+    assert!(!custom.iter().any(|o| o["kind"] == "FlowSchema"), "no Lease FlowSchema without leader election");
     // Watching some namespaces grants the rules there only: no cluster-wide binding.
     assert!(!custom.iter().any(|o| o["kind"] == "ClusterRoleBinding"), "no cluster-wide Secret access");
     let bound: Vec<&str> = custom

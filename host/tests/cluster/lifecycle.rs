@@ -36,6 +36,9 @@ pub const TESTS: &[crate::TestCase] = &[
     ("python_operator_children_are_adopted_in_place", false, |h| Box::pin(python_operator_children_are_adopted_in_place(h))),
     ("flower_can_be_switched_off", false, |h| Box::pin(flower_can_be_switched_off(h))),
     ("only_the_lease_holder_reconciles", false, |h| Box::pin(only_the_lease_holder_reconciles(h))),
+    ("lease_requests_have_the_leader_election_priority", false, |h| {
+        Box::pin(lease_requests_have_the_leader_election_priority(h))
+    }),
     ("the_binary_serves_health_metrics_and_json_logs", false, |h| Box::pin(the_binary_serves_health_metrics_and_json_logs(h))),
     ("deploy_manifests_are_accepted_by_the_api_server", false, |h| Box::pin(deploy_manifests_are_accepted_by_the_api_server(h))),
     ("operator_survives_an_api_server_restart", true, |h| Box::pin(operator_survives_an_api_server_restart(h))),
@@ -672,6 +675,34 @@ async fn the_binary_serves_health_metrics_and_json_logs(h: Arc<Harness>) {
     assert_eq!(holder, None, "the Lease is released on shutdown");
 }
 
+/// deploy/flowschema.yaml puts the operator's Lease requests, and only those, in the API
+/// server's `leader-election` priority level: the API server names the level of every request
+/// it served in a response header, checked here for the operator's own user.
+async fn lease_requests_have_the_leader_election_priority(h: Arc<Harness>) {
+    use k8s_openapi::api::flowcontrol::v1::PriorityLevelConfiguration;
+    let env = &h.env;
+    let level = |name: &'static str| async move {
+        Api::<PriorityLevelConfiguration>::all(env.admin.clone())
+            .get(name)
+            .await
+            .expect("priority level")
+            .metadata
+            .uid
+            .expect("uid")
+    };
+    let served_at = |path: String| async move {
+        let request = http::Request::get(path).body(Vec::new()).expect("request");
+        let response = env.operator.send(request.map(Into::into)).await.expect("the API server answers");
+        let uid = response.headers().get("X-Kubernetes-PF-PriorityLevel-UID").expect("APF names the level");
+        uid.to_str().expect("ASCII").to_string()
+    };
+    let (election, elsewhere) = (level("leader-election").await, level("workload-low").await);
+    let lease = served_at("/apis/coordination.k8s.io/v1/namespaces/celery-operator/leases/celery-operator".into()).await;
+    assert_eq!(lease, election, "the operator's Lease requests are in the leader-election level");
+    let apps = served_at("/apis/celeryproject.org/v1alpha1/celery?limit=1".into()).await;
+    assert_eq!(apps, elsewhere, "its other requests stay with other service accounts' (workload-low)");
+}
+
 /// What `kubectl apply -k deploy/` installs, and every example, Redis and RabbitMQ manifest, pass the real
 /// API server's validation and admission (a server-side dry run, so nothing is created).
 async fn deploy_manifests_are_accepted_by_the_api_server(h: Arc<Harness>) {
@@ -683,7 +714,9 @@ async fn deploy_manifests_are_accepted_by_the_api_server(h: Arc<Harness>) {
         .expect("kubectl runs (the README's quick start uses it)");
     assert!(rendered.status.success(), "kubectl kustomize deploy/: {}", String::from_utf8_lossy(&rendered.stderr));
     let rendered = String::from_utf8(rendered.stdout).unwrap();
-    for kind in ["CustomResourceDefinition", "ClusterRole", "ServiceAccount", "Deployment", "Namespace", "RoleBinding"] {
+    for kind in
+        ["CustomResourceDefinition", "ClusterRole", "ServiceAccount", "Deployment", "Namespace", "RoleBinding", "FlowSchema"]
+    {
         assert!(rendered.contains(&format!("kind: {kind}")), "kustomization lacks a {kind}");
     }
     apply_yaml_with(&env.admin, &rendered, None, true).await.expect("deploy/ kustomization");

@@ -389,7 +389,7 @@ pub const WAIT: Duration = Duration::from_secs(180);
 /// Installs what `kubectl apply -k deploy/` would, but the operator Deployment: the tests run
 /// the operator in-process instead, with the same ServiceAccount.
 pub async fn install(env: &Env) {
-    for file in ["namespace.yaml", "crd.yaml", "rbac.yaml"] {
+    for file in ["namespace.yaml", "crd.yaml", "rbac.yaml", "flowschema.yaml"] {
         let yaml = std::fs::read_to_string(repo_root().join("deploy").join(file)).expect("deploy/ file");
         // Discovery can briefly 404 while a just-created CRD is being registered: retry.
         eventually(&format!("deploy/{file} applied"), WAIT, || apply_yaml(&env.admin, &yaml, None)).await;
