@@ -16,8 +16,11 @@
 //! had a decision by it: the Lease expiring (`LEASE`, default 15 s, the operator's), the campaign, the caches,
 //! the loops and their first decisions.
 //!
-//! `cargo bench -p celery-operator --bench scale` (APPS=1,1000,10000 WINDOW=60 LEASE=15). A
-//! benchmark, never a test: nothing here passes or fails on a timing.
+//! `cargo bench -p celery-operator --bench scale` (APPS=1,1000,10000 WINDOW=60 LEASE=15). With
+//! `CALLGRIND=FILE` the leader runs inside valgrind's callgrind, which writes to FILE the
+//! instructions it ran, by function (`callgrind_annotate FILE`): counts that do not depend on a
+//! noisy machine; there is no failover then. A benchmark, never a test: nothing here passes or
+//! fails on a timing.
 
 #[path = "shared/measure.rs"]
 mod measure;
@@ -62,9 +65,14 @@ fn main() {
         support::install(&env).await;
         let ns = env.namespace("scale").await;
         let leases: Api<Lease> = Api::namespaced(env.admin.clone(), "celery-operator");
-        let mut leader = Operator::spawn(&control_plane, &ns, lease);
+        let callgrind = std::env::var("CALLGRIND").ok();
+        let mut leader = Operator::spawn(&control_plane, &ns, lease, callgrind.as_deref());
         eventually("the first operator to lead", WAIT, || async { leader.leads(&leases).await }).await;
-        let standby = Operator::spawn(&control_plane, &ns, lease);
+        let standby = Operator::spawn(&control_plane, &ns, lease, None);
+        // Both load (and on a first run compile) the built-in policies at start: measure after.
+        for operator in [&leader, &standby] {
+            operator.settle().await;
+        }
         let audit = control_plane.state.join("logs/audit.log");
 
         println!();
@@ -99,6 +107,16 @@ fn main() {
             leader.measure(&audit, window).await.print(apps);
         }
         println!("(CPU share: of one core; the machine has {} cores. API: the operator's ServiceAccount, watches aside)", measure::num_cores());
+
+        if let Some(out) = callgrind {
+            // Stopped, not killed: callgrind writes its counts at exit.
+            let pid = leader.process.id().expect("running");
+            // SAFETY: kill(2) on our own child.
+            unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+            let _ = leader.process.wait().await;
+            println!("callgrind's counts: {out} (callgrind_annotate {out})");
+            return;
+        }
 
         // Failover at the largest size.
         let offset = std::fs::metadata(&audit).map(|m| m.len()).unwrap_or(0);
@@ -173,9 +191,20 @@ struct Operator {
 }
 
 impl Operator {
-    fn spawn(cp: &ControlPlane, ns: &str, lease: usize) -> Self {
+    /// The operator's binary; under `callgrind` (an output file) inside valgrind's callgrind,
+    /// counting the instructions it runs.
+    fn spawn(cp: &ControlPlane, ns: &str, lease: usize, callgrind: Option<&str>) -> Self {
         let listen: SocketAddr = format!("127.0.0.1:{}", servers::free_port()).parse().expect("address");
-        let process = tokio::process::Command::new(env!("CARGO_BIN_EXE_celery-operator"))
+        let binary = env!("CARGO_BIN_EXE_celery-operator");
+        let mut command = match callgrind {
+            Some(out) => {
+                let mut c = tokio::process::Command::new("valgrind");
+                c.args(["--tool=callgrind", &format!("--callgrind-out-file={out}"), binary]);
+                c
+            }
+            None => tokio::process::Command::new(binary),
+        };
+        let process = command
             .args(["run", "--namespace", ns, "--listen", &listen.to_string(), "--lease-name", "scale-bench"])
             .args(["--lease-seconds", &lease.to_string()])
             .arg("--kubeconfig")
@@ -188,6 +217,20 @@ impl Operator {
             .expect("the operator's binary starts");
         let pid = process.id().expect("running").to_string();
         Self { process, pid, listen }
+    }
+
+    /// Waits until it uses under 5 % of a core over 5 s (at most 5 minutes).
+    async fn settle(&self) {
+        let started = Instant::now();
+        loop {
+            let cpu = measure::cpu_of(&self.pid);
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            if measure::cpu_of(&self.pid).saturating_sub(cpu) < Duration::from_millis(250)
+                || started.elapsed() > Duration::from_secs(300)
+            {
+                return;
+            }
+        }
     }
 
     /// Whether this process holds the Lease (its identity ends with its pid).

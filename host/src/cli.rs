@@ -149,7 +149,11 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         trace_window: Duration::from_secs(trace_minutes.saturating_mul(60)),
         trace_listen,
         leader_election: leader_elect
-            .then(|| LeaseConfig::new(lease_namespace, lease_name, identity, Duration::from_secs(lease_seconds.max(3)))),
+            .then(|| LeaseConfig::new(lease_namespace, lease_name, identity.clone(), Duration::from_secs(lease_seconds.max(3)))),
+        lease_client: match leader_elect {
+            true => Some(operator::client_as(kubeconfig.as_deref(), Some(&identity)).await?),
+            false => None,
+        },
     };
 
     let (stop, shutdown) = watch::channel(false);

@@ -238,6 +238,59 @@ async fn redis_password_and_acl_user() {
     assert!(matches!(error, BrokerError::Unauthorized { .. }), "{error}");
 }
 
+/// A figure of Redis's own `INFO`.
+async fn info(raw: &mut redis::aio::MultiplexedConnection, field: &str) -> u64 {
+    let info: String = redis::cmd("INFO").arg("everything").query_async(raw).await.expect("INFO");
+    let prefix = format!("{field}:");
+    info.lines().find_map(|l| l.strip_prefix(prefix.as_str())).and_then(|n| n.trim().parse().ok()).expect("an INFO field")
+}
+
+/// The clients connected to Redis now.
+async fn connected_clients(raw: &mut redis::aio::MultiplexedConnection) -> u64 {
+    info(raw, "connected_clients").await
+}
+
+/// Apps that read the same Redis as the same user share one connection (10,000 apps held
+/// 10,000 sockets before); another user, password or database gets its own; a connection that
+/// broke is replaced for all of them, and an app whose own read fails (a queue key of the
+/// wrong type) does not take the shared connection down with it.
+#[tokio::test]
+async fn apps_on_one_redis_share_one_connection_per_user() {
+    let (_server, port) = redis_server(&["--requirepass", "s3cret", "--user", "celery", "on", ">pw-celery", "~*", "&*", "+@all"]);
+    let admin = redis::Client::open(format!("redis://:s3cret@127.0.0.1:{port}/0")).expect("client");
+    let mut raw = admin.get_multiplexed_async_connection().await.expect("connects");
+    let baseline = connected_clients(&mut raw).await;
+
+    let url = format!("redis://celery:pw-celery@127.0.0.1:{port}/0");
+    let apps: Vec<_> = (0..50).map(|_| connect(&url, &options()).expect("connects")).collect();
+    for (i, app) in apps.iter().enumerate() {
+        app.queues(&names(&[&format!("queue-{i}")])).await.expect("reads");
+    }
+    assert_eq!(connected_clients(&mut raw).await - baseline, 1, "50 apps, one user: one connection");
+
+    let other_db = connect(&format!("redis://celery:pw-celery@127.0.0.1:{port}/1"), &options()).expect("connects");
+    other_db.queues(&names(&["celery"])).await.expect("reads");
+    let other_user = connect(&format!("redis://:s3cret@127.0.0.1:{port}/0"), &options()).expect("connects");
+    other_user.queues(&names(&["celery"])).await.expect("reads");
+    assert_eq!(connected_clients(&mut raw).await - baseline, 3, "another database and another user: their own");
+
+    // One app's queue is not a list: its read fails, the others keep the connection.
+    let _: () = redis::cmd("SET").arg("queue-0").arg("not a list").query_async(&mut raw).await.expect("SET");
+    let opened = info(&mut raw, "total_connections_received").await;
+    apps[0].queues(&names(&["queue-0"])).await.expect_err("a string is no queue");
+    apps[1].queues(&names(&["queue-1"])).await.expect("reads");
+    assert_eq!(info(&mut raw, "total_connections_received").await, opened, "no reconnection for one app's error");
+    let _: i64 = redis::cmd("CLIENT").arg("KILL").arg("USER").arg("celery").query_async(&mut raw).await.expect("CLIENT KILL");
+    // The killed connection fails the next read on it; the read after reconnects, for all.
+    let _ = apps[1].queues(&names(&["queue-1"])).await;
+    for (i, app) in apps.iter().enumerate().skip(1) {
+        app.queues(&names(&[&format!("queue-{i}")])).await.expect("reads again");
+    }
+    let _ = other_db.queues(&names(&["celery"])).await;
+    other_db.queues(&names(&["celery"])).await.expect("reads again");
+    assert_eq!(connected_clients(&mut raw).await - baseline, 3, "one again for the 50 apps");
+}
+
 #[tokio::test]
 async fn redis_down_or_silent_is_an_error_not_zero() {
     // Nothing listens on this port: refused at once.

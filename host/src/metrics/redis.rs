@@ -19,6 +19,7 @@
 //! enough to borrow its routing key; nothing is kept between reads.
 
 use std::borrow::Cow;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -39,8 +40,9 @@ pub struct RedisBroker {
     display: String,
     layout: RedisLayout,
     timeout: Duration,
-    /// The open connection, dropped after a failed read so that the next read reconnects.
-    connection: Mutex<Option<MultiplexedConnection>>,
+    /// The open connection, shared by every app that reads the same server as the same user
+    /// ([`shared_slot`]); dropped after a failed read so that the next read reconnects.
+    connection: Arc<Slot>,
     /// Whether the server runs [`COUNT_UNACKED`]; false once it refused.
     scripts: AtomicBool,
 }
@@ -55,6 +57,31 @@ pub fn publishes_list_events(flags: &str) -> bool {
 /// report their destination as `lpush`/`rpush` too; pops, trims and deletions are not pushes.
 pub fn is_push(event: &[u8]) -> bool {
     matches!(event, b"lpush" | b"rpush" | b"linsert")
+}
+
+/// An open connection and its number (see [`RedisBroker::forget`]), or none yet.
+type Slot = Mutex<Option<(u64, MultiplexedConnection)>>;
+
+/// The connection slot of the brokers that read `url` (server, database, user and password)
+/// with `timeout`: one connection a process, not one an app. A multiplexed connection pipelines
+/// every app's reads, and Redis answers them in order on one socket as it would on many; 10,000
+/// apps on one Redis held 10,000 sockets, each with its own driver task and buffers, before.
+/// A slot lives while a broker holds it. NB: written here, not taken from a pool crate: the
+/// pools at hand (bb8, deadpool) lend a connection to one user at a time, which is what a
+/// multiplexed connection does not need.
+fn shared_slot(url: &Url, timeout: Duration) -> Arc<Slot> {
+    type Slots = std::collections::HashMap<(String, Duration), std::sync::Weak<Slot>>;
+    static SLOTS: std::sync::LazyLock<std::sync::Mutex<Slots>> = std::sync::LazyLock::new(Default::default);
+    let mut slots = SLOTS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let key = (url.as_str().to_string(), timeout);
+    if let Some(slot) = slots.get(&key).and_then(std::sync::Weak::upgrade) {
+        return slot;
+    }
+    // The slots no broker holds any more go with the next new one.
+    slots.retain(|_, slot| slot.strong_count() > 0);
+    let slot = Arc::new(Mutex::new(None));
+    slots.insert(key, Arc::downgrade(&slot));
+    slot
 }
 
 /// Where and as whom to connect, from a kombu-style broker URL.
@@ -259,7 +286,7 @@ impl RedisBroker {
             display,
             layout: options.redis.clone(),
             timeout: options.timeout,
-            connection: Mutex::new(None),
+            connection: shared_slot(url, options.timeout),
             scripts: AtomicBool::new(true),
         })
     }
@@ -274,20 +301,42 @@ impl RedisBroker {
         // it is dropped, and the arms below take that lock.
         let outcome = tokio::time::timeout(self.timeout, self.read(names)).await;
         match outcome {
-            Ok(Ok(stats)) => Ok(stats),
-            Ok(Err(error)) => {
-                *self.connection.lock().await = None;
-                Err(error)
-            }
+            Ok(outcome) => outcome,
             Err(_) => {
+                // A connection that does not answer in time is not trusted again.
                 *self.connection.lock().await = None;
                 Err(BrokerError::Timeout { broker: self.display.clone(), what: "reading the queues", limit: self.timeout })
             }
         }
     }
 
+    /// Drops connection number `number` from the slot, if it still holds it, so the next read
+    /// (of any app sharing it) reconnects; one that replaced it meanwhile stays.
+    async fn forget(&self, number: u64) {
+        let mut slot = self.connection.lock().await;
+        if slot.as_ref().is_some_and(|(n, _)| *n == number) {
+            *slot = None;
+        }
+    }
+
     async fn read(&self, names: &[String]) -> Result<Vec<QueueStats>, BrokerError> {
-        let mut connection = self.connection().await?;
+        let (number, mut connection) = self.connection().await?;
+        let result = self.read_on(&mut connection, names).await;
+        if let Err((_, true)) = &result {
+            self.forget(number).await;
+        }
+        result.map_err(|(error, _)| error)
+    }
+
+    /// The read on `connection`; a failure says whether the connection itself is lost (not one
+    /// app's answer: a wrong key type, an unexpected reply).
+    async fn read_on(
+        &self,
+        connection: &mut MultiplexedConnection,
+        names: &[String],
+    ) -> Result<Vec<QueueStats>, (BrokerError, bool)> {
+        let lost =
+            |e: &redis::RedisError| e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error() || e.is_timeout();
         let mut pipe = redis::pipe();
         for name in names {
             for key in queue_keys(&self.layout, name) {
@@ -301,18 +350,23 @@ impl RedisBroker {
         } else {
             pipe.cmd("HVALS").arg(unacked_key(&self.layout));
         }
-        let replies: Vec<Value> = match pipe.query_async(&mut connection).await {
+        let failed = |e: redis::RedisError| {
+            let lost = lost(&e);
+            (self.error("reading the queues", e), lost)
+        };
+        let replies: Vec<Value> = match pipe.query_async(&mut *connection).await {
             Ok(replies) => replies,
             Err(error) if scripted && refuses_scripts(&error) => {
                 tracing::info!(broker = %self.display, %error, "the broker refuses Lua scripts; reading the unacked hash with HVALS");
                 self.scripts.store(false, Ordering::Relaxed);
                 let mut pipe = lists;
                 pipe.cmd("HVALS").arg(unacked_key(&self.layout));
-                pipe.query_async(&mut connection).await.map_err(|e| self.error("reading the queues", e))?
+                pipe.query_async(&mut *connection).await.map_err(failed)?
             }
-            Err(error) => return Err(self.error("reading the queues", error)),
+            Err(error) => return Err(failed(error)),
         };
-        tally(&self.layout, names, &replies).map_err(|detail| BrokerError::Unexpected { broker: self.display.clone(), detail })
+        tally(&self.layout, names, &replies)
+            .map_err(|detail| (BrokerError::Unexpected { broker: self.display.clone(), detail }, false))
     }
 
     /// Publishes a remote-control command on the app's pidbox channel; whether any worker
@@ -321,7 +375,7 @@ impl RedisBroker {
         let channel = super::control::redis_channel(&self.layout.global_keyprefix, self.db);
         let envelope = super::control::redis_envelope(command, &super::control::delivery_tag());
         let publish = async {
-            let mut connection = self.connection().await?;
+            let (_, mut connection) = self.connection().await?;
             let receivers: i64 = redis::cmd("PUBLISH")
                 .arg(&channel)
                 .arg(envelope)
@@ -346,7 +400,7 @@ impl RedisBroker {
     /// that refuses `CONFIG` (ACLs, managed services) counts as not publishing.
     pub async fn publishes_pushes(&self) -> Result<bool, BrokerError> {
         let ask = async {
-            let mut connection = self.connection().await?;
+            let (_, mut connection) = self.connection().await?;
             let reply: redis::RedisResult<Vec<String>> =
                 redis::cmd("CONFIG").arg("GET").arg("notify-keyspace-events").query_async(&mut connection).await;
             Ok::<_, BrokerError>(
@@ -401,18 +455,20 @@ impl RedisBroker {
         }
     }
 
-    async fn connection(&self) -> Result<MultiplexedConnection, BrokerError> {
+    async fn connection(&self) -> Result<(u64, MultiplexedConnection), BrokerError> {
+        static OPENED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let mut slot = self.connection.lock().await;
-        if let Some(connection) = slot.as_ref() {
-            return Ok(connection.clone());
+        if let Some((number, connection)) = slot.as_ref() {
+            return Ok((*number, connection.clone()));
         }
         let config =
             AsyncConnectionConfig::new().set_connection_timeout(Some(self.timeout)).set_response_timeout(Some(self.timeout));
         let config = config.set_dns_resolver(super::dns::Resolver::shared());
         let connection =
             self.client.get_multiplexed_async_connection_with_config(&config).await.map_err(|e| self.error("connecting", e))?;
-        *slot = Some(connection.clone());
-        Ok(connection)
+        let number = OPENED.fetch_add(1, Ordering::Relaxed);
+        *slot = Some((number, connection.clone()));
+        Ok((number, connection))
     }
 
     fn error(&self, what: &'static str, source: redis::RedisError) -> BrokerError {

@@ -275,6 +275,7 @@ impl Env {
             scope: Scope { namespaces: namespaces.iter().map(|s| s.to_string()).collect() },
             listen,
             leader_election: lease,
+            lease_client: None,
             policies: Some(self.policies.clone()),
             trace_window: Duration::from_secs(900),
             trace_listen: None,
