@@ -44,10 +44,7 @@ const WAIT: Duration = Duration::from_secs(600);
 fn main() {
     let trials: usize = measure::env_number("TRIALS", 40);
     let window = Duration::from_secs(measure::env_number("WINDOW", 20) as u64);
-    let sizes: Vec<usize> = std::env::var("APPS")
-        .ok()
-        .map(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect())
-        .unwrap_or_else(|| vec![1, 100, 1000]);
+    let sizes = measure::env_list("APPS", &[1, 100, 1000]);
 
     let stage::Stage { runtime, control_plane, redis: _redis, broker } = stage::stage();
     runtime.block_on(async {

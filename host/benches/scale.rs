@@ -54,10 +54,7 @@ const OVERRUNS: &str = "celery_operator_autoscaler_overruns_total";
 fn main() {
     let window = Duration::from_secs(measure::env_number("WINDOW", 60) as u64);
     let lease = measure::env_number("LEASE", 15);
-    let sizes: Vec<usize> = std::env::var("APPS")
-        .ok()
-        .map(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect())
-        .unwrap_or_else(|| vec![1, 1000, 10000]);
+    let sizes = measure::env_list("APPS", &[1, 1000, 10000]);
 
     let stage::Stage { runtime, control_plane, redis: _redis, broker } = stage::stage();
     runtime.block_on(async {

@@ -11,6 +11,14 @@ pub fn env_number(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
+/// A comma-separated list of numbers from the environment (a benchmark's sizes), or `default`.
+pub fn env_list(name: &str, default: &[usize]) -> Vec<usize> {
+    std::env::var(name)
+        .ok()
+        .map(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect())
+        .unwrap_or_else(|| default.to_vec())
+}
+
 /// The text of the operator's `/metrics` on `listen`.
 pub async fn metrics_text(listen: SocketAddr) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
