@@ -34,6 +34,17 @@ impl Default for EngineSettings {
     }
 }
 
+/// Whether the pool resets a slot with Linux's `PAGEMAP_SCAN` (6.7+), copying back only the
+/// pages the instance wrote instead of the first 4 MiB whole. Off: measured on wasmtime 50 here
+/// (2026-12-04, `cargo bench --bench policy`, both in the same hour) it made the small policies
+/// slower (Rust 16.0 → 19.3 µs, C 9.1 → 11.7 µs, Go 100 → 126 µs) and the large ones a little
+/// faster (JavaScript 802 → 716 µs, Python 1.6 → 1.5 ms); on wasmtime 48 it had made Go 37 µs,
+/// but 48 left a written page the kernel had swapped out unreset, for the next instance to read
+/// (bytecodealliance/wasmtime#14357, fixed in 50). Either way the reset keeps a decision from
+/// reading the last one's memory: `tests::a_slot_never_shows_a_page_the_last_instance_wrote_even_swapped_out`
+/// stages swapped-out and freed pages with it on and off.
+const PAGEMAP_SCAN: bool = false;
+
 /// Pool slots kept warm (resident, ready for the next instance of the module they last held)
 /// while unused; see `config`.
 const WARM_SLOTS: u32 = 8;
@@ -118,13 +129,13 @@ impl PolicyEngine {
     /// Builds the engine and starts its epoch ticker. The ticker stops when the last handle
     /// is dropped.
     pub fn new(settings: EngineSettings) -> Result<Self, PolicyError> {
-        let (engine, pooling) = match Engine::new(&config(&settings, true)) {
+        let (engine, pooling) = match Engine::new(&config(&settings, true, PAGEMAP_SCAN)) {
             Ok(engine) => (engine, true),
             Err(error) => {
                 // NB: the pool reserves address space up front; where that is refused (a low
                 // `ulimit -v`, some sandboxes) on-demand allocation still works, only slower.
                 tracing::warn!(%error, "pooling allocator unavailable; allocating instances on demand");
-                let engine = Engine::new(&config(&settings, false))
+                let engine = Engine::new(&config(&settings, false, false))
                     .map_err(|e| PolicyError::Engine(format!("cannot build the wasm engine: {e:#}")))?;
                 (engine, false)
             }
@@ -197,7 +208,7 @@ impl Drop for Running {
     }
 }
 
-fn config(settings: &EngineSettings, pooling: bool) -> Config {
+fn config(settings: &EngineSettings, pooling: bool, pagemap_scan: bool) -> Config {
     let mut config = Config::new();
     config.epoch_interruption(true);
     // Go 1.26 emits typed function references.
@@ -231,15 +242,7 @@ fn config(settings: &EngineSettings, pooling: bool) -> Config {
             // interpreters touch a few MiB at start.
             .linear_memory_keep_resident(4 << 20)
             .table_keep_resident(1 << 20)
-            // With PAGEMAP_SCAN (Linux 6.7+; `Auto` falls back elsewhere) the reset copies back
-            // only the pages the instance wrote, found by the kernel, instead of the first 4 MiB
-            // whole (Go 100 → 40 µs, Python 1.5 → 1.3 ms here). Up to wasmtime 48 a written page
-            // the kernel had swapped out was neither reset nor unmapped, and the next instance in
-            // the slot could read the last one's data (bytecodealliance/wasmtime#14357, fixed in
-            // 50): `tests::a_slot_never_shows_a_page_the_last_instance_wrote_even_swapped_out`
-            // stages exactly that. The resident pages it keeps are bounded by the warm slots
-            // above and returned by the ticker when calls pause ([`RELEASE_IDLE_EVERY`]).
-            .pagemap_scan(wasmtime::Enabled::Auto);
+            .pagemap_scan(if pagemap_scan { wasmtime::Enabled::Auto } else { wasmtime::Enabled::No });
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     }
     config
@@ -318,7 +321,8 @@ mod tests {
     }
 
     /// The isolation promise (a fresh instance per decision sees nothing of the last one) with
-    /// the pool's `pagemap_scan` reset, under memory pressure staged on the page itself: an
+    /// the pool's reset, by copying back the kept-resident pages or by `pagemap_scan`, under
+    /// memory pressure staged on the page itself: an
     /// instance writes a secret, the kernel swaps that page out (`MADV_PAGEOUT`) or may drop
     /// it (`MADV_FREE`) while the instance still lives, the instance ends and its slot is
     /// reset, and the next instance, in the same slot, reads the initial zero. Up to wasmtime
@@ -331,13 +335,19 @@ mod tests {
             eprintln!("skipped: cannot switch a swap file on (not root?)");
             return;
         };
-        let engine = PolicyEngine::new(EngineSettings::default()).expect("engine");
-        assert!(engine.pooling(), "the pooling allocator is what is under test");
+        for pagemap_scan in [false, true] {
+            let engine =
+                wasmtime::Engine::new(&config(&EngineSettings::default(), true, pagemap_scan)).expect("a pooling engine");
+            isolated_under_pressure(&engine, pagemap_scan);
+        }
+    }
+
+    fn isolated_under_pressure(engine: &wasmtime::Engine, pagemap_scan: bool) {
         const SECRET: i64 = 0x5ec2_e7c0_ffee_0001;
         // Offsets in the first page, in the middle of the 4 MiB kept resident, and past it.
         let offsets = [64_i32, 2 << 20, 5 << 20];
         let module = wasmtime::Module::new(
-            engine.engine(),
+            engine,
             r#"(module
                  (memory (export "memory") 128)
                  (func (export "write") (param i32 i64) (i64.store (local.get 0) (local.get 1)))
@@ -354,7 +364,7 @@ mod tests {
         };
         for advice in [libc::MADV_PAGEOUT, libc::MADV_FREE] {
             for round in 0..3 {
-                let mut store = wasmtime::Store::new(engine.engine(), ());
+                let mut store = wasmtime::Store::new(engine, ());
                 let (base, write, read) = instance(&mut store);
                 for &offset in &offsets {
                     assert_eq!(read.call(&mut store, offset).expect("read"), 0, "round {round}: a fresh slot starts at zero");
@@ -370,12 +380,15 @@ mod tests {
                 }
                 drop(store);
 
-                let mut store = wasmtime::Store::new(engine.engine(), ());
+                let mut store = wasmtime::Store::new(engine, ());
                 let (again, _, read) = instance(&mut store);
                 assert_eq!(again, base, "the next instance took another slot: the reset was not exercised");
                 for &offset in &offsets {
                     let seen = read.call(&mut store, offset).expect("read");
-                    assert_eq!(seen, 0, "advice {advice}, round {round}: the next instance read {seen:#x} at {offset}");
+                    assert_eq!(
+                        seen, 0,
+                        "pagemap_scan {pagemap_scan}, advice {advice}, round {round}: the next instance read {seen:#x} at {offset}"
+                    );
                 }
             }
         }
