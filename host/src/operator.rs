@@ -158,7 +158,8 @@ async fn elect_and_run(
         controllers().await;
         return if *stop.borrow() { Ok(()) } else { Err(RunError::ControllerEnded) };
     };
-    let mut elector = Elector::new(options.lease_client.clone().unwrap_or_else(|| client.clone()), lease.clone());
+    let lease_client = options.lease_client.clone().unwrap_or_else(|| client.clone());
+    let mut elector = Elector::new(lease_client.clone(), lease.clone());
     loop {
         tokio::select! {
             _ = elector.acquire(leadership) => {}
@@ -193,7 +194,7 @@ async fn elect_and_run(
                     return Err(RunError::ControllerEnded);
                 }
                 // Released by a fresh elector: the renewing one was just stopped mid-renewal.
-                Elector::new(options.lease_client.clone().unwrap_or_else(|| client.clone()), lease.clone()).release().await;
+                Elector::new(lease_client, lease.clone()).release().await;
                 return Ok(());
             }
         }
