@@ -19,7 +19,10 @@
 //! `cargo bench -p celery-operator --bench scale` (APPS=1,1000,10000 WINDOW=60 LEASE=15). With
 //! `CALLGRIND=FILE` the leader runs inside valgrind's callgrind, which writes to FILE the
 //! instructions it ran, by function (`callgrind_annotate FILE`): counts that do not depend on a
-//! noisy machine; there is no failover then. A benchmark, never a test: nothing here passes or
+//! noisy machine. With `HEAPTRACK=FILE` it runs inside heaptrack, which writes to FILE.zst
+//! every allocation with its stack; the leader is killed at the end, so what it held then is
+//! what heaptrack calls leaked (`heaptrack_print --print-leaks 1 FILE.zst`). There is no
+//! failover with either. A benchmark, never a test: nothing here passes or
 //! fails on a timing.
 
 #[path = "shared/measure.rs"]
@@ -62,8 +65,8 @@ fn main() {
         support::install(&env).await;
         let ns = env.namespace("scale").await;
         let leases: Api<Lease> = Api::namespaced(env.admin.clone(), "celery-operator");
-        let callgrind = std::env::var("CALLGRIND").ok();
-        let mut leader = Operator::spawn(&control_plane, &ns, lease, callgrind.as_deref());
+        let profiler = Profiler::from_env();
+        let mut leader = Operator::spawn(&control_plane, &ns, lease, profiler.as_ref());
         eventually("the first operator to lead", WAIT, || async { leader.leads(&leases).await }).await;
         let standby = Operator::spawn(&control_plane, &ns, lease, None);
         // Both load (and on a first run compile) the built-in policies at start: measure after.
@@ -105,13 +108,9 @@ fn main() {
         }
         println!("(CPU share: of one core; the machine has {} cores. API: the operator's ServiceAccount, watches aside)", measure::num_cores());
 
-        if let Some(out) = callgrind {
-            // Stopped, not killed: callgrind writes its counts at exit.
-            let pid = leader.process.id().expect("running");
-            // SAFETY: kill(2) on our own child.
-            unsafe { libc::kill(pid as i32, libc::SIGTERM) };
-            let _ = leader.process.wait().await;
-            println!("callgrind's counts: {out} (callgrind_annotate {out})");
+        if let Some(profiler) = profiler {
+            leader.stop(profiler.stop_signal()).await;
+            println!("{}", profiler.report());
             return;
         }
 
@@ -181,6 +180,40 @@ spec:
 }
 
 /// The operator's binary, in a process of its own.
+/// What the leader may run inside (`CALLGRIND=FILE` or `HEAPTRACK=FILE`), writing to FILE.
+enum Profiler {
+    Callgrind(String),
+    Heaptrack(String),
+}
+
+impl Profiler {
+    fn from_env() -> Option<Self> {
+        let var = |name| std::env::var(name).ok().filter(|v: &String| !v.is_empty());
+        var("CALLGRIND").map(Self::Callgrind).or_else(|| var("HEAPTRACK").map(Self::Heaptrack))
+    }
+
+    /// How the leader is stopped: callgrind writes its counts when the process exits, so it is
+    /// shut down (SIGTERM); under heaptrack it is killed, so that what it holds at the end
+    /// stays allocated and `heaptrack_print` lists it, by where it was allocated, as "leaked".
+    fn stop_signal(&self) -> i32 {
+        match self {
+            Self::Callgrind(_) => libc::SIGTERM,
+            Self::Heaptrack(_) => libc::SIGKILL,
+        }
+    }
+
+    fn report(&self) -> String {
+        match self {
+            Self::Callgrind(out) => format!("callgrind's counts: {out} (callgrind_annotate {out})"),
+            Self::Heaptrack(out) => {
+                format!(
+                    "heaptrack's record: {out}.zst (what the leader held at the end: heaptrack_print --print-leaks 1 {out}.zst)"
+                )
+            }
+        }
+    }
+}
+
 struct Operator {
     process: tokio::process::Child,
     pid: String,
@@ -188,15 +221,19 @@ struct Operator {
 }
 
 impl Operator {
-    /// The operator's binary; under `callgrind` (an output file) inside valgrind's callgrind,
-    /// counting the instructions it runs.
-    fn spawn(cp: &ControlPlane, ns: &str, lease: usize, callgrind: Option<&str>) -> Self {
+    /// The operator's binary, inside `profiler` when there is one.
+    fn spawn(cp: &ControlPlane, ns: &str, lease: usize, profiler: Option<&Profiler>) -> Self {
         let listen: SocketAddr = format!("127.0.0.1:{}", servers::free_port()).parse().expect("address");
         let binary = env!("CARGO_BIN_EXE_celery-operator");
-        let mut command = match callgrind {
-            Some(out) => {
+        let mut command = match profiler {
+            Some(Profiler::Callgrind(out)) => {
                 let mut c = tokio::process::Command::new("valgrind");
                 c.args(["--tool=callgrind", &format!("--callgrind-out-file={out}"), binary]);
+                c
+            }
+            Some(Profiler::Heaptrack(out)) => {
+                let mut c = tokio::process::Command::new("heaptrack");
+                c.args(["-o", out, binary]);
                 c
             }
             None => tokio::process::Command::new(binary),
@@ -212,8 +249,20 @@ impl Operator {
             .kill_on_drop(true)
             .spawn()
             .expect("the operator's binary starts");
-        let pid = process.id().expect("running").to_string();
+        let mut pid = process.id().expect("running").to_string();
+        if let Some(Profiler::Heaptrack(_)) = profiler {
+            // heaptrack is a script that starts the operator as its child: measure (and stop) that.
+            pid = child_running(&pid, binary);
+        }
         Self { process, pid, listen }
+    }
+
+    /// Sends it `signal`, and waits for it and its wrapper to end.
+    async fn stop(&mut self, signal: i32) {
+        let pid: i32 = self.pid.parse().expect("a pid");
+        // SAFETY: kill(2) on our own child, or its child under heaptrack.
+        unsafe { libc::kill(pid, signal) };
+        let _ = self.process.wait().await;
     }
 
     /// Waits until it uses under 5 % of a core over 5 s (at most 5 minutes).
@@ -358,4 +407,25 @@ fn requests_since(audit: &PathBuf, offset: u64, took: Duration) -> BTreeMap<(Str
         *counts.entry((verb, what)).or_default() += 1.0 / took.as_secs_f64();
     }
     counts
+}
+
+/// The pid of `parent`'s child running `binary`, once it has started (at most a minute).
+fn child_running(parent: &str, binary: &str) -> String {
+    let binary = std::fs::canonicalize(binary).expect("the operator's binary");
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(60) {
+        let children = std::fs::read_dir("/proc").expect("/proc").flatten().filter_map(|entry| {
+            let pid = entry.file_name().into_string().ok()?;
+            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+            // The parent pid is the second field after the command's closing parenthesis.
+            let ppid = stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.to_owned();
+            let exe = std::fs::read_link(entry.path().join("exe")).ok()?;
+            (ppid == parent && exe == binary).then_some(pid)
+        });
+        if let Some(pid) = children.into_iter().next() {
+            return pid;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("no child of {parent} runs {}", binary.display());
 }

@@ -3,9 +3,11 @@
 //!
 //! Every app records 15 minutes of ticks at the default one-second interval (900 ticks: the
 //! operator's defaults) from a realistic sample: 3 queues and 10 worker pods with CPU, memory
-//! and tasks in progress, and a reason that changes every tick. A counting allocator gives the
-//! heap bytes exactly (no noise): the rings as the operator keeps them, and, as the baseline, a
-//! ring of the whole `Sample`s (what a naive trace, or the policies' own history, would hold).
+//! and tasks in progress, and a reason that changes every tick; once with figures that change
+//! every tick (the worst case for the rings' runs) and once for quiet apps (the same figures
+//! throughout, as most apps are most of the time). A counting allocator gives the heap bytes
+//! exactly (no noise): the rings as the operator keeps them, and, as the baseline, a ring of
+//! the whole `Sample`s (what a naive trace, or the policies' own history, would hold).
 //! It also times a tick's record and one app's CSV.
 //!
 //! `cargo bench -p celery-operator --bench trace` (APPS=…, MINUTES=…). A benchmark, never a
@@ -19,7 +21,7 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::{Duration, Instant};
 
-use celery_operator::autoscale::trace::{Measured, ROW_BYTES, Setup, Traces};
+use celery_operator::autoscale::trace::{Measured, RUN_BYTES, Setup, TICK_BYTES, Traces};
 use celery_operator::policy::{PodSample, QueueSample, Sample};
 
 /// Counts the bytes the heap holds.
@@ -49,8 +51,9 @@ fn live() -> isize {
     LIVE.load(Ordering::Relaxed)
 }
 
-fn sample(app: usize, tick: u64) -> Sample {
-    let backlog = (tick * 7 + app as u64) % 500;
+/// App `app`'s sample at `tick`, with the figures of tick `figures`.
+fn sample(app: usize, figures: u64, tick: u64) -> Sample {
+    let backlog = (figures * 7 + app as u64) % 500;
     Sample {
         timestamp_ms: 1_764_000_000_000 + tick * 1000,
         replicas: 10,
@@ -91,44 +94,49 @@ fn mib(bytes: isize) -> String {
     format!("{:.1} MiB", bytes as f64 / f64::from(1 << 20))
 }
 
-fn main() {
-    let apps = measure::env_number("APPS", 1000);
-    let minutes = measure::env_number("MINUTES", 15) as u64;
-    let ticks = minutes * 60;
-    println!("{apps} apps, {minutes} min at 1 s ({ticks} ticks each); a trace row is {ROW_BYTES} bytes");
-
+/// Rings of `apps` apps that recorded `ticks` ticks and 60 more (the oldest fell off), their
+/// heap bytes, the time recording took, and the first app's CSV with the time it took. `busy`:
+/// the figures change every tick (the worst case for the runs); otherwise they stay the same.
+fn fill(apps: usize, ticks: u64, busy: bool) -> (std::sync::Arc<Traces>, isize, Duration, String, Duration) {
     let before = live();
-    let traces = Traces::new(Duration::from_secs(minutes * 60));
+    let traces = Traces::new(Duration::from_secs(ticks));
     let rings: Vec<_> = (0..apps).map(|app| traces.ring(setup(app))).collect();
     let mut record = Duration::ZERO;
     for tick in 0..ticks + 60 {
         for (app, ring) in rings.iter().enumerate() {
-            let s = sample(app, tick);
+            let s = sample(app, if busy { tick } else { 0 }, tick);
             let reason =
                 format!("{} messages / 30 per worker → {} workers", s.queues[0].backlog * 3, s.queues[0].backlog / 10 + 1);
             let started = Instant::now();
             let measured = Measured::of(&s, false);
-            ring.lock().expect("ring").record(
-                measured,
-                10 + u32::from(tick % 90 == 0),
-                Some(9),
-                tick % 300 == 0,
-                format_args!("{reason}"),
-            );
+            let decided = if busy { 10 + u32::from(tick % 90 == 0) } else { 10 };
+            ring.lock().expect("ring").record(measured, decided, Some(9), tick % 300 == 0, format_args!("{reason}"));
             record += started.elapsed();
         }
     }
-    let rings_bytes = live() - before;
+    let bytes = live() - before;
     let started = Instant::now();
     let csv = rings[0].lock().expect("ring").csv();
-    let csv_time = started.elapsed();
+    (traces, bytes, record, csv, started.elapsed())
+}
+
+fn main() {
+    let apps = measure::env_number("APPS", 1000);
+    let minutes = measure::env_number("MINUTES", 15) as u64;
+    let ticks = minutes * 60;
+    println!(
+        "{apps} apps, {minutes} min at 1 s ({ticks} ticks each); a tick's time takes {TICK_BYTES} bytes, a run of ticks with the same figures {RUN_BYTES}"
+    );
+
+    let quiet = fill(apps, ticks, false);
+    let (traces, rings_bytes, record, csv, csv_time) = fill(apps, ticks, true);
 
     let before = live();
     let mut naive: Vec<VecDeque<Sample>> = Vec::with_capacity(apps);
     for app in 0..apps {
         let mut ring = VecDeque::with_capacity(ticks as usize);
         for tick in 0..ticks {
-            ring.push_back(sample(app, tick));
+            ring.push_back(sample(app, tick, tick));
         }
         naive.push(ring);
     }
@@ -137,7 +145,8 @@ fn main() {
     let per_app = |bytes: isize| format!("{:.1} KiB", bytes as f64 / 1024.0 / apps as f64);
     println!();
     println!("{:<44} {:>12} {:>12}", "heap", "per app", format!("{apps} apps"));
-    println!("{:<44} {:>12} {:>12}", "trace rings (as the operator keeps them)", per_app(rings_bytes), mib(rings_bytes));
+    println!("{:<44} {:>12} {:>12}", "trace rings, figures changing every tick", per_app(rings_bytes), mib(rings_bytes));
+    println!("{:<44} {:>12} {:>12}", "trace rings, quiet apps (same figures)", per_app(quiet.1), mib(quiet.1));
     println!("{:<44} {:>12} {:>12}", "baseline: the samples themselves", per_app(naive_bytes), mib(naive_bytes));
     println!();
     println!(
@@ -146,6 +155,7 @@ fn main() {
         apps as u64 * (ticks + 60)
     );
     println!("one app's CSV: {} bytes, written in {}", csv.len(), measure::fmt(csv_time));
-    println!("rows held: {}", traces.rows());
+    let (held, bytes) = traces.held();
+    println!("ticks held: {held}, in {}", mib(bytes as isize));
     drop(naive);
 }

@@ -140,21 +140,36 @@ pub async fn run(
             // autoscaler's every few seconds included. Children's changes and the periodic
             // resync still trigger one.
             let (reader, writer) = reflector::store();
+            // Each object is trimmed on its way in (`apply::trim_for_cache`): its managedFields'
+            // field sets are most of its memory, and the operator reads little of them.
             let apps = watcher::watcher(celery, watcher::Config::default())
                 .backoff(watch_backoff())
+                .modify(apply::trim_for_cache)
                 .reflect(writer)
                 .applied_objects()
                 .predicate_filter(predicates::generation, Default::default());
             // The children are cached too: a reconcile that would change nothing reads them
             // from here and writes nothing (see `apply::unchanged`).
             let (deployment_cache, writer) = reflector::store();
-            let deployments = watcher::watcher(deployments, children.clone()).backoff(watch_backoff()).reflect(writer);
+            let deployments = watcher::watcher(deployments, children.clone())
+                .backoff(watch_backoff())
+                .modify(apply::trim_for_cache)
+                .reflect(writer);
             let (service_cache, writer) = reflector::store();
-            let services = watcher::watcher(services, children.clone()).backoff(watch_backoff()).reflect(writer);
+            let services = watcher::watcher(services, children.clone())
+                .backoff(watch_backoff())
+                .modify(apply::trim_for_cache)
+                .reflect(writer);
             let (budget_cache, writer) = reflector::store();
-            let budgets = watcher::watcher(budgets, children.clone()).backoff(watch_backoff()).reflect(writer);
+            let budgets = watcher::watcher(budgets, children.clone())
+                .backoff(watch_backoff())
+                .modify(apply::trim_for_cache)
+                .reflect(writer);
             let (autoscaler_cache, writer) = reflector::store();
-            let autoscalers = watcher::watcher(autoscalers, watcher::Config::default()).backoff(watch_backoff()).reflect(writer);
+            let autoscalers = watcher::watcher(autoscalers, watcher::Config::default())
+                .backoff(watch_backoff())
+                .modify(apply::trim_for_cache)
+                .reflect(writer);
             let targets = deployment_cache.clone();
             let controller = Controller::for_stream(apps, reader)
                 .owns_stream(deployments.touched_objects())

@@ -1,12 +1,16 @@
-//! The recent past of every autoscaled pool, kept to be replayed: one compact row per tick
-//! (what was measured, the count that ran, the count decided) in a ring bounded by time (15
-//! minutes by default, `--trace-minutes`), and the reasons of the last decisions that changed
-//! something. `GET /trace/NAMESPACE/NAME` ([`crate::server`]) writes a ring as the CSV that
+//! The recent past of every autoscaled pool, kept to be replayed: what was measured, the count
+//! that ran and the count decided at every tick, in a ring bounded by time (15 minutes by
+//! default, `--trace-minutes`), and the reasons of the last decisions that changed something.
+//! `GET /trace/NAMESPACE/NAME` ([`crate::server`]) writes a ring as the CSV that
 //! `celery-operator policy simulate --trace` reads ([`Trace::csv`]), headed by the policies,
 //! bounds and damping it ran with, so a replay needs no other flag.
 //!
-//! A row is 40 bytes (numbers narrowed, no allocation): at the default one-second interval a
-//! pool's 15 minutes are 900 rows, 35 KiB, allocated once when its loop starts.
+//! A ring holds each tick's time as the milliseconds since the tick before (4 bytes: at the
+//! default one-second interval a pool's 15 minutes are 900 ticks, 3.5 KiB, allocated once when
+//! its loop starts), and its figures as runs: ticks in a row with the same figures share one
+//! 40-byte entry (numbers narrowed, no allocation). A quiet pool, most pools most of the time,
+//! holds a handful of runs; one whose figures change every tick holds a run per tick (44 bytes
+//! a tick in all).
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt::Write as _;
@@ -21,10 +25,9 @@ const UNKNOWN_U64: u64 = u64::MAX;
 /// Reasons kept per pool for `kubectl celery why`.
 pub const NOTES: usize = 20;
 
-/// One tick of one pool.
+/// The figures of one tick of one pool.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Row {
-    t_ms: u64,
+struct Figures {
     /// Messages ready over the pool's queues; [`UNKNOWN_U64`] when the broker could not be read.
     backlog: u64,
     /// Delivered and unacknowledged, where the broker tells; saturated.
@@ -41,9 +44,19 @@ struct Row {
     shadow: u16,
 }
 
+/// Ticks in a row with the same figures.
+#[derive(Clone, Copy, Debug)]
+struct Run {
+    figures: Figures,
+    ticks: u32,
+}
+
 /// What one tick measured, taken before the sample goes to the policies (it is theirs then).
 #[derive(Clone, Copy, Debug)]
-pub struct Measured(Row);
+pub struct Measured {
+    t_ms: u64,
+    figures: Figures,
+}
 
 impl Measured {
     /// The figures of `sample`; `broker_failed`: the backlog was not known (the sample then
@@ -56,8 +69,7 @@ impl Measured {
         };
         let pods = &sample.pods;
         let reserved: Option<u64> = sample.queues.iter().map(|q| q.reserved).sum();
-        Self(Row {
-            t_ms: sample.timestamp_ms,
+        let figures = Figures {
             backlog: if broker_failed {
                 UNKNOWN_U64
             } else {
@@ -73,7 +85,8 @@ impl Measured {
             replicas: u16::try_from(sample.replicas).unwrap_or(u16::MAX),
             decided: 0,
             shadow: u16::MAX,
-        })
+        };
+        Self { t_ms: sample.timestamp_ms, figures }
     }
 }
 
@@ -109,7 +122,14 @@ pub struct Note {
 #[derive(Debug)]
 pub struct Trace {
     setup: Setup,
-    rows: VecDeque<Row>,
+    /// The time of the oldest tick held, and of the newest, in milliseconds since the epoch.
+    start_ms: u64,
+    last_ms: u64,
+    /// Per tick held, oldest first: milliseconds since the tick before (0 for the oldest).
+    gaps: VecDeque<u32>,
+    /// The ticks' figures, oldest first; their `ticks` add up to `gaps.len()`.
+    runs: VecDeque<Run>,
+    /// Ticks held at most.
     capacity: usize,
     notes: VecDeque<Note>,
     last_reason: String,
@@ -117,22 +137,50 @@ pub struct Trace {
 
 impl Trace {
     fn new(setup: Setup, window: Duration) -> Self {
-        let capacity = rows_for(window, setup.interval);
-        Self { setup, rows: VecDeque::with_capacity(capacity), capacity, notes: VecDeque::new(), last_reason: String::new() }
+        let capacity = ticks_for(window, setup.interval);
+        Self {
+            setup,
+            start_ms: 0,
+            last_ms: 0,
+            gaps: VecDeque::with_capacity(capacity),
+            runs: VecDeque::new(),
+            capacity,
+            notes: VecDeque::new(),
+            last_reason: String::new(),
+        }
     }
 
-    /// Takes a changed setup; a changed interval resizes the ring (the newest rows stay).
+    /// Takes a changed setup; a changed interval resizes the ring (the newest ticks stay).
     pub fn set_setup(&mut self, setup: Setup, window: Duration) {
-        let capacity = rows_for(window, setup.interval);
+        let capacity = ticks_for(window, setup.interval);
         if capacity != self.capacity {
-            while self.rows.len() > capacity {
-                self.rows.pop_front();
+            while self.gaps.len() > capacity {
+                self.drop_oldest();
             }
-            self.rows.shrink_to(capacity);
-            self.rows.reserve_exact(capacity.saturating_sub(self.rows.len()));
+            self.gaps.shrink_to(capacity);
+            self.gaps.reserve_exact(capacity.saturating_sub(self.gaps.len()));
             self.capacity = capacity;
         }
         self.setup = setup;
+    }
+
+    /// Forgets the oldest tick.
+    fn drop_oldest(&mut self) {
+        self.gaps.pop_front();
+        if let Some(gap) = self.gaps.front_mut() {
+            self.start_ms += u64::from(*gap);
+            *gap = 0;
+        }
+        if let Some(run) = self.runs.front_mut() {
+            run.ticks -= 1;
+            if run.ticks == 0 {
+                self.runs.pop_front();
+                // A pool that was busy and is quiet again gives back its runs' memory.
+                if self.runs.capacity() > 64 && self.runs.len() * 4 < self.runs.capacity() {
+                    self.runs.shrink_to(self.runs.len() * 2);
+                }
+            }
+        }
     }
 
     /// Records one tick: what was measured, what was decided and why, and what the shadow
@@ -152,24 +200,51 @@ impl Trace {
         self.last_reason.clear();
         let _ = self.last_reason.write_fmt(reason);
         let shadow = shadow.map_or(u16::MAX, |n| u16::try_from(n).unwrap_or(u16::MAX - 1));
-        let row = Row { decided: u16::try_from(decided).unwrap_or(u16::MAX), shadow, ..measured.0 };
-        if self.rows.len() == self.capacity {
-            self.rows.pop_front();
+        let figures = Figures { decided: u16::try_from(decided).unwrap_or(u16::MAX), shadow, ..measured.figures };
+        if self.gaps.len() == self.capacity {
+            self.drop_oldest();
         }
-        self.rows.push_back(row);
-        let replicas = u32::from(row.replicas);
+        // A clock that steps back records the tick as taken with the one before.
+        if self.gaps.is_empty() {
+            self.start_ms = measured.t_ms;
+            self.gaps.push_back(0);
+        } else {
+            let gap = measured.t_ms.saturating_sub(self.last_ms);
+            self.gaps.push_back(u32::try_from(gap).unwrap_or(u32::MAX));
+        }
+        self.last_ms = self.last_ms.max(measured.t_ms);
+        match self.runs.back_mut() {
+            Some(run) if run.figures == figures => run.ticks += 1,
+            _ => self.runs.push_back(Run { figures, ticks: 1 }),
+        }
+        let replicas = u32::from(figures.replicas);
         if decided != replicas || health_changed || self.notes.is_empty() {
             if self.notes.len() == NOTES {
                 self.notes.pop_front();
             }
             self.notes.push_back(Note {
-                t_ms: row.t_ms,
-                backlog: (row.backlog != UNKNOWN_U64).then_some(row.backlog),
+                t_ms: measured.t_ms,
+                backlog: (figures.backlog != UNKNOWN_U64).then_some(figures.backlog),
                 replicas,
                 decided,
                 reason: self.last_reason.clone(),
             });
         }
+    }
+
+    /// Every tick held, oldest first: milliseconds since the oldest, and its figures.
+    fn ticks(&self) -> impl Iterator<Item = (u64, &Figures)> {
+        let figures = self.runs.iter().flat_map(|run| std::iter::repeat_n(&run.figures, run.ticks as usize));
+        let at = self.gaps.iter().scan(0u64, |t, gap| {
+            *t += u64::from(*gap);
+            Some(*t)
+        });
+        at.zip(figures)
+    }
+
+    /// Bytes the ring holds for its ticks (allocated, not only used).
+    pub fn heap_bytes(&self) -> usize {
+        self.gaps.capacity() * std::mem::size_of::<u32>() + self.runs.capacity() * std::mem::size_of::<Run>()
     }
 
     /// The decisions that changed something, oldest first, and the latest.
@@ -183,8 +258,8 @@ impl Trace {
     /// have, when there is one).
     pub fn csv(&self) -> String {
         let s = &self.setup;
-        let mut out = String::with_capacity(64 * (self.rows.len() + 8));
-        let start = self.rows.front().map_or(0, |r| r.t_ms);
+        let mut out = String::with_capacity(64 * (self.gaps.len() + 8));
+        let start = self.start_ms;
         let _ = writeln!(out, "# celery-operator trace of {}", s.label);
         let _ = writeln!(out, "# epoch-ms: {start}");
         for (name, settings) in &s.policies {
@@ -205,17 +280,17 @@ impl Trace {
         );
         out.push_str("t_seconds,backlog,replicas,reserved,active_tasks,cpu_millis,cpu_request_millis,decided,shadow\n");
         let cell32 = |v: u32| if v == UNKNOWN_U32 { String::new() } else { v.to_string() };
-        for r in &self.rows {
+        for (since, r) in self.ticks() {
+            let t_seconds = since as f64 / 1000.0;
             if r.backlog == UNKNOWN_U64 {
                 // A tick without a backlog cannot be replayed: the policies that need it held.
-                let _ = writeln!(out, "# {:.3}: backlog unknown, {} held", (r.t_ms - start) as f64 / 1000.0, r.replicas);
+                let _ = writeln!(out, "# {t_seconds:.3}: backlog unknown, {} held", r.replicas);
                 continue;
             }
             let shadow = if r.shadow == u16::MAX { String::new() } else { r.shadow.to_string() };
             let _ = writeln!(
                 out,
-                "{:.3},{},{},{},{},{},{},{},{shadow}",
-                (r.t_ms - start) as f64 / 1000.0,
+                "{t_seconds:.3},{},{},{},{},{},{},{},{shadow}",
                 r.backlog,
                 r.replicas,
                 cell32(r.reserved),
@@ -228,17 +303,18 @@ impl Trace {
         out
     }
 
+    /// Ticks held.
     pub fn len(&self) -> usize {
-        self.rows.len()
+        self.gaps.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.rows.is_empty()
+        self.gaps.is_empty()
     }
 }
 
-/// Rows that hold `window` at one per `interval`.
-fn rows_for(window: Duration, interval: Duration) -> usize {
+/// Ticks that hold `window` at one per `interval`.
+fn ticks_for(window: Duration, interval: Duration) -> usize {
     let interval = interval.max(Duration::from_secs(1));
     usize::try_from(window.as_secs().div_ceil(interval.as_secs())).unwrap_or(usize::MAX)
 }
@@ -278,14 +354,19 @@ impl Traces {
         self.rings.lock().expect("traces lock").get(label).cloned()
     }
 
-    /// Rows held over all rings, for the memory figures.
-    pub fn rows(&self) -> usize {
-        self.rings.lock().expect("traces lock").values().map(|r| r.lock().expect("trace lock").len()).sum()
+    /// Ticks held over all rings, and the bytes they take, for the memory figures.
+    pub fn held(&self) -> (usize, usize) {
+        let rings = self.rings.lock().expect("traces lock");
+        rings
+            .values()
+            .map(|r| r.lock().expect("trace lock"))
+            .fold((0, 0), |(ticks, bytes), r| (ticks + r.len(), bytes + r.heap_bytes()))
     }
 }
 
-/// Bytes one row takes in a ring.
-pub const ROW_BYTES: usize = std::mem::size_of::<Row>();
+/// Bytes a run of ticks with the same figures takes in a ring, and a tick's time.
+pub const RUN_BYTES: usize = std::mem::size_of::<Run>();
+pub const TICK_BYTES: usize = std::mem::size_of::<u32>();
 
 #[cfg(test)]
 mod tests {
@@ -327,17 +408,66 @@ mod tests {
     }
 
     #[test]
-    fn a_row_is_small_and_the_ring_is_bounded_by_time() {
-        assert_eq!(ROW_BYTES, 40);
+    fn a_run_is_small_and_the_ring_is_bounded_by_time() {
+        assert_eq!((RUN_BYTES, TICK_BYTES), (40, 4));
         let traces = Traces::new(Duration::from_secs(5));
         let ring = traces.ring(setup());
         let mut trace = ring.lock().unwrap();
         for t in 0..8u64 {
             trace.record(Measured::of(&sample(1_000 * t, t * 10, 2), false), 2, None, false, format_args!("same"));
         }
-        assert_eq!(trace.len(), 5, "5 s at one row a second");
+        assert_eq!(trace.len(), 5, "5 s at one tick a second");
         let csv = trace.csv();
-        assert!(csv.contains("# epoch-ms: 3000\n") && csv.contains("\n0.000,30,2,"), "the oldest rows went first: {csv}");
+        assert!(csv.contains("# epoch-ms: 3000\n") && csv.contains("\n0.000,30,2,"), "the oldest ticks went first: {csv}");
+    }
+
+    /// Ticks with the same figures share a run, and the ring still gives back every tick at
+    /// its own time, in order, as a ring of whole rows would, while ticks fall off the front
+    /// across runs.
+    #[test]
+    fn runs_give_back_every_tick_at_its_own_time() {
+        let window = Duration::from_secs(20);
+        let traces = Traces::new(window);
+        let ring = traces.ring(setup());
+        let mut trace = ring.lock().unwrap();
+        // (time, backlog, decided): quiet stretches, a burst that changes every tick, a clock
+        // that steps back once, and uneven gaps.
+        let mut ticks = Vec::new();
+        let mut t = 5_000u64;
+        for i in 0..60u64 {
+            let backlog = if (20..30).contains(&i) { i * 3 } else { 0 };
+            t = if i == 40 { t - 300 } else { t + 1_000 + (i % 3) * 7 };
+            ticks.push((t, backlog, if backlog > 0 { 3 } else { 2 }));
+        }
+        let mut written = Vec::new();
+        let mut latest = 0;
+        for (i, &(t, backlog, decided)) in ticks.iter().enumerate() {
+            trace.record(Measured::of(&sample(t, backlog, 2), i == 33), decided, None, false, format_args!("r"));
+            // A tick taken before the latest one is held as taken with it.
+            latest = t.max(latest);
+            written.push((latest, backlog, decided, i == 33));
+            // After every tick, the ring holds the last 20, each as recorded.
+            let held = &written[written.len().saturating_sub(20)..];
+            let start = held[0].0;
+            let expected: Vec<String> = held
+                .iter()
+                .map(|&(t, backlog, decided, unknown)| {
+                    let at = t - start;
+                    if unknown {
+                        format!("# {:.3}: backlog unknown, 2 held", at as f64 / 1000.0)
+                    } else {
+                        format!("{:.3},{backlog},2,,1,101,500,{decided},", at as f64 / 1000.0)
+                    }
+                })
+                .collect();
+            let csv = trace.csv();
+            assert!(csv.contains(&format!("# epoch-ms: {start}\n")), "tick {i}: {csv}");
+            let lines: Vec<&str> = csv.lines().skip_while(|l| !l.starts_with("t_seconds")).skip(1).collect();
+            assert_eq!(lines, expected, "tick {i}");
+        }
+        // The last 20 ticks: a quiet stretch, so one run, whatever came before.
+        assert_eq!(trace.runs.len(), 1, "{:?}", trace.runs);
+        assert_eq!(trace.heap_bytes(), 20 * TICK_BYTES + trace.runs.capacity() * RUN_BYTES);
     }
 
     /// The CSV is what `policy simulate --trace` reads, with the measured means and the
