@@ -36,6 +36,9 @@ pub const TESTS: &[crate::TestCase] = &[
     ("python_operator_children_are_adopted_in_place", false, |h| Box::pin(python_operator_children_are_adopted_in_place(h))),
     ("flower_can_be_switched_off", false, |h| Box::pin(flower_can_be_switched_off(h))),
     ("only_the_lease_holder_reconciles", false, |h| Box::pin(only_the_lease_holder_reconciles(h))),
+    ("the_leader_keeps_its_lease_while_its_other_requests_are_stuck", false, |h| {
+        Box::pin(the_leader_keeps_its_lease_while_its_other_requests_are_stuck(h))
+    }),
     ("lease_requests_have_the_leader_election_priority", false, |h| {
         Box::pin(lease_requests_have_the_leader_election_priority(h))
     }),
@@ -678,6 +681,78 @@ async fn the_binary_serves_health_metrics_and_json_logs(h: Arc<Harness>) {
 /// deploy/flowschema.yaml puts the operator's Lease requests, and only those, in the API
 /// server's `leader-election` priority level: the API server names the level of every request
 /// it served in a response header, checked here for the operator's own user.
+/// `client`, except that every request waits while `held` is true before it is sent: an
+/// operator whose own requests queue up (10,000 loops starting at once queued thousands of
+/// status writes in one client, and the renewals waited behind them for 10 s).
+fn holdable(client: Client, held: tokio::sync::watch::Receiver<bool>) -> Client {
+    use http::{Request, Response};
+    use kube::client::Body;
+    let namespace = client.default_namespace().to_owned();
+    let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    tokio::spawn(async move {
+        while let Some((request, reply)) = handle.next_request().await {
+            let (client, mut held) = (client.clone(), held.clone());
+            tokio::spawn(async move {
+                let _ = held.wait_for(|held| !*held).await;
+                match client.send(request).await {
+                    Ok(response) => reply.send_response(response),
+                    Err(e) => reply.send_error(e),
+                }
+            });
+        }
+    });
+    Client::new(service, namespace)
+}
+
+/// The Lease is renewed apart from everything else the operator sends: with its other requests
+/// held for three Lease durations, the leader keeps the Lease and a standby never takes it.
+/// (Renewed through the same client, the renewals wait with the rest, the Lease expires on the
+/// server and the standby takes over.)
+async fn the_leader_keeps_its_lease_while_its_other_requests_are_stuck(h: Arc<Harness>) {
+    let env = &h.env;
+    let ns = env.namespace("starved").await;
+    let name = format!("test-{ns}");
+    let lease = |identity: &str| LeaseConfig::new("celery-operator", name.clone(), identity, Duration::from_secs(4));
+    let leases: Api<Lease> = Api::namespaced(env.admin.clone(), "celery-operator");
+    let spec = || async {
+        let l = leases.get_opt(&name).await.map_err(|e| e.to_string())?;
+        l.and_then(|l| l.spec).ok_or_else(|| "no Lease yet".to_string())
+    };
+
+    let (hold, held) = tokio::sync::watch::channel(false);
+    let a = env.start_operator_with(
+        &[&ns],
+        Some(lease("replica-a")),
+        None,
+        holdable(env.operator.clone(), held),
+        Some(env.operator.clone()),
+    );
+    eventually("replica-a to lead", WAIT, || async {
+        let s = spec().await?;
+        (s.holder_identity.as_deref() == Some("replica-a")).then_some(()).ok_or("not yet".to_string())
+    })
+    .await;
+    let b = env.start_operator(&[&ns], Some(lease("replica-b")));
+    // The leader reconciles with the client that is about to be held.
+    create(&env.admin, &ns, &minimal_yaml("starved", "starved")).await.expect("created");
+    eventually("the worker", WAIT, || deployment(&env.admin, &ns, "starved-celery-worker")).await;
+    let before = spec().await.unwrap();
+
+    hold.send_replace(true);
+    for _ in 0..12 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = spec().await.unwrap();
+        assert_eq!(now.holder_identity.as_deref(), Some("replica-a"), "the standby took over a leader whose renewals were held");
+    }
+    let after = spec().await.unwrap();
+    assert_eq!(after.lease_transitions, before.lease_transitions, "the Lease changed hands meanwhile");
+    assert!(after.renew_time > before.renew_time, "renewed while the rest was held: {before:?} → {after:?}");
+
+    hold.send_replace(false);
+    a.stop().await;
+    b.stop().await;
+}
+
 async fn lease_requests_have_the_leader_election_priority(h: Arc<Harness>) {
     use k8s_openapi::api::flowcontrol::v1::PriorityLevelConfiguration;
     let env = &h.env;

@@ -270,17 +270,30 @@ impl Env {
         lease: Option<LeaseConfig>,
         listen: Option<std::net::SocketAddr>,
     ) -> OperatorHandle {
+        self.start_operator_with(namespaces, lease, listen, self.operator.clone(), None)
+    }
+
+    /// Like [`start_operator_serving`](Self::start_operator_serving), sending its requests
+    /// through `client`, and the Lease's through `lease_client` (`None`: `client`).
+    pub fn start_operator_with(
+        &self,
+        namespaces: &[&str],
+        lease: Option<LeaseConfig>,
+        listen: Option<std::net::SocketAddr>,
+        client: Client,
+        lease_client: Option<Client>,
+    ) -> OperatorHandle {
         let (stop, shutdown) = watch::channel(false);
         let options = RunOptions {
             scope: Scope { namespaces: namespaces.iter().map(|s| s.to_string()).collect() },
             listen,
             leader_election: lease,
-            lease_client: None,
+            lease_client,
             policies: Some(self.policies.clone()),
             trace_window: Duration::from_secs(900),
             trace_listen: None,
         };
-        let task = tokio::spawn(operator::run(self.operator.clone(), options, shutdown));
+        let task = tokio::spawn(operator::run(client, options, shutdown));
         OperatorHandle { stop, task }
     }
 }
