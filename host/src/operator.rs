@@ -75,7 +75,68 @@ pub async fn client_as(kubeconfig: Option<&Path>, identity: Option<&str>) -> Res
     };
     let agent = http::HeaderValue::from_str(&agent).map_err(|e| RunError::Config(e.into()))?;
     config.headers.push((http::header::USER_AGENT, agent));
-    Client::try_from(config).map_err(|e| RunError::Config(e.into()))
+    let builder = kube::client::ClientBuilder::try_from(config).map_err(|e| RunError::Config(e.into()))?;
+    Ok(builder.with_layer(&InFlight::layer(MAX_IN_FLIGHT)).build())
+}
+
+/// Requests one client has in flight at most, watches aside. Each is a connection of its own
+/// (HTTP/1.1, as kube's client speaks), kept open and idle in its pool after the answer: 10,000
+/// loops starting at once opened thousands, each with its TLS and HTTP buffers, for the
+/// operator's whole life. At a few milliseconds an answer, 32 keep thousands of requests a
+/// second flowing; the rest wait their turn, first come first served.
+pub const MAX_IN_FLIGHT: usize = 32;
+
+/// Holds every request but a watch until one of `permits` is free. (tower's
+/// `ConcurrencyLimit` counts every request: the long-lived watches, a handful per watched
+/// namespace, would hold permits for good.) A request waits inside its response future, not
+/// in `poll_ready`, so one waiting its turn never holds up a watch queued behind it in the
+/// client's buffer; it reaches the inner service only once it holds a permit.
+struct InFlight<S> {
+    inner: Arc<tokio::sync::Mutex<S>>,
+    permits: Arc<tokio::sync::Semaphore>,
+}
+
+impl InFlight<()> {
+    fn layer<S>(permits: usize) -> impl tower::Layer<S, Service = InFlight<S>> {
+        let permits = Arc::new(tokio::sync::Semaphore::new(permits));
+        tower::layer::layer_fn(move |inner| InFlight {
+            inner: Arc::new(tokio::sync::Mutex::new(inner)),
+            permits: Arc::clone(&permits),
+        })
+    }
+}
+
+impl<S, B> tower::Service<http::Request<B>> for InFlight<S>
+where
+    S: tower::Service<http::Request<B>> + Send + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    /// Always ready: readiness is the inner service's, checked when a request's turn comes.
+    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), S::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let watch = request.uri().query().is_some_and(|q| q.split('&').any(|pair| pair == "watch=true" || pair == "watch=1"));
+        let (inner, permits) = (Arc::clone(&self.inner), Arc::clone(&self.permits));
+        Box::pin(async move {
+            let _permit = match watch {
+                true => None,
+                false => Some(permits.acquire_owned().await.expect("the semaphore is never closed")),
+            };
+            let response = {
+                let mut inner = inner.lock().await;
+                std::future::poll_fn(|cx| inner.poll_ready(cx)).await?;
+                inner.call(request)
+            };
+            response.await
+        })
+    }
 }
 
 /// Runs the operator until `shutdown` turns true (Ok), or a part that should never end does
@@ -197,6 +258,51 @@ async fn elect_and_run(
                 Elector::new(lease_client, lease.clone()).release().await;
                 return Ok(());
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tower::{Layer, Service};
+
+    type Mock = tower_test::mock::Mock<http::Request<()>, &'static str>;
+
+    fn get(path: &str) -> http::Request<()> {
+        http::Request::get(path).body(()).unwrap()
+    }
+
+    /// Two permits: the third request waits until an answer frees one; a watch never waits.
+    #[tokio::test]
+    async fn requests_beyond_the_bound_wait_and_watches_do_not() {
+        let (mock, mut handle) = tower_test::mock::pair::<http::Request<()>, &'static str>();
+        let mut service: InFlight<Mock> = InFlight::layer(2).layer(mock);
+        let answers: Vec<_> = ["/a", "/b", "/c", "/w?watch=true&resourceVersion=1"]
+            .into_iter()
+            .map(|path| tokio::spawn(service.call(get(path))))
+            .collect();
+        let mut arrived = Vec::new();
+        for _ in 0..3 {
+            let (request, reply) = tokio::time::timeout(Duration::from_secs(5), handle.next_request()).await.unwrap().unwrap();
+            arrived.push((request.uri().path().to_owned(), reply));
+        }
+        let mut paths: Vec<_> = arrived.iter().map(|(path, _)| path.as_str()).collect();
+        paths.sort();
+        assert_eq!(paths, ["/a", "/b", "/w"], "two requests and the watch, not the third request");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(tokio::time::timeout(Duration::from_millis(100), handle.next_request()).await.is_err(), "the third waits");
+        let first = arrived.iter().position(|(path, _)| path == "/a").unwrap();
+        let (_, reply) = arrived.remove(first);
+        reply.send_response("done");
+        let (third, reply) = tokio::time::timeout(Duration::from_secs(5), handle.next_request()).await.unwrap().unwrap();
+        assert_eq!(third.uri().path(), "/c");
+        reply.send_response("done");
+        for (_, reply) in arrived {
+            reply.send_response("done");
+        }
+        for answer in answers {
+            assert_eq!(answer.await.unwrap().unwrap(), "done");
         }
     }
 }
