@@ -115,7 +115,7 @@ fn main() {
         }
 
         // Failover at the largest size.
-        let offset = std::fs::metadata(&audit).map(|m| m.len()).unwrap_or(0);
+        let mark = AuditMark::now(&audit);
         let killed = Instant::now();
         leader.process.start_kill().expect("the leader is killed");
         let mut first = None;
@@ -148,7 +148,7 @@ fn main() {
         // What the takeover cost the API server, up to 30 s after the kill.
         tokio::time::sleep(Duration::from_secs(30).saturating_sub(killed.elapsed())).await;
         let took = killed.elapsed();
-        let requests = requests_since(&audit, offset, Duration::from_secs(1));
+        let requests = requests_since(&audit, mark, Duration::from_secs(1));
         let listed: Vec<String> = requests.iter().map(|((verb, what), n)| format!("{verb} {what} {n}").replace("  ", " ")).collect();
         println!("API requests in the {:.0} s after the kill: {}", took.as_secs_f64(), listed.join(", "));
         drop(standby);
@@ -302,7 +302,7 @@ impl Operator {
     async fn measure(&self, audit: &PathBuf, window: Duration) -> Figures {
         let before = metrics_text(self.listen).await;
         let (cpu, at) = (measure::cpu_of(&self.pid), Instant::now());
-        let offset = std::fs::metadata(audit).map(|m| m.len()).unwrap_or(0);
+        let mark = AuditMark::now(audit);
         tokio::time::sleep(window).await;
         let after = metrics_text(self.listen).await;
         let (cpu, took) = (measure::cpu_of(&self.pid).saturating_sub(cpu), at.elapsed());
@@ -316,7 +316,7 @@ impl Operator {
             overruns: delta(OVERRUNS),
             rss_kib: measure::rss_kib_of(&self.pid),
             metrics_bytes: after.len(),
-            requests: requests_since(audit, offset, took),
+            requests: requests_since(audit, mark, took),
         }
     }
 }
@@ -375,14 +375,53 @@ impl Figures {
     }
 }
 
-/// The operator's requests in the audit log past `offset`, a second over `took`, by verb (and
-/// for writes, by resource).
-fn requests_since(audit: &PathBuf, offset: u64, took: Duration) -> BTreeMap<(String, String), f64> {
-    let mut text = String::new();
-    if let Ok(mut file) = std::fs::File::open(audit) {
-        let _ = file.seek(SeekFrom::Start(offset));
-        let _ = file.read_to_string(&mut text);
+/// Where the audit log ended at a moment: its file (the API server renames a full log aside,
+/// `audit-TIME.log`, and starts a new one: 10,000 apps fill 100 MB in minutes) and its length.
+#[derive(Clone, Copy)]
+struct AuditMark {
+    inode: u64,
+    offset: u64,
+}
+
+impl AuditMark {
+    fn now(audit: &PathBuf) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(audit).map_or(Self { inode: 0, offset: 0 }, |m| Self { inode: m.ino(), offset: m.len() })
     }
+}
+
+/// What was logged since `mark`: the rest of the file it was in (renamed aside since, if so),
+/// then the current file.
+fn audit_since(audit: &PathBuf, mark: AuditMark) -> String {
+    use std::os::unix::fs::MetadataExt;
+    let read_from = |path: &std::path::Path, offset: u64, text: &mut String| {
+        if let Ok(mut file) = std::fs::File::open(path) {
+            let _ = file.seek(SeekFrom::Start(offset));
+            let _ = file.read_to_string(text);
+        }
+    };
+    let mut text = String::new();
+    if AuditMark::now(audit).inode == mark.inode {
+        read_from(audit, mark.offset, &mut text);
+        return text;
+    }
+    let dir = audit.parent().expect("the logs directory");
+    let aside = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .find(|entry| entry.metadata().is_ok_and(|m| m.ino() == mark.inode));
+    if let Some(aside) = aside {
+        read_from(&aside.path(), mark.offset, &mut text);
+    }
+    read_from(audit, 0, &mut text);
+    text
+}
+
+/// The operator's requests in the audit log past `mark`, a second over `took`, by verb (and
+/// for writes, by resource).
+fn requests_since(audit: &PathBuf, mark: AuditMark, took: Duration) -> BTreeMap<(String, String), f64> {
+    let text = audit_since(audit, mark);
     let mut counts: BTreeMap<(String, String), f64> = BTreeMap::new();
     for line in text.lines() {
         let Ok(e) = serde_json::from_str::<serde_json::Value>(line) else { continue };

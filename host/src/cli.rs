@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
@@ -151,7 +152,15 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         leader_election: leader_elect
             .then(|| LeaseConfig::new(lease_namespace, lease_name, identity.clone(), Duration::from_secs(lease_seconds.max(3)))),
         lease_client: match leader_elect {
-            true => Some(operator::client_as(kubeconfig.as_deref(), Some(&identity)).await?),
+            true => {
+                let config = operator::config_as(kubeconfig.as_deref(), Some(&identity)).await?;
+                // Checked here, where an error can still be reported; built again on the
+                // campaign's thread, from the same configuration.
+                operator::client_from(config.clone())?;
+                let make: operator::LeaseClient =
+                    Arc::new(move || operator::client_from(config.clone()).expect("the configuration was checked"));
+                Some(make)
+            }
             false => None,
         },
     };

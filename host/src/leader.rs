@@ -15,8 +15,13 @@
 //! returns late cannot stretch the term, and every call is cut off at the deadline. Every
 //! writer (reconciler, autoscaler) asks the gate before each write. A leader that loses its
 //! term stops its controllers and campaigns again ([`crate::operator`]).
+//!
+//! The operator campaigns on a thread of its own ([`Campaign`]), with a runtime and (in the
+//! binary) a client of its own: a leader busy with 10,000 apps saturates its runtime's
+//! threads, and renewals that queued with that work reached the API server seconds late and
+//! lost the Lease.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 // tokio's clock, not std's: the same in production, and pausable in tests, so the fault tests
@@ -327,5 +332,83 @@ mod tests {
         assert!(!l.holds_at(start));
         assert!(Leadership::unconditional().holds(), "a single replica without election always writes");
         assert_eq!(Leadership::unconditional().since_progress(), None);
+    }
+}
+
+/// What a [`Campaign`] reports.
+#[derive(Debug)]
+pub enum Turn {
+    /// This replica holds the Lease; its term is open in the [`Leadership`].
+    Won,
+    /// The term ended; the campaign goes on.
+    Lost(LeaderError),
+}
+
+/// Builds the client a campaign uses, on the campaign's own thread (a client's connections
+/// and request queue run on the runtime it is built in).
+pub type ClientMaker = Box<dyn FnOnce() -> Client + Send>;
+
+/// An [`Elector`] campaigning, holding and campaigning again on a thread and a tokio runtime of
+/// its own, so that its renewals are scheduled by the OS beside the operator's runtime rather
+/// than queued behind its tasks. [`next`](Self::next) reports each term won and lost;
+/// [`stop`](Self::stop) releases the Lease.
+pub struct Campaign {
+    terms: tokio::sync::mpsc::UnboundedReceiver<Turn>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    stopped: tokio::sync::oneshot::Receiver<()>,
+}
+
+impl Campaign {
+    /// Starts campaigning for `config`'s Lease with the client `client` makes, opening and
+    /// ending terms in `leadership`.
+    pub fn start(client: ClientMaker, config: LeaseConfig, leadership: Arc<Leadership>) -> std::io::Result<Self> {
+        let (report, terms) = tokio::sync::mpsc::unbounded_channel();
+        let (stop, mut stopping) = tokio::sync::oneshot::channel::<()>();
+        let (done, stopped) = tokio::sync::oneshot::channel();
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        std::thread::Builder::new().name("lease".into()).spawn(move || {
+            runtime.block_on(async move {
+                let client = client();
+                let mut elector = Elector::new(client.clone(), config.clone());
+                let campaign = async {
+                    loop {
+                        elector.acquire(&leadership).await;
+                        if report.send(Turn::Won).is_err() {
+                            return;
+                        }
+                        let lost = elector.keep(&leadership).await;
+                        if report.send(Turn::Lost(lost)).is_err() {
+                            return;
+                        }
+                    }
+                };
+                let asked = tokio::select! {
+                    () = campaign => false,
+                    asked = &mut stopping => asked.is_ok(),
+                };
+                if asked {
+                    leadership.end();
+                    // A fresh elector: the campaigning one may have been stopped mid-renewal.
+                    Elector::new(client, config).release().await;
+                }
+                let _ = done.send(());
+            });
+        })?;
+        Ok(Self { terms, stop: Some(stop), stopped })
+    }
+
+    /// The next term won or lost; `None` if the campaign's thread ended (it never does on its
+    /// own: a panic).
+    pub async fn next(&mut self) -> Option<Turn> {
+        self.terms.recv().await
+    }
+
+    /// Ends the term, if one is open, releases the Lease if this replica holds it, and waits
+    /// until that is done (the release is cut off at the renew deadline).
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = (&mut self.stopped).await;
     }
 }

@@ -16,7 +16,7 @@ use tracing::info;
 
 use crate::autoscale::trace::Traces;
 use crate::controller;
-use crate::leader::{Elector, Leadership, LeaseConfig};
+use crate::leader::{Campaign, ClientMaker, Leadership, LeaseConfig, Turn};
 use crate::policy::check::PolicyCheck;
 use crate::scope::Scope;
 use crate::server::{self, Health};
@@ -30,11 +30,12 @@ pub struct RunOptions {
     pub listen: Option<SocketAddr>,
     /// The Lease to hold before reconciling; `None` reconciles at once (a single replica).
     pub leader_election: Option<LeaseConfig>,
-    /// The client the Lease is renewed with; `None` uses the operator's. A client of its own
-    /// (its own request queue and connections) keeps renewals from waiting behind the
+    /// Makes the client the Lease is renewed with, on the campaign's own thread
+    /// ([`Campaign`]); `None` uses the operator's. A client of its own (its own request queue
+    /// and connections, on the campaign's runtime) keeps renewals from waiting behind the
     /// operator's other requests: 10,000 loops starting at once queue thousands of status
     /// writes, and a shared client made the renewals wait past their deadline.
-    pub lease_client: Option<Client>,
+    pub lease_client: Option<LeaseClient>,
     /// The scaling-policy runtime; `None` runs without one (policies are then not checked).
     pub policies: Option<Arc<PolicyCheck>>,
     /// How much of each autoscaled pool's past `/trace` keeps; zero keeps none.
@@ -43,6 +44,9 @@ pub struct RunOptions {
     pub trace_listen: Option<SocketAddr>,
 }
 
+/// Makes a client for the Lease: called once per run, on the campaign's thread.
+pub type LeaseClient = Arc<dyn Fn() -> Client + Send + Sync>;
+
 /// Why the operator stopped on its own.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -50,6 +54,8 @@ pub enum RunError {
     Config(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("cannot serve the health and metrics endpoints")]
     Serve(#[source] std::io::Error),
+    #[error("cannot start the thread that campaigns for the leader Lease")]
+    Campaign(#[source] std::io::Error),
     #[error("the controllers stopped without being asked to")]
     ControllerEnded,
 }
@@ -62,6 +68,11 @@ pub async fn client(kubeconfig: Option<&Path>) -> Result<Client, RunError> {
 /// Like [`client`], with `User-Agent: celery-operator/<version> (<identity>)`, so the API
 /// server's audit log tells the replicas apart.
 pub async fn client_as(kubeconfig: Option<&Path>, identity: Option<&str>) -> Result<Client, RunError> {
+    client_from(config_as(kubeconfig, identity).await?)
+}
+
+/// The configuration [`client_as`] builds its client from.
+pub async fn config_as(kubeconfig: Option<&Path>, identity: Option<&str>) -> Result<Config, RunError> {
     let mut config = match kubeconfig {
         Some(path) => {
             let kc = Kubeconfig::read_from(path).map_err(|e| RunError::Config(e.into()))?;
@@ -75,6 +86,12 @@ pub async fn client_as(kubeconfig: Option<&Path>, identity: Option<&str>) -> Res
     };
     let agent = http::HeaderValue::from_str(&agent).map_err(|e| RunError::Config(e.into()))?;
     config.headers.push((http::header::USER_AGENT, agent));
+    Ok(config)
+}
+
+/// A client from `config`, at most [`MAX_IN_FLIGHT`] requests in flight. Its request queue
+/// and connections run on the tokio runtime it is built in.
+pub fn client_from(config: Config) -> Result<Client, RunError> {
     let builder = kube::client::ClientBuilder::try_from(config).map_err(|e| RunError::Config(e.into()))?;
     Ok(builder.with_layer(&InFlight::layer(MAX_IN_FLIGHT)).build())
 }
@@ -219,44 +236,51 @@ async fn elect_and_run(
         controllers().await;
         return if *stop.borrow() { Ok(()) } else { Err(RunError::ControllerEnded) };
     };
-    let lease_client = options.lease_client.clone().unwrap_or_else(|| client.clone());
-    let mut elector = Elector::new(lease_client.clone(), lease.clone());
+    let maker: ClientMaker = match options.lease_client.clone() {
+        Some(make) => Box::new(move || make()),
+        None => {
+            let client = client.clone();
+            Box::new(move || client)
+        }
+    };
+    let mut campaign = Campaign::start(maker, lease.clone(), Arc::clone(leadership)).map_err(RunError::Campaign)?;
     loop {
-        tokio::select! {
-            _ = elector.acquire(leadership) => {}
-            _ = stop.wait_for(|s| *s) => return Ok(()),
+        // `None` when asked to stop (the watch's guard is not held across the release).
+        let term = tokio::select! {
+            term = campaign.next() => Some(term),
+            _ = stop.wait_for(|s| *s) => None,
+        };
+        match term {
+            None => {
+                campaign.stop().await;
+                return Ok(());
+            }
+            Some(Some(Turn::Won)) => {}
+            Some(Some(Turn::Lost(_))) => continue,
+            Some(None) => {
+                tracing::error!("the Lease campaign ended unexpectedly");
+                return Err(RunError::ControllerEnded);
+            }
         }
         metrics.set_leader(true);
-        // The renewals run in a task of their own, scheduled apart from the controllers and
-        // the loops they start.
-        let renewing = tokio::spawn({
-            let leadership = Arc::clone(leadership);
-            async move {
-                let lost = elector.keep(&leadership).await;
-                (elector, lost)
-            }
-        });
-        let abort = renewing.abort_handle();
         let lost = tokio::select! {
             _ = controllers() => None,
-            renewed = renewing => Some(renewed),
+            term = campaign.next() => Some(term),
         };
         metrics.set_leader(false);
         match lost {
             // Dropping the controllers above ended every loop; the next term starts afresh.
-            Some(Ok((kept, _))) => elector = kept,
-            Some(Err(panicked)) => {
-                tracing::error!(error = %panicked, "the Lease renewals ended unexpectedly");
+            Some(Some(Turn::Lost(error))) => tracing::debug!(%error, "campaigning again"),
+            Some(Some(Turn::Won)) => {}
+            Some(None) => {
+                tracing::error!("the Lease campaign ended unexpectedly");
                 return Err(RunError::ControllerEnded);
             }
             None => {
-                abort.abort();
-                if !*stop.borrow() {
-                    return Err(RunError::ControllerEnded);
-                }
-                // Released by a fresh elector: the renewing one was just stopped mid-renewal.
-                Elector::new(lease_client, lease.clone()).release().await;
-                return Ok(());
+                // Shut down (or failed): the Lease is released either way, so a standby takes
+                // over at once.
+                campaign.stop().await;
+                return if *stop.borrow() { Ok(()) } else { Err(RunError::ControllerEnded) };
             }
         }
     }

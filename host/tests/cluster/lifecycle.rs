@@ -39,6 +39,9 @@ pub const TESTS: &[crate::TestCase] = &[
     ("the_leader_keeps_its_lease_while_its_other_requests_are_stuck", false, |h| {
         Box::pin(the_leader_keeps_its_lease_while_its_other_requests_are_stuck(h))
     }),
+    ("the_leader_keeps_its_lease_while_its_runtime_is_saturated", true, |h| {
+        Box::pin(the_leader_keeps_its_lease_while_its_runtime_is_saturated(h))
+    }),
     ("lease_requests_have_the_leader_election_priority", false, |h| {
         Box::pin(lease_requests_have_the_leader_election_priority(h))
     }),
@@ -725,7 +728,10 @@ async fn the_leader_keeps_its_lease_while_its_other_requests_are_stuck(h: Arc<Ha
         Some(lease("replica-a")),
         None,
         holdable(env.operator.clone(), held),
-        Some(env.operator.clone()),
+        Some({
+            let client = env.operator.clone();
+            Arc::new(move || client.clone())
+        }),
     );
     eventually("replica-a to lead", WAIT, || async {
         let s = spec().await?;
@@ -751,6 +757,62 @@ async fn the_leader_keeps_its_lease_while_its_other_requests_are_stuck(h: Arc<Ha
     hold.send_replace(false);
     a.stop().await;
     b.stop().await;
+}
+
+/// The Lease is renewed on a thread and a runtime of its own: with every worker thread of the
+/// operator's runtime busy for three Lease durations (as 10,000 loops keep them), the renewals
+/// go on. (Renewed by a task of that runtime, they stop until a worker is free, and the Lease
+/// lapses.) Exclusive: it blocks the runtime every test shares.
+async fn the_leader_keeps_its_lease_while_its_runtime_is_saturated(h: Arc<Harness>) {
+    let env = &h.env;
+    let ns = env.namespace("saturated").await;
+    let name = format!("test-{ns}");
+    let lease = LeaseConfig::new("celery-operator", name.clone(), "replica-a", Duration::from_secs(4));
+    let leases: Api<Lease> = Api::namespaced(env.admin.clone(), "celery-operator");
+    // As the binary does: the Lease's client built on the campaign's thread.
+    let config = celery_operator::operator::config_as(Some(&h.control_plane.operator_kubeconfig()), None).await.unwrap();
+    let a = env.start_operator_with(
+        &[&ns],
+        Some(lease),
+        None,
+        env.operator.clone(),
+        Some(Arc::new(move || celery_operator::operator::client_from(config.clone()).expect("a client"))),
+    );
+    eventually("replica-a to lead", WAIT, || async {
+        let holder = leases.get_opt(&name).await.map_err(|e| e.to_string())?.and_then(|l| l.spec?.holder_identity);
+        (holder.as_deref() == Some("replica-a")).then_some(()).ok_or("not yet".to_string())
+    })
+    .await;
+
+    // The Lease is watched from a thread and a runtime of its own meanwhile: this test's
+    // runtime is about to stop.
+    let kubeconfig = h.control_plane.admin_kubeconfig();
+    let lease_name = name.clone();
+    let watcher = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+        runtime.block_on(async move {
+            let admin = celery_operator::operator::client(Some(&kubeconfig)).await.expect("admin client");
+            let leases: Api<Lease> = Api::namespaced(admin, "celery-operator");
+            let mut renewals = std::collections::BTreeSet::new();
+            for _ in 0..12 {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let spec = leases.get(&lease_name).await.expect("the Lease").spec.expect("a spec");
+                assert_eq!(spec.holder_identity.as_deref(), Some("replica-a"));
+                renewals.insert(format!("{:?}", spec.renew_time));
+            }
+            renewals
+        })
+    });
+    // Every worker of the runtime blocked for 12 s: three Lease durations.
+    let workers = tokio::runtime::Handle::current().metrics().num_workers();
+    let blockers: Vec<_> =
+        (0..workers * 2).map(|_| tokio::spawn(async { std::thread::sleep(Duration::from_secs(12)) })).collect();
+    let renewals = tokio::task::spawn_blocking(move || watcher.join()).await.unwrap().expect("the Lease watcher");
+    for blocker in blockers {
+        blocker.await.unwrap();
+    }
+    assert!(renewals.len() >= 3, "the Lease was renewed {} times in 12 s with the runtime busy: {renewals:?}", renewals.len());
+    a.stop().await;
 }
 
 async fn lease_requests_have_the_leader_election_priority(h: Arc<Harness>) {

@@ -274,14 +274,14 @@ impl Env {
     }
 
     /// Like [`start_operator_serving`](Self::start_operator_serving), sending its requests
-    /// through `client`, and the Lease's through `lease_client` (`None`: `client`).
+    /// through `client`, and the Lease's through the client `lease_client` makes (`None`: `client`).
     pub fn start_operator_with(
         &self,
         namespaces: &[&str],
         lease: Option<LeaseConfig>,
         listen: Option<std::net::SocketAddr>,
         client: Client,
-        lease_client: Option<Client>,
+        lease_client: Option<operator::LeaseClient>,
     ) -> OperatorHandle {
         let (stop, shutdown) = watch::channel(false);
         let options = RunOptions {
