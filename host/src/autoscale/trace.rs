@@ -8,8 +8,8 @@
 //! A ring holds each tick's time as the milliseconds since the tick before (4 bytes: at the
 //! default one-second interval a pool's 15 minutes are 900 ticks, 3.5 KiB, allocated once when
 //! its loop starts), and its figures as runs: ticks in a row with the same figures share one
-//! 40-byte entry (numbers narrowed, no allocation). A quiet pool, most pools most of the time,
-//! holds a handful of runs; one whose figures change every tick holds a run per tick (44 bytes
+//! 32-byte entry (numbers narrowed, no allocation). A quiet pool, most pools most of the time,
+//! holds a handful of runs; one whose figures change every tick holds a run per tick (36 bytes
 //! a tick in all).
 
 use std::collections::{HashMap, VecDeque};
@@ -25,11 +25,12 @@ const UNKNOWN_U64: u64 = u64::MAX;
 /// Reasons kept per pool for `kubectl celery why`.
 pub const NOTES: usize = 20;
 
-/// The figures of one tick of one pool.
+/// The figures of one tick of one pool, and how many ticks in a row had them: a run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Figures {
-    /// Messages ready over the pool's queues; [`UNKNOWN_U64`] when the broker could not be read.
-    backlog: u64,
+struct Run {
+    /// Messages ready over the pool's queues, as two halves (low, high: so that a run packs in
+    /// 32 bytes); [`UNKNOWN_U64`] when the broker could not be read. See [`Run::backlog`].
+    backlog_halves: [u32; 2],
     /// Delivered and unacknowledged, where the broker tells; saturated.
     reserved: u32,
     /// Tasks in progress per worker (rounded mean over the pods Flower reports).
@@ -42,20 +43,30 @@ struct Figures {
     decided: u16,
     /// What the shadow policy answered; `u16::MAX` when there is none or it failed.
     shadow: u16,
+    /// Ticks in a row with these figures (at most `u16::MAX`: a longer stretch takes two runs).
+    ticks: u16,
 }
 
-/// Ticks in a row with the same figures.
-#[derive(Clone, Copy, Debug)]
-struct Run {
-    figures: Figures,
-    ticks: u32,
+impl Run {
+    fn backlog(&self) -> u64 {
+        u64::from(self.backlog_halves[0]) | (u64::from(self.backlog_halves[1]) << 32)
+    }
+
+    /// Whether a tick with `figures` extends this run.
+    fn extended_by(&self, figures: &Run) -> bool {
+        Run { ticks: 0, ..*self } == Run { ticks: 0, ..*figures } && self.ticks < u16::MAX
+    }
+}
+
+fn halves(n: u64) -> [u32; 2] {
+    [n as u32, (n >> 32) as u32]
 }
 
 /// What one tick measured, taken before the sample goes to the policies (it is theirs then).
 #[derive(Clone, Copy, Debug)]
 pub struct Measured {
     t_ms: u64,
-    figures: Figures,
+    figures: Run,
 }
 
 impl Measured {
@@ -69,12 +80,12 @@ impl Measured {
         };
         let pods = &sample.pods;
         let reserved: Option<u64> = sample.queues.iter().map(|q| q.reserved).sum();
-        let figures = Figures {
-            backlog: if broker_failed {
+        let figures = Run {
+            backlog_halves: halves(if broker_failed {
                 UNKNOWN_U64
             } else {
                 sample.queues.iter().map(|q| q.backlog).fold(0u64, u64::saturating_add).min(UNKNOWN_U64 - 1)
-            },
+            }),
             reserved: match reserved {
                 Some(r) if !broker_failed => saturate(r),
                 _ => UNKNOWN_U32,
@@ -85,6 +96,7 @@ impl Measured {
             replicas: u16::try_from(sample.replicas).unwrap_or(u16::MAX),
             decided: 0,
             shadow: u16::MAX,
+            ticks: 1,
         };
         Self { t_ms: sample.timestamp_ms, figures }
     }
@@ -200,7 +212,7 @@ impl Trace {
         self.last_reason.clear();
         let _ = self.last_reason.write_fmt(reason);
         let shadow = shadow.map_or(u16::MAX, |n| u16::try_from(n).unwrap_or(u16::MAX - 1));
-        let figures = Figures { decided: u16::try_from(decided).unwrap_or(u16::MAX), shadow, ..measured.figures };
+        let figures = Run { decided: u16::try_from(decided).unwrap_or(u16::MAX), shadow, ..measured.figures };
         if self.gaps.len() == self.capacity {
             self.drop_oldest();
         }
@@ -214,8 +226,16 @@ impl Trace {
         }
         self.last_ms = self.last_ms.max(measured.t_ms);
         match self.runs.back_mut() {
-            Some(run) if run.figures == figures => run.ticks += 1,
-            _ => self.runs.push_back(Run { figures, ticks: 1 }),
+            Some(run) if run.extended_by(&figures) => run.ticks += 1,
+            _ => {
+                // Grown by half, not doubled, and never past a run per tick: a pool whose
+                // figures change every tick holds at most the ring's ticks in runs.
+                if self.runs.len() == self.runs.capacity() {
+                    let more = (self.runs.len() / 2).max(16).min(self.capacity.saturating_sub(self.runs.len())).max(1);
+                    self.runs.reserve_exact(more);
+                }
+                self.runs.push_back(figures);
+            }
         }
         let replicas = u32::from(figures.replicas);
         if decided != replicas || health_changed || self.notes.is_empty() {
@@ -224,7 +244,7 @@ impl Trace {
             }
             self.notes.push_back(Note {
                 t_ms: measured.t_ms,
-                backlog: (figures.backlog != UNKNOWN_U64).then_some(figures.backlog),
+                backlog: (figures.backlog() != UNKNOWN_U64).then_some(figures.backlog()),
                 replicas,
                 decided,
                 reason: self.last_reason.clone(),
@@ -233,8 +253,8 @@ impl Trace {
     }
 
     /// Every tick held, oldest first: milliseconds since the oldest, and its figures.
-    fn ticks(&self) -> impl Iterator<Item = (u64, &Figures)> {
-        let figures = self.runs.iter().flat_map(|run| std::iter::repeat_n(&run.figures, run.ticks as usize));
+    fn ticks(&self) -> impl Iterator<Item = (u64, &Run)> {
+        let figures = self.runs.iter().flat_map(|run| std::iter::repeat_n(run, usize::from(run.ticks)));
         let at = self.gaps.iter().scan(0u64, |t, gap| {
             *t += u64::from(*gap);
             Some(*t)
@@ -282,7 +302,7 @@ impl Trace {
         let cell32 = |v: u32| if v == UNKNOWN_U32 { String::new() } else { v.to_string() };
         for (since, r) in self.ticks() {
             let t_seconds = since as f64 / 1000.0;
-            if r.backlog == UNKNOWN_U64 {
+            if r.backlog() == UNKNOWN_U64 {
                 // A tick without a backlog cannot be replayed: the policies that need it held.
                 let _ = writeln!(out, "# {t_seconds:.3}: backlog unknown, {} held", r.replicas);
                 continue;
@@ -291,7 +311,7 @@ impl Trace {
             let _ = writeln!(
                 out,
                 "{t_seconds:.3},{},{},{},{},{},{},{},{shadow}",
-                r.backlog,
+                r.backlog(),
                 r.replicas,
                 cell32(r.reserved),
                 cell32(r.active_tasks),
@@ -409,7 +429,7 @@ mod tests {
 
     #[test]
     fn a_run_is_small_and_the_ring_is_bounded_by_time() {
-        assert_eq!((RUN_BYTES, TICK_BYTES), (40, 4));
+        assert_eq!((RUN_BYTES, TICK_BYTES), (32, 4));
         let traces = Traces::new(Duration::from_secs(5));
         let ring = traces.ring(setup());
         let mut trace = ring.lock().unwrap();
@@ -468,6 +488,21 @@ mod tests {
         // The last 20 ticks: a quiet stretch, so one run, whatever came before.
         assert_eq!(trace.runs.len(), 1, "{:?}", trace.runs);
         assert_eq!(trace.heap_bytes(), 20 * TICK_BYTES + trace.runs.capacity() * RUN_BYTES);
+    }
+
+    /// A stretch longer than a run holds takes two, and every tick of it stays.
+    #[test]
+    fn a_long_quiet_stretch_takes_two_runs() {
+        let traces = Traces::new(Duration::from_secs(70_000));
+        let ring = traces.ring(setup());
+        let mut trace = ring.lock().unwrap();
+        for t in 0..66_000u64 {
+            trace.record(Measured::of(&sample(1_000 * t, 0, 2), false), 2, None, false, format_args!("quiet"));
+        }
+        assert_eq!((trace.len(), trace.runs.len()), (66_000, 2));
+        let csv = trace.csv();
+        assert_eq!(csv.lines().filter(|l| l.ends_with(",0,2,,1,101,500,2,")).count(), 66_000);
+        assert!(csv.contains("\n65999.000,0,2,"), "the last tick at its time");
     }
 
     /// The CSV is what `policy simulate --trace` reads, with the measured means and the
