@@ -99,9 +99,11 @@ pub fn client_from(config: Config) -> Result<Client, RunError> {
 /// Requests one client has in flight at most, watches aside. Each is a connection of its own
 /// (HTTP/1.1, as kube's client speaks), kept open and idle in its pool after the answer: 10,000
 /// loops starting at once opened thousands, each with its TLS and HTTP buffers, for the
-/// operator's whole life. At a few milliseconds an answer, 32 keep thousands of requests a
-/// second flowing; the rest wait their turn, first come first served.
-pub const MAX_IN_FLIGHT: usize = 32;
+/// operator's whole life. The API server serves the operator's requests (priority level
+/// `workload-low`) about 245 at a time at its defaults (600 seats, its share 100 of 245): more
+/// would only wait there, and fewer would make a scale write wait here behind status writes
+/// the server could have taken. The rest wait their turn, first come first served.
+pub const MAX_IN_FLIGHT: usize = 200;
 
 /// Holds every request but a watch until one of `permits` is free. (tower's
 /// `ConcurrencyLimit` counts every request: the long-lived watches, a handful per watched
