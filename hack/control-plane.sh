@@ -640,10 +640,15 @@ cmd_stop() {
   [ -d "$STATE" ] || return 0
   # shellcheck disable=SC1091
   [ -f "$STATE/cluster.env" ] && . "$STATE/cluster.env"
-  # The node first: its kubelet would otherwise restart what is being stopped.
-  stop_real_node
-  stop_keda
-  stop_components "${COMPONENTS[@]}"
+  # The node first: its kubelet would otherwise restart what is being stopped. Every step runs
+  # even if one before it failed (a CI run once left etcd and the API server running behind a
+  # failed node teardown); the first failure is the exit status.
+  local rc=0 step
+  for step in stop_real_node stop_keda "stop_components ${COMPONENTS[*]}"; do
+    # shellcheck disable=SC2086
+    $step || { local failed=$?; log "stop: '${step%% *}' failed (exit $failed); stopping the rest"; [ "$rc" -ne 0 ] || rc=$failed; }
+  done
+  return "$rc"
 }
 
 on_failed_start() {
