@@ -344,10 +344,6 @@ pub enum Turn {
     Lost(LeaderError),
 }
 
-/// Builds the client a campaign uses, on the campaign's own thread (a client's connections
-/// and request queue run on the runtime it is built in).
-pub type ClientMaker = Box<dyn FnOnce() -> Client + Send>;
-
 /// An [`Elector`] campaigning, holding and campaigning again on a thread and a tokio runtime of
 /// its own, so that its renewals are scheduled by the OS beside the operator's runtime rather
 /// than queued behind its tasks. [`next`](Self::next) reports each term won and lost;
@@ -360,8 +356,13 @@ pub struct Campaign {
 
 impl Campaign {
     /// Starts campaigning for `config`'s Lease with the client `client` makes, opening and
-    /// ending terms in `leadership`.
-    pub fn start(client: ClientMaker, config: LeaseConfig, leadership: Arc<Leadership>) -> std::io::Result<Self> {
+    /// ending terms in `leadership`. The client is made on the campaign's thread: a client's
+    /// connections and request queue run on the runtime it is built in.
+    pub fn start(
+        client: impl FnOnce() -> Client + Send + 'static,
+        config: LeaseConfig,
+        leadership: Arc<Leadership>,
+    ) -> std::io::Result<Self> {
         let (report, terms) = tokio::sync::mpsc::unbounded_channel();
         let (stop, mut stopping) = tokio::sync::oneshot::channel::<()>();
         let (done, stopped) = tokio::sync::oneshot::channel();

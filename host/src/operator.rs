@@ -16,7 +16,7 @@ use tracing::info;
 
 use crate::autoscale::trace::Traces;
 use crate::controller;
-use crate::leader::{Campaign, ClientMaker, Leadership, LeaseConfig, Turn};
+use crate::leader::{Campaign, Leadership, LeaseConfig, Turn};
 use crate::policy::check::PolicyCheck;
 use crate::scope::Scope;
 use crate::server::{self, Health};
@@ -242,14 +242,9 @@ async fn elect_and_run(
         controllers().await;
         return if *stop.borrow() { Ok(()) } else { Err(RunError::ControllerEnded) };
     };
-    let maker: ClientMaker = match options.lease_client.clone() {
-        Some(make) => Box::new(move || make()),
-        None => {
-            let client = client.clone();
-            Box::new(move || client)
-        }
-    };
-    let mut campaign = Campaign::start(maker, lease.clone(), Arc::clone(leadership)).map_err(RunError::Campaign)?;
+    let (make, shared) = (options.lease_client.clone(), client.clone());
+    let mut campaign = Campaign::start(move || make.map_or(shared, |make| make()), lease.clone(), Arc::clone(leadership))
+        .map_err(RunError::Campaign)?;
     loop {
         // `None` when asked to stop (the watch's guard is not held across the release).
         let term = tokio::select! {
