@@ -45,6 +45,7 @@ use crate::leader::Leadership;
 use crate::metrics::{BrokerOptions, QueueStats, control};
 use crate::policy::check::PolicyCheck;
 use crate::policy::{CallLimits, HISTORY, PolicyInput, Sample};
+use crate::report::outbox::{Outbox, Outgoing, Urgency};
 use crate::report::{self, Writer};
 use crate::spec::names::{self, SCALER_MANAGER};
 use crate::spec::validate::{CPU_MEMORY_POLICY, PolicyRef};
@@ -128,6 +129,8 @@ struct Shared {
     client: Client,
     /// Writes the autoscaler's part of the status and its events.
     writer: Writer,
+    /// The loops' status writes, which they post and do not wait for.
+    outbox: Arc<Outbox>,
     metrics: Arc<Metrics>,
     policies: Arc<PolicyCheck>,
     cluster: Arc<ClusterView>,
@@ -155,6 +158,7 @@ impl Autoscaler {
     ) -> Self {
         let shared = Shared {
             writer: Writer::new(client.clone(), SCALER_MANAGER, leadership.clone()),
+            outbox: Outbox::new(),
             client,
             metrics,
             policies,
@@ -171,6 +175,7 @@ impl Autoscaler {
     /// Takes the reconciler's hand-offs until it drops its end (or this future is dropped),
     /// and prunes the loops of deleted apps meanwhile.
     pub async fn run(mut self, mut handoffs: mpsc::UnboundedReceiver<Handoff>) {
+        let _senders = self.shared.outbox.start();
         let mut sweep = tokio::time::interval(SWEEP);
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -330,8 +335,7 @@ async fn run(
     }
     shared.policies.loaded().await;
     let Some(plan) = plans.borrow_and_update().clone() else { return };
-    let mut app = AppLoop::new(&plan, reader).await;
-    app.group_writer = status_writer(&shared.writer, app.group.as_deref());
+    let mut app = AppLoop::new(&shared, &plan, reader).await;
     app.trace = Some(shared.traces.ring(app.trace_setup()));
     let mut ticker = pacer(app.tuning.interval);
     let mut pushes = app.reader.lock().await.pushes();
@@ -418,9 +422,9 @@ struct AppLoop {
     group: Option<String>,
     /// Its pods' key in the cluster view ([`names::pool_key`]).
     pool_key: String,
-    /// Writes a group's part of the status (`status.workerGroups[group].autoscaler`) as the
-    /// group's own field manager; `None` for `workerSpec`'s, which the shared writer writes.
-    group_writer: Option<Writer>,
+    /// Where its part of the status is posted: `workerSpec`'s written by the shared writer, a
+    /// group's (`status.workerGroups[group].autoscaler`) as the group's own field manager.
+    outgoing: Outgoing,
     /// The Deployment it scales.
     worker: String,
     queues: Vec<String>,
@@ -486,7 +490,7 @@ struct Pending {
 }
 
 impl AppLoop {
-    async fn new(plan: &Plan, reader: Arc<Mutex<AppReader>>) -> Self {
+    async fn new(shared: &Shared, plan: &Plan, reader: Arc<Mutex<AppReader>>) -> Self {
         let celery = &plan.celery;
         let namespace = celery.namespace().unwrap_or_default();
         let name = celery.name_any();
@@ -499,16 +503,18 @@ impl AppLoop {
         };
         let tuning = plan.tuning.clone();
         let epoch = reader.lock().await.epoch();
+        let label = match &group {
+            None => format!("{namespace}/{name}"),
+            Some(g) => format!("{namespace}/{name}/{g}"),
+        };
+        let writer = status_writer(&shared.writer, group.as_deref()).unwrap_or_else(|| shared.writer.clone());
         let mut app = Self {
             celery: Arc::clone(celery),
             reference: celery.object_ref(&()),
-            label: match &group {
-                None => format!("{namespace}/{name}"),
-                Some(g) => format!("{namespace}/{name}/{g}"),
-            },
+            outgoing: shared.outbox.slot(writer, label.clone()),
+            label,
             namespace,
             pool_key: names::pool_key(&name, group.as_deref()),
-            group_writer: None,
             group,
             worker: String::new(),
             queues: Vec::new(),
@@ -1138,6 +1144,11 @@ impl AppLoop {
                 self.event(shared, EventType::Warning, health.reason, &health.message).await;
             }
         }
+        if self.outgoing.take_failure() {
+            // The last post was refused: what it said is not in the status, so it is due again.
+            self.last_status = None;
+            self.written_health = None;
+        }
         let since = self.last_status.map(|at| at.elapsed());
         let (following, refresh, refresh_held) = status_pace(shared.pools.load(Ordering::Relaxed));
         let refresh = if health.ok() { refresh } else { refresh_held };
@@ -1161,31 +1172,28 @@ impl AppLoop {
         });
         let now = Time(jiff::Timestamp::now());
         let condition = report::status::scaling_condition(&self.condition, &health, self.celery.metadata.generation, &now);
-        let (body, writer) = match (&self.group, &self.group_writer) {
-            (Some(group), Some(writer)) => (report::status::group_autoscaler_part(group, status), writer),
-            _ => (report::status::autoscaler_part(backlog, status, &condition), &shared.writer),
+        let body = match &self.group {
+            Some(group) => report::status::group_autoscaler_part(group, status),
+            None => report::status::autoscaler_part(backlog, status, &condition),
         };
-        match writer.status(&self.celery, &body).await {
-            Ok(()) => {
-                self.last_status = Some(Instant::now());
-                self.written_backlog = backlog;
-                self.written_active = status.active_tasks;
-                if self.group.is_none() {
-                    self.condition = vec![condition];
-                }
-                self.written_health = Some(health);
-            }
-            Err(error) => {
-                warn!(app = %self.label, error = %crate::telemetry::chain(&error), "cannot write the autoscaler status")
-            }
+        // What is posted counts as written from now: a write the API server refuses is
+        // reported back (see the start of this function), and posted again.
+        let urgency = if changed || transition || reworded { Urgency::Change } else { Urgency::Refresh };
+        self.outgoing.post(&self.celery, body, urgency);
+        self.last_status = Some(Instant::now());
+        self.written_backlog = backlog;
+        self.written_active = status.active_tasks;
+        if self.group.is_none() {
+            self.condition = vec![condition];
         }
+        self.written_health = Some(health);
     }
 
     /// The app is no longer autoscaled: remove what the autoscaler wrote in its status.
     async fn retire(self, shared: &Shared) {
         info!(app = %self.label, "autoscaling stops");
         self.forget(shared).await;
-        self.group_writer.as_ref().unwrap_or(&shared.writer).clear(&self.celery).await;
+        self.outgoing.clear(&self.celery).await;
     }
 
     /// Drops the loop's metrics, and its queues from the app's reads.

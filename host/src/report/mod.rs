@@ -6,7 +6,10 @@
 //! - [`Writer`]: the writes. One per field manager (the reconciler's and the autoscaler's
 //!   parts of a status are applied under different managers, so neither overwrites the
 //!   other), each gated by this replica's leader term.
+//! - [`outbox`]: the autoscaling loops' status writes, applied by a few senders so no loop
+//!   waits for one; the newest post of a slot wins.
 
+pub mod outbox;
 pub mod status;
 
 use std::borrow::Cow;
@@ -35,6 +38,7 @@ pub enum WriteError {
 }
 
 /// The status and event writer of one field manager.
+#[derive(Clone)]
 pub struct Writer {
     client: Client,
     recorder: Recorder,
