@@ -22,8 +22,13 @@
 //! instructions it ran, by function (`callgrind_annotate FILE`): counts that do not depend on a
 //! noisy machine. With `HEAPTRACK=FILE` it runs inside heaptrack, which writes to FILE.zst
 //! every allocation with its stack; the leader is killed at the end, so what it held then is
-//! what heaptrack calls leaked (`heaptrack_print --print-leaks 1 FILE.zst`). There is no
-//! failover with either. A benchmark, never a test: nothing here passes or
+//! what heaptrack calls leaked (`heaptrack_print --print-leaks 1 FILE.zst`). With
+//! `PERF=FILE`, `perf record` samples the leader's stacks (CPU clock, DWARF unwinding) over
+//! the window of the largest size, into FILE (`perf report -i FILE --no-inline`); build with
+//! line tables for names and lines (`CARGO_PROFILE_RELEASE_DEBUG=line-tables-only`). There
+//! is no failover with any of them. With `LOGS=DIR` each operator logs at `info` (JSON, with
+//! times) to `DIR/operator-N.log`, N its place in the order started: where a failover's
+//! seconds go. A benchmark, never a test: nothing here passes or
 //! fails on a timing.
 
 #[path = "shared/measure.rs"]
@@ -106,7 +111,12 @@ fn main() {
             let started = Instant::now();
             let pace = leader.keeps_pace(apps).await;
             eprintln!("{apps} apps: {pace:.2} cycles per app and second after {:?} more", started.elapsed());
+            let last = Some(&apps) == sizes.last();
+            let sampling = profiler.as_ref().filter(|_| last).and_then(|p| p.sample(&leader.pid, window));
             leader.measure(&audit, window).await.print(apps);
+            if let Some(mut perf) = sampling {
+                let _ = perf.wait().await;
+            }
         }
         println!("(CPU share: of one core; the machine has {} cores. API: the operator's ServiceAccount, watches aside)", measure::num_cores());
 
@@ -182,16 +192,33 @@ spec:
 }
 
 /// The operator's binary, in a process of its own.
-/// What the leader may run inside (`CALLGRIND=FILE` or `HEAPTRACK=FILE`), writing to FILE.
+/// What the leader may run inside (`CALLGRIND=FILE` or `HEAPTRACK=FILE`), or what samples it
+/// over the last window (`PERF=FILE`), writing to FILE.
 enum Profiler {
     Callgrind(String),
     Heaptrack(String),
+    Perf(String),
 }
 
 impl Profiler {
     fn from_env() -> Option<Self> {
         let var = |name| std::env::var(name).ok().filter(|v: &String| !v.is_empty());
-        var("CALLGRIND").map(Self::Callgrind).or_else(|| var("HEAPTRACK").map(Self::Heaptrack))
+        var("CALLGRIND")
+            .map(Self::Callgrind)
+            .or_else(|| var("HEAPTRACK").map(Self::Heaptrack))
+            .or_else(|| var("PERF").map(Self::Perf))
+    }
+
+    /// `perf record` on `pid` for `window`, when this is `PERF`.
+    fn sample(&self, pid: &str, window: Duration) -> Option<tokio::process::Child> {
+        let Self::Perf(out) = self else { return None };
+        let child = tokio::process::Command::new("perf")
+            .args(["record", "-q", "-e", "cpu-clock", "-F", "200", "--call-graph", "dwarf,8192", "-o", out, "-p", pid])
+            .args(["--", "sleep", &window.as_secs().to_string()])
+            .kill_on_drop(true)
+            .spawn()
+            .expect("perf starts (Debian's linux-perf)");
+        Some(child)
     }
 
     /// How the leader is stopped: callgrind writes its counts when the process exits, so it is
@@ -199,7 +226,7 @@ impl Profiler {
     /// stays allocated and `heaptrack_print` lists it, by where it was allocated, as "leaked".
     fn stop_signal(&self) -> i32 {
         match self {
-            Self::Callgrind(_) => libc::SIGTERM,
+            Self::Callgrind(_) | Self::Perf(_) => libc::SIGTERM,
             Self::Heaptrack(_) => libc::SIGKILL,
         }
     }
@@ -207,6 +234,7 @@ impl Profiler {
     fn report(&self) -> String {
         match self {
             Self::Callgrind(out) => format!("callgrind's counts: {out} (callgrind_annotate {out})"),
+            Self::Perf(out) => format!("perf's samples over the last window: {out} (perf report -i {out} --no-inline)"),
             Self::Heaptrack(out) => {
                 format!(
                     "heaptrack's record: {out}.zst (what the leader held at the end: heaptrack_print --print-leaks 1 {out}.zst)"
@@ -238,7 +266,16 @@ impl Operator {
                 c.args(["-o", out, binary]);
                 c
             }
-            None => tokio::process::Command::new(binary),
+            None | Some(Profiler::Perf(_)) => tokio::process::Command::new(binary),
+        };
+        match std::env::var_os("LOGS") {
+            Some(dir) => {
+                static STARTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+                let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let log = std::fs::File::create(PathBuf::from(dir).join(format!("operator-{n}.log"))).expect("a log file");
+                command.env("RUST_LOG", "info").env("LOG_FORMAT", "json").stderr(log)
+            }
+            None => command.env("RUST_LOG", "warn"),
         };
         let process = command
             .args(["run", "--namespace", ns, "--listen", &listen.to_string(), "--lease-name", "scale-bench"])
@@ -247,7 +284,6 @@ impl Operator {
             .arg(cp.operator_kubeconfig())
             .arg("--policy-dir")
             .arg(support::repo_root().join("target/policies"))
-            .env("RUST_LOG", "warn")
             .kill_on_drop(true)
             .spawn()
             .expect("the operator's binary starts");

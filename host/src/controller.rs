@@ -109,18 +109,28 @@ fn app_scaled_by(deployments: &Store<Deployment>, hpa: &HorizontalPodAutoscaler)
     Some(ObjectRef::new(&owner.name).within(&ns))
 }
 
+/// What the process keeps across leader terms, handed to each term's controllers.
+pub struct Kept {
+    pub metrics: Arc<Metrics>,
+    /// Every pool's recent ticks, for `/trace`.
+    pub traces: Arc<crate::autoscale::trace::Traces>,
+    /// The worker pods and Deployments, watched by standbys too: a new leader's loops find
+    /// theirs at once instead of after a list of every Deployment (see `operator`).
+    pub cluster: Arc<ClusterView>,
+}
+
 /// Runs the controllers until `shutdown` turns true, then lets running reconciles finish.
-/// With a policy runtime, the autoscaling loops and the cluster view they read run alongside,
-/// and end with the controllers (when this future completes or is dropped on lost leadership).
+/// With a policy runtime, the autoscaling loops run alongside on `kept.cluster`, and end with
+/// the controllers (when this future completes or is dropped on lost leadership).
 pub async fn run(
     client: Client,
     scope: Scope,
-    metrics: Arc<Metrics>,
+    kept: &Kept,
     policies: Option<Arc<PolicyCheck>>,
     leadership: Arc<Leadership>,
-    traces: Arc<crate::autoscale::trace::Traces>,
     shutdown: watch::Receiver<bool>,
 ) {
+    let Kept { metrics, traces, cluster } = kept;
     let children = watcher::Config::default().labels(CHILD_SELECTOR);
     let celery_apis = scope.apis::<Celery>(&client);
     let deployment_apis = scope.apis::<Deployment>(&client);
@@ -189,7 +199,6 @@ pub async fn run(
     };
 
     // The reconciler hands each app's validated scaling to the autoscaler, one way.
-    let cluster = ClusterView::new();
     let (handoff, handoffs) = mpsc::unbounded_channel();
     let autoscaler = policies.clone().map(|policies| {
         let stores = controllers.iter().map(Controller::store).collect();
@@ -232,7 +241,6 @@ pub async fn run(
             // The view and the loops never end by themselves: they stop with the controllers.
             tokio::select! {
                 _ = controllers => {}
-                _ = cluster.watch(client, scope) => {}
                 _ = autoscaler.run(handoffs) => {}
             }
         }

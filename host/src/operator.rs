@@ -14,6 +14,7 @@ use kube::{Client, Config};
 use tokio::sync::watch;
 use tracing::info;
 
+use crate::autoscale::cluster::ClusterView;
 use crate::autoscale::trace::Traces;
 use crate::controller;
 use crate::leader::{Campaign, Leadership, LeaseConfig, Turn};
@@ -211,6 +212,8 @@ pub async fn run(client: Client, options: RunOptions, shutdown: watch::Receiver<
     result
 }
 
+/// Waits for the CRD, then watches the worker pods and Deployments for as long as the process
+/// runs and [leads](lead) when it can.
 async fn elect_and_run(
     client: &Client,
     options: &RunOptions,
@@ -226,14 +229,39 @@ async fn elect_and_run(
         return Ok(());
     }
     health.set_ready(true);
+    let kept = controller::Kept { metrics: metrics.clone(), traces: traces.clone(), cluster: ClusterView::new() };
+    // The worker pods and Deployments are watched from the start, not from a term: a standby
+    // keeps them current, so when it takes over, its loops need not wait for a list of every
+    // worker Deployment (at 10,000 apps, seconds of the API server's time) to decide.
+    let watching = async {
+        if options.policies.is_some() {
+            Arc::clone(&kept.cluster).watch(client.clone(), options.scope.clone(), Arc::clone(leadership)).await;
+        }
+        std::future::pending::<()>().await;
+    };
+    tokio::select! {
+        result = lead(client, options, &kept, leadership, shutdown) => result,
+        () = watching => Err(RunError::ControllerEnded),
+    }
+}
+
+/// Campaigns for the Lease (when elected) and runs the controllers while it is held.
+async fn lead(
+    client: &Client,
+    options: &RunOptions,
+    kept: &controller::Kept,
+    leadership: &Arc<Leadership>,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(), RunError> {
+    let mut stop = shutdown.clone();
+    let metrics = &kept.metrics;
     let controllers = || {
         controller::run(
             client.clone(),
             options.scope.clone(),
-            metrics.clone(),
+            kept,
             options.policies.clone(),
             leadership.clone(),
-            traces.clone(),
             shutdown.clone(),
         )
     };

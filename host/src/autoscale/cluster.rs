@@ -22,6 +22,7 @@ use kube::{Client, ResourceExt};
 use tracing::{info, warn};
 
 use crate::decide::scalein;
+use crate::leader::Leadership;
 use crate::policy::PodSample;
 use crate::quantity;
 use crate::scope::Scope;
@@ -183,8 +184,9 @@ impl ClusterView {
         replicas.extend(all.iter().map(|d| ((d.namespace().unwrap_or_default(), d.name_any()), deployment_replicas(d))));
     }
 
-    /// Keeps the pods and Deployments of `scope` current until the returned future is dropped.
-    pub async fn watch(self: Arc<Self>, client: Client, scope: Scope) {
+    /// Keeps the pods and Deployments of `scope` current until the returned future is dropped,
+    /// and their CPU and memory while `leadership` holds (only a leader's loops read them).
+    pub async fn watch(self: Arc<Self>, client: Client, scope: Scope, leadership: Arc<Leadership>) {
         let config = watcher::Config::default().labels(WORKER_SELECTOR);
         let mut streams = Vec::new();
         let namespaces: Vec<Option<String>> =
@@ -195,7 +197,7 @@ impl ClusterView {
         for (api, ns) in scope.apis::<Deployment>(&client).into_iter().zip(&namespaces) {
             streams.push(follow(Arc::clone(&self), api, ns.clone(), config.clone()).boxed());
         }
-        streams.push(Arc::clone(&self).poll_usage(client, scope).boxed());
+        streams.push(Arc::clone(&self).poll_usage(client, scope, leadership).boxed());
         futures::future::join_all(streams).await;
     }
 
@@ -203,7 +205,7 @@ impl ClusterView {
     /// figures every 10-60 s (its `--metric-resolution`); listing more often than that only
     /// re-reads the same figures, listing less often adds delay, so the refresh is kept below
     /// the smallest resolution. A failed list empties the figures: stale CPU is not evidence.
-    async fn poll_usage(self: Arc<Self>, client: Client, scope: Scope) {
+    async fn poll_usage(self: Arc<Self>, client: Client, scope: Scope, leadership: Arc<Leadership>) {
         let resource = ApiResource {
             group: "metrics.k8s.io".into(),
             version: "v1beta1".into(),
@@ -221,6 +223,12 @@ impl ClusterView {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
+            if !leadership.holds() {
+                // A standby lists nothing it does not use; a new leader's first list follows
+                // within a refresh, and until then CPU and memory are unknown (never 0).
+                self.usage.write().expect("usage lock").clear();
+                continue;
+            }
             let mut usage = HashMap::new();
             let mut error = None;
             for api in &apis {
@@ -286,22 +294,41 @@ impl Indexed for Deployment {
 
 /// Feeds a watch of `api` (of `namespace`, or all) into the view forever, backing off on
 /// errors (the watcher resumes by itself). A relist is buffered and swapped in whole, so a
-/// sample never sees half of it, and it replaces only what this watch covers.
+/// sample never sees half of it, and it replaces only what this watch covers. The first list
+/// is also applied page by page as it comes: with nothing to keep consistent yet, a loop
+/// need not wait for the last of 10,000 Deployments to find its own.
 async fn follow<K: Indexed>(view: Arc<ClusterView>, api: Api<K>, namespace: Option<String>, config: watcher::Config) {
-    let stream = watcher::watcher(api, config).default_backoff();
+    feed(&view, watcher::watcher(api, config).default_backoff(), namespace.as_deref()).await;
+}
+
+/// [`follow`]'s work on a stream of watch events, until it ends.
+async fn feed<K: Indexed>(
+    view: &ClusterView,
+    stream: impl futures::Stream<Item = Result<Event<K>, watcher::Error>>,
+    namespace: Option<&str>,
+) {
     futures::pin_mut!(stream);
     let mut buffer = Vec::new();
+    let mut listed = false;
     loop {
         match stream.try_next().await {
-            Ok(Some(Event::Apply(object))) => K::apply(&view, &object),
-            Ok(Some(Event::Delete(object))) => K::delete(&view, &object),
+            Ok(Some(Event::Apply(object))) => K::apply(view, &object),
+            Ok(Some(Event::Delete(object))) => K::delete(view, &object),
             Ok(Some(Event::Init)) => buffer.clear(),
-            Ok(Some(Event::InitApply(object))) => buffer.push(object),
-            Ok(Some(Event::InitDone)) => K::replace(&view, namespace.as_deref(), std::mem::take(&mut buffer)),
+            Ok(Some(Event::InitApply(object))) => {
+                if !listed {
+                    K::apply(view, &object);
+                }
+                buffer.push(object);
+            }
+            Ok(Some(Event::InitDone)) => {
+                K::replace(view, namespace, std::mem::take(&mut buffer));
+                listed = true;
+            }
             Ok(None) => return,
             Err(error) => warn!(
                 kind = %K::kind(&()),
-                namespace = namespace.as_deref().unwrap_or("(all)"),
+                namespace = namespace.unwrap_or("(all)"),
                 error = %crate::telemetry::chain(&error),
                 "watch of worker pods or Deployments failed; retrying"
             ),
@@ -476,5 +503,57 @@ status:
         assert_eq!(view.worker_replicas("b", "shop-celery-worker"), Some(3), "b's replicas survive a's relist");
         view.delete_pod(&in_ns("b"));
         assert!(view.pods("b", "shop").is_empty(), "the pod index of b survived too");
+    }
+
+    fn deployment(name: &str, replicas: i32) -> Deployment {
+        serde_yaml::from_str(&format!(
+            "metadata: {{name: {name}, namespace: shop}}\nspec: {{replicas: {replicas}, selector: {{}}, template: {{}}}}"
+        ))
+        .expect("test Deployment parses")
+    }
+
+    /// Lets `feed` take what was sent.
+    async fn settle() {
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn the_first_list_is_seen_page_by_page_and_a_relist_only_whole() {
+        let view = ClusterView::new();
+        let (events, stream) = futures::channel::mpsc::unbounded::<Result<Event<Deployment>, watcher::Error>>();
+        let feeding = {
+            let view = Arc::clone(&view);
+            tokio::spawn(async move { feed(&view, stream, None).await })
+        };
+        let send = |event| events.unbounded_send(Ok(event)).expect("feed listens");
+        send(Event::Init);
+        send(Event::InitApply(deployment("a", 2)));
+        settle().await;
+        assert_eq!(view.worker_replicas("shop", "a"), Some(2), "the first list's first page, before the list ends");
+        send(Event::InitApply(deployment("b", 3)));
+        send(Event::InitDone);
+        settle().await;
+        assert_eq!((view.worker_replicas("shop", "a"), view.worker_replicas("shop", "b")), (Some(2), Some(3)));
+        // A relist (a watch that expired): the view keeps what it had until the list is whole.
+        send(Event::Init);
+        send(Event::InitApply(deployment("b", 4)));
+        send(Event::InitApply(deployment("c", 1)));
+        settle().await;
+        assert_eq!(
+            (view.worker_replicas("shop", "a"), view.worker_replicas("shop", "b"), view.worker_replicas("shop", "c")),
+            (Some(2), Some(3), None),
+            "half a relist is not shown"
+        );
+        send(Event::InitDone);
+        settle().await;
+        assert_eq!(
+            (view.worker_replicas("shop", "a"), view.worker_replicas("shop", "b"), view.worker_replicas("shop", "c")),
+            (None, Some(4), Some(1)),
+            "the relist replaced the view: a is gone"
+        );
+        drop(events);
+        feeding.await.expect("feed ends with its stream");
     }
 }

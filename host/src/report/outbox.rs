@@ -379,7 +379,11 @@ mod tests {
         }
         assert_eq!(
             order,
-            vec![("c".to_string(), json!({ "n": 2 })), ("p".to_string(), json!({ "n": 2 })), ("r".to_string(), json!({ "n": 1 }))]
+            vec![
+                ("c".to_string(), json!({ "n": 2 })),
+                ("p".to_string(), json!({ "n": 2 })),
+                ("r".to_string(), json!({ "n": 1 }))
+            ]
         );
         no_write(&mut handle).await;
         for reply in busy {
