@@ -26,7 +26,7 @@
 //! `PERF=FILE`, `perf record` samples the leader's stacks (CPU clock, DWARF unwinding) over
 //! the window of the largest size, into FILE (`perf report -i FILE --no-inline`); build with
 //! line tables for names and lines (`CARGO_PROFILE_RELEASE_DEBUG=line-tables-only`). There
-//! is no failover with any of them. With `LOGS=DIR` each operator logs at `info` (JSON, with
+//! is no failover under callgrind or heaptrack. With `LOGS=DIR` each operator logs at `info` (JSON, with
 //! times) to `DIR/operator-N.log`, N its place in the order started: where a failover's
 //! seconds go. A benchmark, never a test: nothing here passes or
 //! fails on a timing.
@@ -120,10 +120,15 @@ fn main() {
         }
         println!("(CPU share: of one core; the machine has {} cores. API: the operator's ServiceAccount, watches aside)", measure::num_cores());
 
-        if let Some(profiler) = profiler {
-            leader.stop(profiler.stop_signal()).await;
-            println!("{}", profiler.report());
-            return;
+        match profiler {
+            // It only sampled: the failover goes on.
+            Some(perf @ Profiler::Perf(_)) => println!("{}", perf.report()),
+            Some(profiler) => {
+                leader.stop(profiler.stop_signal()).await;
+                println!("{}", profiler.report());
+                return;
+            }
+            None => {}
         }
 
         // Failover at the largest size.
