@@ -3,8 +3,8 @@
 //! own queue of one real Redis, sampled every second; then its leader killed at the largest
 //! size.
 //!
-//! Per size, over `WINDOW` seconds (default 60) once every app has decided and the loops keep
-//! their interval (at most 10 minutes after):
+//! Per size, over `WINDOW` seconds (default 60) once every app has decided, the loops keep
+//! their interval and the first status writes have drained (at most 10 minutes after):
 //! - CPU per sampling cycle and the share of a core (the operator process's own CPU time from
 //!   `/proc`, divided by the cycles its histogram counted), and cycles per app per second (1.00:
 //!   no loop falls behind its interval);
@@ -59,6 +59,10 @@ const CREATING: usize = 32;
 const DECISIONS: &str = "celery_operator_scaling_decisions_total";
 const CYCLES: &str = "celery_operator_autoscaler_cycle_duration_seconds_count";
 const OVERRUNS: &str = "celery_operator_autoscaler_overruns_total";
+/// Status writes a second (the reconciler's and the loops') under which the first ones of a
+/// new size have drained: the loops' refreshes alone stay under 10 a second at any size (see
+/// `status_pace` in the scaler).
+const SETTLED_WRITES: f64 = 11.0;
 
 fn main() {
     let window = Duration::from_secs(measure::env_number("WINDOW", 60) as u64);
@@ -109,8 +113,11 @@ fn main() {
             .await;
             eprintln!("{apps} apps created and deciding in {:?}", started.elapsed());
             let started = Instant::now();
-            let pace = leader.keeps_pace(apps).await;
-            eprintln!("{apps} apps: {pace:.2} cycles per app and second after {:?} more", started.elapsed());
+            let (pace, writes) = leader.keeps_pace(apps, &audit).await;
+            eprintln!(
+                "{apps} apps: {pace:.2} cycles per app and second, {writes:.1} status writes a second, after {:?} more",
+                started.elapsed()
+            );
             let last = Some(&apps) == sizes.last();
             let sampling = profiler.as_ref().filter(|_| last).and_then(|p| p.sample(&leader.pid, window));
             leader.measure(&audit, window).await.print(apps);
@@ -344,16 +351,22 @@ impl Operator {
     /// Waits until its loops keep their one-second interval (over 10 s, at least 0.98 cycles
     /// per app and second: past the first decisions' status writes, which the loops await), at
     /// most 10 minutes; the last pace seen.
-    async fn keeps_pace(&self, apps: usize) -> f64 {
+    async fn keeps_pace(&self, apps: usize, audit: &PathBuf) -> (f64, f64) {
         let started = Instant::now();
         loop {
             let before = measure::metric_sum(&metrics_text(self.listen).await, CYCLES);
-            let at = Instant::now();
+            let (at, mark) = (Instant::now(), AuditMark::now(audit));
             tokio::time::sleep(Duration::from_secs(10)).await;
             let cycles = measure::metric_sum(&metrics_text(self.listen).await, CYCLES) - before;
-            let pace = cycles / at.elapsed().as_secs_f64() / apps as f64;
-            if pace >= 0.98 || started.elapsed() > Duration::from_secs(600) {
-                return pace;
+            let took = at.elapsed();
+            let pace = cycles / took.as_secs_f64() / apps as f64;
+            let writes: f64 = requests_since(audit, mark, took)
+                .iter()
+                .filter(|((verb, what), _)| verb == "patch" && what == "celery/status")
+                .map(|(_, n)| n)
+                .sum();
+            if (pace >= 0.98 && writes <= SETTLED_WRITES) || started.elapsed() > Duration::from_secs(600) {
+                return (pace, writes);
             }
         }
     }

@@ -54,6 +54,11 @@ struct ResultLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PolicyLabel {
+    policy: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct AppLabel {
     app: String,
 }
@@ -92,7 +97,8 @@ pub struct Metrics {
     desired_workers: Family<AppLabel, Gauge<i64, AtomicI64>>,
     decisions: Family<DecisionLabel, Counter>,
     failures: Family<FailureLabel, Counter>,
-    policy_seconds: HistogramFamily<AppLabel>,
+    /// By policy, not app: 13 series an app made `/metrics` 17 MiB at 10,000 apps.
+    policy_seconds: HistogramFamily<PolicyLabel>,
     cycle_seconds: Histogram,
     watch_errors: Family<NamespaceLabel, Counter>,
     shadow_desired: Family<AppLabel, Gauge<i64, AtomicI64>>,
@@ -100,6 +106,7 @@ pub struct Metrics {
     scaling_paused: Family<AppLabel, Gauge<i64, AtomicI64>>,
     overruns: Family<AppLabel, Counter>,
     wakeups: Family<AppLabel, Counter>,
+    status_writes_pending: Gauge<i64, AtomicI64>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -139,10 +146,10 @@ impl Default for Metrics {
             "Samples that ended without a decision, by cause (metrics, policy, scale)",
             failures.clone(),
         );
-        let policy_seconds: HistogramFamily<AppLabel> = Family::new_with_constructor(policy_histogram);
+        let policy_seconds: HistogramFamily<PolicyLabel> = Family::new_with_constructor(policy_histogram);
         registry.register(
             "policy_duration_seconds",
-            "Time one policy decision took, instantiation included",
+            "Time one decision of a policy took (all apps), instantiation included",
             policy_seconds.clone(),
         );
         let cycle_seconds = Histogram::new(exponential_buckets(0.0001, 2.0, 16));
@@ -187,7 +194,14 @@ impl Default for Metrics {
             "Decisions made at once because a message landed on queues the last read found empty (Redis keyspace events)",
             wakeups.clone(),
         );
+        let status_writes_pending = Gauge::default();
+        registry.register(
+            "status_writes_pending",
+            "Autoscaler status parts posted and not yet sent to the API server (one per pool at most: a newer post replaces the waiting one)",
+            status_writes_pending.clone(),
+        );
         Self {
+            status_writes_pending,
             wakeups,
             watch_errors,
             shadow_desired,
@@ -209,6 +223,11 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// The gauge of status writes waiting, which the autoscaler's outbox keeps.
+    pub fn status_writes_pending(&self) -> Gauge<i64, AtomicI64> {
+        self.status_writes_pending.clone()
+    }
+
     pub fn new() -> Arc<Self> {
         Arc::new(Self::default())
     }
@@ -236,8 +255,8 @@ impl Metrics {
         }
     }
 
-    pub fn observe_policy(&self, app: &str, took: Duration) {
-        self.policy_seconds.get_or_create(&AppLabel { app: app.to_string() }).observe(took.as_secs_f64());
+    pub fn observe_policy(&self, policy: &str, took: Duration) {
+        self.policy_seconds.get_or_create(&PolicyLabel { policy: policy.to_string() }).observe(took.as_secs_f64());
     }
 
     /// A decision: `from` workers before, `to` after.
@@ -322,7 +341,6 @@ impl Metrics {
         self.scaling_paused.remove(&AppLabel { app: app.to_string() });
         self.overruns.remove(&AppLabel { app: app.to_string() });
         self.wakeups.remove(&AppLabel { app: app.to_string() });
-        self.policy_seconds.remove(&AppLabel { app: app.to_string() });
         for direction in DIRECTIONS {
             self.decisions.remove(&DecisionLabel { app: app.to_string(), direction });
         }
@@ -351,7 +369,7 @@ mod tests {
         m.observe_decision("ns/a", 1, 2);
         m.observe_decision("ns/a", 2, 2);
         m.observe_failure("ns/a", FailureCause::Metrics);
-        m.observe_policy("ns/a", Duration::from_micros(20));
+        m.observe_policy("queue-length", Duration::from_micros(20));
         m.observe_decision("ns/b", 1, 1);
         assert!(m.encode().contains("app=\"ns/a\""));
         m.forget_app("ns/a", &["celery".to_string()]);

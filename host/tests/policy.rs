@@ -819,3 +819,62 @@ fn data_segments(wasm: &[u8]) -> (usize, usize) {
     }
     counts
 }
+
+#[test]
+fn a_policy_proved_fast_runs_inline_until_a_slow_call_sends_it_back_to_the_blocking_pool() {
+    use celery_operator::policy::runner::{INLINE_AFTER, INLINE_BUDGET};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    // One runtime thread: a call that holds it holds every other task too.
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    runtime.block_on(async {
+        let limits = CallLimits { timeout: Duration::from_millis(300), ..CallLimits::default() };
+        let runner = PolicyRunner::new(2, limits);
+        let policy = loaded("turns_slow");
+        let mut small = sample_input();
+        (small.history, small.current.pods) = (Vec::new(), Vec::new());
+        let mut large = sample_input();
+        large.history = std::iter::repeat_n(sample_input().current, 60).collect();
+        assert!(serde_json::to_vec(&large).expect("JSON").len() > 4000, "the fixture spins on inputs over 2,000 bytes");
+
+        // Another task, which counts while it gets the thread.
+        let turns = Arc::new(AtomicUsize::new(0));
+        tokio::spawn({
+            let turns = Arc::clone(&turns);
+            async move {
+                loop {
+                    turns.fetch_add(1, Ordering::Relaxed);
+                    tokio::task::yield_now().await;
+                }
+            }
+        });
+        let other_task_ran_during = |input: PolicyInput| {
+            let (runner, policy, turns) = (runner.clone(), Arc::clone(&policy), Arc::clone(&turns));
+            async move {
+                let before = turns.load(Ordering::Relaxed);
+                let outcome = runner.decide(policy, input, None).await;
+                (turns.load(Ordering::Relaxed) > before, outcome)
+            }
+        };
+
+        for _ in 0..INLINE_AFTER {
+            let (_, outcome) = other_task_ran_during(small.clone()).await;
+            assert_eq!(outcome.expect("fast answer").0.decision.reason, "fast");
+        }
+        assert!(policy.pace().inline(), "{INLINE_AFTER} calls under {INLINE_BUDGET:?}");
+        // Inline: the slow call holds the thread until its deadline; nothing else runs.
+        let (ran, outcome) = other_task_ran_during(large.clone()).await;
+        assert_error("turns_slow", &outcome.expect_err("times out"), "Timeout", &[]);
+        assert!(!ran, "the call ran on the runtime's thread");
+        assert!(!policy.pace().inline(), "demoted by the slow call");
+        // From now on on the blocking pool: the thread is free while the policy spins.
+        let (ran, outcome) = other_task_ran_during(large).await;
+        assert_error("turns_slow", &outcome.expect_err("times out"), "Timeout", &[]);
+        assert!(ran, "the other task ran while the policy spun on the blocking pool");
+        for _ in 0..INLINE_AFTER * 2 {
+            let (_, outcome) = other_task_ran_during(small.clone()).await;
+            outcome.expect("fast answer");
+        }
+        assert!(!policy.pace().inline(), "never inline again");
+    });
+}

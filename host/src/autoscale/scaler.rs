@@ -158,7 +158,7 @@ impl Autoscaler {
     ) -> Self {
         let shared = Shared {
             writer: Writer::new(client.clone(), SCALER_MANAGER, leadership.clone()),
-            outbox: Outbox::new(),
+            outbox: Outbox::new(metrics.status_writes_pending()),
             client,
             metrics,
             policies,
@@ -241,7 +241,7 @@ impl Autoscaler {
                 let reader = self.reader(&key.0, uid, celery);
                 let (tx, rx) = watch::channel(Some(plan));
                 let predecessor = self.retiring.remove(&key);
-                let task = tokio::spawn(run(Arc::clone(&self.shared), rx, predecessor, reader));
+                let task = tokio::spawn(run(Arc::clone(&self.shared), rx, predecessor, reader, Arc::clone(celery)));
                 self.loops.insert(key, Running { uid: uid.to_string(), plan: tx, task });
             }
             None if written_by_a_loop(celery, key.1.as_deref()) && !self.retiring.contains_key(&key) => {
@@ -323,19 +323,23 @@ fn status_writer(writer: &Writer, group: Option<&str>) -> Option<Writer> {
 
 /// The loop of one pool, until its plan is withdrawn (`None`: it retires and clears what it
 /// wrote) or its sender is dropped (the app is gone). It starts once `predecessor`, the
-/// app's previous loop, has finished retiring. The app's loops share `reader`.
+/// app's previous loop, has finished retiring. The app's loops share `reader`. `handed` is
+/// the object as handed over, status included: read once, for what an earlier loop wrote.
 async fn run(
     shared: Arc<Shared>,
     mut plans: watch::Receiver<Option<Arc<Plan>>>,
     predecessor: Option<JoinHandle<()>>,
     reader: Arc<Mutex<AppReader>>,
+    handed: Arc<Celery>,
 ) {
     if let Some(predecessor) = predecessor {
         let _ = predecessor.await;
     }
     shared.policies.loaded().await;
     let Some(plan) = plans.borrow_and_update().clone() else { return };
-    let mut app = AppLoop::new(&shared, &plan, reader).await;
+    let mut app = AppLoop::new(&shared, &plan, &handed, reader).await;
+    // What the loop wrote before is read from it once; the plan keeps no status.
+    drop(handed);
     app.trace = Some(shared.traces.ring(app.trace_setup()));
     let mut ticker = pacer(app.tuning.interval);
     let mut pushes = app.reader.lock().await.pushes();
@@ -368,7 +372,9 @@ async fn run(
             shared.metrics.observe_wakeup(&app.label);
         }
         let started = Instant::now();
-        app.tick(&shared, tick).await;
+        // Boxed: a tick's state (its policy call, scale and status futures) is kilobytes, and
+        // held inline it would sit in every loop's task between ticks too (7 KiB a loop).
+        Box::pin(app.tick(&shared, tick)).await;
         let took = started.elapsed();
         shared.metrics.observe_cycle(took);
         if took > app.tuning.interval {
@@ -490,12 +496,14 @@ struct Pending {
 }
 
 impl AppLoop {
-    async fn new(shared: &Shared, plan: &Plan, reader: Arc<Mutex<AppReader>>) -> Self {
+    /// The loop of `plan`, resuming from what `handed` (the object as handed over, with its
+    /// status) says an earlier loop wrote.
+    async fn new(shared: &Shared, plan: &Plan, handed: &Celery, reader: Arc<Mutex<AppReader>>) -> Self {
         let celery = &plan.celery;
         let namespace = celery.namespace().unwrap_or_default();
         let name = celery.name_any();
         let group = plan.pool.group.clone();
-        let status = celery.status.as_ref();
+        let status = handed.status.as_ref();
         // What the pool's loop wrote before (this process's or an earlier one's).
         let written = match &group {
             None => status.and_then(|s| s.autoscaler.as_ref()),
@@ -1052,11 +1060,11 @@ impl AppLoop {
             input = back;
             answers.push(match outcome {
                 Ok((verdict, took)) if verdict.declined.is_some() => {
-                    shared.metrics.observe_policy(&self.label, took);
+                    shared.metrics.observe_policy(&policy.name, took);
                     Answer::Declined { policy: policy.name.clone(), reason: verdict.declined.unwrap_or_default() }
                 }
                 Ok((verdict, took)) => {
-                    shared.metrics.observe_policy(&self.label, took);
+                    shared.metrics.observe_policy(&policy.name, took);
                     Answer::Decided(Choice {
                         bounded: verdict.decision.replicas,
                         proposed: verdict.proposed,

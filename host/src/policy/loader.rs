@@ -15,7 +15,7 @@ use super::cache::{self, ArtifactCache, Compiled, Kind, Origin};
 use super::component::ComponentPolicy;
 use super::core_module::CorePolicy;
 use super::engine::PolicyEngine;
-use super::runner::CallLimits;
+use super::runner::{CallLimits, Pace};
 use super::{Decision, PolicyError, PolicyInput};
 
 /// How a policy talks to the host.
@@ -124,6 +124,8 @@ pub struct LoadedPolicy {
     stats: LoadStats,
     engine: PolicyEngine,
     runnable: Runnable,
+    /// Whether its calls have been fast enough to run on the caller's thread (see `runner`).
+    pace: Pace,
 }
 
 impl fmt::Debug for LoadedPolicy {
@@ -231,6 +233,7 @@ impl LoadedPolicy {
             stats: LoadStats { from_cache: origin == Origin::Cache, artifact, total: start.elapsed() },
             engine: engine.clone(),
             runnable,
+            pace: Pace::default(),
         })
     }
 
@@ -286,6 +289,11 @@ impl LoadedPolicy {
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// How fast its calls have been: whether the next may run on the caller's thread.
+    pub fn pace(&self) -> &Pace {
+        &self.pace
     }
 
     /// Hex sha256 of the module's bytes.

@@ -18,7 +18,10 @@
 //! place while replacing its value.
 
 use std::collections::VecDeque;
+use std::sync::atomic::AtomicI64;
 use std::sync::{Arc, Mutex};
+
+use prometheus_client::metrics::gauge::Gauge;
 
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
@@ -45,6 +48,8 @@ pub enum Urgency {
 pub struct Outbox {
     queues: Mutex<Queues>,
     ready: Notify,
+    /// Slots with a post not yet taken by a sender (`status_writes_pending`).
+    pending: Gauge<i64, AtomicI64>,
 }
 
 #[derive(Default)]
@@ -91,8 +96,9 @@ struct Post {
 }
 
 impl Outbox {
-    pub fn new() -> Arc<Self> {
-        Arc::new(Self { queues: Mutex::new(Queues::default()), ready: Notify::new() })
+    /// An outbox counting the slots with a post waiting in `pending`.
+    pub fn new(pending: Gauge<i64, AtomicI64>) -> Arc<Self> {
+        Arc::new(Self { queues: Mutex::new(Queues::default()), ready: Notify::new(), pending })
     }
 
     /// Starts the [`SENDERS`] sender tasks, which run as long as what is returned is kept.
@@ -147,6 +153,7 @@ impl Outbox {
         loop {
             let slot = self.next().await;
             let Some(post) = slot.begin() else { continue };
+            self.pending.dec();
             let result = slot.writer.status(&post.celery, &post.body).await;
             if let Err(WriteError::Api(error)) = &result {
                 warn!(app = %slot.label, error = %crate::telemetry::chain(error), "cannot write the autoscaler status");
@@ -212,7 +219,9 @@ impl Outgoing {
             Some(Urgency::Change) => Urgency::Change,
             _ => urgency,
         };
-        state.pending = Some(Post { celery: Arc::clone(celery), body, urgency });
+        if state.pending.replace(Post { celery: Arc::clone(celery), body, urgency }).is_none() {
+            self.outbox.pending.inc();
+        }
         state.failed = false;
         if state.writing {
             // `finish` queues it.
@@ -249,7 +258,9 @@ impl Outgoing {
             {
                 let mut state = self.slot.state.lock().expect("slot lock");
                 state.closed = true;
-                state.pending = None;
+                if state.pending.take().is_some() {
+                    self.outbox.pending.dec();
+                }
                 if !state.writing {
                     break;
                 }
@@ -264,7 +275,9 @@ impl Drop for Outgoing {
     fn drop(&mut self) {
         let mut state = self.slot.state.lock().expect("slot lock");
         state.closed = true;
-        state.pending = None;
+        if state.pending.take().is_some() {
+            self.outbox.pending.dec();
+        }
     }
 }
 
@@ -297,7 +310,7 @@ mod tests {
         let client = kube::Client::new(service, "default");
         let leadership = Arc::new(Leadership::unconditional());
         let writer = Writer::new(client, "test-scaler", leadership);
-        let outbox = Outbox::new();
+        let outbox = Outbox::new(Gauge::default());
         let senders = outbox.start();
         (outbox, senders, writer, handle)
     }
@@ -339,10 +352,12 @@ mod tests {
         // While the first is in flight, two more: only the newest is written, once.
         slot.post(&app, json!({ "n": 2 }), Urgency::Refresh);
         slot.post(&app, json!({ "n": 3 }), Urgency::Refresh);
+        assert_eq!(outbox.pending.get(), 1, "one post waits");
         no_write(&mut handle).await;
         reply.send_response(stored("a"));
         let (_, body, reply) = next_write(&mut handle).await;
         assert_eq!(body, json!({ "n": 3 }));
+        assert_eq!(outbox.pending.get(), 0, "taken");
         reply.send_response(stored("a"));
         no_write(&mut handle).await;
         assert!(!slot.take_failure());
@@ -453,7 +468,9 @@ mod tests {
         }
         let gone = outbox.slot(writer, "ns/gone".into());
         gone.post(&celery("gone"), json!({ "n": 1 }), Urgency::Change);
+        assert_eq!(outbox.pending.get(), 1);
         drop(gone);
+        assert_eq!(outbox.pending.get(), 0, "dropped with its slot");
         for reply in replies {
             reply.send_response(stored("busy"));
         }

@@ -13,6 +13,8 @@ pub mod validate;
 
 use std::sync::Arc;
 
+use kube::ResourceExt;
+
 use crate::crd::Celery;
 use validate::{PolicyRef, Scaling};
 
@@ -20,7 +22,10 @@ use validate::{PolicyRef, Scaling};
 /// loop scales, and the scaling it validated from that spec.
 #[derive(Debug)]
 pub struct Plan {
-    /// The object as reconciled (its spec, generation and the status it had then).
+    /// The object as reconciled, without its status and managed fields ([`thin`]): its
+    /// identity, annotations, generation and spec. The loop keeps its plan for the app's life,
+    /// and the whole object would be a second copy of every app beside the controller's cache
+    /// (which replaces its own at every status write).
     pub celery: Arc<Celery>,
     pub pool: PoolRef,
     pub policies: Vec<PolicyRef>,
@@ -93,12 +98,13 @@ impl Handoff {
         let Some((scaling, groups)) = scaling else {
             return Self { celery, plans: Vec::new() };
         };
+        let thin = Arc::new(thin(&celery));
         let pools = std::iter::once((Some(PoolRef::default_pool(&celery)), scaling))
             .chain(celery.spec.worker_groups.iter().zip(groups).map(|(g, scaling)| (PoolRef::group(&celery, &g.name), scaling)));
         let plans = pools
             .filter_map(|(pool, scaling)| match scaling {
                 Scaling::Policies { policies, min_replicas, max_replicas, tuning } => Some(Arc::new(Plan {
-                    celery: Arc::clone(&celery),
+                    celery: Arc::clone(&thin),
                     pool: pool?,
                     policies: policies.clone(),
                     min_replicas: *min_replicas,
@@ -110,6 +116,21 @@ impl Handoff {
             .collect();
         Self { celery, plans }
     }
+}
+
+/// What a plan keeps of `celery`: all but its status and managed fields.
+fn thin(celery: &Celery) -> Celery {
+    let meta = &celery.metadata;
+    let mut thin = Celery::new(&celery.name_any(), celery.spec.clone());
+    thin.metadata = kube::api::ObjectMeta {
+        namespace: meta.namespace.clone(),
+        uid: meta.uid.clone(),
+        generation: meta.generation,
+        resource_version: meta.resource_version.clone(),
+        annotations: meta.annotations.clone(),
+        ..thin.metadata
+    };
+    thin
 }
 
 /// The reconciler's end of the hand-off.

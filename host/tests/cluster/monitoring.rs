@@ -126,11 +126,11 @@ async fn the_dashboard_and_alerts_use_only_what_the_operator_exports(h: Arc<Harn
         let text = crate::support::http_get(listen, "/metrics").await?;
         let app = format!("app=\"{ns}/shop\"");
         let wanted = [
-            "celery_operator_scaling_active{",
-            "celery_operator_shadow_desired_workers{",
-            "celery_operator_policy_duration_seconds_bucket{",
+            ("celery_operator_scaling_active{", app.as_str()),
+            ("celery_operator_shadow_desired_workers{", app.as_str()),
+            ("celery_operator_policy_duration_seconds_bucket{", "policy=\"queue-length\""),
         ];
-        if wanted.iter().all(|w| text.lines().any(|l| l.starts_with(w) && l.contains(&app)))
+        if wanted.iter().all(|(w, label)| text.lines().any(|l| l.starts_with(w) && l.contains(label)))
             && text.contains("celery_operator_reconcile_duration_seconds_bucket")
         {
             Ok(text)
