@@ -50,7 +50,7 @@ use crate::report::{self, Writer};
 use crate::spec::names::{self, SCALER_MANAGER};
 use crate::spec::validate::{CPU_MEMORY_POLICY, PolicyRef};
 use crate::spec::{Handoff, Plan, Tuning};
-use crate::telemetry::{FailureCause, Metrics};
+use crate::telemetry::{Decider, FailureCause, Metrics};
 
 /// The status is written at once when a decision, a scale or the condition changes, and
 /// otherwise at most this often, so an app whose figures stand still costs one write every two
@@ -479,6 +479,10 @@ struct AppLoop {
     shadow_agreement: std::collections::VecDeque<(u64, bool)>,
     /// The pool's recent ticks, shared with `/trace`.
     trace: Option<Arc<std::sync::Mutex<trace::Trace>>>,
+    /// Its decision series, from its first decision on.
+    decider: Option<Decider>,
+    /// Its key in the controllers' caches, where its annotations are read every tick.
+    store_key: ObjectRef<Celery>,
 }
 
 /// What the shadow policy answered: the replicas it would set and its reason, or why it failed.
@@ -560,6 +564,8 @@ impl AppLoop {
             shadow_answer: None,
             shadow_agreement: std::collections::VecDeque::new(),
             trace: None,
+            decider: None,
+            store_key: ObjectRef::from_obj(&**celery),
         };
         if app.group.is_some() {
             // A group's loop writes no condition: `ScalingActive` is `workerSpec`'s.
@@ -715,7 +721,7 @@ impl AppLoop {
         if !note.is_empty() {
             reason = format!("{reason}; {note}");
         }
-        shared.metrics.observe_decision(&self.label, current, target);
+        self.decider.get_or_insert_with(|| shared.metrics.decider(&self.label)).decided(current, target);
         status.shadow = self.shadow_status(shared, now_ms, target);
 
         let mut changed = self.last_decision.as_ref().map(|d| d.replicas) != Some(target as i32)
@@ -785,8 +791,8 @@ impl AppLoop {
     /// controllers' cache. While the count is held the damping starts afresh, so that when the
     /// hold ends it resumes from the held count (no step down before a whole window).
     fn overridden(&mut self, shared: &Shared, current: u32, decision: decide::Decision) -> decide::Decision {
-        let key = ObjectRef::from_obj(&*self.celery);
-        let cached = shared.apps.iter().find_map(|s| s.get(&key)).filter(|c| c.uid() == self.celery.uid());
+        let key = &self.store_key;
+        let cached = shared.apps.iter().find_map(|s| s.get(key)).filter(|c| c.metadata.uid == self.celery.metadata.uid);
         let annotations = cached.as_deref().unwrap_or(&*self.celery).annotations();
         match overrides::Override::from_annotations(annotations) {
             Ok(o) if o.is_none() => decision,
@@ -1138,8 +1144,9 @@ impl AppLoop {
     /// changed or the last write is old.
     async fn conclude_with(&mut self, shared: &Shared, status: &mut AutoscalerStatus, health: Health, changed: bool) {
         let transition = self.health.as_ref().is_none_or(|h| h.reason != health.reason);
-        shared.metrics.observe_health(&self.label, health.ok(), health.reason == PAUSED);
         if transition {
+            // Both gauges follow the reason: set when it changes (and at the first tick).
+            shared.metrics.observe_health(&self.label, health.ok(), health.reason == PAUSED);
             if health.ok() {
                 if self.health.is_some() {
                     self.event(shared, EventType::Normal, POLICY_DECIDING, &health.message).await;
