@@ -867,14 +867,16 @@ fn a_policy_proved_fast_runs_inline_until_a_slow_call_sends_it_back_to_the_block
         assert_error("turns_slow", &outcome.expect_err("times out"), "Timeout", &[]);
         assert!(!ran, "the call ran on the runtime's thread");
         assert!(!policy.pace().inline(), "demoted by the slow call");
-        // From now on on the blocking pool: the thread is free while the policy spins.
+        // Back on the blocking pool: the thread is free while the policy spins.
         let (ran, outcome) = other_task_ran_during(large).await;
         assert_error("turns_slow", &outcome.expect_err("times out"), "Timeout", &[]);
         assert!(ran, "the other task ran while the policy spun on the blocking pool");
-        for _ in 0..INLINE_AFTER * 2 {
+        // Until it proves fast again (for good after STRIKES slow calls inline: see the
+        // runner's unit tests).
+        for _ in 0..INLINE_AFTER {
             let (_, outcome) = other_task_ran_during(small.clone()).await;
             outcome.expect("fast answer");
         }
-        assert!(!policy.pace().inline(), "never inline again");
+        assert!(policy.pace().inline(), "fast again");
     });
 }

@@ -3,20 +3,22 @@
 //! A guest call is CPU work of up to its time limit, so it runs on tokio's blocking pool, and
 //! a semaphore bounds how many run at once: a slow or hostile policy can occupy its permit
 //! until its epoch deadline, never the reconcile workers. Except a policy that has proved
-//! fast ([`Pace`]): after [`INLINE_AFTER`] calls in a row each under [`INLINE_BUDGET`], its
-//! calls run on the calling thread, since the hop to the blocking pool and back (two thread
-//! wake-ups) cost more than a compiled policy's whole decision: at 10,000 apps a second,
-//! a quarter of the operator's CPU went to switching threads. The first call over the budget
-//! sends the policy back to the blocking pool for good, so a policy that turns slow (or
-//! hostile) holds a runtime thread once, for at most its time limit.
+//! fast ([`Pace`]): after [`INLINE_AFTER`] calls in a row each under [`INLINE_BUDGET`] of CPU,
+//! its calls run on the calling thread, since the hop to the blocking pool and back (two
+//! thread wake-ups) cost more than a compiled policy's whole decision: at 10,000 apps a
+//! second, a quarter of the operator's CPU went to switching threads. A call over the budget
+//! sends the policy back to the blocking pool until it proves fast again (a fast policy has
+//! outliers: a thread's first call, a cold pool slot took 4 ms), and the [`STRIKES`]th such
+//! call for good: a policy that turns slow (or hostile) holds a runtime thread at most that
+//! many times, each for at most its time limit.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
-use tracing::warn;
+use tracing::{debug, warn};
 
 use super::engine::PolicyEngine;
 use super::loader::LoadedPolicy;
@@ -54,29 +56,50 @@ pub const INLINE_BUDGET: Duration = Duration::from_millis(1);
 /// and stay on the blocking pool).
 pub const INLINE_AFTER: u32 = 64;
 
+/// Calls over [`INLINE_BUDGET`] made on the caller's thread after which a policy runs on the
+/// blocking pool for good.
+pub const STRIKES: u32 = 8;
+
 /// How fast a policy's calls have been, which decides where its next one runs.
 #[derive(Debug, Default)]
 pub struct Pace {
     /// Calls in a row under the budget (saturating).
     fast: AtomicU32,
-    /// A call took longer once: never inline again in this process.
-    demoted: AtomicBool,
+    /// Calls over the budget made on the caller's thread.
+    strikes: AtomicU32,
+}
+
+/// What a call's time changed.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Paced {
+    /// Nothing: where the next call runs is where this one did.
+    Kept,
+    /// Back to the blocking pool until it proves fast again.
+    Demoted,
+    /// Back to the blocking pool for good.
+    Banished,
 }
 
 impl Pace {
     /// Whether the next call may run on the caller's thread.
     pub fn inline(&self) -> bool {
-        !self.demoted.load(Ordering::Relaxed) && self.fast.load(Ordering::Relaxed) >= INLINE_AFTER
+        self.strikes.load(Ordering::Relaxed) < STRIKES && self.fast.load(Ordering::Relaxed) >= INLINE_AFTER
     }
 
-    /// Records a call that took `took`; true when this call demoted the policy.
-    pub fn record(&self, took: Duration) -> bool {
-        if took > INLINE_BUDGET {
-            self.fast.store(0, Ordering::Relaxed);
-            return !self.demoted.swap(true, Ordering::Relaxed);
+    /// Records a call that took `took` (of CPU) on the caller's thread (`inline`) or not.
+    pub fn record(&self, took: Duration, inline: bool) -> Paced {
+        if took <= INLINE_BUDGET {
+            let _ = self.fast.try_update(Ordering::Relaxed, Ordering::Relaxed, |n| Some(n.saturating_add(1)));
+            return Paced::Kept;
         }
-        let _ = self.fast.try_update(Ordering::Relaxed, Ordering::Relaxed, |n| Some(n.saturating_add(1)));
-        false
+        self.fast.store(0, Ordering::Relaxed);
+        if !inline {
+            return Paced::Kept;
+        }
+        match self.strikes.fetch_add(1, Ordering::Relaxed) + 1 {
+            STRIKES => Paced::Banished,
+            _ => Paced::Demoted,
+        }
     }
 }
 
@@ -187,32 +210,41 @@ impl PolicyRunner {
             .await
             .map_err(|_| PolicyError::Host { policy: name.clone(), detail: "the policy runner is closed".into() })?;
         if policy.pace().inline() {
-            let result = timed(policy, call);
+            let result = timed(policy, true, call);
             drop(permit);
             return result;
         }
         let policy = Arc::clone(policy);
         let joined = tokio::task::spawn_blocking(move || {
             let _permit = permit;
-            timed(&policy, call)
+            timed(&policy, false, call)
         })
         .await;
         joined.map_err(|e| PolicyError::Host { policy: name, detail: format!("the call panicked or was cancelled: {e}") })?
     }
 }
 
-/// Runs `call`, and records the CPU time it took in the policy's [`Pace`]: CPU time, not wall
-/// time, so that a fast policy preempted on a busy machine is not taken for a slow one.
-fn timed<R>(policy: &LoadedPolicy, call: impl FnOnce(&LoadedPolicy) -> Result<R, PolicyError>) -> Result<R, PolicyError> {
+/// Runs `call` (on the caller's thread: `inline`), and records the CPU time it took in the
+/// policy's [`Pace`]: CPU time, not wall time, so that a fast policy preempted on a busy
+/// machine is not taken for a slow one.
+fn timed<R>(
+    policy: &LoadedPolicy,
+    inline: bool,
+    call: impl FnOnce(&LoadedPolicy) -> Result<R, PolicyError>,
+) -> Result<R, PolicyError> {
     let started = thread_cpu_time();
     let result = call(policy);
     let took = thread_cpu_time().saturating_sub(started);
-    if policy.pace().record(took) {
-        warn!(
+    match policy.pace().record(took, inline) {
+        Paced::Kept => {}
+        Paced::Demoted => {
+            debug!(policy = policy.name(), took_us = took.as_micros(), "a call over budget: back to the blocking pool")
+        }
+        Paced::Banished => warn!(
             policy = policy.name(),
             took_ms = took.as_millis(),
-            "a call of this policy took over {INLINE_BUDGET:?}: its calls run on the blocking pool from now on"
-        );
+            "{STRIKES} calls of this policy took over {INLINE_BUDGET:?}: its calls run on the blocking pool from now on"
+        ),
     }
     result
 }
@@ -230,26 +262,32 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_policy_runs_inline_after_a_run_of_fast_calls_until_one_is_slow() {
+    fn a_policy_runs_inline_after_a_run_of_fast_calls_until_it_is_slow_too_often() {
         let pace = Pace::default();
-        let fast = Duration::from_micros(20);
-        for _ in 1..INLINE_AFTER {
-            assert!(!pace.record(fast));
-        }
-        assert!(!pace.inline(), "one call short");
-        // A slow call before the run is complete starts it over, and demotes for good.
-        let fresh = Pace::default();
-        fresh.record(fast);
-        assert!(fresh.record(INLINE_BUDGET * 2), "demoted");
-        for _ in 0..INLINE_AFTER * 2 {
-            fresh.record(fast);
-        }
-        assert!(!fresh.inline(), "a demoted policy stays on the blocking pool");
-        pace.record(fast);
-        assert!(pace.inline());
-        assert!(pace.record(Duration::from_millis(50)), "the first slow call demotes");
-        assert!(!pace.record(Duration::from_millis(50)), "once");
+        let (fast, slow) = (Duration::from_micros(20), INLINE_BUDGET * 2);
+        let prove = |pace: &Pace| {
+            for _ in 1..INLINE_AFTER {
+                assert_eq!(pace.record(fast, false), Paced::Kept);
+            }
+            assert!(!pace.inline(), "one call short");
+            pace.record(fast, false);
+            assert!(pace.inline());
+        };
+        prove(&pace);
+        // Slow on the blocking pool: the run starts over, no strike.
+        assert_eq!(pace.record(slow, false), Paced::Kept);
         assert!(!pace.inline());
+        prove(&pace);
+        for strike in 1..STRIKES {
+            assert_eq!(pace.record(slow, true), Paced::Demoted, "strike {strike}");
+            assert!(!pace.inline(), "back to the pool after strike {strike}");
+            prove(&pace);
+        }
+        assert_eq!(pace.record(slow, true), Paced::Banished);
+        for _ in 0..INLINE_AFTER * 2 {
+            pace.record(fast, false);
+        }
+        assert!(!pace.inline(), "for good");
     }
 
     #[test]
