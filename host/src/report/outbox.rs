@@ -325,6 +325,21 @@ mod tests {
         (name, body["status"].clone(), reply)
     }
 
+    /// Gives every sender a write to wait on: the replies that free them, and the slots.
+    async fn occupy_senders(
+        outbox: &Arc<Outbox>,
+        writer: &Writer,
+        handle: &mut Handle,
+    ) -> (Vec<tower_test::mock::SendResponse<Response<Body>>>, Vec<Outgoing>) {
+        let slots: Vec<_> = (0..SENDERS).map(|i| outbox.slot(writer.clone(), format!("ns/busy-{i}"))).collect();
+        let mut replies = Vec::new();
+        for (i, slot) in slots.iter().enumerate() {
+            slot.post(&celery(&format!("busy-{i}")), json!({}), Urgency::Refresh);
+            replies.push(next_write(handle).await.2);
+        }
+        (replies, slots)
+    }
+
     fn stored(name: &str) -> Response<Body> {
         let object = serde_json::to_vec(&*celery(name)).unwrap();
         Response::builder().status(200).body(Body::from(object)).unwrap()
@@ -368,12 +383,7 @@ mod tests {
     async fn changes_are_written_before_refreshes_and_a_replaced_change_stays_urgent() {
         let (outbox, senders, writer, mut handle) = outbox();
         // Every sender busy with a write of its own, so the rest queue.
-        let mut busy = Vec::new();
-        let holders: Vec<_> = (0..SENDERS).map(|i| outbox.slot(writer.clone(), format!("ns/busy-{i}"))).collect();
-        for (i, slot) in holders.iter().enumerate() {
-            slot.post(&celery(&format!("busy-{i}")), json!({}), Urgency::Refresh);
-            busy.push(next_write(&mut handle).await.2);
-        }
+        let (mut busy, _holders) = occupy_senders(&outbox, &writer, &mut handle).await;
         let refresh = outbox.slot(writer.clone(), "ns/r".into());
         let change = outbox.slot(writer.clone(), "ns/c".into());
         let promoted = outbox.slot(writer, "ns/p".into());
@@ -460,12 +470,7 @@ mod tests {
     #[tokio::test]
     async fn a_dropped_slot_writes_nothing_more() {
         let (outbox, senders, writer, mut handle) = outbox();
-        let busy: Vec<_> = (0..SENDERS).map(|i| outbox.slot(writer.clone(), format!("ns/busy-{i}"))).collect();
-        let mut replies = Vec::new();
-        for (i, slot) in busy.iter().enumerate() {
-            slot.post(&celery(&format!("busy-{i}")), json!({}), Urgency::Refresh);
-            replies.push(next_write(&mut handle).await.2);
-        }
+        let (replies, _holders) = occupy_senders(&outbox, &writer, &mut handle).await;
         let gone = outbox.slot(writer, "ns/gone".into());
         gone.post(&celery("gone"), json!({ "n": 1 }), Urgency::Change);
         assert_eq!(outbox.pending.get(), 1);
