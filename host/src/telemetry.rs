@@ -279,11 +279,6 @@ impl Metrics {
         self.policy_seconds.get_or_create(&PolicyLabel { policy: policy.to_string() }).observe(took.as_secs_f64());
     }
 
-    /// A decision: `from` workers before, `to` after.
-    pub fn observe_decision(&self, app: &str, from: u32, to: u32) {
-        self.decider(app).decided(from, to);
-    }
-
     /// The decision metrics of `app`, to keep: an autoscaling loop counts a decision every
     /// tick, and looking its series up by label each time (strings built, hashed, compared)
     /// was a tenth of a tick's CPU at 10,000 apps. Until [`forget_app`](Self::forget_app).
@@ -390,11 +385,12 @@ mod tests {
     fn a_forgotten_app_leaves_no_series_behind() {
         let m = Metrics::default();
         m.observe_queue("ns/a", "celery", Some(3));
-        m.observe_decision("ns/a", 1, 2);
-        m.observe_decision("ns/a", 2, 2);
+        let a = m.decider("ns/a");
+        a.decided(1, 2);
+        a.decided(2, 2);
         m.observe_failure("ns/a", FailureCause::Metrics);
         m.observe_policy("queue-length", Duration::from_micros(20));
-        m.observe_decision("ns/b", 1, 1);
+        m.decider("ns/b").decided(1, 1);
         assert!(m.encode().contains("app=\"ns/a\""));
         m.forget_app("ns/a", &["celery".to_string()]);
         let text = m.encode();

@@ -114,12 +114,6 @@ impl Outbox {
         }
     }
 
-    /// How many slots wait for a sender (a slot waiting in both queues counts twice).
-    pub fn waiting(&self) -> usize {
-        let queues = self.queues.lock().expect("outbox lock");
-        queues.changes.len() + queues.refreshes.len()
-    }
-
     fn enqueue(&self, slot: Arc<Slot>, urgency: Urgency) {
         let mut queues = self.queues.lock().expect("outbox lock");
         match urgency {
@@ -394,7 +388,11 @@ mod tests {
         // A slot waiting among the refreshes that gets a change joins the changes.
         promoted.post(&celery("p"), json!({ "n": 1 }), Urgency::Refresh);
         promoted.post(&celery("p"), json!({ "n": 2 }), Urgency::Change);
-        assert_eq!(outbox.waiting(), 4, "r and p among the refreshes, c and p among the changes");
+        let waiting = {
+            let queues = outbox.queues.lock().unwrap();
+            queues.changes.len() + queues.refreshes.len()
+        };
+        assert_eq!(waiting, 4, "r and p among the refreshes, c and p among the changes");
         busy.remove(0).send_response(stored("busy-0"));
         let mut order = Vec::new();
         for _ in 0..3 {
