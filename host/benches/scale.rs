@@ -284,6 +284,7 @@ impl Operator {
             Some(dir) => {
                 static STARTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
                 let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                std::fs::create_dir_all(&dir).expect("the LOGS directory");
                 let log = std::fs::File::create(PathBuf::from(dir).join(format!("operator-{n}.log"))).expect("a log file");
                 command.env("RUST_LOG", "info").env("LOG_FORMAT", "json").stderr(log)
             }

@@ -534,6 +534,41 @@ fn builtins_pass_the_shared_table_through_the_host() {
     );
 }
 
+/// `queue-length` allocates from the page its module starts with and grows its memory only
+/// when an input does not fit (policies/queue-length/src/alloc.rs): an input of ~200 KiB
+/// (2,000 queues with long names) must be read whole, and the instance after it still decides.
+#[test]
+fn queue_length_reads_an_input_larger_than_its_first_page() {
+    let Some(dir) = builtins_dir() else {
+        eprintln!("target/policies has no built policies; run policies/build.sh to test them");
+        return;
+    };
+    let path = dir.join("queue-length.wasm");
+    let policy = LoadedPolicy::load_file(&engine(), None, &path, Source::File(path.clone()), Metadata::default())
+        .expect("queue-length loads");
+    let mut input = sample_input();
+    input.settings.insert("target".into(), "7".into());
+    let queue = input.current.queues[0].clone();
+    input.current.queues = (0..2000u64)
+        .map(|i| celery_operator::policy::QueueSample {
+            name: format!("{i:04}-a-queue-name-long-enough-to-fill-pages-of-linear-memory-quickly"),
+            backlog: i,
+            ..queue.clone()
+        })
+        .collect();
+    let backlog: u64 = (0..2000).sum();
+    let decision = policy.decide(&CallLimits::default(), &input).expect("decides");
+    assert_eq!(u64::from(decision.replicas), backlog.div_ceil(7), "{}", decision.reason);
+    assert!(decision.reason.starts_with(&format!("{backlog} messages")), "{}", decision.reason);
+
+    let small = sample_input();
+    let mut small_input = small.clone();
+    small_input.settings.insert("target".into(), "7".into());
+    let after = policy.decide(&CallLimits::default(), &small_input).expect("decides");
+    let small_backlog: u64 = small.current.queues.iter().map(|q| q.backlog).sum();
+    assert_eq!(u64::from(after.replicas), small_backlog.div_ceil(7), "{}", after.reason);
+}
+
 /// `celery-operator policy …` as an author runs it.
 mod cli {
     use super::fixture;

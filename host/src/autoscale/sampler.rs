@@ -24,15 +24,23 @@ pub fn sample(timestamp_ms: u64, replicas: u32, queues: Option<&[QueueStats]>, p
     Ok(Sample { timestamp_ms, replicas, queues, pods })
 }
 
-/// Appends `sample` to `history`, dropping the oldest beyond [`HISTORY`]. The vector's
-/// capacity stays at `HISTORY + 1`: a long-running loop does not grow.
-pub fn remember(history: &mut Vec<Sample>, sample: Sample) {
-    if history.capacity() < HISTORY + 1 {
-        history.reserve_exact(HISTORY + 1 - history.len());
+/// Appends `sample` to `history`, keeping the latest `keep` (at most [`HISTORY`]): what the
+/// app's policies read. The vector's capacity stays at `keep + 1`: a long-running loop does
+/// not grow, and a loop whose policies read no history holds none.
+pub fn remember(history: &mut Vec<Sample>, sample: Sample, keep: usize) {
+    let keep = keep.min(HISTORY);
+    if keep == 0 {
+        *history = Vec::new();
+        return;
+    }
+    if history.capacity() != keep + 1 && history.len() <= keep {
+        let mut kept = Vec::with_capacity(keep + 1);
+        kept.append(history);
+        *history = kept;
     }
     history.push(sample);
-    if history.len() > HISTORY {
-        let excess = history.len() - HISTORY;
+    if history.len() > keep {
+        let excess = history.len() - keep;
         history.drain(..excess);
     }
 }
@@ -118,12 +126,22 @@ mod tests {
     fn history_is_bounded_and_oldest_first() {
         let mut history = Vec::new();
         for t in 0..(HISTORY as u64 * 3) {
-            remember(&mut history, sample(t, 1, None, Vec::new()).unwrap());
+            remember(&mut history, sample(t, 1, None, Vec::new()).unwrap(), usize::MAX);
             assert!(history.capacity() <= HISTORY + 1, "capacity {}", history.capacity());
         }
         assert_eq!(history.len(), HISTORY);
         assert_eq!(history[0].timestamp_ms, HISTORY as u64 * 2);
         assert_eq!(history[HISTORY - 1].timestamp_ms, HISTORY as u64 * 3 - 1);
+
+        // The policies now read 5: the oldest go, and so does the room for them.
+        remember(&mut history, sample(1000, 1, None, Vec::new()).unwrap(), 5);
+        remember(&mut history, sample(1001, 1, None, Vec::new()).unwrap(), 5);
+        let kept: Vec<u64> = history.iter().map(|s| s.timestamp_ms).collect();
+        assert_eq!(kept, [HISTORY as u64 * 3 - 3, HISTORY as u64 * 3 - 2, HISTORY as u64 * 3 - 1, 1000, 1001]);
+        assert_eq!(history.capacity(), 6);
+        // None read it: nothing is held.
+        remember(&mut history, sample(1002, 1, None, Vec::new()).unwrap(), 0);
+        assert_eq!((history.len(), history.capacity()), (0, 0));
     }
 
     #[test]

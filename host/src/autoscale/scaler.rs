@@ -1041,7 +1041,7 @@ impl AppLoop {
             max_replicas: 0,
             concurrency: 1,
             current: sample_placeholder(),
-            history: Vec::with_capacity(HISTORY + 1),
+            history: Vec::new(),
             settings: BTreeMap::new(),
         });
         if input.app != self.label {
@@ -1060,6 +1060,9 @@ impl AppLoop {
         }
         .within(shared.policies.registry().engine());
         let mut answers = Vec::with_capacity(self.policies.len());
+        // The history kept is the longest any of the app's policies reads: a policy that reads
+        // none (`"history": 0`) costs no samples, and the calls need not cut a copy of the input.
+        let mut read = 0;
         for policy in &mut self.policies {
             let failed =
                 |reason, message: String| Answer::Failed { policy: policy.name.clone(), health: Health { reason, message } };
@@ -1072,10 +1075,13 @@ impl AppLoop {
             let loaded = match shared.policies.registry().resolve(&policy.name) {
                 Ok(loaded) => loaded,
                 Err(e) => {
+                    // Unknown until it loads: keep the whole window for it.
+                    read = HISTORY;
                     answers.push(failed(POLICY_FAILED, format!("{}: {e}", policy.field)));
                     continue;
                 }
             };
+            read = read.max(loaded.metadata().history.unwrap_or(HISTORY));
             // Lent, not copied: the settings go in and come back out with the input.
             std::mem::swap(&mut input.settings, &mut policy.settings);
             let (back, outcome) = runner.decide_lending(loaded, input, Some(limits.clone())).await;
@@ -1110,11 +1116,15 @@ impl AppLoop {
                 Some((shadow.name.clone(), Err(broker_failure.unwrap_or_default().to_string())))
             }
             // On a copy of the input: whatever the shadow does, the real policies' history stays.
-            Some(shadow) => Some((shadow.name.clone(), ask_shadow(shared, shadow, &input, limits.clone()).await)),
+            Some(shadow) => {
+                let (read_by_shadow, answer) = ask_shadow(shared, shadow, &input, limits.clone()).await;
+                read = read.max(read_by_shadow);
+                Some((shadow.name.clone(), answer))
+            }
         };
         let finished = std::mem::replace(&mut input.current, sample_placeholder());
         if broker_failure.is_none() {
-            sampler::remember(&mut input.history, finished);
+            sampler::remember(&mut input.history, finished, read);
         }
         self.input = Some(input);
         answers
@@ -1243,24 +1253,29 @@ impl AppLoop {
 }
 
 /// The shadow policy's answer on a copy of `input` with its own settings: the replicas it
-/// would set (within the bounds) and its reason, or why it failed.
+/// would set (within the bounds) and its reason, or why it failed; and how much history it reads.
 async fn ask_shadow(
     shared: &Shared,
     shadow: &PolicyRef,
     input: &PolicyInput,
     limits: CallLimits,
-) -> Result<(u32, String), String> {
-    let loaded = shared.policies.registry().resolve(&shadow.name).map_err(|e| format!("{}: {e}", shadow.field))?;
+) -> (usize, Result<(u32, String), String>) {
+    let loaded = match shared.policies.registry().resolve(&shadow.name) {
+        Ok(loaded) => loaded,
+        Err(e) => return (HISTORY, Err(format!("{}: {e}", shadow.field))),
+    };
+    let read = loaded.metadata().history.unwrap_or(HISTORY);
     let mut copy = input.clone();
     copy.settings.clone_from(&shadow.settings);
     let (_, outcome) = shared.policies.runner().decide_lending(loaded, copy, Some(limits)).await;
-    match outcome {
+    let answer = match outcome {
         Ok((verdict, _)) if verdict.declined.is_some() => {
             Err(format!("{} declined: {}", shadow.name, verdict.declined.unwrap_or_default()))
         }
         Ok((verdict, _)) => Ok((verdict.decision.replicas, verdict.decision.reason)),
         Err(e) => Err(format!("{}: {e}", shadow.name)),
-    }
+    };
+    (read, answer)
 }
 
 /// An empty sample, standing in for the current one between two ticks (allocates nothing).

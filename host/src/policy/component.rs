@@ -101,8 +101,9 @@ impl ComponentPolicy {
         policy: &str,
         limits: &CallLimits,
         input: &PolicyInput,
+        history: &[super::Sample],
     ) -> Result<Decision, PolicyError> {
-        let wit_input = to_wit(input);
+        let wit_input = to_wit(input, history);
         let answer = self.call(engine, policy, limits, input.current.timestamp_ms, |store, instance| {
             instance.celery_autoscaler_policy().call_decide(store, &wit_input)
         })?;
@@ -222,7 +223,9 @@ fn compatible(version: Option<&str>) -> bool {
     version.is_some_and(|v| v.starts_with("0.1."))
 }
 
-fn to_wit(input: &PolicyInput) -> wit::Input {
+/// The input as the component sees it, with `history` (the latest of `input.history` that the
+/// policy reads) in place of the whole window.
+fn to_wit(input: &PolicyInput, history: &[super::Sample]) -> wit::Input {
     wit::Input {
         app: input.app.clone(),
         current_replicas: input.current_replicas,
@@ -230,7 +233,7 @@ fn to_wit(input: &PolicyInput) -> wit::Input {
         max_replicas: input.max_replicas,
         concurrency: input.concurrency,
         current: sample(&input.current),
-        history: input.history.iter().map(sample).collect(),
+        history: history.iter().map(sample).collect(),
         settings: input.settings.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
     }
 }

@@ -21,7 +21,7 @@ use wasmtime_wasi::p1::WasiP1Ctx;
 use super::engine::PolicyEngine;
 use super::runner::CallLimits;
 use super::sandbox::{self, GuestOutput, Limiter, LogLevel};
-use super::{CORE_ABI_VERSION, Decision, PolicyError, PolicyInput, truncate};
+use super::{CORE_ABI_VERSION, Decision, PolicyError, PolicyInput, Sample, truncate};
 
 const HOST_MODULE: &str = "celery_policy";
 const WASI_MODULE: &str = "wasi_snapshot_preview1";
@@ -83,8 +83,10 @@ impl CorePolicy {
         policy: &str,
         limits: &CallLimits,
         input: &PolicyInput,
+        history: &[Sample],
     ) -> Result<Decision, PolicyError> {
-        let json = serde_json::to_vec(input).map_err(|e| PolicyError::Engine(format!("encoding the input: {e}")))?;
+        let json = serde_json::to_vec(&JsonInput::new(input, history))
+            .map_err(|e| PolicyError::Engine(format!("encoding the input: {e}")))?;
         let answer = self.exchange(engine, policy, limits, input.current.timestamp_ms, DECIDE, &json)?;
         parse_decision(policy, &answer)
     }
@@ -299,6 +301,37 @@ fn without_unused_passive_data(bytes: &[u8]) -> Option<Vec<u8>> {
     Some(module.finish())
 }
 
+/// [`PolicyInput`] as the JSON ABI encodes it, borrowed, with `history` cut to what the policy
+/// reads (the same fields and names: wit/CORE-ABI.md).
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct JsonInput<'a> {
+    app: &'a str,
+    current_replicas: u32,
+    min_replicas: u32,
+    max_replicas: u32,
+    concurrency: u32,
+    current: &'a Sample,
+    history: &'a [Sample],
+    settings: &'a BTreeMap<String, String>,
+}
+
+impl<'a> JsonInput<'a> {
+    fn new(input: &'a PolicyInput, history: &'a [Sample]) -> Self {
+        let PolicyInput { app, current_replicas, min_replicas, max_replicas, concurrency, current, history: _, settings } = input;
+        Self {
+            app,
+            current_replicas: *current_replicas,
+            min_replicas: *min_replicas,
+            max_replicas: *max_replicas,
+            concurrency: *concurrency,
+            current,
+            history,
+            settings,
+        }
+    }
+}
+
 /// A section of a module being rewritten: copied as it is, or the data section rebuilt.
 enum Section {
     Raw(u8, std::ops::Range<usize>),
@@ -456,6 +489,17 @@ pub fn parse_decision(policy: &str, bytes: &[u8]) -> Result<Decision, PolicyErro
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_borrowed_input_encodes_as_the_input_with_its_history_cut() {
+        let mut input = crate::policy::cli::sample_input();
+        input.settings.insert("target".into(), "5".into());
+        let whole = serde_json::to_value(JsonInput::new(&input, &input.history)).expect("encodes");
+        assert_eq!(whole, serde_json::to_value(&input).expect("encodes"));
+        let cut = serde_json::to_value(JsonInput::new(&input, &input.history[3..])).expect("encodes");
+        input.history.drain(..3);
+        assert_eq!(cut, serde_json::to_value(&input).expect("encodes"));
+    }
 
     #[test]
     fn answers_are_parsed_strictly() {

@@ -255,26 +255,12 @@ impl LoadedPolicy {
     /// The history is cut to the latest samples the policy's metadata asks for.
     pub fn decide(&self, limits: &CallLimits, input: &PolicyInput) -> Result<Decision, PolicyError> {
         let limits = limits.within(&self.engine);
-        let trimmed;
-        let input = match self.metadata.history {
-            Some(keep) if input.history.len() > keep => {
-                trimmed = PolicyInput {
-                    app: input.app.clone(),
-                    current_replicas: input.current_replicas,
-                    min_replicas: input.min_replicas,
-                    max_replicas: input.max_replicas,
-                    concurrency: input.concurrency,
-                    current: input.current.clone(),
-                    history: input.history[input.history.len() - keep..].to_vec(),
-                    settings: input.settings.clone(),
-                };
-                &trimmed
-            }
-            _ => input,
-        };
+        // Cut, not copied: the call encodes the input itself.
+        let keep = self.metadata.history.unwrap_or(usize::MAX).min(input.history.len());
+        let history = &input.history[input.history.len() - keep..];
         match &self.runnable {
-            Runnable::Component(c) => c.decide(&self.engine, &self.name, &limits, input),
-            Runnable::Core(c) => c.decide(&self.engine, &self.name, &limits, input),
+            Runnable::Component(c) => c.decide(&self.engine, &self.name, &limits, input, history),
+            Runnable::Core(c) => c.decide(&self.engine, &self.name, &limits, input, history),
         }
     }
 

@@ -4,6 +4,9 @@
 //! messages ready (plus, with `countReserved=true`, those delivered but not yet acknowledged).
 //! Built for wasm32-unknown-unknown, so the component imports nothing but the host's `log`.
 
+#[cfg(target_arch = "wasm32")]
+mod alloc;
+
 wit_bindgen::generate!({
     path: "../../wit",
     world: "scaling-policy",
