@@ -11,7 +11,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::Service;
@@ -33,7 +33,7 @@ use crate::leader::Leadership;
 use crate::policy::check::PolicyCheck;
 use crate::reconcile::{self, Context, apply};
 use crate::scope::Scope;
-use crate::spec::names::CHILD_SELECTOR;
+use crate::spec::names::{CHILD_SELECTOR, GROUP_CHILD_SELECTOR};
 use crate::telemetry::{self, Metrics};
 
 /// Backoff of the watches after an error. NB: the three watches of a controller share one
@@ -120,6 +120,16 @@ pub struct Kept {
     pub cluster: Arc<ClusterView>,
 }
 
+/// The child caches of one watched namespace (or of all): see [`apply::Cached`].
+struct Caches {
+    deployments: Store<Deployment>,
+    services: Store<Service>,
+    budgets: Store<PodDisruptionBudget>,
+    autoscalers: Store<HorizontalPodAutoscaler>,
+    group_deployments: Store<Deployment>,
+    group_budgets: Store<PodDisruptionBudget>,
+}
+
 /// Runs the controllers until `shutdown` turns true, then lets running reconciles finish.
 /// With a policy runtime, the autoscaling loops run alongside on `kept.cluster`, and end with
 /// the controllers (when this future completes or is dropped on lost leadership).
@@ -133,6 +143,7 @@ pub async fn run(
 ) {
     let Kept { metrics, traces, cluster } = kept;
     let children = watcher::Config::default().labels(CHILD_SELECTOR);
+    let group_children = watcher::Config::default().labels(GROUP_CHILD_SELECTOR);
     let celery_apis = scope.apis::<Celery>(&client);
     let deployment_apis = scope.apis::<Deployment>(&client);
     let service_apis = scope.apis::<Service>(&client);
@@ -146,6 +157,25 @@ pub async fn run(
         .zip(budget_apis)
         .zip(autoscaler_apis)
         .map(|((((celery, deployments), services), budgets), autoscalers)| {
+            // The worker groups' children once more, alone: see `Cached::group_deployments`.
+            // Their watches trigger nothing (the watches above do) and end with the controller.
+            let (group_deployment_cache, writer) = reflector::store();
+            let group_deployments = watcher::watcher(deployments.clone(), group_children.clone())
+                .backoff(watch_backoff())
+                .modify(apply::trim_for_cache)
+                .reflect(writer);
+            let (group_budget_cache, writer) = reflector::store();
+            let group_budgets = watcher::watcher(budgets.clone(), group_children.clone())
+                .backoff(watch_backoff())
+                .modify(apply::trim_for_cache)
+                .reflect(writer);
+            let group_watches =
+                futures::stream::select(group_deployments.map_ok(|_| ()), group_budgets.map_ok(|_| ())).for_each(|event| {
+                    if let Err(error) = event {
+                        warn!(error = %telemetry::chain(&error), "watch of worker groups' children failed; retrying");
+                    }
+                    futures::future::ready(())
+                });
             // The cache sees every change (the loops and the status step read it); a reconcile
             // is triggered by a change of the spec (generation), not by a status write, the
             // autoscaler's every few seconds included. Children's changes and the periodic
@@ -188,15 +218,26 @@ pub async fn run(
                 .owns_stream(budgets.touched_objects())
                 .watches_stream(autoscalers.touched_objects(), move |hpa| app_scaled_by(&targets, &hpa))
                 .trigger_backoff(watch_backoff());
-            (controller, (deployment_cache, service_cache, budget_cache, autoscaler_cache))
+            let caches = Caches {
+                deployments: deployment_cache,
+                services: service_cache,
+                budgets: budget_cache,
+                autoscalers: autoscaler_cache,
+                group_deployments: group_deployment_cache,
+                group_budgets: group_budget_cache,
+            };
+            ((controller, group_watches), caches)
         })
         .unzip::<_, _, Vec<_>, Vec<_>>();
     let (controllers, caches) = controllers;
+    let (controllers, group_watches): (Vec<_>, Vec<_>) = controllers.into_iter().unzip();
     let cached = apply::Cached {
-        deployments: caches.iter().map(|(d, _, _, _)| d.clone()).collect(),
-        services: caches.iter().map(|(_, s, _, _)| s.clone()).collect(),
-        budgets: caches.iter().map(|(_, _, b, _)| b.clone()).collect(),
-        autoscalers: caches.into_iter().map(|(_, _, _, a)| a).collect(),
+        deployments: caches.iter().map(|c| c.deployments.clone()).collect(),
+        services: caches.iter().map(|c| c.services.clone()).collect(),
+        budgets: caches.iter().map(|c| c.budgets.clone()).collect(),
+        autoscalers: caches.iter().map(|c| c.autoscalers.clone()).collect(),
+        group_deployments: caches.iter().map(|c| c.group_deployments.clone()).collect(),
+        group_budgets: caches.iter().map(|c| c.group_budgets.clone()).collect(),
     };
 
     // The reconciler hands each app's validated scaling to the autoscaler, one way.
@@ -209,12 +250,12 @@ pub async fn run(
     let ctx = Arc::new(Context::new(client.clone(), metrics.clone(), policies, handoff, cached, leadership));
 
     let namespaces: Vec<String> = if scope.namespaces.is_empty() { vec!["(all)".into()] } else { scope.namespaces.clone() };
-    let running = controllers.into_iter().zip(namespaces).map(|(controller, namespace)| {
+    let running = controllers.into_iter().zip(group_watches).zip(namespaces).map(|((controller, group_watches), namespace)| {
         let mut stop = shutdown.clone();
         let metrics = metrics.clone();
         // At 0 from the start, so that a rate over it (an alert) exists before the first error.
         metrics.watch_namespace(&namespace);
-        controller
+        let controller = controller
             .graceful_shutdown_on(async move {
                 let _ = stop.wait_for(|s| *s).await;
             })
@@ -233,7 +274,14 @@ pub async fn run(
                     Err(e) => debug!(%namespace, error = %telemetry::chain(&e), "controller event"),
                 }
                 futures::future::ready(())
-            })
+            });
+        async move {
+            // The group watches never end by themselves: they stop with the controller.
+            tokio::select! {
+                () = controller => {}
+                () = group_watches => {}
+            }
+        }
     });
     info!(namespaces = ?scope.namespaces, "watching Celery apps");
     let controllers = futures::future::join_all(running);
@@ -242,8 +290,8 @@ pub async fn run(
             // The view and the loops never end by themselves: they stop with the controllers.
             // A task of their own: polled beside the controllers in one task, the hand-offs
             // waited while the reconciles used up the task's cooperative budget, and after a
-            // failover at 10,000 apps no loop started before
-            // the last app had reconciled, 36 s after the new leader began.
+            // failover at 10,000 apps no loop started before the last app had reconciled, 36 s
+            // after the new leader began.
             let mut loops = AbortOnDropHandle::new(tokio::spawn(autoscaler.run(handoffs)));
             tokio::select! {
                 _ = controllers => {}

@@ -12,6 +12,7 @@ use std::time::Duration;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 use tokio::sync::watch;
+use tokio_util::task::AbortOnDropHandle;
 use tracing::info;
 
 use crate::autoscale::cluster::ClusterView;
@@ -233,11 +234,18 @@ async fn elect_and_run(
     // The worker pods and Deployments are watched from the start, not from a term: a standby
     // keeps them current, so when it takes over, its loops need not wait for a list of every
     // worker Deployment (at 10,000 apps, seconds of the API server's time) to decide.
+    // In a task of its own, so that the view stays current while the controllers' task is
+    // busy (a new leader's first reconcile of every app), as the hand-offs do (controller::run).
+    let view = options.policies.is_some().then(|| {
+        let watch = Arc::clone(&kept.cluster).watch(client.clone(), options.scope.clone(), Arc::clone(leadership));
+        AbortOnDropHandle::new(tokio::spawn(watch))
+    });
     let watching = async {
-        if options.policies.is_some() {
-            Arc::clone(&kept.cluster).watch(client.clone(), options.scope.clone(), Arc::clone(leadership)).await;
+        match view {
+            // Its watches never end by themselves: only a panic ends the task, and the run.
+            Some(view) => drop(view.await),
+            None => std::future::pending::<()>().await,
         }
-        std::future::pending::<()>().await;
     };
     tokio::select! {
         result = lead(client, options, &kept, leadership, shutdown) => result,

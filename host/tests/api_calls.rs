@@ -255,6 +255,8 @@ async fn the_reconcile_a_new_app_triggers_finds_its_children_as_applied() {
         services: vec![store(vec![service])],
         budgets: vec![store(Vec::new())],
         autoscalers: vec![store(Vec::new())],
+        group_deployments: vec![store(Vec::new())],
+        group_budgets: vec![store(Vec::new())],
     };
     let scaling = validate::validate(&c.spec).unwrap();
     assert!(apply::unchanged(&cached, &c, &scaling, &[]).is_some(), "the children just created are re-applied");

@@ -8,6 +8,8 @@ use crate::crd::{Celery, CelerySpec};
 pub const MANAGED_BY: &str = "celery-operator";
 /// Label selector matching every child of any Celery app.
 pub const CHILD_SELECTOR: &str = "app.kubernetes.io/managed-by=celery-operator";
+/// Label selector matching the children of worker groups: those with a [`GROUP_LABEL`].
+pub const GROUP_CHILD_SELECTOR: &str = "app.kubernetes.io/managed-by=celery-operator,celeryproject.org/worker-group";
 
 /// Pod labels a user may not set: the operator selects pods by them.
 pub const RESERVED_POD_LABELS: &[&str] = &[
@@ -108,4 +110,12 @@ pub fn generated_env_names(celery_spec: &CelerySpec) -> Vec<&'static str> {
         names.push(FLOWER_AUTH_ENV);
     }
     names
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_group_selector_is_the_child_selector_and_the_group_label() {
+        assert_eq!(super::GROUP_CHILD_SELECTOR, format!("{},{}", super::CHILD_SELECTOR, super::GROUP_LABEL));
+    }
 }
