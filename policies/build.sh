@@ -18,6 +18,8 @@ OUT="$ROOT/target/policies"
 WORK="$ROOT/target/policies-build"
 CACHE="${CELERY_OPERATOR_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/celery-operator}"
 WIT="$ROOT/wit"
+# The contract's version (`package celery:autoscaler@X;`): what every component must export.
+WIT_VERSION="$(sed -n 's/^package celery:autoscaler@\(.*\);$/\1/p' "$WIT/policy.wit")"
 
 # Pinned toolchain versions. The Rust policy pins wit-bindgen in its own Cargo.toml.
 WASM_TOOLS_VERSION=1.263.0
@@ -126,15 +128,18 @@ up_to_date() {
     -not -path '*/target/*' -print -quit)" ]]
 }
 
-# write_meta NAME LANGUAGE INTERFACE DESCRIPTION [HISTORY]
-# HISTORY: how many of the latest history samples the policy reads (0: none); without it the
-# host sends the whole window. The host reads this file beside the module (see the README).
+# write_meta NAME LANGUAGE INTERFACE DESCRIPTION [HISTORY [COLUMNS]]
+# HISTORY: how many of the latest history samples the policy reads as records (0: none);
+# COLUMNS: as columns, through the `window` interface; without them the host hands the whole
+# window. The host reads this file beside the module (see the README).
 write_meta() {
   python3 -c 'import json, sys
 name, language, interface, description = sys.argv[1:5]
 meta = {"name": name, "language": language, "interface": interface, "description": description}
 if len(sys.argv) > 5:
     meta["history"] = int(sys.argv[5])
+if len(sys.argv) > 6:
+    meta["columns"] = int(sys.argv[6])
 print(json.dumps(meta, indent=2))' "$@" >"$OUT/$1.json"
 }
 
@@ -142,9 +147,9 @@ print(json.dumps(meta, indent=2))' "$@" >"$OUT/$1.json"
 check_component() {
   local wit imports
   wit="$(wasm-tools component wit "$OUT/$1.wasm")"
-  grep -q '^  export celery:autoscaler/policy@0.1.0;' <<<"$wit" ||
-    die "$1: does not export celery:autoscaler/policy@0.1.0"
-  imports="$(grep '^  import ' <<<"$wit" | grep -v 'celery:autoscaler/\(host\|types\)@0.1.0' || true)"
+  grep -q "^  export celery:autoscaler/policy@$WIT_VERSION;" <<<"$wit" ||
+    die "$1: does not export celery:autoscaler/policy@$WIT_VERSION"
+  imports="$(grep '^  import ' <<<"$wit" | grep -v "celery:autoscaler/\(host\|types\|window\)@$WIT_VERSION" || true)"
   [[ -z $imports ]] || die "$1: imports more than the contract allows: $imports"
 }
 
@@ -188,12 +193,14 @@ build_cpu_memory() {
 }
 
 build_load() {
+  # componentize-py imports every interface of the world, `window` included, used or not:
+  # `"columns": 0` (the last argument of write_meta) says this policy reads none of it.
   # --stub-wasi: the Python runtime's WASI calls are stubbed out, so the component imports none.
   "$CACHE/py-venv/bin/componentize-py" -d "$WIT" -w scaling-policy componentize --stub-wasi \
     -p "$ROOT/policies/load" app -o "$OUT/load.wasm" >/dev/null
   check_component load
   write_meta load python component \
-    "(tasks in progress + backlog) over replicas x concurrency against a target utilisation" 0
+    "(tasks in progress + backlog) over replicas x concurrency against a target utilisation" 0 0
 }
 
 build_drain_time() {
@@ -201,7 +208,7 @@ build_drain_time() {
     node "$ROOT/policies/drain-time/build.mjs" "$OUT/drain-time.wasm"
   check_component drain-time
   write_meta drain-time javascript component \
-    "the fewest workers that drain the backlog within a target time, from arrival and throughput rates in the history"
+    "the fewest workers that drain the backlog within a target time, from arrival and throughput rates in the history" 0
 }
 
 build_steps() {

@@ -49,7 +49,7 @@ fn main() {
     );
     println!();
     println!(
-        "{:<13} {:<10} {:<9} {:>9} {:>11} {:>10} {:>10} {:>10} {:>11} {:>10} {:>7} {:>11} {:>11}",
+        "{:<13} {:<10} {:<9} {:>9} {:>11} {:>10} {:>10} {:>10} {:>11} {:>10} {:>8} {:>11} {:>11}",
         "policy",
         "language",
         "interface",
@@ -65,17 +65,18 @@ fn main() {
         "window p99"
     );
     let mut cache_total = Duration::ZERO;
+    let mut records_too = Vec::new();
     for path in modules {
         let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
         let bytes = std::fs::read(&path).expect("module");
         // NAME.json as the registry reads it: the language, and how much history to send.
         let metadata = Metadata::beside(&path).unwrap_or_else(|e| panic!("{e}"));
         let language = metadata.language.clone().unwrap_or_else(|| "-".into());
-        let history = metadata.history.map_or("all".to_string(), |n| n.to_string());
-        let load = |cache: Option<&ArtifactCache>| {
-            LoadedPolicy::load(&engine, cache, &name, &bytes, Source::BuiltIn(path.clone()), metadata.clone())
+        let load_with = |cache: Option<&ArtifactCache>, metadata: Metadata| {
+            LoadedPolicy::load(&engine, cache, &name, &bytes, Source::BuiltIn(path.clone()), metadata)
                 .unwrap_or_else(|e| panic!("{e}"))
         };
+        let load = |cache: Option<&ArtifactCache>| load_with(cache, metadata.clone());
         let compiled = load(None);
         load(Some(&cache));
         let cached = load(Some(&cache));
@@ -88,8 +89,20 @@ fn main() {
         let (p50, p99, rate) = time_decisions(&cached, &limits, &input, iterations);
         let (window_p50, window_p99, _) = time_decisions(&cached, &limits, &with_full_window(&input), iterations);
         let native = native_latency(&name, &input, decision.replicas);
+        // Records, then the columns of `window` for a component that imports it.
+        let history = format!(
+            "{}{}",
+            metadata.history.map_or("all".to_string(), |n| n.to_string()),
+            cached.window().map_or(String::new(), |n| format!("+w{n}"))
+        );
+        if cached.window().is_some() && metadata.history != Some(HISTORY) {
+            // What the window costs as records: the same policy sent the whole window both ways.
+            let both = load_with(Some(&cache), Metadata { history: None, ..metadata.clone() });
+            let (p50, _, _) = time_decisions(&both, &limits, &with_full_window(&input), iterations);
+            records_too.push((name.clone(), p50));
+        }
         println!(
-            "{:<13} {:<10} {:<9} {:>9} {:>11} {:>10} {:>10} {:>10} {:>11.0} {:>10} {:>7} {:>11} {:>11}",
+            "{:<13} {:<10} {:<9} {:>9} {:>11} {:>10} {:>10} {:>10} {:>11.0} {:>10} {:>8} {:>11} {:>11}",
             name,
             language,
             cached.interface().to_string(),
@@ -125,12 +138,16 @@ fn main() {
         .unwrap_or_default();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!();
+    for (name, p50) in &records_too {
+        println!("{name}: window p50 {} with the {HISTORY} samples sent as records as well as columns", show(*p50));
+    }
     println!("all built-ins loaded from the cache in {} one after another (deserialize, link, checks)", show(cache_total));
     println!("the registry at start (read, hash, load; {cores} cores): {} for all built-ins", show(at_start));
     println!("compile: cranelift from wasm bytes; cache load: LoadedPolicy::load with a warm artifact cache;");
     println!("p50/p99: one decision, new store and instance each time; native: the same rule in plain Rust;");
     println!("window: the same decision with {HISTORY} samples of history, as the operator has once an app is watched a minute,");
-    println!("cut to the latest samples the policy's NAME.json asks for (history: all, or how many).");
+    println!("cut to the latest samples the policy's NAME.json asks for (history: all, or how many; +wN: N more as columns");
+    println!("through the `window` interface, for a component that imports it).");
 }
 
 /// p50, p99 and decisions per second of `iterations` decisions on `input`, each in a fresh

@@ -12,7 +12,7 @@ use celery_operator::decide::stabilize::Bound;
 use celery_operator::policy::cache::{ArtifactCache, Kind};
 use celery_operator::policy::cli::sample_input;
 use celery_operator::policy::{
-    CallLimits, EngineSettings, Interface, LoadedPolicy, Metadata, PolicyEngine, PolicyError, PolicyInput, PolicyRunner,
+    CallLimits, EngineSettings, HISTORY, Interface, LoadedPolicy, Metadata, PolicyEngine, PolicyError, PolicyInput, PolicyRunner,
     Registry, RegistrySettings, Source,
 };
 use rstest::rstest;
@@ -390,7 +390,7 @@ fn the_registry_reads_metadata_beside_a_module_and_names_a_bad_field() {
     std::fs::write(&json, r#"{"language": "wat", "history": 3}"#).expect("write");
     assert_eq!(registry.refresh(), vec!["mine".to_string()]);
     let mine = registry.resolve("mine").expect("loads");
-    assert_eq!(mine.metadata(), &Metadata { language: Some("wat".into()), history: Some(3) });
+    assert_eq!(mine.metadata(), &Metadata { language: Some("wat".into()), history: Some(3), columns: None });
     let info = registry.list().into_iter().find(|i| i.name == "mine").expect("listed");
     assert_eq!((info.language.as_deref(), info.history), (Some("wat"), Some(3)), "{info:?}");
 
@@ -410,8 +410,9 @@ fn a_policy_gets_only_the_history_its_metadata_asks_for() {
         assert!(std::env::var_os("CELERY_OPERATOR_REQUIRE_BUILTINS").is_none(), "run policies/build.sh");
         return;
     };
-    // drain-time reads the window; its reason counts the intervals it was given. A backlog
-    // draining by 10 a second at a constant 2 replicas, over a minute.
+    // drain-time reads the window as columns (it imports `window`); its reason counts the
+    // intervals it was given. A backlog draining by 10 a second at a constant 2 replicas, over
+    // a minute.
     let mut input = sample_input();
     input.settings.clear();
     let template = input.current.clone();
@@ -428,16 +429,84 @@ fn a_policy_gets_only_the_history_its_metadata_asks_for() {
     input.current = samples.pop().expect("the newest sample");
     input.history = samples;
     let path = dir.join("drain-time.wasm");
-    let with = |metadata: Metadata| {
-        let policy = LoadedPolicy::load_file(&engine(), None, &path, Source::File(path.clone()), metadata).expect("loads");
+    // Compiled once: each load below differs only in its metadata.
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let cache = ArtifactCache::open(tmp.path().join("cache")).expect("cache");
+    let load = |metadata: Metadata| {
+        LoadedPolicy::load_file(&engine(), Some(&cache), &path, Source::File(path.clone()), metadata).expect("loads")
+    };
+    let with = |history: Option<usize>, columns: Option<usize>| {
+        let policy = load(Metadata { language: None, history, columns });
         policy.decide(&CallLimits::default(), &input).expect("decides").reason
     };
-    let whole = with(Metadata::default());
+    let whole = with(None, None);
     assert!(whole.contains("60 intervals"), "{whole}");
-    let cut = with(Metadata { language: None, history: Some(2) });
+    // The columns are what it reads: no records, and the cut applies to the columns.
+    let records_none = with(Some(0), None);
+    assert!(records_none.contains("60 intervals"), "{records_none}");
+    let cut = with(Some(0), Some(2));
     assert!(cut.contains("2 intervals"), "{cut}");
-    let none = with(Metadata { language: None, history: Some(0) });
+    let none = with(None, Some(0));
     assert!(none.contains("too little history") && none.contains("1 sample"), "{none}");
+
+    // What the loop keeps for it: the longer of the two forms.
+    let reads = |history, columns| load(Metadata { language: None, history, columns }).reads();
+    assert_eq!((reads(Some(0), None), reads(Some(0), Some(5)), reads(Some(7), Some(5))), (HISTORY, 5, 7));
+    assert_eq!(load(Metadata::default()).window(), Some(HISTORY));
+    // A policy that does not import `window` reads only its records, whatever `columns` says.
+    let queue_length = dir.join("queue-length.wasm");
+    let records_only = LoadedPolicy::load_file(
+        &engine(),
+        None,
+        &queue_length,
+        Source::File(queue_length.clone()),
+        Metadata { language: None, history: Some(0), columns: Some(30) },
+    )
+    .expect("loads");
+    assert_eq!((records_only.window(), records_only.reads()), (None, 0));
+}
+
+#[test]
+fn a_component_built_against_0_1_0_of_the_contract_still_loads_and_decides() {
+    let Some(dir) = builtins_dir() else {
+        assert!(std::env::var_os("CELERY_OPERATOR_REQUIRE_BUILTINS").is_none(), "run policies/build.sh");
+        return;
+    };
+    // 0.1.1 added an interface and changed no type, so a component of 0.1.0 is queue-length
+    // with the version in its import and export names written back (same length: nothing else
+    // in the binary moves).
+    let current = std::fs::read(dir.join("queue-length.wasm")).expect("read");
+    let (new, old) = (b"celery:autoscaler/policy@0.1.1".as_slice(), b"celery:autoscaler/policy@0.1.0".as_slice());
+    let mut bytes = current.clone();
+    let mut renamed = 0;
+    for (from, to) in [(new, old), (b"autoscaler/types@0.1.1".as_slice(), b"autoscaler/types@0.1.0".as_slice())] {
+        let mut at = 0;
+        while let Some(i) = bytes[at..].windows(from.len()).position(|w| w == from) {
+            bytes[at + i..at + i + from.len()].copy_from_slice(to);
+            at += i + from.len();
+            renamed += 1;
+        }
+    }
+    assert!(renamed >= 2, "queue-length names the 0.1.1 contract: {renamed} names");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let path = tmp.path().join("queue-length-0.1.0.wasm");
+    std::fs::write(&path, &bytes).expect("write");
+    let load = |path: &Path| {
+        LoadedPolicy::load_file(&engine(), None, path, Source::File(path.to_path_buf()), Metadata::default()).expect("loads")
+    };
+    let old_policy = load(&path);
+    let exports: Vec<String> = wasmtime::component::Component::new(engine().engine(), &bytes)
+        .expect("compiles")
+        .component_type()
+        .exports(engine().engine())
+        .map(|(name, _)| name.to_string())
+        .collect();
+    assert!(exports.iter().any(|e| e == "celery:autoscaler/policy@0.1.0"), "{exports:?}");
+    let mut input = sample_input();
+    input.settings = BTreeMap::from([("target".to_string(), "10".to_string())]);
+    let decided = old_policy.decide(&CallLimits::default(), &input).expect("decides");
+    assert_eq!(decided, load(&dir.join("queue-length.wasm")).decide(&CallLimits::default(), &input).expect("decides"));
+    assert!(decided.replicas > 0, "{decided:?}");
 }
 
 /// The built-in policies, where `policies/build.sh` has built them.

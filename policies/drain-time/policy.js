@@ -9,6 +9,11 @@
 //     desired = ceil((backlog / seconds + arrivals) / perWorker)
 // Built with componentize-js with every WASI feature disabled (see ../build.sh): no clock, no
 // randomness, no stdio; the input is all it sees. u64 fields arrive as BigInt.
+//
+// The window comes as columns from the contract's `window` interface, not as the records of
+// `input.history` (its NAME.json says "history": 0): three typed arrays instead of a minute of
+// sample objects, which cost several times the decision to build.
+import { timestampsMs, replicas as replicasColumn, backlog as backlogColumn } from 'celery:autoscaler/window@0.1.1';
 
 const DEFAULT_SECONDS = 60;
 const U32_MAX = 4294967295;
@@ -49,6 +54,16 @@ function backlogOf(sample) {
   return total;
 }
 
+// The window, oldest first and ending with the current sample, as plain numbers.
+function windowSamples() {
+  const t = timestampsMs();
+  const r = replicasColumn();
+  const b = backlogColumn();
+  const out = new Array(t.length);
+  for (let i = 0; i < t.length; i++) out[i] = { t: Number(t[i]), replicas: r[i], backlog: Number(b[i]) };
+  return out;
+}
+
 function fmt(x) {
   return x >= 10 ? x.toFixed(0) : x.toFixed(1);
 }
@@ -68,9 +83,9 @@ function intervals(samples) {
   for (let i = 1; i < samples.length; i++) {
     const a = samples[i - 1];
     const b = samples[i];
-    const dt = (Number(b.timestampMs) - Number(a.timestampMs)) / 1000;
-    const b0 = backlogOf(a);
-    const b1 = backlogOf(b);
+    const dt = (b.t - a.t) / 1000;
+    const b0 = a.backlog;
+    const b1 = b.backlog;
     if (dt <= 0 || (b0 === 0 && b1 === 0)) continue;
     out.push({ dt, net: (b1 - b0) / dt, replicas: a.replicas });
   }
@@ -103,7 +118,7 @@ function estimate(iv, workerRate) {
 
 function decide(input) {
   const s = parseSettings(input.settings);
-  const samples = [...input.history, input.current];
+  const samples = windowSamples();
   const backlog = backlogOf(input.current);
   const current = input.currentReplicas;
   const iv = intervals(samples);

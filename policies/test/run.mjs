@@ -31,17 +31,41 @@ function toComponent(value, key) {
   return value;
 }
 
+// The `window` interface as the host implements it (host/src/policy/component.rs, `Columns`):
+// one list per quantity over the history, then the current sample. Cases give few samples, so
+// no cut applies.
+function windowOf(input) {
+  const samples = [...(input.history ?? []), input.current];
+  const sum = (xs) => xs.reduce((a, x) => a + BigInt(x ?? 0), 0n);
+  return {
+    timestampsMs: () => BigUint64Array.from(samples, (s) => BigInt(s.timestampMs)),
+    replicas: () => Uint32Array.from(samples, (s) => s.replicas),
+    backlog: () => BigUint64Array.from(samples, (s) => sum(s.queues.map((q) => q.backlog))),
+    reserved: () => BigUint64Array.from(samples, (s) => sum(s.queues.map((q) => q.reserved))),
+    readyPods: () => Uint32Array.from(samples, (s) => s.pods.filter((p) => p.ready).length),
+    cpuMillis: () => BigUint64Array.from(samples, (s) => sum(s.pods.map((p) => p.cpuMillis))),
+    memoryBytes: () => BigUint64Array.from(samples, (s) => sum(s.pods.map((p) => p.memoryBytes))),
+    activeTasks: () => Uint32Array.from(samples, (s) => Number(sum(s.pods.map((p) => p.activeTasks)))),
+  };
+}
+
 async function loadComponent(name, wasm) {
   const out = await mkdtemp(join(tmpdir(), `policy-${name}-`));
   execFileSync(process.execPath, [jco, 'transpile', wasm, '--instantiation', 'async', '--name', name, '-o', out], { stdio: 'ignore' });
   const mod = await import(pathToFileURL(join(out, `${name}.js`)).href);
   const logs = [];
   const host = { log: (level, message) => logs.push(`${level}: ${message}`) };
+  // The input of the call in progress: the window's functions read it.
+  let current = null;
+  const window = {};
+  for (const f of Object.keys(windowOf({ current: { timestampMs: 0, replicas: 0, queues: [], pods: [] } }))) {
+    window[f] = () => windowOf(current)[f]();
+  }
   const instance = await mod.instantiate(
     async (file) => WebAssembly.compile(await readFile(join(out, file))),
-    { 'celery:autoscaler/host': host, 'celery:autoscaler/types': {} },
+    { 'celery:autoscaler/host': host, 'celery:autoscaler/types': {}, 'celery:autoscaler/window': window },
   );
-  const policy = instance.policy ?? instance['celery:autoscaler/policy@0.1.0'];
+  const policy = instance.policy ?? Object.entries(instance).find(([k]) => k.startsWith('celery:autoscaler/policy@'))?.[1];
   const call = (f) => {
     try {
       return { ok: f() };
@@ -51,7 +75,10 @@ async function loadComponent(name, wasm) {
     }
   };
   return {
-    decide: (input) => call(() => policy.decide(toComponent(input))),
+    decide: (input) => {
+      current = input;
+      return call(() => policy.decide(toComponent(input)));
+    },
     validate: (settings) => call(() => policy.validateSettings(Object.entries(settings))),
   };
 }

@@ -1081,7 +1081,7 @@ impl AppLoop {
                     continue;
                 }
             };
-            read = read.max(loaded.metadata().history.unwrap_or(HISTORY));
+            read = read.max(loaded.reads());
             // Lent, not copied: the settings go in and come back out with the input.
             std::mem::swap(&mut input.settings, &mut policy.settings);
             let (back, outcome) = runner.decide_lending(loaded, input, Some(limits.clone())).await;
@@ -1264,7 +1264,7 @@ async fn ask_shadow(
         Ok(loaded) => loaded,
         Err(e) => return (HISTORY, Err(format!("{}: {e}", shadow.field))),
     };
-    let read = loaded.metadata().history.unwrap_or(HISTORY);
+    let read = loaded.reads();
     let mut copy = input.clone();
     copy.settings.clone_from(&shadow.settings);
     let (_, outcome) = shared.policies.runner().decide_lending(loaded, copy, Some(limits)).await;

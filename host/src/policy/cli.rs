@@ -260,15 +260,20 @@ impl Tools {
             println!("no policies found (built-in dir: {:?}, user dir: {:?})", self.settings.builtin_dir, self.settings.user_dir);
             return Ok(());
         }
-        println!("{:<16} {:<11} {:<10} {:<8} {:<20} SOURCE", "NAME", "LANGUAGE", "INTERFACE", "HISTORY", "DIGEST");
+        println!("{:<16} {:<11} {:<10} {:<16} {:<20} SOURCE", "NAME", "LANGUAGE", "INTERFACE", "HISTORY", "DIGEST");
         for info in infos {
             let digest = info.digest.as_deref().map_or("-".to_string(), |d| format!("sha256:{}", &d[..d.len().min(12)]));
             println!(
-                "{:<16} {:<11} {:<10} {:<8} {:<20} {}",
+                "{:<16} {:<11} {:<10} {:<16} {:<20} {}",
                 info.name,
                 info.language.as_deref().unwrap_or("-"),
                 info.interface.map_or("-".to_string(), |i| i.to_string()),
-                info.history.map_or("all".to_string(), |n| n.to_string()),
+                // Records, then columns for a policy that imports `window`: "0, window 60".
+                format!(
+                    "{}{}",
+                    info.history.map_or("all".to_string(), |n| n.to_string()),
+                    info.window.map_or(String::new(), |n| format!(", window {n}"))
+                ),
                 digest,
                 info.source
             );
@@ -292,7 +297,10 @@ impl Tools {
                 super::Interface::Core => format!("core ABI version {}", super::CORE_ABI_VERSION),
             }
         );
-        println!("  imports:   only the host interface and WASI (empty context)");
+        println!(
+            "  imports:   only the host interface{} and WASI (empty context)",
+            if policy.window().is_some() { ", the history window as columns" } else { "" }
+        );
         println!("  digest:    sha256:{}", policy.digest());
         println!("  pin as:    {}@sha256:{}", policy.name(), policy.digest());
         println!("  compiled in {:.1} ms", stats.artifact.as_secs_f64() * 1e3);

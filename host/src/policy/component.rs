@@ -1,10 +1,13 @@
 //! Policies that are components of the `scaling-policy` world in `wit/policy.wit`.
 //!
 //! The component is checked at load (it must export `celery:autoscaler/policy@0.1.x` and import
-//! only the host interface and WASI), linked once into an `InstancePre`, and instantiated in a
-//! fresh `Store` for every call. WASI is linked because Rust std, C stdio and some component
-//! toolchains import it even when a policy never uses it; its context is the empty one of
-//! `sandbox`.
+//! only the host and window interfaces and WASI), linked once into an `InstancePre`, and
+//! instantiated in a fresh `Store` for every call. WASI is linked because Rust std, C stdio and
+//! some component toolchains import it even when a policy never uses it; its context is the
+//! empty one of `sandbox`.
+//!
+//! A component that imports `window` gets the history as [`Columns`], built for the call only
+//! when it does: the store holds them and each import copies one out.
 
 use std::collections::BTreeMap;
 
@@ -30,6 +33,8 @@ use bindings::{ScalingPolicy, ScalingPolicyPre};
 /// The interface a policy component exports, without version.
 const POLICY_EXPORT: &str = "celery:autoscaler/policy";
 const PACKAGE: &str = "celery:autoscaler";
+/// The interface that hands the history window as columns (since 0.1.1), without version.
+const WINDOW_IMPORT: &str = "celery:autoscaler/window";
 /// Interfaces of WASI a component may import; the filesystem, sockets and HTTP are not among
 /// them (no built-in needs them: build components without WASI, as `policies/` does).
 const ALLOWED_WASI: &[&str] = &["wasi:cli/", "wasi:io/", "wasi:clocks/", "wasi:random/"];
@@ -40,6 +45,50 @@ pub struct ComponentState {
     table: ResourceTable,
     limiter: Limiter,
     output: GuestOutput,
+    /// The window this call hands out (empty unless the component imports `window`).
+    columns: Columns,
+}
+
+/// The history window as the `window` interface hands it: one list per quantity, one entry per
+/// sample, oldest first, ending with the current sample.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Columns {
+    pub timestamps_ms: Vec<u64>,
+    pub replicas: Vec<u32>,
+    pub backlog: Vec<u64>,
+    pub reserved: Vec<u64>,
+    pub ready_pods: Vec<u32>,
+    pub cpu_millis: Vec<u64>,
+    pub memory_bytes: Vec<u64>,
+    pub active_tasks: Vec<u32>,
+}
+
+impl Columns {
+    /// Columns of `samples`; a figure a queue or pod does not report adds nothing to its sum.
+    pub fn of<'a>(samples: impl Iterator<Item = &'a super::Sample>) -> Self {
+        let n = samples.size_hint().0;
+        let mut c = Self {
+            timestamps_ms: Vec::with_capacity(n),
+            replicas: Vec::with_capacity(n),
+            backlog: Vec::with_capacity(n),
+            reserved: Vec::with_capacity(n),
+            ready_pods: Vec::with_capacity(n),
+            cpu_millis: Vec::with_capacity(n),
+            memory_bytes: Vec::with_capacity(n),
+            active_tasks: Vec::with_capacity(n),
+        };
+        for s in samples {
+            c.timestamps_ms.push(s.timestamp_ms);
+            c.replicas.push(s.replicas);
+            c.backlog.push(s.queues.iter().map(|q| q.backlog).fold(0, u64::saturating_add));
+            c.reserved.push(s.queues.iter().filter_map(|q| q.reserved).fold(0, u64::saturating_add));
+            c.ready_pods.push(s.pods.iter().filter(|p| p.ready).count().try_into().unwrap_or(u32::MAX));
+            c.cpu_millis.push(s.pods.iter().filter_map(|p| p.cpu_millis).fold(0, u64::saturating_add));
+            c.memory_bytes.push(s.pods.iter().filter_map(|p| p.memory_bytes).fold(0, u64::saturating_add));
+            c.active_tasks.push(s.pods.iter().filter_map(|p| p.active_tasks).fold(0, u32::saturating_add));
+        }
+        c
+    }
 }
 
 impl sandbox::Limited for ComponentState {
@@ -71,15 +120,44 @@ impl bindings::celery::autoscaler::host::Host for ComponentState {
 
 impl wit::Host for ComponentState {}
 
+impl bindings::celery::autoscaler::window::Host for ComponentState {
+    fn timestamps_ms(&mut self) -> Vec<u64> {
+        self.columns.timestamps_ms.clone()
+    }
+    fn replicas(&mut self) -> Vec<u32> {
+        self.columns.replicas.clone()
+    }
+    fn backlog(&mut self) -> Vec<u64> {
+        self.columns.backlog.clone()
+    }
+    fn reserved(&mut self) -> Vec<u64> {
+        self.columns.reserved.clone()
+    }
+    fn ready_pods(&mut self) -> Vec<u32> {
+        self.columns.ready_pods.clone()
+    }
+    fn cpu_millis(&mut self) -> Vec<u64> {
+        self.columns.cpu_millis.clone()
+    }
+    fn memory_bytes(&mut self) -> Vec<u64> {
+        self.columns.memory_bytes.clone()
+    }
+    fn active_tasks(&mut self) -> Vec<u32> {
+        self.columns.active_tasks.clone()
+    }
+}
+
 /// A loaded, linked component policy.
 pub struct ComponentPolicy {
     pre: ScalingPolicyPre<ComponentState>,
+    /// Whether the component imports `window` (and so is handed the history as columns).
+    reads_window: bool,
 }
 
 impl ComponentPolicy {
     /// Checks the component's interface and links it.
     pub fn new(engine: &PolicyEngine, policy: &str, component: &Component) -> Result<Self, PolicyError> {
-        check_interface(engine, policy, component)?;
+        let reads_window = check_interface(engine, policy, component)?;
         let mut linker = Linker::<ComponentState>::new(engine.engine());
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| PolicyError::Engine(format!("linking WASI: {e:#}")))?;
         ScalingPolicy::add_to_linker::<ComponentState, HasSelf<ComponentState>>(&mut linker, |state| state)
@@ -91,10 +169,17 @@ impl ComponentPolicy {
             policy: policy.to_string(),
             export: format!("{POLICY_EXPORT}@0.1.x ({e:#})"),
         })?;
-        Ok(Self { pre })
+        Ok(Self { pre, reads_window })
     }
 
-    /// One decision in a fresh instance.
+    /// Whether the component imports `window`: it reads the history as columns.
+    pub fn reads_window(&self) -> bool {
+        self.reads_window
+    }
+
+    /// One decision in a fresh instance: `history` goes into the input's records, `window`
+    /// (then the current sample) into the columns, when the component imports them.
+    #[allow(clippy::too_many_arguments)]
     pub fn decide(
         &self,
         engine: &PolicyEngine,
@@ -102,9 +187,15 @@ impl ComponentPolicy {
         limits: &CallLimits,
         input: &PolicyInput,
         history: &[super::Sample],
+        window: &[super::Sample],
     ) -> Result<Decision, PolicyError> {
         let wit_input = to_wit(input, history);
-        let answer = self.call(engine, policy, limits, input.current.timestamp_ms, |store, instance| {
+        let columns = if self.reads_window {
+            Columns::of(window.iter().chain(std::iter::once(&input.current)))
+        } else {
+            Columns::default()
+        };
+        let answer = self.call(engine, policy, limits, input.current.timestamp_ms, columns, |store, instance| {
             instance.celery_autoscaler_policy().call_decide(store, &wit_input)
         })?;
         match answer {
@@ -135,7 +226,7 @@ impl ComponentPolicy {
     ) -> Result<(), PolicyError> {
         let pairs: Vec<(String, String)> = settings.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         let now = jiff::Timestamp::now().as_millisecond().max(0) as u64;
-        let answer = self.call(engine, policy, limits, now, |store, instance| {
+        let answer = self.call(engine, policy, limits, now, Columns::default(), |store, instance| {
             instance.celery_autoscaler_policy().call_validate_settings(store, &pairs)
         })?;
         answer.map_err(|message| PolicyError::InvalidSettings {
@@ -150,6 +241,7 @@ impl ComponentPolicy {
         policy: &str,
         limits: &CallLimits,
         sample_ms: u64,
+        columns: Columns,
         body: impl FnOnce(&mut Store<ComponentState>, &ScalingPolicy) -> wasmtime::Result<R>,
     ) -> Result<R, PolicyError> {
         let output = GuestOutput::default();
@@ -158,6 +250,7 @@ impl ComponentPolicy {
             table: ResourceTable::new(),
             limiter: Limiter::new(limits.memory_bytes),
             output: output.clone(),
+            columns,
         };
         sandbox::run_bounded(engine, policy, limits, &output, state, |store| {
             let instance = self.pre.instantiate(&mut *store)?;
@@ -166,8 +259,9 @@ impl ComponentPolicy {
     }
 }
 
-/// Refuses a component that does not speak this host's version or imports too much.
-fn check_interface(engine: &PolicyEngine, policy: &str, component: &Component) -> Result<(), PolicyError> {
+/// Refuses a component that does not speak this host's version or imports too much; says
+/// whether it imports `window`.
+fn check_interface(engine: &PolicyEngine, policy: &str, component: &Component) -> Result<bool, PolicyError> {
     let ty = component.component_type();
     let supported = format!("{PACKAGE}@0.1.x");
     let mut found_export = None;
@@ -189,10 +283,13 @@ fn check_interface(engine: &PolicyEngine, policy: &str, component: &Component) -
         }
         Some(_) => {}
     }
+    let mut reads_window = false;
     for (name, _) in ty.imports(engine.engine()) {
-        if let Some(version) =
-            ["celery:autoscaler/host", "celery:autoscaler/types"].iter().find_map(|interface| versioned(name, interface))
+        if let Some(version) = ["celery:autoscaler/host", "celery:autoscaler/types", WINDOW_IMPORT]
+            .iter()
+            .find_map(|interface| versioned(name, interface))
         {
+            reads_window |= versioned(name, WINDOW_IMPORT).is_some();
             if !compatible(version) {
                 return Err(PolicyError::IncompatibleVersion {
                     policy: policy.to_string(),
@@ -207,7 +304,7 @@ fn check_interface(engine: &PolicyEngine, policy: &str, component: &Component) -
         }
         return Err(PolicyError::ForbiddenImport { policy: policy.to_string(), import: name.to_string() });
     }
-    Ok(())
+    Ok(reads_window)
 }
 
 /// `Some(version)` when `name` is `interface` or `interface@version`.
@@ -275,5 +372,37 @@ mod tests {
         assert!(compatible(Some("0.1.9")));
         assert!(!compatible(Some("0.2.0")));
         assert!(!compatible(None));
+    }
+
+    #[test]
+    fn columns_sum_what_was_measured_oldest_first() {
+        use super::super::{PodSample, QueueSample, Sample};
+        let queue = |backlog, reserved| QueueSample { name: "q".into(), backlog, reserved, consumers: None };
+        let pod = |ready, cpu: Option<u64>, tasks: Option<u32>| PodSample {
+            name: "p".into(),
+            ready,
+            cpu_millis: cpu,
+            cpu_request_millis: Some(500),
+            memory_bytes: cpu.map(|c| c * 1000),
+            memory_request_bytes: None,
+            active_tasks: tasks,
+        };
+        let older = Sample { timestamp_ms: 1_000, replicas: 2, queues: vec![queue(5, None), queue(7, Some(3))], pods: vec![] };
+        let newer = Sample {
+            timestamp_ms: 2_000,
+            replicas: 3,
+            queues: vec![queue(u64::MAX, Some(1)), queue(1, None)],
+            pods: vec![pod(true, Some(100), Some(2)), pod(false, None, None), pod(true, Some(50), Some(4))],
+        };
+        let c = Columns::of([older, newer].iter());
+        assert_eq!(c.timestamps_ms, [1_000, 2_000]);
+        assert_eq!(c.replicas, [2, 3]);
+        // A sum that would overflow holds at the maximum.
+        assert_eq!(c.backlog, [12, u64::MAX]);
+        assert_eq!(c.reserved, [3, 1]);
+        assert_eq!(c.ready_pods, [0, 2]);
+        assert_eq!(c.cpu_millis, [0, 150]);
+        assert_eq!(c.memory_bytes, [0, 150_000]);
+        assert_eq!(c.active_tasks, [0, 6]);
     }
 }

@@ -16,7 +16,7 @@ use super::component::ComponentPolicy;
 use super::core_module::CorePolicy;
 use super::engine::PolicyEngine;
 use super::runner::{CallLimits, Pace};
-use super::{Decision, PolicyError, PolicyInput};
+use super::{Decision, HISTORY, PolicyError, PolicyInput};
 
 /// How a policy talks to the host.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -67,6 +67,9 @@ pub struct Metadata {
     /// `None` sends the whole window. Copying a minute of samples into a guest costs more
     /// than most decisions, so a policy that never looks back should say `0`.
     pub history: Option<usize>,
+    /// How many of the latest history samples the `window` interface hands out as columns,
+    /// for a component that imports it; `None` hands the whole window.
+    pub columns: Option<usize>,
 }
 
 impl Metadata {
@@ -85,16 +88,14 @@ impl Metadata {
             Some(serde_json::Value::String(s)) => Some(s.clone()),
             Some(other) => return Err(format!("{}: `language` must be a string, got {other}", path.display())),
         };
-        let history = match value.get("history") {
-            None | Some(serde_json::Value::Null) => None,
+        let samples = |field: &str| match value.get(field) {
+            None | Some(serde_json::Value::Null) => Ok(None),
             Some(v) => match v.as_u64().and_then(|n| usize::try_from(n).ok()) {
-                Some(n) => Some(n),
-                None => {
-                    return Err(format!("{}: `history` must be a whole number of samples (0 for none), got {v}", path.display()));
-                }
+                Some(n) => Ok(Some(n)),
+                None => Err(format!("{}: `{field}` must be a whole number of samples (0 for none), got {v}", path.display())),
             },
         };
-        Ok(Self { language, history })
+        Ok(Self { language, history: samples("history")?, columns: samples("columns")? })
     }
 }
 
@@ -252,14 +253,18 @@ impl LoadedPolicy {
     }
 
     /// One decision in a fresh instance, on the calling thread. Not clamped: see `runner`.
-    /// The history is cut to the latest samples the policy's metadata asks for.
+    /// The history is cut to the latest samples the policy's metadata asks for, as records
+    /// (`history`) and, for a component that imports `window`, as columns (`columns`).
     pub fn decide(&self, limits: &CallLimits, input: &PolicyInput) -> Result<Decision, PolicyError> {
         let limits = limits.within(&self.engine);
         // Cut, not copied: the call encodes the input itself.
-        let keep = self.metadata.history.unwrap_or(usize::MAX).min(input.history.len());
-        let history = &input.history[input.history.len() - keep..];
+        let latest = |wanted: Option<usize>| {
+            let keep = wanted.unwrap_or(usize::MAX).min(input.history.len());
+            &input.history[input.history.len() - keep..]
+        };
+        let history = latest(self.metadata.history);
         match &self.runnable {
-            Runnable::Component(c) => c.decide(&self.engine, &self.name, &limits, input, history),
+            Runnable::Component(c) => c.decide(&self.engine, &self.name, &limits, input, history, latest(self.metadata.columns)),
             Runnable::Core(c) => c.decide(&self.engine, &self.name, &limits, input, history),
         }
     }
@@ -301,6 +306,20 @@ impl LoadedPolicy {
     }
 
     /// What `NAME.json` said of the module.
+    /// How many samples of history the policy reads in any form: records, and columns when it
+    /// imports `window`. The loop keeps no more than its policies read.
+    pub fn reads(&self) -> usize {
+        self.metadata.history.unwrap_or(HISTORY).max(self.window().unwrap_or(0)).min(HISTORY)
+    }
+
+    /// Samples of history handed as columns, for a component that imports `window`.
+    pub fn window(&self) -> Option<usize> {
+        match &self.runnable {
+            Runnable::Component(c) if c.reads_window() => Some(self.metadata.columns.unwrap_or(HISTORY).min(HISTORY)),
+            _ => None,
+        }
+    }
+
     pub fn metadata(&self) -> &Metadata {
         &self.metadata
     }

@@ -40,7 +40,7 @@ pub use runner::{CallLimits, PolicyRunner, Verdict};
 
 /// The component package version this host implements; components must export
 /// `celery:autoscaler/policy@0.1.x`.
-pub const WIT_VERSION: &str = "0.1.0";
+pub const WIT_VERSION: &str = "0.1.1";
 /// The core-module JSON ABI version this host implements.
 pub const CORE_ABI_VERSION: i32 = 1;
 

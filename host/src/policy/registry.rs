@@ -63,6 +63,8 @@ pub struct PolicyInfo {
     pub interface: Option<Interface>,
     /// History samples the policy is sent, from its `NAME.json`; `None` is the whole window.
     pub history: Option<usize>,
+    /// History samples handed as columns, for a component that imports `window`.
+    pub window: Option<usize>,
     pub digest: Option<String>,
     pub source: String,
     /// Why the newest file of this name is not in use, if it is not.
@@ -397,6 +399,7 @@ impl Registry {
                 language: entry.current.as_ref().and_then(|p| p.language().map(str::to_string)),
                 interface: entry.current.as_ref().map(|p| p.interface()),
                 history: entry.current.as_ref().and_then(|p| p.metadata().history),
+                window: entry.current.as_ref().and_then(|p| p.window()),
                 digest: entry.current.as_ref().map(|p| p.digest().to_string()),
                 source: if entry.builtin {
                     format!("built-in ({})", entry.path.display())
