@@ -95,7 +95,7 @@ fn main() {
             metadata.history.map_or("all".to_string(), |n| n.to_string()),
             cached.window().map_or(String::new(), |n| format!("+w{n}"))
         );
-        if cached.window().is_some() && metadata.history != Some(HISTORY) {
+        if cached.window().is_some_and(|n| n > 0) && metadata.history != Some(HISTORY) {
             // What the window costs as records: the same policy sent the whole window both ways.
             let both = load_with(Some(&cache), Metadata { history: None, ..metadata.clone() });
             let (p50, _, _) = time_decisions(&both, &limits, &with_full_window(&input), iterations);

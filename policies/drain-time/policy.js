@@ -54,16 +54,6 @@ function backlogOf(sample) {
   return total;
 }
 
-// The window, oldest first and ending with the current sample, as plain numbers.
-function windowSamples() {
-  const t = timestampsMs();
-  const r = replicasColumn();
-  const b = backlogColumn();
-  const out = new Array(t.length);
-  for (let i = 0; i < t.length; i++) out[i] = { t: Number(t[i]), replicas: r[i], backlog: Number(b[i]) };
-  return out;
-}
-
 function fmt(x) {
   return x >= 10 ? x.toFixed(0) : x.toFixed(1);
 }
@@ -76,30 +66,55 @@ function workers(n) {
   return plural(n, 'worker');
 }
 
-// Intervals between consecutive samples, skipping those where the queue stayed empty: an
-// empty queue says the workers kept up, not how fast they could go.
-function intervals(samples) {
-  const out = [];
-  for (let i = 1; i < samples.length; i++) {
-    const a = samples[i - 1];
-    const b = samples[i];
-    const dt = (b.t - a.t) / 1000;
-    const b0 = a.backlog;
-    const b1 = b.backlog;
-    if (dt <= 0 || (b0 === 0 && b1 === 0)) continue;
-    out.push({ dt, net: (b1 - b0) / dt, replicas: a.replicas });
+// Intervals between consecutive samples of the window (columns, oldest first, the current
+// sample last), skipping those where the queue stayed empty: an empty queue says the workers
+// kept up, not how fast they could go. Parallel typed arrays, not an object per interval: in
+// a fresh interpreter every object costs, and this is most of the decision's own work.
+function intervals(t, r, b) {
+  const n = t.length;
+  const dt = new Float64Array(n);
+  const net = new Float64Array(n);
+  const rep = new Float64Array(n);
+  let m = 0;
+  let tPrev = Number(t[0]);
+  let bPrev = Number(b[0]);
+  for (let i = 1; i < n; i++) {
+    const ti = Number(t[i]);
+    const bi = Number(b[i]);
+    const d = (ti - tPrev) / 1000;
+    if (d > 0 && !(bPrev === 0 && bi === 0)) {
+      dt[m] = d;
+      net[m] = (bi - bPrev) / d;
+      rep[m] = r[i - 1];
+      m++;
+    }
+    tPrev = ti;
+    bPrev = bi;
   }
-  return out;
+  return { dt, net, rep, length: m };
 }
 
 // Returns { arrivals, perWorker, how } or null when the window cannot tell.
 function estimate(iv, workerRate) {
-  const w = iv.reduce((s, x) => s + x.dt, 0);
-  const meanR = iv.reduce((s, x) => s + x.dt * x.replicas, 0) / w;
-  const meanNet = iv.reduce((s, x) => s + x.dt * x.net, 0) / w;
-  const varR = iv.reduce((s, x) => s + x.dt * (x.replicas - meanR) ** 2, 0);
+  const { dt, net, rep, length } = iv;
+  let w = 0;
+  let sumR = 0;
+  let sumNet = 0;
+  for (let i = 0; i < length; i++) {
+    w += dt[i];
+    sumR += dt[i] * rep[i];
+    sumNet += dt[i] * net[i];
+  }
+  const meanR = sumR / w;
+  const meanNet = sumNet / w;
+  let varR = 0;
+  let cov = 0;
+  for (let i = 0; i < length; i++) {
+    const dr = rep[i] - meanR;
+    varR += dt[i] * dr * dr;
+    cov += dt[i] * dr * (net[i] - meanNet);
+  }
   if (varR > 0) {
-    const cov = iv.reduce((s, x) => s + x.dt * (x.replicas - meanR) * (x.net - meanNet), 0);
     const perWorker = -cov / varR;
     if (perWorker > 0) {
       return { arrivals: Math.max(0, meanNet + perWorker * meanR), perWorker, how: 'fitted' };
@@ -118,17 +133,18 @@ function estimate(iv, workerRate) {
 
 function decide(input) {
   const s = parseSettings(input.settings);
-  const samples = windowSamples();
+  const t = timestampsMs();
+  const samples = t.length;
   const backlog = backlogOf(input.current);
   const current = input.currentReplicas;
-  const iv = intervals(samples);
+  const iv = intervals(t, replicasColumn(), backlogColumn());
 
   if (iv.length === 0) {
     if (backlog === 0) {
-      return { replicas: 0, reason: `queues empty across ${plural(samples.length, 'sample')} → 0 workers` };
+      return { replicas: 0, reason: `queues empty across ${plural(samples, 'sample')} → 0 workers` };
     }
     const n = Math.max(current, 1);
-    return { replicas: n, reason: `${backlog} messages but too little history to estimate rates (${plural(samples.length, 'sample')}) → holding ${workers(n)}` };
+    return { replicas: n, reason: `${backlog} messages but too little history to estimate rates (${plural(samples, 'sample')}) → holding ${workers(n)}` };
   }
 
   const est = estimate(iv, s.workerRate);
