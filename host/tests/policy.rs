@@ -402,6 +402,11 @@ fn the_registry_reads_metadata_beside_a_module_and_names_a_bad_field() {
     let problem = info.problem.expect("a problem is listed");
     assert!(problem.contains("mine.json") && problem.contains("`history`"), "{problem}");
     assert_eq!(registry.resolve("mine").expect("still resolves").metadata().history, Some(3));
+    std::fs::write(&json, r#"{"history": 0, "columns": -1}"#).expect("write");
+    registry.refresh();
+    let info = registry.list().into_iter().find(|i| i.name == "mine").expect("listed");
+    let problem = info.problem.expect("a problem is listed");
+    assert!(problem.contains("mine.json") && problem.contains("`columns`"), "{problem}");
 }
 
 #[test]
