@@ -32,20 +32,22 @@ function toComponent(value, key) {
 }
 
 // The `window` interface as the host implements it (host/src/policy/component.rs, `Columns`):
-// one list per quantity over the history, then the current sample. Cases give few samples, so
-// no cut applies.
-function windowOf(input) {
-  const samples = [...(input.history ?? []), input.current];
+// one list per quantity over the history, then the current sample, of the input `inputOf()`
+// returns (the call in progress). Cases give few samples, so no cut applies.
+function windowOf(inputOf) {
+  const samples = () => [...(inputOf().history ?? []), inputOf().current];
   const sum = (xs) => xs.reduce((a, x) => a + BigInt(x ?? 0), 0n);
+  const u64 = (f) => () => BigUint64Array.from(samples(), f);
+  const u32 = (f) => () => Uint32Array.from(samples(), f);
   return {
-    timestampsMs: () => BigUint64Array.from(samples, (s) => BigInt(s.timestampMs)),
-    replicas: () => Uint32Array.from(samples, (s) => s.replicas),
-    backlog: () => BigUint64Array.from(samples, (s) => sum(s.queues.map((q) => q.backlog))),
-    reserved: () => BigUint64Array.from(samples, (s) => sum(s.queues.map((q) => q.reserved))),
-    readyPods: () => Uint32Array.from(samples, (s) => s.pods.filter((p) => p.ready).length),
-    cpuMillis: () => BigUint64Array.from(samples, (s) => sum(s.pods.map((p) => p.cpuMillis))),
-    memoryBytes: () => BigUint64Array.from(samples, (s) => sum(s.pods.map((p) => p.memoryBytes))),
-    activeTasks: () => Uint32Array.from(samples, (s) => Number(sum(s.pods.map((p) => p.activeTasks)))),
+    timestampsMs: u64((s) => BigInt(s.timestampMs)),
+    replicas: u32((s) => s.replicas),
+    backlog: u64((s) => sum(s.queues.map((q) => q.backlog))),
+    reserved: u64((s) => sum(s.queues.map((q) => q.reserved))),
+    readyPods: u32((s) => s.pods.filter((p) => p.ready).length),
+    cpuMillis: u64((s) => sum(s.pods.map((p) => p.cpuMillis))),
+    memoryBytes: u64((s) => sum(s.pods.map((p) => p.memoryBytes))),
+    activeTasks: u32((s) => Number(sum(s.pods.map((p) => p.activeTasks)))),
   };
 }
 
@@ -57,10 +59,7 @@ async function loadComponent(name, wasm) {
   const host = { log: (level, message) => logs.push(`${level}: ${message}`) };
   // The input of the call in progress: the window's functions read it.
   let current = null;
-  const window = {};
-  for (const f of Object.keys(windowOf({ current: { timestampMs: 0, replicas: 0, queues: [], pods: [] } }))) {
-    window[f] = () => windowOf(current)[f]();
-  }
+  const window = windowOf(() => current);
   const instance = await mod.instantiate(
     async (file) => WebAssembly.compile(await readFile(join(out, file))),
     { 'celery:autoscaler/host': host, 'celery:autoscaler/types': {}, 'celery:autoscaler/window': window },

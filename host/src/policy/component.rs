@@ -285,11 +285,11 @@ fn check_interface(engine: &PolicyEngine, policy: &str, component: &Component) -
     }
     let mut reads_window = false;
     for (name, _) in ty.imports(engine.engine()) {
-        if let Some(version) = ["celery:autoscaler/host", "celery:autoscaler/types", WINDOW_IMPORT]
-            .iter()
-            .find_map(|interface| versioned(name, interface))
+        if let Some((interface, version)) = ["celery:autoscaler/host", "celery:autoscaler/types", WINDOW_IMPORT]
+            .into_iter()
+            .find_map(|interface| versioned(name, interface).map(|version| (interface, version)))
         {
-            reads_window |= versioned(name, WINDOW_IMPORT).is_some();
+            reads_window |= interface == WINDOW_IMPORT;
             if !compatible(version) {
                 return Err(PolicyError::IncompatibleVersion {
                     policy: policy.to_string(),
