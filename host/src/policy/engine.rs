@@ -35,7 +35,7 @@ impl Default for EngineSettings {
 }
 
 /// Whether the pool resets a slot with Linux's `PAGEMAP_SCAN` (6.7+), copying back only the
-/// pages the instance wrote instead of the first 4 MiB whole. Off: measured on wasmtime 50 here
+/// pages the instance wrote instead of the first [`KEEP_RESIDENT`] bytes whole. Off: measured on wasmtime 50 here
 /// (2026-12-04, `cargo bench --bench policy`, both in the same hour) it made the small policies
 /// slower (Rust 16.0 → 19.3 µs, C 9.1 → 11.7 µs, Go 100 → 126 µs) and the large ones a little
 /// faster (JavaScript 802 → 716 µs, Python 1.6 → 1.5 ms); on wasmtime 48 it had made Go 37 µs,
@@ -44,6 +44,15 @@ impl Default for EngineSettings {
 /// reading the last one's memory: `tests::a_slot_never_shows_a_page_the_last_instance_wrote_even_swapped_out`
 /// stages swapped-out and freed pages with it on and off.
 const PAGEMAP_SCAN: bool = false;
+
+/// How much of a warm slot's linear memory is reset in place (its initial image copied back, the
+/// rest zeroed) rather than handed back to the kernel, which refills a page on its next touch.
+/// Copying is cheaper than a page fault for the few pages every instance touches, and dearer for
+/// the megabytes it would copy whether touched or not: with 4 MiB, every Go decision copied Go's
+/// whole 2.4 MiB image back. Measured here (2026-12-06, `policy bench`, p50 per decision, 4 MiB →
+/// 256 KiB → none): Rust 5.5 → 5.1 → 13.4 µs, C 6.6 → 6.4 → 17.0 µs, Go 272 → 140 → 142 µs,
+/// JavaScript 920 → 727 → 672 µs, Python 1.40 → 1.15 → 1.14 ms.
+const KEEP_RESIDENT: usize = 256 << 10;
 
 /// Pool slots kept warm (resident, ready for the next instance of the module they last held)
 /// while unused; see `config`.
@@ -237,10 +246,9 @@ fn config(settings: &EngineSettings, pooling: bool, pagemap_scan: bool) -> Confi
             // instance wrote resident, up to the amounts below. A handful serves the same few
             // modules deciding over and over; the rest are emptied.
             .max_unused_warm_slots(WARM_SLOTS.min(total))
-            // A warm slot's pages are reset by copying the initial image back instead of
-            // unmapping them, which saves the next instance the page faults; Go's runtime and the
-            // interpreters touch a few MiB at start.
-            .linear_memory_keep_resident(4 << 20)
+            // The first pages of a warm slot are reset by copying the initial image back, which
+            // saves the next instance their page faults; see `KEEP_RESIDENT`.
+            .linear_memory_keep_resident(KEEP_RESIDENT)
             .table_keep_resident(1 << 20)
             .pagemap_scan(if pagemap_scan { wasmtime::Enabled::Auto } else { wasmtime::Enabled::No });
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
@@ -344,8 +352,8 @@ mod tests {
 
     fn isolated_under_pressure(engine: &wasmtime::Engine, pagemap_scan: bool) {
         const SECRET: i64 = 0x5ec2_e7c0_ffee_0001;
-        // Offsets in the first page, in the middle of the 4 MiB kept resident, and past it.
-        let offsets = [64_i32, 2 << 20, 5 << 20];
+        // Offsets in the first page, in the middle of what is kept resident, and past it.
+        let offsets = [64_i32, KEEP_RESIDENT as i32 / 2, 2 << 20];
         let module = wasmtime::Module::new(
             engine,
             r#"(module
