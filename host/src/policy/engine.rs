@@ -35,8 +35,8 @@ impl Default for EngineSettings {
 }
 
 /// Whether the pool resets a slot with Linux's `PAGEMAP_SCAN` (6.7+), copying back only the
-/// pages the instance wrote instead of the first [`KEEP_RESIDENT`] bytes whole. Off: measured on wasmtime 50 here
-/// (2026-12-04, `cargo bench --bench policy`, both in the same hour) it made the small policies
+/// pages the instance wrote instead of all [`KEEP_RESIDENT`] bytes. Off: measured on wasmtime 50
+/// here (2026-12-04, `cargo bench --bench policy`, both in the same hour) it made the small policies
 /// slower (Rust 16.0 → 19.3 µs, C 9.1 → 11.7 µs, Go 100 → 126 µs) and the large ones a little
 /// faster (JavaScript 802 → 716 µs, Python 1.6 → 1.5 ms); on wasmtime 48 it had made Go 37 µs,
 /// but 48 left a written page the kernel had swapped out unreset, for the next instance to read
