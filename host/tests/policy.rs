@@ -966,11 +966,23 @@ fn a_policy_proved_fast_runs_inline_until_a_slow_call_sends_it_back_to_the_block
             }
         };
 
-        for _ in 0..INLINE_AFTER {
-            let (_, outcome) = other_task_ran_during(small.clone()).await;
-            assert_eq!(outcome.expect("fast answer").0.decision.reason, "fast");
-        }
-        assert!(policy.pace().inline(), "{INLINE_AFTER} calls under {INLINE_BUDGET:?}");
+        // Proving fast takes INLINE_AFTER calls in a row under INLINE_BUDGET of CPU. A call on
+        // this shared machine can go over (a cold pool slot, a page fault under memory
+        // pressure), which restarts the count without a strike (it ran on the blocking pool):
+        // so call until the policy is proved fast, not exactly INLINE_AFTER times, and fail
+        // only if it never is.
+        let prove_fast = async |what: &str| {
+            for call in 1..=INLINE_AFTER * 50 {
+                let (_, outcome) = other_task_ran_during(small.clone()).await;
+                assert_eq!(outcome.expect("fast answer").0.decision.reason, "fast");
+                if policy.pace().inline() {
+                    assert!(call >= INLINE_AFTER, "{what}: inline after {call} calls, fewer than {INLINE_AFTER}");
+                    return;
+                }
+            }
+            panic!("{what}: never {INLINE_AFTER} calls in a row under {INLINE_BUDGET:?}");
+        };
+        prove_fast("proved fast").await;
         // Inline: the slow call holds the thread until its deadline; nothing else runs.
         let (ran, outcome) = other_task_ran_during(large.clone()).await;
         assert_error("turns_slow", &outcome.expect_err("times out"), "Timeout", &[]);
@@ -982,10 +994,6 @@ fn a_policy_proved_fast_runs_inline_until_a_slow_call_sends_it_back_to_the_block
         assert!(ran, "the other task ran while the policy spun on the blocking pool");
         // Until it proves fast again (for good after STRIKES slow calls inline: see the
         // runner's unit tests).
-        for _ in 0..INLINE_AFTER {
-            let (_, outcome) = other_task_ran_during(small.clone()).await;
-            outcome.expect("fast answer");
-        }
-        assert!(policy.pace().inline(), "fast again");
+        prove_fast("fast again").await;
     });
 }
