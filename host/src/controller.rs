@@ -72,26 +72,59 @@ impl Backoff for CappedBackoff {
     }
 }
 
-/// Waits until the API server serves the `Celery` resource, saying clearly what is missing
-/// meanwhile. Returns when it is there or when `shutdown` fires.
-pub async fn wait_for_crd(client: &Client, scope: &Scope, shutdown: &mut watch::Receiver<bool>) {
+/// How long a CRD the API server does not serve is taken for one being installed: `kubectl
+/// apply -k deploy` creates the CRD and the operator's Deployment together, and the API server
+/// serves a new CRD only a moment after creating it (seconds, when it is busy). Until then the
+/// wait says so once as a warning; after it, as an error at every try, since somebody has to
+/// install the CRD.
+pub const CRD_GRACE: Duration = Duration::from_secs(30);
+
+/// Waits until the API server serves `K` (the `Celery` resource) in every namespace of
+/// `scope`, saying clearly what is missing meanwhile: a warning during `grace`, errors after
+/// it. Tries again after 0.5 s, doubling up to 5 s. Returns when it is served or when
+/// `shutdown` fires.
+pub async fn wait_for_crd<K>(client: &Client, scope: &Scope, grace: Duration, shutdown: &mut watch::Receiver<bool>)
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    let resource = format!("{}.{}", K::plural(&()), K::group(&()));
+    let started = tokio::time::Instant::now();
+    let mut delays = CappedBackoff::new(Duration::from_millis(500), Duration::from_secs(5));
+    let mut warned = false;
     loop {
         let mut missing = None;
-        for api in scope.apis::<Celery>(client) {
+        for api in scope.apis::<K>(client) {
             if let Err(e) = api.list_metadata(&ListParams::default().limit(1)).await {
                 missing = Some(e);
                 break;
             }
         }
         match missing {
-            None => return,
-            Some(kube::Error::Api(s)) if s.code == 404 => error!(
-                "the API server does not serve celery.celeryproject.org; install the CRD: kubectl apply -f deploy/crd.yaml"
-            ),
-            Some(e) => warn!(error = %telemetry::chain(&e), "cannot list Celery objects yet"),
+            None => {
+                if warned {
+                    info!("the API server serves {resource}");
+                }
+                return;
+            }
+            Some(kube::Error::Api(s)) if s.code == 404 && started.elapsed() < grace => {
+                if !std::mem::replace(&mut warned, true) {
+                    warn!("the API server does not serve {resource} yet; waiting for its CRD (kubectl apply -f deploy/crd.yaml)")
+                }
+            }
+            Some(kube::Error::Api(s)) if s.code == 404 => {
+                warned = true;
+                error!("the API server does not serve {resource}; install the CRD: kubectl apply -f deploy/crd.yaml")
+            }
+            Some(e) => {
+                warned = true;
+                warn!(error = %telemetry::chain(&e), "cannot list {resource} yet")
+            }
         }
         tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+            _ = tokio::time::sleep(delays.next().unwrap_or(Duration::from_secs(5))) => {}
             _ = shutdown.wait_for(|stop| *stop) => return,
         }
     }

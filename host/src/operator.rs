@@ -225,7 +225,7 @@ async fn elect_and_run(
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), RunError> {
     let mut stop = shutdown.clone();
-    controller::wait_for_crd(client, &options.scope, &mut stop).await;
+    controller::wait_for_crd::<crate::crd::Celery>(client, &options.scope, controller::CRD_GRACE, &mut stop).await;
     if *stop.borrow() {
         return Ok(());
     }

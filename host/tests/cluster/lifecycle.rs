@@ -48,6 +48,9 @@ pub const TESTS: &[crate::TestCase] = &[
     ("the_binary_serves_health_metrics_and_json_logs", false, |h| Box::pin(the_binary_serves_health_metrics_and_json_logs(h))),
     ("deploy_manifests_are_accepted_by_the_api_server", false, |h| Box::pin(deploy_manifests_are_accepted_by_the_api_server(h))),
     ("operator_survives_an_api_server_restart", true, |h| Box::pin(operator_survives_an_api_server_restart(h))),
+    ("a_crd_installed_with_the_operator_is_waited_for_without_an_error", false, |h| {
+        Box::pin(a_crd_installed_with_the_operator_is_waited_for_without_an_error(h))
+    }),
 ];
 
 /// A resource written for the Python operator, verbatim.
@@ -902,4 +905,62 @@ async fn a_policy_that_cannot_be_used_is_reported(h: Arc<Harness>) {
         .expect("fixed");
     wait_condition(&env.admin, &ns, "typo", DEGRADED, "False", AS_EXPECTED).await;
     operator.stop().await;
+}
+
+/// A resource of its own for [`a_crd_installed_with_the_operator_is_waited_for_without_an_error`]:
+/// deleting and creating the `Celery` CRD would disturb every other test.
+#[derive(kube::CustomResource, Clone, Debug, serde::Deserialize, serde::Serialize, schemars::JsonSchema)]
+#[kube(group = "wait.celeryproject.org", version = "v1", kind = "Gadget", namespaced)]
+struct GadgetSpec {}
+
+/// `kubectl apply -k deploy` creates the CRD and the operator together, and the API server
+/// serves a new CRD a moment after it is created: the operator's wait for it warns once and
+/// starts as soon as it is served, with no error in its log; a CRD still missing after the
+/// grace is an error at every try. (The real-node tier once caught the operator logging an
+/// error on that ordinary install.)
+async fn a_crd_installed_with_the_operator_is_waited_for_without_an_error(h: Arc<Harness>) {
+    use celery_operator::controller::wait_for_crd;
+    use celery_operator::scope::Scope;
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use kube::CustomResourceExt;
+
+    let env = &h.env;
+    let scope = Scope { namespaces: vec![env.namespace("crd-wait").await] };
+    let logged = |level: &str| {
+        let logs = crate::captured_logs();
+        logs.lines().filter(|l| l.contains("gadgets.wait.celeryproject.org") && l.contains(level)).count()
+    };
+    let wait = |grace: Duration| {
+        let (stop, mut stopped) = tokio::sync::watch::channel(false);
+        let (client, scope) = (env.admin.clone(), scope.clone());
+        let waiting = tokio::spawn(async move { wait_for_crd::<Gadget>(&client, &scope, grace, &mut stopped).await });
+        (stop, waiting)
+    };
+
+    // Past its grace (none here): an error at every try, until shut down.
+    let (stop, waiting) = wait(Duration::ZERO);
+    eventually("errors for the missing CRD", WAIT, || async {
+        let errors = logged(" ERROR ");
+        (errors >= 2).then_some(()).ok_or(format!("{errors} errors"))
+    })
+    .await;
+    stop.send(true).expect("the wait listens");
+    tokio::time::timeout(WAIT, waiting).await.expect("a shut-down wait returns").expect("joined");
+    assert_eq!(logged(" WARN "), 0, "no warning past the grace");
+
+    // Within its grace (longer than this test): one warning, then it returns once served.
+    let errors = logged(" ERROR ");
+    let (_stop, waiting) = wait(Duration::from_secs(3600));
+    eventually("a warning for the missing CRD", WAIT, || async {
+        (logged(" WARN ") == 1).then_some(()).ok_or("no warning yet".to_string())
+    })
+    .await;
+    assert!(!waiting.is_finished(), "still waiting while the CRD is missing");
+    let crds: Api<CustomResourceDefinition> = Api::all(env.admin.clone());
+    crds.create(&PostParams::default(), &Gadget::crd()).await.expect("CRD created");
+    tokio::time::timeout(WAIT, waiting).await.expect("returns once the CRD is served").expect("joined");
+    assert_eq!(logged(" ERROR "), errors, "no error within the grace:\n{}", crate::captured_logs());
+    assert_eq!(logged(" WARN "), 1, "one warning, not one a try");
+    assert_eq!(logged("the API server serves gadgets"), 1, "says when it is served");
+    crds.delete(&Gadget::crd().name_any(), &DeleteParams::default()).await.expect("CRD deleted");
 }
