@@ -93,7 +93,8 @@ where
     let resource = format!("{}.{}", K::plural(&()), K::group(&()));
     let started = tokio::time::Instant::now();
     let mut delays = CappedBackoff::new(Duration::from_millis(500), Duration::from_secs(5));
-    let mut warned = false;
+    // Whether the wait has said the CRD is missing (or the list failed): then it says when it is served.
+    let mut said_missing = false;
     loop {
         let mut missing = None;
         for api in scope.apis::<K>(client) {
@@ -104,22 +105,22 @@ where
         }
         match missing {
             None => {
-                if warned {
+                if said_missing {
                     info!("the API server serves {resource}");
                 }
                 return;
             }
             Some(kube::Error::Api(s)) if s.code == 404 && started.elapsed() < grace => {
-                if !std::mem::replace(&mut warned, true) {
+                if !std::mem::replace(&mut said_missing, true) {
                     warn!("the API server does not serve {resource} yet; waiting for its CRD (kubectl apply -f deploy/crd.yaml)")
                 }
             }
             Some(kube::Error::Api(s)) if s.code == 404 => {
-                warned = true;
+                said_missing = true;
                 error!("the API server does not serve {resource}; install the CRD: kubectl apply -f deploy/crd.yaml")
             }
             Some(e) => {
-                warned = true;
+                said_missing = true;
                 warn!(error = %telemetry::chain(&e), "cannot list {resource} yet")
             }
         }

@@ -18,6 +18,7 @@ use tracing::info;
 use crate::autoscale::cluster::ClusterView;
 use crate::autoscale::trace::Traces;
 use crate::controller;
+use crate::crd::Celery;
 use crate::leader::{Campaign, Leadership, LeaseConfig, Turn};
 use crate::policy::check::PolicyCheck;
 use crate::scope::Scope;
@@ -225,7 +226,7 @@ async fn elect_and_run(
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), RunError> {
     let mut stop = shutdown.clone();
-    controller::wait_for_crd::<crate::crd::Celery>(client, &options.scope, controller::CRD_GRACE, &mut stop).await;
+    controller::wait_for_crd::<Celery>(client, &options.scope, controller::CRD_GRACE, &mut stop).await;
     if *stop.borrow() {
         return Ok(());
     }

@@ -387,14 +387,14 @@ mod tests {
                         // The kernel skips a page it cannot take at once (one still being written
                         // to swap from the last round, or still in another CPU's batch of new
                         // pages): ask again until it is out, for a while.
-                        let out = (0..500).any(|_| {
-                            swapped(page) || {
-                                std::thread::sleep(std::time::Duration::from_millis(10));
-                                assert_eq!(advise(), 0, "madvise: {}", std::io::Error::last_os_error());
-                                false
+                        for _ in 0..500 {
+                            if swapped(page) {
+                                break;
                             }
-                        });
-                        assert!(out, "round {round}: the page at {offset} was not swapped out: nothing staged");
+                            std::thread::sleep(std::time::Duration::from_millis(10));
+                            assert_eq!(advise(), 0, "madvise: {}", std::io::Error::last_os_error());
+                        }
+                        assert!(swapped(page), "round {round}: the page at {offset} was not swapped out: nothing staged");
                     }
                 }
                 drop(store);
